@@ -1,0 +1,79 @@
+"""``medxai train``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from medxai.cli.common import echo_json, guard, parse_floats, parse_ints, stderr_line
+from medxai.cli.main import cli
+
+
+@cli.command("train")
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Bundle folder to write (training state goes to OUTPUT/training/).")
+@click.option("--val-data", type=click.Path(file_okay=False),
+              help="Separate validation folder; default: hold out --val-fraction of DATA.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9))
+@click.option("--spatial-size", help="2D: resize pictures to this size, e.g. 192,192.")
+@click.option("--roi-size", help="3D: patch size for training and sliding window, e.g. 96,96,96.")
+@click.option("--spacing", help="3D: resample to this voxel spacing in mm, e.g. 1.5,1.5,2.")
+@click.option("--intensity", type=click.Choice(["auto", "scale", "zscore", "ct"]), default="auto",
+              show_default=True, help="Intensity normalisation (ct: window -1000..1000 HU).")
+@click.option("--width", default=16, show_default=True, help="Channels of the first UNet level.")
+@click.option("--depth", default=5, show_default=True, help="UNet levels (depth-1 downsamplings).")
+@click.option("--res-units", "num_res_units", default=2, show_default=True)
+@click.option("--dropout", default=0.1, show_default=True)
+@click.option("--epochs", default=50, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--time-budget", "time_budget_min", type=float,
+              help="Stop (resumably) after this many minutes.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps")
+@click.option("--resume", is_flag=True, help="Continue the run in OUTPUT.")
+@click.option("--name", default="custom-unet", show_default=True, help="Model name for the card.")
+@click.option("--model-version", "version", default="0.1.0", show_default=True)
+@click.option("--label-name", "label_names", multiple=True,
+              help="Name of label 1, 2, ... (repeat).")
+@click.option("--modality", "modalities", multiple=True, help="DICOM modality the model is for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True)
+@guard
+def train_cmd(data: str, output: str, val_data: str | None, val_fraction: float,
+              spatial_size: str | None, roi_size: str | None, spacing: str | None,
+              intensity: str, as_json: bool, quiet: bool, **kw: object) -> None:
+    """Train a MONAI U-Net (DiceCE loss) on DATA and write a model bundle to OUTPUT.
+
+    DATA is a folder of 2D pictures with masks (images/ + masks/, masks named like the image,
+    optionally with _segmentation/_mask/_label) or of 3D volumes (dataset.json in Medical
+    Segmentation Decathlon style, imagesTr/ + labelsTr/, or images/ + labels/).
+    """
+    from medxai.training.trainer import TrainConfig, train
+
+    intensity_spec = {
+        "auto": None, "scale": None, "zscore": {"kind": "zscore"},
+        "ct": {"kind": "scale", "a_min": -1000.0, "a_max": 1000.0},
+    }[intensity]
+    cfg = TrainConfig(
+        data=data, output=output, val_data=val_data, val_fraction=val_fraction,
+        spatial_size=parse_ints(spatial_size, "--spatial-size"),
+        roi_size=parse_ints(roi_size, "--roi-size"),
+        spacing=parse_floats(spacing, "--spacing"), intensity=intensity_spec,
+        command="medxai " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        **kw,  # type: ignore[arg-type]
+    )
+    result = train(cfg, log=None if quiet else stderr_line)
+    summary = {"bundle": str(result.bundle), "epochs_done": result.epochs_done,
+               "best_epoch": result.best_epoch, "best_val_dice": round(result.best_metric, 4),
+               "finished": result.finished, "seconds": round(result.seconds, 1)}
+    if as_json:
+        echo_json(summary)
+    elif not quiet:
+        state = "finished" if result.finished else "stopped by the time budget (use --resume)"
+        click.echo(f"{state}: best val Dice {result.best_metric:.4f} at epoch "
+                   f"{result.best_epoch}; bundle in {result.bundle}")

@@ -1,0 +1,225 @@
+"""Model bundles: a folder in MONAI bundle layout holding everything inference needs.
+
+Layout::
+
+    BUNDLE/
+      configs/metadata.json    card: name, version, task, data, metrics, weights SHA-256, ...
+      configs/inference.json   network_def (MONAI ConfigParser style), input, preprocessing,
+                               inference mode, labels
+      models/model.pt          the network's state dict (loaded with ``weights_only=True``)
+      docs/README.md           the model card in prose (optional)
+
+``inference.json`` keys:
+
+- ``network_def``: ``{"_target_": "monai.networks.nets.UNet", **kwargs}``; MONAI's
+  ``ConfigParser`` instantiates it as it is.
+- ``input``: ``spatial_dims`` (2 or 3), ``channels`` (1 grey, 3 RGB), ``modalities`` (DICOM
+  modality codes the model was made for; empty means any).
+- ``preprocessing``: ``spatial_size`` (resize target, whole-image mode) or ``spacing`` (mm, sliding
+  window mode), ``intensity``: ``{"kind": "scale", "a_min", "a_max"}`` (linear to [0, 1], clipped)
+  or ``{"kind": "zscore"}`` (per image, non-zero voxels).
+- ``inference``: ``mode`` (``whole_image`` or ``sliding_window``), ``roi_size``, ``overlap``,
+  ``sw_batch_size``, ``blend_mode``.
+- ``labels``: list of ``{"value", "name", "color"}``; value 0 is background.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medxai.errors import BundleIntegrityError, ModelError
+from medxai.models.networks import build_network
+
+__all__ = ["ModelBundle", "load_bundle", "save_bundle", "sha256_file"]
+
+_TARGET_PREFIX = "monai.networks.nets."
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A loaded (or about to be saved) model bundle.
+
+    Attributes:
+        config: the content of ``configs/inference.json``.
+        metadata: the content of ``configs/metadata.json``.
+        network: the network with its weights, in eval mode, on the CPU.
+        path: the bundle folder it was loaded from, if any.
+    """
+
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+    network: torch.nn.Module
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- conveniences read from the config ----------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "unnamed"))
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", "0"))
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return self.metadata.get("weights_sha256")
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.config["input"]["spatial_dims"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config["input"]["channels"])
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        return list(self.config.get("labels", []))
+
+    @property
+    def foreground_labels(self) -> list[dict[str, Any]]:
+        return [lab for lab in self.labels if int(lab["value"]) != 0]
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.config.get("preprocessing", {}))
+
+    @property
+    def inference(self) -> dict[str, Any]:
+        return dict(self.config.get("inference", {}))
+
+
+def network_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """Build the (untrained) network described by ``config["network_def"]``."""
+    try:
+        net_def = dict(config["network_def"])
+        target = str(net_def.pop("_target_"))
+    except (KeyError, TypeError) as exc:
+        raise ModelError("inference config has no network_def with a _target_") from exc
+    name = target[len(_TARGET_PREFIX):] if target.startswith(_TARGET_PREFIX) else target
+    return build_network(name, net_def)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError as exc:
+        raise ModelError("is not a model bundle: file missing", path=path,
+                         hint="a bundle folder holds configs/metadata.json, configs/inference.json "
+                              "and models/model.pt; see `medxai models`") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"is not valid JSON ({exc})", path=path) from exc
+    if not isinstance(data, dict):
+        raise ModelError("must hold a JSON object", path=path)
+    return data
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
+    """Load a bundle folder: configs, network and weights.
+
+    Args:
+        path: the bundle folder.
+        verify: check the weights against ``metadata["weights_sha256"]`` before loading them.
+
+    Raises:
+        ModelError: the folder is not a bundle or its weights do not fit its network.
+        BundleIntegrityError: the weights' SHA-256 differs from the recorded one.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ModelError("is not a model bundle folder", path=root,
+                         hint="pass a bundled model name (see `medxai models`) or a bundle folder")
+    config = _read_json(root / "configs" / "inference.json")
+    metadata = _read_json(root / "configs" / "metadata.json")
+    weights = root / "models" / "model.pt"
+    if not weights.is_file():
+        raise ModelError("bundle has no weights file models/model.pt", path=root)
+    expected = metadata.get("weights_sha256")
+    if verify and expected:
+        actual = sha256_file(weights)
+        if actual != expected:
+            raise BundleIntegrityError(
+                f"weights SHA-256 is {actual}, but the bundle's metadata records {expected}",
+                path=weights,
+                hint="the weights were changed or damaged; restore them from the original bundle",
+            )
+    network = network_from_config(config)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or unsafe pickles
+        raise ModelError(f"cannot load weights safely ({type(exc).__name__}: {exc})",
+                         path=weights) from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"weights do not fit the network in inference.json: {exc}",
+                         path=weights) from exc
+    network.eval()
+    return ModelBundle(config=config, metadata=metadata, network=network, path=root)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = None) -> Path:
+    """Write ``bundle`` to the folder ``path``; records the weights' SHA-256 in the metadata.
+
+    Returns the bundle folder. Each file is written atomically.
+    """
+    root = Path(path)
+    weights = root / "models" / "model.pt"
+    state = {k: v.detach().cpu() for k, v in bundle.network.state_dict().items()}
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=".model.pt.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, weights)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    metadata = copy.deepcopy(bundle.metadata)
+    metadata["weights_sha256"] = sha256_file(weights)
+    metadata.setdefault("monai_version", __import__("monai").__version__)
+    metadata.setdefault("pytorch_version", torch.__version__.split("+")[0])
+    _atomic_write_bytes(root / "configs" / "metadata.json",
+                        (json.dumps(metadata, indent=2) + "\n").encode())
+    _atomic_write_bytes(root / "configs" / "inference.json",
+                        (json.dumps(bundle.config, indent=2) + "\n").encode())
+    if card is not None:
+        _atomic_write_bytes(root / "docs" / "README.md", card.encode())
+    bundle.metadata = metadata
+    bundle.path = root
+    return root
