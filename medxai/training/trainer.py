@@ -312,8 +312,8 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
             batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one
             for idx in batches:
                 items = [aug({"image": tr_img[i].float(), "label": tr_lab[i]}) for i in idx.tolist()]
-                x = torch.stack([scaler_int(torch.as_tensor(it["image"])) for it in items])
-                y = torch.stack([torch.as_tensor(it["label"]) for it in items]).long()
+                x = torch.stack([scaler_int(_plain(it["image"])) for it in items])
+                y = torch.stack([_plain(it["label"]) for it in items]).long()
                 losses.append(_train_step(net, opt, loss_fn, grad_scaler, x, y, device, use_amp))
         else:
             for x, y in data3d.train_batches(epoch, cfg.batch_size):
@@ -356,6 +356,13 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     return TrainResult(bundle=out, epochs_done=done, best_epoch=best_epoch,
                        best_metric=best_metric, finished=finished,
                        seconds=time.perf_counter() - t_start, history=history)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain tensor (MONAI's MetaTensor adds per-op overhead the training loop does not need)."""
+    from monai.data import MetaTensor
+
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,

@@ -1,0 +1,128 @@
+"""Which layer of a network a CAM method looks at.
+
+Layers are named as in ``net.named_modules()`` (e.g. ``"model.1.submodule"``).
+
+Default for a MONAI ``UNet``
+----------------------------
+MONAI builds ``UNet`` recursively as ``model = Sequential(down_0, SkipConnection(sub), up_0)``:
+``down_0`` is the first encoder block, ``sub`` (``model.1.submodule``) is the whole rest of the
+U (all deeper encoder blocks, the bottleneck and all decoder blocks but the last), and ``up_0``
+(``model.2``) is the final block that turns ``cat(down_0(x), sub(...))`` into the K logits at full
+resolution.
+
+The default target layer is ``model.1.submodule``: the output of the last decoder block before the
+final one. It is
+
+* class-discriminative: it has passed through the bottleneck and every decoder stage, so its
+  channels carry the semantics the final block maps to classes (unlike ``model.0``/``model.1``,
+  which also carry the raw first-encoder features concatenated by the skip connection: edges and
+  intensities, not classes);
+* fine: it sits at the resolution of the first stride (1/2 of the input for the usual strides of
+  2), so the map is sharp enough to follow a lesion boundary after upsampling, whereas the
+  bottleneck (1/16 of the input for a 5-level UNet) gives blobs a few pixels wide, as Vinogradova
+  et al. (2020) observed for Seg-Grad-CAM at the bottleneck;
+* not the logits: using the final block (``model.2``) makes Grad-CAM reproduce the logit map
+  itself, which explains nothing.
+
+For other networks the default is the last convolution before the final (output) convolution, or
+the only convolution if there is just one.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from medxai.errors import ExplainError
+
+__all__ = ["list_target_layers", "default_target_layer", "resolve_layer"]
+
+_CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
+
+
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, _CONV_TYPES)
+
+
+def list_target_layers(net: nn.Module) -> list[str]:
+    """Names of the modules of ``net`` that output feature maps usable as CAM targets.
+
+    A module qualifies when it is a convolution (``ConvNd`` or ``ConvTransposeNd``) or a block that
+    contains one (MONAI ``Convolution``, ``ResidualUnit``, ``SkipConnection``, ``Sequential``...).
+    The order is that of ``net.named_modules()`` (input to output, roughly); the root is left out.
+    """
+    names = []
+    for name, module in net.named_modules():
+        if not name:
+            continue
+        if _is_conv(module) or any(_is_conv(m) for m in module.modules()):
+            names.append(name)
+    return names
+
+
+def _unet_prefix(net: nn.Module) -> str | None:
+    """The name of the first MONAI UNet inside ``net`` ("" for ``net`` itself), if any."""
+    try:
+        from monai.networks.nets import UNet
+    except ImportError:  # pragma: no cover - monai is a dependency
+        return None
+    for name, module in net.named_modules():
+        if isinstance(module, UNet) and isinstance(getattr(module, "model", None), nn.Sequential) \
+                and len(module.model) == 3 and hasattr(module.model[1], "submodule"):
+            return name
+    return None
+
+
+def default_target_layer(net: nn.Module) -> str:
+    """The layer name CAM methods use when none is given (see the module docstring for why).
+
+    Raises:
+        ExplainError: ``net`` has no convolution at all.
+    """
+    prefix = _unet_prefix(net)
+    if prefix is not None:
+        return f"{prefix}.model.1.submodule" if prefix else "model.1.submodule"
+    convs = [name for name, m in net.named_modules() if name and _is_conv(m)]
+    if not convs:
+        raise ExplainError(f"{type(net).__name__} has no convolution layer to use as CAM target",
+                           hint="name a layer explicitly, or use method 'occlusion' or 'ig'")
+    return convs[-2] if len(convs) >= 2 else convs[-1]
+
+
+def resolve_layer(net: nn.Module, layer: str | nn.Module | None = None) -> tuple[str, nn.Module]:
+    """Find the target layer of ``net``.
+
+    Args:
+        net: the network.
+        layer: a name from ``net.named_modules()``, a submodule of ``net``, or ``None`` for
+            :func:`default_target_layer`.
+
+    Returns:
+        ``(name, module)``.
+
+    Raises:
+        ExplainError: the name is not a module of ``net`` (the message lists the closest names
+            first, then the valid target layers), or the module is not part of ``net``.
+    """
+    modules = dict(net.named_modules())
+    if layer is None:
+        layer = default_target_layer(net)
+    if isinstance(layer, nn.Module):
+        for name, module in modules.items():
+            if module is layer:
+                return name, module
+        raise ExplainError(f"the given {type(layer).__name__} module is not part of "
+                           f"{type(net).__name__}")
+    if not isinstance(layer, str):
+        raise ExplainError(f"layer must be a name or a module, got {type(layer).__name__}")
+    if layer in modules and layer:
+        return layer, modules[layer]
+    valid = list_target_layers(net)
+    close = difflib.get_close_matches(layer, valid, n=5, cutoff=0.0)
+    rest = [name for name in valid if name not in close]
+    raise ExplainError(
+        f"{type(net).__name__} has no layer named {layer!r}; closest: {', '.join(close) or '-'}",
+        hint=f"valid layers: {', '.join(close + rest)}",
+    )
+

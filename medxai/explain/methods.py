@@ -1,0 +1,292 @@
+"""Saliency methods for segmentation networks, 2D and 3D.
+
+Every method has the form ``method(net, x, target, **options) -> saliency`` where
+
+* ``net`` maps ``(N, C_in, *spatial)`` to logits ``(N, K, *spatial)``;
+* ``x`` is a batch ``(N, C_in, H, W)`` or ``(N, C_in, H, W, D)`` on the device of ``net``;
+* ``target`` is a :class:`~medxai.explain.targets.SegmentationTarget` or a class label (int);
+* the saliency is ``(N, 1, *spatial)`` float32 on ``x``'s device and grid, non-negative, and
+  divided by its maximum per sample (so in ``[0, 1]``; an all-zero map stays zero, e.g. when the
+  model predicts nothing of the label). ``normalize=False`` keeps the raw non-negative values,
+  which are comparable across windows of one image (:mod:`medxai.explain.sliding` uses that).
+
+The network runs in eval mode with parameter gradients off during the computation, and is given
+back as it was (:func:`medxai.explain.hooks.frozen_model`); autograd is enabled only where a method
+needs gradients.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medxai.errors import ExplainError
+from medxai.explain._common import (
+    chunks,
+    forward,
+    make_baseline,
+    normalise,
+    per_dim,
+    prepare_input,
+    upsample,
+)
+from medxai.explain.hooks import capture_layer, frozen_model
+from medxai.explain.targets import SegmentationTarget, as_target
+
+__all__ = [
+    "seg_grad_cam",
+    "grad_cam_pp",
+    "occlusion",
+    "integrated_gradients",
+    "METHODS",
+    "get_method",
+    "run_method",
+]
+
+SaliencyMethod = Callable[..., torch.Tensor]
+
+
+# --- CAM family --------------------------------------------------------------------------------
+
+def _gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM channel weights ``(N, C_l)``: the spatial mean of the gradients."""
+    return gradients.flatten(2).mean(dim=2)
+
+
+def _gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ channel weights ``(N, C_l)`` (Chattopadhay et al. 2018, eq. 19).
+
+    With the score passed through ``exp``, the second and third derivatives become powers of the
+    first, so ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` and ``w = sum(alpha * relu(g))`` over space.
+    """
+    g = gradients.flatten(2)
+    g2 = g * g
+    g3 = g2 * g
+    sum_a = activations.flatten(2).sum(dim=2, keepdim=True)
+    denom = 2 * g2 + sum_a * g3
+    safe = torch.where(denom != 0, denom, torch.ones_like(denom))
+    alpha = torch.where((g != 0) & (denom != 0), g2 / safe, torch.zeros_like(g))
+    return (alpha * torch.relu(g)).sum(dim=2)
+
+
+def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
+         layer: str | nn.Module | None, weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+         normalize: bool) -> torch.Tensor:
+    """``relu(sum_k w_k A_k)`` at ``layer``, upsampled to the input grid."""
+    x = prepare_input(x)
+    target = as_target(target)
+    with capture_layer(net, layer) as capture, torch.enable_grad():
+        # The parameters do not require gradients here, so the input does: that makes the
+        # layer's activations part of a graph we can differentiate.
+        logits = forward(net, x.clone().requires_grad_(True))
+        score = target(logits)
+        gradients = capture.gradients(score).detach()
+        activations = capture.activations.detach()
+    if activations.ndim != x.ndim or activations.shape[0] != x.shape[0]:
+        raise ExplainError(f"layer {capture.name!r} outputs shape {tuple(activations.shape)}, "
+                           f"not a feature map (N, C, *spatial) for input {tuple(x.shape)}",
+                           hint="choose a convolution or a block of convolutions")
+    activations = activations.float()
+    weights = weigh(activations, gradients.float())
+    shape = (*weights.shape, *([1] * (activations.ndim - 2)))
+    cam = torch.relu((weights.view(shape) * activations).sum(dim=1, keepdim=True))
+    cam = upsample(cam, x.shape[2:])
+    return normalise(cam) if normalize else cam
+
+
+def seg_grad_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+                 layer: str | nn.Module | None = None, normalize: bool = True) -> torch.Tensor:
+    """Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM of a segmentation target.
+
+    Channel weights are the spatial mean of the target's gradient with respect to the layer's
+    activations; the map is ``relu(sum_k w_k A_k)``, upsampled (bi/trilinear) to the input grid.
+
+    Args:
+        net: segmentation network, logits ``(N, K, *spatial)``.
+        x: ``(N, C, H, W[, D])``.
+        target: what to explain (a label means its predicted region).
+        layer: layer name or module; default :func:`medxai.explain.layers.default_target_layer`.
+        normalize: divide by the per-sample maximum.
+
+    Returns:
+        ``(N, 1, H, W[, D])`` float32.
+    """
+    return _cam(net, x, target, layer, _gradcam_weights, normalize)
+
+
+def grad_cam_pp(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+                layer: str | nn.Module | None = None, normalize: bool = True) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018) of a segmentation target.
+
+    Like :func:`seg_grad_cam`, with each channel weighted by the positive gradients times the
+    pixel-wise coefficients ``alpha`` (exponential-score approximation). Same arguments and result.
+    """
+    return _cam(net, x, target, layer, _gradcampp_weights, normalize)
+
+
+# --- perturbation ------------------------------------------------------------------------------
+
+def _starts(size: int, patch: int, stride: int) -> list[int]:
+    """Patch origins along one axis covering ``[0, size)``, the last one flush with the end."""
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)
+    return starts
+
+
+def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+              patch_size: int | Sequence[int] | None = None,
+              stride: int | Sequence[int] | None = None,
+              fill: str | float = "mean", batch_size: int = 16,
+              normalize: bool = True) -> torch.Tensor:
+    """Occlusion sensitivity: how much the target drops when a patch of the input is hidden.
+
+    A patch (all channels) is replaced by ``fill`` at every position of a grid with ``stride``;
+    each occluded image is scored over the region of the *unoccluded* input. A pixel's saliency is
+    the mean drop ``score(x) - score(occluded)`` over the patches that cover it, clipped at 0
+    (only evidence for the label is shown). No gradients are used.
+
+    Cost: one forward pass per patch position (``prod(ceil((S - P) / stride) + 1)`` per sample).
+
+    Args:
+        patch_size: patch side in pixels, one int or one per spatial axis; default 1/8 of each
+            side (at least 1).
+        stride: step between patches; default half the patch (at least 1).
+        fill: ``"mean"`` (the sample's per-channel mean), ``"zero"``, or a number.
+        batch_size: occluded images per forward pass.
+
+    Returns:
+        ``(N, 1, *spatial)`` float32.
+    """
+    x = prepare_input(x)
+    target = as_target(target)
+    spatial = tuple(x.shape[2:])
+    nd = len(spatial)
+    if patch_size is None:
+        patch = tuple(max(1, math.ceil(s / 8)) for s in spatial)
+    else:
+        patch = tuple(min(p, s) for p, s in zip(per_dim(patch_size, nd, "patch_size"), spatial))
+    steps = tuple(max(1, p // 2) for p in patch) if stride is None else per_dim(stride, nd, "stride")
+    if fill not in ("mean", "zero") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
+        raise ExplainError(f"unknown occlusion fill {fill!r}", hint="use 'mean', 'zero' or a number")
+    fill_values = make_baseline(x, fill).flatten(2)[:, :, :1]  # (N, C, 1): constant per channel
+    windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
+               for origin in itertools.product(*(_starts(s, p, st)
+                                                 for s, p, st in zip(spatial, patch, steps)))]
+    drops = torch.zeros((x.shape[0], 1, *spatial), dtype=torch.float32, device=x.device)
+    counts = torch.zeros(spatial, dtype=torch.float32, device=x.device)
+    for window in windows:
+        counts[window] += 1
+    with frozen_model(net), torch.no_grad():
+        logits = forward(net, x)
+        fixed = target.frozen(logits)
+        reference = fixed(logits).float()
+        for i in range(x.shape[0]):
+            sample_target = SegmentationTarget(fixed.label, fixed.region[i : i + 1])
+            fill_i = fill_values[i].view(-1, *([1] * nd))
+            for part in chunks(len(windows), batch_size):
+                batch = x[i : i + 1].repeat(len(part), *([1] * (nd + 1)))
+                for j, w in enumerate(part):
+                    batch[(j, slice(None), *windows[w])] = fill_i
+                scores = sample_target(forward(net, batch)).float()
+                for j, w in enumerate(part):
+                    drops[(i, 0, *windows[w])] += reference[i] - scores[j]
+    saliency = (drops / counts).clamp_min(0)
+    return normalise(saliency) if normalize else saliency
+
+
+# --- gradients ---------------------------------------------------------------------------------
+
+def integrated_gradients(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+                         steps: int = 32, baseline: str | float | torch.Tensor = "zero",
+                         blur_sigma: float | None = None, batch_size: int = 16,
+                         normalize: bool = True) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017) of a segmentation target.
+
+    ``IG = (x - b) * mean_k grad S(b + a_k (x - b))`` with midpoints ``a_k = (k + 1/2) / steps``;
+    the map is ``|sum over channels of IG|``. The target's region is fixed to that of ``x`` for
+    every interpolated image.
+
+    Args:
+        steps: number of points on the path (Riemann midpoint rule).
+        baseline: ``"zero"``, ``"blur"`` (Gaussian blur of ``x``), ``"mean"``, a number or a tensor.
+        blur_sigma: blur in pixels for ``baseline="blur"`` (default 1/16 of the smallest side).
+        batch_size: path points per forward/backward pass.
+
+    Returns:
+        ``(N, 1, *spatial)`` float32.
+    """
+    x = prepare_input(x)
+    target = as_target(target)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ExplainError(f"steps must be a positive integer, got {steps!r}")
+    base = make_baseline(x, baseline, blur_sigma)
+    nd = x.ndim - 2
+    alphas = (torch.arange(steps, dtype=torch.float32, device=x.device) + 0.5) / steps
+    total = torch.zeros_like(x, dtype=torch.float32)
+    with frozen_model(net):
+        with torch.no_grad():
+            fixed = target.frozen(forward(net, x))
+        for i in range(x.shape[0]):
+            sample_target = SegmentationTarget(fixed.label, fixed.region[i : i + 1])
+            diff = x[i : i + 1] - base[i : i + 1]
+            for part in chunks(steps, batch_size):
+                a = alphas[part.start : part.stop].to(x.dtype).view(-1, 1, *([1] * nd))
+                with torch.enable_grad():
+                    path = (base[i : i + 1] + a * diff).requires_grad_(True)
+                    score = sample_target(forward(net, path))
+                    (grad,) = torch.autograd.grad(score.sum(), path)
+                total[i] += grad.float().sum(dim=0)
+    attributions = (x - base).float() * total / steps
+    saliency = attributions.sum(dim=1, keepdim=True).abs()
+    return normalise(saliency) if normalize else saliency
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+#: Saliency methods by the name the CLI and :func:`medxai.explain.explain` accept.
+METHODS: dict[str, SaliencyMethod] = {
+    "gradcam": seg_grad_cam,
+    "gradcampp": grad_cam_pp,
+    "occlusion": occlusion,
+    "ig": integrated_gradients,
+}
+
+
+def get_method(name: str | SaliencyMethod) -> SaliencyMethod:
+    """The method registered as ``name`` in :data:`METHODS` (a callable is returned as is).
+
+    Raises:
+        ExplainError: unknown name; the message suggests the closest registered names.
+    """
+    if callable(name):
+        return name
+    key = str(name).strip().lower().replace("-", "").replace("_", "").replace("+", "p")
+    if key in METHODS:
+        return METHODS[key]
+    close = difflib.get_close_matches(str(name).lower(), list(METHODS), n=2, cutoff=0.4)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise ExplainError(f"unknown saliency method {name!r}",
+                       hint=f"{hint}methods: {', '.join(METHODS)}")
+
+
+def run_method(method: str | SaliencyMethod, net: nn.Module, x: torch.Tensor,
+               target: SegmentationTarget | int, **options: Any) -> torch.Tensor:
+    """Call ``method`` after checking that it accepts ``options`` (else :class:`ExplainError`)."""
+    fn = get_method(method)
+    try:
+        inspect.signature(fn).bind(net, x, target, **options)
+    except TypeError as exc:
+        accepted = [p.name for p in inspect.signature(fn).parameters.values()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        name = getattr(fn, "__name__", repr(fn))
+        raise ExplainError(f"{name} does not accept options {sorted(options)}: {exc}",
+                           hint=f"its options are: {', '.join(accepted) or 'none'}") from exc
+    return fn(net, x, target, **options)

@@ -1,0 +1,470 @@
+"""One reader for every input form: pictures, DICOM (file, multi-frame, series folder,
+DICOMDIR), NIfTI, NRRD/MHA/MHD.
+
+The form is detected from the file's content (magic bytes), not its name. Everything comes back
+as a MONAI ``MetaTensor`` in the conventions of :mod:`medxai.io.types`: channel-first
+``(C, I, J[, K])``, RAS affine, plain-value meta, plus the DICOM headers for writing derived
+objects (:class:`~medxai.io.types.DicomSource`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from medxai.errors import (
+    CorruptInputError,
+    InputError,
+    MedxaiError,
+    SeriesError,
+    UnsupportedInputError,
+)
+from medxai.io import dicom as dcm
+from medxai.io.geometry import axis_codes, lps_to_ras_affine, spacing_from_affine
+from medxai.io.types import DicomSource, LoadedImage
+
+__all__ = ["detect_form", "load_image", "read_image", "FORMS"]
+
+#: Forms :func:`detect_form` can report.
+FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "nifti", "itk")
+
+_PICTURE_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _nifti_header_size(head: bytes) -> int | None:
+    if len(head) < 4:
+        return None
+    for fmt in ("<i", ">i"):
+        size = struct.unpack(fmt, head[:4])[0]
+        if size in (348, 540):
+            return size
+    return None
+
+
+def detect_form(path: str | Path) -> str:
+    """Say what ``path`` is, from its content: one of :data:`FORMS`.
+
+    Raises:
+        InputError: the path does not exist or is empty.
+        UnsupportedInputError: the content is of no form medxai reads.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("does not exist", path=path, hint="check the path")
+    if path.is_dir():
+        if any((path / n).is_file() for n in ("DICOMDIR", "dicomdir")):
+            return "dicomdir"
+        return "dicom-folder"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+    except OSError as exc:
+        raise InputError(f"cannot be opened ({exc.strerror})", path=path) from exc
+    if not head:
+        raise CorruptInputError("is empty (0 bytes)", path=path,
+                                hint="the file was not copied completely; copy it again")
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicomdir" if path.name.upper() == "DICOMDIR" else "dicom"
+    for magic, _name in _PICTURE_MAGIC:
+        if head.startswith(magic):
+            return "picture"
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as gz:
+                inner = gz.read(348)
+        except (OSError, EOFError) as exc:
+            raise CorruptInputError(f"gzip data cannot be decompressed ({exc})", path=path) from exc
+        if _nifti_header_size(inner) and inner[344:347] in (b"n+1", b"ni1", b"n+2"):
+            return "nifti"
+        if _nifti_header_size(inner):
+            return "nifti"
+        raise UnsupportedInputError("is gzip-compressed but holds no NIfTI image", path=path)
+    if _nifti_header_size(head) and head[344:347] in (b"n+1", b"ni1") or head[4:8] == b"n+2\x00":
+        return "nifti"
+    if head.startswith(b"NRRD") or head.lstrip().startswith((b"ObjectType", b"NDims")):
+        return "itk"
+    if dcm.is_dicom_file(path):
+        return "dicom"
+    raise UnsupportedInputError(
+        f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head[:8]!r})",
+        path=path, hint="medxai reads JPEG/PNG/TIFF/BMP, DICOM, NIfTI (.nii/.nii.gz), NRRD, MHA/MHD",
+    )
+
+
+def read_image(path: str | Path) -> MetaTensor:
+    """Read any supported image as a channel-first ``MetaTensor`` with a RAS affine.
+
+    See :mod:`medxai.io.types` for axis order and meta keys. For the DICOM headers too, use
+    :func:`load_image`.
+    """
+    return load_image(path).image
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read ``path`` (file or folder) into a :class:`~medxai.io.types.LoadedImage`.
+
+    Raises:
+        MedxaiError: (a subclass of it) for every input that cannot be read, with the reason.
+    """
+    path = Path(path)
+    form = detect_form(path)
+    try:
+        if form == "picture":
+            return _load_picture(path)
+        if form == "nifti":
+            return _load_nifti(path)
+        if form == "itk":
+            return _load_itk(path)
+        if form == "dicom":
+            return _load_dicom_file(path)
+        if form == "dicomdir":
+            ddir = path if path.is_file() else next(
+                p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+            files = dcm.dicomdir_files(ddir)
+            if not files:
+                raise SeriesError("DICOMDIR references no existing files", path=ddir)
+            return _load_dicom_folder(path if path.is_dir() else path.parent, files, "dicomdir")
+        return _load_dicom_folder(path, None, "dicom-series")
+    except MedxaiError:
+        raise
+    except MemoryError as exc:
+        raise InputError("is too large to read into memory", path=path) from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, EOFError,
+            RuntimeError, struct.error, NotImplementedError, ZeroDivisionError) as exc:
+        raise CorruptInputError(
+            f"could not be read as {form} ({type(exc).__name__}: {exc})", path=path,
+            hint="the file may be damaged or use a variant medxai does not handle") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def _make(array: np.ndarray, affine_ras: np.ndarray, path: Path, form: str,
+          meta: dict[str, Any], dicom: DicomSource | None = None) -> LoadedImage:
+    """Wrap a channel-first array and its RAS affine into a LoadedImage with full meta."""
+    array = np.ascontiguousarray(array)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype == np.uint16:
+        array = array.astype(np.int32)  # torch has limited uint16 support
+    elif array.dtype == np.uint32:
+        array = array.astype(np.int64)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    spatial = tuple(int(s) for s in array.shape[1:])
+    nd = len(spatial)
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    full = {
+        "filename_or_obj": str(path),
+        "medxai_form": form,
+        "modality": "",
+        "photometric_interpretation": "",
+        "original_shape": list(spatial),
+        "spatial_shape": np.asarray(spatial),
+        "original_channel_dim": 0,
+        "space": "RAS",
+        "spacing": [round(v, 6) for v in spacing_from_affine(affine, min(nd, 3))],
+        "axis_codes": axis_codes(affine),
+        "has_patient_geometry": False,
+        "sop_class_uid": "",
+        "study_instance_uid": "",
+        "series_instance_uid": "",
+        "frame_of_reference_uid": "",
+        "series_description": "",
+        "num_files": 1,
+        "geometry_warnings": [],
+    }
+    full.update(meta)
+    tensor = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(affine), meta=full)
+    tensor.meta["original_affine"] = affine.copy()
+    return LoadedImage(image=tensor, dicom=dicom, path=path)
+
+
+def _load_picture(path: Path) -> LoadedImage:
+    from medxai.io.photo import read_photo
+
+    arr, affine, info = read_photo(path)
+    pi = "RGB" if arr.shape[0] == 3 else "MONOCHROME2"
+    return _make(arr, affine, path, "picture",
+                 {"photometric_interpretation": pi, "picture_format": info["format"]})
+
+
+def _load_nifti(path: Path) -> LoadedImage:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError) as exc:
+        raise CorruptInputError(f"NIfTI cannot be read ({exc})", path=path,
+                                hint="the file may be truncated; export it again") from exc
+    if arr.dtype.names:  # RGB24 / RGBA32 structured dtype
+        arr = np.stack([arr[n] for n in arr.dtype.names[:3]], axis=0)
+    else:
+        while arr.ndim > 4 and arr.shape[3] == 1:  # (I, J, K, 1, C) vector images
+            arr = arr.reshape(arr.shape[:3] + arr.shape[4:])
+        if arr.ndim == 2:
+            arr = arr[None]
+        elif arr.ndim == 3:
+            arr = arr[None]
+        elif arr.ndim == 4:
+            arr = np.moveaxis(arr, -1, 0)
+        else:
+            raise UnsupportedInputError(f"NIfTI with {arr.ndim} dimensions {arr.shape}", path=path,
+                                        hint="medxai reads 2D, 3D and 4D (channels) NIfTI")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    codes = img.header.get_sform(coded=True)[1], img.header.get_qform(coded=True)[1]
+    return _make(arr, affine, path, "nifti", {
+        "has_patient_geometry": bool(codes[0] or codes[1]),
+        "photometric_interpretation": "RGB" if arr.shape[0] == 3 and arr.dtype == np.uint8
+        else "MONOCHROME2",
+    })
+
+
+def _load_itk(path: Path) -> LoadedImage:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise CorruptInputError(f"cannot be read by ITK ({str(exc).strip().splitlines()[-1]})",
+                                path=path) from exc
+    arr = sitk.GetArrayFromImage(img)  # (K, J, I[, C]) or (J, I[, C])
+    dim = img.GetDimension()
+    ncomp = img.GetNumberOfComponentsPerPixel()
+    if ncomp == 1:
+        arr = arr[..., None]
+    arr = np.moveaxis(arr, -1, 0)  # (C, [K,] J, I)
+    arr = np.ascontiguousarray(arr.transpose((0,) + tuple(range(arr.ndim - 1, 0, -1))))
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    lps = np.eye(4)
+    lps[:dim, :dim] = direction * np.asarray(img.GetSpacing())[None, :]
+    lps[:dim, 3] = img.GetOrigin()
+    return _make(arr, lps_to_ras_affine(lps), path, "itk", {
+        "has_patient_geometry": dim == 3,
+        "photometric_interpretation": "RGB" if ncomp == 3 else "MONOCHROME2",
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM
+# ---------------------------------------------------------------------------------------------
+
+def _dicom_meta(ds: Any, form: str, n_files: int, has_geometry: bool,
+                warnings: list[str]) -> dict[str, Any]:
+    return {
+        "modality": str(ds.get("Modality", "") or ""),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "") or ""),
+        "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "") or ""),
+        "series_description": str(ds.get("SeriesDescription", "") or ""),
+        "num_files": n_files,
+        "has_patient_geometry": has_geometry,
+        "geometry_warnings": list(warnings),
+    }
+
+
+def _strip_pixels(ds: Any) -> Any:
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in ds:
+            delattr(ds, kw)
+    return ds
+
+
+def _frames_to_array(frames: np.ndarray, volume: bool) -> np.ndarray:
+    """``(F, rows, cols, S)`` -> ``(S, cols, rows, F)`` (or ``(S, cols, rows)`` for 2D)."""
+    arr = frames.transpose(3, 2, 1, 0)
+    return arr if volume else arr[..., 0]
+
+
+def _frame_item(ds: Any, index: int, keyword: str) -> Any:
+    """A functional group macro item for frame ``index``: per-frame first, then shared."""
+    pf = ds.get("PerFrameFunctionalGroupsSequence")
+    if pf and index < len(pf):
+        seq = pf[index].get(keyword)
+        if seq:
+            return seq[0]
+    sh = ds.get("SharedFunctionalGroupsSequence")
+    if sh:
+        seq = sh[0].get(keyword)
+        if seq:
+            return seq[0]
+    return None
+
+
+def _plane_geometry(ds: Any, nframes: int) -> tuple[list[Any], list[Any], Any, Any] | None:
+    """Per-frame positions, orientations, pixel spacing and thickness, if the object has them."""
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        positions, orients = [], []
+        spacing = thick = None
+        for f in range(nframes):
+            pp = _frame_item(ds, f, "PlanePositionSequence")
+            po = _frame_item(ds, f, "PlaneOrientationSequence")
+            pm = _frame_item(ds, f, "PixelMeasuresSequence")
+            if pp is None or po is None or "ImagePositionPatient" not in pp:
+                return None
+            positions.append([float(v) for v in pp.ImagePositionPatient])
+            orients.append([float(v) for v in po.ImageOrientationPatient])
+            if pm is not None and spacing is None:
+                spacing = pm.get("PixelSpacing")
+                thick = pm.get("SliceThickness")
+        return positions, orients, spacing, thick
+    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        pos0 = [float(v) for v in ds.ImagePositionPatient]
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        if nframes == 1:
+            return [pos0], [iop], ds.get("PixelSpacing"), ds.get("SliceThickness")
+        step = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+        if step is None:
+            return None
+        normal = dcm.slice_normal(iop)
+        positions = [list(np.asarray(pos0) + normal * float(step) * f) for f in range(nframes)]
+        return positions, [iop] * nframes, ds.get("PixelSpacing"), ds.get("SliceThickness")
+    return None
+
+
+def _load_dicom_file(path: Path) -> LoadedImage:
+    ds = dcm.read_header(path)
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop == "1.2.840.10008.1.3.10":
+        return load_image(path.parent) if path.name.upper() == "DICOMDIR" else _load_dicom_folder(
+            path.parent, dcm.dicomdir_files(path), "dicomdir")
+    if sop in dcm.NON_IMAGE_SOP_CLASSES:
+        raise UnsupportedInputError(
+            f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object, not an image", path=path,
+            hint="give medxai the image series this object refers to")
+    if "PixelData" not in ds:
+        raise UnsupportedInputError(
+            f"is DICOM ({ds.get('Modality', 'unknown modality')}) but holds no pixel data",
+            path=path, hint="give medxai an image object")
+    frames = dcm.decode_frames(ds, path)
+    nframes = frames.shape[0]
+    geom = _plane_geometry(ds, nframes)
+    warnings: list[str] = []
+    frame_numbers: list[int] | None = list(range(1, nframes + 1)) if nframes > 1 else None
+    spacing = dcm._pixel_spacing(ds)
+    if geom is not None and spacing is None and geom[2] is not None and len(geom[2]) == 2:
+        spacing = (float(geom[2][0]), float(geom[2][1]))
+    if geom is not None and spacing is not None:
+        positions, orients, _sp, thick = geom
+        ok = {tuple(round(v, 4) for v in o) for o in orients}
+        if len(ok) > 1:
+            raise SeriesError(
+                f"frames have {len(ok)} different orientations (e.g. a localiser with several "
+                "planes); they do not form one volume", path=path,
+                hint="split the object into one stack per orientation")
+        stack = dcm.sort_slices(positions, orients[0], spacing,
+                                float(thick) if thick not in (None, "") else None,
+                                what="multi-frame object")
+        order = stack.order
+        frames = frames[order]
+        if frame_numbers is not None:
+            frame_numbers = [frame_numbers[i] for i in order]
+        slopes, inters = zip(*(dcm._rescale(ds, i if nframes > 1 else None) for i in order))
+        affine_lps = stack.affine_lps
+        warnings = stack.warnings
+        volume, has_geom = True, True
+    else:
+        if nframes > 1 and frame_numbers is not None:
+            warnings.append("no patient geometry: frames kept in stored order, 1 unit apart")
+        slopes, inters = zip(*(dcm._rescale(ds, i if nframes > 1 else None)
+                               for i in range(nframes)))
+        affine_lps = dcm.lps_identity(spacing)
+        volume, has_geom = nframes > 1, False
+    values = dcm.apply_modality_lut(frames, slopes, inters)
+    arr = _frames_to_array(values, volume)
+    form = "dicom-multiframe" if nframes > 1 else "dicom"
+    meta = _dicom_meta(ds, form, 1, has_geom, warnings)
+    source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path], frame_numbers=frame_numbers)
+    return _make(arr, lps_to_ras_affine(affine_lps), path, form, meta, source)
+
+
+def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str) -> LoadedImage:
+    scan = dcm.scan_folder(folder, files)
+    if not scan.datasets:
+        reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:5]) or "the folder is empty"
+        raise SeriesError(f"holds no readable DICOM image ({len(scan.skipped)} file(s) passed "
+                          f"over: {reasons})", path=folder,
+                          hint="point medxai at a folder holding one DICOM image series")
+    groups = dcm.group_series(scan.datasets)
+    if len(groups) > 1:
+        raise SeriesError(
+            f"holds {len(groups)} image series (or stacks of different size/orientation); medxai "
+            f"reads one at a time:\n{dcm.describe_groups(groups)}", path=folder,
+            hint="give the folder of one series, or use `medxai batch` for whole exports")
+    items = next(iter(groups.values()))
+    # drop exact duplicates (same SOP Instance UID in two files)
+    seen: dict[str, Path] = {}
+    unique = []
+    dup_warnings = []
+    for p, ds in items:
+        uid = str(ds.get("SOPInstanceUID", "")) or str(p)
+        if uid in seen:
+            dup_warnings.append(f"duplicate instance {uid} in {p.name} and {seen[uid].name}; "
+                                "one copy used")
+            continue
+        seen[uid] = p
+        unique.append((p, ds))
+    if len(unique) == 1:
+        loaded = _load_dicom_file(unique[0][0])
+        loaded.image.meta["geometry_warnings"] = dup_warnings + loaded.image.meta["geometry_warnings"]
+        loaded.path = folder
+        return loaded
+    first = unique[0][1]
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in unique):
+        raise SeriesError(f"holds {len(unique)} multi-frame objects of one series; medxai reads "
+                          "one multi-frame object at a time", path=folder,
+                          hint="give the path of one of the files")
+    missing_geo = [p for p, ds in unique if "ImagePositionPatient" not in ds
+                   or "ImageOrientationPatient" not in ds]
+    spacing = dcm._pixel_spacing(first)
+    if missing_geo or spacing is None:
+        raise SeriesError(
+            f"holds {len(unique)} images of one series without patient positions (e.g. "
+            f"{(missing_geo or [unique[0][0]])[0].name}), so they cannot be stacked into a volume",
+            path=folder, hint="give one file at a time")
+    positions = [[float(v) for v in ds.ImagePositionPatient] for _, ds in unique]
+    orientation = [float(v) for v in first.ImageOrientationPatient]
+    thick = first.get("SliceThickness")
+    stack = dcm.sort_slices(positions, orientation, spacing,
+                            float(thick) if thick not in (None, "") else None)
+    ordered = [unique[i] for i in stack.order]
+    rows, cols = int(first.Rows), int(first.Columns)
+    spp = int(first.get("SamplesPerPixel", 1) or 1)
+    frames = None
+    slopes, inters = [], []
+    for k, (p, ds) in enumerate(ordered):
+        f = dcm.decode_frames(ds, p)
+        if frames is None:
+            frames = np.empty((len(ordered), rows, cols, f.shape[-1]), dtype=f.dtype)
+        if f.shape[1:3] != (rows, cols) or f.shape[-1] != frames.shape[-1]:
+            raise SeriesError(f"slice {p.name} is {f.shape[2]}x{f.shape[1]}, the series "
+                              f"{cols}x{rows}", path=folder)
+        if f.dtype != frames.dtype:
+            frames = frames.astype(np.promote_types(frames.dtype, f.dtype))
+        frames[k] = f[0]
+        s, i = dcm._rescale(ds)
+        slopes.append(s)
+        inters.append(i)
+        _strip_pixels(ds)
+    assert frames is not None and spp >= 1
+    values = dcm.apply_modality_lut(frames, slopes, inters)
+    arr = _frames_to_array(values, True)
+    meta = _dicom_meta(first, form, len(ordered), True, dup_warnings + stack.warnings)
+    source = DicomSource(datasets=[ds for _, ds in ordered], paths=[p for p, _ in ordered])
+    return _make(arr, lps_to_ras_affine(stack.affine_lps), folder, form, meta, source)
