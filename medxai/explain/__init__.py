@@ -1,0 +1,100 @@
+"""Saliency for segmentation networks (MONAI UNet and others), 2D and 3D, and its faithfulness.
+
+Quick use::
+
+    from medxai.explain import explain
+    saliency = explain(net, x, method="gradcam")     # x: (N, C, H, W[, D]) -> (N, 1, H, W[, D])
+
+Methods (:data:`METHODS`): ``gradcam`` (Seg-Grad-CAM), ``gradcampp`` (Grad-CAM++), ``occlusion``,
+``ig`` (integrated gradients). Each explains the sum of one class's logits over the model's own
+mask for it (:class:`SegmentationTarget`), returns ``(N, 1, *spatial)`` float32 in [0, 1] on the
+input grid, and leaves the network exactly as it was (mode, ``requires_grad``, no hooks left).
+Large inputs: :func:`sliding_window_saliency`. Trust: :func:`deletion_insertion`,
+:func:`energy_in_mask`, :func:`randomisation_sanity`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medxai.explain.faithfulness import (
+    deletion_insertion,
+    energy_in_mask,
+    randomisation_sanity,
+    spearman,
+)
+from medxai.explain.hooks import LayerCapture, capture_layer, frozen_model
+from medxai.explain.layers import default_target_layer, list_target_layers, resolve_layer
+from medxai.explain.methods import (
+    METHODS,
+    SaliencyMethod,
+    get_method,
+    grad_cam_pp,
+    integrated_gradients,
+    occlusion,
+    run_method,
+    seg_grad_cam,
+)
+from medxai.explain.sliding import sliding_window_saliency
+from medxai.explain.targets import SegmentationTarget
+
+__all__ = [
+    "explain",
+    "SegmentationTarget",
+    "METHODS",
+    "get_method",
+    "run_method",
+    "seg_grad_cam",
+    "grad_cam_pp",
+    "occlusion",
+    "integrated_gradients",
+    "list_target_layers",
+    "default_target_layer",
+    "resolve_layer",
+    "frozen_model",
+    "capture_layer",
+    "LayerCapture",
+    "sliding_window_saliency",
+    "deletion_insertion",
+    "energy_in_mask",
+    "randomisation_sanity",
+    "spearman",
+]
+
+
+def explain(
+    net: nn.Module,
+    x: torch.Tensor,
+    method: str | SaliencyMethod = "gradcam",
+    target_label: int = 1,
+    layer: str | nn.Module | None = None,
+    roi: torch.Tensor | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Saliency map of ``net``'s segmentation of ``x`` for one label.
+
+    Args:
+        net: network mapping ``(N, C, *spatial)`` to logits ``(N, K, *spatial)``.
+        x: ``(N, C, H, W)`` or ``(N, C, H, W, D)`` (a single image ``(C, ...)`` needs ``x[None]``).
+        method: a name in :data:`METHODS` (``gradcam``, ``gradcampp``, ``occlusion``, ``ig``)
+            or a method callable.
+        target_label: the class to explain (1 = first foreground).
+        layer: CAM methods only: layer name or module (default: see
+            :func:`default_target_layer`).
+        roi: optional boolean region of interest on the output grid (``(*spatial)``,
+            ``(1, *spatial)`` or ``(N, 1, *spatial)``) to explain instead of the predicted mask.
+        options: method options (e.g. ``steps=`` for ``ig``, ``patch_size=`` for ``occlusion``).
+
+    Returns:
+        ``(N, 1, H, W[, D])`` float32 in [0, 1] on ``x``'s device.
+
+    Raises:
+        ExplainError: unknown method, layer or option, label out of range, bad input.
+    """
+    target = SegmentationTarget(target_label, roi if roi is not None else "predicted")
+    if layer is not None:
+        options["layer"] = layer
+    return run_method(method, net, x, target, **options)

@@ -98,11 +98,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     c = x.shape[1]
     out = x
     for d in range(nd):
-        shape = [c, 1] + [1] * nd
+        shape = [1, 1] + [1] * nd
         shape[2 + d] = kernel.numel()
+        weight = kernel.view(shape).expand(c, *shape[1:])
         pad = [0, 0] * nd
         pad[2 * (nd - 1 - d)] = pad[2 * (nd - 1 - d) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=c)
+        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=c)
     return out
 
 

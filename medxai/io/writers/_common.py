@@ -1,0 +1,262 @@
+"""Helpers shared by the writers: arrays, label descriptions, software identity, DICOM sources."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from medxai._version import __version__
+from medxai.errors import InputError
+from medxai.io.types import DicomSource
+
+__all__ = [
+    "SOFTWARE_NAME",
+    "SOFTWARE_VERSION",
+    "NOT_FOR_DIAGNOSIS",
+    "LabelSpec",
+    "as_numpy",
+    "as_label_array",
+    "normalise_labels",
+    "label_colors_map",
+    "rgb_triplet",
+    "source_proxy",
+    "frame_geometry",
+    "patient_orientation_letters",
+    "has_frame_of_reference",
+    "now",
+]
+
+SOFTWARE_NAME = "medxai"
+SOFTWARE_VERSION = __version__
+NOT_FOR_DIAGNOSIS = "AI result, not for diagnostic use"
+
+# Type 2 attributes highdicom reads from the source with plain attribute access.
+_TYPE2_DEFAULTS = {
+    "PatientID": "",
+    "PatientName": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "AccessionNumber": "",
+    "StudyID": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "ReferringPhysicianName": "",
+}
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",
+             "Columns")
+
+
+def now() -> datetime.datetime:
+    """The current local time (one place, so that tests could pin it)."""
+    return datetime.datetime.now()
+
+
+def as_numpy(array: Any) -> np.ndarray:
+    """A numpy view of ``array`` (numpy, torch tensor or MONAI ``MetaTensor``)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def as_label_array(labels: Any, *, what: str = "labels") -> np.ndarray:
+    """Validate a label map ``(I, J[, K])`` (a leading channel of size 1 is dropped) -> uint8.
+
+    Raises:
+        InputError: wrong number of dimensions, non-integer values or values outside 0..255.
+    """
+    arr = as_numpy(labels)
+    if arr.ndim in (3, 4) and arr.shape[0] == 1:
+        # (1, I, J[, K]): a channel-first label map
+        arr = arr[0]
+    if arr.ndim not in (2, 3):
+        raise InputError(
+            f"{what} must be a label map of shape (I, J) or (I, J, K); found shape {arr.shape}",
+            hint="pass the argmax of the prediction without the channel axis",
+        )
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        as_float = arr.astype(np.float64)
+        if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+            raise InputError(f"{what} must hold whole label values; found {arr.dtype} with "
+                             "fractional or non-finite values")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise InputError(f"{what} must hold label values 0..255; found {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint8)
+
+
+def rgb_triplet(color: Any, *, default: tuple[int, int, int] = (255, 0, 0)) -> tuple[int, int, int]:
+    """An RGB colour 0..255 from ``[r, g, b]`` (0..255 ints or 0..1 floats) or ``"#rrggbb"``."""
+    if color is None:
+        return default
+    if isinstance(color, str):
+        text = color.strip().lstrip("#")
+        if len(text) == 6:
+            try:
+                return (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16))
+            except ValueError:
+                pass
+        raise InputError(f"colour {color!r} is not '#rrggbb' nor [r, g, b]")
+    values = [float(c) for c in list(color)[:3]]
+    if len(values) != 3:
+        raise InputError(f"colour {color!r} must have three components (r, g, b)")
+    if all(0.0 <= v <= 1.0 for v in values) and any(v != int(v) for v in values):
+        values = [v * 255.0 for v in values]
+    return tuple(int(np.clip(round(v), 0, 255)) for v in values)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One non-background label: its value in the mask, name, RGB colour and optional codes."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int]
+    category: Any = None
+    type: Any = None
+
+
+def normalise_labels(label_info: Sequence[Mapping[str, Any]] | None) -> list[LabelSpec]:
+    """The non-zero labels of ``label_info`` (``[{"value", "name", "color"}, ...]``), by value.
+
+    Raises:
+        InputError: a value outside 1..255, or twice.
+    """
+    specs: dict[int, LabelSpec] = {}
+    for entry in label_info or []:
+        try:
+            value = int(entry["value"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"label description {entry!r} has no integer 'value'") from exc
+        if value == 0:
+            continue
+        if not 0 < value < 256:
+            raise InputError(f"label value {value} is outside 1..255 ({entry!r})")
+        if value in specs:
+            raise InputError(f"label value {value} is described twice in label_info")
+        name = str(entry.get("name") or f"label_{value}")
+        specs[value] = LabelSpec(value, name, rgb_triplet(entry.get("color")),
+                                 entry.get("category"), entry.get("type"))
+    return [specs[v] for v in sorted(specs)]
+
+
+def label_colors_map(label_colors: Any) -> dict[int, tuple[int, int, int]]:
+    """``{value: (r, g, b)}`` from a mapping value -> colour or a ``label_info`` list."""
+    if label_colors is None:
+        return {}
+    if isinstance(label_colors, Mapping):
+        return {int(k): rgb_triplet(v) for k, v in label_colors.items() if int(k) != 0}
+    return {spec.value: spec.color for spec in normalise_labels(label_colors)}
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM sources
+# ---------------------------------------------------------------------------------------------
+
+def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
+    """A deep copy of a source header with empty values for the type 2 attributes highdicom reads.
+
+    The copy is what highdicom is given, so that a source lacking e.g. ``AccessionNumber`` (a type
+    2 attribute, present but empty in a valid file, absent in many real ones) still works. The
+    caller's dataset is never modified.
+
+    Raises:
+        InputError: an attribute without which no derived object can reference the source.
+    """
+    missing = [kw for kw in _REQUIRED if kw not in ds]
+    if missing:
+        raise InputError(
+            f"the DICOM {what} lacks {', '.join(missing)}; a derived object cannot reference it",
+            hint="the file is not a complete DICOM image header",
+        )
+    proxy = copy.deepcopy(ds)
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in proxy:
+            delattr(proxy, kw)
+    for kw, value in _TYPE2_DEFAULTS.items():
+        if kw not in proxy:
+            setattr(proxy, kw, value)
+    if "Modality" not in proxy or not proxy.Modality:
+        proxy.Modality = "OT"
+    return proxy
+
+
+def has_frame_of_reference(ds: Dataset) -> bool:
+    return bool(ds.get("FrameOfReferenceUID"))
+
+
+def _fg_value(ds: Dataset, frame_index: int | None, group: str, keyword: str) -> Any:
+    """Value of ``keyword`` in functional group ``group`` for a frame (per-frame, then shared)."""
+    if frame_index is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is not None and frame_index < len(per_frame):
+            item = per_frame[frame_index]
+            if group in item and len(item[group].value) and keyword in item[group].value[0]:
+                return item[group].value[0][keyword].value
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        item = shared[0]
+        if group in item and len(item[group].value) and keyword in item[group].value[0]:
+            return item[group].value[0][keyword].value
+    return None
+
+
+def frame_geometry(source: DicomSource, k: int) -> tuple[Dataset, int | None, dict[str, Any]]:
+    """The source dataset, 1-based frame number (multi-frame) and plane geometry of slice ``k``.
+
+    The geometry dict holds ``ImagePositionPatient``, ``ImageOrientationPatient`` and
+    ``PixelSpacing`` (each only when the source has it; from the functional groups for enhanced
+    multi-frame objects) and ``FrameOfReferenceUID`` when present.
+    """
+    if source.is_multiframe:
+        ds = source.datasets[0]
+        frame = int(source.frame_numbers[k])  # type: ignore[index]
+    else:
+        ds = source.datasets[k if len(source.datasets) > 1 else 0]
+        frame = None
+    geometry: dict[str, Any] = {}
+    findex = None if frame is None else frame - 1
+    ipp = ds.get("ImagePositionPatient")
+    if ipp is None:
+        ipp = _fg_value(ds, findex, "PlanePositionSequence", "ImagePositionPatient")
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        iop = _fg_value(ds, findex, "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = ds.get("PixelSpacing")
+    if spacing is None:
+        spacing = _fg_value(ds, findex, "PixelMeasuresSequence", "PixelSpacing")
+    if ipp is not None and len(ipp) == 3:
+        geometry["ImagePositionPatient"] = [float(v) for v in ipp]
+    if iop is not None and len(iop) == 6:
+        geometry["ImageOrientationPatient"] = [float(v) for v in iop]
+    if spacing is not None and len(spacing) == 2:
+        geometry["PixelSpacing"] = [float(v) for v in spacing]
+    if has_frame_of_reference(ds):
+        geometry["FrameOfReferenceUID"] = str(ds.FrameOfReferenceUID)
+    return ds, frame, geometry
+
+
+def patient_orientation_letters(iop: Sequence[float], threshold: float = 1e-3) -> list[str]:
+    """PatientOrientation (0020,0020) for ImageOrientationPatient: e.g. ``['L', 'P']``.
+
+    Each value names the patient directions of the row (increasing column index) and column
+    (increasing row index) axes, main direction first (DICOM PS3.3 C.7.6.1.1.1), LPS.
+    """
+    out = []
+    for vec in (iop[:3], iop[3:6]):
+        letters = []
+        for axis in np.argsort(-np.abs(np.asarray(vec, dtype=float))):
+            c = float(vec[axis])
+            if abs(c) < threshold:
+                continue
+            letters.append(("L", "P", "H")[axis] if c > 0 else ("R", "A", "F")[axis])
+        out.append("".join(letters))
+    return out

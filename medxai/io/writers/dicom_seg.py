@@ -1,0 +1,357 @@
+"""DICOM Segmentation (SEG) of a label map, referencing the images it was computed from.
+
+The label map comes in MONAI order ``(I, J[, K])`` (``i`` along columns, ``j`` along rows, ``k``
+along the source slices or frames in :class:`~medxai.io.types.DicomSource` order); it is
+transposed to DICOM's ``frames x rows x columns`` so that SEG frame data for slice ``k`` is derived
+from ``source.datasets[k]`` (a series) or from frame ``source.frame_numbers[k]`` (a multi-frame
+object). highdicom (``hd.seg.Segmentation``) builds the object: BINARY, one segment per non-zero
+label of ``label_info`` (segment numbers 1..N in order of label value; the label value is kept in
+each segment's SegmentDescription), coded category/type, AUTOMATIC algorithm identification
+(family "Artificial Intelligence", name and version of the model).
+
+Sources, and what is done for each:
+
+- CT/MR series, single-frame files, enhanced multi-frame objects (with a Frame of Reference):
+  highdicom copies the plane positions/orientation and Frame of Reference from the source; the SEG
+  lies on the source grid.
+- Pictures without a Frame of Reference (Secondary Capture, VL Photographic, X-ray, a single
+  ultrasound frame): no Frame of Reference is invented; the frame references the source image
+  (DerivationImageSequence) and PatientOrientation is copied (empty when the source has none).
+- Multi-frame objects without a Frame of Reference (ultrasound cine, XA): highdicom 0.28 refuses
+  them ("Only a single frame is supported when the source image has no Frame of Reference UID",
+  highdicom issue #284). medxai builds the object with highdicom on a copy of the source header
+  given a temporary frame index geometry, then removes every trace of it (Frame of Reference, plane
+  position/orientation, pixel measures, 3D organisation) and indexes the frames by
+  FrameContentSequence > TemporalPositionIndex = source frame number; each frame references its
+  source frame. No geometry is written.
+
+Empty masks: segments without any voxel get no frames (``omit_empty_frames``); when the whole mask
+is empty highdicom keeps every frame (all zero), so the SEG is still valid and says "nothing found"
+for every described label.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from medxai.errors import InputError, ProcessingError, UnsupportedInputError
+from medxai.io.types import DicomSource
+from medxai.io.writers._atomic import write_bytes_atomic
+from medxai.io.writers._common import (
+    NOT_FOR_DIAGNOSIS,
+    SOFTWARE_NAME,
+    SOFTWARE_VERSION,
+    LabelSpec,
+    as_label_array,
+    has_frame_of_reference,
+    normalise_labels,
+    source_proxy,
+)
+
+__all__ = ["write_dicom_seg", "segment_codes", "DEFAULT_SEG_SERIES_OFFSET"]
+
+#: Series number of a SEG, when not given: the source's series number plus this.
+DEFAULT_SEG_SERIES_OFFSET = 1000
+
+_LESION_WORDS = re.compile(
+    r"lesion|tumou?r|nodule|cancer|carcinoma|melanoma|naevus|nevus|mass|metasta|neoplasm|polyp|cyst",
+    re.IGNORECASE,
+)
+
+
+def _code(value: Any, what: str) -> Code | hd.sr.CodedConcept:
+    """A coded concept from a pydicom Code, a dict ``{value, scheme, meaning}`` or a triple."""
+    if isinstance(value, (Code, hd.sr.CodedConcept)):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return Code(str(value["value"]),
+                        str(value.get("scheme") or value.get("scheme_designator")),
+                        str(value["meaning"]))
+        except KeyError as exc:
+            raise InputError(f"{what} code {value!r} needs 'value', 'scheme' and 'meaning'") from exc
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return Code(str(value[0]), str(value[1]), str(value[2]))
+    raise InputError(f"{what} code {value!r} is not a Code, a dict (value, scheme, meaning) or "
+                     "a (value, scheme, meaning) triple")
+
+
+def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
+    """Segmented property (category, type) for a label.
+
+    ``label_info`` entries may carry ``"category"`` and ``"type"`` codes (a dict with ``value``,
+    ``scheme``, ``meaning``, a triple, or a pydicom ``Code``). Otherwise: SCT "Morphologically
+    Abnormal Structure" / "Lesion" for a name that says lesion, tumour, nodule, ..., and SCT
+    "Tissue" / "Tissue" for anything else (CID 7150 / CID 7151).
+    """
+    if spec.category is not None or spec.type is not None:
+        if spec.category is None or spec.type is None:
+            raise InputError(f"label {spec.value} ({spec.name}) gives only one of 'category' "
+                             "and 'type'; give both")
+        return _code(spec.category, "category"), _code(spec.type, "type")
+    if _LESION_WORDS.search(spec.name):
+        return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
+    return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+def _segment_descriptions(specs: Sequence[LabelSpec], model_name: str,
+                          model_version: str) -> list[hd.seg.SegmentDescription]:
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model_name[:64], version=model_version[:64],
+        family=codes.cid7162.ArtificialIntelligence, source=SOFTWARE_NAME,
+    )
+    out = []
+    for number, spec in enumerate(specs, start=1):
+        category, prop_type = segment_codes(spec)
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=spec.name[:64],
+            segmented_property_category=category,
+            segmented_property_type=prop_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*spec.color),
+        )
+        desc.SegmentDescription = f"label value {spec.value}"
+        out.append(desc)
+    return out
+
+
+def _expected_shape(source: DicomSource) -> tuple[int, int, int]:
+    first = source.first
+    if source.is_multiframe:
+        k = len(source.frame_numbers or [])
+    else:
+        k = len(source.datasets)
+    return int(first.Columns), int(first.Rows), k
+
+
+def _check_source(source: DicomSource) -> None:
+    if not source.datasets:
+        raise InputError("the DICOM source holds no dataset")
+    if source.is_multiframe:
+        if len(source.datasets) != 1:
+            raise InputError("a multi-frame DICOM source must hold exactly one dataset; found "
+                             f"{len(source.datasets)}")
+        nframes = int(source.first.get("NumberOfFrames", 1) or 1)
+        bad = [f for f in source.frame_numbers or [] if not 1 <= int(f) <= nframes]
+        if bad:
+            raise InputError(f"frame numbers {bad[:5]} are outside 1..{nframes}",
+                             path=source.paths[0] if source.paths else None)
+
+
+def _slice_thickness_fix(proxies: list[Dataset]) -> None:
+    """highdicom reads SliceThickness of single-frame sources; derive it when absent."""
+    missing = [p for p in proxies if "SliceThickness" not in p or p.SliceThickness in (None, "")]
+    if not missing or "ImagePositionPatient" not in proxies[0]:
+        return
+    thickness: float | None = None
+    if len(proxies) > 1 and "ImageOrientationPatient" in proxies[0]:
+        iop = np.asarray(proxies[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        pos = sorted(float(np.dot(normal, np.asarray(p.ImagePositionPatient, float)))
+                     for p in proxies)
+        steps = np.diff(pos)
+        steps = steps[steps > 1e-6]
+        if steps.size:
+            thickness = float(np.median(steps))
+    for p in missing:
+        p.SliceThickness = thickness if thickness is not None else None
+
+
+def _placeholder_geometry(proxy: Dataset) -> None:
+    """Give a multi-frame header without Frame of Reference a temporary frame-index geometry."""
+    nframes = int(proxy.get("NumberOfFrames", 1) or 1)
+    proxy.FrameOfReferenceUID = hd.UID()
+    shared = Dataset()
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = [orientation]
+    measures = Dataset()
+    measures.PixelSpacing = [1, 1]
+    measures.SliceThickness = 1
+    shared.PixelMeasuresSequence = [measures]
+    proxy.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for index in range(nframes):
+        item = Dataset()
+        position = Dataset()
+        position.ImagePositionPatient = [0, 0, index]
+        item.PlanePositionSequence = [position]
+        per_frame.append(item)
+    proxy.PerFrameFunctionalGroupsSequence = per_frame
+    for kw in ("ImagePositionPatient", "ImageOrientationPatient"):
+        if kw in proxy:
+            delattr(proxy, kw)
+
+
+def _remove_placeholder_geometry(seg: hd.seg.Segmentation) -> None:
+    """Undo :func:`_placeholder_geometry` in the built SEG; index frames by source frame number."""
+    for kw in ("FrameOfReferenceUID", "PositionReferenceIndicator", "DimensionOrganizationType"):
+        if kw in seg:
+            delattr(seg, kw)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for kw in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        if kw in shared:
+            delattr(shared, kw)
+    position_tag = tag_for_keyword("ImagePositionPatient")
+    dim_position = None
+    for i, item in enumerate(seg.DimensionIndexSequence):
+        if item.DimensionIndexPointer == position_tag:
+            item.DimensionIndexPointer = tag_for_keyword("TemporalPositionIndex")
+            item.FunctionalGroupPointer = tag_for_keyword("FrameContentSequence")
+            item.DimensionDescriptionLabel = "Source Frame Number"
+            dim_position = i
+    if dim_position is None:  # pragma: no cover - highdicom always indexes the position
+        raise ProcessingError("unexpected SEG layout from highdicom: no position dimension")
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        if "PlanePositionSequence" in item:
+            del item.PlanePositionSequence
+        content = item.FrameContentSequence[0]
+        content.TemporalPositionIndex = frame
+        values = list(content.DimensionIndexValues)
+        values[dim_position] = frame
+        content.DimensionIndexValues = values
+
+
+def write_dicom_seg(labels: Any, source: DicomSource,
+                    label_info: Sequence[Mapping[str, Any]], model_name: str,
+                    model_version: str, path: str | Path, *,
+                    series_number: int | None = None,
+                    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
+                    instance_number: int = 1,
+                    content_label: str = "MEDXAI",
+                    omit_empty_frames: bool = True) -> Path:
+    """Write a DICOM SEG (BINARY) of ``labels`` on the grid of ``source``.
+
+    Args:
+        labels: label map ``(I, J[, K])`` uint8 (0 background), MONAI order: ``I`` = source
+            Columns, ``J`` = source Rows, ``K`` = number of source slices (``len(datasets)``) or
+            frames (``len(frame_numbers)``); a 2D map for a single image.
+        source: the DICOM images the labels were computed on.
+        label_info: ``[{"value", "name", "color", ["category", "type"]}, ...]``; every non-zero
+            value becomes one segment, whether present in the mask or not. Values present in
+            ``labels`` must all be described.
+        model_name, model_version: recorded as the segments' algorithm name and version.
+        path: the file to write (any name; ``.dcm`` is usual).
+        series_number: of the new series (default: source series number + 1000).
+        series_description: of the new series; says it is an AI result.
+        instance_number: of the SEG instance.
+        content_label: ContentLabel (a DICOM code string: upper case, 16 characters).
+        omit_empty_frames: leave out frames without any voxel of a segment (smaller files).
+
+    Returns:
+        the path written.
+
+    Raises:
+        InputError: a shape that does not match the source, undescribed label values, a source
+            header without the UIDs to reference.
+        UnsupportedInputError: several single-frame images without a Frame of Reference.
+        ProcessingError: highdicom refuses the input, or the file cannot be written.
+    """
+    path = Path(path)
+    _check_source(source)
+    arr = as_label_array(labels)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    expected = _expected_shape(source)
+    if arr.shape != expected:
+        raise InputError(
+            f"the label map has shape {arr.shape} but the DICOM source is {expected} "
+            "(columns, rows, slices/frames)",
+            path=source.paths[0] if source.paths else None,
+            hint="pass the labels on the input grid, in MONAI order (I, J, K)",
+        )
+    specs = normalise_labels(label_info)
+    if not specs:
+        raise InputError("label_info describes no non-zero label; a SEG needs at least one segment")
+    present = {int(v) for v in np.unique(arr) if v != 0}
+    undescribed = sorted(present - {s.value for s in specs})
+    if undescribed:
+        raise InputError(f"label values {undescribed} are in the mask but not in label_info")
+
+    # Label value -> segment number 1..N (BINARY segments must be numbered consecutively).
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, spec in enumerate(specs, start=1):
+        lut[spec.value] = number
+    frames = lut[np.transpose(arr, (2, 1, 0))]  # (K, rows, columns)
+
+    proxies = [source_proxy(ds) for ds in source.datasets]
+    first = proxies[0]
+    strip_placeholder = False
+    if source.is_multiframe:
+        nframes = int(first.get("NumberOfFrames", 1) or 1)
+        full = np.zeros((nframes,) + frames.shape[1:], dtype=np.uint8)
+        for k, frame in enumerate(source.frame_numbers or []):
+            full[int(frame) - 1] = frames[k]
+        frames = full
+        if not has_frame_of_reference(first) and nframes > 1:
+            _placeholder_geometry(first)
+            strip_placeholder = True
+    elif not has_frame_of_reference(first) and len(proxies) > 1:
+        raise UnsupportedInputError(
+            f"{len(proxies)} single-frame images without a Frame of Reference cannot share one "
+            "DICOM SEG (nothing places them relative to each other)",
+            path=source.paths[0] if source.paths else None,
+            hint="segment and write each image on its own",
+        )
+    else:
+        _slice_thickness_fix(proxies)
+
+    descriptions = _segment_descriptions(specs, model_name, model_version)
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=proxies,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=_series_number(series_number, first),
+            sop_instance_uid=hd.UID(),
+            instance_number=int(instance_number),
+            manufacturer=SOFTWARE_NAME,
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=SOFTWARE_VERSION,
+            device_serial_number="none",
+            content_label=content_label.upper()[:16],
+            content_description=(f"{model_name} {model_version} via {SOFTWARE_NAME} "
+                                 f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}")[:64],
+            omit_empty_frames=omit_empty_frames,
+            series_description=series_description[:64],
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ProcessingError(
+            f"highdicom cannot build a DICOM SEG for this source ({exc})",
+            path=source.paths[0] if source.paths else None,
+        ) from exc
+    if strip_placeholder:
+        _remove_placeholder_geometry(seg)
+    if not has_frame_of_reference(seg):
+        # General Image: PatientOrientation is type 2C when there is no plane geometry.
+        orientation = source.first.get("PatientOrientation")
+        seg.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _series_number(series_number: int | None, first: Dataset) -> int:
+    if series_number is not None:
+        return int(series_number)
+    try:
+        base = int(first.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        base = 0
+    return base + DEFAULT_SEG_SERIES_OFFSET

@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDXAI_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data; the calling test is skipped when it does not exist."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real test data not available: {p} (../shared/data is absent)")
+    return p
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real test data not available: {SHARED} is absent")
+    return SHARED
+
+
+def require_tool(name: str) -> str:
+    """Path of an external program; the test is skipped (with the install hint) without it."""
+    exe = shutil.which(name)
+    if exe is None:
+        pytest.skip(f"{name} is not installed (apt-get install dicom3tools dcm2niix / pip install dcmqi)")
+    return exe
