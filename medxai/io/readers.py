@@ -135,7 +135,8 @@ def load_image(path: str | Path) -> LoadedImage:
             files = dcm.dicomdir_files(ddir)
             if not files:
                 raise SeriesError("DICOMDIR references no existing files", path=ddir)
-            return _load_dicom_folder(path if path.is_dir() else path.parent, files, "dicomdir")
+            return _load_dicom_folder(path if path.is_dir() else path.parent, files, "dicomdir",
+                                      shown=path)
         return _load_dicom_folder(path, None, "dicom-series")
     except MedxaiError:
         raise
@@ -342,8 +343,7 @@ def _load_dicom_file(path: Path) -> LoadedImage:
     ds = dcm.read_header(path)
     sop = str(ds.get("SOPClassUID", ""))
     if sop == "1.2.840.10008.1.3.10":
-        return load_image(path.parent) if path.name.upper() == "DICOMDIR" else _load_dicom_folder(
-            path.parent, dcm.dicomdir_files(path), "dicomdir")
+        return _load_dicom_folder(path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path)
     if sop in dcm.NON_IMAGE_SOP_CLASSES:
         raise UnsupportedInputError(
             f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object, not an image", path=path,
@@ -423,7 +423,18 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
     return _make(arr, lps_to_ras_affine(affine_lps), path, "dicom-mosaic", meta, source)
 
 
-def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str) -> LoadedImage:
+def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str,
+                       shown: Path | None = None) -> LoadedImage:
+    """Read the one image series under ``folder`` (or among ``files``); errors name ``shown``."""
+    try:
+        return _load_series(folder, files, form)
+    except MedxaiError as exc:
+        if shown is None or exc.path == str(shown):
+            raise
+        raise type(exc)(exc.detail, path=shown, hint=exc.hint) from exc
+
+
+def _load_series(folder: Path, files: list[Path] | None, form: str) -> LoadedImage:
     scan = dcm.scan_folder(folder, files)
     if not scan.datasets:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:5]) or "the folder is empty"

@@ -233,12 +233,13 @@ def frame_geometry(source: DicomSource, k: int) -> tuple[Dataset, int | None, di
     spacing = ds.get("PixelSpacing")
     if spacing is None:
         spacing = _fg_value(ds, findex, "PixelMeasuresSequence", "PixelSpacing")
+    # The source's own DS values are kept (not re-formatted floats), so copies are exact.
     if ipp is not None and len(ipp) == 3:
-        geometry["ImagePositionPatient"] = [float(v) for v in ipp]
+        geometry["ImagePositionPatient"] = list(ipp)
     if iop is not None and len(iop) == 6:
-        geometry["ImageOrientationPatient"] = [float(v) for v in iop]
+        geometry["ImageOrientationPatient"] = list(iop)
     if spacing is not None and len(spacing) == 2:
-        geometry["PixelSpacing"] = [float(v) for v in spacing]
+        geometry["PixelSpacing"] = list(spacing)
     if has_frame_of_reference(ds):
         geometry["FrameOfReferenceUID"] = str(ds.FrameOfReferenceUID)
     return ds, frame, geometry

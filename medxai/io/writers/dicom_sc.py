@@ -1,0 +1,351 @@
+"""DICOM Secondary Capture outputs: the overlay picture per slice, and the DICOM study of a photo.
+
+:func:`write_dicom_sc` writes one Secondary Capture Image (highdicom ``hd.sc.SCImage``) per slice
+or frame of the overlay, in a new series of the source study, each referencing its source image
+(SourceImageSequence, with ReferencedFrameNumber for a multi-frame source, and
+ReferencedSeriesSequence). When the source has a patient geometry (Frame of Reference, position,
+orientation), the SC carries the source slice's ImagePositionPatient, ImageOrientationPatient,
+PixelSpacing and FrameOfReferenceUID, so that viewers can place it in 3D. Those attributes are
+not part of the SC Image IOD: dciodvfy reports them as warnings ("Attribute is not present in
+standard DICOM IOD ... Standard Extended SOP Class"), which the DICOM standard allows (PS3.4
+B.1.3, Standard Extended SOP Class); there is no error.
+
+:func:`create_photo_study` turns a photo (JPEG/PNG pixels, no patient) into a Secondary Capture in
+a new study of a clearly marked placeholder patient, and returns a
+:class:`~medxai.io.types.DicomSource`, so that a SEG and overlay SCs can reference the photo just
+as they reference a DICOM input.
+
+Both use highdicom's SCImage for the modules it builds (patient, study, series, equipment, SC
+equipment, SC image, image pixel, SOP common) and add what it does not offer: the references,
+BurnedInAnnotation, DerivationDescription, the plane geometry, PatientOrientation derived from the
+orientation (SCImage only takes single letters) or copied (empty when unknown), and Laterality
+(copied; otherwise present but empty, since a type 2C attribute that dciodvfy requires in SC
+images and medxai cannot know).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from medxai.errors import InputError, ProcessingError
+from medxai.io.types import DicomSource
+from medxai.io.writers._atomic import write_bytes_atomic
+from medxai.io.writers._common import (
+    NOT_FOR_DIAGNOSIS,
+    SOFTWARE_NAME,
+    SOFTWARE_VERSION,
+    as_numpy,
+    frame_geometry,
+    now,
+    patient_orientation_letters,
+    source_proxy,
+)
+
+__all__ = [
+    "write_dicom_sc",
+    "create_photo_study",
+    "PLACEHOLDER_PATIENT_NAME",
+    "PLACEHOLDER_PATIENT_ID",
+    "DEFAULT_SC_SERIES_OFFSET",
+]
+
+PLACEHOLDER_PATIENT_NAME = "MEDXAI^ANONYMOUS"
+PLACEHOLDER_PATIENT_ID = "MEDXAI-NO-PATIENT"
+_PLACEHOLDER_COMMENT = (
+    "Placeholder patient made by medxai for a picture that came without patient data. "
+    "This is not a real patient identity: reconcile it before use in a clinical archive."
+)
+#: Series number of the overlay SC series, when not given: the source's plus this.
+DEFAULT_SC_SERIES_OFFSET = 2000
+
+_SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+
+
+def _medxai_equipment(description: str) -> hd.ContributingEquipment:
+    # Processing Equipment (DCM 109102): "equipment that has processed composite instances to
+    # create new composite instances", which is what medxai does (Modifying Equipment, 109103,
+    # is for equipment that changes an instance while keeping it).
+    return hd.ContributingEquipment(
+        manufacturer=SOFTWARE_NAME,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=SOFTWARE_NAME,
+        software_versions=SOFTWARE_VERSION,
+        contribution_datetime=now(),
+        contribution_description=description[:1024],
+    )
+
+
+def _sc_pixels(plane: np.ndarray) -> tuple[np.ndarray, str, int]:
+    """(C, I, J) MONAI plane -> SC pixel array (rows, columns[, 3]), photometric, bits."""
+    if plane.shape[0] == 3:
+        if plane.dtype != np.uint8:
+            raise InputError(f"a colour picture must be uint8; found {plane.dtype}")
+        return np.ascontiguousarray(np.transpose(plane, (2, 1, 0))), "RGB", 8
+    if plane.shape[0] == 1:
+        grey = np.ascontiguousarray(plane[0].T)
+        if grey.dtype == np.uint8:
+            return grey, "MONOCHROME2", 8
+        if grey.dtype == np.uint16:
+            return grey, "MONOCHROME2", 16
+        raise InputError(f"a greyscale picture must be uint8 or uint16; found {grey.dtype}")
+    raise InputError(f"a picture must have 1 or 3 channels (C, I, J); found {plane.shape[0]}")
+
+
+def _build_sc(pixels: np.ndarray, photometric: str, bits: int, ref: Dataset, *,
+              series_uid: str, series_number: int, instance_number: int,
+              series_description: str, equipment: Sequence[hd.ContributingEquipment],
+              pixel_spacing: Sequence[float] | None = None) -> hd.sc.SCImage:
+    try:
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ref,
+            pixel_array=pixels,
+            photometric_interpretation=photometric,
+            bits_allocated=bits,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=SOFTWARE_NAME,
+            # replaced below by the real value (SCImage accepts single letters only)
+            patient_orientation=("L", "P"),
+            pixel_spacing=tuple(pixel_spacing) if pixel_spacing is not None else None,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=list(equipment),
+            series_description=series_description[:64],
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=SOFTWARE_VERSION,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ProcessingError(f"highdicom cannot build a Secondary Capture ({exc})") from exc
+    try:
+        # Every attribute of the Patient, General Study, Patient Study and clinical trial modules.
+        sc.copy_patient_and_study_information(ref)
+    except KeyError:
+        pass  # a SOP class highdicom does not know: SCImage copied the main attributes already
+    return sc
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _placeholder_ref(*, patient_name: str, patient_id: str, study_description: str,
+                     comment: str) -> Dataset:
+    """A reference dataset for a new study of the placeholder patient."""
+    stamp = now()
+    ref = Dataset()
+    ref.SOPClassUID = SecondaryCaptureImageStorage
+    ref.SOPInstanceUID = hd.UID()
+    ref.StudyInstanceUID = hd.UID()
+    ref.SeriesInstanceUID = hd.UID()
+    ref.PatientName = patient_name
+    ref.PatientID = patient_id
+    ref.PatientBirthDate = ""
+    ref.PatientSex = ""
+    ref.PatientComments = comment
+    ref.StudyDate = stamp.strftime("%Y%m%d")
+    ref.StudyTime = stamp.strftime("%H%M%S")
+    ref.StudyID = ""
+    ref.AccessionNumber = ""
+    ref.ReferringPhysicianName = ""
+    ref.StudyDescription = study_description[:64]
+    ref.SpecificCharacterSet = "ISO_IR 192"
+    ref.Modality = "OT"
+    return ref
+
+
+def _reference_items(ds: Dataset, frame: int | None) -> tuple[Dataset, Dataset]:
+    """(SourceImageSequence item, ReferencedSeriesSequence item) for one source image/frame."""
+    source_item = Dataset()
+    source_item.ReferencedSOPClassUID = ds.SOPClassUID
+    source_item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    if frame is not None:
+        source_item.ReferencedFrameNumber = int(frame)
+    source_item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(_SOURCE_PURPOSE)]
+    instance_item = Dataset()
+    instance_item.ReferencedSOPClassUID = ds.SOPClassUID
+    instance_item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = ds.SeriesInstanceUID
+    series_item.ReferencedInstanceSequence = [instance_item]
+    return source_item, series_item
+
+
+def _laterality(ds: Dataset) -> str:
+    for kw in ("Laterality", "ImageLaterality"):
+        value = str(ds.get(kw) or "")
+        if value in ("R", "L"):
+            return value
+    return ""
+
+
+def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
+                   model_name: str, model_version: str, *,
+                   series_description: str = f"medxai overlay - {NOT_FOR_DIAGNOSIS}",
+                   series_number: int | None = None,
+                   derivation_description: str | None = None,
+                   filename_prefix: str = "overlay_") -> list[Path]:
+    """Write the overlay as Secondary Capture images, one per slice/frame, in a new series.
+
+    Args:
+        rgb: overlay picture ``(3, I, J[, K])`` uint8 (MONAI order, as made by
+            :func:`medxai.io.writers.png.overlay_rgb`); ``K`` matches the source slices/frames.
+        source: the DICOM source of the input (see :class:`~medxai.io.types.DicomSource`); for a
+            photo, the one :func:`create_photo_study` returned. ``None`` puts the overlay in a new
+            study of the placeholder patient, without references.
+        out_dir: folder for the files ``<filename_prefix>0001.dcm``, ...
+        model_name, model_version: the model, named in DerivationDescription and the equipment.
+        series_description: of the new series; says it is an AI result, not for diagnosis.
+        series_number: of the new series (default: source series number + 2000).
+        derivation_description: replaces the default DerivationDescription.
+        filename_prefix: start of each file name.
+
+    Returns:
+        the paths written, in ``k`` order.
+
+    Raises:
+        InputError: a shape or dtype that does not fit, or a source header without UIDs.
+        ProcessingError: highdicom refuses the input, or a file cannot be written.
+    """
+    arr = as_numpy(rgb)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[0] != 3 or arr.dtype != np.uint8:
+        raise InputError(f"the overlay must be uint8 of shape (3, I, J[, K]); found {arr.dtype} "
+                         f"{arr.shape}")
+    out_dir = Path(out_dir)
+    n = arr.shape[3]
+    if source is not None:
+        if not source.datasets:
+            raise InputError("the DICOM source holds no dataset")
+        expected_k = len(source.frame_numbers or []) if source.is_multiframe else len(source.datasets)
+        first = source.first
+        expected = (int(first.Columns), int(first.Rows), expected_k)
+        if arr.shape[1:] != expected:
+            raise InputError(
+                f"the overlay has shape {arr.shape[1:]} but the DICOM source is {expected} "
+                "(columns, rows, slices/frames)", path=source.paths[0] if source.paths else None)
+    derivation = derivation_description or (
+        f"Overlay of the segmentation (contours) and saliency map (heat map) computed by the model "
+        f"{model_name} {model_version} with {SOFTWARE_NAME} {SOFTWARE_VERSION}, burned into the "
+        f"source image. {NOT_FOR_DIAGNOSIS}."
+    )
+    equipment = [_medxai_equipment(f"AI segmentation overlay; model {model_name} {model_version}")]
+    series_uid = hd.UID()
+    placeholder = None
+    if source is None:
+        placeholder = _placeholder_ref(
+            patient_name=PLACEHOLDER_PATIENT_NAME, patient_id=PLACEHOLDER_PATIENT_ID,
+            study_description="medxai overlay of a picture without DICOM source",
+            comment=_PLACEHOLDER_COMMENT,
+        )
+        number = int(series_number) if series_number is not None else DEFAULT_SC_SERIES_OFFSET
+    else:
+        try:
+            base = int(source.first.get("SeriesNumber") or 0)
+        except (TypeError, ValueError):
+            base = 0
+        number = int(series_number) if series_number is not None else base + DEFAULT_SC_SERIES_OFFSET
+    proxies: dict[int, Dataset] = {}
+    paths = []
+    for k in range(n):
+        pixels, photometric, bits = _sc_pixels(arr[:, :, :, k])
+        if source is None:
+            ref, frame, geometry = placeholder, None, {}
+        else:
+            ds, frame, geometry = frame_geometry(source, k)
+            key = id(ds)
+            if key not in proxies:
+                proxies[key] = source_proxy(ds)
+            ref = proxies[key]
+        has_geometry = all(kw in geometry for kw in ("FrameOfReferenceUID", "ImagePositionPatient",
+                                                     "ImageOrientationPatient", "PixelSpacing"))
+        sc = _build_sc(pixels, photometric, bits, ref, series_uid=series_uid, series_number=number,
+                       instance_number=k + 1, series_description=series_description,
+                       equipment=equipment,
+                       pixel_spacing=geometry.get("PixelSpacing"))
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.BurnedInAnnotation = "YES"
+        sc.DerivationDescription = derivation[:1024]
+        if source is not None:
+            source_item, series_item = _reference_items(ref, frame)
+            sc.SourceImageSequence = [source_item]
+            sc.ReferencedSeriesSequence = [series_item]
+        if has_geometry:
+            sc.FrameOfReferenceUID = geometry["FrameOfReferenceUID"]
+            sc.ImagePositionPatient = geometry["ImagePositionPatient"]
+            sc.ImageOrientationPatient = geometry["ImageOrientationPatient"]
+            sc.PatientOrientation = patient_orientation_letters(geometry["ImageOrientationPatient"])
+        else:
+            orientation = ref.get("PatientOrientation") if source is not None else None
+            sc.PatientOrientation = (list(orientation) if orientation and len(orientation) == 2
+                                     else "")
+        sc.Laterality = _laterality(ref) if source is not None else ""
+        paths.append(_save(sc, out_dir / f"{filename_prefix}{k + 1:04d}.dcm"))
+    return paths
+
+
+def create_photo_study(picture: Any, path: str | Path, *,
+                       source_name: str | None = None,
+                       patient_name: str = PLACEHOLDER_PATIENT_NAME,
+                       patient_id: str = PLACEHOLDER_PATIENT_ID,
+                       study_description: str = "medxai: picture imported without patient data",
+                       series_description: str = "Picture imported by medxai",
+                       series_number: int = 1) -> DicomSource:
+    """Write a photo as a Secondary Capture in a new study of a placeholder patient.
+
+    The patient is clearly marked as a placeholder (PatientName ``MEDXAI^ANONYMOUS``, PatientID
+    ``MEDXAI-NO-PATIENT``, PatientComments saying so), the study is new, and the image has no
+    Frame of Reference (a photo has no patient geometry) and an empty PatientOrientation.
+
+    Args:
+        picture: the photo ``(C, I, J)`` (MONAI order: ``I`` along columns, ``J`` along rows),
+            3 channels uint8 (RGB) or 1 channel uint8/uint16 (MONOCHROME2).
+        path: the DICOM file to write.
+        source_name: the photo's file name, recorded in ImageComments.
+        patient_name, patient_id: the placeholder identity.
+        study_description, series_description, series_number: of the new study and series.
+
+    Returns:
+        a :class:`DicomSource` of the written file (header without pixel data), to pass to
+        :func:`~medxai.io.writers.dicom_seg.write_dicom_seg` and :func:`write_dicom_sc`.
+
+    Raises:
+        InputError: a picture of the wrong shape or dtype.
+        ProcessingError: the file cannot be written.
+    """
+    arr = as_numpy(picture)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"a photo must be (C, I, J); found shape {arr.shape}")
+    pixels, photometric, bits = _sc_pixels(arr)
+    path = Path(path)
+    ref = _placeholder_ref(patient_name=patient_name, patient_id=patient_id,
+                           study_description=study_description, comment=_PLACEHOLDER_COMMENT)
+    equipment = [_medxai_equipment("Conversion of a picture file to DICOM")]
+    sc = _build_sc(pixels, photometric, bits, ref, series_uid=hd.UID(),
+                   series_number=int(series_number), instance_number=1,
+                   series_description=series_description, equipment=equipment)
+    sc.ImageType = ["ORIGINAL", "SECONDARY"]
+    sc.BurnedInAnnotation = "NO"
+    sc.PatientOrientation = ""
+    sc.Laterality = ""
+    if source_name:
+        sc.ImageComments = f"Imported by {SOFTWARE_NAME} {SOFTWARE_VERSION} from {source_name}"
+    _save(sc, path)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    return DicomSource(datasets=[header], paths=[path], frame_numbers=None)
