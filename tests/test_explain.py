@@ -145,7 +145,7 @@ def test_target_rejects_bad_label_and_roi():
     logits = torch.zeros(1, 2, 4, 4)
     with pytest.raises(ExplainError, match="out of range"):
         SegmentationTarget(2)(logits)
-    with pytest.raises(ExplainError, match="ROI shape"):
+    with pytest.raises(ExplainError, match="region shape"):
         SegmentationTarget(1, torch.ones(3, 3, dtype=torch.bool))(logits)
     with pytest.raises(ExplainError):
         SegmentationTarget(1, "everywhere")
@@ -308,6 +308,25 @@ def test_explain_with_roi_changes_the_target():
     a = explain(net, x, "ig", roi=roi, steps=4)
     b = explain(net, x, "ig", roi=~roi, steps=4)
     assert not torch.allclose(a, b)
+
+
+def test_metatensor_input_and_cuda_when_available():
+    from monai.data import MetaTensor
+
+    net = small_unet(2)
+    x = torch.randn(1, 1, 16, 16)
+    cpu = explain(net, MetaTensor(x), "gradcam")
+    assert type(cpu) is torch.Tensor and torch.equal(cpu, explain(net, x, "gradcam"))
+    if not torch.cuda.is_available():
+        return
+    gpu_net = small_unet(2).cuda()
+    for method in METHODS:
+        options = {"patch_size": 4, "stride": 4} if method == "occlusion" else FAST[method]
+        sal = explain(gpu_net, x.cuda(), method, **options)
+        assert sal.device.type == "cuda"
+        assert torch.allclose(sal.cpu(), explain(net, x, method, **options), atol=1e-3)
+    with pytest.raises(ExplainError, match="same device"):
+        explain(gpu_net, x, "gradcam")
 
 
 # --- sliding windows -----------------------------------------------------------------------------

@@ -38,6 +38,10 @@ def prepare_input(x: torch.Tensor) -> torch.Tensor:
 
 def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``net(x)`` as a plain tensor ``(N, K, *spatial)``; the first output if there are several."""
+    param = next(net.parameters(), None)
+    if param is not None and param.device != x.device:
+        raise ExplainError(f"the network is on {param.device} but the input is on {x.device}",
+                           hint="move the input (or the network) to the same device")
     out = net(x)
     if isinstance(out, (tuple, list)) and out:
         out = out[0]

@@ -27,7 +27,7 @@ __all__ = ["SegmentationTarget", "REGIONS", "as_target"]
 REGIONS = ("predicted", "image")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SegmentationTarget:
     """Sum of the logits of class ``label`` inside a region, one score per sample.
 
@@ -106,8 +106,8 @@ def _broadcast_roi(roi: torch.Tensor, n: int, spatial: tuple[int, ...]) -> torch
         roi = roi[None]
     elif len(shape) != len(spatial) + 2 or shape[1] != 1 or shape[2:] != spatial \
             or shape[0] not in (1, n):
-        raise ExplainError(f"ROI shape {shape} does not fit logits of spatial shape {spatial} "
-                           f"and batch {n}",
+        raise ExplainError(f"region shape {shape} does not fit spatial shape {spatial} and "
+                           f"batch {n}",
                            hint="give the ROI as (*spatial), (1, *spatial) or (N, 1, *spatial)")
     return roi.expand(n, 1, *spatial)
 

@@ -1,0 +1,36 @@
+"""Writers of medxai's outputs: NIfTI, DICOM SEG, DICOM Secondary Capture, PNG preview, JSON report.
+
+All writers take arrays in MONAI order (``(C, I, J[, K])`` images, ``(I, J[, K])`` label and
+saliency maps; ``I`` along image columns, ``J`` along rows, ``K`` along slices/frames), write
+atomically (temporary file in the same folder, then ``os.replace``) and return what they wrote.
+DICOM objects reference their source, get new UIDs, and name medxai and the model that made them.
+"""
+
+from medxai.io.writers.dicom_sc import (
+    PLACEHOLDER_PATIENT_ID,
+    PLACEHOLDER_PATIENT_NAME,
+    create_photo_study,
+    write_dicom_sc,
+)
+from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
+from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
+from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
+from medxai.io.writers.report import label_statistics, to_plain, write_report_json
+
+__all__ = [
+    "write_nifti_labels",
+    "write_nifti_map",
+    "sidecar_path",
+    "write_dicom_seg",
+    "segment_codes",
+    "write_dicom_sc",
+    "create_photo_study",
+    "PLACEHOLDER_PATIENT_NAME",
+    "PLACEHOLDER_PATIENT_ID",
+    "overlay_rgb",
+    "window_to_uint8",
+    "write_preview_png",
+    "write_report_json",
+    "label_statistics",
+    "to_plain",
+]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from highdicom.valuerep import _check_specific_character_set
 from pydicom.dataset import Dataset
 
 from medxai._version import __version__
@@ -186,7 +187,27 @@ def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
             setattr(proxy, kw, value)
     if "Modality" not in proxy or not proxy.Modality:
         proxy.Modality = "OT"
+    _fix_character_set(proxy)
     return proxy
+
+
+def _fix_character_set(ds: Dataset) -> None:
+    """Make SpecificCharacterSet one highdicom accepts (its strings are already decoded).
+
+    Empty means the default repertoire (the attribute is removed); a value highdicom rejects is
+    replaced by UTF-8 (``ISO_IR 192``), which can encode every decoded string.
+    """
+    if "SpecificCharacterSet" not in ds:
+        return
+    value = ds.SpecificCharacterSet
+    values = [v for v in ([value] if isinstance(value, str) else list(value or [])) if v]
+    if not values:
+        del ds.SpecificCharacterSet
+        return
+    try:
+        _check_specific_character_set(values if len(values) > 1 else values[0])
+    except (ValueError, TypeError):
+        ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def has_frame_of_reference(ds: Dataset) -> bool:

@@ -1,0 +1,149 @@
+"""Test helpers for DICOM inputs and outputs, independent of medxai's own reader.
+
+Sources are assembled here the way :class:`medxai.io.types.DicomSource` documents it (slices sorted
+by the projection of ImagePositionPatient on the slice normal; MONAI axis order ``(I, J, K)``:
+``I`` along columns, ``J`` along rows), so that the writers are tested against an independent
+reading of the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medxai.io.types import DicomSource
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DICOM = SHARED / "dicom"
+
+needs_shared = pytest.mark.skipif(not SHARED_DICOM.is_dir(),
+                                  reason=f"shared test data not found at {SHARED_DICOM}")
+
+
+def pydicom_file(name: str) -> Path:
+    """A test file shipped inside pydicom (never downloaded); skips when it is not there."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not installed (it would need a download)")
+    return Path(path)
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DICOM.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data {path} not found")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# tools
+# ---------------------------------------------------------------------------------------------
+
+def find_tool(name: str) -> str | None:
+    """An executable on PATH or next to the running Python (the virtualenv's bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() and os.access(candidate, os.X_OK) else None
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str], str]:
+    """Run dciodvfy: (error lines, warning lines, whole output); skips when not installed."""
+    tool = find_tool("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    text = run.stdout + run.stderr
+    lines = text.splitlines()
+    errors = [line for line in lines if line.startswith("Error")]
+    warnings = [line for line in lines if line.startswith("Warning")]
+    return errors, warnings, text
+
+
+def assert_dciodvfy_clean(path: Path) -> list[str]:
+    """Fail on any dciodvfy "Error" line; returns the warning lines."""
+    errors, warnings, text = dciodvfy(path)
+    assert not errors, f"dciodvfy reports errors for {path}:\n" + "\n".join(errors)
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------------
+
+def header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of ``ds`` without pixel data (what the reader puts in a DicomSource)."""
+    out = copy.deepcopy(ds)
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in out:
+            delattr(out, kw)
+    return out
+
+
+def _normal(iop) -> np.ndarray:
+    iop = np.asarray([float(v) for v in iop])
+    return np.cross(iop[:3], iop[3:])
+
+
+def load_series(files: list[Path]) -> tuple[DicomSource, np.ndarray]:
+    """Single-frame files -> (DicomSource sorted along the normal, pixels ``(I, J, K)``)."""
+    datasets = [pydicom.dcmread(f) for f in files]
+    normal = _normal(datasets[0].ImageOrientationPatient)
+    order = np.argsort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
+                        for ds in datasets], kind="stable")
+    datasets = [datasets[i] for i in order]
+    paths = [Path(files[i]) for i in order]
+    volume = np.stack([ds.pixel_array.T for ds in datasets], axis=-1)  # (cols, rows, k)
+    return DicomSource([header(ds) for ds in datasets], paths), volume
+
+
+def load_single(path: Path) -> tuple[DicomSource, np.ndarray]:
+    """One single-frame file -> (DicomSource, pixels ``(C, I, J)``)."""
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:  # (rows, cols, 3)
+        arr = np.moveaxis(arr, -1, 0)
+    return DicomSource([header(ds)], [Path(path)]), np.ascontiguousarray(np.swapaxes(arr, 1, 2))
+
+
+def load_multiframe(path: Path) -> tuple[DicomSource, np.ndarray]:
+    """One multi-frame file -> (DicomSource with frame_numbers, pixels ``(C, I, J, K)``).
+
+    Frames with plane positions are sorted along the normal; others keep their stored order.
+    """
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array  # (F, rows, cols[, 3])
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    nframes = arr.shape[0]
+    order = list(range(nframes))
+    pf = ds.get("PerFrameFunctionalGroupsSequence")
+    sh = ds.get("SharedFunctionalGroupsSequence")
+    if pf and sh and "PlaneOrientationSequence" in sh[0] and "PlanePositionSequence" in pf[0]:
+        normal = _normal(sh[0].PlaneOrientationSequence[0].ImageOrientationPatient)
+        dist = [float(np.dot(normal, [float(v) for v in
+                                      item.PlanePositionSequence[0].ImagePositionPatient]))
+                for item in pf]
+        order = list(np.argsort(dist, kind="stable"))
+    volume = np.transpose(arr[order], (3, 2, 1, 0))  # (C, cols, rows, k)
+    frames = [int(i) + 1 for i in order]
+    return DicomSource([header(ds)], [Path(path)], frame_numbers=frames), volume
+
+
+def frame_position(ds: pydicom.Dataset, frame: int) -> list[float]:
+    """ImagePositionPatient of a 1-based frame of an enhanced multi-frame object."""
+    item = ds.PerFrameFunctionalGroupsSequence[frame - 1]
+    return [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
