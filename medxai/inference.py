@@ -113,11 +113,162 @@ def _channels_word(n: int) -> str:
     return {1: "greyscale", 3: "RGB colour"}.get(n, f"{n}-channel")
 
 
+def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torch.Tensor, bool]:
+    """A 2D model takes ``(C, I, J)``; a single-slice ``(C, I, J, 1)`` input is squeezed."""
+    if spatial_dims == 2 and image.ndim == 4:
+        return image[..., 0], True
+    return image, False
+
+
+def _orientation_to_ras(affine: torch.Tensor | Any, ndim: int) -> Any:
+    """nibabel orientation transform taking the input's voxel axes to RAS+ (3D only)."""
+    import nibabel as nib
+    import numpy as np
+
+    aff = np.asarray(affine, dtype=np.float64)
+    return nib.orientations.io_orientation(aff)[:ndim]
+
+
+def _reorient(x: torch.Tensor, ornt: Any) -> torch.Tensor:
+    """Apply a nibabel orientation (permute, then flip) to the spatial axes of ``(C, *spatial)``."""
+    perm = [int(a) for a in ornt[:, 0]]
+    x = x.permute(0, *[p + 1 for p in perm])
+    flips = [d + 1 for d, (_, f) in enumerate(ornt) if f < 0]
+    return x.flip(flips) if flips else x
+
+
+def _unreorient(x: torch.Tensor, ornt: Any) -> torch.Tensor:
+    """Inverse of :func:`_reorient`."""
+    flips = [d + 1 for d, (_, f) in enumerate(ornt) if f < 0]
+    if flips:
+        x = x.flip(flips)
+    perm = [int(a) for a in ornt[:, 0]]
+    inv = [0] * len(perm)
+    for d, p in enumerate(perm):
+        inv[p] = d
+    return x.permute(0, *[p + 1 for p in inv])
+
+
+def model_input_shape(spatial: Sequence[int], spacing: Sequence[float],
+                      target_spacing: Sequence[float] | None) -> tuple[int, ...]:
+    """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
+    if not target_spacing:
+        return tuple(int(s) for s in spatial)
+    return tuple(max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing))
+
+
+def _forward_tta(net: torch.nn.Module, x: torch.Tensor, flips: bool) -> torch.Tensor:
+    """Softmax of ``net(x)``, averaged over the identity and one flip per spatial axis."""
+    nd = x.ndim - 2
+    total = None
+    count = 0
+    for axes in (_iter_flips(nd) if flips else iter([()])):
+        xin = x.flip(axes) if axes else x
+        prob = torch.softmax(net(xin).float(), dim=1)
+        prob = prob.flip(axes) if axes else prob
+        total = prob if total is None else total + prob
+        count += 1
+    assert total is not None
+    return total / count
+
+
+def prepare_input(bundle: Any, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and what is needed to undo it.
+
+    Whole-image models: resized to ``preprocessing.spatial_size``. Sliding-window models (3D):
+    reoriented to RAS and resampled to ``preprocessing.spacing`` when the bundle gives one.
+    Intensity normalised as ``preprocessing.intensity`` says.
+    """
+    from medxai.transforms.intensity import ScaleIntensityFromBundle
+    from medxai.transforms.spatial import resize_image
+
+    pre = bundle.preprocessing
+    x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    state: dict[str, Any] = {"squeezed": squeezed, "grid": tuple(x.shape[1:])}
+    x = ScaleIntensityFromBundle(pre.get("intensity"))(x.float())
+    mode = bundle.inference.get("mode", "whole_image")
+    if mode == "whole_image":
+        x = resize_image(x, pre["spatial_size"])
+    else:
+        if bundle.spatial_dims == 3:
+            ornt = _orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3)
+            state["ornt"] = ornt
+            x = _reorient(x, ornt)
+            state["oriented_grid"] = tuple(x.shape[1:])
+            if pre.get("spacing"):
+                import numpy as np
+
+                spacing = np.asarray(getattr(image, "meta", {}).get("spacing", [1.0, 1.0, 1.0]))
+                spacing = spacing[[int(a) for a in ornt[:, 0]]]
+                x = resize_image(x, model_input_shape(x.shape[1:], spacing, pre["spacing"]))
+    return x[None], state
+
+
+def restore_output(prob: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+    """Bring ``(K, *model_spatial)`` class probabilities back onto the input's grid."""
+    from medxai.transforms.spatial import resize_probabilities
+
+    if "ornt" in state:
+        prob = resize_probabilities(prob, state["oriented_grid"])
+        prob = _unreorient(prob, state["ornt"])
+    else:
+        prob = resize_probabilities(prob, state["grid"])
+    if state["squeezed"]:
+        prob = prob[..., None]
+    return prob
+
+
 def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "auto",
             roi_size: Sequence[int] | None = None, overlap: float | None = None,
             sw_batch_size: int | None = None, source: str | None = None) -> Prediction:
-    """Segment ``image`` with ``bundle``; see :mod:`medxai.inference.engine` for the details."""
-    from medxai.inference_engine import run_prediction
+    """Segment ``image`` (``(C, I, J[, K])`` from :func:`medxai.read_image`) with ``bundle``.
 
-    return run_prediction(bundle, image, device=device, roi_size=roi_size, overlap=overlap,
-                          sw_batch_size=sw_batch_size, source=source)
+    Whole-image models resize the picture to the model's size and the probabilities back
+    (bilinear, before the argmax). Sliding-window models run MONAI's
+    ``sliding_window_inference`` with gaussian blending; windows go to ``device`` and are
+    stitched on the CPU, so device memory holds only ``sw_batch_size`` windows. The bundle's
+    roi size, overlap and batch size are used unless given here.
+
+    Returns:
+        a :class:`Prediction` on the input's grid (same spatial shape and affine).
+    """
+    import time
+
+    from monai.inferers import sliding_window_inference
+
+    check_input_fits(bundle, image, source)
+    dev = resolve_device(device)
+    net = bundle.network
+    was_training = net.training
+    first_param = next(net.parameters(), None)
+    original_device = first_param.device if first_param is not None else torch.device("cpu")
+    t0 = time.perf_counter()
+    x, state = prepare_input(bundle, image)
+    inf = bundle.inference
+    mode = inf.get("mode", "whole_image")
+    try:
+        net.eval()
+        net.to(dev)
+        with torch.inference_mode(), autocast_context(dev):
+            if mode == "whole_image":
+                prob = _forward_tta(net, x.to(dev), bool(inf.get("tta_flips", False)))[0].cpu()
+            else:
+                roi = list(roi_size or inf.get("roi_size") or x.shape[2:])
+                if len(roi) != x.ndim - 2:
+                    raise InputError(f"roi size {roi} has {len(roi)} values; the model is "
+                                     f"{x.ndim - 2}D", hint="e.g. --roi-size 96,96,96")
+                logits = sliding_window_inference(
+                    x, roi_size=roi, sw_batch_size=int(sw_batch_size or inf.get("sw_batch_size", 4)),
+                    predictor=net, overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
+                    mode=inf.get("blend_mode", "gaussian"), sw_device=dev, device=torch.device("cpu"),
+                    progress=False)
+                prob = torch.softmax(logits.float(), dim=1)[0]
+    finally:
+        net.train(was_training)
+        net.to(original_device)
+    prob = restore_output(prob.float(), state)
+    labels = prob.argmax(0, keepdim=True).to(torch.uint8)
+    affine = getattr(image, "affine", torch.eye(4))
+    return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
+                      seconds=time.perf_counter() - t0)

@@ -342,6 +342,13 @@ def write_dicom_seg(labels: Any, source: DicomSource,
         # General Image: PatientOrientation is type 2C when there is no plane geometry.
         orientation = source.first.get("PatientOrientation")
         seg.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+        # highdicom copies a source's PixelSpacing without SliceThickness into a Pixel Measures
+        # item that its own reader (segread) then rejects; without a Frame of Reference the item
+        # is optional, so an incomplete one is dropped.
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        measures = shared.get("PixelMeasuresSequence")
+        if measures is not None and "SliceThickness" not in measures[0]:
+            del shared.PixelMeasuresSequence
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return write_bytes_atomic(path, buffer.getvalue())

@@ -1,0 +1,127 @@
+"""``medxai segment`` and ``medxai models``."""
+
+from __future__ import annotations
+
+import click
+
+from medxai.cli.common import echo_json, guard, parse_ints, stderr_line
+from medxai.cli.main import cli
+from medxai.errors import MedxaiError
+
+FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
+
+
+def _explain_choices() -> list[str]:
+    return ["gradcam", "gradcampp", "occlusion", "ig", "none"]
+
+
+def _parse_formats(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMAT_CHOICES]
+    if bad:
+        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
+                                 param_hint="--format")
+    return formats
+
+
+def _label_size(lab: dict) -> str:
+    for key, unit in (("volume_ml", "ml"), ("area_mm2", "mm²"), ("area_pixels", "pixels"),
+                      ("voxel_count", "voxels")):
+        if key in lab:
+            return f"{lab['name']} {lab[key]:g} {unit}"
+    return str(lab.get("name"))
+
+
+@cli.command("segment")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", default="medxai-results", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for the results (one subfolder per input).")
+@click.option("-m", "--model", default=None,
+              help="Bundled model name (see `medxai models`) or bundle folder. "
+                   "[default: isic2018-lesion-unet]")
+@click.option("--device", default="auto", show_default=True,
+              help="auto|cpu|cuda[:N]|mps (auto prefers CUDA; mixed precision on CUDA).")
+@click.option("--roi-size", help="Sliding-window size, e.g. 96,96,96 (default: the model's).")
+@click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
+@click.option("--sw-batch-size", type=click.IntRange(1), help="Windows per forward pass.")
+@click.option("--format", "formats",
+              help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json. Default: all for "
+                   "DICOM inputs; nifti,png,json for pictures and NIfTI/NRRD.")
+@click.option("--explain", default="gradcam", show_default=True,
+              type=click.Choice(_explain_choices()), help="Saliency method, or none.")
+@click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@guard
+def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device: str,
+                roi_size: str | None, overlap: float | None, sw_batch_size: int | None,
+                formats: str | None, explain: str, overwrite: bool, as_json: bool,
+                quiet: bool) -> None:
+    """Segment each INPUT and explain the result.
+
+    INPUT is a picture (JPEG/PNG/TIFF), a DICOM file (single or multi-frame), a DICOM series
+    folder, a DICOMDIR, or a NIfTI/NRRD/MHA volume. The model is loaded once for all inputs.
+    Writes OUTPUT/<input name>/: labels.nii.gz (+ labels.json), saliency_<label>.nii.gz,
+    preview.png, seg.dcm, overlay_sc/*.dcm and report.json.
+
+    Exit codes: 0 all inputs done, 1 some failed in processing, 2 bad input or usage.
+    """
+    from medxai.models.registry import load_model
+    from medxai.pipeline import SegmentOptions, segment_path, unique_names
+
+    opts = SegmentOptions(formats=_parse_formats(formats), explain=explain, device=device,
+                          roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap,
+                          sw_batch_size=sw_batch_size, overwrite=overwrite)
+    say = None if quiet or as_json else stderr_line
+    bundle = load_model(model)
+    if say:
+        say(f"model {bundle.name} {bundle.version}")
+    results, failures = [], []
+    worst = 0
+    for path, name in zip(inputs, unique_names(inputs)):
+        try:
+            res = segment_path(path, bundle, output, opts, name=name, progress=say)
+            results.append(res.to_dict())
+            if not as_json and not quiet:
+                labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
+                click.echo(f"{path} -> {res.output_dir}  ({labels})")
+        except MedxaiError as err:
+            failures.append({"input": path, "error": str(err), "exit_code": err.exit_code})
+            worst = max(worst, err.exit_code)
+            if len(inputs) == 1:
+                raise
+            click.echo(f"Error: {err}", err=True)
+    if as_json:
+        echo_json({"results": results, "failures": failures})
+    if failures:
+        raise SystemExit(1 if len(results) else worst)
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print the model cards as JSON.")
+@guard
+def models_cmd(as_json: bool) -> None:
+    """List the bundled models with their card (task, input, metrics, weights hash)."""
+    from medxai.models.registry import DEFAULT_MODEL, list_models
+
+    cards = []
+    for m in list_models():
+        card = m.card()
+        cards.append({"name": m.name, "default": m.name == DEFAULT_MODEL, "available": m.available,
+                      "summary": m.summary, "path": str(m.path), "card": card})
+    if as_json:
+        echo_json(cards)
+        return
+    for c in cards:
+        card = c["card"]
+        click.echo(f"{c['name']}{'  (default)' if c['default'] else ''}"
+                   f"{'' if c['available'] else '  [weights missing]'}")
+        click.echo(f"  {c['summary']}")
+        if card:
+            click.echo(f"  version {card.get('version')}, weights sha256 "
+                       f"{str(card.get('weights_sha256'))[:16]}...")
+            for k, v in (card.get("metrics") or {}).items():
+                click.echo(f"  {k}: {v}")
+        click.echo(f"  {c['path']}")

@@ -1,0 +1,356 @@
+"""What ``medxai segment`` does, as one function the CLI, the batch runner and the Python API
+all call: read -> predict -> explain -> write, one output folder per input.
+
+Each input's outputs are written into a hidden temporary folder beside the final one and moved
+into place with one rename when everything is written, so an interrupted run never leaves a
+half-written result folder behind (and ``medxai batch`` can resume safely).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxai._version import __version__
+from medxai.errors import InputError, OutputExistsError
+from medxai.inference import Prediction, predict, prepare_input, resolve_device, restore_output
+from medxai.io.readers import load_image
+from medxai.io.types import LoadedImage
+from medxai.models.bundle import ModelBundle
+
+__all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
+           "segment", "default_formats", "output_name", "compute_saliency"]
+
+#: Output formats ``--format`` accepts.
+FORMATS = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class SegmentOptions:
+    """Options of one ``segment`` run (CLI flags of the same names)."""
+
+    formats: Sequence[str] | None = None
+    explain: str | None = "gradcam"
+    device: str = "auto"
+    roi_size: Sequence[int] | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.formats is not None:
+            bad = [f for f in self.formats if f not in FORMATS]
+            if bad:
+                raise InputError(f"unknown output format(s) {bad}",
+                                 hint=f"use any of: {', '.join(FORMATS)}")
+        if self.explain in ("none", ""):
+            self.explain = None
+
+
+@dataclass
+class SegmentResult:
+    """What segmenting one input produced."""
+
+    input: str
+    output_dir: Path
+    files: list[str]
+    report: dict[str, Any]
+    skipped_existing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "output_dir": str(self.output_dir), "files": self.files,
+                "skipped_existing": self.skipped_existing,
+                "labels": self.report.get("labels", []), "timings_s": self.report.get("timings_s")}
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom",
+                    ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def output_name(path: str | Path) -> str:
+    """A safe folder name for an input: its file stem (or folder name), sanitised.
+
+    Only the user's own path is used (never header values), characters outside
+    ``[A-Za-z0-9._-]`` become ``_``, leading dots are dropped, and the result is at most 100
+    characters, so a name can never climb out of the output folder.
+    """
+    p = Path(path)
+    name = p.name
+    low = name.lower()
+    for suf in _VOLUME_SUFFIXES:
+        if low.endswith(suf) and len(name) > len(suf):
+            name = name[: -len(suf)]
+            break
+    name = _SAFE.sub("_", name).lstrip(".")[:100].strip("_") or "input"
+    return name
+
+
+def default_formats(loaded: LoadedImage) -> list[str]:
+    """DICOM inputs get every format; pictures and volumes get NIfTI, PNG and JSON."""
+    if loaded.dicom is not None:
+        return list(FORMATS)
+    return ["nifti", "png", "json"]
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, label: int,
+                     device: torch.device, roi_size: Sequence[int] | None = None,
+                     overlap: float | None = None) -> torch.Tensor:
+    """Saliency ``(1, I, J[, K])`` of ``label`` on the input's grid, in [0, 1].
+
+    Whole-image models are explained on the model's input grid and the map is resized back like
+    the prediction; sliding-window models are explained window by window and blended
+    (:func:`medxai.explain.sliding_window_saliency`).
+    """
+    from medxai.explain import explain as run_explain
+    from medxai.explain import sliding_window_saliency
+
+    x, state = prepare_input(bundle, loaded.image)
+    net = bundle.network
+    first = next(net.parameters(), None)
+    original_device = first.device if first is not None else torch.device("cpu")
+    try:
+        net.to(device)
+        if bundle.inference.get("mode", "whole_image") == "whole_image":
+            sal = run_explain(net, x.to(device), method=method, target_label=label)
+        else:
+            inf = bundle.inference
+            sal = sliding_window_saliency(
+                net, x.to(device), method, roi_size=list(roi_size or inf["roi_size"]),
+                overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
+                target_label=label)
+    finally:
+        net.to(original_device)
+    return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
+
+
+def _label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
+    return [dict(lab) for lab in bundle.labels]
+
+
+def _write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
+                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str
+                   ) -> tuple[list[str], dict[str, float]]:
+    from medxai.io import writers as w
+
+    files: list[str] = []
+    times: dict[str, float] = {}
+    image = loaded.image
+    labels = pred.labels[0].numpy()
+    affine = pred.affine.numpy()
+    info = _label_info(bundle)
+    colors = {int(lab["value"]): lab.get("color") for lab in info}
+    first_sal = next(iter(saliency.values()))[0].numpy() if saliency else None
+    t = time.perf_counter()
+    if "nifti" in formats:
+        files.append(w.write_nifti_labels(labels, affine, tmp / "labels.nii.gz", info,
+                                          model_name=bundle.name,
+                                          model_version=bundle.version).name)
+        files.append("labels.json")
+        for value, sal in saliency.items():
+            lab_name = output_name(next((lab["name"] for lab in info if lab["value"] == value),
+                                        f"label{value}"))
+            files.append(w.write_nifti_map(sal[0].numpy(), affine,
+                                           tmp / f"saliency_{lab_name}.nii.gz").name)
+        times["write_nifti"] = time.perf_counter() - t
+    if "png" in formats:
+        t = time.perf_counter()
+        files.append(w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png",
+                                         colors).name)
+        times["write_png"] = time.perf_counter() - t
+    if "dicom-seg" in formats or "dicom-sc" in formats:
+        t = time.perf_counter()
+        source = loaded.dicom
+        if source is None:
+            if image.ndim != 3:
+                raise InputError(
+                    "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
+                    "cannot invent", path=loaded.path,
+                    hint="use --format nifti,png,json for NIfTI/NRRD inputs")
+            picture = image.numpy()
+            if picture.dtype != np.uint8 and picture.shape[0] == 3:
+                picture = np.clip(picture, 0, 255).astype(np.uint8)
+            source = w.create_photo_study(picture, tmp / "source_photo.dcm",
+                                          source_name=Path(loaded.path).name)
+            files.append("source_photo.dcm")
+        if "dicom-seg" in formats:
+            files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
+                                           tmp / "seg.dcm").name)
+        if "dicom-sc" in formats:
+            rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
+            paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
+            files += [f"overlay_sc/{p.name}" for p in paths]
+        times["write_dicom"] = time.perf_counter() - t
+    return files, times
+
+
+def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: torch.device,
+            method: str | None, energy: dict[int, float], timings: dict[str, float],
+            files: list[str], digest: str) -> dict[str, Any]:
+    from medxai.io.writers import label_statistics
+
+    meta = loaded.image.meta
+    spacing = list(meta.get("spacing", []))
+    return {
+        "medxai_version": __version__,
+        "input": {
+            "path": str(loaded.path), "sha256": digest, "form": meta.get("medxai_form"),
+            "modality": meta.get("modality"), "shape": list(loaded.image.shape[1:]),
+            "channels": int(loaded.image.shape[0]), "spacing": spacing,
+            "orientation": meta.get("axis_codes"),
+            "has_patient_geometry": bool(meta.get("has_patient_geometry")),
+            "study_instance_uid": meta.get("study_instance_uid"),
+            "series_instance_uid": meta.get("series_instance_uid"),
+            "warnings": list(meta.get("geometry_warnings", [])),
+        },
+        "model": {"name": bundle.name, "version": bundle.version,
+                  "weights_sha256": bundle.weights_sha256,
+                  "path": str(bundle.path) if bundle.path else None},
+        "device": str(device),
+        "labels": label_statistics(pred.labels[0].numpy(), spacing, _label_info(bundle),
+                                   bool(meta.get("has_patient_geometry"))),
+        "saliency": {"method": method,
+                     "energy_in_mask": {str(k): round(v, 4) for k, v in energy.items()}},
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "files": files,
+    }
+
+
+def _commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move the finished temporary folder into place (replacing ``final`` if asked to)."""
+    if final.exists():
+        if not overwrite:
+            raise OutputExistsError("exists already", path=final, hint="pass --overwrite")
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Path,
+                   options: SegmentOptions | None = None, *, name: str | None = None,
+                   progress: ProgressFn | None = None) -> SegmentResult:
+    """Segment (and explain) an image already read, writing its output folder under
+    ``out_root``. See :func:`segment_path`."""
+    opts = options or SegmentOptions()
+    say = progress or (lambda _m: None)
+    out_root = Path(out_root)
+    name = name or output_name(loaded.path)
+    final = out_root / name
+    if final.exists() and not opts.overwrite:
+        raise OutputExistsError("exists already", path=final,
+                                hint="pass --overwrite to replace it, or choose another -o")
+    formats = list(opts.formats or default_formats(loaded))
+    device = resolve_device(opts.device)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    say(f"{name}: predicting on {device}")
+    pred = predict(bundle, loaded.image, device=device, roi_size=opts.roi_size,
+                   overlap=opts.overlap, sw_batch_size=opts.sw_batch_size, source=str(loaded.path))
+    timings["predict"] = time.perf_counter() - t
+    saliency: dict[int, torch.Tensor] = {}
+    energy: dict[int, float] = {}
+    if opts.explain:
+        t = time.perf_counter()
+        say(f"{name}: explaining with {opts.explain}")
+        for lab in bundle.foreground_labels:
+            value = int(lab["value"])
+            sal = compute_saliency(bundle, loaded, opts.explain, value, device, opts.roi_size,
+                                   opts.overlap)
+            saliency[value] = sal
+            mask = pred.labels == value
+            total = float(sal.sum())
+            energy[value] = float(sal[mask].sum()) / total if total > 0 else 0.0
+        timings["explain"] = time.perf_counter() - t
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".{name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files, wtimes = _write_outputs(tmp, loaded, bundle, pred, saliency, formats, name)
+        timings.update(wtimes)
+        report = _report(loaded, bundle, pred, device, opts.explain, energy, timings, files,
+                         _digest(Path(loaded.path)))
+        if "json" in formats:
+            from medxai.io.writers import write_report_json
+
+            write_report_json(report, tmp / "report.json")
+            files.append("report.json")
+            report["files"] = files
+        _commit_folder(tmp, final, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"{name}: wrote {len(files)} file(s) to {final}")
+    return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
+
+
+def segment_path(path: str | Path, bundle: ModelBundle, out_root: str | Path,
+                 options: SegmentOptions | None = None, *, name: str | None = None,
+                 progress: ProgressFn | None = None) -> SegmentResult:
+    """Read ``path`` and segment it: the one function behind ``medxai segment`` and ``batch``.
+
+    Writes ``out_root/<name>/``: ``labels.nii.gz`` (+ ``labels.json``), ``saliency_<label>.nii.gz``,
+    ``preview.png``, ``seg.dcm``, ``overlay_sc/``, ``report.json`` as ``options.formats`` says.
+
+    Raises:
+        MedxaiError: unreadable input, wrong input for the model, output exists, ...
+    """
+    t = time.perf_counter()
+    loaded = load_image(path)
+    read_s = time.perf_counter() - t
+    result = segment_loaded(loaded, bundle, out_root, options, name=name, progress=progress)
+    result.report.setdefault("timings_s", {})["read"] = round(read_s, 4)
+    return result
+
+
+def segment(inputs: str | Path | Iterable[str | Path], model: str | Path | ModelBundle | None = None,
+            output: str | Path = "medxai-results", **options: Any) -> list[SegmentResult]:
+    """Python API: segment one or more inputs with a model (bundled name, folder or bundle).
+
+    ``options`` are :class:`SegmentOptions` fields. The model is loaded once.
+    """
+    from medxai.models.registry import load_model
+
+    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    opts = SegmentOptions(**options)
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    return [segment_path(p, bundle, output, opts) for p in paths]
+
+
+def unique_names(paths: Sequence[str | Path]) -> list[str]:
+    """Output names for several inputs; repeated stems get ``_2``, ``_3``, ... suffixes."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        base = output_name(p)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
