@@ -36,3 +36,29 @@ def require_tool(name: str) -> str:
     if exe is None:
         pytest.skip(f"{name} is not installed (apt-get install dicom3tools dcm2niix / pip install dcmqi)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def rgb_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny 2D RGB model trained by medxai train (loaded ModelBundle)."""
+    from medxai.models.bundle import load_bundle
+    from tests.models import train_picture_model
+
+    return load_bundle(train_picture_model(tmp_path_factory.mktemp("rgb_model")))
+
+
+@pytest.fixture(scope="session")
+def grey_bundle(tmp_path_factory: pytest.TempPathFactory):
+    from medxai.models.bundle import load_bundle
+    from tests.models import train_picture_model
+
+    return load_bundle(train_picture_model(tmp_path_factory.mktemp("grey_model"), grey=True))
+
+
+@pytest.fixture(scope="session")
+def ct_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny 3D CT model (1 channel, 4 mm grid) trained by medxai train."""
+    from medxai.models.bundle import load_bundle
+    from tests.models import train_volume_model
+
+    return load_bundle(train_volume_model(tmp_path_factory.mktemp("ct_model"), spacing=[4.0, 4.0, 4.0]))

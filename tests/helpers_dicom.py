@@ -21,7 +21,8 @@ import pytest
 
 from medxai.io.types import DicomSource
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.conftest import SHARED
+
 SHARED_DICOM = SHARED / "dicom"
 
 needs_shared = pytest.mark.skipif(not SHARED_DICOM.is_dir(),

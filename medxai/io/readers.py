@@ -280,6 +280,34 @@ def _dicom_meta(ds: Any, form: str, n_files: int, has_geometry: bool,
     }
 
 
+def _repair_identity(datasets: list[Any], warnings: list[str]) -> None:
+    """Fill identifying UIDs that anonymisers blanked, so derived objects can reference them.
+
+    SOP Class/Instance UIDs come from the file meta (the same values by definition). A missing
+    Study or Series Instance UID gets a deterministic UID derived from the instances' UIDs (the
+    same on every run), and a warning says so.
+    """
+    from pydicom.uid import generate_uid
+
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        if not str(ds.get("SOPClassUID", "") or "") and meta is not None:
+            ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
+        if not str(ds.get("SOPInstanceUID", "") or ""):
+            uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else ""
+            ds.SOPInstanceUID = uid or generate_uid(entropy_srcs=[str(ds.get("ImagePositionPatient")),
+                                                                  str(ds.get("InstanceNumber"))])
+    instances = sorted(str(ds.SOPInstanceUID) for ds in datasets)
+    for kw, what in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series")):
+        if not all(str(ds.get(kw, "") or "") for ds in datasets):
+            uid = generate_uid(entropy_srcs=[what] + instances)
+            for ds in datasets:
+                if not str(ds.get(kw, "") or ""):
+                    setattr(ds, kw, uid)
+            warnings.append(f"the source has no {kw} (anonymised?); medxai assigned {uid} so "
+                            "that derived objects can be written")
+
+
 def _strip_pixels(ds: Any) -> Any:
     for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if kw in ds:
@@ -391,6 +419,7 @@ def _load_dicom_file(path: Path) -> LoadedImage:
     values = dcm.apply_modality_lut(frames, slopes, inters)
     arr = _frames_to_array(values, volume)
     form = "dicom-multiframe" if nframes > 1 else "dicom"
+    _repair_identity([ds], warnings)
     meta = _dicom_meta(ds, form, 1, has_geom, warnings)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path], frame_numbers=frame_numbers)
     return _make(arr, lps_to_ras_affine(affine_lps), path, form, meta, source)
@@ -418,7 +447,9 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
         arr = dcm._shrink_int(arr.astype(np.int64))
     else:
         arr = arr.astype(np.float32)
-    meta = _dicom_meta(ds, "dicom-mosaic", 1, True, [])
+    warnings: list[str] = []
+    _repair_identity([ds], warnings)
+    meta = _dicom_meta(ds, "dicom-mosaic", 1, True, warnings)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path])
     return _make(arr, lps_to_ras_affine(affine_lps), path, "dicom-mosaic", meta, source)
 
@@ -505,6 +536,8 @@ def _load_series(folder: Path, files: list[Path] | None, form: str) -> LoadedIma
     assert frames is not None and spp >= 1
     values = dcm.apply_modality_lut(frames, slopes, inters)
     arr = _frames_to_array(values, True)
-    meta = _dicom_meta(first, form, len(ordered), True, dup_warnings + stack.warnings)
+    warnings = dup_warnings + stack.warnings
+    _repair_identity([ds for _, ds in ordered], warnings)
+    meta = _dicom_meta(first, form, len(ordered), True, warnings)
     source = DicomSource(datasets=[ds for _, ds in ordered], paths=[p for p, _ in ordered])
     return _make(arr, lps_to_ras_affine(stack.affine_lps), folder, form, meta, source)

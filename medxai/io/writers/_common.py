@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,13 +173,23 @@ def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
     Raises:
         InputError: an attribute without which no derived object can reference the source.
     """
-    missing = [kw for kw in _REQUIRED if kw not in ds]
+    proxy = copy.deepcopy(ds)
+    # Some exports (e.g. anonymisers) empty SOPClassUID / SOPInstanceUID but keep them in the
+    # file meta information; reference what the file says it is.
+    meta = getattr(ds, "file_meta", None)
+    for kw, meta_kw in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                        ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not proxy.get(kw) and meta is not None and meta.get(meta_kw):
+            setattr(proxy, kw, meta.get(meta_kw))
+    missing = [kw for kw in _REQUIRED if proxy.get(kw) in (None, "")]
     if missing:
         raise InputError(
-            f"the DICOM {what} lacks {', '.join(missing)}; a derived object cannot reference it",
-            hint="the file is not a complete DICOM image header",
+            f"the DICOM {what} has no (or an empty) {', '.join(missing)}; a derived DICOM object "
+            "must reference them",
+            path=getattr(ds, "filename", None) or None,
+            hint="anonymisers sometimes blank the UIDs: export the series again with its UIDs, "
+                 "or use the NIfTI output",
         )
-    proxy = copy.deepcopy(ds)
     for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if kw in proxy:
             delattr(proxy, kw)
@@ -188,7 +199,32 @@ def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
     if "Modality" not in proxy or not proxy.Modality:
         proxy.Modality = "OT"
     _fix_character_set(proxy)
+    _fix_dates_and_times(proxy)
     return proxy
+
+
+_DA = re.compile(r"^\d{8}$")
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+
+
+def _fix_dates_and_times(ds: Dataset) -> None:
+    """Repair old ACR-NEMA style dates/times (``2001.01.31``, ``11:20:00``) that highdicom rejects;
+    a value that still does not conform is emptied (type 2 attributes) or removed."""
+    for elem in list(ds):
+        if elem.VR not in ("DA", "TM") or elem.VM != 1 or elem.value in (None, ""):
+            continue
+        text = str(elem.value).strip()
+        if elem.VR == "DA":
+            text, ok = text.replace(".", "").replace("-", ""), _DA
+        else:
+            text, ok = text.replace(":", ""), _TM
+        if ok.match(text):
+            if text != str(elem.value):
+                elem.value = text
+        elif elem.keyword in _TYPE2_DEFAULTS:
+            elem.value = ""
+        else:
+            del ds[elem.tag]
 
 
 def _fix_character_set(ds: Dataset) -> None:

@@ -158,7 +158,7 @@ def _placeholder_ref(*, patient_name: str, patient_id: str, study_description: s
     ref.PatientComments = comment
     ref.StudyDate = stamp.strftime("%Y%m%d")
     ref.StudyTime = stamp.strftime("%H%M%S")
-    ref.StudyID = ""
+    ref.StudyID = f"MX{stamp:%y%m%d%H%M%S}"
     ref.AccessionNumber = ""
     ref.ReferringPhysicianName = ""
     ref.StudyDescription = study_description[:64]
@@ -228,11 +228,20 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
                          f"{arr.shape}")
     out_dir = Path(out_dir)
     n = arr.shape[3]
+    # Several slices from one single-frame image (a Siemens mosaic): every SC references that
+    # image; the slice positions are not in the DICOM header, so no geometry is copied.
+    mosaic_like = (source is not None and not source.is_multiframe and len(source.datasets) == 1
+                   and n > 1)
     if source is not None:
         if not source.datasets:
             raise InputError("the DICOM source holds no dataset")
-        expected_k = len(source.frame_numbers or []) if source.is_multiframe else len(source.datasets)
+        if source.is_multiframe:
+            expected_k = len(source.frame_numbers or [])
+        else:
+            expected_k = len(source.datasets)
         first = source.first
+        if mosaic_like:
+            expected_k = n
         expected = (int(first.Columns), int(first.Rows), expected_k)
         if arr.shape[1:] != expected:
             raise InputError(
@@ -258,7 +267,10 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             base = int(source.first.get("SeriesNumber") or 0)
         except (TypeError, ValueError):
             base = 0
-        number = int(series_number) if series_number is not None else base + DEFAULT_SC_SERIES_OFFSET
+        number = (int(series_number) if series_number is not None
+                  else base + DEFAULT_SC_SERIES_OFFSET)
+        if not 0 < number < 2**31:
+            number = DEFAULT_SC_SERIES_OFFSET
     proxies: dict[int, Dataset] = {}
     paths = []
     for k in range(n):
@@ -266,7 +278,9 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
         if source is None:
             ref, frame, geometry = placeholder, None, {}
         else:
-            ds, frame, geometry = frame_geometry(source, k)
+            ds, frame, geometry = frame_geometry(source, 0 if mosaic_like else k)
+            if mosaic_like:
+                geometry = {}
             key = id(ds)
             if key not in proxies:
                 proxies[key] = source_proxy(ds)

@@ -40,6 +40,8 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+import pydicom
+from highdicom.spatial import get_image_coordinate_system
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -59,13 +61,25 @@ from medxai.io.writers._common import (
     source_proxy,
 )
 
+try:  # private helper of highdicom: whether the SOP class's IOD allows several frames
+    from highdicom._standard_utils import is_multiframe_image as _is_multiframe_iod
+except ImportError:  # pragma: no cover - other highdicom versions
+    _is_multiframe_iod = None
+
+
+def _uid_name(uid: str) -> str:
+    name = getattr(pydicom.uid.UID(str(uid)), "name", "")
+    return name or str(uid)
+
+
 __all__ = ["write_dicom_seg", "segment_codes", "DEFAULT_SEG_SERIES_OFFSET"]
 
 #: Series number of a SEG, when not given: the source's series number plus this.
 DEFAULT_SEG_SERIES_OFFSET = 1000
 
 _LESION_WORDS = re.compile(
-    r"lesion|tumou?r|nodule|cancer|carcinoma|melanoma|naevus|nevus|mass|metasta|neoplasm|polyp|cyst",
+    r"lesion|tumou?r|nodule|cancer|carcinoma|melanoma|naevus|nevus|mass|metasta|neoplasm|polyp"
+    r"|cyst",
     re.IGNORECASE,
 )
 
@@ -80,7 +94,8 @@ def _code(value: Any, what: str) -> Code | hd.sr.CodedConcept:
                         str(value.get("scheme") or value.get("scheme_designator")),
                         str(value["meaning"]))
         except KeyError as exc:
-            raise InputError(f"{what} code {value!r} needs 'value', 'scheme' and 'meaning'") from exc
+            raise InputError(
+                f"{what} code {value!r} needs 'value', 'scheme' and 'meaning'") from exc
     if isinstance(value, (list, tuple)) and len(value) == 3:
         return Code(str(value[0]), str(value[1]), str(value[2]))
     raise InputError(f"{what} code {value!r} is not a Code, a dict (value, scheme, meaning) or "
@@ -145,6 +160,21 @@ def _check_source(source: DicomSource) -> None:
             raise InputError("a multi-frame DICOM source must hold exactly one dataset; found "
                              f"{len(source.datasets)}")
         nframes = int(source.first.get("NumberOfFrames", 1) or 1)
+        sop_class = source.first.get("SOPClassUID", "")
+        if nframes > 1 and _is_multiframe_iod is not None and sop_class:
+            try:
+                allowed = _is_multiframe_iod(source.first)
+            except (KeyError, AttributeError):
+                allowed = True  # a SOP class highdicom does not know: let highdicom decide
+            if not allowed:
+                raise UnsupportedInputError(
+                    f"holds {nframes} frames but its SOP class ({_uid_name(sop_class)}) is "
+                    "a single-frame one; a DICOM SEG cannot reference frames of such a "
+                    "non-conformant object",
+                    path=source.paths[0] if source.paths else None,
+                    hint="convert it to single-frame files or an enhanced multi-frame object "
+                         "(e.g. with dcmtk or emf2sf/sf2emf), or use the NIfTI output",
+                )
         bad = [f for f in source.frame_numbers or [] if not 1 <= int(f) <= nframes]
         if bad:
             raise InputError(f"frame numbers {bad[:5]} are outside 1..{nframes}",
@@ -258,7 +288,9 @@ def write_dicom_seg(labels: Any, source: DicomSource,
     Raises:
         InputError: a shape that does not match the source, undescribed label values, a source
             header without the UIDs to reference.
-        UnsupportedInputError: several single-frame images without a Frame of Reference.
+        UnsupportedInputError: several single-frame images without patient geometry, frames
+            stored in a single-frame SOP class, several slices from one single-frame image
+            (mosaic), a multi-frame object with a Frame of Reference but no frame positions.
         ProcessingError: highdicom refuses the input, or the file cannot be written.
     """
     path = Path(path)
@@ -267,6 +299,14 @@ def write_dicom_seg(labels: Any, source: DicomSource,
     if arr.ndim == 2:
         arr = arr[:, :, None]
     expected = _expected_shape(source)
+    if (not source.is_multiframe and len(source.datasets) == 1 and arr.shape[2] > 1
+            and arr.shape[:2] == expected[:2]):
+        raise UnsupportedInputError(
+            f"the labels have {arr.shape[2]} slices but the source is one single-frame image "
+            "(a Siemens mosaic?); a DICOM SEG cannot reference slices inside one frame",
+            path=source.paths[0] if source.paths else None,
+            hint="use the NIfTI output, or convert the mosaic to single-slice files",
+        )
     if arr.shape != expected:
         raise InputError(
             f"the label map has shape {arr.shape} but the DICOM source is {expected} "
@@ -297,13 +337,22 @@ def write_dicom_seg(labels: Any, source: DicomSource,
         for k, frame in enumerate(source.frame_numbers or []):
             full[int(frame) - 1] = frames[k]
         frames = full
-        if not has_frame_of_reference(first) and nframes > 1:
+        if nframes > 1 and get_image_coordinate_system(first) is None:
+            if has_frame_of_reference(first):
+                raise UnsupportedInputError(
+                    "the multi-frame object has a Frame of Reference but no plane position for "
+                    "its frames; a DICOM SEG can neither place its frames in that frame of "
+                    "reference nor leave it out",
+                    path=source.paths[0] if source.paths else None,
+                    hint="use the NIfTI output",
+                )
             _placeholder_geometry(first)
             strip_placeholder = True
-    elif not has_frame_of_reference(first) and len(proxies) > 1:
+    elif len(proxies) > 1 and get_image_coordinate_system(first) is None:
         raise UnsupportedInputError(
-            f"{len(proxies)} single-frame images without a Frame of Reference cannot share one "
-            "DICOM SEG (nothing places them relative to each other)",
+            f"{len(proxies)} single-frame images without patient geometry (Frame of Reference "
+            "and ImagePositionPatient) cannot share one DICOM SEG: nothing places them relative "
+            "to each other",
             path=source.paths[0] if source.paths else None,
             hint="segment and write each image on its own",
         )
@@ -361,4 +410,5 @@ def _series_number(series_number: int | None, first: Dataset) -> int:
         base = int(first.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         base = 0
-    return base + DEFAULT_SEG_SERIES_OFFSET
+    number = base + DEFAULT_SEG_SERIES_OFFSET
+    return number if 0 < number < 2**31 else DEFAULT_SEG_SERIES_OFFSET

@@ -32,7 +32,10 @@ _SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
 
 
 def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of a NIfTI file: same folder and stem, ``.json`` (``a.nii.gz`` -> ``a.json``)."""
+    """The JSON sidecar of a NIfTI file: same folder and stem, ``.json``.
+
+    ``mask.nii.gz`` -> ``mask.json``.
+    """
     path = Path(path)
     suffix = full_suffix(path)
     stem = path.name[: -len(suffix)] if suffix else path.name

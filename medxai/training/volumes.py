@@ -1,0 +1,122 @@
+"""3D training data: volumes read with medxai's reader, brought to the model grid exactly as
+:func:`medxai.inference.prepare_input` does at inference (RAS orientation, optional resampling
+to ``spacing``, bundle intensity normalisation), then sampled as random patches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxai.errors import InputError
+from medxai.inference import _orientation_to_ras, _reorient, model_input_shape
+from medxai.training.datasets import Pair
+from medxai.transforms.intensity import ScaleIntensityFromBundle
+from medxai.transforms.spatial import resize_image, resize_label
+
+__all__ = ["VolumeData"]
+
+
+def _default_intensity(modality: str) -> dict[str, Any]:
+    if modality == "CT":
+        return {"kind": "scale", "a_min": -1000.0, "a_max": 1000.0}
+    return {"kind": "zscore"}
+
+
+class VolumeData:
+    """Volumes and labels held in memory on the model grid, with a patch sampler.
+
+    Args:
+        pairs, val_pairs: training and validation image/label files.
+        cfg: the :class:`~medxai.training.trainer.TrainConfig` (uses roi_size, spacing,
+            intensity, samples_per_volume, seed).
+        say: progress callback.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], val_pairs: Sequence[Pair], cfg: Any,
+                 say: Callable[[str], None]) -> None:
+        from medxai.io.readers import read_image
+
+        self.roi = [int(r) for r in cfg.roi_size]
+        self.samples_per_volume = int(cfg.samples_per_volume)
+        self.seed = int(cfg.seed)
+        first = read_image(pairs[0].image)
+        self.intensity = cfg.intensity or _default_intensity(str(first.meta.get("modality", "")))
+        self._scale = ScaleIntensityFromBundle(self.intensity)
+        say(f"loading {len(pairs)} training and {len(val_pairs)} validation volumes")
+        self.train = [self._load(p, cfg.spacing) for p in pairs]
+        self.val = [self._load(p, cfg.spacing) for p in val_pairs]
+        self.in_channels = int(self.train[0][0].shape[0])
+        self.num_classes = int(max(int(lab.max()) for _, lab in self.train + self.val)) + 1
+
+    def _load(self, pair: Pair, spacing: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        from medxai.io.readers import read_image
+
+        img = read_image(pair.image)
+        lab = read_image(pair.label)
+        if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
+            raise InputError(f"image grid {tuple(img.shape[1:])} differs from label grid "
+                             f"{tuple(lab.shape[1:])} ({pair.label.name})", path=pair.image)
+        if img.ndim != 4:
+            raise InputError("is not a 3D volume", path=pair.image)
+        ornt = _orientation_to_ras(img.affine, 3)
+        x = _reorient(self._scale(img.as_tensor().float()), ornt)
+        y = _reorient(lab.as_tensor()[:1].long(), ornt)
+        if spacing:
+            sp = np.asarray(img.meta.get("spacing", [1.0, 1.0, 1.0]))[[int(a) for a in ornt[:, 0]]]
+            shape = model_input_shape(x.shape[1:], sp, spacing)
+            x = resize_image(x, shape)
+            y = resize_label(y, shape)
+        return x.contiguous(), y.to(torch.uint8).contiguous()
+
+    def _patch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = [max(0, r - s) for r, s in zip(self.roi, x.shape[1:])]
+        if any(pad):
+            spec = []
+            for p in reversed(pad):
+                spec += [p // 2, p - p // 2]
+            x = torch.nn.functional.pad(x, spec)
+            y = torch.nn.functional.pad(y, spec)
+        shape = x.shape[1:]
+        fg = torch.nonzero(y[0] > 0) if rng.random() < 0.5 else None
+        if fg is not None and len(fg):
+            centre = fg[int(rng.integers(len(fg)))].tolist()
+            start = [min(max(0, c - r // 2), s - r) for c, r, s in zip(centre, self.roi, shape)]
+        else:
+            start = [int(rng.integers(0, s - r + 1)) for r, s in zip(self.roi, shape)]
+        sl = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
+        px, py = x[(slice(None),) + sl], y[(slice(None),) + sl]
+        for d in range(3):
+            if rng.random() < 0.5:
+                px, py = px.flip(d + 1), py.flip(d + 1)
+        return px, py
+
+    def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Random patches (half centred on foreground), flipped at random, in batches."""
+        rng = np.random.default_rng(self.seed * 1009 + epoch)
+        items = [self._patch(x, y, rng) for x, y in self.train
+                 for _ in range(self.samples_per_volume)]
+        order = rng.permutation(len(items))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2 and len(order) > 1:
+                continue
+            yield (torch.stack([items[j][0] for j in idx]),
+                   torch.stack([items[j][1] for j in idx]).long())
+
+    def validate(self, net: torch.nn.Module, device: torch.device) -> float:
+        """Mean foreground Dice of sliding-window predictions on the validation volumes."""
+        from monai.inferers import sliding_window_inference
+
+        from medxai.training.trainer import _dice_per_case
+
+        scores = []
+        for x, y in self.val:
+            logits = sliding_window_inference(x[None].to(device), self.roi, 4, net, overlap=0.25,
+                                              mode="gaussian", device=torch.device("cpu"))
+            pred = logits.argmax(1, keepdim=True)
+            scores.append(_dice_per_case(pred, y[None].long(), max(self.num_classes, 2)))
+        return float(torch.cat(scores).mean())
