@@ -267,9 +267,9 @@ def test_layers_of_a_monai_unet():
     names = list_target_layers(net)
     assert "model.1.submodule" in names and "model.0.conv.unit0.conv" in names
     assert "model.0.conv.unit0.adn" not in names  # no convolution inside
-    assert default_target_layer(net) == "model.1.submodule"
+    assert default_target_layer(net) == "model.1"
     wrapped = nn.Sequential(net)
-    assert default_target_layer(wrapped) == "0.model.1.submodule"
+    assert default_target_layer(wrapped) == "0.model.1"
     name, module = resolve_layer(net, net.model[2])
     assert name == "model.2" and module is net.model[2]
     assert default_target_layer(RegionNet(region_2d())) == "mix"

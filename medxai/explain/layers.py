@@ -5,24 +5,27 @@ Layers are named as in ``net.named_modules()`` (e.g. ``"model.1.submodule"``).
 Default for a MONAI ``UNet``
 ----------------------------
 MONAI builds ``UNet`` recursively as ``model = Sequential(down_0, SkipConnection(sub), up_0)``:
-``down_0`` is the first encoder block, ``sub`` (``model.1.submodule``) is the whole rest of the
-U (all deeper encoder blocks, the bottleneck and all decoder blocks but the last), and ``up_0``
-(``model.2``) is the final block that turns ``cat(down_0(x), sub(...))`` into the K logits at full
-resolution.
+``down_0`` (``model.0``) is the first encoder block, ``sub`` (``model.1.submodule``) is the rest of
+the U (deeper encoder blocks, bottleneck, all decoder blocks but the last), ``model.1`` outputs
+``cat(down_0(x), sub(down_0(x)))``, and ``up_0`` (``model.2``) is the final block that turns that
+into the K logits at full resolution.
 
-The default target layer is ``model.1.submodule``: the output of the last decoder block before the
-final one. It is
+The default target layer is ``model.1``: the whole input of the final block, i.e. the last
+decoder features together with the skip features they are fused with, at the resolution of the
+first stride (1/2 of the input for the usual strides of 2). Why:
 
-* class-discriminative: it has passed through the bottleneck and every decoder stage, so its
-  channels carry the semantics the final block maps to classes (unlike ``model.0``/``model.1``,
-  which also carry the raw first-encoder features concatenated by the skip connection: edges and
-  intensities, not classes);
-* fine: it sits at the resolution of the first stride (1/2 of the input for the usual strides of
-  2), so the map is sharp enough to follow a lesion boundary after upsampling, whereas the
-  bottleneck (1/16 of the input for a 5-level UNet) gives blobs a few pixels wide, as Vinogradova
-  et al. (2020) observed for Seg-Grad-CAM at the bottleneck;
-* not the logits: using the final block (``model.2``) makes Grad-CAM reproduce the logit map
-  itself, which explains nothing.
+* it is what the final block actually decides from. The final block has a small receptive field
+  (a transposed convolution and a residual unit), so its decision at a pixel depends on these
+  features near that pixel, and Grad-CAM's channel-weighted sum localises that evidence;
+* it is fine enough to follow a lesion boundary after upsampling; the bottleneck (1/16 of the
+  input for a 5-level UNet) gives blobs a few pixels wide;
+* it is not the logits: Grad-CAM at ``model.2`` only reproduces the logit map.
+
+Measured on a small 2D UNet (channels 8-64, 3 strides) trained to Dice 0.98 on synthetic lesions
+with a distractor blob, Seg-Grad-CAM share of the saliency inside the predicted mask (mean of 8
+images, masks 3-13 % of the image) and deletion AUC (blur baseline, lower is better; random order
+0.935): ``model.1`` 0.87 / 0.84; ``model.1.submodule`` (last decoder block alone) 0.29 / 0.81;
+the 1/4-resolution decoder block and the bottleneck 0.00-0.01 / 0.97-0.99 (worse than random).
 
 For other networks the default is the last convolution before the final (output) convolution, or
 the only convolution if there is just one.
@@ -82,7 +85,7 @@ def default_target_layer(net: nn.Module) -> str:
     """
     prefix = _unet_prefix(net)
     if prefix is not None:
-        return f"{prefix}.model.1.submodule" if prefix else "model.1.submodule"
+        return f"{prefix}.model.1" if prefix else "model.1"
     convs = [name for name, m in net.named_modules() if name and _is_conv(m)]
     if not convs:
         raise ExplainError(f"{type(net).__name__} has no convolution layer to use as CAM target",

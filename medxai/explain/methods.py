@@ -65,15 +65,19 @@ def _gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> to
 
     With the score passed through ``exp``, the second and third derivatives become powers of the
     first, so ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` and ``w = sum(alpha * relu(g))`` over space.
+    The paper assumes ReLU activations (``A >= 0``), where ``alpha >= 0`` for ``g > 0``; with
+    activations that may be negative (MONAI's default PReLU) the denominator can turn negative,
+    and such ``alpha`` are set to 0 instead of flipping the sign of the evidence.
     """
     g = gradients.flatten(2)
     g2 = g * g
     g3 = g2 * g
     sum_a = activations.flatten(2).sum(dim=2, keepdim=True)
     denom = 2 * g2 + sum_a * g3
-    safe = torch.where(denom != 0, denom, torch.ones_like(denom))
-    alpha = torch.where((g != 0) & (denom != 0), g2 / safe, torch.zeros_like(g))
-    return (alpha * torch.relu(g)).sum(dim=2)
+    keep = (g > 0) & (denom > 0)
+    alpha = torch.where(keep, g2 / torch.where(keep, denom, torch.ones_like(denom)),
+                        torch.zeros_like(g))
+    return (alpha * g).sum(dim=2)
 
 
 def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
@@ -173,9 +177,14 @@ def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int 
         patch = tuple(max(1, math.ceil(s / 8)) for s in spatial)
     else:
         patch = tuple(min(p, s) for p, s in zip(per_dim(patch_size, nd, "patch_size"), spatial))
-    steps = tuple(max(1, p // 2) for p in patch) if stride is None else per_dim(stride, nd, "stride")
-    if fill not in ("mean", "zero") and (isinstance(fill, bool) or not isinstance(fill, (int, float))):
-        raise ExplainError(f"unknown occlusion fill {fill!r}", hint="use 'mean', 'zero' or a number")
+    if stride is None:
+        steps = tuple(max(1, p // 2) for p in patch)
+    else:
+        steps = per_dim(stride, nd, "stride")
+    is_number = isinstance(fill, (int, float)) and not isinstance(fill, bool)
+    if not is_number and fill not in ("mean", "zero"):
+        raise ExplainError(f"unknown occlusion fill {fill!r}",
+                           hint="use 'mean', 'zero' or a number")
     fill_values = make_baseline(x, fill).flatten(2)[:, :, :1]  # (N, C, 1): constant per channel
     windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
                for origin in itertools.product(*(_starts(s, p, st)

@@ -77,7 +77,8 @@ def sliding_window_saliency(
         net: segmentation network on ``sw_device``, logits ``(N, K, *roi_size)`` per window.
         x: ``(N, C, H, W)`` or ``(N, C, H, W, D)``; may stay on the CPU while windows run on the
             GPU (``sw_device``).
-        method: a name in :data:`medxai.explain.METHODS` or a method callable.
+        method: a name in :data:`medxai.explain.METHODS` or a method callable (which must accept
+            ``normalize=False`` and return raw maps comparable across windows).
         roi_size: window size in pixels (voxels) per spatial axis; non-positive entries take the
             image's size (as in MONAI).
         overlap: fraction of a window shared with its neighbour, per axis or for all, in [0, 1).
@@ -155,7 +156,8 @@ def sliding_window_saliency(
             saliency = run_method(fn, net, batch.to(device), target, normalize=False, **options)
             saliency = saliency.detach().to("cpu", torch.float32)
             for j, w in enumerate(part):
-                total[(slice(i, i + 1), slice(None), *windows[w])] += saliency[j : j + 1] * importance
+                where = (slice(i, i + 1), slice(None), *windows[w])
+                total[where] += saliency[j : j + 1] * importance
             del saliency, batch
 
     total = total / weight

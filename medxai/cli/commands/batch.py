@@ -1,0 +1,166 @@
+"""``medxai batch``: segment every series of a PACS export; resumable, with a job manifest."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from medxai.cli.common import echo_json, guard, parse_ints
+from medxai.cli.main import cli
+
+FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
+EXPLAIN_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig", "none")
+
+
+def _parse_formats(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMAT_CHOICES]
+    if bad:
+        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
+                                 param_hint="--format")
+    return formats
+
+
+class _ProgressBar:
+    """Progress on stderr: a bar redrawn in place on a terminal, a line every few seconds
+    otherwise (logs)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.phase = ""
+
+    def __call__(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = p.done >= p.total
+        if p.phase != self.phase:
+            if self.phase and self.tty:
+                click.echo("", err=True)
+            self.phase = p.phase
+        elif not final and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        if p.phase == "scan":
+            line = f"scanning  {p.done}/{p.total} files  {p.rate:.0f} files/s"
+        else:
+            width = 24
+            filled = int(width * p.done / p.total) if p.total else width
+            eta = (p.total - p.done) / p.rate if p.rate > 0 else 0.0
+            c = p.counts
+            line = (f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} series  "
+                    f"done {c.get('done', 0)}  skipped {c.get('skipped', 0)}  "
+                    f"failed {c.get('failed', 0)}  {p.rate:.2f} series/s"
+                    + (f"  ETA {eta:.0f}s" if not final and p.rate > 0 else ""))
+        if self.tty:
+            click.echo("\r" + line.ljust(100), err=True, nl=final and p.phase == "process")
+        else:
+            click.echo(line, err=True)
+
+
+def _table(summary: Any) -> str:
+    f, s = summary.files, summary.series
+    lines = [f"{'':10}{'files':>8}{'series':>8}"]
+    for state in ("done", "skipped", "failed", "pending", "running", "total"):
+        if state in ("pending", "running") and not (f.get(state) or s.get(state)):
+            continue
+        lines.append(f"{state:10}{f.get(state, 0):>8}{s.get(state, 0):>8}")
+    sc, pr = summary.scan, summary.process
+    lines.append("")
+    lines.append(f"scan: {sc['files']} files ({sc['headers_read']} headers read) in "
+                 f"{sc['seconds']:.2f} s, {sc['files_per_s']:.0f} files/s")
+    lines.append(f"this run: {pr['images_done']} series done of {pr['series']} processed in "
+                 f"{pr['seconds']:.2f} s, {pr['images_per_s']:.2f} images/s ({summary.backend})")
+    if summary.failed:
+        lines.append("")
+        lines.append("failed:")
+        for item in summary.failed[:20]:
+            what = item.get("series") or item.get("file")
+            reason = str(item.get("reason") or "").splitlines()[0]
+            lines.append(f"  {what}: {reason}")
+        if len(summary.failed) > 20:
+            lines.append(f"  ... {len(summary.failed) - 20} more in the manifest")
+    if summary.skipped_reasons:
+        lines.append("")
+        lines.append("skipped series:")
+        for reason, n in list(summary.skipped_reasons.items())[:10]:
+            lines.append(f"  {n:>5}  {reason}")
+    lines.append("")
+    lines.append(f"manifest: {summary.manifest}")
+    lines.append(f"csv: {summary.csv.get('series')}, {summary.csv.get('files')}")
+    return "\n".join(lines)
+
+
+@cli.command("batch")
+@click.argument("export_dir", type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Results folder: <study>/<series>/ per series, manifest.sqlite, CSV, summary.")
+@click.option("-m", "--model", default=None,
+              help="Bundled model name (see `medxai models`) or bundle folder. "
+                   "[default: isic2018-lesion-unet]")
+@click.option("--explain", default="gradcam", show_default=True, type=click.Choice(EXPLAIN_CHOICES),
+              help="Saliency method, or none.")
+@click.option("--format", "formats",
+              help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes (1: this process), each loading the model once; with "
+                   "--scheduler local, the number of dask workers.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+              help="2D images per forward pass.")
+@click.option("--scan-workers", type=click.IntRange(1), help="Parallel header readers "
+              "(default: CPU count, at most 8).")
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps.")
+@click.option("--roi-size", help="Sliding-window size for 3D models, e.g. 96,96,96.")
+@click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run the series on a dask.distributed cluster (tcp://host:8786), or 'local' "
+                   "for a LocalCluster; workers must see the same paths.")
+@click.option("--retry-failed", is_flag=True, help="Run failed series (and re-read damaged "
+              "files) again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@guard
+def batch_cmd(export_dir: str, output: str, model: str | None, explain: str, formats: str | None,
+              workers: int, batch_size: int, scan_workers: int | None, device: str,
+              roi_size: str | None, overlap: float | None, scheduler: str | None,
+              retry_failed: bool, as_json: bool, quiet: bool) -> None:
+    """Segment every series of the PACS export EXPORT_DIR that fits the model.
+
+    Reads only headers to find every study, series and stack (DICOMDIRs, nested folders,
+    duplicates, non-DICOM and damaged files are all accounted for), runs the series that fit the
+    model (modality, 2D/3D, colour) through the same pipeline as `medxai segment`, and records
+    every file and series in OUTPUT/manifest.sqlite with its state, reason, outputs and timings.
+
+    Run it again with the same arguments to resume: done series are skipped, interrupted ones
+    are redone (results are written atomically). --retry-failed retries failures.
+
+    Exit codes: 0 everything that fits the model was done, 1 a series or a file failed,
+    2 bad arguments or input.
+    """
+    import warnings
+
+    from medxai.batch import run_batch
+    from medxai.pipeline import SegmentOptions
+
+    opts = SegmentOptions(formats=_parse_formats(formats), explain=explain, device=device,
+                          roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap)
+    bar = _ProgressBar(enabled=not quiet and not as_json)
+    with warnings.catch_warnings():
+        # per-file problems are recorded in the manifest; pydicom's warnings would drown them
+        warnings.simplefilter("ignore")
+        summary = run_batch(export_dir, output, model=model, options=opts, workers=workers,
+                            scheduler=scheduler, retry_failed=retry_failed,
+                            batch_size=batch_size, scan_workers=scan_workers, progress=bar)
+    if as_json:
+        echo_json(summary.to_dict())
+    else:
+        click.echo(_table(summary))
+    if summary.exit_code:
+        raise SystemExit(summary.exit_code)

@@ -1,0 +1,68 @@
+"""``medxai evaluate``."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from medxai.cli.common import echo_json, guard
+from medxai.cli.main import cli
+from medxai.training.metrics import METRIC_NAMES
+
+
+def format_summary(summary: dict, n_images: int) -> str:
+    lines = []
+    for label, stats in summary.items():
+        lines.append(f"label {label}: {n_images} image(s)")
+        lines.append(f"  {'metric':16s} {'mean':>8s} {'median':>8s} {'std':>8s} {'n':>5s}")
+        for name in METRIC_NAMES:
+            s = stats[name]
+            fmt = (lambda v: "nan" if math.isnan(v) else f"{v:.4f}")
+            lines.append(f"  {name:16s} {fmt(s['mean']):>8s} {fmt(s['median']):>8s} "
+                         f"{fmt(s['std']):>8s} {s['n']:5d}")
+    return "\n".join(lines)
+
+
+@cli.command("evaluate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-m", "--model", default=None,
+              help="Evaluate this model (name or bundle folder) on DATA (one path). Without it, "
+                   "two paths PRED_DIR GT_DIR are compared.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write one row per image and label to this CSV file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@guard
+def evaluate_cmd(paths: tuple[str, ...], model: str | None, device: str, csv_path: str | None,
+                 as_json: bool) -> None:
+    """Score segmentations: `--model M DATA` or `PRED_DIR GT_DIR`.
+
+    Metrics per image: Dice, IoU, pixel accuracy, sensitivity, specificity, HD95 (medpy; mm
+    with patient geometry, else pixels) and the ISIC 2018 challenge score (Jaccard counted as 0
+    below 0.65). The summary gives mean, median and std over images.
+    """
+    from medxai.training.evaluate import evaluate_folders, evaluate_model, write_csv
+
+    if model is not None:
+        if len(paths) != 1:
+            raise click.UsageError("with --model give one DATA folder")
+        from medxai.models.registry import load_model
+
+        bundle = load_model(model)
+        with click.progressbar(length=1, label="evaluating", file=click.get_text_stream("stderr"),
+                               hidden=as_json) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(1)
+            result = evaluate_model(bundle, paths[0], device=device, progress=progress)
+    else:
+        if len(paths) != 2:
+            raise click.UsageError("give PRED_DIR GT_DIR, or --model M DATA")
+        result = evaluate_folders(paths[0], paths[1])
+    if csv_path:
+        write_csv(result.rows, csv_path)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        click.echo(format_summary(result.summary, result.to_dict()["n_images"]))

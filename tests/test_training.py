@@ -1,0 +1,113 @@
+"""medxai train: loss goes down on real ISIC pairs; 3D runs on real and synthetic volumes;
+bundles round-trip and refuse tampered weights; resume continues a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medxai.cli.main import cli
+from medxai.errors import BundleIntegrityError, InputError, ModelError
+from medxai.models.bundle import load_bundle, save_bundle
+from medxai.training.datasets import find_pairs
+from medxai.training.trainer import TrainConfig, train
+from tests.conftest import shared_path
+from tests.models import make_volume_dataset
+
+
+def _isic_subset(tmp: Path, n: int = 8) -> Path:
+    src = shared_path("isic2018", "train")
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "masks").mkdir()
+    for img in sorted((src / "images").glob("*.jpg"))[:n]:
+        (tmp / "images" / img.name).symlink_to(img)
+        mask = src / "masks" / f"{img.stem}_segmentation.png"
+        (tmp / "masks" / mask.name).symlink_to(mask)
+    return tmp
+
+
+def test_training_on_real_isic_pairs_lowers_the_loss(tmp_path: Path) -> None:
+    data = _isic_subset(tmp_path / "isic")
+    res = train(TrainConfig(data=str(data), output=str(tmp_path / "b"), spatial_size=[48, 48],
+                            epochs=6, batch_size=4, width=8, depth=3, lr=5e-3, warmup_epochs=0,
+                            val_fraction=0.25, seed=1))
+    losses = [h["train_loss"] for h in res.history]
+    assert losses[-1] < losses[0] * 0.9, losses
+    bundle = load_bundle(res.bundle)
+    assert bundle.spatial_dims == 2 and bundle.in_channels == 3
+    assert (res.bundle / "training" / "metrics.csv").read_text().count("\n") == 7
+
+
+def test_resume_continues_and_refuses_to_clobber(tmp_path: Path) -> None:
+    data = _isic_subset(tmp_path / "isic", n=6)
+    cfg = dict(data=str(data), output=str(tmp_path / "b"), spatial_size=[32, 32], batch_size=3,
+               width=4, depth=3, val_fraction=0.34)
+    first = train(TrainConfig(epochs=2, **cfg))
+    assert first.finished and len(first.history) == 2
+    with pytest.raises(Exception, match="--resume"):
+        train(TrainConfig(epochs=3, **cfg))
+    more = train(TrainConfig(epochs=3, resume=True, **cfg))
+    assert [h["epoch"] for h in more.history] == [3]
+
+
+def test_3d_training_on_synthetic_and_real_volumes(tmp_path: Path) -> None:
+    data = make_volume_dataset(tmp_path / "synthetic", n=3)
+    res = train(TrainConfig(data=str(data), output=str(tmp_path / "s"), roi_size=[32, 32, 16],
+                            epochs=1, batch_size=2, width=4, depth=3, val_fraction=0.34))
+    b = load_bundle(res.bundle)
+    assert b.spatial_dims == 3 and b.inference["mode"] == "sliding_window"
+    # a real MR volume with its tumour label (pyradiomics), as an MSD-style dataset.json
+    vols = shared_path("volumes", "pyradiomics_data")
+    real = tmp_path / "real"
+    real.mkdir()
+    items = []
+    for n in ("brain1", "brain2"):
+        items.append({"image": f"./{n}_image.nrrd", "label": f"./{n}_label.nrrd"})
+        for part in ("image", "label"):
+            (real / f"{n}_{part}.nrrd").symlink_to(vols / f"{n}_{part}.nrrd")
+    (real / "dataset.json").write_text(json.dumps({"training": items}))
+    assert len(find_pairs(real)) == 2
+    res = train(TrainConfig(data=str(real), output=str(tmp_path / "r"), roi_size=[32, 32, 16],
+                            spacing=[4.0, 4.0, 4.0], epochs=1, batch_size=2, width=4, depth=3,
+                            val_fraction=0.5))
+    assert load_bundle(res.bundle).preprocessing["intensity"]["kind"] == "zscore"
+
+
+def test_bundle_round_trip_and_tampered_weights(rgb_bundle, tmp_path: Path) -> None:
+    copy = save_bundle(rgb_bundle, tmp_path / "copy")
+    again = load_bundle(copy)
+    for (k, a), (_, b) in zip(rgb_bundle.network.state_dict().items(), again.network.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert again.weights_sha256 == rgb_bundle.weights_sha256
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rgb_bundle.network.eval()(x), again.network(x))
+    weights = copy / "models" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="SHA-256"):
+        load_bundle(copy)
+    res = CliRunner().invoke(cli, ["segment", "sample_data/dermoscopy.jpg", "-m", str(copy),
+                                   "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "SHA-256" in res.output and "Traceback" not in res.output
+
+
+def test_bad_bundles_and_datasets(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a model bundle"):
+        load_bundle(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="no matching mask"):
+        find_pairs(tmp_path)
+
+
+def test_train_cli_help_lists_layouts() -> None:
+    res = CliRunner().invoke(cli, ["train", "--help"])
+    assert res.exit_code == 0 and "dataset.json" in res.output
