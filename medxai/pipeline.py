@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medxai._version import __version__
-from medxai.errors import InputError, OutputExistsError
+from medxai.errors import InputError, MedxaiError, OutputExistsError
 from medxai.inference import Prediction, predict, prepare_input, resolve_device, restore_output
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
@@ -154,11 +154,12 @@ def _label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
 
 def _write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
                    saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str
-                   ) -> tuple[list[str], dict[str, float]]:
+                   ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     from medxai.io import writers as w
 
     files: list[str] = []
     times: dict[str, float] = {}
+    skipped: list[dict[str, Any]] = []
     image = loaded.image
     labels = pred.labels[0].numpy()
     affine = pred.affine.numpy()
@@ -184,28 +185,45 @@ def _write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Pr
         times["write_png"] = time.perf_counter() - t
     if "dicom-seg" in formats or "dicom-sc" in formats:
         t = time.perf_counter()
-        source = loaded.dicom
-        if source is None:
-            if image.ndim != 3:
-                raise InputError(
-                    "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
-                    "cannot invent", path=loaded.path,
-                    hint="use --format nifti,png,json for NIfTI/NRRD inputs")
-            picture = image.numpy()
-            if picture.dtype != np.uint8 and picture.shape[0] == 3:
-                picture = np.clip(picture, 0, 255).astype(np.uint8)
-            source = w.create_photo_study(picture, tmp / "source_photo.dcm",
-                                          source_name=Path(loaded.path).name)
-            files.append("source_photo.dcm")
-        if "dicom-seg" in formats:
-            files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
-                                           tmp / "seg.dcm").name)
-        if "dicom-sc" in formats:
-            rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
-            paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
-            files += [f"overlay_sc/{p.name}" for p in paths]
+        try:
+            files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
+        except MedxaiError as exc:
+            # the other outputs stand; the report says why there is no DICOM
+            skipped.append({"formats": [f for f in formats if f.startswith("dicom")],
+                            "reason": str(exc)})
         times["write_dicom"] = time.perf_counter() - t
-    return files, times
+    return files, times, skipped
+
+
+def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
+                 first_sal: np.ndarray | None, formats: Sequence[str], info: list[dict[str, Any]],
+                 colors: dict[int, Any]) -> list[str]:
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
+    from medxai.io import writers as w
+
+    files: list[str] = []
+    image = loaded.image
+    source = loaded.dicom
+    if source is None:
+        if image.ndim != 3:
+            raise InputError(
+                "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
+                "cannot invent", path=loaded.path,
+                hint="use --format nifti,png,json for NIfTI/NRRD inputs")
+        picture = image.numpy()
+        if picture.dtype != np.uint8 and picture.shape[0] == 3:
+            picture = np.clip(picture, 0, 255).astype(np.uint8)
+        source = w.create_photo_study(picture, tmp / "source_photo.dcm",
+                                      source_name=Path(loaded.path).name)
+        files.append("source_photo.dcm")
+    if "dicom-seg" in formats:
+        files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
+                                       tmp / "seg.dcm").name)
+    if "dicom-sc" in formats:
+        rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
+        paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
+        files += [f"overlay_sc/{p.name}" for p in paths]
+    return files
 
 
 def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: torch.device,
@@ -294,10 +312,11 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        files, wtimes = _write_outputs(tmp, loaded, bundle, pred, saliency, formats, name)
+        files, wtimes, skipped = _write_outputs(tmp, loaded, bundle, pred, saliency, formats, name)
         timings.update(wtimes)
         report = _report(loaded, bundle, pred, device, opts.explain, energy, timings, files,
                          _digest(Path(loaded.path)))
+        report["skipped_outputs"] = skipped
         if "json" in formats:
             from medxai.io.writers import write_report_json
 

@@ -178,11 +178,12 @@ def test_nifti_rejects_bad_input(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def _dcmqi_labels(seg_path: Path, source: DicomSource, shape: tuple[int, ...],
-                  out: Path) -> np.ndarray:
+                  out: Path) -> tuple[np.ndarray, int]:
     """SEG -> dcmqi's segimage2itkimage (segments merged) -> labels on the source grid (I, J, K).
 
     dcmqi reconstructs the extent of the frames present in the SEG, so its volume is placed on the
-    source grid by its origin; its direction and spacing must be the source's.
+    source grid by its origin; its direction and spacing must be the source's. Returns the labels
+    and the index of the source slice at dcmqi's origin.
     """
     import SimpleITK as sitk
 
@@ -215,7 +216,7 @@ def _dcmqi_labels(seg_path: Path, source: DicomSource, shape: tuple[int, ...],
     if data.shape[2] > 1:
         assert np.isclose(img.GetSpacing()[2], np.linalg.norm(positions[1] - positions[0]),
                           atol=1e-3)
-    return full
+    return full, k0
 
 
 def _ct_series(name: str) -> list[Path]:
@@ -228,7 +229,7 @@ def _ct_series(name: str) -> list[Path]:
     if name == "dcmqi-ct-3slice":
         return sorted(shared_file("dcmqi_data", "data", "segmentations", "ct-3slice").glob("*.dcm"))
     folder = shared_file("totalsegmentator_tests", "tests", "reference_files", "example_ct_dicom")
-    return sorted(folder.iterdir())
+    return sorted(folder.iterdir())[:6]  # 6 of its 20 JPEG 2000 slices keep the test fast
 
 
 @pytest.mark.parametrize("name", ["dcmqi-ct-3slice", "totalsegmentator-ct", "sample-oblique"])
@@ -249,8 +250,7 @@ def test_seg_of_ct_series_matches_dcmqi_and_highdicom(tmp_path, name):
     threshold = np.percentile(volume, 80)
     labels = (volume > threshold).astype(np.uint8)
     labels[: volume.shape[0] // 3] *= 2  # two labels, not symmetric in i/j
-    labels[..., 0] = 0  # an empty first slice: dcmqi's volume then starts at slice 1
-    assert len(np.unique(labels[..., 1])) == 3
+    assert all(len(np.unique(labels[..., k])) == 3 for k in (0, labels.shape[2] - 1))
     path = write_dicom_seg(labels, source, LABELS, *MODEL, tmp_path / "seg.dcm")
     assert_dciodvfy_clean(path)
 
@@ -274,7 +274,9 @@ def test_seg_of_ct_series_matches_dcmqi_and_highdicom(tmp_path, name):
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     assert np.array_equal(_seg_labels_by_instance(seg, source), labels)
     # with the segments merged, dcmqi's values are the segment numbers (= label values here)
-    assert np.array_equal(_dcmqi_labels(path, source, labels.shape, tmp_path / "dcmqi"), labels)
+    from_dcmqi, k0 = _dcmqi_labels(path, source, labels.shape, tmp_path / "dcmqi")
+    assert k0 == 0  # dcmqi's origin is the first slice's ImagePositionPatient (within 1e-3 mm)
+    assert np.array_equal(from_dcmqi, labels)
 
 
 def test_seg_and_nifti_of_the_reader_output_lie_on_the_same_grid(tmp_path):
@@ -293,8 +295,9 @@ def test_seg_and_nifti_of_the_reader_output_lie_on_the_same_grid(tmp_path):
                                LABELS)
     seg = write_dicom_seg(labels, loaded.dicom, LABELS, *MODEL, tmp_path / "seg.dcm")
     assert_dciodvfy_clean(seg)
-    from_seg = _dcmqi_labels(seg, loaded.dicom, labels.shape, tmp_path / "dcmqi")
+    from_seg, k0 = _dcmqi_labels(seg, loaded.dicom, labels.shape, tmp_path / "dcmqi")
     assert np.array_equal(from_seg, labels)
+    assert k0 == int(np.argmax(labels.reshape(-1, labels.shape[2]).any(axis=0)))
     ref = sitk.ReadImage(str(nifti))
     tool_out = sorted((tmp_path / "dcmqi").glob("*.nrrd"))[0]
     got = sitk.ReadImage(str(tool_out))
@@ -380,15 +383,21 @@ def test_seg_of_ultrasound_cine_without_frame_of_reference(tmp_path):
     assert np.array_equal(_seg_labels_by_frame(seg, source), labels)
 
 
-@pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "examples_rgb_color.dcm", "dx", "us-old-times"])
+@pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "examples_rgb_color.dcm", "dx", "us-old-times",
+                                  "vl-photo"])
 def test_seg_of_pictures_without_frame_of_reference(tmp_path, name):
-    if name == "dx":
+    if name == "vl-photo":  # no VL Photographic file at hand: an SC header relabelled as one
+        path_in = pydicom_file("SC_rgb_rle.dcm")
+    elif name == "dx":
         path_in = shared_file("highdicom_test_files", "dx_image.dcm")
     elif name == "us-old-times":  # big endian, StudyTime written '14:04:38' (ACR-NEMA style)
         path_in = shared_file("notZaki_DICOMSamples", "US_Explicit_Big_RGB.dcm")
     else:
         path_in = pydicom_file(name)
     source, image = load_single(path_in)
+    if name == "vl-photo":
+        source.first.SOPClassUID = pydicom.uid.VLPhotographicImageStorage
+        source.first.Modality = "XC"
     labels = np.zeros(image.shape[1:], dtype=np.uint8)
     labels[5:40, 10:20] = 1  # i (columns) 5..40, j (rows) 10..20
     path = write_dicom_seg(labels, source, LABELS, *MODEL, tmp_path / "seg.dcm")
@@ -653,6 +662,19 @@ def test_overlay_of_volume_and_rgb_picture():
     assert out.shape == (3, 10, 7, 3)
     with pytest.raises(InputError):
         overlay_rgb(volume, np.zeros((10, 7), np.uint8), None)
+
+
+def test_preview_of_a_volume_shows_the_slice_with_most_mask(tmp_path):
+    volume = np.zeros((1, 12, 9, 4), dtype=np.float32)
+    volume[..., 2] = 100.0  # only slice 2 is bright
+    labels = np.zeros((12, 9, 4), dtype=np.uint8)
+    labels[2:6, 2:6, 2] = 1
+    labels[0, 0, 1] = 1
+    path = write_preview_png(volume, labels, None, tmp_path / "v.png", LABELS, gap=0)
+    pic = np.asarray(Image.open(path).convert("RGB"))
+    assert pic.shape == (9, 24, 3)
+    assert pic[0, 0].sum() > 0  # slice 2 (bright), not slice 1
+    assert tuple(pic[2, 12 + 2]) == (255, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -324,8 +324,7 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
     sop = header["sop_class_uid"]
     media_sop = header.pop("media_sop_class_uid")
     if _DICOMDIR_SOP in (sop, media_sop) or name.upper() == "DICOMDIR":
-        return done("dicomdir", "DICOMDIR (an index; the files it lists are scanned themselves)",
-                    header=header)
+        return done("dicomdir", _dicomdir_reason(ds, Path(full).parent), header=header)
     from medxai.io.dicom import NON_IMAGE_SOP_CLASSES
 
     if sop in NON_IMAGE_SOP_CLASSES:
@@ -341,23 +340,46 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
     return done("image", None, header=header)
 
 
+def _dicomdir_reason(ds: Any, folder: Path) -> str:
+    """What a DICOMDIR lists, and which of the files it lists are missing."""
+    from medxai.io.dicom import _case_insensitive
+
+    listed, missing = 0, []
+    for rec in ds.get("DirectoryRecordSequence") or []:
+        ref = rec.get("ReferencedFileID")
+        if not ref:
+            continue
+        parts = [ref] if isinstance(ref, str) else [str(v) for v in ref]
+        listed += 1
+        if not folder.joinpath(*parts).is_file() and _case_insensitive(folder, parts) is None:
+            missing.append("/".join(parts))
+    reason = f"DICOMDIR listing {listed} file(s) (each is scanned as a file of the export)"
+    if missing:
+        reason += f"; {len(missing)} listed file(s) are missing, e.g. {missing[0]}"
+    return reason
+
+
 def _scan_chunk(root: str, rels: Sequence[str]) -> list[FileInfo]:
     return [scan_file(root, r) for r in rels]
 
 
 def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = None,
+               executor: str = "auto",
                progress: Callable[[int, int], None] | None = None) -> list[FileInfo]:
     """Scan ``rels`` (relative to ``root``) with ``workers`` parallel workers.
 
-    Up to a few hundred files, threads (reading is I/O-bound on network storage); beyond, worker
-    processes (``spawn``) take chunks of files, since parsing headers is CPU-bound Python.
+    ``executor="auto"``: up to a few hundred files, threads (reading is I/O-bound on network
+    storage); beyond, worker processes (``spawn``) take chunks of files, since parsing headers
+    is CPU-bound Python. ``"serial"``, ``"threads"`` or ``"processes"`` force one.
     ``progress(done, total)`` is called as files complete. Results come back in ``rels`` order.
     """
+    if executor not in ("auto", "serial", "threads", "processes"):
+        raise ValueError(f"executor must be auto, serial, threads or processes, not {executor!r}")
     root = str(root)
     n = len(rels)
     workers = max(1, workers if workers is not None else min(8, os.cpu_count() or 1))
     say = progress or (lambda _d, _t: None)
-    if workers == 1 or n < 8:
+    if executor == "serial" or (executor == "auto" and (workers == 1 or n < 8)):
         out = []
         for i, r in enumerate(rels):
             out.append(scan_file(root, r))
@@ -366,7 +388,7 @@ def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = N
         return out
     chunk = max(1, min(256, n // (workers * 4) or 1))
     pieces = [list(rels[i:i + chunk]) for i in range(0, n, chunk)]
-    use_processes = n >= 400
+    use_processes = executor == "processes" or (executor == "auto" and n >= 400)
     pool: cf.Executor = (cf.ProcessPoolExecutor(workers,
                                                 mp_context=multiprocessing.get_context("spawn"))
                          if use_processes else cf.ThreadPoolExecutor(workers))

@@ -38,8 +38,21 @@ def _register() -> None:
 _register()
 
 
+def _quiet_third_party() -> None:
+    """The CLI (not the library) silences warnings of dependencies that users cannot act on."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("highdicom", "pydicom", "monai", "nibabel"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    _quiet_third_party()
     return run_guarded(cli, argv if argv is not None else sys.argv[1:])
 
 

@@ -1,0 +1,26 @@
+"""MONAI-style transforms (array form ``X`` and dictionary form ``Xd``)."""
+
+from medxai.transforms.intensity import (
+    RandColorJitter,
+    RandColorJitterd,
+    ScaleIntensityFromBundle,
+    ScaleIntensityFromBundled,
+)
+from medxai.transforms.model import (
+    BlendOverlay,
+    BlendOverlayd,
+    Predict,
+    Predictd,
+    Saliency,
+    Saliencyd,
+    SaveSegmentation,
+    SaveSegmentationd,
+)
+from medxai.transforms.spatial import resize_image, resize_label, resize_probabilities
+
+__all__ = [
+    "Predict", "Predictd", "Saliency", "Saliencyd", "BlendOverlay", "BlendOverlayd",
+    "SaveSegmentation", "SaveSegmentationd", "ScaleIntensityFromBundle",
+    "ScaleIntensityFromBundled", "RandColorJitter", "RandColorJitterd",
+    "resize_image", "resize_label", "resize_probabilities",
+]

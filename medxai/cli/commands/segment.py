@@ -87,6 +87,9 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
             if not as_json and not quiet:
                 labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
                 click.echo(f"{path} -> {res.output_dir}  ({labels})")
+            for skip in res.report.get("skipped_outputs", []):
+                click.echo(f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}",
+                           err=True)
         except MedxaiError as err:
             failures.append({"input": path, "error": str(err), "exit_code": err.exit_code})
             worst = max(worst, err.exit_code)

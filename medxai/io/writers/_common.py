@@ -21,6 +21,7 @@ __all__ = [
     "SOFTWARE_NAME",
     "SOFTWARE_VERSION",
     "NOT_FOR_DIAGNOSIS",
+    "PALETTE",
     "LabelSpec",
     "as_numpy",
     "as_label_array",
@@ -37,6 +38,9 @@ __all__ = [
 SOFTWARE_NAME = "medxai"
 SOFTWARE_VERSION = __version__
 NOT_FOR_DIAGNOSIS = "AI result, not for diagnostic use"
+#: Colours of labels 1, 2, ... that come without one.
+PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 0, 200),
+           (0, 200, 200), (255, 128, 0)]
 
 # Type 2 attributes highdicom reads from the source with plain attribute access.
 _TYPE2_DEFAULTS = {
@@ -107,11 +111,16 @@ def rgb_triplet(color: Any, *, default: tuple[int, int, int] = (255, 0, 0)) -> t
             except ValueError:
                 pass
         raise InputError(f"colour {color!r} is not '#rrggbb' nor [r, g, b]")
-    values = [float(c) for c in list(color)[:3]]
+    raw = list(color)
+    try:
+        values = [float(c) for c in raw]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"colour {color!r} is not '#rrggbb' nor [r, g, b]") from exc
     if len(values) != 3:
         raise InputError(f"colour {color!r} must have three components (r, g, b)")
-    if all(0.0 <= v <= 1.0 for v in values) and any(v != int(v) for v in values):
-        values = [v * 255.0 for v in values]
+    if (all(isinstance(c, (float, np.floating)) for c in raw)
+            and all(0.0 <= v <= 1.0 for v in values)):
+        values = [v * 255.0 for v in values]  # floats 0..1
     return tuple(int(np.clip(round(v), 0, 255)) for v in values)  # type: ignore[return-value]
 
 
@@ -145,7 +154,8 @@ def normalise_labels(label_info: Sequence[Mapping[str, Any]] | None) -> list[Lab
         if value in specs:
             raise InputError(f"label value {value} is described twice in label_info")
         name = str(entry.get("name") or f"label_{value}")
-        specs[value] = LabelSpec(value, name, rgb_triplet(entry.get("color")),
+        default = PALETTE[(value - 1) % len(PALETTE)]
+        specs[value] = LabelSpec(value, name, rgb_triplet(entry.get("color"), default=default),
                                  entry.get("category"), entry.get("type"))
     return [specs[v] for v in sorted(specs)]
 
@@ -155,7 +165,8 @@ def label_colors_map(label_colors: Any) -> dict[int, tuple[int, int, int]]:
     if label_colors is None:
         return {}
     if isinstance(label_colors, Mapping):
-        return {int(k): rgb_triplet(v) for k, v in label_colors.items() if int(k) != 0}
+        return {int(k): rgb_triplet(v, default=PALETTE[(int(k) - 1) % len(PALETTE)])
+                for k, v in label_colors.items() if int(k) != 0}
     return {spec.value: spec.color for spec in normalise_labels(label_colors)}
 
 
@@ -163,17 +174,37 @@ def label_colors_map(label_colors: Any) -> dict[int, tuple[int, int, int]]:
 # DICOM sources
 # ---------------------------------------------------------------------------------------------
 
-def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
-    """A deep copy of a source header with empty values for the type 2 attributes highdicom reads.
+#: What highdicom reads from the 2nd, 3rd, ... image of a series (the 1st gets a full copy).
+_LIGHT_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "FrameOfReferenceUID", "Modality", "Rows", "Columns", "NumberOfFrames", "InstanceNumber",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "PatientOrientation", "Laterality", "ImageLaterality", "SpecificCharacterSet",
+)
 
-    The copy is what highdicom is given, so that a source lacking e.g. ``AccessionNumber`` (a type
-    2 attribute, present but empty in a valid file, absent in many real ones) still works. The
-    caller's dataset is never modified.
+
+def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> Dataset:
+    """A copy of a source header that highdicom can use, the caller's dataset left untouched.
+
+    The full copy (``light=False``; for the first image of a series, whose patient, study and
+    equipment are copied) gets empty values for the type 2 attributes highdicom reads with plain
+    attribute access (``AccessionNumber``, ``PatientSex``, ..., absent from many real files),
+    a SpecificCharacterSet highdicom accepts and repaired old-style dates and times. The light
+    copy (for the other images of a series) holds only what references and geometry need, so that
+    a series of hundreds of slices is not deep-copied.
 
     Raises:
         InputError: an attribute without which no derived object can reference the source.
     """
-    proxy = copy.deepcopy(ds)
+    if light:
+        proxy = Dataset()
+        for kw in _LIGHT_KEYWORDS:
+            if kw in ds:
+                proxy[kw] = ds[kw]
+        proxy.file_meta = getattr(ds, "file_meta", Dataset())
+    else:
+        proxy = copy.deepcopy(ds)
     # Some exports (e.g. anonymisers) empty SOPClassUID / SOPInstanceUID but keep them in the
     # file meta information; reference what the file says it is.
     meta = getattr(ds, "file_meta", None)
@@ -190,6 +221,8 @@ def source_proxy(ds: Dataset, *, what: str = "source") -> Dataset:
             hint="anonymisers sometimes blank the UIDs: export the series again with its UIDs, "
                  "or use the NIfTI output",
         )
+    if light:
+        return proxy
     for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if kw in proxy:
             delattr(proxy, kw)
@@ -207,10 +240,21 @@ _DA = re.compile(r"^\d{8}$")
 _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 
 
+#: Dates and times highdicom parses or copies into derived objects (patient, study, series).
+_DATE_TIME_KEYWORDS = (
+    "StudyDate", "StudyTime", "PatientBirthDate", "PatientBirthTime", "SeriesDate", "SeriesTime",
+    "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime", "InstanceCreationDate",
+    "InstanceCreationTime",
+)
+
+
 def _fix_dates_and_times(ds: Dataset) -> None:
     """Repair old ACR-NEMA style dates/times (``2001.01.31``, ``11:20:00``) that highdicom rejects;
     a value that still does not conform is emptied (type 2 attributes) or removed."""
-    for elem in list(ds):
+    for kw in _DATE_TIME_KEYWORDS:
+        if kw not in ds:
+            continue
+        elem = ds[kw]
         if elem.VR not in ("DA", "TM") or elem.VM != 1 or elem.value in (None, ""):
             continue
         text = str(elem.value).strip()

@@ -33,6 +33,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom.frame import encode_frame
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
@@ -271,8 +272,11 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
                   else base + DEFAULT_SC_SERIES_OFFSET)
         if not 0 < number < 2**31:
             number = DEFAULT_SC_SERIES_OFFSET
-    proxies: dict[int, Dataset] = {}
+    # patient and study come from the first source image (a full copy); each SC's references,
+    # orientation and laterality from its own source image (a light copy)
+    study_ref = placeholder if source is None else source_proxy(source.first)
     paths = []
+    sc: hd.sc.SCImage | None = None
     for k in range(n):
         pixels, photometric, bits = _sc_pixels(arr[:, :, :, k])
         if source is None:
@@ -281,19 +285,34 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             ds, frame, geometry = frame_geometry(source, 0 if mosaic_like else k)
             if mosaic_like:
                 geometry = {}
-            key = id(ds)
-            if key not in proxies:
-                proxies[key] = source_proxy(ds)
-            ref = proxies[key]
+            ref = study_ref if ds is source.first else source_proxy(ds, light=True)
         has_geometry = all(kw in geometry for kw in ("FrameOfReferenceUID", "ImagePositionPatient",
                                                      "ImageOrientationPatient", "PixelSpacing"))
-        sc = _build_sc(pixels, photometric, bits, ref, series_uid=series_uid, series_number=number,
-                       instance_number=k + 1, series_description=series_description,
-                       equipment=equipment,
-                       pixel_spacing=geometry.get("PixelSpacing"))
-        sc.ImageType = ["DERIVED", "SECONDARY"]
-        sc.BurnedInAnnotation = "YES"
-        sc.DerivationDescription = derivation[:1024]
+        if sc is None:
+            sc = _build_sc(pixels, photometric, bits, study_ref, series_uid=series_uid,
+                           series_number=number, instance_number=k + 1,
+                           series_description=series_description, equipment=equipment,
+                           pixel_spacing=geometry.get("PixelSpacing"))
+            sc.ImageType = ["DERIVED", "SECONDARY"]
+            sc.BurnedInAnnotation = "YES"
+            sc.DerivationDescription = derivation[:1024]
+        else:
+            # The other slices differ from the first only in what is set here and below (every
+            # per-slice attribute is set or removed on each pass), so the dataset built for the
+            # first slice is reused: several times faster than building each with highdicom.
+            sc.SOPInstanceUID = hd.UID()
+            sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
+            sc.InstanceNumber = k + 1
+            sc.PixelData = encode_frame(
+                pixels, transfer_syntax_uid=sc.file_meta.TransferSyntaxUID,
+                bits_allocated=sc.BitsAllocated, bits_stored=sc.BitsStored,
+                photometric_interpretation=sc.PhotometricInterpretation,
+                pixel_representation=sc.PixelRepresentation,
+                planar_configuration=sc.get("PlanarConfiguration"))
+            if "PixelSpacing" in geometry:
+                sc.PixelSpacing = geometry["PixelSpacing"]
+            elif "PixelSpacing" in sc:
+                del sc.PixelSpacing
         if source is not None:
             source_item, series_item = _reference_items(ref, frame)
             sc.SourceImageSequence = [source_item]
@@ -304,6 +323,9 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             sc.ImageOrientationPatient = geometry["ImageOrientationPatient"]
             sc.PatientOrientation = patient_orientation_letters(geometry["ImageOrientationPatient"])
         else:
+            for kw in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient"):
+                if kw in sc:
+                    delattr(sc, kw)
             orientation = ref.get("PatientOrientation") if source is not None else None
             sc.PatientOrientation = (list(orientation) if orientation and len(orientation) == 2
                                      else "")

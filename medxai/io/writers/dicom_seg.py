@@ -328,7 +328,7 @@ def write_dicom_seg(labels: Any, source: DicomSource,
         lut[spec.value] = number
     frames = lut[np.transpose(arr, (2, 1, 0))]  # (K, rows, columns)
 
-    proxies = [source_proxy(ds) for ds in source.datasets]
+    proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     first = proxies[0]
     strip_placeholder = False
     if source.is_multiframe:
@@ -377,7 +377,8 @@ def write_dicom_seg(labels: Any, source: DicomSource,
             content_label=content_label.upper()[:16],
             content_description=(f"{model_name} {model_version} via {SOFTWARE_NAME} "
                                  f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}")[:64],
-            omit_empty_frames=omit_empty_frames,
+            # all-empty masks keep every frame (highdicom would fall back to that, logging a warning)
+            omit_empty_frames=omit_empty_frames and bool(present),
             series_description=series_description[:64],
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:

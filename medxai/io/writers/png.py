@@ -19,12 +19,10 @@ from PIL import Image
 
 from medxai.errors import InputError
 from medxai.io.writers._atomic import write_bytes_atomic
-from medxai.io.writers._common import as_label_array, as_numpy, label_colors_map
+from medxai.io.writers._common import PALETTE, as_label_array, as_numpy, label_colors_map
 
 __all__ = ["overlay_rgb", "write_preview_png", "window_to_uint8", "jet", "label_contours"]
 
-_DEFAULT_COLORS = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 0, 200),
-                   (0, 200, 200), (255, 128, 0)]
 
 
 def window_to_uint8(image: Any, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -138,8 +136,8 @@ def overlay_rgb(image: Any, labels: Any, saliency: Any | None, label_colors: Any
         else:
             drawn = lab
             fill_alpha = 0.5
-        for n, value in enumerate(values):
-            color = np.asarray(colors.get(value, _DEFAULT_COLORS[n % len(_DEFAULT_COLORS)]),
+        for value in values:
+            color = np.asarray(colors.get(value, PALETTE[(value - 1) % len(PALETTE)]),
                                dtype=np.float32)
             where = drawn == value
             out[:, where] = out[:, where] * (1.0 - fill_alpha) + color[:, None] * fill_alpha

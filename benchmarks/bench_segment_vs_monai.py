@@ -1,0 +1,294 @@
+"""medxai's `segment` work vs a hand-written MONAI script doing the same work, on the same photos.
+
+Per image, every side does: load the JPEG, scale to [0, 1], resize to the model's 192x192, forward
+(optionally with flip TTA: identity + one flip per axis, softmax averaged), resize the class
+scores back to the photo's size, argmax, save the mask as a uint8 ``.nii.gz``.
+
+Sides (measured interleaved, medians of the repetitions):
+
+- ``medxai``: ``load_image`` + ``predict`` + ``write_nifti_labels`` (explain off) -- the calls
+  ``medxai segment`` makes for the mask, with their checks, metadata, atomic writes and the JSON
+  sidecar.
+- ``monai``: a plain MONAI script: ``LoadImage(PILReader, ensure_channel_first)``,
+  ``ScaleIntensityRange``, ``Resize(mode="area")`` (MONAI's default, anti-aliased), forward,
+  ``Resize(mode="bilinear")`` back, ``AsDiscrete(argmax)``, ``SaveImage(.nii.gz, uint8)``.
+- ``minimal``: the exact operations medxai performs (Pillow decode, torch ``interpolate`` bilinear
+  with antialias, nibabel save), written inline with no checks: the floor for medxai's overhead.
+
+The target is medxai <= 1.10x the faster of the baselines (overhead <= 10 %).
+
+Also reported, for information: end-to-end ``segment_path`` (default outputs NIfTI+PNG+JSON,
+without and with Grad-CAM), and the inference time on a ~1024x768 photo at 1 and 2 threads
+(target < 1 s on 2 cores).
+
+Usage::
+
+    python benchmarks/bench_segment_vs_monai.py                 # 10 photos, 3 reps, ~1-2 min
+    python benchmarks/bench_segment_vs_monai.py --images 20 --reps 5 --tta both --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from _bench_utils import (  # noqa: E402
+    header_line,
+    interleaved,
+    isic_bundle,
+    isic_photos,
+    machine_info,
+    markdown_table,
+    median,
+    emit,
+    photo_1024x768,
+    set_threads,
+    temp_dir,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# the three sides
+# --------------------------------------------------------------------------------------------
+
+def medxai_side(bundle: Any, path: Path, out: Path) -> None:
+    from medxai.inference import predict
+    from medxai.io.readers import load_image
+    from medxai.io.writers import write_nifti_labels
+
+    loaded = load_image(path)
+    pred = predict(bundle, loaded.image, device="cpu", source=str(path))
+    write_nifti_labels(pred.labels[0].numpy(), pred.affine.numpy(), out / "labels.nii.gz",
+                       bundle.labels, model_name=bundle.name, model_version=bundle.version)
+
+
+def _tta_softmax(net: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """(1, K, *spatial) mean softmax over identity (+ one flip per spatial axis)."""
+    prob = torch.softmax(net(x), dim=1)
+    if tta:
+        for ax in range(2, x.ndim):
+            prob = prob + torch.softmax(net(x.flip(ax)), dim=1).flip(ax)
+        prob = prob / (x.ndim - 1)
+    return prob
+
+
+class MonaiScript:
+    """What a MONAI user would write (transforms created once, like in a script)."""
+
+    def __init__(self, net: torch.nn.Module, size: tuple[int, int], tta: bool, out: Path) -> None:
+        from monai.transforms import (
+            AsDiscrete,
+            LoadImage,
+            Resize,
+            SaveImage,
+            ScaleIntensityRange,
+        )
+
+        self.net, self.size, self.tta = net, size, tta
+        self.load = LoadImage(reader="PILReader", image_only=True, ensure_channel_first=True)
+        self.scale = ScaleIntensityRange(a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+        self.resize = Resize(spatial_size=size, mode="area")
+        self.argmax = AsDiscrete(argmax=True)
+        self.save = SaveImage(output_dir=str(out), output_postfix="labels", output_ext=".nii.gz",
+                              output_dtype=np.uint8, resample=False, separate_folder=False,
+                              print_log=False, squeeze_end_dims=False)
+        # squeeze_end_dims=False: MONAI 1.6's SaveImage fails on 2D maps with the default
+        # (spatial_resample gets spatial_size None); the file is then (W, H, 1, 1).
+        self.Resize = Resize
+
+    def __call__(self, path: Path) -> None:
+        img = self.load(str(path))                           # (3, W, H) MetaTensor
+        x = self.resize(self.scale(img))                     # (3, 192, 192)
+        self.net.eval()
+        with torch.inference_mode():
+            prob = _tta_softmax(self.net, x.as_tensor()[None].float(), self.tta)[0]
+        back = self.Resize(spatial_size=img.shape[1:], mode="bilinear")(prob)
+        labels = self.argmax(back).to(torch.uint8)           # (1, W, H)
+        self.save(labels.as_tensor(), meta_data={"filename_or_obj": img.meta["filename_or_obj"],
+                                                 "affine": img.affine})
+
+
+def minimal_side(net: torch.nn.Module, path: Path, size: tuple[int, int], tta: bool,
+                 out: Path) -> None:
+    """The operations medxai performs, inline, without checks/metadata/atomic writes."""
+    import nibabel as nib
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))                  # (H, W, 3)
+    x = torch.from_numpy(arr).permute(2, 1, 0).float()       # (3, W, H), a view
+    x = (x / 255.0).clamp(0, 1)
+    grid = x.shape[1:]
+    x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    with torch.inference_mode():
+        prob = _tta_softmax(net, x, tta)
+    prob = F.interpolate(prob, size=tuple(grid), mode="bilinear", align_corners=False)[0]
+    labels = prob.argmax(0).to(torch.uint8).numpy()
+    img = nib.Nifti1Image(labels[:, :, None], np.diag([-1.0, -1.0, 1.0, 1.0]))
+    nib.save(img, str(out / "labels.nii.gz"))
+
+
+# --------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=10, help="number of photos (default 10)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per image (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--tta", choices=("off", "on", "both"), default="both",
+                    help="flip TTA on both sides (default: measure both settings)")
+    ap.add_argument("--e2e-reps", type=int, default=3,
+                    help="repetitions of the end-to-end segment_path rows (default 3)")
+    ap.add_argument("--e2e-images", type=int, default=3,
+                    help="photos for the end-to-end rows (default 3)")
+    ap.add_argument("--untrained", action="store_true",
+                    help="use an untrained network even if trained weights exist")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = ap.parse_args(argv)
+
+    set_threads(args.threads)
+    info = machine_info(args.threads)
+    result: dict[str, Any] = {"machine": info, "args": vars(args)}
+    tables: list[str] = [f"<!-- {header_line(info)} -->"]
+    with temp_dir() as tmp:
+        photos, photo_source = isic_photos(args.images, tmp)
+        result["photos"] = photo_source
+        bundle, model_source = isic_bundle(None, use_trained=not args.untrained)
+        result["model"] = model_source
+        size = tuple(int(s) for s in bundle.preprocessing["spatial_size"])
+        from PIL import Image
+
+        dims = {}
+        for p in photos:
+            with Image.open(p) as im:
+                dims[p] = im.size
+        settings = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
+        summary_rows = []
+        detail_rows = []
+        result["compare"] = []
+        for tta in settings:
+            import copy
+
+            b = copy.copy(bundle)
+            b.config = copy.deepcopy(bundle.config)
+            b.config["inference"]["tta_flips"] = tta
+            (tmp / "mx").mkdir(exist_ok=True)
+            (tmp / "mn").mkdir(exist_ok=True)
+            (tmp / "mi").mkdir(exist_ok=True)
+            script = MonaiScript(b.network, size, tta, tmp / "mn")
+            per: dict[str, list[float]] = {"medxai": [], "monai": [], "minimal": []}
+            for p in photos:
+                t = interleaved({
+                    "medxai": lambda p=p: medxai_side(b, p, tmp / "mx"),
+                    "monai": lambda p=p: script(p),
+                    "minimal": lambda p=p: minimal_side(b.network, p, size, tta, tmp / "mi"),
+                }, reps=args.reps, warmup=1)
+                med = {k: median(v) for k, v in t.items()}
+                for k in per:
+                    per[k].append(med[k])
+                base = min(med["monai"], med["minimal"])
+                detail_rows.append([
+                    "on" if tta else "off", p.name, "x".join(map(str, dims[p])),
+                    f"{med['medxai'] * 1e3:.0f}", f"{med['monai'] * 1e3:.0f}",
+                    f"{med['minimal'] * 1e3:.0f}", f"{med['medxai'] / base:.2f}"])
+                result["compare"].append({"tta": tta, "image": p.name, "size": dims[p],
+                                          "seconds": t})
+            mean = {k: float(np.mean(v)) for k, v in per.items()}
+            ratio_monai = mean["medxai"] / mean["monai"]
+            ratio_min = mean["medxai"] / mean["minimal"]
+            worst = max(ratio_monai, ratio_min)
+            summary_rows.append([
+                "on (3 passes)" if tta else "off (1 pass)", len(photos),
+                f"{mean['medxai'] * 1e3:.0f}", f"{mean['monai'] * 1e3:.0f}",
+                f"{mean['minimal'] * 1e3:.0f}", f"{ratio_monai:.2f}", f"{ratio_min:.2f}",
+                "met" if worst <= 1.10 else "NOT met"])
+            result.setdefault("summary", []).append({
+                "tta": tta, "ms_per_image": {k: v * 1e3 for k, v in mean.items()},
+                "ratio_vs_monai": ratio_monai, "ratio_vs_minimal": ratio_min})
+        tables.append(
+            f"### medxai predict + write_nifti_labels vs plain MONAI (CPU, {args.threads} "
+            f"thread(s), explain off; per-image mean of medians of {args.reps} interleaved reps)\n"
+            f"\nphotos: {photo_source}; model: {model_source}\n\n"
+            + markdown_table(["TTA", "images", "medxai ms", "MONAI script ms",
+                              "minimal ms", "medxai / MONAI", "medxai / minimal",
+                              "target <= 1.10"], summary_rows))
+        tables.append("#### per image (ratio = medxai / faster baseline)\n\n" + markdown_table(
+            ["TTA", "image", "W x H", "medxai ms", "MONAI ms", "minimal ms", "ratio"],
+            detail_rows))
+
+        # ---- end-to-end segment_path (info) ----------------------------------------------
+        from medxai.pipeline import SegmentOptions, segment_path
+
+        e2e = photos[: max(1, args.e2e_images)]
+        opts_plain = SegmentOptions(explain=None, device="cpu", overwrite=True)
+        opts_cam = SegmentOptions(explain="gradcam", device="cpu", overwrite=True)
+        e2e_rows = []
+        result["end_to_end"] = []
+        for p in e2e:
+            breakdown: dict[str, dict[str, float]] = {}
+
+            def run(opts: SegmentOptions, key: str, p: Path = p) -> None:
+                r = segment_path(p, bundle, tmp / key, opts)
+                breakdown[key] = r.report["timings_s"]
+
+            t = interleaved({
+                "default outputs, explain off": lambda: run(opts_plain, "plain"),
+                "default outputs + Grad-CAM": lambda: run(opts_cam, "cam"),
+            }, reps=args.e2e_reps, warmup=1)
+            for k, v in t.items():
+                bk = breakdown["plain" if "off" in k else "cam"]
+                parts = ", ".join(f"{n} {s * 1e3:.0f}" for n, s in bk.items())
+                e2e_rows.append([p.name, "x".join(map(str, dims[p])), k,
+                                 f"{median(v) * 1e3:.0f}", parts])
+                result["end_to_end"].append({"image": p.name, "case": k, "seconds": v,
+                                             "last_breakdown_s": bk})
+        tables.append(
+            f"### end-to-end `segment_path` (bundle's TTA setting: "
+            f"{bundle.inference.get('tta_flips')}; NIfTI + PNG + JSON; {args.threads} thread(s); "
+            f"median of {args.e2e_reps})\n\n"
+            + markdown_table(["image", "W x H", "case", "total ms",
+                              "breakdown of last run (ms)"], e2e_rows))
+
+        # ---- ~1024x768 inference at 1 and 2 threads -------------------------------------
+        from medxai.inference import predict
+        from medxai.io.readers import load_image
+
+        p768, desc = photo_1024x768(tmp)
+        rows768 = []
+        result["photo_1024x768"] = {"image": desc, "rows": []}
+        for threads in sorted({1, 2, args.threads}):
+            set_threads(threads)
+            t = interleaved({
+                "predict (TTA as bundle)": lambda: predict(bundle, load_image(p768).image,
+                                                           device="cpu"),
+                "read + predict + write NIfTI": lambda: medxai_side(bundle, p768, tmp / "mx"),
+                "segment_path, default (Grad-CAM, NIfTI+PNG+JSON)":
+                    lambda: segment_path(p768, bundle, tmp / "e768",
+                                         SegmentOptions(device="cpu", overwrite=True)),
+            }, reps=max(3, args.reps), warmup=1)
+            for k, v in t.items():
+                ms = median(v) * 1e3
+                rows768.append([threads, k, f"{ms:.0f}", "met" if ms < 1000 else "NOT met"])
+                result["photo_1024x768"]["rows"].append({"threads": threads, "case": k,
+                                                         "seconds": v})
+        set_threads(args.threads)
+        tables.append(
+            f"### inference on a ~1024x768 photo: {desc} (bundle TTA "
+            f"{bundle.inference.get('tta_flips')}; median of {max(3, args.reps)})\n\n"
+            + markdown_table(["torch threads", "what", "ms", "target < 1000 ms"], rows768))
+    result["machine_end_loadavg"] = machine_info(args.threads)["loadavg_1_5_15"]
+    tables.append(f"<!-- load average at end: {result['machine_end_loadavg']} -->")
+    emit(result, "\n\n".join(tables), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,488 @@
+"""The driver of a batch job: :func:`run_batch` scans the export, updates the manifest, hands the
+pending series to workers (this process, local worker processes, or a dask cluster) and records
+every outcome as it comes back. The manifest (in the output folder) is the single source of
+truth; only this process writes it.
+
+Resume: the output folder is locked for the run (an advisory lock the OS drops when the process
+dies). On start, series a dead run left ``running`` go back to ``pending`` and its half-written
+temporary folders are removed; results are only ever committed by the pipeline's atomic rename,
+so a ``done`` row means a complete folder, and a folder without a ``done`` row is rewritten.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medxai.batch.manifest import MANIFEST_NAME, Manifest
+from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk, run_chunk
+from medxai.batch.scan import ModelRequirements, fit_reason, scan_export
+from medxai.errors import InputError, MedxaiError
+from medxai.models.bundle import ModelBundle
+from medxai.pipeline import SegmentOptions
+
+__all__ = ["BatchProgress", "BatchSummary", "run_batch", "LOCK_NAME", "SUMMARY_NAME"]
+
+LOCK_NAME = ".medxai-batch.lock"
+SUMMARY_NAME = "summary.json"
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class BatchProgress:
+    """A progress report: ``phase`` is ``scan`` (files) or ``process`` (series of this run)."""
+
+    phase: str
+    done: int
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+ProgressFn = Callable[[BatchProgress], None]
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run found and did; :meth:`to_dict` is what ``--json`` prints.
+
+    ``exit_code`` is 0 when everything that fits the model is done and no file is damaged, 1
+    when a series or a file failed.
+    """
+
+    export_dir: str
+    output: str
+    manifest: str
+    csv: dict[str, str]
+    model: dict[str, Any]
+    files: dict[str, int]
+    series: dict[str, int]
+    this_run: dict[str, int]
+    scan: dict[str, float]
+    process: dict[str, float]
+    failed: list[dict[str, Any]]
+    skipped_reasons: dict[str, int]
+    file_reasons: dict[str, int]
+    backend: str
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.series.get("failed") or self.files.get("failed") else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["exit_code"] = self.exit_code
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder for the run (POSIX ``flock``; the OS releases
+    it when the process dies, so a killed run never blocks the next)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, one run at a time is on the user
+        yield
+        return
+    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise InputError("another medxai batch run is writing to this output folder",
+                             path=out, hint="wait for it to finish, or use another -o") from exc
+        yield
+    finally:
+        fh.close()
+
+
+def _clean_partials(out: Path) -> int:
+    """Remove the temporary folders (``.<name>.partial-<pid>``, ``.<name>.old-<pid>``) a dead run
+    left in the output tree; only called while holding the lock."""
+    n = 0
+    for pattern in (".*.partial-*", ".*.old-*", "*/.*.partial-*", "*/.*.old-*"):
+        for p in out.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _settings(export: Path, bundle: ModelBundle, options: SegmentOptions) -> dict[str, Any]:
+    """What must not change between runs of one job (device and workers may)."""
+    return {
+        "export_dir": str(export),
+        "model": {"name": bundle.name, "version": bundle.version,
+                  "weights_sha256": bundle.weights_sha256},
+        "formats": sorted(options.formats) if options.formats else None,
+        "explain": options.explain or None,
+        "roi_size": list(options.roi_size) if options.roi_size else None,
+        "overlap": options.overlap,
+    }
+
+
+def _chunks(rows: Sequence[dict[str, Any]], batch_size: int, spatial_dims: int
+            ) -> list[list[dict[str, Any]]]:
+    """Chunks of series for one worker call: ``batch_size`` 2D images (one forward pass), or one
+    volume."""
+    out: list[list[dict[str, Any]]] = []
+    if spatial_dims == 2:
+        for i in range(0, len(rows), max(1, batch_size)):
+            out.append(list(rows[i:i + max(1, batch_size)]))
+    else:
+        out = [[r] for r in rows]
+    return out
+
+
+def _job_for(row: dict[str, Any], export: Path, out: Path, folders: dict[str, str]
+             ) -> dict[str, Any]:
+    study, series = row["output_name"].split("/", 1)
+    files = [str(export / f) for f in row["files"]]
+    parent = os.path.dirname(row["files"][0]) if row["files"] else ""
+    folder = None
+    if len(files) > 1 and all(os.path.dirname(f) == parent for f in row["files"]) \
+            and folders.get(parent) == row["id"]:
+        folder = str(export / parent)
+    return {"id": row["id"], "files": files, "folder": folder, "out_root": str(out / study),
+            "name": series, "output_name": row["output_name"]}
+
+
+def _folder_owners(man: Manifest) -> dict[str, str]:
+    """Folders (relative) all of whose files, in all subfolders, belong to one series:
+    ``{folder: series id}``. Such a folder can stand for the series (the report names and
+    hashes it); other series are named by their first file."""
+    conflict = object()
+    missing = object()
+    owner: dict[str, Any] = {}
+    for path, sid in man.conn.execute("SELECT path, series_id FROM files"):
+        d = os.path.dirname(path)
+        while True:
+            cur = owner.get(d, missing)
+            owner[d] = sid if cur is missing else (cur if cur == sid else conflict)
+            if not d:
+                break
+            d = os.path.dirname(d)
+    return {d: s for d, s in owner.items() if isinstance(s, str)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+
+def run_batch(export_dir: str | Path, output: str | Path, *,
+              model: str | Path | ModelBundle | None = None,
+              options: SegmentOptions | None = None, workers: int = 1,
+              scheduler: str | None = None, retry_failed: bool = False, batch_size: int = 8,
+              scan_workers: int | None = None, progress: ProgressFn | None = None
+              ) -> BatchSummary:
+    """Segment every series of a PACS export that fits the model; resumable.
+
+    Args:
+        export_dir: the export (any folder tree of DICOM files, DICOMDIRs and other files).
+        output: results folder: ``<study>/<series>/`` per series, ``manifest.sqlite``,
+            ``manifest_series.csv``, ``manifest_files.csv``, ``summary.json``.
+        model: bundled model name, bundle folder or a loaded :class:`ModelBundle`.
+        options: output formats, saliency method, device, ... (``overwrite`` is ignored: the
+            manifest decides what runs again).
+        workers: 1 runs in this process; N > 1 starts N local worker processes (or, with
+            ``scheduler="local"``, a dask LocalCluster of N workers). The model is loaded once per
+            worker.
+        scheduler: a dask.distributed scheduler address, or ``"local"``; the workers must see
+            the export, output and model paths.
+        retry_failed: run failed series (and re-read damaged files) again.
+        batch_size: 2D images per forward pass (and per worker call).
+        scan_workers: parallel header readers (default: CPU count, at most 8).
+        progress: called with :class:`BatchProgress` as files are scanned and series finish.
+
+    Returns:
+        a :class:`BatchSummary` (also written to ``summary.json``).
+
+    Raises:
+        MedxaiError: the export is missing, the model cannot be loaded, the output folder holds
+            a job with other settings or is in use by another run. Problems with single files or
+            series never raise: they are recorded in the manifest.
+    """
+    from medxai.models.registry import load_model
+
+    export = Path(export_dir).expanduser().resolve()
+    if not export.is_dir():
+        raise InputError("is not a folder" if export.exists() else "does not exist",
+                         path=export_dir, hint="give the folder of a PACS export")
+    out = Path(output).expanduser().resolve()
+    if out == export:
+        raise InputError("the output folder must not be the export folder", path=out,
+                         hint="use e.g. -o results/")
+    out.mkdir(parents=True, exist_ok=True)
+    opts = options or SegmentOptions()
+    if isinstance(model, ModelBundle):
+        bundle = model
+        if bundle.path is None and (workers > 1 or scheduler):
+            raise InputError("a model bundle that is not saved to a folder can only run with "
+                             "workers=1 and no scheduler", hint="save it with save_bundle")
+    else:
+        bundle = load_model(model)
+    model_path = str(Path(bundle.path).resolve()) if bundle.path is not None else ""
+    settings = _settings(export, bundle, opts)
+    say = progress or (lambda _p: None)
+    t_start = time.perf_counter()
+    with _locked(out):
+        man = Manifest(out / MANIFEST_NAME)
+        try:
+            man.check_settings(settings)
+            run_id = man.start_run({**settings, "workers": workers, "scheduler": scheduler,
+                                    "device": opts.device, "retry_failed": retry_failed})
+            status = "interrupted"
+            try:
+                recovered = man.recover(MAX_ATTEMPTS)
+                _clean_partials(out)
+                # -- scan
+                known = man.known_files()
+                if retry_failed:
+                    known = {k: v for k, v in known.items() if not v.failed}
+                t0 = time.perf_counter()
+                exclude = [out] if export in out.parents else []
+                scan = scan_export(export, workers=scan_workers, exclude=exclude, known=known,
+                                   progress=lambda d, n: say(BatchProgress(
+                                       "scan", d, n, {}, time.perf_counter() - t0)))
+                req = ModelRequirements.from_bundle(bundle)
+                fit = {s.id: fit_reason(s, req) for s in scan.stacks}
+                man.sync_scan(scan.files, scan.stacks, fit)
+                retried = man.retry_failed() if retry_failed else 0
+                # a done series whose folder was removed runs again
+                missing = [r["id"] for r in man.series("done")
+                           if not (out / r["output_name"]).is_dir()]
+                if missing:
+                    with man.transaction() as c:
+                        c.executemany("UPDATE series SET state='pending' WHERE id=?",
+                                      [(i,) for i in missing])
+                pending = man.pending()
+                # -- process
+                t1 = time.perf_counter()
+                run_counts = {"done": 0, "failed": 0, "skipped": 0}
+                total = len(pending)
+
+                def on_result(r: dict[str, Any]) -> None:
+                    man.record(r)
+                    run_counts[r["state"]] = run_counts.get(r["state"], 0) + 1
+                    say(BatchProgress("process", sum(run_counts.values()), total,
+                                      dict(run_counts), time.perf_counter() - t1))
+
+                say(BatchProgress("process", 0, total, dict(run_counts), 0.0))
+                jobs_for = _JobFactory(export, out, man)
+                chunks = _chunks(pending, batch_size, bundle.spatial_dims)
+                config = WorkerConfig(model=model_path, weights_sha256=bundle.weights_sha256,
+                                      options=opts, batch_size=batch_size)
+                if scheduler:
+                    from medxai.batch.dask_runner import run_on_dask
+
+                    backend = f"dask ({scheduler})"
+                    run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler,
+                                workers=workers)
+                elif workers > 1:
+                    backend = f"{workers} local worker processes"
+                    _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
+                else:
+                    backend = "in process"
+                    _run_inline(man, chunks, jobs_for, bundle, opts, batch_size, on_result)
+                process_s = time.perf_counter() - t1
+                status = "finished"
+            finally:
+                man.release([r["id"] for r in man.series("running")])
+                csv_paths = man.export_csv(out)
+                if status != "finished":
+                    man.finish_run(run_id, status, {})
+            summary = _summary(man, export, out, csv_paths, bundle, model_path, scan,
+                               run_counts | {"requeued_after_crash": recovered["requeued"],
+                                             "retried_failed": retried,
+                                             "rerun_missing_output": len(missing)},
+                               process_s, sum(run_counts.values()), backend)
+            man.finish_run(run_id, status, {"scan": summary.scan, "process": summary.process,
+                                            "this_run": summary.this_run,
+                                            "wall_s": round(time.perf_counter() - t_start, 3)})
+            _write_json_atomic(out / SUMMARY_NAME, summary.to_dict())
+            return summary
+        finally:
+            man.close()
+
+
+class _JobFactory:
+    """Turns manifest rows into the job dicts workers take."""
+
+    def __init__(self, export: Path, out: Path, man: Manifest) -> None:
+        self.export, self.out = export, out
+        self.folders = _folder_owners(man)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return _job_for(row, self.export, self.out, self.folders)
+
+
+def _summary(man: Manifest, export: Path, out: Path, csv_paths: dict[str, Path],
+             bundle: ModelBundle, model_path: str, scan: Any, run_counts: dict[str, int],
+             process_s: float, processed: int, backend: str) -> BatchSummary:
+    counts = man.counts()
+    for table in counts:
+        counts[table]["total"] = sum(counts[table].values())
+    failed = [{"series": r["output_name"], "id": r["id"], "reason": r["reason"]}
+              for r in man.series("failed")]
+    failed += [{"file": f["path"], "reason": f["reason"]} for f in man.files("failed")
+               if f["kind"] != "image"]
+    images = run_counts.get("done", 0)
+    return BatchSummary(
+        export_dir=str(export), output=str(out), manifest=str(out / MANIFEST_NAME),
+        csv={k: str(v) for k, v in csv_paths.items()},
+        model={"name": bundle.name, "version": bundle.version, "path": model_path,
+               "weights_sha256": bundle.weights_sha256},
+        files=counts["files"], series=counts["series"], this_run=run_counts,
+        scan={"files": len(scan.files), "headers_read": scan.headers_read,
+              "seconds": round(scan.seconds, 3),
+              "files_per_s": round(scan.files_per_second, 1)},
+        process={"series": processed, "images_done": images, "seconds": round(process_s, 3),
+                 "images_per_s": round(images / process_s, 3) if process_s > 0 else 0.0},
+        failed=failed, skipped_reasons=man.reasons("skipped"),
+        file_reasons=_file_reasons(man),
+        backend=backend)
+
+
+def _file_reasons(man: Manifest) -> dict[str, int]:
+    """Why files that are not images to process were passed over (skipped or failed)."""
+    rows = man.conn.execute("SELECT reason, COUNT(*) AS n FROM files WHERE kind != 'image' "
+                            "GROUP BY reason ORDER BY n DESC, reason")
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# backends
+# ---------------------------------------------------------------------------------------------
+
+def _run_inline(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
+                jobs_for: Callable[[dict[str, Any]], dict[str, Any]], bundle: ModelBundle,
+                opts: SegmentOptions, batch_size: int,
+                on_result: Callable[[dict[str, Any]], None]) -> None:
+    """Workers = 1: this process, the bundle already loaded; each result is recorded as soon as
+    it is ready."""
+    from medxai.batch.runner import worker_name
+
+    me = worker_name()
+    for chunk in chunks:
+        ids = set(man.claim([r["id"] for r in chunk], me))
+        jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
+        if jobs:
+            process_chunk(jobs, bundle, opts, batch_size=batch_size, on_result=on_result)
+
+
+def drive(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
+          jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+          submit: Callable[[list[dict[str, Any]]], Any],
+          wait_any: Callable[[list[Any]], Sequence[Any]], in_flight: int, worker: str,
+          on_result: Callable[[dict[str, Any]], None],
+          on_crash: Callable[[], None] | None = None,
+          is_crash: Callable[[BaseException], bool] = lambda _e: False) -> None:
+    """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
+    as chunks complete. A chunk whose worker died is split into single series and retried, each
+    at most :data:`MAX_ATTEMPTS` times in all; other errors fail the chunk's series."""
+    from medxai.batch.runner import _error_result
+
+    queue: deque[list[dict[str, Any]]] = deque(list(c) for c in chunks)
+    running: dict[Any, list[dict[str, Any]]] = {}
+    while queue or running:
+        while queue and len(running) < in_flight:
+            chunk = queue.popleft()
+            ids = set(man.claim([r["id"] for r in chunk], worker))
+            jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
+            if jobs:
+                running[submit(jobs)] = chunk
+        if not running:
+            continue
+        crashed = False
+        for fut in wait_any(list(running)):
+            chunk = running.pop(fut)
+            try:
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker's death or error, recorded
+                if is_crash(exc):
+                    crashed = True
+                    attempts = {r["id"]: r["attempts"] for r in man.series("running")}
+                    for row in chunk:
+                        if attempts.get(row["id"], MAX_ATTEMPTS) >= MAX_ATTEMPTS:
+                            on_result(_error_result(jobs_for(row), MedxaiError(
+                                f"its worker process died {MAX_ATTEMPTS} times while "
+                                f"processing it ({type(exc).__name__})")))
+                        else:
+                            with man.transaction() as c:
+                                c.execute("UPDATE series SET state='pending' WHERE id=?",
+                                          (row["id"],))
+                            queue.append([row])
+                    continue
+                results = [_error_result(jobs_for(r), exc) for r in chunk]
+            for r in results:
+                on_result(r)
+        if crashed and on_crash is not None:
+            # every other chunk in flight died with the pool: requeue them one by one
+            for fut, chunk in list(running.items()):
+                running.pop(fut)
+                with man.transaction() as c:
+                    c.executemany("UPDATE series SET state='pending' WHERE id=?",
+                                  [(r["id"],) for r in chunk])
+                queue.extend([r] for r in chunk)
+            on_crash()
+
+
+def _run_process_pool(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
+                      jobs_for: Callable[[dict[str, Any]], dict[str, Any]], config: WorkerConfig,
+                      on_result: Callable[[dict[str, Any]], None], workers: int) -> None:
+    """N local worker processes (``spawn``), each loading the model once; ~2 chunks per worker in
+    flight so that workers never wait for the driver."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")
+
+    def make_pool() -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process,
+                                      initargs=(threads, os.getpid()))
+
+    pool = [make_pool()]
+
+    def restart() -> None:
+        pool[0].shutdown(wait=False, cancel_futures=True)
+        pool[0] = make_pool()
+
+    try:
+        drive(man, chunks, jobs_for, lambda jobs: pool[0].submit(run_chunk, jobs, config),
+              lambda fs: list(cf.wait(fs, return_when=cf.FIRST_COMPLETED).done),
+              in_flight=2 * workers, worker=f"pool:{os.getpid()}", on_result=on_result,
+              on_crash=restart, is_crash=lambda e: isinstance(e, BrokenProcessPool))
+    finally:
+        pool[0].shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,511 @@
+"""``medxai batch``: scan, manifest, resume after kill -9, isolation, reporting, dask.
+
+One PACS-like export (tests/fixtures_pacs.py) built from pydicom's files, the project's generated
+samples and, when ../shared/data is there, ISIC photos; one uninterrupted reference run; the
+other runs (killed and resumed, dask LocalCluster, local worker processes) are compared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medxai.batch import Manifest, run_batch
+from medxai.batch.job import LOCK_NAME
+from medxai.batch.scan import FileInfo, ModelRequirements, fit_reason, group_stacks, scan_export
+from medxai.errors import InputError
+from medxai.pipeline import SegmentOptions
+
+from tests.conftest import ROOT, SHARED, shared_path
+from tests.fixtures_pacs import (
+    PacsExport,
+    all_files,
+    build_pacs_export,
+    make_test_bundle,
+    write_photo_dicom,
+)
+
+# the export holds damaged files on purpose: pydicom's warnings about them are expected
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+FORMATS = ["nifti", "json"]
+EXPLAIN = "gradcam"
+MANIFEST_FILES = {"manifest.sqlite", "manifest.sqlite-wal", "manifest.sqlite-shm",
+                  "manifest_series.csv", "manifest_files.csv", "summary.json", LOCK_NAME}
+_CLI = ("import sys, warnings; warnings.simplefilter('ignore'); "
+        "import medxai.cli.commands.batch; from medxai.cli.main import main; sys.exit(main())")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread, as the subprocesses get (OMP_NUM_THREADS=1): same numbers everywhere,
+    and no thread oversubscription on small CI machines."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("batch")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(work: Path) -> Path:
+    return make_test_bundle(work / "model")
+
+
+@pytest.fixture(scope="module")
+def export(work: Path) -> PacsExport:
+    return build_pacs_export(work / "export", SHARED if SHARED.is_dir() else None)
+
+
+def _options() -> SegmentOptions:
+    return SegmentOptions(formats=FORMATS, explain=EXPLAIN, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(work: Path, export: PacsExport, bundle_dir: Path):
+    """The uninterrupted run, in this process."""
+    out = work / "out_ref"
+    events = []
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(),
+                        progress=events.append)
+    return out, summary, events
+
+
+def _outputs(out: Path) -> list[str]:
+    return [p for p in all_files(out) if p not in MANIFEST_FILES]
+
+
+def _series_states(out: Path) -> dict[str, tuple[str, str | None]]:
+    with Manifest(out / "manifest.sqlite") as man:
+        return {r["output_name"]: (r["state"], r["reason"]) for r in man.series()}
+
+
+def _assert_same_results(out: Path, ref: Path, *, exact: bool = True) -> None:
+    assert _outputs(out) == _outputs(ref)
+    assert _series_states(out) == _series_states(ref)
+    labels = [p for p in _outputs(ref) if p.endswith("labels.nii.gz")]
+    assert labels
+    for rel in labels:
+        a = np.asarray(nib.load(out / rel).dataobj)
+        b = np.asarray(nib.load(ref / rel).dataobj)
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(nib.load(out / rel).affine, nib.load(ref / rel).affine)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:  # other worker thread counts: identical up to rare floating-point ties
+            assert np.mean(a == b) > 0.999, rel
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-c", _CLI, "batch", *args], cwd=str(ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# scan and grouping
+# ---------------------------------------------------------------------------------------------
+
+def test_scan_accounts_for_every_file(export: PacsExport) -> None:
+    scan = scan_export(export.root, workers=2)
+    paths = [f.path for f in scan.files]
+    assert paths == all_files(export.root)
+    by_path = {f.path: f for f in scan.files}
+    for rel, kind in export.skipped_files.items():
+        assert by_path[rel].kind == kind, (rel, by_path[rel].reason)
+        assert by_path[rel].reason
+    for rel in export.failed_files:
+        assert by_path[rel].kind == "corrupt" and by_path[rel].failed
+        assert "truncated" in by_path[rel].reason
+    assert "duplicate of PAT_A/ST_1/SER_01/IM0001.dcm" in by_path["PAT_A/ST_1_copy/IM0001.dcm"].reason
+    # every image file is in exactly one stack
+    in_stacks = [p for s in scan.stacks for p in s.files]
+    assert len(in_stacks) == len(set(in_stacks))
+    assert set(in_stacks) == {f.path for f in scan.files if f.kind == "image"}
+    # the CT series is one volume of 5 slices; each photo is a 2D image of its own
+    ct = [s for s in scan.stacks if s.files[0].startswith("PAT_A/ST_2/CT/")]
+    assert len(ct) == 1 and ct[0].form == "volume" and ct[0].n_slices == 5 and ct[0].dims == 3
+    photos = [s for s in scan.stacks if s.files[0].startswith("PAT_A/ST_1/")]
+    assert len(photos) == 6 and all(s.form == "image" and s.channels == 3 for s in photos)
+    assert len({s.study_uid for s in photos}) == 1 and len({s.series_uid for s in photos}) == 2
+    multi = [s for s in scan.stacks if s.form == "multiframe"]
+    assert {s.n_slices for s in multi} >= {2, 30}
+    # DICOMDIR media: every file it lists is scanned like any other; missing ones are named
+    assert any(p.startswith("MEDIA/98892003/MR700/") for p in in_stacks)
+    assert "1 listed file(s) are missing, e.g. 77654033/CR1/6154" in by_path["MEDIA/DICOMDIR"].reason
+    # several studies
+    assert len({s.study_uid for s in scan.stacks}) >= 4
+    # output folders are made of hashes, digits and sanitised codes only
+    for s in scan.stacks:
+        assert re.fullmatch(r"study_(\d{8}_)?[0-9a-f]{10}/[A-Za-z0-9]+_s(\d+|x)(_i\d+)?_[0-9a-f]{10}",
+                            s.output_name), s.output_name
+
+
+def test_output_names_never_come_from_header_text(tmp_path: Path) -> None:
+    from medxai.samples import make_dermoscopy_photo
+
+    rgb, _ = make_dermoscopy_photo(32, 24, seed=1)
+    p = write_photo_dicom(rgb, tmp_path / "x.dcm", study="../../..", series="/etc/passwd",
+                          sop="1.2.3", series_number=1, instance=1, study_date="../../")
+    import pydicom
+
+    ds = pydicom.dcmread(p)
+    ds.Modality = "../../EVIL"
+    ds.save_as(p)
+    (stack,) = scan_export(tmp_path, workers=1).stacks
+    assert ".." not in stack.output_name and stack.output_name.count("/") == 1
+    assert stack.output_name.split("/")[1].startswith("EVIL_s1_i1_")
+
+
+def _fi(path: str, **h) -> FileInfo:
+    header = {"study_instance_uid": "1.1", "series_instance_uid": "1.1.1", "modality": "MR",
+              "series_number": 3, "instance_number": None, "series_description": "",
+              "study_date": "20200101", "rows": 8, "columns": 8, "channels": 1, "frames": 1,
+              "orientation": [1, 0, 0, 0, 1, 0], "position": [0, 0, 0], "has_spacing": True,
+              "sop_instance_uid": path, "echo_numbers": "", "acquisition_number": "",
+              "temporal_position": "", "trigger_time": "", "image_type": ""}
+    header.update(h)
+    return FileInfo(path, 1, 1, "image", header=header)
+
+
+def test_stacks_split_by_orientation_and_shared_positions() -> None:
+    files = [_fi(f"e{e}_{k}", position=[0, 0, k], echo_numbers=str(e))
+             for e in (1, 2) for k in range(3)]
+    files += [_fi(f"cor_{k}", orientation=[1, 0, 0, 0, 0, -1], position=[0, k, 0])
+              for k in range(2)]
+    files += [_fi("photo", orientation=None, position=None, channels=3)]
+    stacks = group_stacks(files)
+    assert sorted((s.form, len(s.files)) for s in stacks) == [
+        ("image", 1), ("volume", 2), ("volume", 3), ("volume", 3)]
+    echoes = [s for s in stacks if len(s.files) == 3]
+    assert {tuple(s.files) for s in echoes} == {("e1_0", "e1_1", "e1_2"), ("e2_0", "e2_1", "e2_2")}
+    assert len({s.id for s in stacks}) == 4
+    assert [s.id for s in group_stacks(list(reversed(files)))] == [s.id for s in stacks]
+
+
+def test_fit_reason_names_modality_dims_and_colour(export: PacsExport) -> None:
+    scan = scan_export(export.root, workers=1)
+    ct = next(s for s in scan.stacks if s.files[0].startswith("PAT_A/ST_2/CT/"))
+    photo = next(s for s in scan.stacks if s.files[0].startswith("PAT_A/ST_1/"))
+    rgb2d = ModelRequirements(spatial_dims=2, channels=3, modalities=("XC",))
+    ct3d = ModelRequirements(spatial_dims=3, channels=1, modalities=("CT",))
+    assert fit_reason(photo, rgb2d) is None
+    assert fit_reason(ct, ct3d) is None
+    reason = fit_reason(ct, rgb2d)
+    assert "modality CT" in reason and "volume of 5 slices" in reason and "greyscale" in reason
+    reason = fit_reason(photo, ct3d)
+    assert "modality XC" in reason and "2D image" in reason and "colour" in reason
+    assert fit_reason(photo, ModelRequirements(2, 3, ())) is None  # no modality list: any
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference run: manifest, outputs, reasons, reports
+# ---------------------------------------------------------------------------------------------
+
+def test_manifest_accounts_for_every_file_and_series(reference, export: PacsExport) -> None:
+    out, summary, _events = reference
+    with Manifest(out / "manifest.sqlite") as man:
+        assert man.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        files = {f["path"]: f for f in man.files()}
+        series = man.series()
+    assert sorted(files) == all_files(export.root)
+    assert all(f["state"] in ("done", "skipped", "failed") for f in files.values())
+    assert all(f["reason"] for f in files.values() if f["state"] != "done")
+    sid_state = {s["id"]: s["state"] for s in series}
+    for rel in export.fit_done:
+        assert files[rel]["state"] == "done", (rel, files[rel]["reason"])
+        assert sid_state[files[rel]["series_id"]] == "done"
+    for rel in export.fail_series:
+        assert files[rel]["state"] == "failed" and files[rel]["reason"]
+    for rel in export.skip_series:
+        assert files[rel]["state"] == "skipped"
+        assert files[rel]["reason"].startswith("does not fit the model")
+    for rel in export.failed_files:
+        assert files[rel]["state"] == "failed" and "truncated" in files[rel]["reason"]
+    for rel, kind in export.skipped_files.items():
+        assert files[rel]["state"] == "skipped" and files[rel]["kind"] == kind
+    # outputs exist for every series done, and only for those
+    done = [s for s in series if s["state"] == "done"]
+    assert len(done) == len(export.fit_done)
+    for s in done:
+        folder = out / s["output_name"]
+        assert sorted(s["outputs"]) == sorted(p.name for p in folder.iterdir())
+        assert {"labels.nii.gz", "labels.json", "report.json", "saliency_lesion.nii.gz"} <= \
+            set(s["outputs"])
+        assert s["total_s"] > 0 and s["predict_s"] is not None and s["worker"]
+        report = json.loads((folder / "report.json").read_text())
+        assert report["input"]["series_instance_uid"] == s["series_instance_uid"]
+    for s in series:
+        if s["state"] != "done":
+            assert s["reason"] and not (out / s["output_name"]).exists()
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+    # summary, exit code, progress
+    assert summary.exit_code == 1  # the truncated files and the damaged RLE image
+    assert summary.series["done"] == len(done) and summary.series["failed"] == 1
+    assert summary.files["total"] == len(files)
+    assert {f.get("file") for f in summary.failed} >= set(export.failed_files)
+    assert json.loads((out / "summary.json").read_text())["exit_code"] == 1
+
+
+def test_progress_reports_counts_and_rate(reference) -> None:
+    _out, summary, events = reference
+    scan = [e for e in events if e.phase == "scan"]
+    proc = [e for e in events if e.phase == "process"]
+    assert scan and scan[-1].done == scan[-1].total == summary.scan["headers_read"]
+    assert proc[-1].done == proc[-1].total == summary.process["series"]
+    assert proc[-1].counts["done"] == summary.this_run["done"] and proc[-1].rate > 0
+
+
+def test_csv_export_of_the_manifest(reference) -> None:
+    import csv
+
+    out, summary, _ = reference
+    with open(out / "manifest_series.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == summary.series["total"]
+    assert {r["state"] for r in rows} == {"done", "skipped", "failed"}
+    assert all(r["reason"] for r in rows if r["state"] != "done")
+    with open(out / "manifest_files.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == summary.files["total"]
+
+
+def test_rerun_skips_what_is_done(reference, export: PacsExport, bundle_dir: Path,
+                                  tmp_path: Path) -> None:
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    before = {p: (out / p).stat().st_mtime_ns for p in _outputs(out)}
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options())
+    assert summary.this_run["done"] == summary.this_run["failed"] == 0
+    assert summary.scan["headers_read"] == 0  # unchanged files are not read again
+    assert {p: (out / p).stat().st_mtime_ns for p in _outputs(out)} == before
+    # --retry-failed runs the failure again (it fails again, with its reason)
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(), retry_failed=True)
+    assert summary.this_run["retried_failed"] == 1 and summary.this_run["failed"] == 1
+    assert summary.this_run["done"] == 0
+    # other settings into the same folder are refused
+    with pytest.raises(InputError, match="other settings"):
+        run_batch(export.root, out, model=bundle_dir,
+                  options=SegmentOptions(formats=FORMATS, explain=None))
+
+
+def test_dead_run_is_recovered(reference, export: PacsExport, bundle_dir: Path,
+                               tmp_path: Path) -> None:
+    """A series left 'running' (its folder even committed) and a half-written temporary folder:
+    the next run redoes the series and removes the leftovers."""
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    with Manifest(out / "manifest.sqlite") as man:
+        victim = man.series("done")[0]
+        man.conn.execute("UPDATE series SET state='running', attempts=1 WHERE id=?",
+                         (victim["id"],))
+    study = out / victim["output_name"].split("/")[0]
+    partial = study / f".{victim['output_name'].split('/')[1]}.partial-99999"
+    partial.mkdir()
+    (partial / "labels.nii.gz").write_bytes(b"half")
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options())
+    assert summary.this_run["requeued_after_crash"] == 1 and summary.this_run["done"] == 1
+    assert not partial.exists()
+    _assert_same_results(out, ref)
+
+
+def test_output_folder_in_use_is_refused(reference, export: PacsExport, bundle_dir: Path,
+                                         tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / LOCK_NAME, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(InputError, match="another medxai batch run"):
+            run_batch(export.root, out, model=bundle_dir, options=_options())
+
+
+def test_missing_export_is_an_input_error(tmp_path: Path, bundle_dir: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        run_batch(tmp_path / "nope", tmp_path / "out", model=bundle_dir)
+
+
+def test_isic_photos_from_shared_data(reference, export: PacsExport) -> None:
+    shared_path("isic2018", "val", "images")
+    out, _summary, _ = reference
+    states = {f["path"]: f["state"] for f in Manifest(out / "manifest.sqlite").files()}
+    isic = [p for p in states if p.startswith("PAT_D/ISIC/")]
+    assert len(isic) == 3 and all(states[p] == "done" for p in isic)
+
+
+# ---------------------------------------------------------------------------------------------
+# batched prediction
+# ---------------------------------------------------------------------------------------------
+
+def test_predict_batch_matches_predict(export: PacsExport, bundle_dir: Path) -> None:
+    from medxai.batch import predict_batch
+    from medxai.inference import predict
+    from medxai.io.readers import load_image
+    from medxai.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    paths = [export.root / p for p in export.fit_done[:3]]
+    paths.append(export.root / "PAT_C/US/still/examples_palette.dcm")  # another size
+    images = [load_image(p).image for p in paths]
+    batched = predict_batch(bundle, images, device="cpu")
+    for img, b in zip(images, batched):
+        one = predict(bundle, img, device="cpu")
+        assert b.labels.shape == one.labels.shape == (1, *img.shape[1:])
+        assert np.mean((b.labels == one.labels).numpy()) > 0.999
+        np.testing.assert_allclose(b.probabilities.numpy(), one.probabilities.numpy(), atol=1e-4)
+
+
+def test_batched_path_gives_each_image_its_own_prediction(monkeypatch: pytest.MonkeyPatch,
+                                                         reference, export: PacsExport,
+                                                         bundle_dir: Path, tmp_path: Path
+                                                         ) -> None:
+    """2D images go through the network in batches and each prediction reaches
+    ``segment_loaded`` with its own image (without saliency, written by the writer thread)."""
+    import inspect
+
+    import medxai.batch.runner as runner
+    from medxai import pipeline
+
+    real = pipeline.segment_loaded
+    takes = "prediction" in inspect.signature(real).parameters
+    seen = []
+
+    def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, progress=None,
+                       prediction=None):
+        assert prediction is not None
+        assert prediction.labels.shape[1:] == loaded.image.shape[1:]
+        seen.append(name)
+        extra = {"prediction": prediction} if takes else {}
+        return real(loaded, bundle, out_root, options, name=name, progress=progress, **extra)
+
+    monkeypatch.setattr(runner, "segment_loaded", segment_loaded)
+    monkeypatch.setattr(runner, "_PIPELINE_TAKES_PREDICTION", True)
+    out = tmp_path / "out"
+    summary = run_batch(export.root, out, model=bundle_dir, batch_size=4,
+                        options=SegmentOptions(formats=FORMATS, explain=None, device="cpu"))
+    assert len(seen) == summary.series["done"] == len(export.fit_done)
+    ref = reference[0]
+    for rel in [p for p in _outputs(ref) if p.endswith("labels.nii.gz")]:
+        a = np.asarray(nib.load(out / rel).dataobj)
+        assert np.mean(a == np.asarray(nib.load(ref / rel).dataobj)) > 0.999
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI: kill -9 and resume, --json, exit codes
+# ---------------------------------------------------------------------------------------------
+
+def _done_count(manifest: Path) -> int:
+    if not manifest.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{manifest}?mode=ro", uri=True, timeout=1) as c:
+            return c.execute("SELECT COUNT(*) FROM series WHERE state='done'").fetchone()[0]
+    except sqlite3.OperationalError:  # schema not there yet
+        return 0
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: PacsExport,
+                                                           bundle_dir: Path, tmp_path: Path
+                                                           ) -> None:
+    ref, ref_summary, _ = reference
+    out = tmp_path / "out"
+    args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu"]
+    proc = _run_cli(args)
+    deadline = time.monotonic() + 300
+    try:
+        while _done_count(out / "manifest.sqlite") < 1:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no series finished in 300 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _done_count(out / "manifest.sqlite")
+    assert 1 <= done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
+
+    proc = _run_cli(args + ["--json"])
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr
+    summary = json.loads(stdout)
+    assert summary["this_run"]["done"] == ref_summary.series["done"] - done_at_kill
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    _assert_same_results(out, ref)
+
+
+def test_cli_exit_code_0_and_json(tmp_path: Path, bundle_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    import medxai.cli.commands.batch  # noqa: F401  (registers the command)
+    from medxai.cli.main import cli
+    from medxai.samples import make_dermoscopy_photo
+
+    for i in range(2):
+        rgb, _ = make_dermoscopy_photo(40, 30, seed=i)
+        write_photo_dicom(rgb, tmp_path / "export" / f"s{i}" / "a.dcm", study="1.2.3",
+                          series=f"1.2.3.{i}", sop=f"1.2.3.{i}.1", series_number=i, instance=1)
+    (tmp_path / "export" / "notes.txt").write_text("not DICOM")
+    out = tmp_path / "out"
+    args = ["batch", str(tmp_path / "export"), "-o", str(out), "--model", str(bundle_dir),
+            "--format", "nifti,json", "--explain", "none", "--device", "cpu"]
+    res = CliRunner().invoke(cli, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["series"]["done"] == 2 and data["files"]["skipped"] == 1
+    assert data["exit_code"] == 0 and data["process"]["images_per_s"] > 0
+    res = CliRunner().invoke(cli, args + ["-q"])
+    assert res.exit_code == 0
+    assert re.search(r"done\s+2\s+2", res.stdout) and "files/s" in res.stdout
+    res = CliRunner().invoke(cli, ["batch", str(tmp_path / "missing"), "-o", str(out)])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# scale-out: local worker processes, dask LocalCluster
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_same_result(reference, export: PacsExport,
+                                                  bundle_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(),
+                        scheduler="local", workers=1, batch_size=4)
+    assert summary.backend.startswith("dask")
+    _assert_same_results(out, ref, exact=False)
+    with Manifest(out / "manifest.sqlite") as man:
+        workers = {s["worker"] for s in man.series("done")}
+    assert workers and all(w.split(":")[1] != str(os.getpid()) for w in workers)
+
+
+@pytest.mark.slow
+def test_local_worker_processes_give_the_same_result(reference, export: PacsExport,
+                                                     bundle_dir: Path, tmp_path: Path) -> None:
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(), workers=2,
+                        batch_size=2)
+    assert summary.backend == "2 local worker processes"
+    _assert_same_results(out, ref, exact=False)
