@@ -311,8 +311,10 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
             batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one
             for idx in batches:
-                items = [aug({"image": tr_img[i].float(), "label": tr_lab[i]}) for i in idx.tolist()]
-                x = torch.stack([scaler_int(_plain(it["image"])) for it in items])
+                # normalise first: the colour jitter works on [0, 1] intensities
+                items = [aug({"image": scaler_int(tr_img[i].float()), "label": tr_lab[i]})
+                         for i in idx.tolist()]
+                x = torch.stack([_plain(it["image"]) for it in items])
                 y = torch.stack([_plain(it["label"]) for it in items]).long()
                 losses.append(_train_step(net, opt, loss_fn, grad_scaler, x, y, device, use_amp))
         else:
