@@ -1,0 +1,76 @@
+"""Evaluate a trained ISIC bundle on the validation split at full mask resolution and package it
+as medxai's bundled model (medxai/models/bundled/isic2018_lesion_unet) with its model card.
+
+    python scripts/package_isic_model.py runs/isic2018-unet ../shared/data/isic2018/val
+
+The metrics go into configs/metadata.json and the card; the weights are copied unchanged (their
+SHA-256 stays the one recorded at training time).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from medxai.models.bundle import load_bundle
+from medxai.training.evaluate import evaluate_model, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "medxai" / "models" / "bundled" / "isic2018_lesion_unet"
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    path = run / "training" / "metrics.csv"
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def main(run: Path, val: Path) -> None:
+    torch.set_num_threads(2)
+    bundle = load_bundle(run)
+    t0 = time.perf_counter()
+    result = evaluate_model(bundle, val, device="cpu")
+    seconds = time.perf_counter() - t0
+    summary = result.summary["1"]
+    metrics = {f"val_{k}": round(v["mean"], 4) for k, v in summary.items()}
+    metrics["val_median_dice"] = round(summary["dice"]["median"], 4)
+    metrics["val_n_images"] = summary["dice"]["n"]
+    meta = json.loads((run / "configs" / "metadata.json").read_text())
+    hist = _history(run)
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    meta["training"]["epochs_run"] = len(hist)
+    meta["training"]["total_seconds"] = round(sum(float(h["seconds"]) for h in hist), 1)
+    meta["evaluation"] = {
+        "data": "ISIC 2018 Task 1 validation split of ../shared/data (400 images, 512x512 masks)",
+        "resolution": "predictions resized to each mask's grid (512x512) before scoring",
+        "command": f"medxai evaluate --model {TARGET.relative_to(ROOT)} {val}",
+        "seconds": round(seconds, 1),
+    }
+    meta["license"] = "weights: CC-BY-NC 4.0 (trained on ISIC 2018 data); code: Apache-2.0"
+    meta["intended_use"] = ("research on skin-lesion segmentation in dermoscopy photographs; "
+                            "not a medical device, not for diagnosis")
+    if TARGET.exists():
+        shutil.rmtree(TARGET)
+    (TARGET / "configs").mkdir(parents=True)
+    (TARGET / "models").mkdir()
+    (TARGET / "docs").mkdir()
+    shutil.copy2(run / "models" / "model.pt", TARGET / "models" / "model.pt")
+    (TARGET / "configs" / "inference.json").write_text((run / "configs" / "inference.json").read_text())
+    (TARGET / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_csv(result.rows, ROOT / "docs" / "isic2018_val_per_image.csv")
+    card = (ROOT / "docs" / "model-card.md").read_text() if (ROOT / "docs" / "model-card.md").exists() else ""
+    (TARGET / "docs" / "README.md").write_text(card)
+    print(json.dumps({"metrics": metrics, "evaluation_seconds": round(seconds, 1),
+                      "epochs": len(hist), "best_epoch": meta["training"]["best_epoch"]}, indent=2))
+    loaded = load_bundle(TARGET)  # verifies the hash
+    print("packaged", TARGET, loaded.weights_sha256)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

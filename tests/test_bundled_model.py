@@ -1,0 +1,40 @@
+"""The bundled ISIC 2018 lesion model: present in the package, intact, and good on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from medxai.cli.main import cli
+from medxai.models.registry import BUNDLED_MODELS, DEFAULT_MODEL, load_model
+from tests.conftest import shared_path
+
+
+def test_bundled_model_is_packaged_and_intact() -> None:
+    model = BUNDLED_MODELS[DEFAULT_MODEL]
+    assert model.available, f"weights missing: {model.path}"
+    assert (model.path / "models" / "model.pt").stat().st_size < 30 * 2**20
+    bundle = load_model()  # verifies the SHA-256
+    assert bundle.spatial_dims == 2 and bundle.in_channels == 3
+    assert [lab["name"] for lab in bundle.foreground_labels] == ["lesion"]
+    card = model.card()
+    assert card["metrics"]["val_dice"] >= 0.85 and card["weights_sha256"] == bundle.weights_sha256
+    res = CliRunner().invoke(cli, ["models", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)[0]["card"]["name"] == "isic2018-lesion-unet"
+
+
+def test_bundled_model_segments_real_val_images(tmp_path: Path) -> None:
+    from medxai.training.evaluate import evaluate_model
+
+    val = shared_path("isic2018", "val")
+    sub = tmp_path / "val"
+    (sub / "images").mkdir(parents=True)
+    (sub / "masks").mkdir()
+    for img in sorted((val / "images").glob("*.jpg"))[:12]:
+        (sub / "images" / img.name).symlink_to(img)
+        m = val / "masks" / f"{img.stem}_segmentation.png"
+        (sub / "masks" / m.name).symlink_to(m)
+    result = evaluate_model(load_model(), sub, device="cpu")
+    assert result.summary["1"]["dice"]["mean"] > 0.8, result.summary["1"]["dice"]
