@@ -329,6 +329,59 @@ def test_dead_run_is_recovered(reference, export: PacsExport, bundle_dir: Path,
     _assert_same_results(out, ref)
 
 
+def test_a_series_that_kills_its_worker_is_isolated(tmp_path: Path) -> None:
+    """A chunk whose worker process dies is retried one series at a time; the series that
+    kills its worker fails after 3 attempts, the others are done."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medxai.batch.job import drive
+
+    files = [_fi(f"p{i}", orientation=None, position=None, channels=3) for i in range(3)]
+    stacks = group_stacks(files)
+    with Manifest(tmp_path / "m.sqlite") as man:
+        man.sync_scan(files, stacks, {s.id: None for s in stacks})
+        rows = man.pending()
+        bad = rows[1]["id"]
+
+        def submit(jobs):
+            fut = Future()
+            if any(j["id"] == bad for j in jobs):
+                fut.set_exception(BrokenProcessPool("a worker died"))
+            else:
+                fut.set_result([{"id": j["id"], "state": "done", "outputs": [], "timings": {}}
+                                for j in jobs])
+            return fut
+
+        crashes = []
+        drive(man, [rows], lambda r: {"id": r["id"], "output_name": r["output_name"]}, submit,
+              wait_any=lambda fs: fs, in_flight=2, worker="test", on_result=man.record,
+              on_crash=lambda: crashes.append(1),
+              is_crash=lambda e: isinstance(e, BrokenProcessPool))
+        series = {r["id"]: r for r in man.series()}
+    assert series[bad]["state"] == "failed" and "died 3 times" in series[bad]["reason"]
+    assert series[bad]["attempts"] == 3
+    assert all(r["state"] == "done" for i, r in series.items() if i != bad)
+    assert len(crashes) == 3
+
+
+def test_a_series_that_keeps_killing_the_run_fails(tmp_path: Path) -> None:
+    """Runs that die while a series is claimed (kill -9, segfault) requeue it; the third time it
+    fails instead of being retried forever."""
+    files = [_fi("p0", orientation=None, position=None, channels=3)]
+    stacks = group_stacks(files)
+    sid = stacks[0].id
+    with Manifest(tmp_path / "m.sqlite") as man:
+        for _ in range(3):
+            man.sync_scan(files, stacks, {sid: None})
+            assert man.claim([sid], "worker") == [sid]
+            man.recover(3)  # the next run starts after this one died
+        man.sync_scan(files, stacks, {sid: None})
+        (row,) = man.series()
+        assert row["state"] == "failed" and "3 times" in row["reason"]
+        assert man.retry_failed() == 1 and man.series()[0]["attempts"] == 0
+
+
 def test_output_folder_in_use_is_refused(reference, export: PacsExport, bundle_dir: Path,
                                          tmp_path: Path) -> None:
     fcntl = pytest.importorskip("fcntl")

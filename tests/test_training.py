@@ -111,3 +111,17 @@ def test_bad_bundles_and_datasets(tmp_path: Path) -> None:
 def test_train_cli_help_lists_layouts() -> None:
     res = CliRunner().invoke(cli, ["train", "--help"])
     assert res.exit_code == 0 and "dataset.json" in res.output
+
+
+def test_init_from_bundle_fine_tunes_and_checks_the_network(rgb_bundle, tmp_path: Path) -> None:
+    from medxai.errors import MedxaiError
+    from tests.models import make_picture_dataset
+
+    data = make_picture_dataset(tmp_path / "d", n=6)
+    cfg = dict(data=str(data), spatial_size=[32, 32], epochs=1, batch_size=3, depth=3,
+               val_fraction=0.34, init_from=str(rgb_bundle.path))
+    res = train(TrainConfig(output=str(tmp_path / "ok"), width=4, **cfg))
+    assert json.loads((res.bundle / "configs" / "metadata.json").read_text())[
+        "training"]["initialised_from"] == str(rgb_bundle.path)
+    with pytest.raises(MedxaiError, match="network differs"):
+        train(TrainConfig(output=str(tmp_path / "bad"), width=8, **cfg))

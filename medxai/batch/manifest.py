@@ -284,6 +284,8 @@ class Manifest:
                 else:
                     state = "pending"
                 keep_result = state in ("done", "failed") and prev is not None
+                # attempts count claims of the same input (see recover); new input: start over
+                same_input = prev is not None and prev["fingerprint"] == s.fingerprint
                 c.execute(
                     "INSERT INTO series (id, study_instance_uid, series_instance_uid, modality, "
                     "series_number, description, form, dims, n_slices, rows, columns, channels, "
@@ -297,8 +299,8 @@ class Manifest:
                     " n_files=excluded.n_files, files=excluded.files,"
                     " fingerprint=excluded.fingerprint, output_name=excluded.output_name,"
                     " state=excluded.state, reason=excluded.reason, updated_at=excluded.updated_at"
-                    + ("" if keep_result else
-                       ", detail=NULL, outputs=NULL, worker=NULL, attempts=0"),
+                    + ("" if keep_result else ", detail=NULL, outputs=NULL, worker=NULL")
+                    + ("" if same_input else ", attempts=0"),
                     (s.id, s.study_uid, s.series_uid, s.modality, s.series_number, s.description,
                      s.form, s.dims, s.n_slices, s.rows, s.columns, s.channels, len(s.files),
                      json.dumps(s.files), s.fingerprint, s.output_name, state, reason, now))

@@ -316,11 +316,15 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
 def run_chunk(jobs: Sequence[dict[str, Any]], config: WorkerConfig) -> list[dict[str, Any]]:
     """Worker entry point (process pool and dask): the model from this process's cache, then
     :func:`process_chunk`. A model that cannot be loaded fails every series of the chunk."""
+    import warnings
+
     try:
         bundle, lock = worker_bundle(config.model, config.weights_sha256)
     except MedxaiError as exc:
         return [_error_result(job, exc) for job in jobs]
-    with lock:
+    with lock, warnings.catch_warnings():
+        # problems are in the results; pydicom's warnings would flood the workers' logs
+        warnings.simplefilter("ignore")
         return process_chunk(jobs, bundle, config.options, batch_size=config.batch_size)
 
 

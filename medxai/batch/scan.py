@@ -22,7 +22,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -363,14 +363,22 @@ def _scan_chunk(root: str, rels: Sequence[str]) -> list[FileInfo]:
     return [scan_file(root, r) for r in rels]
 
 
+def _quiet_scan_worker() -> None:
+    """Scan worker processes are ours alone: pydicom's warnings about odd files would only
+    clutter the console, and each file's problem is in its :class:`FileInfo`."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+
+
 def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = None,
                executor: str = "auto",
                progress: Callable[[int, int], None] | None = None) -> list[FileInfo]:
     """Scan ``rels`` (relative to ``root``) with ``workers`` parallel workers.
 
-    ``executor="auto"``: up to a few hundred files, threads (reading is I/O-bound on network
-    storage); beyond, worker processes (``spawn``) take chunks of files, since parsing headers
-    is CPU-bound Python. ``"serial"``, ``"threads"`` or ``"processes"`` force one.
+    ``executor="auto"``: up to 2000 files, threads (reading is I/O-bound on network storage,
+    and starting processes costs seconds); beyond, worker processes (``spawn``) take chunks of
+    files, since parsing headers is CPU-bound Python. ``"serial"``, ``"threads"`` or ``"processes"`` force one.
     ``progress(done, total)`` is called as files complete. Results come back in ``rels`` order.
     """
     if executor not in ("auto", "serial", "threads", "processes"):
@@ -388,9 +396,10 @@ def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = N
         return out
     chunk = max(1, min(256, n // (workers * 4) or 1))
     pieces = [list(rels[i:i + chunk]) for i in range(0, n, chunk)]
-    use_processes = executor == "processes" or (executor == "auto" and n >= 400)
+    use_processes = executor == "processes" or (executor == "auto" and n >= 2000)
     pool: cf.Executor = (cf.ProcessPoolExecutor(workers,
-                                                mp_context=multiprocessing.get_context("spawn"))
+                                                mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_quiet_scan_worker)
                          if use_processes else cf.ThreadPoolExecutor(workers))
     results: dict[int, list[FileInfo]] = {}
     done_count = 0

@@ -72,6 +72,7 @@ class TrainConfig:
     label_names: Sequence[str] | None = None
     modalities: Sequence[str] = field(default_factory=list)
     samples_per_volume: int = 4
+    init_from: str | None = None
     command: str = ""
 
 
@@ -273,7 +274,10 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     from medxai.transforms.intensity import ScaleIntensityFromBundle
 
     scaler_int = ScaleIntensityFromBundle(intensity)
-    net = network_from_config(config).to(device)
+    net = network_from_config(config)
+    if cfg.init_from and not (cfg.resume and ckpt_path.exists()):
+        _init_weights(net, cfg.init_from, say)
+    net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_epochs, cfg.epochs))
@@ -360,6 +364,19 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                        seconds=time.perf_counter() - t_start, history=history)
 
 
+def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> None:
+    """Start from the weights of an existing bundle (fine-tuning); the networks must match."""
+    from medxai.models.bundle import load_bundle
+
+    src = load_bundle(bundle_path)
+    try:
+        net.load_state_dict(src.network.state_dict())
+    except RuntimeError as exc:
+        raise MedxaiError(f"cannot start from {bundle_path}: its network differs ({exc})",
+                          path=bundle_path, hint="use the same --width/--depth/--res-units") from exc
+    say(f"initialised from {src.name} {src.version} ({bundle_path})")
+
+
 def _plain(x: Any) -> torch.Tensor:
     """A plain tensor (MONAI's MetaTensor adds per-op overhead the training loop does not need)."""
     from monai.data import MetaTensor
@@ -405,6 +422,7 @@ def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, m
             "hardware": f"{platform.machine()} {os.cpu_count()} CPU(s)"
                         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "seed": cfg.seed,
+            "initialised_from": cfg.init_from,
             "command": cfg.command,
             "loss": "DiceCELoss(softmax, include_background=False)",
             "optimizer": f"AdamW(lr={cfg.lr}, weight_decay={cfg.weight_decay}), warmup "

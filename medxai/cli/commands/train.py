@@ -31,11 +31,14 @@ from medxai.cli.main import cli
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=2e-3, show_default=True)
 @click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--warmup-epochs", default=2, show_default=True)
 @click.option("--time-budget", "time_budget_min", type=float,
               help="Stop (resumably) after this many minutes.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps")
 @click.option("--resume", is_flag=True, help="Continue the run in OUTPUT.")
+@click.option("--init-from", type=click.Path(file_okay=False),
+              help="Start from this bundle's weights (fine-tuning; same network).")
 @click.option("--name", default="custom-unet", show_default=True, help="Model name for the card.")
 @click.option("--model-version", "version", default="0.1.0", show_default=True)
 @click.option("--label-name", "label_names", multiple=True,
