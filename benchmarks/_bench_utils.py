@@ -83,22 +83,41 @@ def header_line(info: dict[str, Any]) -> str:
             f"load average at start {info['loadavg_1_5_15']} ({info['utc']} UTC)")
 
 
-def interleaved(cases: dict[str, Callable[[], Any]], reps: int, warmup: int = 1
-                ) -> dict[str, list[float]]:
+class Timings(dict):
+    """case -> list of wall seconds; ``.cpu`` holds case -> list of process CPU seconds.
+
+    On a loaded machine, process CPU time (``time.process_time``: all threads of this process)
+    is the steadier measure of the work done; wall time includes waiting for a CPU.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__({n: [] for n in names})
+        self.cpu: dict[str, list[float]] = {n: [] for n in names}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call, after a garbage collection."""
+    gc.collect()
+    c = time.process_time()
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def interleaved(cases: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> Timings:
     """Run each case ``reps`` times, interleaved (order reversed every other round), after
-    ``warmup`` untimed rounds. Returns case -> list of wall seconds."""
+    ``warmup`` untimed rounds. Returns case -> wall seconds (``.cpu``: CPU seconds)."""
     names = list(cases)
     for _ in range(warmup):
         for n in names:
             cases[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times = Timings(names)
     for r in range(reps):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
-            gc.collect()
-            t = time.perf_counter()
-            cases[n]()
-            times[n].append(time.perf_counter() - t)
+            wall, cpu = timed(cases[n])
+            times[n].append(wall)
+            times.cpu[n].append(cpu)
     return times
 
 

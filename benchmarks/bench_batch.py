@@ -5,7 +5,7 @@
 
 Builds a synthetic export in a temporary folder (CT series of 64x64 int16 slices, 256x192 RGB
 dermoscopy-like photos as DICOM, some non-DICOM files), and an untrained 2D RGB U-Net bundle of the
-size ``medxai train`` makes by default (width 16, depth 5, 256x256). Prints three tables:
+size of the shipped skin-lesion model (width 16, depth 5, 160x160). Prints three tables:
 
 1. scan: files/s of the header-only scan, serial, with threads and with worker processes, and of
    a rerun (unchanged files are not read again);
@@ -85,7 +85,7 @@ def make_bundle(path: Path) -> Path:
         "network_def": {"_target_": "monai.networks.nets.UNet",
                         **default_unet_args(2, 3, 2, width=16, depth=5)},
         "input": {"spatial_dims": 2, "channels": 3, "modalities": []},
-        "preprocessing": {"spatial_size": [256, 256],
+        "preprocessing": {"spatial_size": [160, 160],
                           "intensity": {"kind": "scale", "a_min": 0.0, "a_max": 255.0}},
         "inference": {"mode": "whole_image", "tta_flips": True},
         "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]},
@@ -162,7 +162,7 @@ def bench_model(bundle_dir: Path, n: int, batch_sizes: list[int]) -> None:
             predict_batch(bundle, images[i:i + bs], device="cpu")
         dt = time.perf_counter() - t
         rows.append(["predict_batch", bs, n, f"{dt:.2f}", f"{n / dt:.2f}"])
-    table(f"2. the network alone (256x256 U-Net, 3 flips TTA, cpu, torch threads "
+    table(f"2. the network alone (160x160 U-Net, 3 flips TTA, cpu, torch threads "
           f"{torch.get_num_threads()})", ["mode", "batch", "images", "seconds", "images/s"], rows)
 
 
@@ -200,12 +200,15 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip", default="", help="sections to skip: scan,model,e2e")
+    ap.add_argument("--torch-threads", type=int, help="torch threads of this process")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     skip = set(filter(None, args.skip.split(",")))
     warnings.simplefilter("ignore")
     import torch
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     print(f"medxai batch benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"{args.files} files ({args.images} photos 256x192 RGB)")
     with tempfile.TemporaryDirectory(prefix="medxai-bench-") as tmp:

@@ -27,12 +27,13 @@ from medxai.inference import Prediction, predict, prepare_input, resolve_device,
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
+from medxai.pipeline_formats import FORMAT_CHOICES
 
 __all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
            "segment", "default_formats", "output_name", "compute_saliency"]
 
 #: Output formats ``--format`` accepts.
-FORMATS = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
+FORMATS = FORMAT_CHOICES
 
 ProgressFn = Callable[[str], None]
 
@@ -105,12 +106,16 @@ def default_formats(loaded: LoadedImage) -> list[str]:
     return ["nifti", "png", "json"]
 
 
-def _digest(path: Path) -> str:
+def _digest(loaded: LoadedImage) -> str:
+    """SHA-256 over the input's files: the DICOM files it was read from, or the file itself."""
+    path = Path(loaded.path)
+    if loaded.dicom is not None:
+        files = sorted(Path(p) for p in loaded.dicom.paths)
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
+        h.update(f.name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -273,9 +278,11 @@ def _commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
 
 def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Path,
                    options: SegmentOptions | None = None, *, name: str | None = None,
-                   progress: ProgressFn | None = None) -> SegmentResult:
+                   progress: ProgressFn | None = None,
+                   prediction: Prediction | None = None) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
-    ``out_root``. See :func:`segment_path`."""
+    ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
+    predicts 2D images in batches) is used instead of predicting again."""
     opts = options or SegmentOptions()
     say = progress or (lambda _m: None)
     out_root = Path(out_root)
@@ -288,10 +295,15 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
     device = resolve_device(opts.device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    say(f"{name}: predicting on {device}")
-    pred = predict(bundle, loaded.image, device=device, roi_size=opts.roi_size,
-                   overlap=opts.overlap, sw_batch_size=opts.sw_batch_size, source=str(loaded.path))
-    timings["predict"] = time.perf_counter() - t
+    if prediction is None:
+        say(f"{name}: predicting on {device}")
+        pred = predict(bundle, loaded.image, device=device, roi_size=opts.roi_size,
+                       overlap=opts.overlap, sw_batch_size=opts.sw_batch_size,
+                       source=str(loaded.path))
+        timings["predict"] = time.perf_counter() - t
+    else:
+        pred = prediction
+        timings["predict"] = prediction.seconds
     saliency: dict[int, torch.Tensor] = {}
     energy: dict[int, float] = {}
     if opts.explain:
@@ -315,7 +327,7 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
         files, wtimes, skipped = _write_outputs(tmp, loaded, bundle, pred, saliency, formats, name)
         timings.update(wtimes)
         report = _report(loaded, bundle, pred, device, opts.explain, energy, timings, files,
-                         _digest(Path(loaded.path)))
+                         _digest(loaded))
         report["skipped_outputs"] = skipped
         if "json" in formats:
             from medxai.io.writers import write_report_json

@@ -10,6 +10,10 @@ from typing import Any
 import click
 
 from medxai.errors import MedxaiError
+from medxai.pipeline_formats import EXPLAIN_CHOICES, FORMAT_CHOICES
+
+__all__ = ["EXPLAIN_CHOICES", "FORMAT_CHOICES", "guard", "run_guarded", "parse_ints",
+           "parse_floats", "parse_formats", "echo_json", "stderr_line"]
 
 
 class MedxaiClickError(click.ClickException):
@@ -68,6 +72,18 @@ def parse_floats(value: str | None, name: str) -> list[float] | None:
     except ValueError:
         raise click.BadParameter(f"expected numbers like 1.5,1.5,2, got {value!r}",
                                  param_hint=name) from None
+
+
+def parse_formats(value: str | None) -> list[str] | None:
+    """``"nifti,png"`` -> ``["nifti", "png"]``; None when not given (per-input defaults)."""
+    if not value:
+        return None
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMAT_CHOICES]
+    if bad:
+        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
+                                 param_hint="--format")
+    return formats
 
 
 def echo_json(data: Any) -> None:

@@ -8,22 +8,10 @@ from typing import Any
 
 import click
 
-from medxai.cli.common import echo_json, guard, parse_ints
+from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats, parse_ints
 from medxai.cli.main import cli
 
-FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
-EXPLAIN_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig", "none")
 
-
-def _parse_formats(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    formats = [f.strip() for f in value.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMAT_CHOICES]
-    if bad:
-        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
-                                 param_hint="--format")
-    return formats
 
 
 class _ProgressBar:
@@ -149,7 +137,7 @@ def batch_cmd(export_dir: str, output: str, model: str | None, explain: str, for
     from medxai.batch import run_batch
     from medxai.pipeline import SegmentOptions
 
-    opts = SegmentOptions(formats=_parse_formats(formats), explain=explain, device=device,
+    opts = SegmentOptions(formats=parse_formats(formats), explain=explain, device=device,
                           roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap)
     bar = _ProgressBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():

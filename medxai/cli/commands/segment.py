@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import click
 
-from medxai.cli.common import echo_json, guard, parse_ints, stderr_line
+from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats, parse_ints, stderr_line
 from medxai.cli.main import cli
 from medxai.errors import MedxaiError
 
-FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
 
-
-def _explain_choices() -> list[str]:
-    return ["gradcam", "gradcampp", "occlusion", "ig", "none"]
-
-
-def _parse_formats(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    formats = [f.strip() for f in value.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMAT_CHOICES]
-    if bad:
-        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
-                                 param_hint="--format")
-    return formats
 
 
 def _label_size(lab: dict) -> str:
@@ -50,7 +35,7 @@ def _label_size(lab: dict) -> str:
               help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json. Default: all for "
                    "DICOM inputs; nifti,png,json for pictures and NIfTI/NRRD.")
 @click.option("--explain", default="gradcam", show_default=True,
-              type=click.Choice(_explain_choices()), help="Saliency method, or none.")
+              type=click.Choice(EXPLAIN_CHOICES), help="Saliency method, or none.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
@@ -71,7 +56,7 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, segment_path, unique_names
 
-    opts = SegmentOptions(formats=_parse_formats(formats), explain=explain, device=device,
+    opts = SegmentOptions(formats=parse_formats(formats), explain=explain, device=device,
                           roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap,
                           sw_batch_size=sw_batch_size, overwrite=overwrite)
     say = None if quiet or as_json else stderr_line
