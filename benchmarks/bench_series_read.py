@@ -73,7 +73,8 @@ def read_sitk(folder: Path) -> np.ndarray:
 def read_pydicom_floor(folder: Path) -> np.ndarray:
     import pydicom
 
-    dss = [pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    dss = [pydicom.dcmread(p) for p in sorted(folder.iterdir())
+           if p.is_file() and not p.name.startswith(".")]
     iop = np.asarray(dss[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
     dss.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             b = read_sitk(folder)
             same = bool(a.shape == b.shape[::-1] and np.array_equal(a, b.transpose(2, 1, 0)))
             t = interleaved(cases, reps=args.reps, warmup=1)
-            mb = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
+            mb = sum(p.stat().st_size for p in folder.iterdir()
+                     if p.is_file() and not p.name.startswith(".")) / 2**20
             cpu = {k: median(v) for k, v in t.cpu.items()}
             wall = {k: median(v) for k, v in t.items()}
             ratio_cpu = cpu["medxai"] / cpu["SimpleITK"]

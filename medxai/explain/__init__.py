@@ -15,6 +15,8 @@ Large inputs: :func:`sliding_window_saliency`. Trust: :func:`deletion_insertion`
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import torch
@@ -98,3 +100,14 @@ def explain(
     if layer is not None:
         options["layer"] = layer
     return run_method(method, net, x, target, **options)
+
+
+class _CallableModule(types.ModuleType):
+    """``medxai.explain`` is both this package and the function :func:`explain`: calling the
+    module calls the function, so ``medxai.explain(net, x)`` works however it was imported."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -194,22 +195,19 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = None) -> Path:
-    """Write ``bundle`` to the folder ``path``; records the weights' SHA-256 in the metadata.
+    """Write ``bundle`` to the folder ``path``; records the weights' SHA-256 in the written
+    metadata (``bundle`` itself is not changed: load the folder to get the saved bundle).
 
     Returns the bundle folder. Each file is written atomically.
     """
     root = Path(path)
     weights = root / "models" / "model.pt"
     state = {k: v.detach().cpu() for k, v in bundle.network.state_dict().items()}
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=".model.pt.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, weights)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # saved through memory, so that the archive's internal name (and the SHA-256) does not
+    # depend on a temporary file name: the same weights always give the same bytes
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write_bytes(weights, buffer.getvalue())
     metadata = copy.deepcopy(bundle.metadata)
     metadata["weights_sha256"] = sha256_file(weights)
     metadata.setdefault("monai_version", __import__("monai").__version__)
@@ -220,6 +218,4 @@ def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = Non
                         (json.dumps(bundle.config, indent=2) + "\n").encode())
     if card is not None:
         _atomic_write_bytes(root / "docs" / "README.md", card.encode())
-    bundle.metadata = metadata
-    bundle.path = root
     return root
