@@ -46,11 +46,14 @@ def list_images(data: str | Path, limit: int | None = None) -> list[Path]:
 
 def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str] = DEFAULT_METHODS,
                       *, label: int = 1, steps: int = 20, device: str = "cpu",
+                      baseline: str = "mean",
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Faithfulness table: per method the mean of each column of :data:`_COLUMNS`.
 
     Images for which the model predicts nothing of ``label`` are skipped (there is nothing to
-    explain) and counted in ``skipped``.
+    explain) and counted in ``skipped``. ``baseline`` is what deleted pixels become: ``mean``
+    (the image's mean colour; default, because blurring a dark lesion leaves it dark and the
+    model still finds it), ``blur`` or ``zero``.
     """
     from medxai.explain import (
         deletion_insertion,
@@ -84,7 +87,8 @@ def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str
             sal = explain(net, x, method=m, target_label=label)
             secs = time.perf_counter() - t
             try:
-                di = deletion_insertion(net, x, sal, target_label=label, steps=steps)
+                di = deletion_insertion(net, x, sal, target_label=label, steps=steps,
+                                        baseline=baseline)
             except ExplainError:
                 continue
             sanity = randomisation_sanity(net, x, method=m, target_label=label)
@@ -106,6 +110,7 @@ def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str
                     for c in _COLUMNS}
         table[m]["n"] = len(rows)
     return {"methods": table, "images": len(images), "skipped_empty": skipped,
+            "baseline": baseline,
             "label": label, "steps": steps, "device": str(dev)}
 
 
@@ -120,5 +125,6 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{r['energy_in_mask']:8.3f} {r['sanity_spearman']:9.3f} "
                      f"{r['seconds']:7.3f} {r['cost_vs_inference']:8.1f}")
     lines.append(f"{result['images']} image(s), {result['skipped_empty']} without a predicted "
-                 f"label {result['label']} skipped; device {result['device']}")
+                 f"label {result['label']} skipped; deletion baseline {result['baseline']}; "
+                 f"device {result['device']}")
     return "\n".join(lines)

@@ -24,13 +24,17 @@ METHOD_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig")
                    "of writing maps.")
 @click.option("--limit", type=click.IntRange(1), help="With --evaluate: at most this many images.")
 @click.option("--label", default=1, show_default=True, help="Label to explain (--evaluate).")
+@click.option("--baseline", default="mean", show_default=True,
+              type=click.Choice(["mean", "blur", "zero"]),
+              help="With --evaluate: what deleted pixels become.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
 @guard
 def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method: str,
-                methods: str, evaluate: bool, limit: int | None, label: int, device: str,
+                methods: str, evaluate: bool, limit: int | None, label: int, baseline: str,
+                device: str,
                 overwrite: bool, as_json: bool, quiet: bool) -> None:
     """Saliency maps of the model's segmentation of each INPUT, or (--evaluate) a faithfulness
     table of the methods over a folder of images.
@@ -55,7 +59,7 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
             raise click.BadParameter(f"unknown method(s) {bad}", param_hint="--methods")
         images = [p for inp in inputs for p in list_images(inp, limit)][: limit or None]
         result = evaluate_saliency(bundle, images, chosen, label=label, device=device,
-                                   progress=say)
+                                   baseline=baseline, progress=say)
         if as_json:
             echo_json(result)
         else:
