@@ -400,8 +400,18 @@ def apply_modality_lut(frames: np.ndarray, slopes: Sequence[float], intercepts: 
     if not _needs_float(slopes, intercepts):
         if all(i == 0 for i in intercepts):
             return frames if frames.dtype != np.int64 else _shrink_int(frames)
-        out = frames.astype(np.int32) + np.asarray(intercepts, dtype=np.int32)[:, None, None, None]
-        return _shrink_int(out)
+        inter = np.asarray(intercepts, dtype=np.int64)
+        raw_lo, raw_hi = int(frames.min()), int(frames.max())
+        lo, hi = raw_lo + int(inter.min()), raw_hi + int(inter.max())
+        # one conversion into the smallest type that holds both raw and rescaled values
+        dt = next((t for t in (np.int16, np.int32) if np.iinfo(t).min <= min(lo, raw_lo)
+                   and max(hi, raw_hi) <= np.iinfo(t).max), np.int64)
+        out = frames.astype(dt)
+        if np.all(inter == inter[0]):
+            out += dt(inter[0])
+        else:
+            out += inter.astype(dt)[:, None, None, None]
+        return out
     out = frames.astype(np.float32)
     out *= np.asarray(slopes, dtype=np.float32)[:, None, None, None]
     out += np.asarray(intercepts, dtype=np.float32)[:, None, None, None]

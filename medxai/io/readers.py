@@ -156,7 +156,10 @@ def load_image(path: str | Path) -> LoadedImage:
 def _make(array: np.ndarray, affine_ras: np.ndarray, path: Path, form: str,
           meta: dict[str, Any], dicom: DicomSource | None = None) -> LoadedImage:
     """Wrap a channel-first array and its RAS affine into a LoadedImage with full meta."""
-    array = np.ascontiguousarray(array)
+    # no copy for C order: DICOM arrays arrive transposed (a strided view), which torch and
+    # MONAI handle; copying 100s of MB into C order here costs more than the decode
+    if any(st < 0 for st in array.strides):
+        array = np.ascontiguousarray(array)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint16:
