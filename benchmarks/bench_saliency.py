@@ -1,7 +1,9 @@
 """Cost of each saliency method relative to one inference of the 2D lesion model (CPU).
 
 Input: photos prepared as ``predict`` prepares them (``medxai.inference.prepare_input``: scaled to
-[0, 1], resized to the model's 192x192), one at a time ``(1, 3, 192, 192)``.
+[0, 1], resized to the model's input size: the bundle's ``spatial_size``, 160x160 for the
+bundled isic2018-lesion-unet, 192x192 for the training run's bundle; ``--size`` overrides it),
+one at a time ``(1, 3, S, S)``.
 
 Measured, interleaved per image (medians):
 
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="reps of occlusion and ig per image (default 1)")
     ap.add_argument("--methods", default="gradcam,gradcampp,occlusion,ig")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="override the bundle's model input side (e.g. 192); default: the "
+                         "bundle's spatial_size")
     ap.add_argument("--untrained", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -71,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     with temp_dir() as tmp:
         photos, photo_source = isic_photos(args.images, tmp)
         bundle, model_source = isic_bundle(None, use_trained=not args.untrained)
+        if args.size:
+            bundle.config["preprocessing"]["spatial_size"] = [args.size, args.size]
+            model_source += f" (input size overridden to {args.size}x{args.size})"
         net = bundle.network.eval()
         inputs = [prepare_input(bundle, read_image(p))[0] for p in photos]
 
