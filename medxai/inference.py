@@ -219,6 +219,19 @@ def restore_output(prob: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
     return prob
 
 
+def _argmax_channels(prob: torch.Tensor) -> torch.Tensor:
+    """``prob.argmax(0, keepdim=True)`` as uint8, by a running maximum over the few classes:
+    the same labels (first maximum wins on ties) but 10-15x faster on the CPU than torch's
+    argmax over the outer axis (benchmarks/bench_argmax.py)."""
+    best = prob[0].clone()
+    labels = torch.zeros(prob.shape[1:], dtype=torch.uint8)
+    for k in range(1, prob.shape[0]):
+        better = prob[k] > best
+        labels[better] = k
+        best = torch.maximum(best, prob[k])
+    return labels[None]
+
+
 def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "auto",
             roi_size: Sequence[int] | None = None, overlap: float | None = None,
             sw_batch_size: int | None = None, source: str | None = None) -> Prediction:
@@ -268,7 +281,7 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
         net.train(was_training)
         net.to(original_device)
     prob = restore_output(prob.float(), state)
-    labels = prob.argmax(0, keepdim=True).to(torch.uint8)
+    labels = _argmax_channels(prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
                       seconds=time.perf_counter() - t0)
