@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from medxai.inference import _argmax_channels as running_argmax  # noqa: E402
+
 from _bench_utils import (  # noqa: E402
     emit,
     header_line,
@@ -33,16 +35,6 @@ from _bench_utils import (  # noqa: E402
     set_threads,
 )
 
-
-def running_argmax(p: torch.Tensor) -> torch.Tensor:
-    """``p.argmax(0, keepdim=True)`` as uint8, by a running maximum over the channels."""
-    best = p[0].clone()
-    lab = torch.zeros(p.shape[1:], dtype=torch.uint8)
-    for k in range(1, p.shape[0]):
-        m = p[k] > best
-        lab[m] = k
-        torch.maximum(best, p[k], out=best)
-    return lab[None]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,7 +228,7 @@ def _argmax_channels(prob: torch.Tensor) -> torch.Tensor:
     for k in range(1, prob.shape[0]):
         better = prob[k] > best
         labels[better] = k
-        best = torch.maximum(best, prob[k])
+        torch.maximum(best, prob[k], out=best)
     return labels[None]
 
 

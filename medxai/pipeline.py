@@ -68,11 +68,9 @@ class SegmentResult:
     output_dir: Path
     files: list[str]
     report: dict[str, Any]
-    skipped_existing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "output_dir": str(self.output_dir), "files": self.files,
-                "skipped_existing": self.skipped_existing,
                 "labels": self.report.get("labels", []), "timings_s": self.report.get("timings_s")}
 
 

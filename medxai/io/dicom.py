@@ -9,7 +9,6 @@ grid can hold them.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -426,6 +425,3 @@ def _shrink_int(arr: np.ndarray) -> np.ndarray:
             return arr.astype(dt, copy=False)
     return arr.astype(np.float64)
 
-
-def cpu_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))

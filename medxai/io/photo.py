@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from medxai.errors import CorruptInputError, UnsupportedInputError
 
@@ -70,8 +70,3 @@ def read_photo(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
     arr, meta = read_photo_array(path)
     return arr, PHOTO_AFFINE.copy(), meta
 
-
-def exif_transposed(path: str | Path) -> bool:
-    """Whether the picture carries an EXIF orientation other than 'as stored'."""
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im) is not im
