@@ -15,7 +15,7 @@ def render() -> str:
              "that this file is current.", "", "```text", cli.get_help(ctx), "```", ""]
     for name in sorted(cli.list_commands(ctx)):
         cmd = cli.get_command(ctx, name)
-        sub = click.Context(cmd, info_name=f"medxai {name}", parent=ctx, **opts)
+        sub = click.Context(cmd, info_name=name, parent=ctx, **opts)
         parts += [f"## medxai {name}", "", "```text", cmd.get_help(sub), "```", ""]
     return "\n".join(parts)
 

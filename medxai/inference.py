@@ -8,7 +8,7 @@ with the input's affine.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +79,47 @@ class Prediction:
     seconds: float
 
 
-def _iter_flips(spatial_dims: int) -> Iterator[tuple[int, ...]]:
-    yield ()
-    for d in range(spatial_dims):
-        yield (2 + d,)
+TTA_CHOICES = ("none", "flips", "dihedral")
+
+
+def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
+    """The test-time augmentation a bundle's ``inference`` section asks for (``tta``, or the
+    older ``tta_flips: true``), unless ``override`` names one of :data:`TTA_CHOICES`."""
+    mode = override or inference.get("tta") or ("flips" if inference.get("tta_flips") else "none")
+    if mode not in TTA_CHOICES:
+        raise InputError(f"unknown test-time augmentation {mode!r}",
+                         hint=f"use one of {', '.join(TTA_CHOICES)}")
+    return mode
+
+
+def _tta_views(spatial_dims: int, mode: str) -> list[tuple[int, tuple[int, ...], bool]]:
+    """The views as ``(quarter turns in the first two spatial axes, flipped axes, transposed)``.
+
+    ``flips``: the identity and one flip per spatial axis. ``dihedral`` (2D only): the 8 symmetries
+    of the square (4 quarter turns, with and without a transpose) - for models trained with
+    90-degree turns and flips, as medxai trains pictures.
+    """
+    if mode == "none":
+        return [(0, (), False)]
+    if mode == "flips" or spatial_dims != 2:
+        return [(0, (), False)] + [(0, (2 + d,), False) for d in range(spatial_dims)]
+    return [(k, (), t) for t in (False, True) for k in range(4)]
+
+
+def _view(x: torch.Tensor, k: int, flips: tuple[int, ...], transpose: bool) -> torch.Tensor:
+    if transpose:
+        x = x.transpose(2, 3)
+    if k:
+        x = torch.rot90(x, k, (2, 3))
+    return x.flip(flips) if flips else x
+
+
+def _unview(x: torch.Tensor, k: int, flips: tuple[int, ...], transpose: bool) -> torch.Tensor:
+    if flips:
+        x = x.flip(flips)
+    if k:
+        x = torch.rot90(x, -k, (2, 3))
+    return x.transpose(2, 3) if transpose else x
 
 
 def check_input_fits(bundle: Any, image: torch.Tensor, source: str | None = None) -> None:
@@ -157,19 +194,16 @@ def model_input_shape(spatial: Sequence[int], spacing: Sequence[float],
     return tuple(max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing))
 
 
-def _forward_tta(net: torch.nn.Module, x: torch.Tensor, flips: bool) -> torch.Tensor:
-    """Softmax of ``net(x)``, averaged over the identity and one flip per spatial axis."""
-    nd = x.ndim - 2
+def _forward_tta(net: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Softmax of ``net(x)`` averaged over the test-time augmentation views of ``mode``
+    (see :func:`_tta_views`); ``x`` is ``(N, C, *spatial)``."""
     total = None
-    count = 0
-    for axes in (_iter_flips(nd) if flips else iter([()])):
-        xin = x.flip(axes) if axes else x
-        prob = torch.softmax(net(xin).float(), dim=1)
-        prob = prob.flip(axes) if axes else prob
+    views = _tta_views(x.ndim - 2, mode)
+    for view in views:
+        prob = _unview(torch.softmax(net(_view(x, *view)).float(), dim=1), *view)
         total = prob if total is None else total + prob
-        count += 1
     assert total is not None
-    return total / count
+    return total / len(views)
 
 
 def prepare_input(bundle: Any, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -232,16 +266,27 @@ def _argmax_channels(prob: torch.Tensor) -> torch.Tensor:
     return labels[None]
 
 
+def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
+    """The ``(1, *spatial)`` uint8 label map of ``(K, *spatial)`` probabilities: argmax, then the
+    bundle's post-processing."""
+    from medxai.postprocess import postprocess_labels
+
+    return postprocess_labels(_argmax_channels(prob), bundle.config.get("postprocessing"))
+
+
 def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "auto",
             roi_size: Sequence[int] | None = None, overlap: float | None = None,
-            sw_batch_size: int | None = None, source: str | None = None) -> Prediction:
+            sw_batch_size: int | None = None, tta: str | None = None,
+            source: str | None = None) -> Prediction:
     """Segment ``image`` (``(C, I, J[, K])`` from :func:`medxai.read_image`) with ``bundle``.
 
     Whole-image models resize the picture to the model's size and the probabilities back
     (bilinear, before the argmax). Sliding-window models run MONAI's
     ``sliding_window_inference`` with gaussian blending; windows go to ``device`` and are
     stitched on the CPU, so device memory holds only ``sw_batch_size`` windows. The bundle's
-    roi size, overlap and batch size are used unless given here.
+    roi size, overlap, batch size and test-time augmentation (``tta``: ``none``, ``flips`` or
+    ``dihedral``, whole-image mode) are used unless given here. The label map gets the bundle's
+    ``postprocessing`` (:mod:`medxai.postprocess`); the probabilities are the network's.
 
     Returns:
         a :class:`Prediction` on the input's grid (same spatial shape and affine).
@@ -260,12 +305,13 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     x, state = prepare_input(bundle, image)
     inf = bundle.inference
     mode = inf.get("mode", "whole_image")
+    tta = tta_mode(inf, tta)
     try:
         net.eval()
         net.to(dev)
         with torch.inference_mode(), autocast_context(dev):
             if mode == "whole_image":
-                prob = _forward_tta(net, x.to(dev), bool(inf.get("tta_flips", False)))[0].cpu()
+                prob = _forward_tta(net, x.to(dev), tta)[0].cpu()
             else:
                 roi = list(roi_size or inf.get("roi_size") or x.shape[2:])
                 if len(roi) != x.ndim - 2:
@@ -281,7 +327,7 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
         net.train(was_training)
         net.to(original_device)
     prob = restore_output(prob.float(), state)
-    labels = _argmax_channels(prob)
+    labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
                       seconds=time.perf_counter() - t0)

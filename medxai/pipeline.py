@@ -48,6 +48,7 @@ class SegmentOptions:
     roi_size: Sequence[int] | None = None
     overlap: float | None = None
     sw_batch_size: int | None = None
+    tta: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -296,7 +297,7 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
     if prediction is None:
         say(f"{name}: predicting on {device}")
         pred = predict(bundle, loaded.image, device=device, roi_size=opts.roi_size,
-                       overlap=opts.overlap, sw_batch_size=opts.sw_batch_size,
+                       overlap=opts.overlap, sw_batch_size=opts.sw_batch_size, tta=opts.tta,
                        source=str(loaded.path))
         timings["predict"] = time.perf_counter() - t
     else:

@@ -1,18 +1,21 @@
 """Evaluate a trained ISIC bundle on the validation split at full mask resolution and package it
 as medxai's bundled model (medxai/models/bundled/isic2018_lesion_unet) with its model card.
 
-    python scripts/package_isic_model.py runs/isic2018-unet ../shared/data/isic2018/val
+    python scripts/package_isic_model.py runs/isic2018-unet-v11 ../shared/data/isic2018/val \
+        --tta dihedral --postprocess keep_largest_component,fill_holes
 
-The metrics go into configs/metadata.json and the card; the weights are copied unchanged (their
-SHA-256 stays the one recorded at training time).
+``--tta`` and ``--postprocess`` set the packaged bundle's test-time augmentation and label
+post-processing (choose them with scripts/tune_whole_image_inference.py); the evaluation uses
+them. The metrics go into configs/metadata.json and the card; the weights are copied unchanged
+(their SHA-256 stays the one recorded at training time).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -31,9 +34,14 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def main(run: Path, val: Path) -> None:
+def main(run: Path, val: Path, tta: str | None, postprocess: list[str]) -> None:
     torch.set_num_threads(2)
     bundle = load_bundle(run)
+    if tta:
+        bundle.config["inference"].pop("tta_flips", None)
+        bundle.config["inference"]["tta"] = tta
+    if postprocess:
+        bundle.config["postprocessing"] = {step: True for step in postprocess}
     t0 = time.perf_counter()
     result = evaluate_model(bundle, val, device="cpu")
     seconds = time.perf_counter() - t0
@@ -61,7 +69,7 @@ def main(run: Path, val: Path) -> None:
     (TARGET / "models").mkdir()
     (TARGET / "docs").mkdir()
     shutil.copy2(run / "models" / "model.pt", TARGET / "models" / "model.pt")
-    (TARGET / "configs" / "inference.json").write_text((run / "configs" / "inference.json").read_text())
+    (TARGET / "configs" / "inference.json").write_text(json.dumps(bundle.config, indent=2) + "\n")
     (TARGET / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_csv(result.rows, ROOT / "docs" / "isic2018_val_per_image.csv")
     card = (ROOT / "docs" / "model-card.md").read_text() if (ROOT / "docs" / "model-card.md").exists() else ""
@@ -73,4 +81,11 @@ def main(run: Path, val: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="training run folder (a bundle)")
+    ap.add_argument("val", type=Path, help="validation folder (images/ + masks/)")
+    ap.add_argument("--tta", choices=("none", "flips", "dihedral"))
+    ap.add_argument("--postprocess", default="",
+                    help="comma-separated: keep_largest_component,fill_holes")
+    args = ap.parse_args()
+    main(args.run, args.val, args.tta, [s for s in args.postprocess.split(",") if s])

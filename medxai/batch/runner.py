@@ -140,13 +140,14 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
 
     Each image is prepared as ``predict`` prepares it (intensity, resize to the model's
     ``spatial_size``), the batch ``(N, C, H, W)`` goes through the network (with the bundle's
-    flip test-time augmentation), and each result is resized back onto its own image's grid.
+    test-time augmentation), and each result is resized back onto its own image's grid.
     The labels equal ``predict``'s (up to floating-point ties).
 
     Raises:
         ModelMismatchError: an image does not fit the model (checked before any work).
     """
-    from medxai.inference import _forward_tta, autocast_context, prepare_input, restore_output
+    from medxai.inference import (_forward_tta, autocast_context, labels_from_probabilities,
+                                  prepare_input, restore_output, tta_mode)
 
     if not can_batch(bundle):
         raise ModelError(f"model {bundle.name!r} is not a 2D whole-image model; predict one "
@@ -167,7 +168,7 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
         net.eval()
         net.to(dev)
         with torch.inference_mode(), autocast_context(dev):
-            prob = _forward_tta(net, x.to(dev), bool(bundle.inference.get("tta_flips", False)))
+            prob = _forward_tta(net, x.to(dev), tta_mode(bundle.inference))
             prob = prob.float().cpu()
     finally:
         net.train(was_training)
@@ -176,7 +177,7 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     out = []
     for i, (img, (_x, state)) in enumerate(zip(images, prepared)):
         p = restore_output(prob[i], state)
-        labels = p.argmax(0, keepdim=True).to(torch.uint8)
+        labels = labels_from_probabilities(bundle, p)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
         out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each))
     return out

@@ -19,7 +19,10 @@ Layout::
   window mode), ``intensity``: ``{"kind": "scale", "a_min", "a_max"}`` (linear to [0, 1], clipped)
   or ``{"kind": "zscore"}`` (per image, non-zero voxels).
 - ``inference``: ``mode`` (``whole_image`` or ``sliding_window``), ``roi_size``, ``overlap``,
-  ``sw_batch_size``, ``blend_mode``.
+  ``sw_batch_size``, ``blend_mode``, ``tta`` (test-time augmentation of whole-image models:
+  ``none``, ``flips`` or ``dihedral``; older bundles say ``tta_flips: true``).
+- ``postprocessing`` (optional): ``keep_largest_component``, ``fill_holes``
+  (see :mod:`medxai.postprocess`).
 - ``labels``: list of ``{"value", "name", "color"}``; value 0 is background.
 """
 
@@ -135,6 +138,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_inference_options(config: dict[str, Any], root: Path) -> None:
+    from medxai.inference import TTA_CHOICES
+    from medxai.postprocess import POSTPROCESSING_KEYS
+
+    tta = config.get("inference", {}).get("tta")
+    if tta is not None and tta not in TTA_CHOICES:
+        raise ModelError(f"inference.tta is {tta!r}", path=root / "configs" / "inference.json",
+                         hint=f"use one of {', '.join(TTA_CHOICES)}")
+    unknown = sorted(set(config.get("postprocessing") or {}) - set(POSTPROCESSING_KEYS))
+    if unknown:
+        raise ModelError(f"unknown postprocessing step(s) {unknown}",
+                         path=root / "configs" / "inference.json",
+                         hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}")
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
     """Load a bundle folder: configs, network and weights.
 
@@ -152,6 +170,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
                          hint="pass a bundled model name (see `medxai models`) or a bundle folder")
     config = _read_json(root / "configs" / "inference.json")
     metadata = _read_json(root / "configs" / "metadata.json")
+    _check_inference_options(config, root)
     weights = root / "models" / "model.pt"
     if not weights.is_file():
         raise ModelError("bundle has no weights file models/model.pt", path=root)

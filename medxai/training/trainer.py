@@ -162,7 +162,7 @@ def _bundle_config(cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: 
     pre: dict[str, Any] = {"intensity": intensity}
     if is2d:
         pre["spatial_size"] = list(cfg.spatial_size)
-        inference = {"mode": "whole_image", "tta_flips": True}
+        inference = {"mode": "whole_image", "tta": "flips"}
     else:
         if cfg.spacing:
             pre["spacing"] = [float(s) for s in cfg.spacing]

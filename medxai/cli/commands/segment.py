@@ -31,6 +31,8 @@ def _label_size(lab: dict) -> str:
 @click.option("--roi-size", help="Sliding-window size, e.g. 96,96,96 (default: the model's).")
 @click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
 @click.option("--sw-batch-size", type=click.IntRange(1), help="Windows per forward pass.")
+@click.option("--tta", type=click.Choice(("none", "flips", "dihedral")),
+              help="Test-time augmentation of whole-image models (default: the model's).")
 @click.option("--format", "formats",
               help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json. Default: all for "
                    "DICOM inputs; nifti,png,json for pictures and NIfTI/NRRD.")
@@ -42,7 +44,7 @@ def _label_size(lab: dict) -> str:
 @guard
 def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device: str,
                 roi_size: str | None, overlap: float | None, sw_batch_size: int | None,
-                formats: str | None, explain: str, overwrite: bool, as_json: bool,
+                tta: str | None, formats: str | None, explain: str, overwrite: bool, as_json: bool,
                 quiet: bool) -> None:
     """Segment each INPUT and explain the result.
 
@@ -58,7 +60,7 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
 
     opts = SegmentOptions(formats=parse_formats(formats), explain=explain, device=device,
                           roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap,
-                          sw_batch_size=sw_batch_size, overwrite=overwrite)
+                          sw_batch_size=sw_batch_size, tta=tta, overwrite=overwrite)
     say = None if quiet or as_json else stderr_line
     bundle = load_model(model)
     if say:

@@ -1,0 +1,75 @@
+"""Label-map post-processing that a bundle asks for in its ``postprocessing`` section.
+
+``inference.json`` may hold::
+
+    "postprocessing": {"keep_largest_component": true, "fill_holes": true}
+
+Each key is ``true`` (every foreground label) or a list of label values. ``keep_largest_component``
+keeps, per label, the largest face-connected region and sets the rest to background (nnU-Net
+decides the same step on validation data; ``scripts/tune_whole_image_inference.py`` does it for
+medxai). ``fill_holes`` gives a label the background regions that it encloses. Both work in 2D and
+3D. This is the binary-morphology part of MONAI's ``KeepLargestConnectedComponent`` and
+``FillHoles``, done with ``scipy.ndimage`` so that scikit-image is not needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medxai.errors import ModelError
+
+__all__ = ["POSTPROCESSING_KEYS", "postprocess_labels", "check_postprocessing"]
+
+POSTPROCESSING_KEYS = ("keep_largest_component", "fill_holes")
+
+
+def check_postprocessing(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """``spec`` as a dict, after checking its keys; raises :class:`ModelError` otherwise."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(POSTPROCESSING_KEYS))
+    if unknown:
+        raise ModelError(f"unknown postprocessing step(s) {unknown} in the bundle",
+                         hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}")
+    return spec
+
+
+def _applied(value: Any, present: Iterable[int]) -> list[int]:
+    if value is True:
+        return [v for v in present if v != 0]
+    if not value:
+        return []
+    return [int(v) for v in value if int(v) != 0]
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    comp, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    return comp == sizes.argmax()
+
+
+def postprocess_labels(labels: torch.Tensor, spec: dict[str, Any] | None) -> torch.Tensor:
+    """Apply the bundle's post-processing to a ``(1, *spatial)`` label map (a new tensor).
+
+    Largest-component filtering runs before hole filling, label by label in increasing value;
+    a filled hole never overwrites another foreground label.
+    """
+    spec = check_postprocessing(spec)
+    if not any(spec.values()):
+        return labels
+    arr = labels[0].cpu().numpy().copy()
+    present = [int(v) for v in np.unique(arr)]
+    for value in _applied(spec.get("keep_largest_component"), present):
+        mask = arr == value
+        arr[mask & ~_largest(mask)] = 0
+    for value in _applied(spec.get("fill_holes"), present):
+        filled = ndimage.binary_fill_holes(arr == value)
+        arr[filled & (arr == 0)] = value
+    return torch.from_numpy(arr)[None].to(labels.dtype)

@@ -1,0 +1,130 @@
+"""Label post-processing (largest component, hole filling) and test-time augmentation views."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from medxai.errors import InputError, ModelError
+from medxai.inference import _forward_tta, _tta_views, _unview, _view, tta_mode
+from medxai.models.bundle import load_bundle
+from medxai.postprocess import postprocess_labels
+
+
+def _blobs_2d() -> torch.Tensor:
+    lab = torch.zeros(1, 40, 30, dtype=torch.uint8)
+    lab[0, 5:25, 5:20] = 1          # big square, 300 px
+    lab[0, 12:16, 10:13] = 0        # a hole in it
+    lab[0, 30:33, 25:28] = 1        # small island, 9 px
+    lab[0, 34:38, 2:6] = 2          # another label
+    return lab
+
+
+def test_keep_largest_component_removes_islands_only():
+    lab = _blobs_2d()
+    out = postprocess_labels(lab, {"keep_largest_component": True})
+    assert out.dtype == lab.dtype and out.shape == lab.shape
+    assert int((out == 1).sum()) == 300 - 12
+    assert int(out[0, 30:33, 25:28].sum()) == 0
+    assert int((out == 2).sum()) == 16  # the only component of label 2 stays
+    assert torch.equal(lab, _blobs_2d())  # input untouched
+
+
+def test_fill_holes_fills_enclosed_background_but_not_other_labels():
+    lab = _blobs_2d()
+    lab[0, 18:20, 8:10] = 2  # label 2 inside the label-1 square: must stay 2
+    out = postprocess_labels(lab, {"fill_holes": [1]})
+    assert bool((out[0, 12:16, 10:13] == 1).all())
+    assert bool((out[0, 18:20, 8:10] == 2).all())
+    # background touching the border is not a hole
+    assert int(out[0, 0, 0]) == 0
+
+
+def test_postprocessing_in_3d_and_empty_maps():
+    lab = torch.zeros(1, 12, 12, 12, dtype=torch.uint8)
+    lab[0, 2:8, 2:8, 2:8] = 1
+    lab[0, 4:6, 4:6, 4:6] = 0   # enclosed cavity
+    lab[0, 10, 10, 10] = 1      # one-voxel island
+    out = postprocess_labels(lab, {"keep_largest_component": True, "fill_holes": True})
+    assert int(out.sum()) == 216
+    empty = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    assert torch.equal(postprocess_labels(empty, {"keep_largest_component": True,
+                                                  "fill_holes": True}), empty)
+    assert postprocess_labels(lab, None) is lab
+
+
+def test_unknown_postprocessing_step_is_refused():
+    with pytest.raises(ModelError, match="unknown postprocessing"):
+        postprocess_labels(_blobs_2d(), {"erode": True})
+
+
+@pytest.mark.parametrize("mode,count", [("none", 1), ("flips", 3), ("dihedral", 8)])
+def test_tta_views_are_inverted_exactly(mode, count):
+    x = torch.randn(2, 3, 8, 8)
+    views = _tta_views(2, mode)
+    assert len(views) == count
+    seen = set()
+    for v in views:
+        y = _view(x, *v)
+        assert torch.equal(_unview(y, *v), x)
+        seen.add(y.numpy().tobytes())
+    assert len(seen) == count  # all distinct symmetries
+
+
+def test_dihedral_falls_back_to_flips_in_3d():
+    assert len(_tta_views(3, "dihedral")) == 4
+
+
+def test_forward_tta_of_an_equivariant_network_is_its_plain_output():
+    net = torch.nn.Conv2d(2, 2, kernel_size=1)  # pointwise: commutes with every view
+    x = torch.randn(1, 2, 6, 10)  # not square: turns change the shape
+    want = torch.softmax(net(x), 1)
+    for mode in ("none", "flips", "dihedral"):
+        assert torch.allclose(_forward_tta(net, x, mode), want, atol=1e-6)
+
+
+def test_tta_mode_reads_old_and_new_bundle_keys():
+    assert tta_mode({"tta_flips": True}) == "flips"
+    assert tta_mode({}) == "none"
+    assert tta_mode({"tta": "dihedral"}) == "dihedral"
+    assert tta_mode({"tta": "dihedral"}, "none") == "none"
+    with pytest.raises(InputError):
+        tta_mode({"tta": "rotate"})
+
+
+def test_bundle_with_bad_tta_or_postprocessing_is_refused(rgb_bundle, tmp_path):
+    for key, value, match in (("inference", {"mode": "whole_image", "tta": "spin"}, "tta"),
+                              ("postprocessing", {"dilate": 1}, "postprocessing")):
+        bad = tmp_path / key
+        shutil.copytree(rgb_bundle.path, bad)
+        cfg_path = bad / "configs" / "inference.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg[key] = value
+        cfg_path.write_text(json.dumps(cfg))
+        with pytest.raises(ModelError, match=match):
+            load_bundle(bad)
+
+
+def test_predict_applies_the_bundles_postprocessing_to_labels_only(rgb_bundle):
+    import copy
+
+    from scipy import ndimage
+
+    from medxai.inference import predict
+    from medxai.models.bundle import ModelBundle
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 64, 48) * 255
+    plain = predict(rgb_bundle, image, device="cpu", tta="none")
+    config = copy.deepcopy(rgb_bundle.config)
+    config["postprocessing"] = {"keep_largest_component": True, "fill_holes": True}
+    bundle = ModelBundle(config=config, metadata=rgb_bundle.metadata,
+                         network=rgb_bundle.network, path=rgb_bundle.path)
+    post = predict(bundle, image, device="cpu", tta="none")
+    assert torch.equal(plain.probabilities, post.probabilities)
+    want = postprocess_labels(plain.labels, config["postprocessing"])
+    assert torch.equal(post.labels, want)
+    assert ndimage.label(post.labels[0].numpy() == 1)[1] <= 1
