@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = ap.parse_args(argv)
 
+    from medxai.inference import tta_mode
+
     set_threads(args.threads)
     info = machine_info(args.threads)
     result: dict[str, Any] = {"machine": info, "args": vars(args)}
@@ -191,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
 
             b = copy.copy(bundle)
             b.config = copy.deepcopy(bundle.config)
-            b.config["inference"]["tta_flips"] = tta
+            # like with like: the baselines do flip TTA (or none) and no post-processing
+            b.config["inference"].pop("tta_flips", None)
+            b.config["inference"]["tta"] = "flips" if tta else "none"
+            b.config.pop("postprocessing", None)
             for d in ("mx", "mn", "mi"):
                 (tmp / d).mkdir(exist_ok=True)
             script = MonaiScript(b.network, size, tta, tmp / "mn")
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "cpu_s": t.cpu[k], "last_breakdown_s": bk})
         tables.append(
             f"### end-to-end `segment_path`, default outputs NIfTI + PNG + JSON (bundle TTA "
-            f"{bundle.inference.get('tta_flips')}; {args.threads} thread(s); median of "
+            f"{tta_mode(bundle.inference)}; {args.threads} thread(s); median of "
             f"{args.e2e_reps}; CPU ms (wall ms))\n\n"
             + markdown_table(["image", "W x H", "explain", "total", "wall-time breakdown of "
                               "the last run, ms (report.json timings_s)"], e2e_rows))
@@ -313,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
         tables.append(
             f"### inference on a ~1024x768 photo: {desc} (bundle TTA "
-            f"{bundle.inference.get('tta_flips')}; median of {reps768})\n\n"
+            f"{tta_mode(bundle.inference)}, post-processing "
+            f"{bundle.config.get('postprocessing')}; median of {reps768})\n\n"
             + markdown_table(["torch threads", "what", "wall ms", "CPU ms",
                               "target: wall < 1000 ms", "breakdown (ms)"], rows768))
     result["machine_end_loadavg"] = machine_info(args.threads)["loadavg_1_5_15"]

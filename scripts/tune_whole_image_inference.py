@@ -48,25 +48,39 @@ def _undo(prob: torch.Tensor, k: int, t: bool) -> torch.Tensor:
 FLIP_MEMBERS = (0, 5, 7)
 
 
-def lesion_probabilities(bundle, pairs) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
+                         ) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """Foreground probabilities on each mask's grid per TTA set; with ``sizes`` (input sizes
+    besides the bundle's), also ``dihedral+sizes``: the dihedral mean over every size."""
     net = bundle.network.eval()
     pre = bundle.preprocessing
     scale = ScaleIntensityFromBundle(pre.get("intensity"))
     out: dict[str, list[np.ndarray]] = {"none": [], "flips": [], "dihedral": []}
+    if sizes:
+        out["dihedral+sizes"] = []
     gts = []
     with torch.inference_mode():
         for pair in pairs:
             img, _ = read_photo_array(pair.image)
             lab, _ = read_photo_array(pair.label)
             gts.append(lab[0] > 127)
-            x = resize_image(scale(torch.from_numpy(img).float()), pre["spatial_size"])[None]
+            grid = tuple(img.shape[1:])
+            base = scale(torch.from_numpy(img).float())
+            x = resize_image(base, pre["spatial_size"])[None]
             probs = torch.softmax(net(torch.cat(_dihedral(x))).float(), 1)
             d = [_undo(probs[i:i + 1], k, t) for i, (k, t) in enumerate(DIHEDRAL)]
-            grid = tuple(img.shape[1:])
             for name, plist in (("none", d[:1]), ("flips", [d[i] for i in FLIP_MEMBERS]),
                                 ("dihedral", d)):
                 p = torch.cat(plist).mean(0)
                 out[name].append(resize_probabilities(p, grid)[1].numpy().astype(np.float16))
+            if sizes:
+                acc = resize_probabilities(torch.cat(d).mean(0), grid)[1]
+                for size in sizes:
+                    xs = resize_image(base, [size] * len(pre["spatial_size"]))[None]
+                    ps = torch.softmax(net(torch.cat(_dihedral(xs))).float(), 1)
+                    ds = torch.cat([_undo(ps[i:i + 1], k, t) for i, (k, t) in enumerate(DIHEDRAL)])
+                    acc = acc + resize_probabilities(ds.mean(0), grid)[1]
+                out["dihedral+sizes"].append((acc / (1 + len(sizes))).numpy().astype(np.float16))
     return out, gts
 
 
@@ -99,12 +113,14 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--thresholds", default="0.4,0.45,0.5,0.55")
+    ap.add_argument("--sizes", default="",
+                    help="extra square input sizes for multi-scale TTA, e.g. 224 (multiples of 16)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     bundle = load_bundle(args.bundle)
     pairs = find_pairs(args.data)[: args.limit]
     t0 = time.perf_counter()
-    probs, gts = lesion_probabilities(bundle, pairs)
+    probs, gts = lesion_probabilities(bundle, pairs, [int(v) for v in args.sizes.split(",") if v])
     print(f"{len(pairs)} images, network passes in {time.perf_counter() - t0:.0f} s")
     rows = []
     for tta, thr, (largest, fill) in itertools.product(
