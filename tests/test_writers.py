@@ -650,6 +650,34 @@ def test_preview_png_is_rows_by_columns_and_contour_is_on_the_mask(tmp_path):
     assert np.asarray(Image.open(path)).shape[:2] == (rows, 2 * cols + gap)
 
 
+def test_preview_of_a_large_photo_is_drawn_at_most_max_side_wide(tmp_path):
+    cols, rows = 2592, 1944  # a 5-megapixel dermoscopy photo
+    rgb = np.zeros((3, cols, rows), dtype=np.uint8)
+    rgb[0] = np.linspace(0, 255, cols, dtype=np.uint8)[:, None]  # red grows along columns
+    labels = np.zeros((cols, rows), dtype=np.uint8)
+    labels[1296:1800, 400:900] = 1
+    saliency = np.zeros((cols, rows), dtype=np.float32)
+    saliency[100:300, 1500:1700] = 1.0
+    path = write_preview_png(rgb, labels, saliency, tmp_path / "big.png", LABELS, gap=4)
+    pic = np.asarray(Image.open(path).convert("RGB"))
+    assert pic.shape == (768, 3 * 1024 + 8, 3)
+    scale = 1024 / cols
+    mask_panel = pic[:, 1028:2052]
+    red = np.array([255, 0, 0])
+    # the contour is where the mask is, scaled: columns 1296..1799 -> 512..710, rows 400..899
+    j0, i0 = round(400 * scale), round(1296 * scale)
+    assert np.array_equal(mask_panel[j0 + 20, i0], red)
+    assert not np.array_equal(mask_panel[j0 + 20, i0 - 6], red)
+    heat, plain = pic[:, 2056:].astype(int), pic[:, :1024].astype(int)
+    hot, cold = (round(1600 * scale), round(200 * scale)), (round(1600 * scale), round(600 * scale))
+    assert abs(heat[hot] - plain[hot]).sum() > 30  # the heat map is where the saliency is
+    assert np.array_equal(heat[cold], plain[cold])
+    assert pic[400, 1000, 0] > pic[400, 10, 0]  # the picture is not transposed
+    full = write_preview_png(rgb[:, :300, :200], labels[:300, :200], None, tmp_path / "s.png",
+                             LABELS, max_side=None)
+    assert np.asarray(Image.open(full)).shape[:2] == (200, 604)
+
+
 def test_overlay_of_volume_and_rgb_picture():
     rgb = np.full((3, 10, 7), 100, dtype=np.uint8)
     labels = np.zeros((10, 7), dtype=np.uint8)

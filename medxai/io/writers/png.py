@@ -153,9 +153,33 @@ def _pick_slice(labels: np.ndarray, saliency: np.ndarray | None) -> int:
     return labels.shape[-1] // 2
 
 
+def _shrink(img: np.ndarray, lab: np.ndarray, sal: np.ndarray | None, max_side: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Downscale a uint8 ``(C, I, J)`` picture (area), its ``(I, J)`` labels (nearest) and
+    saliency (area) so that the longer side is ``max_side``; unchanged when already small."""
+    cols, rows = img.shape[1], img.shape[2]
+    if max(cols, rows) <= max_side:
+        return img, lab, sal
+    scale = max_side / max(cols, rows)
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # PIL: (width=I, height=J)
+    hw = np.transpose(img, (2, 1, 0))  # (J, I, C) for PIL
+    pic = Image.fromarray(hw if hw.shape[2] == 3 else hw[..., 0]).resize(size, Image.BOX)
+    arr = np.asarray(pic)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    small = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
+    ii = np.minimum(((np.arange(size[0]) + 0.5) * cols / size[0]).astype(np.intp), cols - 1)
+    jj = np.minimum(((np.arange(size[1]) + 0.5) * rows / size[1]).astype(np.intp), rows - 1)
+    small_lab = lab[np.ix_(ii, jj)]
+    small_sal = None
+    if sal is not None:
+        f = Image.fromarray(np.ascontiguousarray(sal.T.astype(np.float32)), mode="F")
+        small_sal = np.asarray(f.resize(size, Image.BOX)).T
+    return small, small_lab, small_sal
+
+
 def write_preview_png(image: Any, labels: Any, saliency: Any | None, path: str | Path,
                       label_colors: Any = None, *, gap: int = 4,
-                      slice_index: int | None = None) -> Path:
+                      slice_index: int | None = None, max_side: int | None = 1024) -> Path:
     """A side-by-side PNG: input | input + mask contours | input + saliency heat map.
 
     Args:
@@ -166,9 +190,12 @@ def write_preview_png(image: Any, labels: Any, saliency: Any | None, path: str |
         path: the PNG file.
         label_colors: ``{value: (r, g, b)}`` or a ``label_info`` list.
         gap: white pixels between panels.
+        max_side: panels larger than this (longer side, pixels) are drawn downscaled to it, which
+            keeps previews of 5-megapixel photos fast and small; ``None`` keeps full size.
 
     Returns:
-        the path written. The picture is ``J`` rows by ``n * I + (n - 1) * gap`` columns.
+        the path written. The picture is ``J`` rows by ``n * I + (n - 1) * gap`` columns (of the
+        downscaled panel when ``max_side`` applies).
     """
     img = as_numpy(image)
     lab = as_label_array(labels)
@@ -191,6 +218,8 @@ def write_preview_png(image: Any, labels: Any, saliency: Any | None, path: str |
         raise InputError(f"the preview needs an image (C, I, J) and labels (I, J); found "
                          f"{img.shape} and {lab.shape}")
     plain = window_to_uint8(img)
+    if max_side:
+        plain, lab, sal = _shrink(plain, lab, sal, int(max_side))
     if plain.shape[0] == 1:
         plain = np.repeat(plain, 3, axis=0)
     panels = [plain, overlay_rgb(plain, lab, None, label_colors)]
