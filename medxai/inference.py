@@ -206,10 +206,21 @@ def _forward_tta(net: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tens
     return total / len(views)
 
 
-def prepare_input(bundle: Any, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+def tta_sizes(bundle: Any, tta: str) -> list[Sequence[int] | None]:
+    """Input sizes of a whole-image model's passes: ``None`` (the bundle's ``spatial_size``) and,
+    unless ``tta`` is ``none``, the extra sizes of ``inference.tta_sizes`` (multi-scale TTA)."""
+    extra = bundle.inference.get("tta_sizes") or []
+    if tta == "none" or bundle.inference.get("mode", "whole_image") != "whole_image":
+        return [None]
+    return [None] + [[int(v) for v in size] for size in extra]
+
+
+def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and what is needed to undo it.
 
-    Whole-image models: resized to ``preprocessing.spatial_size``. Sliding-window models (3D):
+    Whole-image models: resized to ``preprocessing.spatial_size`` (or ``size``). Sliding-window
+    models (3D):
     reoriented to RAS and resampled to ``preprocessing.spacing`` when the bundle gives one.
     Intensity normalised as ``preprocessing.intensity`` says.
     """
@@ -223,7 +234,7 @@ def prepare_input(bundle: Any, image: torch.Tensor) -> tuple[torch.Tensor, dict[
     x = ScaleIntensityFromBundle(pre.get("intensity"))(x.float())
     mode = bundle.inference.get("mode", "whole_image")
     if mode == "whole_image":
-        x = resize_image(x, pre["spatial_size"])
+        x = resize_image(x, size or pre["spatial_size"])
     else:
         if bundle.spatial_dims == 3:
             ornt = _orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3)
@@ -302,7 +313,6 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     first_param = next(net.parameters(), None)
     original_device = first_param.device if first_param is not None else torch.device("cpu")
     t0 = time.perf_counter()
-    x, state = prepare_input(bundle, image)
     inf = bundle.inference
     mode = inf.get("mode", "whole_image")
     tta = tta_mode(inf, tta)
@@ -311,8 +321,12 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
         net.to(dev)
         with torch.inference_mode(), autocast_context(dev):
             if mode == "whole_image":
-                prob = _forward_tta(net, x.to(dev), tta)[0].cpu()
+                passes = []
+                for size in tta_sizes(bundle, tta):
+                    xs, st = prepare_input(bundle, image, size)
+                    passes.append((_forward_tta(net, xs.to(dev), tta)[0].cpu().float(), st))
             else:
+                x, state = prepare_input(bundle, image)
                 roi = list(roi_size or inf.get("roi_size") or x.shape[2:])
                 if len(roi) != x.ndim - 2:
                     raise InputError(f"roi size {roi} has {len(roi)} values; the model is "
@@ -322,11 +336,15 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
                     predictor=net, overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
                     mode=inf.get("blend_mode", "gaussian"), sw_device=dev, device=torch.device("cpu"),
                     progress=False)
-                prob = torch.softmax(logits.float(), dim=1)[0]
+                passes = [(torch.softmax(logits.float(), dim=1)[0], state)]
     finally:
         net.train(was_training)
         net.to(original_device)
-    prob = restore_output(prob.float(), state)
+    prob = restore_output(*passes[0])
+    for p, st in passes[1:]:  # multi-scale TTA: averaged on the input's grid
+        prob = prob + restore_output(p, st)
+    if len(passes) > 1:
+        prob = prob / len(passes)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),

@@ -51,13 +51,12 @@ FLIP_MEMBERS = (0, 5, 7)
 def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
                          ) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
     """Foreground probabilities on each mask's grid per TTA set; with ``sizes`` (input sizes
-    besides the bundle's), also ``dihedral+sizes``: the dihedral mean over every size."""
+    besides the bundle's), also ``dihedral+S``: the dihedral mean at the bundle's size and S, for
+    each size S and for all of them together."""
     net = bundle.network.eval()
     pre = bundle.preprocessing
     scale = ScaleIntensityFromBundle(pre.get("intensity"))
     out: dict[str, list[np.ndarray]] = {"none": [], "flips": [], "dihedral": []}
-    if sizes:
-        out["dihedral+sizes"] = []
     gts = []
     with torch.inference_mode():
         for pair in pairs:
@@ -74,13 +73,18 @@ def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
                 p = torch.cat(plist).mean(0)
                 out[name].append(resize_probabilities(p, grid)[1].numpy().astype(np.float16))
             if sizes:
-                acc = resize_probabilities(torch.cat(d).mean(0), grid)[1]
+                base_p = resize_probabilities(torch.cat(d).mean(0), grid)[1]
+                extra = {}
                 for size in sizes:
                     xs = resize_image(base, [size] * len(pre["spatial_size"]))[None]
                     ps = torch.softmax(net(torch.cat(_dihedral(xs))).float(), 1)
                     ds = torch.cat([_undo(ps[i:i + 1], k, t) for i, (k, t) in enumerate(DIHEDRAL)])
-                    acc = acc + resize_probabilities(ds.mean(0), grid)[1]
-                out["dihedral+sizes"].append((acc / (1 + len(sizes))).numpy().astype(np.float16))
+                    extra[size] = resize_probabilities(ds.mean(0), grid)[1]
+                combos = [[s] for s in sizes] + ([list(sizes)] if len(sizes) > 1 else [])
+                for combo in combos:
+                    name = "dihedral+" + "+".join(map(str, combo))
+                    p = (base_p + sum(extra[s] for s in combo)) / (1 + len(combo))
+                    out.setdefault(name, []).append(p.numpy().astype(np.float16))
     return out, gts
 
 

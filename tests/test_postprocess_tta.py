@@ -128,3 +128,52 @@ def test_predict_applies_the_bundles_postprocessing_to_labels_only(rgb_bundle):
     want = postprocess_labels(plain.labels, config["postprocessing"])
     assert torch.equal(post.labels, want)
     assert ndimage.label(post.labels[0].numpy() == 1)[1] <= 1
+
+
+def _with(bundle, **inference):
+    import copy
+
+    from medxai.models.bundle import ModelBundle
+
+    config = copy.deepcopy(bundle.config)
+    config["inference"].update(inference)
+    return ModelBundle(config=config, metadata=bundle.metadata, network=bundle.network,
+                       path=bundle.path)
+
+
+def test_multi_size_tta_averages_each_size_on_the_input_grid(rgb_bundle):
+    from medxai.batch.runner import predict_batch
+    from medxai.inference import predict
+
+    torch.manual_seed(1)
+    image = torch.rand(3, 70, 50) * 255
+    base = list(rgb_bundle.preprocessing["spatial_size"])
+    bigger = [v + 16 for v in base]
+    multi = _with(rgb_bundle, tta="flips", tta_sizes=[bigger])
+    one = predict(_with(rgb_bundle, tta="flips"), image, device="cpu")
+    cfg_big = _with(rgb_bundle, tta="flips")
+    cfg_big.config["preprocessing"]["spatial_size"] = bigger
+    other = predict(cfg_big, image, device="cpu")
+    both = predict(multi, image, device="cpu")
+    assert torch.allclose(both.probabilities, (one.probabilities + other.probabilities) / 2,
+                          atol=1e-6)
+    assert not torch.allclose(one.probabilities, other.probabilities, atol=1e-4)
+    # tta="none" means one pass at the bundle's size
+    single = predict(multi, image, device="cpu", tta="none")
+    plain = predict(rgb_bundle, image, device="cpu", tta="none")
+    assert torch.equal(single.probabilities, plain.probabilities)
+    # the batch path gives the same result
+    batched = predict_batch(multi, [image, image.flip(1)], device="cpu")
+    assert torch.allclose(batched[0].probabilities, both.probabilities, atol=1e-5)
+    assert torch.equal(batched[0].labels, both.labels)
+
+
+def test_bad_tta_sizes_are_refused(rgb_bundle, tmp_path):
+    bad = tmp_path / "b"
+    shutil.copytree(rgb_bundle.path, bad)
+    cfg_path = bad / "configs" / "inference.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["inference"]["tta_sizes"] = [[224]]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="tta_sizes"):
+        load_bundle(bad)

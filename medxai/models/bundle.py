@@ -20,7 +20,9 @@ Layout::
   or ``{"kind": "zscore"}`` (per image, non-zero voxels).
 - ``inference``: ``mode`` (``whole_image`` or ``sliding_window``), ``roi_size``, ``overlap``,
   ``sw_batch_size``, ``blend_mode``, ``tta`` (test-time augmentation of whole-image models:
-  ``none``, ``flips`` or ``dihedral``; older bundles say ``tta_flips: true``).
+  ``none``, ``flips`` or ``dihedral``; older bundles say ``tta_flips: true``), ``tta_sizes``
+  (extra input sizes for multi-scale TTA, e.g. ``[[224, 224]]``: the probabilities of every
+  size are averaged on the input's grid).
 - ``postprocessing`` (optional): ``keep_largest_component``, ``fill_holes``
   (see :mod:`medxai.postprocess`).
 - ``labels``: list of ``{"value", "name", "color"}``; value 0 is background.
@@ -146,6 +148,15 @@ def _check_inference_options(config: dict[str, Any], root: Path) -> None:
     if tta is not None and tta not in TTA_CHOICES:
         raise ModelError(f"inference.tta is {tta!r}", path=root / "configs" / "inference.json",
                          hint=f"use one of {', '.join(TTA_CHOICES)}")
+    sizes = config.get("inference", {}).get("tta_sizes") or []
+    dims = config.get("input", {}).get("spatial_dims")
+    if not isinstance(sizes, list) or any(
+            not isinstance(s, list) or len(s) != dims or not all(isinstance(v, int) and v > 0
+                                                                 for v in s) for s in sizes):
+        raise ModelError(f"inference.tta_sizes is {sizes!r}",
+                         path=root / "configs" / "inference.json",
+                         hint=f"a list of input sizes with {dims} positive integers each, "
+                              "e.g. [[224, 224]]")
     unknown = sorted(set(config.get("postprocessing") or {}) - set(POSTPROCESSING_KEYS))
     if unknown:
         raise ModelError(f"unknown postprocessing step(s) {unknown}",
