@@ -232,5 +232,6 @@ def write_preview_png(image: Any, labels: Any, saliency: Any | None, path: str |
         x0 = n * (cols + gap)
         canvas[:, x0:x0 + cols] = np.transpose(panel, (2, 1, 0))  # (3, I, J) -> (J, I, 3)
     buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
+    # zlib level 3: 2.7x faster than the default 6 for about 20 % more bytes (benchmarks.md)
+    Image.fromarray(canvas).save(buffer, format="PNG", compress_level=3)
     return write_bytes_atomic(path, buffer.getvalue())
