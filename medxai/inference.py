@@ -71,12 +71,14 @@ class Prediction:
         labels: ``(1, *spatial)`` uint8 label map (argmax).
         affine: the input's 4x4 RAS affine (MONAI convention).
         seconds: wall time of the forward passes (and their inversion).
+        tta: the test-time augmentation used (``none``, ``flips``, ``dihedral``).
     """
 
     probabilities: torch.Tensor
     labels: torch.Tensor
     affine: torch.Tensor
     seconds: float
+    tta: str = "none"
 
 
 TTA_CHOICES = ("none", "flips", "dihedral")
@@ -348,4 +350,4 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, tta=tta if mode == "whole_image" else "none")

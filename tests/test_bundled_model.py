@@ -38,3 +38,20 @@ def test_bundled_model_segments_real_val_images(tmp_path: Path) -> None:
         (sub / "masks" / m.name).symlink_to(m)
     result = evaluate_model(load_model(), sub, device="cpu")
     assert result.summary["1"]["dice"]["mean"] > 0.8, result.summary["1"]["dice"]
+
+
+def test_report_records_the_tta_and_post_processing_used(tmp_path: Path) -> None:
+    from medxai.pipeline import SegmentOptions, segment_path
+
+    bundle = load_model()
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "dermoscopy.jpg"
+    shipped = segment_path(sample, bundle, tmp_path / "a", SegmentOptions(explain=None,
+                                                                          formats=["json"]))
+    fast = segment_path(sample, bundle, tmp_path / "b", SegmentOptions(explain=None, tta="none",
+                                                                       formats=["json"]))
+    model = shipped.report["model"]
+    assert model["tta"] == bundle.inference["tta"] == "dihedral"
+    assert model["postprocessing"] == {"keep_largest_component": True, "fill_holes": True}
+    assert fast.report["model"]["tta"] == "none"
+    a, b = (r.report["labels"][0]["voxel_count"] for r in (shipped, fast))
+    assert a > 0 and abs(a - b) < 0.05 * a  # one pass gives nearly the same lesion

@@ -185,7 +185,8 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
         p = p / len(passes) if len(passes) > 1 else p
         labels = labels_from_probabilities(bundle, p)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
-        out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each))
+        out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each,
+                              tta=tta))
     return out
 
 
