@@ -148,10 +148,10 @@ def temp_dir(prefix: str = "medxai-bench-") -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def isic_bundle(tta: bool | None = None, *, use_trained: bool = True) -> tuple[Any, str]:
+def isic_bundle(*, use_trained: bool = True) -> tuple[Any, str]:
     """The 2D ISIC lesion bundle: the bundled model, else the training run's bundle (copied
     first, since training may be rewriting it), else an untrained network of the same
-    architecture. ``tta`` overrides the bundle's ``tta_flips``. Returns (bundle, where from)."""
+    architecture. Returns (bundle, where from)."""
     import torch
 
     from medxai.models.bundle import ModelBundle, load_bundle, network_from_config
@@ -182,9 +182,6 @@ def isic_bundle(tta: bool | None = None, *, use_trained: bool = True) -> tuple[A
         bundle = ModelBundle(config=config, metadata={"name": "isic2018-lesion-unet",
                                                       "version": "bench"}, network=net)
     bundle.network.eval()
-    if tta is not None:
-        bundle.config = copy.deepcopy(bundle.config)
-        bundle.config.setdefault("inference", {})["tta_flips"] = bool(tta)
     return bundle, source
 
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with temp_dir() as tmp:
         photos, photo_source = isic_photos(args.images, tmp)
-        bundle, model_source = isic_bundle(None, use_trained=not args.untrained)
+        bundle, model_source = isic_bundle(use_trained=not args.untrained)
         if args.size:
             bundle.config["preprocessing"]["spatial_size"] = [args.size, args.size]
             model_source += f" (input size overridden to {args.size}x{args.size})"

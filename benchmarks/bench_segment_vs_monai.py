@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     with temp_dir() as tmp:
         photos, photo_source = isic_photos(args.images, tmp)
         result["photos"] = photo_source
-        bundle, model_source = isic_bundle(None, use_trained=not args.untrained)
+        bundle, model_source = isic_bundle(use_trained=not args.untrained)
         result["model"] = model_source
         size = tuple(int(s) for s in bundle.preprocessing["spatial_size"])
         from PIL import Image
@@ -194,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             b = copy.copy(bundle)
             b.config = copy.deepcopy(bundle.config)
             # like with like: the baselines do flip TTA (or none) and no post-processing
-            b.config["inference"].pop("tta_flips", None)
             b.config["inference"]["tta"] = "flips" if tta else "none"
             b.config.pop("postprocessing", None)
             for d in ("mx", "mn", "mi"):

@@ -8,7 +8,7 @@ with the input's affine.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,6 +279,48 @@ def _argmax_channels(prob: torch.Tensor) -> torch.Tensor:
     return labels[None]
 
 
+@contextlib.contextmanager
+def network_on(net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """``net`` in eval mode on ``device`` for the block; its mode and device are restored after,
+    also when the block raises."""
+    was_training = net.training
+    first = next(net.parameters(), None)
+    original_device = first.device if first is not None else torch.device("cpu")
+    try:
+        net.eval()
+        net.to(device)
+        yield net
+    finally:
+        net.train(was_training)
+        net.to(original_device)
+
+
+def whole_image_probabilities(bundle: Any, images: Sequence[torch.Tensor], device: torch.device,
+                              tta: str) -> list[torch.Tensor]:
+    """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
+
+    The images go through the network together (one batch per input size), with the ``tta``
+    views; with the bundle's ``tta_sizes`` (multi-scale TTA) each size's probabilities are
+    brought back to the image's grid and averaged there. The network must already be in eval
+    mode on ``device`` (:func:`network_on`).
+    """
+    net = bundle.network
+    passes = []  # per input size: (probabilities (N, K, ...), undo states)
+    with torch.inference_mode(), autocast_context(device):
+        for size in tta_sizes(bundle, tta):
+            prepared = [prepare_input(bundle, img, size) for img in images]
+            x = torch.cat([p[0] for p in prepared])
+            passes.append((_forward_tta(net, x.to(device), tta).float().cpu(),
+                           [p[1] for p in prepared]))
+    out = []
+    for i in range(len(images)):
+        prob = restore_output(passes[0][0][i], passes[0][1][i])
+        for p, states in passes[1:]:
+            prob = prob + restore_output(p[i], states[i])
+        out.append(prob / len(passes) if len(passes) > 1 else prob)
+    return out
+
+
 def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
     """The ``(1, *spatial)`` uint8 label map of ``(K, *spatial)`` probabilities: argmax, then the
     bundle's post-processing."""
@@ -311,23 +353,15 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
     net = bundle.network
-    was_training = net.training
-    first_param = next(net.parameters(), None)
-    original_device = first_param.device if first_param is not None else torch.device("cpu")
     t0 = time.perf_counter()
     inf = bundle.inference
     mode = inf.get("mode", "whole_image")
     tta = tta_mode(inf, tta)
-    try:
-        net.eval()
-        net.to(dev)
-        with torch.inference_mode(), autocast_context(dev):
-            if mode == "whole_image":
-                passes = []
-                for size in tta_sizes(bundle, tta):
-                    xs, st = prepare_input(bundle, image, size)
-                    passes.append((_forward_tta(net, xs.to(dev), tta)[0].cpu().float(), st))
-            else:
+    with network_on(net, dev):
+        if mode == "whole_image":
+            prob = whole_image_probabilities(bundle, [image], dev, tta)[0]
+        else:
+            with torch.inference_mode(), autocast_context(dev):
                 x, state = prepare_input(bundle, image)
                 roi = list(roi_size or inf.get("roi_size") or x.shape[2:])
                 if len(roi) != x.ndim - 2:
@@ -338,15 +372,7 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
                     predictor=net, overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
                     mode=inf.get("blend_mode", "gaussian"), sw_device=dev, device=torch.device("cpu"),
                     progress=False)
-                passes = [(torch.softmax(logits.float(), dim=1)[0], state)]
-    finally:
-        net.train(was_training)
-        net.to(original_device)
-    prob = restore_output(*passes[0])
-    for p, st in passes[1:]:  # multi-scale TTA: averaged on the input's grid
-        prob = prob + restore_output(p, st)
-    if len(passes) > 1:
-        prob = prob / len(passes)
+            prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),

@@ -133,12 +133,10 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
     from medxai.explain import explain as run_explain
     from medxai.explain import sliding_window_saliency
 
+    from medxai.inference import network_on
+
     x, state = prepare_input(bundle, loaded.image)
-    net = bundle.network
-    first = next(net.parameters(), None)
-    original_device = first.device if first is not None else torch.device("cpu")
-    try:
-        net.to(device)
+    with network_on(bundle.network, device) as net:
         if bundle.inference.get("mode", "whole_image") == "whole_image":
             sal = run_explain(net, x.to(device), method=method, target_label=label)
         else:
@@ -147,8 +145,6 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
                 net, x.to(device), method, roi_size=list(roi_size or inf["roi_size"]),
                 overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
                 target_label=label)
-    finally:
-        net.to(original_device)
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
 
 

@@ -23,29 +23,25 @@ import time
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from medxai.inference import _tta_views, _unview, _view
 from medxai.io.photo import read_photo_array
 from medxai.models.bundle import load_bundle
+from medxai.postprocess import postprocess_labels
 from medxai.training.datasets import find_pairs
 from medxai.transforms.intensity import ScaleIntensityFromBundle
 from medxai.transforms.spatial import resize_image, resize_probabilities
 
-DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]  # 90-degree turns, then transposed
-
-
-def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.rot90(x.transpose(2, 3) if t else x, k, (2, 3)) for k, t in DIHEDRAL]
-
-
-def _undo(prob: torch.Tensor, k: int, t: bool) -> torch.Tensor:
-    prob = torch.rot90(prob, -k, (2, 3))
-    return prob.transpose(2, 3) if t else prob
-
-
-# Members of DIHEDRAL equal to the identity, a flip of axis 0 and of axis 1 (square inputs): the
-# "flips" set that medxai's tta_flips uses, taken from the same network passes.
+DIHEDRAL = _tta_views(2, "dihedral")  # medxai's 8 views, in medxai's order
+# The members equal to the identity and to a flip of axis 0 and of axis 1 (square inputs): the
+# "flips" set, taken from the same network passes.
 FLIP_MEMBERS = (0, 5, 7)
+
+
+def _dihedral_probabilities(net, x: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax of each dihedral view of ``x`` (1, C, H, W), brought back to ``x``'s orientation."""
+    probs = torch.softmax(net(torch.cat([_view(x, *v) for v in DIHEDRAL])).float(), 1)
+    return [_unview(probs[i:i + 1], *v) for i, v in enumerate(DIHEDRAL)]
 
 
 def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
@@ -66,8 +62,7 @@ def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
             grid = tuple(img.shape[1:])
             base = scale(torch.from_numpy(img).float())
             x = resize_image(base, pre["spatial_size"])[None]
-            probs = torch.softmax(net(torch.cat(_dihedral(x))).float(), 1)
-            d = [_undo(probs[i:i + 1], k, t) for i, (k, t) in enumerate(DIHEDRAL)]
+            d = _dihedral_probabilities(net, x)
             for name, plist in (("none", d[:1]), ("flips", [d[i] for i in FLIP_MEMBERS]),
                                 ("dihedral", d)):
                 p = torch.cat(plist).mean(0)
@@ -77,8 +72,7 @@ def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
                 extra = {}
                 for size in sizes:
                     xs = resize_image(base, [size] * len(pre["spatial_size"]))[None]
-                    ps = torch.softmax(net(torch.cat(_dihedral(xs))).float(), 1)
-                    ds = torch.cat([_undo(ps[i:i + 1], k, t) for i, (k, t) in enumerate(DIHEDRAL)])
+                    ds = torch.cat(_dihedral_probabilities(net, xs))
                     extra[size] = resize_probabilities(ds.mean(0), grid)[1]
                 combos = [[s] for s in sizes] + ([list(sizes)] if len(sizes) > 1 else [])
                 for combo in combos:
@@ -89,18 +83,15 @@ def lesion_probabilities(bundle, pairs, sizes: list[int] | None = None
 
 
 def postprocess(mask: np.ndarray, largest: bool, fill: bool) -> np.ndarray:
-    if largest and mask.any():
-        lab, n = ndimage.label(mask)
-        if n > 1:
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            mask = lab == sizes.argmax()
-    if fill:
-        mask = ndimage.binary_fill_holes(mask)
-    return mask
+    """The bundle post-processing medxai applies (:func:`medxai.postprocess.postprocess_labels`)."""
+    spec = {"keep_largest_component": largest, "fill_holes": fill}
+    labels = torch.from_numpy(mask.astype(np.uint8))[None]
+    return postprocess_labels(labels, spec)[0].numpy().astype(bool)
 
 
 def scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
+    """Dice, IoU and pixel accuracy: the counting part of medxai.training.metrics.binary_metrics,
+    without its HD95, which would make scoring every combination minutes slower."""
     tp = np.count_nonzero(pred & gt)
     fp = np.count_nonzero(pred & ~gt)
     fn = np.count_nonzero(~pred & gt)

@@ -146,8 +146,8 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     Raises:
         ModelMismatchError: an image does not fit the model (checked before any work).
     """
-    from medxai.inference import (_forward_tta, autocast_context, labels_from_probabilities,
-                                  prepare_input, restore_output, tta_mode, tta_sizes)
+    from medxai.inference import (labels_from_probabilities, network_on, tta_mode,
+                                  whole_image_probabilities)
 
     if not can_batch(bundle):
         raise ModelError(f"model {bundle.name!r} is not a 2D whole-image model; predict one "
@@ -159,30 +159,11 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     dev = resolve_device(device)
     t0 = time.perf_counter()
     tta = tta_mode(bundle.inference)
-    net = bundle.network
-    was_training = net.training
-    first = next(net.parameters(), None)
-    original_device = first.device if first is not None else torch.device("cpu")
-    try:
-        net.eval()
-        net.to(dev)
-        with torch.inference_mode(), autocast_context(dev):
-            passes = []  # per input size (multi-scale TTA): (probabilities, states)
-            for size in tta_sizes(bundle, tta):
-                prepared = [prepare_input(bundle, img, size) for img in images]
-                x = torch.cat([p[0] for p in prepared])
-                prob = _forward_tta(net, x.to(dev), tta).float().cpu()
-                passes.append((prob, [p[1] for p in prepared]))
-    finally:
-        net.train(was_training)
-        net.to(original_device)
+    with network_on(bundle.network, dev):
+        probs = whole_image_probabilities(bundle, images, dev, tta)
     each = (time.perf_counter() - t0) / len(images)
     out = []
-    for i, img in enumerate(images):
-        p = restore_output(passes[0][0][i], passes[0][1][i])
-        for prob, states in passes[1:]:
-            p = p + restore_output(prob[i], states[i])
-        p = p / len(passes) if len(passes) > 1 else p
+    for img, p in zip(images, probs):
         labels = labels_from_probabilities(bundle, p)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
         out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each,
