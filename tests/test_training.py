@@ -4,6 +4,7 @@ bundles round-trip and refuse tampered weights; resume continues a run."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -125,3 +126,58 @@ def test_init_from_bundle_fine_tunes_and_checks_the_network(rgb_bundle, tmp_path
         "training"]["initialised_from"] == str(rgb_bundle.path)
     with pytest.raises(MedxaiError, match="network differs"):
         train(TrainConfig(output=str(tmp_path / "bad"), width=8, **cfg))
+
+
+def test_lr_schedule_with_swa_phase() -> None:
+    from medxai.training.trainer import _lr_lambda
+
+    f = _lr_lambda(warmup=1, epochs=10, swa_epochs=4, floor=0.25)
+    factors = [f(e) for e in range(10)]
+    assert factors[0] == 0.5 and factors[1] == 1.0
+    assert all(a >= b for a, b in zip(factors[1:6], factors[2:6]))
+    assert factors[6:] == [0.25] * 4 and factors[5] > 0.25
+    plain = _lr_lambda(warmup=1, epochs=10)
+    assert plain(9) < 0.05 and plain(1) == 1.0
+
+
+def test_swa_averages_the_last_epochs_weights(tmp_path: Path) -> None:
+    """The averaged weights are the mean of the network after each SWA epoch (read back from the
+    checkpoint the trainer writes before it logs), and batch norm is recomputed for them."""
+    from medxai.errors import MedxaiError
+    from tests.models import make_picture_dataset
+
+    data = make_picture_dataset(tmp_path / "d", n=8)
+    out = tmp_path / "swa"
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def log(line: str) -> None:
+        if line.startswith("epoch "):
+            ck = torch.load(out / "training" / "checkpoint_last.pt", weights_only=True)
+            snapshots.append({k: v.clone() for k, v in ck["model"].items()})
+
+    cfg = TrainConfig(data=str(data), output=str(out), spatial_size=[32, 32], epochs=4,
+                      swa_epochs=2, swa_lr=1e-3, lr=4e-3, warmup_epochs=0, batch_size=3,
+                      width=4, depth=3, val_fraction=0.25, seed=0)
+    res = train(cfg, log=log)
+    assert len(snapshots) == 4
+    rows = res.history
+    assert [math.isnan(r["val_dice_swa"]) for r in rows] == [True, True, False, False]
+    assert [round(r["lr"], 6) for r in rows[2:]] == [1e-3, 1e-3]
+    ck = torch.load(out / "training" / "checkpoint_last.pt", weights_only=True)
+    avg = ck["swa_model"]
+    assert int(avg["n_averaged"]) == 2
+    for name, w in snapshots[-1].items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        expected = (snapshots[2][name] + snapshots[3][name]) / 2
+        torch.testing.assert_close(avg["module." + name], expected)
+    bn = [k for k in snapshots[-1] if k.endswith("running_mean")][0]
+    assert not torch.equal(avg["module." + bn], snapshots[-1][bn])  # recomputed, not copied
+    meta = json.loads((res.bundle / "configs" / "metadata.json").read_text())["training"]
+    assert "SWA" in meta["optimizer"]
+    if res.best_epoch > 2 and rows[res.best_epoch - 1]["val_dice_swa"] >= rows[
+            res.best_epoch - 1]["val_dice"]:
+        assert meta["weight_averaging"]["epochs_averaged"] == res.best_epoch - 2
+    with pytest.raises(MedxaiError, match="swa-epochs"):
+        train(TrainConfig(data=str(data), output=str(tmp_path / "bad"), spatial_size=[32, 32],
+                          epochs=2, swa_epochs=2, width=4, depth=3))

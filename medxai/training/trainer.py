@@ -9,6 +9,12 @@ inference, as it will be used.
 The output folder is a bundle (see :mod:`medxai.models.bundle`) holding the best epoch by mean
 validation Dice, plus ``training/``: ``checkpoint_last.pt`` (for ``resume``), ``metrics.csv`` (one
 row per epoch) and ``train_config.json``.
+
+Stochastic weight averaging (SWA; Izmailov et al. 2018) is optional: with ``swa_epochs`` > 0 the
+learning rate anneals to ``swa_lr`` and stays there for the last ``swa_epochs`` epochs, and the
+weights at the end of each of those epochs are averaged (``torch.optim.swa_utils``). The batch-norm
+statistics of the average are recomputed on training data before it is validated, and the average
+competes with the plain network for the best checkpoint.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class TrainConfig:
     modalities: Sequence[str] = field(default_factory=list)
     samples_per_volume: int = 4
     init_from: str | None = None
+    swa_epochs: int = 0
+    swa_lr: float | None = None
     command: str = ""
 
 
@@ -182,13 +190,24 @@ def _bundle_config(cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: 
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-def _lr_lambda(warmup: int, epochs: int) -> Callable[[int], float]:
+def _lr_lambda(warmup: int, epochs: int, swa_epochs: int = 0,
+               floor: float = 0.0) -> Callable[[int], float]:
+    """Learning-rate factor per epoch: linear warm-up, cosine down to ``floor``, then ``floor``
+    for the last ``swa_epochs`` epochs (the SWA phase)."""
+    main = epochs - swa_epochs
+
     def f(epoch: int) -> float:
         if epoch < warmup:
             return (epoch + 1) / (warmup + 1)
-        t = (epoch - warmup) / max(1, epochs - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if epoch >= main:
+            return floor
+        t = (epoch - warmup) / max(1, main - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     return f
+
+
+def _swa_lr(cfg: TrainConfig) -> float:
+    return cfg.swa_lr if cfg.swa_lr is not None else cfg.lr / 4
 
 
 def _dice_per_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -207,9 +226,14 @@ def _dice_per_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int) ->
 
 
 def _write_metrics_row(path: Path, row: dict[str, float]) -> None:
+    """Append ``row``; a file started by an older run keeps its columns (extra keys dropped)."""
+    fields = list(row)
+    if path.exists():
+        with open(path, newline="") as fh:
+            fields = next(csv.reader(fh), None) or fields
     new = not path.exists()
     with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)
@@ -280,7 +304,14 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_epochs, cfg.epochs))
+    if not 0 <= cfg.swa_epochs < cfg.epochs:
+        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} must be at least 0 and less than "
+                          f"--epochs {cfg.epochs}", hint="e.g. --epochs 30 --swa-epochs 20")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
+        cfg.warmup_epochs, cfg.epochs, cfg.swa_epochs,
+        _swa_lr(cfg) / cfg.lr if cfg.swa_epochs else 0.0))
+    swa_start = cfg.epochs - cfg.swa_epochs if cfg.swa_epochs else None
+    swa_net = torch.optim.swa_utils.AveragedModel(net) if swa_start is not None else None
     use_amp = device.type == "cuda"
     grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_metric, best_epoch = 0, -1.0, -1
@@ -291,8 +322,40 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         grad_scaler.load_state_dict(ck["grad_scaler"])
+        if swa_net is not None and "swa_model" in ck:
+            swa_net.load_state_dict(ck["swa_model"])
         start_epoch, best_metric, best_epoch = ck["epoch"], ck["best_metric"], ck["best_epoch"]
         say(f"resuming after epoch {start_epoch} (best Dice {best_metric:.4f} at {best_epoch})")
+
+    def validate(model: torch.nn.Module) -> float:
+        model.eval()
+        with torch.no_grad():
+            if data3d is not None:
+                return data3d.validate(model, device)
+            dices = []
+            for i in range(0, len(va_img), 32):
+                x = torch.stack([scaler_int(v.float()) for v in va_img[i:i + 32]]).to(device)
+                with autocast_context(device):
+                    pred = model(x).argmax(1, keepdim=True).cpu()
+                dices.append(_dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
+            return float(torch.cat(dices).mean())
+
+    def bn_batches(epoch: int) -> list[torch.Tensor]:
+        """Augmented training inputs (up to 512 cases) to recompute the average's batch norm."""
+        if data3d is not None:
+            out, n = [], 0
+            for x, _y in data3d.train_batches(epoch, cfg.batch_size):
+                out.append(x)
+                n += len(x)
+                if n >= 512:
+                    break
+            return out
+        aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003)
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
+        idx = torch.randperm(len(tr_img), generator=g)[:512].tolist()
+        xs = [_plain(aug({"image": scaler_int(tr_img[i].float()), "label": tr_lab[i]})["image"])
+              for i in idx]
+        return [torch.stack(xs[i:i + 32]) for i in range(0, len(xs), 32)]
 
     budget = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     last_epoch_s = 0.0
@@ -325,37 +388,41 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
             for x, y in data3d.train_batches(epoch, cfg.batch_size):
                 losses.append(_train_step(net, opt, loss_fn, grad_scaler, x, y, device, use_amp))
         sched.step()
-        # validation
-        net.eval()
-        with torch.no_grad():
-            if is2d:
-                dices = []
-                for i in range(0, len(va_img), 32):
-                    x = torch.stack([scaler_int(v.float()) for v in va_img[i:i + 32]]).to(device)
-                    with autocast_context(device):
-                        pred = net(x).argmax(1, keepdim=True).cpu()
-                    dices.append(_dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
-                val_dice = float(torch.cat(dices).mean())
-            else:
-                val_dice = data3d.validate(net, device)
+        val_dice = validate(net)
+        val_dice_swa = float("nan")
+        best_net = net
+        if swa_net is not None and epoch >= swa_start:
+            swa_net.update_parameters(net)
+            torch.optim.swa_utils.update_bn(bn_batches(epoch), swa_net, device=device)
+            val_dice_swa = validate(swa_net.module)
+            if val_dice_swa >= val_dice:
+                best_net = swa_net.module
         epoch_s = time.perf_counter() - t0
         last_epoch_s = epoch_s
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
                "lr": opt.param_groups[0]["lr"], "seconds": round(epoch_s, 2)}
+        if swa_net is not None:
+            row["val_dice_swa"] = val_dice_swa
         history.append(row)
         _write_metrics_row(tdir / "metrics.csv", row)
-        improved = val_dice > best_metric
+        epoch_best = max(val_dice, val_dice_swa) if best_net is not net else val_dice
+        improved = epoch_best > best_metric
         if improved:
-            best_metric, best_epoch = val_dice, epoch + 1
-            _save_best(net, config, cfg, best_metric, best_epoch, len(pairs), len(val_pairs),
-                       device, time.perf_counter() - t_start)
-        torch.save({"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "grad_scaler": grad_scaler.state_dict(),
-                    "best_metric": best_metric, "best_epoch": best_epoch},
-                   str(ckpt_path) + ".tmp")
+            best_metric, best_epoch = epoch_best, epoch + 1
+            swa_info = ({"epochs_averaged": int(swa_net.n_averaged), "lr": _swa_lr(cfg)}
+                        if best_net is not net else None)
+            _save_best(best_net, config, cfg, best_metric, best_epoch, len(pairs),
+                       len(val_pairs), device, time.perf_counter() - t_start, swa_info)
+        state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "grad_scaler": grad_scaler.state_dict(),
+                 "best_metric": best_metric, "best_epoch": best_epoch}
+        if swa_net is not None:
+            state["swa_model"] = swa_net.state_dict()
+        torch.save(state, str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        swa_text = f" SWA {val_dice_swa:.4f}" if not math.isnan(val_dice_swa) else ""
         say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
-            f"{' (best)' if improved else ''} {epoch_s:.0f}s")
+            f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s")
     else:
         epoch = cfg.epochs
     done = epoch if not finished else cfg.epochs
@@ -398,7 +465,8 @@ def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceC
 
 
 def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, metric: float,
-               epoch: int, n_train: int, n_val: int, device: torch.device, seconds: float) -> None:
+               epoch: int, n_train: int, n_val: int, device: torch.device, seconds: float,
+               swa: dict[str, Any] | None = None) -> None:
     import monai
 
     metadata = {
@@ -426,7 +494,10 @@ def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, m
             "command": cfg.command,
             "loss": "DiceCELoss(softmax, include_background=False)",
             "optimizer": f"AdamW(lr={cfg.lr}, weight_decay={cfg.weight_decay}), warmup "
-                         f"{cfg.warmup_epochs} epochs then cosine",
+                         f"{cfg.warmup_epochs} epochs then cosine"
+                         + (f" to {_swa_lr(cfg)}, constant for the last {cfg.swa_epochs} epochs "
+                            f"(SWA)" if cfg.swa_epochs else ""),
+            "weight_averaging": swa,
         },
         "metrics": {"val_mean_dice_train_resolution": round(metric, 4)},
     }

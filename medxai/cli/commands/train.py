@@ -39,6 +39,11 @@ from medxai.cli.main import cli
 @click.option("--resume", is_flag=True, help="Continue the run in OUTPUT.")
 @click.option("--init-from", type=click.Path(file_okay=False),
               help="Start from this bundle's weights (fine-tuning; same network).")
+@click.option("--swa-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Average the weights of the last N epochs (stochastic weight averaging), "
+                   "at a constant learning rate of --swa-lr.")
+@click.option("--swa-lr", type=click.FloatRange(0, min_open=True),
+              help="Learning rate of the SWA epochs  [default: --lr / 4]")
 @click.option("--name", default="custom-unet", show_default=True, help="Model name for the card.")
 @click.option("--model-version", "version", default="0.1.0", show_default=True)
 @click.option("--label-name", "label_names", multiple=True,
