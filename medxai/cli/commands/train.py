@@ -43,7 +43,7 @@ from medxai.cli.main import cli
               help="Average the weights of the last N epochs (stochastic weight averaging), "
                    "at a constant learning rate of --swa-lr.")
 @click.option("--swa-lr", type=click.FloatRange(0, min_open=True),
-              help="Learning rate of the SWA epochs  [default: --lr / 4]")
+              help="Learning rate of the SWA epochs.  [default: --lr / 4]")
 @click.option("--name", default="custom-unet", show_default=True, help="Model name for the card.")
 @click.option("--model-version", "version", default="0.1.0", show_default=True)
 @click.option("--label-name", "label_names", multiple=True,
