@@ -162,7 +162,7 @@ def test_swa_averages_the_last_epochs_weights(tmp_path: Path) -> None:
     assert len(snapshots) == 4
     rows = res.history
     assert [math.isnan(r["val_dice_swa"]) for r in rows] == [True, True, False, False]
-    assert [round(r["lr"], 6) for r in rows[2:]] == [1e-3, 1e-3]
+    assert [round(r["lr"], 6) for r in rows] == [4e-3, 2.5e-3, 1e-3, 1e-3]  # lr used
     ck = torch.load(out / "training" / "checkpoint_last.pt", weights_only=True)
     avg = ck["swa_model"]
     assert int(avg["n_averaged"]) == 2

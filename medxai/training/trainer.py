@@ -369,6 +369,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                 f"resume with --resume")
             break
         t0 = time.perf_counter()
+        lr_used = opt.param_groups[0]["lr"]
         net.train()
         g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         losses = []
@@ -400,7 +401,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
         epoch_s = time.perf_counter() - t0
         last_epoch_s = epoch_s
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-               "lr": opt.param_groups[0]["lr"], "seconds": round(epoch_s, 2)}
+               "lr": lr_used, "seconds": round(epoch_s, 2)}
         if swa_net is not None:
             row["val_dice_swa"] = val_dice_swa
         history.append(row)
