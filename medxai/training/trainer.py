@@ -406,7 +406,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
             row["val_dice_swa"] = val_dice_swa
         history.append(row)
         _write_metrics_row(tdir / "metrics.csv", row)
-        epoch_best = max(val_dice, val_dice_swa) if best_net is not net else val_dice
+        epoch_best = val_dice if best_net is net else val_dice_swa
         improved = epoch_best > best_metric
         if improved:
             best_metric, best_epoch = epoch_best, epoch + 1
