@@ -322,11 +322,18 @@ def whole_image_probabilities(bundle: Any, images: Sequence[torch.Tensor], devic
 
 
 def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
-    """The ``(1, *spatial)`` uint8 label map of ``(K, *spatial)`` probabilities: argmax, then the
-    bundle's post-processing."""
+    """The ``(1, *spatial)`` uint8 label map of ``(K, *spatial)`` probabilities, then the bundle's
+    post-processing. The label map is the argmax, or, for a binary bundle with
+    ``inference.threshold`` t, the foreground where its probability exceeds t (t = 0.5 is the
+    argmax)."""
     from medxai.postprocess import postprocess_labels
 
-    return postprocess_labels(_argmax_channels(prob), bundle.config.get("postprocessing"))
+    threshold = bundle.inference.get("threshold")
+    if threshold is not None and prob.shape[0] == 2:
+        labels = (prob[1] > threshold).to(torch.uint8)[None]
+    else:
+        labels = _argmax_channels(prob)
+    return postprocess_labels(labels, bundle.config.get("postprocessing"))
 
 
 def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "auto",

@@ -250,6 +250,7 @@ def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: 
                   "path": str(bundle.path) if bundle.path else None,
                   "tta": pred.tta,
                   "tta_sizes": bundle.inference.get("tta_sizes") if pred.tta != "none" else None,
+                  "threshold": bundle.inference.get("threshold"),
                   "postprocessing": bundle.config.get("postprocessing") or {}},
         "device": str(device),
         "labels": label_statistics(pred.labels[0].numpy(), spacing, _label_info(bundle),

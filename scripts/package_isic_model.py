@@ -1,12 +1,16 @@
 """Evaluate a trained ISIC bundle on the validation split at full mask resolution and package it
 as medxai's bundled model (medxai/models/bundled/isic2018_lesion_unet) with its model card.
 
-    python scripts/package_isic_model.py runs/isic2018-unet-v11 ../shared/data/isic2018/val \
-        --tta dihedral --postprocess keep_largest_component,fill_holes
+    python scripts/package_isic_model.py runs/isic2018-unet-v12 ../shared/data/isic2018/val \
+        --tta dihedral --postprocess keep_largest_component,fill_holes --threshold 0.45 \
+        --stages-from medxai/models/bundled/isic2018_lesion_unet
 
-``--tta`` and ``--postprocess`` set the packaged bundle's test-time augmentation and label
-post-processing (choose them with scripts/tune_whole_image_inference.py); the evaluation uses
-them. The metrics go into configs/metadata.json and the card; the weights are copied unchanged
+``--tta``, ``--threshold`` and ``--postprocess`` set the packaged bundle's test-time augmentation,
+foreground threshold and label post-processing (choose them with
+scripts/tune_whole_image_inference.py); the evaluation uses them. ``--stages-from BUNDLE`` names
+the bundle the run was fine-tuned from: its training record (and its own earlier stages) go into
+``training.previous_stages``, so the card holds every command from scratch to the shipped
+weights. The metrics go into configs/metadata.json and the card; the weights are copied unchanged
 (their SHA-256 stays the one recorded at training time).
 """
 
@@ -34,9 +38,24 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def main(run: Path, val: Path, tta: str | None, postprocess: list[str]) -> None:
+def _stages(source: Path) -> list[dict[str, object]]:
+    """The training stages behind bundle ``source``: its earlier stages, then its own."""
+    meta = json.loads((source / "configs" / "metadata.json").read_text())
+    training = meta["training"]
+    own = {"version": meta["version"], "command": training["command"],
+           "initialised_from": training.get("initialised_from"),
+           "epochs_run": training.get("epochs_run"), "total_seconds": training.get("total_seconds"),
+           "weights_sha256": meta["weights_sha256"], "val_metrics": meta.get("metrics", {}),
+           "inference": meta.get("evaluation", {}).get("inference")}
+    return [*training.get("previous_stages", []), own]
+
+
+def main(run: Path, val: Path, tta: str | None, postprocess: list[str],
+         threshold: float | None, stages_from: Path | None) -> None:
     torch.set_num_threads(2)
     bundle = load_bundle(run)
+    if threshold is not None:
+        bundle.config["inference"]["threshold"] = threshold
     if tta:
         bundle.config["inference"].pop("tta_flips", None)
         bundle.config["inference"]["tta"] = tta
@@ -54,16 +73,24 @@ def main(run: Path, val: Path, tta: str | None, postprocess: list[str]) -> None:
     meta["metrics"] = {**meta.get("metrics", {}), **metrics}
     meta["training"]["epochs_run"] = len(hist)
     meta["training"]["total_seconds"] = round(sum(float(h["seconds"]) for h in hist), 1)
+    if stages_from:
+        stages = _stages(stages_from)
+        meta["training"]["previous_stages"] = stages
+        meta["training"]["total_seconds_all_stages"] = round(
+            meta["training"]["total_seconds"] + sum(st.get("total_seconds") or 0 for st in stages), 1)
     meta["evaluation"] = {
         "data": "ISIC 2018 Task 1 validation split of ../shared/data (400 images, 512x512 masks)",
         "resolution": "predictions resized to each mask's grid (512x512) before scoring",
         "command": f"medxai evaluate --model {TARGET.relative_to(ROOT)} {val}",
+        "inference": {"tta": bundle.config["inference"].get("tta"),
+                      "threshold": bundle.config["inference"].get("threshold"),
+                      "postprocessing": bundle.config.get("postprocessing") or {}},
         "seconds": round(seconds, 1),
     }
     meta["license"] = "weights: CC-BY-NC 4.0 (trained on ISIC 2018 data); code: Apache-2.0"
     meta["intended_use"] = ("research on skin-lesion segmentation in dermoscopy photographs; "
                             "not a medical device, not for diagnosis")
-    if TARGET.exists():
+    if TARGET.exists():  # after reading --stages-from, which may be TARGET
         shutil.rmtree(TARGET)
     (TARGET / "configs").mkdir(parents=True)
     (TARGET / "models").mkdir()
@@ -87,5 +114,9 @@ if __name__ == "__main__":
     ap.add_argument("--tta", choices=("none", "flips", "dihedral"))
     ap.add_argument("--postprocess", default="",
                     help="comma-separated: keep_largest_component,fill_holes")
+    ap.add_argument("--threshold", type=float, help="foreground probability cut (default: argmax)")
+    ap.add_argument("--stages-from", type=Path,
+                    help="the bundle the run was fine-tuned from (recorded as previous stages)")
     args = ap.parse_args()
-    main(args.run, args.val, args.tta, [s for s in args.postprocess.split(",") if s])
+    main(args.run, args.val, args.tta, [s for s in args.postprocess.split(",") if s],
+         args.threshold, args.stages_from)

@@ -177,3 +177,37 @@ def test_bad_tta_sizes_are_refused(rgb_bundle, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="tta_sizes"):
         load_bundle(bad)
+
+
+def test_threshold_of_a_binary_bundle_sets_the_foreground_cut(rgb_bundle):
+    from medxai.batch.runner import predict_batch
+    from medxai.inference import predict
+
+    torch.manual_seed(2)
+    image = torch.rand(3, 60, 44) * 255
+    plain = predict(rgb_bundle, image, device="cpu", tta="none")
+    fg = plain.probabilities[1]
+    cut = float(fg.median())  # half the pixels on each side: the cut must move the labels
+    low = predict(_with(rgb_bundle, threshold=cut), image, device="cpu", tta="none")
+    assert torch.equal(low.probabilities, plain.probabilities)
+    assert torch.equal(low.labels[0], (fg > cut).to(torch.uint8))
+    assert not torch.equal(low.labels, plain.labels)
+    half = predict(_with(rgb_bundle, threshold=0.5), image, device="cpu", tta="none")
+    assert torch.equal(half.labels, plain.labels)  # 0.5 is the argmax
+    batched = predict_batch(_with(rgb_bundle, threshold=cut, tta="none"), [image], device="cpu")
+    assert torch.equal(batched[0].labels, low.labels)
+
+
+@pytest.mark.parametrize("value,match", [(1.5, "between 0 and 1"), ("0.4", "between 0 and 1"),
+                                         (True, "between 0 and 1"), (0.4, "output channels")])
+def test_bad_thresholds_are_refused(rgb_bundle, tmp_path, value, match):
+    bad = tmp_path / "b"
+    shutil.copytree(rgb_bundle.path, bad)
+    cfg_path = bad / "configs" / "inference.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["inference"]["threshold"] = value
+    if match == "output channels":  # checked before the weights load
+        cfg["network_def"]["out_channels"] = 3
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=match):
+        load_bundle(bad)

@@ -22,7 +22,8 @@ Layout::
   ``sw_batch_size``, ``blend_mode``, ``tta`` (test-time augmentation of whole-image models:
   ``none``, ``flips`` or ``dihedral``; older bundles say ``tta_flips: true``), ``tta_sizes``
   (extra input sizes for multi-scale TTA, e.g. ``[[224, 224]]``: the probabilities of every
-  size are averaged on the input's grid).
+  size are averaged on the input's grid), ``threshold`` (binary models only: the foreground is
+  where its probability exceeds this value instead of the argmax, which equals 0.5).
 - ``postprocessing`` (optional): ``keep_largest_component``, ``fill_holes``
   (see :mod:`medxai.postprocess`).
 - ``labels``: list of ``{"value", "name", "color"}``; value 0 is background.
@@ -157,6 +158,18 @@ def _check_inference_options(config: dict[str, Any], root: Path) -> None:
                          path=root / "configs" / "inference.json",
                          hint=f"a list of input sizes with {dims} positive integers each, "
                               "e.g. [[224, 224]]")
+    threshold = config.get("inference", {}).get("threshold")
+    if threshold is not None:
+        classes = config.get("network_def", {}).get("out_channels")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0 < threshold < 1:
+            raise ModelError(f"inference.threshold is {threshold!r}",
+                             path=root / "configs" / "inference.json",
+                             hint="a foreground probability between 0 and 1, e.g. 0.45")
+        if classes != 2:
+            raise ModelError(f"inference.threshold is set but the network has {classes} output "
+                             "channels", path=root / "configs" / "inference.json",
+                             hint="a threshold applies to binary (2-channel) models; remove it")
     unknown = sorted(set(config.get("postprocessing") or {}) - set(POSTPROCESSING_KEYS))
     if unknown:
         raise ModelError(f"unknown postprocessing step(s) {unknown}",
