@@ -254,6 +254,9 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
 
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
+    if not 0 <= cfg.swa_epochs < cfg.epochs:
+        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} must be at least 0 and less than "
+                          f"--epochs {cfg.epochs}", hint="e.g. --epochs 30 --swa-epochs 20")
     out = Path(cfg.output)
     tdir = out / "training"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -304,9 +307,6 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if not 0 <= cfg.swa_epochs < cfg.epochs:
-        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} must be at least 0 and less than "
-                          f"--epochs {cfg.epochs}", hint="e.g. --epochs 30 --swa-epochs 20")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
         cfg.warmup_epochs, cfg.epochs, cfg.swa_epochs,
         _swa_lr(cfg) / cfg.lr if cfg.swa_epochs else 0.0))
