@@ -175,8 +175,10 @@ def test_swa_averages_the_last_epochs_weights(tmp_path: Path) -> None:
     assert not torch.equal(avg["module." + bn], snapshots[-1][bn])  # recomputed, not copied
     meta = json.loads((res.bundle / "configs" / "metadata.json").read_text())["training"]
     assert "SWA" in meta["optimizer"]
-    if res.best_epoch > 2 and rows[res.best_epoch - 1]["val_dice_swa"] >= rows[
-            res.best_epoch - 1]["val_dice"]:
+    best = rows[res.best_epoch - 1]
+    swa_won = not math.isnan(best["val_dice_swa"]) and best["val_dice_swa"] >= best["val_dice"]
+    assert (meta["weight_averaging"] is not None) == swa_won  # the card says which was saved
+    if swa_won:
         assert meta["weight_averaging"]["epochs_averaged"] == res.best_epoch - 2
     with pytest.raises(MedxaiError, match="swa-epochs"):
         train(TrainConfig(data=str(data), output=str(tmp_path / "bad"), spatial_size=[32, 32],
