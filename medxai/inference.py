@@ -68,7 +68,8 @@ class Prediction:
 
     Attributes:
         probabilities: ``(K, *spatial)`` float32 softmax scores, K = number of labels incl. 0.
-        labels: ``(1, *spatial)`` uint8 label map (argmax).
+        labels: ``(1, *spatial)`` uint8 label map (argmax, or the bundle's ``threshold`` for a
+            binary model; then the bundle's post-processing).
         affine: the input's 4x4 RAS affine (MONAI convention).
         seconds: wall time of the forward passes (and their inversion).
         tta: the test-time augmentation used (``none``, ``flips``, ``dihedral``).

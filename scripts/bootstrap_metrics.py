@@ -31,16 +31,19 @@ def main() -> None:
     args = ap.parse_args()
     with open(args.csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    print(f"{len(rows)} images, {args.resamples} bootstrap resamples")
-    print("| metric | mean | 95 % interval |")
-    print("|---|---|---|")
-    for m in METRICS:
-        vals = np.array([float(r[m]) for r in rows if r.get(m) not in (None, "", "nan")])
-        if len(vals) == 0:
-            continue
-        lo, hi = bootstrap(vals, args.resamples)
-        print(f"| {m} | {vals.mean():.4f} | {lo:.4f} to {hi:.4f} |")
-
+    labels = sorted({r.get("label", "1") for r in rows})
+    print(f"{len(rows)} rows, {args.resamples} bootstrap resamples")
+    print("| label | metric | mean | 95 % interval |")
+    print("|---|---|---|---|")
+    for label in labels:
+        for m in METRICS:
+            vals = np.array([float(r[m]) for r in rows
+                             if r.get("label", "1") == label and r.get(m) not in (None, "")])
+            vals = vals[np.isfinite(vals)]  # HD95 is inf/nan where a mask is empty
+            if len(vals) == 0:
+                continue
+            lo, hi = bootstrap(vals, args.resamples)
+            print(f"| {label} | {m} | {vals.mean():.4f} | {lo:.4f} to {hi:.4f} |")
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from medxai.models.bundle import load_bundle
+from medxai.models.bundle import _check_inference_options, load_bundle
 from medxai.training.evaluate import evaluate_model, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +42,14 @@ def _stages(source: Path) -> list[dict[str, object]]:
     """The training stages behind bundle ``source``: its earlier stages, then its own."""
     meta = json.loads((source / "configs" / "metadata.json").read_text())
     training = meta["training"]
+    stages = training.get("previous_stages", [])
     own = {"version": meta["version"], "command": training["command"],
-           "initialised_from": training.get("initialised_from"),
+           "initialised_from": (f"{meta['name']} {stages[-1]['version']} (previous_stages"
+                                f"[{len(stages) - 1}])" if stages else None),
            "epochs_run": training.get("epochs_run"), "total_seconds": training.get("total_seconds"),
            "weights_sha256": meta["weights_sha256"], "val_metrics": meta.get("metrics", {}),
            "inference": meta.get("evaluation", {}).get("inference")}
-    return [*training.get("previous_stages", []), own]
+    return [*stages, own]
 
 
 def main(run: Path, val: Path, tta: str | None, postprocess: list[str],
@@ -61,6 +63,16 @@ def main(run: Path, val: Path, tta: str | None, postprocess: list[str],
         bundle.config["inference"]["tta"] = tta
     if postprocess:
         bundle.config["postprocessing"] = {step: True for step in postprocess}
+    _check_inference_options(bundle.config, run)  # before anything is evaluated or replaced
+    meta = json.loads((run / "configs" / "metadata.json").read_text())
+    if stages_from:
+        started = meta["training"].get("initialised_from_sha256")
+        source_sha = json.loads((stages_from / "configs" / "metadata.json").read_text())[
+            "weights_sha256"]
+        if started and started != source_sha:
+            raise SystemExit(f"{run} was initialised from weights {started[:12]}..., but "
+                             f"--stages-from {stages_from} holds {source_sha[:12]}...: name the "
+                             "bundle the run started from")
     t0 = time.perf_counter()
     result = evaluate_model(bundle, val, device="cpu")
     seconds = time.perf_counter() - t0
@@ -68,7 +80,6 @@ def main(run: Path, val: Path, tta: str | None, postprocess: list[str],
     metrics = {f"val_{k}": round(v["mean"], 4) for k, v in summary.items()}
     metrics["val_median_dice"] = round(summary["dice"]["median"], 4)
     metrics["val_n_images"] = summary["dice"]["n"]
-    meta = json.loads((run / "configs" / "metadata.json").read_text())
     hist = _history(run)
     meta["metrics"] = {**meta.get("metrics", {}), **metrics}
     meta["training"]["epochs_run"] = len(hist)
@@ -76,6 +87,9 @@ def main(run: Path, val: Path, tta: str | None, postprocess: list[str],
     if stages_from:
         stages = _stages(stages_from)
         meta["training"]["previous_stages"] = stages
+        meta["training"]["initialised_from"] = (
+            f"{meta['name']} {stages[-1]['version']} ({meta['training']['initialised_from']}; "
+            f"previous_stages[{len(stages) - 1}])")
         meta["training"]["total_seconds_all_stages"] = round(
             meta["training"]["total_seconds"] + sum(st.get("total_seconds") or 0 for st in stages), 1)
     meta["evaluation"] = {

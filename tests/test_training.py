@@ -60,7 +60,9 @@ def test_resume_continues_and_refuses_to_clobber(tmp_path: Path) -> None:
 def test_3d_training_on_synthetic_and_real_volumes(tmp_path: Path) -> None:
     data = make_volume_dataset(tmp_path / "synthetic", n=3)
     res = train(TrainConfig(data=str(data), output=str(tmp_path / "s"), roi_size=[32, 32, 16],
-                            epochs=1, batch_size=2, width=4, depth=3, val_fraction=0.34))
+                            epochs=2, warmup_epochs=0, swa_epochs=1, batch_size=2, width=4,
+                            depth=3, val_fraction=0.34))
+    assert math.isfinite(res.history[-1]["val_dice_swa"])  # SWA's batch-norm pass on patches
     b = load_bundle(res.bundle)
     assert b.spatial_dims == 3 and b.inference["mode"] == "sliding_window"
     # a real MR volume with its tumour label (pyradiomics), as an MSD-style dataset.json
@@ -180,6 +182,18 @@ def test_swa_averages_the_last_epochs_weights(tmp_path: Path) -> None:
     assert (meta["weight_averaging"] is not None) == swa_won  # the card says which was saved
     if swa_won:
         assert meta["weight_averaging"]["epochs_averaged"] == res.best_epoch - 2
-    with pytest.raises(MedxaiError, match="swa-epochs"):
-        train(TrainConfig(data=str(data), output=str(tmp_path / "bad"), spatial_size=[32, 32],
-                          epochs=2, swa_epochs=2, width=4, depth=3))
+    saved = load_bundle(res.bundle).network.state_dict()
+    if swa_won and res.best_epoch == 4:  # the final average is the checkpoint's
+        want = {k[len("module."):]: v for k, v in avg.items() if k.startswith("module.")}
+    elif not swa_won:
+        want = snapshots[res.best_epoch - 1]
+    else:
+        want = None  # an earlier average: not kept anywhere else to compare with
+    if want is not None:
+        for name, w in saved.items():
+            torch.testing.assert_close(w, want[name].to(w.dtype))
+    for epochs, warmup, swa in ((2, 0, 2), (4, 2, 3), (5, 0, -1)):  # no room, overlaps warm-up
+        with pytest.raises(MedxaiError, match="swa-epochs"):
+            train(TrainConfig(data=str(data), output=str(tmp_path / "bad"), spatial_size=[32, 32],
+                              epochs=epochs, warmup_epochs=warmup, swa_epochs=swa, width=4,
+                              depth=3))

@@ -25,7 +25,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,9 +254,11 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
 
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
-    if not 0 <= cfg.swa_epochs < cfg.epochs:
-        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} must be at least 0 and less than "
-                          f"--epochs {cfg.epochs}", hint="e.g. --epochs 30 --swa-epochs 20")
+    if cfg.swa_epochs and not 0 < cfg.swa_epochs <= cfg.epochs - max(cfg.warmup_epochs, 1):
+        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} does not fit --epochs {cfg.epochs} "
+                          f"after {cfg.warmup_epochs} warm-up epoch(s)",
+                          hint="the SWA epochs follow the warm-up (and at least one other "
+                               "epoch), e.g. --epochs 30 --warmup-epochs 1 --swa-epochs 20")
     out = Path(cfg.output)
     tdir = out / "training"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -302,8 +304,12 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
 
     scaler_int = ScaleIntensityFromBundle(intensity)
     net = network_from_config(config)
-    if cfg.init_from and not (cfg.resume and ckpt_path.exists()):
-        _init_weights(net, cfg.init_from, say)
+    init_sha = None
+    if cfg.init_from:
+        init_sha = _read_json_key(Path(cfg.init_from) / "configs" / "metadata.json",
+                                  "weights_sha256")
+        if not (cfg.resume and ckpt_path.exists()):
+            _init_weights(net, cfg.init_from, say)
     net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -340,22 +346,27 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                 dices.append(_dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
             return float(torch.cat(dices).mean())
 
-    def bn_batches(epoch: int) -> list[torch.Tensor]:
-        """Augmented training inputs (up to 512 cases) to recompute the average's batch norm."""
+    def bn_batches(epoch: int) -> Iterator[torch.Tensor]:
+        """Augmented training inputs (up to 512 cases, drawn with their own seeds) to recompute
+        the average's batch norm; yielded batch by batch so 3D patches are not all held at once.
+
+        The pass runs the network in train mode, so its dropout draws from the global torch RNG:
+        a run with SWA trains the plain network on different dropout masks than one without."""
+        n = 0
         if data3d is not None:
-            out, n = [], 0
-            for x, _y in data3d.train_batches(epoch, cfg.batch_size):
-                out.append(x)
+            for x, _y in data3d.train_batches(epoch + 1_000_003, cfg.batch_size):
+                yield x
                 n += len(x)
                 if n >= 512:
-                    break
-            return out
+                    return
+            return
         aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003)
         g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
         idx = torch.randperm(len(tr_img), generator=g)[:512].tolist()
-        xs = [_plain(aug({"image": scaler_int(tr_img[i].float()), "label": tr_lab[i]})["image"])
-              for i in idx]
-        return [torch.stack(xs[i:i + 32]) for i in range(0, len(xs), 32)]
+        for i in range(0, len(idx), 32):
+            yield torch.stack([_plain(aug({"image": scaler_int(tr_img[j].float()),
+                                           "label": tr_lab[j]})["image"])
+                               for j in idx[i:i + 32]])
 
     budget = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     last_epoch_s = 0.0
@@ -413,7 +424,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
             swa_info = ({"epochs_averaged": int(swa_net.n_averaged), "lr": _swa_lr(cfg)}
                         if best_net is not net else None)
             _save_best(best_net, config, cfg, best_metric, best_epoch, len(pairs),
-                       len(val_pairs), device, time.perf_counter() - t_start, swa_info)
+                       len(val_pairs), device, time.perf_counter() - t_start, swa_info, init_sha)
         state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "grad_scaler": grad_scaler.state_dict(),
                  "best_metric": best_metric, "best_epoch": best_epoch}
@@ -430,6 +441,13 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     return TrainResult(bundle=out, epochs_done=done, best_epoch=best_epoch,
                        best_metric=best_metric, finished=finished,
                        seconds=time.perf_counter() - t_start, history=history)
+
+
+def _read_json_key(path: Path, key: str) -> Any:
+    try:
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError):
+        return None  # _init_weights reports a missing or broken bundle properly
 
 
 def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> None:
@@ -467,7 +485,7 @@ def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceC
 
 def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, metric: float,
                epoch: int, n_train: int, n_val: int, device: torch.device, seconds: float,
-               swa: dict[str, Any] | None = None) -> None:
+               swa: dict[str, Any] | None = None, init_sha: str | None = None) -> None:
     import monai
 
     metadata = {
@@ -492,6 +510,7 @@ def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, m
                         + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "seed": cfg.seed,
             "initialised_from": cfg.init_from,
+            "initialised_from_sha256": init_sha,
             "command": cfg.command,
             "loss": "DiceCELoss(softmax, include_background=False)",
             "optimizer": f"AdamW(lr={cfg.lr}, weight_decay={cfg.weight_decay}), warmup "
