@@ -23,7 +23,8 @@ import torch
 
 from medxai._version import __version__
 from medxai.errors import InputError, MedxaiError, OutputExistsError
-from medxai.inference import Prediction, predict, prepare_input, resolve_device, restore_output
+from medxai.inference import (Prediction, network_on, predict, prepare_input, resolve_device,
+                              restore_output)
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
@@ -132,8 +133,6 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
     """
     from medxai.explain import explain as run_explain
     from medxai.explain import sliding_window_saliency
-
-    from medxai.inference import network_on
 
     x, state = prepare_input(bundle, loaded.image)
     with network_on(bundle.network, device) as net:

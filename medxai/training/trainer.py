@@ -304,20 +304,16 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
 
     scaler_int = ScaleIntensityFromBundle(intensity)
     net = network_from_config(config)
-    init_sha = None
-    if cfg.init_from:
-        init_sha = _read_json_key(Path(cfg.init_from) / "configs" / "metadata.json",
-                                  "weights_sha256")
-        if not (cfg.resume and ckpt_path.exists()):
-            _init_weights(net, cfg.init_from, say)
+    init_sha = None  # SHA-256 of the --init-from weights, kept in the checkpoint for resumes
+    if cfg.init_from and not (cfg.resume and ckpt_path.exists()):
+        init_sha = _init_weights(net, cfg.init_from, say)
     net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
         cfg.warmup_epochs, cfg.epochs, cfg.swa_epochs,
         _swa_lr(cfg) / cfg.lr if cfg.swa_epochs else 0.0))
-    swa_start = cfg.epochs - cfg.swa_epochs if cfg.swa_epochs else None
-    swa_net = torch.optim.swa_utils.AveragedModel(net) if swa_start is not None else None
+    swa_net = torch.optim.swa_utils.AveragedModel(net) if cfg.swa_epochs else None
     use_amp = device.type == "cuda"
     grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best_metric, best_epoch = 0, -1.0, -1
@@ -331,6 +327,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
         if swa_net is not None and "swa_model" in ck:
             swa_net.load_state_dict(ck["swa_model"])
         start_epoch, best_metric, best_epoch = ck["epoch"], ck["best_metric"], ck["best_epoch"]
+        init_sha = ck.get("init_sha256")
         say(f"resuming after epoch {start_epoch} (best Dice {best_metric:.4f} at {best_epoch})")
 
     def validate(model: torch.nn.Module) -> float:
@@ -403,7 +400,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
         val_dice = validate(net)
         val_dice_swa = float("nan")
         best_net = net
-        if swa_net is not None and epoch >= swa_start:
+        if swa_net is not None and epoch >= cfg.epochs - cfg.swa_epochs:
             swa_net.update_parameters(net)
             torch.optim.swa_utils.update_bn(bn_batches(epoch), swa_net, device=device)
             val_dice_swa = validate(swa_net.module)
@@ -427,7 +424,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                        len(val_pairs), device, time.perf_counter() - t_start, swa_info, init_sha)
         state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "grad_scaler": grad_scaler.state_dict(),
-                 "best_metric": best_metric, "best_epoch": best_epoch}
+                 "best_metric": best_metric, "best_epoch": best_epoch, "init_sha256": init_sha}
         if swa_net is not None:
             state["swa_model"] = swa_net.state_dict()
         torch.save(state, str(ckpt_path) + ".tmp")
@@ -443,15 +440,9 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                        seconds=time.perf_counter() - t_start, history=history)
 
 
-def _read_json_key(path: Path, key: str) -> Any:
-    try:
-        return json.loads(path.read_text()).get(key)
-    except (OSError, ValueError):
-        return None  # _init_weights reports a missing or broken bundle properly
-
-
-def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> None:
-    """Start from the weights of an existing bundle (fine-tuning); the networks must match."""
+def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> str | None:
+    """Start from the weights of an existing bundle (fine-tuning); the networks must match.
+    Returns the SHA-256 of those weights."""
     from medxai.models.bundle import load_bundle
 
     src = load_bundle(bundle_path)
@@ -461,6 +452,7 @@ def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> None:
         raise MedxaiError(f"cannot start from {bundle_path}: its network differs ({exc})",
                           path=bundle_path, hint="use the same --width/--depth/--res-units") from exc
     say(f"initialised from {src.name} {src.version} ({bundle_path})")
+    return src.weights_sha256
 
 
 def _plain(x: Any) -> torch.Tensor:
