@@ -124,8 +124,14 @@ def test_init_from_bundle_fine_tunes_and_checks_the_network(rgb_bundle, tmp_path
     cfg = dict(data=str(data), spatial_size=[32, 32], epochs=1, batch_size=3, depth=3,
                val_fraction=0.34, init_from=str(rgb_bundle.path))
     res = train(TrainConfig(output=str(tmp_path / "ok"), width=4, **cfg))
-    assert json.loads((res.bundle / "configs" / "metadata.json").read_text())[
-        "training"]["initialised_from"] == str(rgb_bundle.path)
+    training = json.loads((res.bundle / "configs" / "metadata.json").read_text())["training"]
+    assert training["initialised_from"] == str(rgb_bundle.path)
+    assert training["initialised_from_sha256"] == rgb_bundle.weights_sha256
+    # a resumed run keeps the record (from its checkpoint)
+    train(TrainConfig(output=str(tmp_path / "ok"), width=4, resume=True,
+                      **{**cfg, "epochs": 2}))
+    ck = torch.load(tmp_path / "ok" / "training" / "checkpoint_last.pt", weights_only=True)
+    assert ck["init_sha256"] == rgb_bundle.weights_sha256
     with pytest.raises(MedxaiError, match="network differs"):
         train(TrainConfig(output=str(tmp_path / "bad"), width=8, **cfg))
 
