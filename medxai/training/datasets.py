@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medxai.errors import InputError
 
-__all__ = ["Pair", "find_pairs", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES"]
+__all__ = ["Pair", "find_pairs", "dataset_json_validation", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES"]
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -65,15 +65,29 @@ def _image_key(stem: str) -> str:
     return re.sub(r"_\d{4}$", "", stem)  # nnU-Net channel suffix
 
 
-def _from_dataset_json(root: Path) -> list[Pair]:
+def _from_dataset_json(root: Path, split: str = "training") -> list[Pair]:
     spec = json.loads((root / "dataset.json").read_text())
     pairs = []
-    for item in spec.get("training", []):
+    for item in spec.get(split, []):
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
-            raise InputError("dataset.json 'training' entries need 'image' and 'label'",
+            raise InputError(f"dataset.json {split!r} entries need 'image' and 'label'",
                              path=root / "dataset.json")
         pairs.append(Pair((root / item["image"]).resolve(), (root / item["label"]).resolve()))
     return pairs
+
+
+def dataset_json_validation(root: str | Path) -> list[Pair]:
+    """The ``validation`` list of a Decathlon-style ``dataset.json`` in ``root`` (empty when the
+    folder has no dataset.json or the file names no validation cases)."""
+    root = Path(root)
+    if not (root / "dataset.json").is_file():
+        return []
+    pairs = _from_dataset_json(root, "validation")
+    for pair in pairs:
+        for p in (pair.image, pair.label):
+            if not p.exists():
+                raise InputError("listed in the dataset but missing", path=p)
+    return sorted(pairs, key=lambda p: p.case_id)
 
 
 def find_pairs(root: str | Path) -> list[Pair]:

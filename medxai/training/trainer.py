@@ -39,7 +39,7 @@ from medxai.errors import InputError, MedxaiError
 from medxai.inference import autocast_context, resolve_device
 from medxai.models.bundle import ModelBundle, network_from_config, save_bundle
 from medxai.models.networks import default_unet_args
-from medxai.training.datasets import Pair, find_pairs, is_2d_dataset
+from medxai.training.datasets import Pair, dataset_json_validation, find_pairs, is_2d_dataset
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -81,6 +81,8 @@ class TrainConfig:
     init_from: str | None = None
     swa_epochs: int = 0
     swa_lr: float | None = None
+    augment: str = "photo"
+    flip_axes: Sequence[int] | None = None
     command: str = ""
 
 
@@ -127,12 +129,37 @@ def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, 
     return torch.stack(images), torch.stack(labels)
 
 
-def _augment_2d(seed: int) -> Any:
-    from monai.transforms import Compose, RandAffined, RandFlipd, RandRotate90d
+#: 2D augmentation families: ``photo`` for pictures with no up (dermoscopy: any rotation, flips,
+#: colour jitter); ``radiograph`` for upright projection X-rays (small rotations, scale and shift,
+#: brightness/contrast/gamma; no flips or turns, the anatomy has an up and a side).
+AUGMENTATIONS = ("photo", "radiograph")
+
+
+def _augment_2d(seed: int, kind: str = "photo") -> Any:
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandRotate90d,
+    )
 
     from medxai.transforms.intensity import RandColorJitterd
 
     keys = ("image", "label")
+    if kind == "radiograph":
+        aug = Compose([
+            RandAffined(keys, prob=0.8, rotate_range=(math.radians(10),),
+                        scale_range=(0.15, 0.15), translate_range=(16, 16),
+                        mode=("bilinear", "nearest"), padding_mode="zeros"),
+            RandColorJitterd("image", prob=0.8, brightness=0.25, contrast=0.3, saturation=0.0,
+                             hue=0.0),
+            RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.5)),
+        ])
+        aug.set_random_state(seed)
+        return aug
+    if kind != "photo":
+        raise MedxaiError(f"unknown augmentation {kind!r}", hint=f"use one of {AUGMENTATIONS}")
     aug = Compose([
         RandFlipd(keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys, prob=0.5, spatial_axis=1),
@@ -270,8 +297,12 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     device = resolve_device(cfg.device)
 
     pairs = find_pairs(cfg.data)
+    listed_val = [] if cfg.val_data else dataset_json_validation(cfg.data)
     if cfg.val_data:
         val_pairs = find_pairs(cfg.val_data)
+    elif listed_val:
+        say(f"validating on the {len(listed_val)} cases of dataset.json's 'validation' list")
+        val_pairs = listed_val
     else:
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(pairs))
@@ -357,7 +388,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                 if n >= 512:
                     return
             return
-        aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003)
+        aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003, cfg.augment)
         g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
         idx = torch.randperm(len(tr_img), generator=g)[:512].tolist()
         for i in range(0, len(idx), 32):
@@ -382,7 +413,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
         g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         losses = []
         if is2d:
-            aug = _augment_2d(cfg.seed * 7919 + epoch)
+            aug = _augment_2d(cfg.seed * 7919 + epoch, cfg.augment)
             order = torch.randperm(len(tr_img), generator=g)
             batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one

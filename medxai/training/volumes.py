@@ -42,6 +42,8 @@ class VolumeData:
         self.roi = [int(r) for r in cfg.roi_size]
         self.samples_per_volume = int(cfg.samples_per_volume)
         self.seed = int(cfg.seed)
+        flips = getattr(cfg, "flip_axes", None)
+        self.flip_axes = (0, 1, 2) if flips is None else tuple(int(a) for a in flips)
         first = read_image(pairs[0].image)
         self.intensity = cfg.intensity or _default_intensity(str(first.meta.get("modality", "")))
         self._scale = ScaleIntensityFromBundle(self.intensity)
@@ -90,12 +92,13 @@ class VolumeData:
         sl = tuple(slice(s, s + r) for s, r in zip(start, self.roi))
         px, py = x[(slice(None),) + sl], y[(slice(None),) + sl]
         for d in range(3):
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and d in self.flip_axes:
                 px, py = px.flip(d + 1), py.flip(d + 1)
         return px, py
 
     def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Random patches (half centred on foreground), flipped at random, in batches."""
+        """Random patches (half centred on foreground), flipped at random along ``flip_axes``
+        (RAS axes: 0 left-right, 1 posterior-anterior, 2 inferior-superior), in batches."""
         rng = np.random.default_rng(self.seed * 1009 + epoch)
         items = [self._patch(x, y, rng) for x, y in self.train
                  for _ in range(self.samples_per_volume)]

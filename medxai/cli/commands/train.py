@@ -11,6 +11,18 @@ from medxai.cli.common import echo_json, guard, parse_floats, parse_ints, stderr
 from medxai.cli.main import cli
 
 
+def _flip_axes(value: str | None) -> list[int] | None:
+    """``--flip-axes``: None (all three), ``none`` (no mirroring) or a list of axes in 0..2."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return []
+    axes = parse_ints(value, "--flip-axes") or []
+    if any(a not in (0, 1, 2) for a in axes):
+        raise click.BadParameter(f"axes are 0, 1 or 2, got {value!r}", param_hint="--flip-axes")
+    return axes
+
+
 @cli.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -23,6 +35,13 @@ from medxai.cli.main import cli
 @click.option("--spacing", help="3D: resample to this voxel spacing in mm, e.g. 1.5,1.5,2.")
 @click.option("--intensity", type=click.Choice(["auto", "scale", "zscore", "ct"]), default="auto",
               show_default=True, help="Intensity normalisation (ct: window -1000..1000 HU).")
+@click.option("--augment", type=click.Choice(["photo", "radiograph"]), default="photo",
+              show_default=True,
+              help="2D augmentation: photo (any rotation, flips, colour jitter) or radiograph "
+                   "(upright X-rays: small rotation, scale, shift, contrast; no flips).")
+@click.option("--flip-axes", help="3D: RAS axes to mirror at random (0 = left-right, "
+              "1 = posterior-anterior, 2 = inferior-superior), e.g. 0; 'none' for no mirroring. "
+              " [default: 0,1,2]")
 @click.option("--width", default=16, show_default=True, help="Channels of the first UNet level.")
 @click.option("--depth", default=5, show_default=True, help="UNet levels (depth-1 downsamplings).")
 @click.option("--res-units", "num_res_units", default=2, show_default=True)
@@ -54,7 +73,8 @@ from medxai.cli.main import cli
 @guard
 def train_cmd(data: str, output: str, val_data: str | None, val_fraction: float,
               spatial_size: str | None, roi_size: str | None, spacing: str | None,
-              intensity: str, as_json: bool, quiet: bool, **kw: object) -> None:
+              intensity: str, flip_axes: str | None, as_json: bool, quiet: bool,
+              **kw: object) -> None:
     """Train a MONAI U-Net (DiceCE loss) on DATA and write a model bundle to OUTPUT.
 
     DATA is a folder of 2D pictures with masks (images/ + masks/, masks named like the image,
@@ -72,6 +92,7 @@ def train_cmd(data: str, output: str, val_data: str | None, val_fraction: float,
         spatial_size=parse_ints(spatial_size, "--spatial-size"),
         roi_size=parse_ints(roi_size, "--roi-size"),
         spacing=parse_floats(spacing, "--spacing"), intensity=intensity_spec,
+        flip_axes=_flip_axes(flip_axes),
         command="medxai " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **kw,  # type: ignore[arg-type]
     )
