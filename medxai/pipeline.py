@@ -28,6 +28,7 @@ from medxai.inference import (Prediction, network_on, predict, prepare_input, re
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
+from medxai.models.fit import ModelChoice, facts_from_meta
 from medxai.pipeline_formats import FORMAT_CHOICES
 
 __all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
@@ -277,7 +278,8 @@ def _commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
 def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Path,
                    options: SegmentOptions | None = None, *, name: str | None = None,
                    progress: ProgressFn | None = None,
-                   prediction: Prediction | None = None) -> SegmentResult:
+                   prediction: Prediction | None = None,
+                   choice: ModelChoice | None = None) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
     ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
     predicts 2D images in batches) is used instead of predicting again."""
@@ -327,6 +329,8 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
         report = _report(loaded, bundle, pred, device, opts.explain, energy, timings, files,
                          _digest(loaded))
         report["skipped_outputs"] = skipped
+        report["model"]["choice"] = (choice.to_dict() if choice is not None else
+                                     {"chosen": bundle.name, "reason": "given with --model"})
         if "json" in formats:
             from medxai.io.writers import write_report_json
 
@@ -341,10 +345,27 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
 
 
-def segment_path(path: str | Path, bundle: ModelBundle, out_root: str | Path,
+def choose_bundle(loaded: LoadedImage) -> tuple[ModelBundle, ModelChoice]:
+    """The bundled model whose fit rules accept ``loaded`` (loaded once per process, cached),
+    and the choice with its reason.
+
+    Raises:
+        ModelMismatchError: no bundled model takes the input; the message says why each refused.
+    """
+    from medxai.models.registry import choose_bundled_model, load_model
+
+    facts = facts_from_meta(loaded.image.shape, loaded.image.meta)
+    choice = choose_bundled_model(facts, str(loaded.path))
+    return load_model(choice.name, cache=True), choice
+
+
+def segment_path(path: str | Path, bundle: ModelBundle | None, out_root: str | Path,
                  options: SegmentOptions | None = None, *, name: str | None = None,
                  progress: ProgressFn | None = None) -> SegmentResult:
     """Read ``path`` and segment it: the one function behind ``medxai segment`` and ``batch``.
+
+    With ``bundle`` None the bundled model is chosen by the input (:func:`choose_bundle`) and
+    the choice and its reason are recorded in ``report["model"]["choice"]``.
 
     Writes ``out_root/<name>/``: ``labels.nii.gz`` (+ ``labels.json``), ``saliency_<label>.nii.gz``,
     ``preview.png``, ``seg.dcm``, ``overlay_sc/``, ``report.json`` as ``options.formats`` says.
@@ -355,20 +376,27 @@ def segment_path(path: str | Path, bundle: ModelBundle, out_root: str | Path,
     t = time.perf_counter()
     loaded = load_image(path)
     read_s = time.perf_counter() - t
-    result = segment_loaded(loaded, bundle, out_root, options, name=name, progress=progress)
+    choice = None
+    if bundle is None:
+        bundle, choice = choose_bundle(loaded)
+        if progress:
+            progress(f"{name or output_name(loaded.path)}: {choice.reason}")
+    result = segment_loaded(loaded, bundle, out_root, options, name=name, progress=progress,
+                            choice=choice)
     result.report.setdefault("timings_s", {})["read"] = round(read_s, 4)
     return result
 
 
 def segment(inputs: str | Path | Iterable[str | Path], model: str | Path | ModelBundle | None = None,
             output: str | Path = "medxai-results", **options: Any) -> list[SegmentResult]:
-    """Python API: segment one or more inputs with a model (bundled name, folder or bundle).
+    """Python API: segment one or more inputs with a model (bundled name, folder or bundle;
+    None picks a bundled model per input by its fit rules).
 
     ``options`` are :class:`SegmentOptions` fields. The model is loaded once.
     """
     from medxai.models.registry import load_model
 
-    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    bundle = model if isinstance(model, ModelBundle) or model is None else load_model(model)
     opts = SegmentOptions(**options)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     return [segment_path(p, bundle, output, opts) for p in paths]

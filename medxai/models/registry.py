@@ -11,9 +11,10 @@ from typing import Any
 
 from medxai.errors import ModelError
 from medxai.models.bundle import ModelBundle, load_bundle
+from medxai.models.fit import FitRules, InputFacts, ModelChoice, choose_model
 
 __all__ = ["BundledModel", "BUNDLED_MODELS", "DEFAULT_MODEL", "list_models", "resolve_model",
-           "load_model"]
+           "load_model", "choose_bundled_model"]
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
@@ -38,11 +39,29 @@ class BundledModel:
         meta_path = self.path / "configs" / "metadata.json"
         return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 
+    def fit_rules(self) -> FitRules:
+        """The fit rules of the bundle's ``configs/inference.json`` (read without torch)."""
+        return _fit_rules(str(self.path / "configs" / "inference.json"))
+
+
+@lru_cache(maxsize=16)
+def _fit_rules(config_path: str) -> FitRules:
+    config = json.loads(Path(config_path).read_text())
+    net = config.get("network_def", {})
+    return FitRules.from_input_config(config.get("input", {}), int(net.get("spatial_dims", 2)),
+                                      int(net.get("in_channels", 1)))
+
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
     m.name: m for m in [
         BundledModel("isic2018-lesion-unet", "isic2018_lesion_unet",
                      "skin lesion segmentation in dermoscopy photos (2D RGB), ISIC 2018"),
+        BundledModel("cxr-lungs-unet", "cxr_lungs_unet",
+                     "lung fields in chest radiographs (2D grey; DX/CR DICOM or pictures), "
+                     "Shenzhen"),
+        BundledModel("hippocampus-unet", "hippocampus_unet",
+                     "hippocampus head and body/tail in hippocampus-centred T1 MR crops (3D), "
+                     "MSD Task04"),
     ]
 }
 DEFAULT_MODEL = "isic2018-lesion-unet"
@@ -51,6 +70,16 @@ DEFAULT_MODEL = "isic2018-lesion-unet"
 def list_models() -> list[BundledModel]:
     """Bundled models, in registry order."""
     return list(BUNDLED_MODELS.values())
+
+
+def choose_bundled_model(facts: InputFacts, source: str | None = None) -> ModelChoice:
+    """The bundled model (in registry order) whose fit rules accept ``facts``.
+
+    Raises:
+        ModelMismatchError: none does; the message says why each refused.
+    """
+    candidates = [(m.name, m.fit_rules()) for m in list_models() if m.available]
+    return choose_model(facts, candidates, source)
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:

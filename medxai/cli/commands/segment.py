@@ -25,7 +25,7 @@ def _label_size(lab: dict) -> str:
               type=click.Path(file_okay=False), help="Folder for the results (one subfolder per input).")
 @click.option("-m", "--model", default=None,
               help="Bundled model name (see `medxai models`) or bundle folder. "
-                   "[default: isic2018-lesion-unet]")
+                   "[default: for each input, the bundled model whose fit rules accept it]")
 @click.option("--device", default="auto", show_default=True,
               help="auto|cpu|cuda[:N]|mps (auto prefers CUDA; mixed precision on CUDA).")
 @click.option("--roi-size", help="Sliding-window size, e.g. 96,96,96 (default: the model's).")
@@ -62,8 +62,8 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
                           roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap,
                           sw_batch_size=sw_batch_size, tta=tta, overwrite=overwrite)
     say = None if quiet or as_json else stderr_line
-    bundle = load_model(model)
-    if say:
+    bundle = load_model(model) if model else None
+    if say and bundle is not None:
         say(f"model {bundle.name} {bundle.version}")
     results, failures = [], []
     worst = 0
