@@ -7,9 +7,9 @@ A bundle's ``configs/inference.json`` ``input`` block states its fit rules:
 - ``modalities``: DICOM Modality codes the model was made for (empty: any);
 - ``pictures``: whether plain pictures (PNG/JPEG/TIFF, which carry no modality) are accepted
   (default: true when ``modalities`` is empty or the model is 2D);
-- ``max_extent_mm`` / ``min_extent_mm``: bounds on the physical size of the field of view per
-  axis (in the reader's axis order, channel dropped), e.g. a hippocampus-centred crop model
-  refuses a whole-brain series;
+- ``max_extent_mm`` / ``min_extent_mm``: bounds on the physical size of the field of view,
+  compared orientation-free (the input's extents and the bounds both sorted, largest first), e.g.
+  a hippocampus-centred crop model refuses a whole-brain series;
 - ``spacing_mm``: ``[min, max]`` bounds on every voxel spacing.
 
 This module is torch-free: it works on :class:`InputFacts`, which the batch scan builds from DICOM
@@ -141,13 +141,16 @@ class FitRules:
         if not out and facts.spacing is not None and len(facts.spacing) == len(facts.shape):
             extent = [n * s for n, s in zip(facts.shape, facts.spacing)]
             size = "x".join(f"{e:.0f}" for e in extent)
+            ext_sorted = sorted(extent, reverse=True)
             if self.max_extent_mm and any(e > m * 1.0001 for e, m in
-                                          zip(extent, self.max_extent_mm)):
+                                          zip(ext_sorted, sorted(self.max_extent_mm,
+                                                                 reverse=True))):
                 lim = "x".join(f"{m:.0f}" for m in self.max_extent_mm)
                 out.append(f"it expects a field of view of at most {lim} mm"
                            f"{' (' + self.note + ')' if self.note else ''}, this is {size} mm")
             if self.min_extent_mm and any(e < m * 0.9999 for e, m in
-                                          zip(extent, self.min_extent_mm)):
+                                          zip(ext_sorted, sorted(self.min_extent_mm,
+                                                                 reverse=True))):
                 lim = "x".join(f"{m:.0f}" for m in self.min_extent_mm)
                 out.append(f"it expects a field of view of at least {lim} mm, this is {size} mm")
             if self.spacing_mm:
