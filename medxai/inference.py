@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from medxai.choices import TTA_CHOICES
 from medxai.errors import InputError, ModelMismatchError
+from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreorient
 
 __all__ = ["resolve_device", "autocast_context", "Prediction", "predict", "check_input_fits"]
 
@@ -80,9 +82,6 @@ class Prediction:
     affine: torch.Tensor
     seconds: float
     tta: str = "none"
-
-
-TTA_CHOICES = ("none", "flips", "dihedral")
 
 
 def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
@@ -160,35 +159,6 @@ def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torc
     return image, False
 
 
-def _orientation_to_ras(affine: torch.Tensor | Any, ndim: int) -> Any:
-    """nibabel orientation transform taking the input's voxel axes to RAS+ (3D only)."""
-    import nibabel as nib
-    import numpy as np
-
-    aff = np.asarray(affine, dtype=np.float64)
-    return nib.orientations.io_orientation(aff)[:ndim]
-
-
-def _reorient(x: torch.Tensor, ornt: Any) -> torch.Tensor:
-    """Apply a nibabel orientation (permute, then flip) to the spatial axes of ``(C, *spatial)``."""
-    perm = [int(a) for a in ornt[:, 0]]
-    x = x.permute(0, *[p + 1 for p in perm])
-    flips = [d + 1 for d, (_, f) in enumerate(ornt) if f < 0]
-    return x.flip(flips) if flips else x
-
-
-def _unreorient(x: torch.Tensor, ornt: Any) -> torch.Tensor:
-    """Inverse of :func:`_reorient`."""
-    flips = [d + 1 for d, (_, f) in enumerate(ornt) if f < 0]
-    if flips:
-        x = x.flip(flips)
-    perm = [int(a) for a in ornt[:, 0]]
-    inv = [0] * len(perm)
-    for d, p in enumerate(perm):
-        inv[p] = d
-    return x.permute(0, *[p + 1 for p in inv])
-
-
 def model_input_shape(spatial: Sequence[int], spacing: Sequence[float],
                       target_spacing: Sequence[float] | None) -> tuple[int, ...]:
     """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
@@ -227,8 +197,8 @@ def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None =
     reoriented to RAS and resampled to ``preprocessing.spacing`` when the bundle gives one.
     Intensity normalised as ``preprocessing.intensity`` says.
     """
-    from medxai.transforms.intensity import ScaleIntensityFromBundle
-    from medxai.transforms.spatial import resize_image
+    from medxai.preprocessing.intensity import ScaleIntensityFromBundle
+    from medxai.preprocessing.spatial import resize_image
 
     pre = bundle.preprocessing
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
@@ -240,9 +210,9 @@ def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None =
         x = resize_image(x, size or pre["spatial_size"])
     else:
         if bundle.spatial_dims == 3:
-            ornt = _orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3)
+            ornt = orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3)
             state["ornt"] = ornt
-            x = _reorient(x, ornt)
+            x = reorient(x, ornt)
             state["oriented_grid"] = tuple(x.shape[1:])
             if pre.get("spacing"):
                 import numpy as np
@@ -255,11 +225,11 @@ def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None =
 
 def restore_output(prob: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
     """Bring ``(K, *model_spatial)`` class probabilities back onto the input's grid."""
-    from medxai.transforms.spatial import resize_probabilities
+    from medxai.preprocessing.spatial import resize_probabilities
 
     if "ornt" in state:
         prob = resize_probabilities(prob, state["oriented_grid"])
-        prob = _unreorient(prob, state["ornt"])
+        prob = unreorient(prob, state["ornt"])
     else:
         prob = resize_probabilities(prob, state["grid"])
     if state["squeezed"]:

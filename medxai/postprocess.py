@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medxai.choices import POSTPROCESSING_KEYS
 from medxai.errors import ModelError
 
 __all__ = ["POSTPROCESSING_KEYS", "postprocess_labels", "check_postprocessing"]
-
-POSTPROCESSING_KEYS = ("keep_largest_component", "fill_holes")
 
 
 def check_postprocessing(spec: dict[str, Any] | None) -> dict[str, Any]:

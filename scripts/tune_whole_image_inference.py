@@ -29,8 +29,8 @@ from medxai.io.photo import read_photo_array
 from medxai.models.bundle import load_bundle
 from medxai.postprocess import postprocess_labels
 from medxai.training.datasets import find_pairs
-from medxai.transforms.intensity import ScaleIntensityFromBundle
-from medxai.transforms.spatial import resize_image, resize_probabilities
+from medxai.preprocessing.intensity import ScaleIntensityFromBundle
+from medxai.preprocessing.spatial import resize_image, resize_probabilities
 
 DIHEDRAL = _tta_views(2, "dihedral")  # medxai's 8 views, in medxai's order
 # The members equal to the identity and to a flip of axis 0 and of axis 1 (square inputs): the

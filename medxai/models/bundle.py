@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from medxai.choices import POSTPROCESSING_KEYS, TTA_CHOICES
 from medxai.errors import BundleIntegrityError, ModelError
 from medxai.models.networks import build_network
 
@@ -142,9 +143,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_inference_options(config: dict[str, Any], root: Path) -> None:
-    from medxai.inference import TTA_CHOICES
-    from medxai.postprocess import POSTPROCESSING_KEYS
-
     tta = config.get("inference", {}).get("tta")
     if tta is not None and tta not in TTA_CHOICES:
         raise ModelError(f"inference.tta is {tta!r}", path=root / "configs" / "inference.json",

@@ -114,7 +114,7 @@ def _label_values(arr: np.ndarray) -> np.ndarray:
 def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and resize every pair once: images ``(N, C, *size)`` float, labels uint8."""
     from medxai.io.photo import read_photo_array
-    from medxai.transforms.spatial import resize_image, resize_label
+    from medxai.preprocessing.spatial import resize_image, resize_label
 
     images, labels = [], []
     for pair in pairs:
@@ -144,7 +144,7 @@ def _augment_2d(seed: int, kind: str = "photo") -> Any:
         RandRotate90d,
     )
 
-    from medxai.transforms.intensity import RandColorJitterd
+    from medxai.preprocessing.intensity import RandColorJitterd
 
     keys = ("image", "label")
     if kind == "radiograph":
@@ -331,7 +331,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     config = _bundle_config(cfg, is2d, in_channels, num_classes, intensity)
     (tdir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
 
-    from medxai.transforms.intensity import ScaleIntensityFromBundle
+    from medxai.preprocessing.intensity import ScaleIntensityFromBundle
 
     scaler_int = ScaleIntensityFromBundle(intensity)
     net = network_from_config(config)

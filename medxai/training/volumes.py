@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from medxai.errors import InputError
-from medxai.inference import _orientation_to_ras, _reorient, model_input_shape
+from medxai.inference import model_input_shape
+from medxai.preprocessing.intensity import ScaleIntensityFromBundle
+from medxai.preprocessing.orientation import orientation_to_ras, reorient
+from medxai.preprocessing.spatial import resize_image, resize_label
 from medxai.training.datasets import Pair
-from medxai.transforms.intensity import ScaleIntensityFromBundle
-from medxai.transforms.spatial import resize_image, resize_label
 
 __all__ = ["VolumeData"]
 
@@ -63,9 +64,9 @@ class VolumeData:
                              f"{tuple(lab.shape[1:])} ({pair.label.name})", path=pair.image)
         if img.ndim != 4:
             raise InputError("is not a 3D volume", path=pair.image)
-        ornt = _orientation_to_ras(img.affine, 3)
-        x = _reorient(self._scale(img.as_tensor().float()), ornt)
-        y = _reorient(lab.as_tensor()[:1].long(), ornt)
+        ornt = orientation_to_ras(img.affine, 3)
+        x = reorient(self._scale(img.as_tensor().float()), ornt)
+        y = reorient(lab.as_tensor()[:1].long(), ornt)
         if spacing:
             sp = np.asarray(img.meta.get("spacing", [1.0, 1.0, 1.0]))[[int(a) for a in ornt[:, 0]]]
             shape = model_input_shape(x.shape[1:], sp, spacing)

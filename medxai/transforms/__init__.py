@@ -1,6 +1,6 @@
 """MONAI-style transforms (array form ``X`` and dictionary form ``Xd``)."""
 
-from medxai.transforms.intensity import (
+from medxai.preprocessing.intensity import (
     RandColorJitter,
     RandColorJitterd,
     ScaleIntensityFromBundle,
@@ -16,7 +16,7 @@ from medxai.transforms.model import (
     SaveSegmentation,
     SaveSegmentationd,
 )
-from medxai.transforms.spatial import resize_image, resize_label, resize_probabilities
+from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
 
 __all__ = [
     "Predict", "Predictd", "Saliency", "Saliencyd", "BlendOverlay", "BlendOverlayd",
