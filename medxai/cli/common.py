@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
-from medxai.errors import MedxaiError
+from medxai.errors import InputError, MedxaiError, ModelError
+from medxai.io.detect import sniff_form, sniff_folder
 from medxai.pipeline_formats import EXPLAIN_CHOICES, FORMAT_CHOICES
 
 __all__ = ["EXPLAIN_CHOICES", "FORMAT_CHOICES", "guard", "run_guarded", "parse_ints",
-           "parse_floats", "parse_formats", "echo_json", "stderr_line"]
+           "parse_floats", "parse_formats", "echo_json", "stderr_line", "InputItem",
+           "resolve_inputs", "require_inputs", "check_output_dir", "check_model_arg",
+           "check_folder_arg", "exit_code_for", "error_entry", "dicom_warnings_as_lines"]
+
+# Everything in this module runs before torch/MONAI are imported: a bad call is answered in a
+# small fraction of the import time. Keep it free of numpy, torch, MONAI and pydicom imports.
 
 
 class MedxaiClickError(click.ClickException):
@@ -93,3 +105,189 @@ def echo_json(data: Any) -> None:
 def stderr_line(msg: str) -> None:
     click.echo(msg, err=True)
     sys.stderr.flush()
+
+
+# -- checks that run before the heavy imports ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input of a command, after :func:`resolve_inputs`: its path and its form (see
+    :data:`medxai.io.detect.FORMS`); ``given`` is the argument it came from (a picture folder's
+    files all have the folder as ``given``)."""
+
+    path: str
+    form: str
+    given: str
+
+
+def resolve_inputs(paths: Sequence[str]) -> tuple[list[InputItem], list[MedxaiError]]:
+    """Check every input path by its content and expand picture folders into their files.
+
+    The one rule for folders, in every command: a folder holding a DICOMDIR or any DICOM file is
+    one DICOM input (a series, or a study listed series by series); a folder holding no DICOM
+    file but pictures or volumes directly in it stands for those files, in name order, each an
+    input of its own; a folder holding none of these is an input error.
+
+    Returns the usable inputs and one error per unusable path (missing, unreadable, empty, of no
+    form medxai reads), without importing torch, MONAI or numpy.
+    """
+    items: list[InputItem] = []
+    bad: list[MedxaiError] = []
+    for given in paths:
+        try:
+            form = sniff_form(given)
+        except MedxaiError as err:
+            bad.append(err)
+            continue
+        if form == "picture-folder":
+            items.extend(InputItem(str(p), _file_form(p), given)
+                         for p in sniff_folder(Path(given)).files)
+        else:
+            items.append(InputItem(given, form, given))
+    return items, bad
+
+
+def _file_form(path: Path) -> str:
+    try:
+        return sniff_form(path)
+    except MedxaiError:  # pragma: no cover - sniffed a moment ago
+        return "unknown"
+
+
+def require_inputs(paths: Sequence[str], *, as_json: bool = False) -> tuple[list[InputItem],
+                                                                           list[dict[str, Any]]]:
+    """:func:`resolve_inputs`, printing each unusable path as an ``Error:`` line (unless
+    ``as_json``); when no input is usable, the command ends here with exit code 2 (the single
+    error is raised as is, so its message is the command's answer).
+
+    Returns the usable inputs and the failure entries (:func:`error_entry`) of the others.
+    """
+    items, bad = resolve_inputs(paths)
+    if not items:
+        if len(bad) == 1:
+            raise bad[0]
+        if as_json:
+            echo_json({"results": [], "failures": [error_entry(e.path or "", e) for e in bad]})
+        else:
+            for err in bad:
+                click.echo(f"Error: {err}", err=True)
+        raise SystemExit(2)
+    if not as_json:
+        for err in bad:
+            click.echo(f"Error: {err}", err=True)
+    return items, [error_entry(e.path or "", e) for e in bad]
+
+
+def error_entry(path: str, err: MedxaiError) -> dict[str, Any]:
+    """A failure as ``--json`` lists it: the input, the message and its exit code."""
+    return {"input": path, "error": str(err), "exit_code": err.exit_code}
+
+
+def exit_code_for(failures: Sequence[dict[str, Any]]) -> int:
+    """The one exit-code rule for commands over several inputs: the highest of the inputs' own
+    codes (0 done, 1 failed while processing, 2 unusable input or input wrong for the model).
+
+    So the code says the worst thing that happened to any input, whatever else was on the
+    command line: a missing file gives 2 alone or next to inputs that were done.
+    """
+    return max((int(f.get("exit_code", 1)) for f in failures), default=0)
+
+
+def check_output_dir(output: str, *, option: str = "--output") -> None:
+    """An output folder must be a folder (or not exist yet) in a place that can be written."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{output} is a file, not a folder", param_hint=option)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot write into {probe} (permission denied)",
+                                 param_hint=option)
+
+
+def check_folder_arg(path: str, *, what: str = "folder") -> None:
+    """A folder argument (DATA, EXPORT_DIR, ...) must exist, be a folder and be readable."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("does not exist", path=path, hint="check the path")
+    if not p.is_dir():
+        raise InputError(f"is a file; a {what} is expected", path=path)
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise InputError("cannot be read (permission denied)", path=path,
+                         hint="check the folder's permissions")
+
+
+def check_model_arg(model: str | None) -> None:
+    """``--model`` that names a path (has a slash, starts with '.' or '~', or exists) must be a
+    readable bundle folder; bundled model names are checked by the registry."""
+    if not model:
+        return
+    looks_like_path = (os.sep in model or "/" in model or model.startswith((".", "~"))
+                       or os.path.exists(model))
+    if not looks_like_path:
+        return
+    p = Path(model).expanduser()
+    if not p.exists():
+        raise ModelError("no bundle folder here", path=model,
+                         hint="pass a bundle folder, or a bundled model name (`medxai models`)")
+    if not p.is_dir():
+        raise ModelError("is a file; --model takes a bundle folder (configs/, models/) or a "
+                         "bundled model name", path=model)
+
+
+# pydicom: "Invalid value for VR CS: 'x'. Please see <url> for allowed values for each VR."
+_PYDICOM_VR = re.compile(r"Invalid value for VR (\w\w): (.*?)\.? Please see", re.S)
+
+
+def _dicom_tag_of_warning() -> str | None:
+    """The DICOM tag being read when a warning fires, from the calling frames (pydicom's
+    messages do not name it)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        for key in ("elem", "raw", "self", "data_element"):
+            obj = frame.f_locals.get(key)
+            tag = getattr(obj, "tag", None)
+            if tag is not None:
+                try:
+                    return f"({int(tag) >> 16:04X},{int(tag) & 0xFFFF:04X})"
+                except (TypeError, ValueError):
+                    pass
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+@contextlib.contextmanager
+def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None) -> Iterator[None]:
+    """Turn pydicom's ``UserWarning``s on odd header values (raw, with a URL, repeated) into one
+    medxai warning line per file and tag: ``warning: FILE: tag (0008,0060) VR CS: invalid value
+    'x' (read as is)``. Other warnings pass through unchanged. ``say`` None drops the lines."""
+    seen: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        text = str(message)
+        if "pydicom" not in filename and not _PYDICOM_VR.search(text):
+            previous(message, category, filename, lineno, file, line)
+            return
+        m = _PYDICOM_VR.search(text)
+        tag = _dicom_tag_of_warning()
+        what = (f"VR {m.group(1)}: invalid value {m.group(2).strip()}" if m
+                else text.split("\n")[0].split(" Please see")[0])
+        where = f"{path}: " if path else ""
+        line_out = f"warning: {where}{'tag ' + tag + ' ' if tag else ''}{what} (read as is)"
+        if line_out not in seen:
+            seen.add(line_out)
+            if say is not None:
+                say(line_out)
+
+    with warnings.catch_warnings():  # (entering it resets the once-per-place registries)
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats, parse_ints
+from medxai.cli.common import (
+    EXPLAIN_CHOICES,
+    check_folder_arg,
+    check_model_arg,
+    check_output_dir,
+    echo_json,
+    guard,
+    parse_formats,
+    parse_ints,
+)
 from medxai.cli.main import cli
 
 
@@ -132,13 +141,19 @@ def batch_cmd(export_dir: str, output: str, model: str | None, explain: str, for
     Exit codes: 0 everything that fits the model was done, 1 a series or a file failed,
     2 bad arguments or input.
     """
+    formats_list = parse_formats(formats)
+    roi = parse_ints(roi_size, "--roi-size")
+    check_folder_arg(export_dir, what="folder (a PACS export)")
+    check_output_dir(output)
+    check_model_arg(model)
+
     import warnings
 
     from medxai.batch import run_batch
     from medxai.pipeline import SegmentOptions
 
-    opts = SegmentOptions(formats=parse_formats(formats), explain=explain, device=device,
-                          roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap)
+    opts = SegmentOptions(formats=formats_list, explain=explain, device=device, roi_size=roi,
+                          overlap=overlap)
     bar = _ProgressBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():
         # per-file problems are recorded in the manifest; pydicom's warnings would drown them

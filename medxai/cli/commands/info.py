@@ -6,7 +6,15 @@ from typing import Any
 
 import click
 
-from medxai.cli.common import echo_json, guard
+from medxai.cli.common import (
+    dicom_warnings_as_lines,
+    echo_json,
+    error_entry,
+    exit_code_for,
+    guard,
+    require_inputs,
+    stderr_line,
+)
 from medxai.cli.main import cli
 
 
@@ -42,19 +50,42 @@ def _format(info: dict[str, Any]) -> str:
 
 
 @cli.command("info")
-@click.argument("path", type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @guard
-def info_cmd(path: str, as_json: bool) -> None:
-    """Show what medxai sees in PATH: form, modality, shape, spacing, orientation, UIDs.
+def info_cmd(paths: tuple[str, ...], as_json: bool) -> None:
+    """Show what medxai sees in each PATH: form, modality, shape, spacing, orientation, UIDs.
 
     PATH is a picture, a DICOM file, a series folder, a DICOMDIR, or a NIfTI/NRRD/MHA file. A
-    folder with several series is listed series by series.
+    folder with several series is listed series by series; a folder holding no DICOM file but
+    pictures or volumes stands for those files, as in `medxai segment`.
+
+    With --json: one input prints its description; several print {"results": [...],
+    "failures": [...]}. Exit codes: the highest over the inputs (0 described, 2 unusable).
     """
+    from medxai.errors import MedxaiError
+
+    items, failures = require_inputs(paths, as_json=as_json)
+    single = len(items) == 1 and not failures and len(paths) == 1 and items[0].path == paths[0]
+
     from medxai.io.info import describe
 
-    info = describe(path)
+    results = []
+    for item in items:
+        try:
+            with dicom_warnings_as_lines(item.path, None if as_json else stderr_line):
+                info = describe(item.path)
+        except MedxaiError as err:
+            if single:
+                raise
+            failures.append(error_entry(item.path, err))
+            if not as_json:
+                click.echo(f"Error: {err}", err=True)
+            continue
+        results.append(info)
+        if not as_json:
+            click.echo(_format(info))
     if as_json:
-        echo_json(info)
-    else:
-        click.echo(_format(info))
+        echo_json(results[0] if single else {"results": results, "failures": failures})
+    if failures:
+        raise SystemExit(exit_code_for(failures))

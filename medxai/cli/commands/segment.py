@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import click
 
-from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats, parse_ints, stderr_line
+from medxai.cli.common import (
+    EXPLAIN_CHOICES,
+    check_model_arg,
+    check_output_dir,
+    dicom_warnings_as_lines,
+    echo_json,
+    error_entry,
+    exit_code_for,
+    guard,
+    parse_formats,
+    parse_ints,
+    require_inputs,
+    stderr_line,
+)
 from medxai.cli.main import cli
 from medxai.errors import MedxaiError
 
@@ -53,23 +66,36 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
     Writes OUTPUT/<input name>/: labels.nii.gz (+ labels.json), saliency_<label>.nii.gz,
     preview.png, seg.dcm, overlay_sc/*.dcm and report.json.
 
-    Exit codes: 0 all inputs done, 1 some failed in processing, 2 bad input or usage.
+    A folder holding no DICOM file but pictures or volumes stands for those files (each its own
+    input, in name order). Every input is checked (exists, readable, a form medxai reads) before
+    the model is loaded; unusable inputs are reported and the others are still done.
+
+    Exit codes: the highest over the inputs: 0 all done, 1 some failed while processing, 2 an
+    input was unusable (missing, unreadable, unknown form, wrong for the model) or bad usage.
     """
+    formats_list = parse_formats(formats)
+    roi = parse_ints(roi_size, "--roi-size")
+    check_output_dir(output)
+    check_model_arg(model)
+    items, failures = require_inputs(inputs, as_json=as_json)
+
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, segment_path, unique_names
 
-    opts = SegmentOptions(formats=parse_formats(formats), explain=explain, device=device,
-                          roi_size=parse_ints(roi_size, "--roi-size"), overlap=overlap,
-                          sw_batch_size=sw_batch_size, tta=tta, overwrite=overwrite)
+    opts = SegmentOptions(formats=formats_list, explain=explain, device=device, roi_size=roi,
+                          overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                          overwrite=overwrite)
     say = None if quiet or as_json else stderr_line
     bundle = load_model(model) if model else None
     if say and bundle is not None:
         say(f"model {bundle.name} {bundle.version}")
-    results, failures = [], []
-    worst = 0
-    for path, name in zip(inputs, unique_names(inputs)):
+    results = []
+    paths = [it.path for it in items]
+    single = len(paths) == 1 and not failures
+    for path, name in zip(paths, unique_names(paths)):
         try:
-            res = segment_path(path, bundle, output, opts, name=name, progress=say)
+            with dicom_warnings_as_lines(path, None if as_json else stderr_line):
+                res = segment_path(path, bundle, output, opts, name=name, progress=say)
             results.append(res.to_dict())
             if not as_json and not quiet:
                 labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
@@ -78,15 +104,14 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
                 click.echo(f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}",
                            err=True)
         except MedxaiError as err:
-            failures.append({"input": path, "error": str(err), "exit_code": err.exit_code})
-            worst = max(worst, err.exit_code)
-            if len(inputs) == 1:
+            failures.append(error_entry(path, err))
+            if single:
                 raise
             click.echo(f"Error: {err}", err=True)
     if as_json:
         echo_json({"results": results, "failures": failures})
     if failures:
-        raise SystemExit(1 if len(results) else worst)
+        raise SystemExit(exit_code_for(failures))
 
 
 @cli.command("models")
