@@ -7,7 +7,15 @@ import sys
 
 import click
 
-from medxai.cli.common import echo_json, guard, parse_floats, parse_ints, stderr_line
+from medxai.cli.common import (
+    check_folder_arg,
+    check_output_dir,
+    echo_json,
+    guard,
+    parse_floats,
+    parse_ints,
+    stderr_line,
+)
 from medxai.cli.main import cli
 
 
@@ -81,6 +89,16 @@ def train_cmd(data: str, output: str, val_data: str | None, val_fraction: float,
     optionally with _segmentation/_mask/_label) or of 3D volumes (dataset.json in Medical
     Segmentation Decathlon style, imagesTr/ + labelsTr/, or images/ + labels/).
     """
+    sizes = {"spatial_size": parse_ints(spatial_size, "--spatial-size"),
+             "roi_size": parse_ints(roi_size, "--roi-size"),
+             "spacing": parse_floats(spacing, "--spacing"), "flip_axes": _flip_axes(flip_axes)}
+    check_folder_arg(data, what="training data folder")
+    if val_data:
+        check_folder_arg(val_data, what="validation data folder")
+    if kw.get("init_from"):
+        check_folder_arg(str(kw["init_from"]), what="bundle folder (--init-from)")
+    check_output_dir(output)
+
     from medxai.training.trainer import TrainConfig, train
 
     intensity_spec = {
@@ -89,10 +107,7 @@ def train_cmd(data: str, output: str, val_data: str | None, val_fraction: float,
     }[intensity]
     cfg = TrainConfig(
         data=data, output=output, val_data=val_data, val_fraction=val_fraction,
-        spatial_size=parse_ints(spatial_size, "--spatial-size"),
-        roi_size=parse_ints(roi_size, "--roi-size"),
-        spacing=parse_floats(spacing, "--spacing"), intensity=intensity_spec,
-        flip_axes=_flip_axes(flip_axes),
+        intensity=intensity_spec, **sizes,
         command="medxai " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **kw,  # type: ignore[arg-type]
     )
