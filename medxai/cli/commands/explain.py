@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from medxai.cli.common import echo_json, guard, stderr_line
+from medxai.cli.common import (
+    check_model_arg,
+    check_output_dir,
+    dicom_warnings_as_lines,
+    echo_json,
+    error_entry,
+    exit_code_for,
+    guard,
+    require_inputs,
+    stderr_line,
+)
 from medxai.cli.main import cli
 from medxai.errors import MedxaiError
 
@@ -46,6 +56,16 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
     share of saliency inside the mask, model-randomisation rank correlation (lower is better),
     seconds per image and cost relative to one inference.
     """
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    bad_methods = [m for m in chosen if m not in METHOD_CHOICES]
+    if evaluate and bad_methods:
+        raise click.BadParameter(f"unknown method(s) {bad_methods}; choose from "
+                                 f"{', '.join(METHOD_CHOICES)}", param_hint="--methods")
+    check_model_arg(model)
+    if not evaluate:
+        check_output_dir(output)
+    items, failures = require_inputs(inputs, as_json=as_json)
+
     from medxai.models.registry import load_model
 
     bundle = load_model(model)
@@ -68,10 +88,13 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
     from medxai.io.readers import load_image
     from medxai.pipeline import SegmentOptions, segment_loaded, unique_names
 
-    results, failed = [], 0
-    for path, name in zip(inputs, unique_names(inputs)):
+    results = []
+    paths = [it.path for it in items]
+    single = len(paths) == 1 and not failures
+    for path, name in zip(paths, unique_names(paths)):
         try:
-            loaded = load_image(path)
+            with dicom_warnings_as_lines(path, None if as_json else stderr_line):
+                loaded = load_image(path)
             formats = ["nifti", "png", "json"] + (["dicom-sc"] if loaded.dicom is not None else [])
             opts = SegmentOptions(formats=formats, explain=method, device=device,
                                   overwrite=overwrite)
@@ -80,11 +103,11 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
             if not as_json and not quiet:
                 click.echo(f"{path} -> {res.output_dir}")
         except MedxaiError as err:
-            failed += 1
-            if len(inputs) == 1:
+            failures.append(error_entry(path, err))
+            if single:
                 raise
             click.echo(f"Error: {err}", err=True)
     if as_json:
-        echo_json({"results": results})
-    if failed:
-        raise SystemExit(1)
+        echo_json({"results": results, "failures": failures})
+    if failures:
+        raise SystemExit(exit_code_for(failures))
