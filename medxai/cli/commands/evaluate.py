@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
-from medxai.cli.common import echo_json, guard
+from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
 from medxai.cli.main import cli
 from medxai.training.metrics import METRIC_NAMES
 
@@ -42,6 +43,13 @@ def evaluate_cmd(paths: tuple[str, ...], model: str | None, device: str, csv_pat
     with patient geometry, else pixels) and the ISIC 2018 challenge score (Jaccard counted as 0
     below 0.65). The summary gives mean, median and std over images.
     """
+    if model is not None and len(paths) != 1:
+        raise click.UsageError("with --model give one DATA folder")
+    if model is None and len(paths) != 2:
+        raise click.UsageError("give PRED_DIR GT_DIR, or --model M DATA")
+    check_model_arg(model)
+    if csv_path:
+        check_output_dir(os.path.dirname(os.path.abspath(csv_path)), option="--csv")
     from medxai.training.evaluate import evaluate_folders, evaluate_model, write_csv
 
     if model is not None:
