@@ -37,9 +37,15 @@ from monai.losses import DiceCELoss
 from medxai._version import __version__
 from medxai.errors import InputError, MedxaiError
 from medxai.inference import autocast_context, resolve_device
+from medxai.io.datasets import (
+    Pair,
+    dataset_json_validation,
+    find_pairs,
+    is_2d_dataset,
+    label_values,
+)
 from medxai.models.bundle import ModelBundle, network_from_config, save_bundle
 from medxai.models.networks import default_unet_args
-from medxai.training.datasets import Pair, dataset_json_validation, find_pairs, is_2d_dataset
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -103,14 +109,6 @@ class TrainResult:
 # data
 # ---------------------------------------------------------------------------------------------
 
-def _label_values(arr: np.ndarray) -> np.ndarray:
-    """Map a mask to class indices: 0/255 (or 0/1) masks become 0/1; others are kept."""
-    vals = np.unique(arr)
-    if set(vals.tolist()) <= {0, 255}:
-        return (arr > 127).astype(np.uint8)
-    return arr.astype(np.uint8)
-
-
 def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and resize every pair once: images ``(N, C, *size)`` float, labels uint8."""
     from medxai.io.photo import read_photo_array
@@ -123,7 +121,7 @@ def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, 
         if img.shape[1:] != lab.shape[1:]:
             raise InputError(f"image is {img.shape[1:]} but its mask {pair.label.name} is "
                              f"{lab.shape[1:]}", path=pair.image)
-        lab_t = torch.from_numpy(_label_values(lab[:1]))
+        lab_t = torch.from_numpy(label_values(lab[:1]))
         images.append(resize_image(torch.from_numpy(img), size).to(torch.float16))
         labels.append(resize_label(lab_t, size, num_classes=int(lab_t.max()) + 1 or 2))
     return torch.stack(images), torch.stack(labels)

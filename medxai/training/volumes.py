@@ -12,10 +12,10 @@ import torch
 
 from medxai.errors import InputError
 from medxai.inference import model_input_shape
+from medxai.io.datasets import Pair
 from medxai.preprocessing.intensity import ScaleIntensityFromBundle
 from medxai.preprocessing.orientation import orientation_to_ras, reorient
 from medxai.preprocessing.spatial import resize_image, resize_label
-from medxai.training.datasets import Pair
 
 __all__ = ["VolumeData"]
 

@@ -9,7 +9,7 @@ import click
 
 from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
 from medxai.cli.main import cli
-from medxai.training.metrics import METRIC_NAMES
+from medxai.choices import METRIC_NAMES
 
 
 def format_summary(summary: dict, n_images: int) -> str:
@@ -50,7 +50,7 @@ def evaluate_cmd(paths: tuple[str, ...], model: str | None, device: str, csv_pat
     check_model_arg(model)
     if csv_path:
         check_output_dir(os.path.dirname(os.path.abspath(csv_path)), option="--csv")
-    from medxai.training.evaluate import evaluate_folders, evaluate_model, write_csv
+    from medxai.evaluation.segmentation import evaluate_folders, evaluate_model, write_csv
 
     if model is not None:
         if len(paths) != 1:

@@ -71,7 +71,7 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
     bundle = load_model(model)
     say = None if quiet or as_json else stderr_line
     if evaluate:
-        from medxai.explain.evaluation import evaluate_saliency, format_table, list_images
+        from medxai.evaluation.saliency import evaluate_saliency, format_table, list_images
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
         bad = [m for m in chosen if m not in METHOD_CHOICES]
