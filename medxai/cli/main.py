@@ -32,7 +32,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from medxai.cli import commands  # noqa: F401  (registers commands on ``cli``)
+    """Add the commands of :data:`medxai.cli.commands.COMMANDS` (an explicit list; the command
+    modules do not import this group)."""
+    from medxai.cli.commands import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
 _register()

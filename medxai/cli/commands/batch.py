@@ -18,7 +18,6 @@ from medxai.cli.common import (
     parse_formats,
     parse_ints,
 )
-from medxai.cli.main import cli
 
 
 
@@ -95,7 +94,7 @@ def _table(summary: Any) -> str:
     return "\n".join(lines)
 
 
-@cli.command("batch")
+@click.command("batch")
 @click.argument("export_dir", type=click.Path(path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Results folder: <study>/<series>/ per series, manifest.sqlite, CSV, summary.")

@@ -8,7 +8,6 @@ import os
 import click
 
 from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
-from medxai.cli.main import cli
 from medxai.choices import METRIC_NAMES
 
 
@@ -25,7 +24,7 @@ def format_summary(summary: dict, n_images: int) -> str:
     return "\n".join(lines)
 
 
-@cli.command("evaluate")
+@click.command("evaluate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("-m", "--model", default=None,
               help="Evaluate this model (name or bundle folder) on DATA (one path). Without it, "

@@ -15,13 +15,12 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
-from medxai.cli.main import cli
 from medxai.errors import MedxaiError
 
 METHOD_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig")
 
 
-@cli.command("explain")
+@click.command("explain")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-m", "--model", default=None, help="Bundled model name or bundle folder.")
 @click.option("-o", "--output", default="medxai-results", show_default=True,

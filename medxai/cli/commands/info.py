@@ -15,7 +15,6 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
-from medxai.cli.main import cli
 
 
 def _format(info: dict[str, Any]) -> str:
@@ -49,7 +48,7 @@ def _format(info: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-@cli.command("info")
+@click.command("info")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @guard

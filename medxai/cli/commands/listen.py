@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats
-from medxai.cli.main import cli
 
 
 def _parse_size(value: str | None, name: str) -> int | None:
@@ -49,7 +48,7 @@ def _status_text(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@cli.command("listen")
+@click.command("listen")
 @click.option("-o", "--output", "workdir", required=True, type=click.Path(file_okay=False),
               help="WORKDIR: received studies, results, node.sqlite.")
 @click.option("--ae-title", default="MEDXAI", show_default=True, help="The node's AE title.")

@@ -18,7 +18,6 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
-from medxai.cli.main import cli
 from medxai.errors import MedxaiError
 
 
@@ -32,7 +31,7 @@ def _label_size(lab: dict) -> str:
     return str(lab.get("name"))
 
 
-@cli.command("segment")
+@click.command("segment")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output", default="medxai-results", show_default=True,
               type=click.Path(file_okay=False), help="Folder for the results (one subfolder per input).")
@@ -114,7 +113,7 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
         raise SystemExit(exit_code_for(failures))
 
 
-@cli.command("models")
+@click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print the model cards as JSON.")
 @guard
 def models_cmd(as_json: bool) -> None:

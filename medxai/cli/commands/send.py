@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from medxai.cli.common import echo_json, guard
-from medxai.cli.main import cli
 
 
 def _dicom_files(paths: tuple[str, ...]) -> list[Path]:
@@ -22,7 +21,7 @@ def _dicom_files(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
-@cli.command("send")
+@click.command("send")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--to", "to", metavar="AE@HOST:PORT", help="Send by C-STORE.")
 @click.option("--stow", metavar="URL", help="Send by STOW-RS to this DICOMweb URL.")

@@ -16,7 +16,6 @@ from medxai.cli.common import (
     parse_ints,
     stderr_line,
 )
-from medxai.cli.main import cli
 
 
 def _flip_axes(value: str | None) -> list[int] | None:
@@ -31,7 +30,7 @@ def _flip_axes(value: str | None) -> list[int] | None:
     return axes
 
 
-@cli.command("train")
+@click.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Bundle folder to write (training state goes to OUTPUT/training/).")
