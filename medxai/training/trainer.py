@@ -46,6 +46,7 @@ from medxai.io.datasets import (
 )
 from medxai.models.bundle import ModelBundle, network_from_config, save_bundle
 from medxai.models.networks import default_unet_args
+from medxai.training.validation import dice_per_case
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -235,21 +236,6 @@ def _swa_lr(cfg: TrainConfig) -> float:
     return cfg.swa_lr if cfg.swa_lr is not None else cfg.lr / 4
 
 
-def _dice_per_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean foreground Dice per case; ``pred``/``label`` are ``(N, 1, *spatial)`` class maps.
-
-    A case where both prediction and truth are empty scores 1.
-    """
-    scores = []
-    for c in range(1, num_classes):
-        p = (pred == c).flatten(1).float()
-        t = (label == c).flatten(1).float()
-        inter = (p * t).sum(1)
-        denom = p.sum(1) + t.sum(1)
-        scores.append(torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)))
-    return torch.stack(scores, 1).mean(1)
-
-
 def _write_metrics_row(path: Path, row: dict[str, float]) -> None:
     """Append ``row``; a file started by an older run keeps its columns (extra keys dropped)."""
     fields = list(row)
@@ -369,7 +355,7 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                 x = torch.stack([scaler_int(v.float()) for v in va_img[i:i + 32]]).to(device)
                 with autocast_context(device):
                     pred = model(x).argmax(1, keepdim=True).cpu()
-                dices.append(_dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
+                dices.append(dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
             return float(torch.cat(dices).mean())
 
     def bn_batches(epoch: int) -> Iterator[torch.Tensor]:

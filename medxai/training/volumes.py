@@ -16,6 +16,7 @@ from medxai.io.datasets import Pair
 from medxai.preprocessing.intensity import ScaleIntensityFromBundle
 from medxai.preprocessing.orientation import orientation_to_ras, reorient
 from medxai.preprocessing.spatial import resize_image, resize_label
+from medxai.training.validation import dice_per_case
 
 __all__ = ["VolumeData"]
 
@@ -115,12 +116,10 @@ class VolumeData:
         """Mean foreground Dice of sliding-window predictions on the validation volumes."""
         from monai.inferers import sliding_window_inference
 
-        from medxai.training.trainer import _dice_per_case
-
         scores = []
         for x, y in self.val:
             logits = sliding_window_inference(x[None].to(device), self.roi, 4, net, overlap=0.25,
                                               mode="gaussian", device=torch.device("cpu"))
             pred = logits.argmax(1, keepdim=True)
-            scores.append(_dice_per_case(pred, y[None].long(), max(self.num_classes, 2)))
+            scores.append(dice_per_case(pred, y[None].long(), max(self.num_classes, 2)))
         return float(torch.cat(scores).mean())
