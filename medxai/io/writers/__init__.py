@@ -1,4 +1,5 @@
-"""Writers of medxai's outputs: NIfTI, DICOM SEG, DICOM Secondary Capture, PNG preview, JSON report.
+"""Writers of medxai's outputs: NIfTI, DICOM SEG / Parametric Map / Secondary Capture, PNG preview,
+JSON report.
 
 All writers take arrays in MONAI order (``(C, I, J[, K])`` images, ``(I, J[, K])`` label and
 saliency maps; ``I`` along image columns, ``J`` along rows, ``K`` along slices/frames), write
@@ -12,6 +13,7 @@ from medxai.io.writers.dicom_sc import (
     create_photo_study,
     write_dicom_sc,
 )
+from medxai.io.writers.dicom_pm import quantity_code, write_dicom_pm
 from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
 from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
@@ -23,6 +25,8 @@ __all__ = [
     "sidecar_path",
     "write_dicom_seg",
     "segment_codes",
+    "write_dicom_pm",
+    "quantity_code",
     "write_dicom_sc",
     "create_photo_study",
     "PLACEHOLDER_PATIENT_NAME",

@@ -33,6 +33,7 @@ __all__ = [
     "patient_orientation_letters",
     "has_frame_of_reference",
     "now",
+    "series_number_for",
 ]
 
 SOFTWARE_NAME = "medxai"
@@ -61,6 +62,19 @@ _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClas
 def now() -> datetime.datetime:
     """The current local time (one place, so that tests could pin it)."""
     return datetime.datetime.now()
+
+
+def series_number_for(series_number: int | None, first: Dataset, offset: int) -> int:
+    """The series number of a derived series: ``series_number`` when given, else the source's
+    series number plus ``offset`` (``offset`` alone when that is not a valid number)."""
+    if series_number is not None:
+        return int(series_number)
+    try:
+        base = int(first.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        base = 0
+    number = base + offset
+    return number if 0 < number < 2**31 else offset
 
 
 def as_numpy(array: Any) -> np.ndarray:

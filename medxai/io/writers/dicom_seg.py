@@ -58,6 +58,7 @@ from medxai.io.writers._common import (
     as_label_array,
     has_frame_of_reference,
     normalise_labels,
+    series_number_for,
     source_proxy,
 )
 
@@ -367,7 +368,7 @@ def write_dicom_seg(labels: Any, source: DicomSource,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
-            series_number=_series_number(series_number, first),
+            series_number=series_number_for(series_number, first, DEFAULT_SEG_SERIES_OFFSET),
             sop_instance_uid=hd.UID(),
             instance_number=int(instance_number),
             manufacturer=SOFTWARE_NAME,
@@ -402,14 +403,3 @@ def write_dicom_seg(labels: Any, source: DicomSource,
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return write_bytes_atomic(path, buffer.getvalue())
-
-
-def _series_number(series_number: int | None, first: Dataset) -> int:
-    if series_number is not None:
-        return int(series_number)
-    try:
-        base = int(first.get("SeriesNumber") or 0)
-    except (TypeError, ValueError):
-        base = 0
-    number = base + DEFAULT_SEG_SERIES_OFFSET
-    return number if 0 < number < 2**31 else DEFAULT_SEG_SERIES_OFFSET
