@@ -31,6 +31,9 @@ from medxai.explain.sliding import window_slices
 FAST = {
     "gradcam": {},
     "gradcampp": {},
+    "hirescam": {},
+    "layercam": {},
+    "smoothgrad": {"samples": 2},
     "occlusion": {"patch_size": 2, "stride": 1},
     "ig": {"steps": 8},
 }

@@ -5,9 +5,11 @@ Quick use::
     from medxai.explain import explain
     saliency = explain(net, x, method="gradcam")     # x: (N, C, H, W[, D]) -> (N, 1, H, W[, D])
 
-Methods (:data:`METHODS`): ``gradcam`` (Seg-Grad-CAM), ``gradcampp`` (Grad-CAM++), ``occlusion``,
-``ig`` (integrated gradients). Each explains the sum of one class's logits over the model's own
-mask for it (:class:`SegmentationTarget`), returns ``(N, 1, *spatial)`` float32 in [0, 1] on the
+Methods (:data:`METHODS`): ``gradcam`` (Seg-Grad-CAM), ``gradcampp`` (Grad-CAM++), ``hirescam``,
+``layercam`` (any number of layers, e.g. ``layer="encoder"``), ``smoothgrad``, ``occlusion``,
+``ig`` (integrated gradients). Each explains the sum of one class's logits over a region
+(:class:`SegmentationTarget`: the segment, its ``border``, what was ``missed``, the whole
+``image`` or a user region), returns ``(N, 1, *spatial)`` float32 in [0, 1] on the
 input grid, and leaves the network exactly as it was (mode, ``requires_grad``, no hooks left).
 Large inputs: :func:`sliding_window_saliency`. Trust: :func:`deletion_insertion`,
 :func:`energy_in_mask`, :func:`randomisation_sanity`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,33 +32,52 @@ from medxai.explain.faithfulness import (
     spearman,
 )
 from medxai.explain.hooks import LayerCapture, capture_layer, frozen_model
-from medxai.explain.layers import default_target_layer, list_target_layers, resolve_layer
+from medxai.explain.layers import (
+    default_target_layer,
+    list_target_layers,
+    resolve_layer,
+    resolve_layers,
+    unet_layer_aliases,
+)
 from medxai.explain.methods import (
+    CAM_METHODS,
     METHODS,
     SaliencyMethod,
     get_method,
     grad_cam_pp,
+    hires_cam,
     integrated_gradients,
+    layer_cam,
     occlusion,
     run_method,
     seg_grad_cam,
+    smooth_grad,
 )
 from medxai.explain.sliding import sliding_window_saliency
-from medxai.explain.targets import SegmentationTarget
+from medxai.explain.targets import REGIONS, SegmentationTarget, box_region, make_target
 
 __all__ = [
     "explain",
     "SegmentationTarget",
+    "REGIONS",
+    "box_region",
+    "make_target",
     "METHODS",
+    "CAM_METHODS",
     "get_method",
     "run_method",
     "seg_grad_cam",
     "grad_cam_pp",
+    "hires_cam",
+    "layer_cam",
+    "smooth_grad",
     "occlusion",
     "integrated_gradients",
     "list_target_layers",
     "default_target_layer",
     "resolve_layer",
+    "resolve_layers",
+    "unet_layer_aliases",
     "frozen_model",
     "capture_layer",
     "LayerCapture",
@@ -72,8 +94,10 @@ def explain(
     x: torch.Tensor,
     method: str | SaliencyMethod = "gradcam",
     target_label: int = 1,
-    layer: str | nn.Module | None = None,
-    roi: torch.Tensor | None = None,
+    layer: Any = None,
+    roi: torch.Tensor | Sequence[int] | None = None,
+    *,
+    target: str | SegmentationTarget | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Saliency map of ``net``'s segmentation of ``x`` for one label.
@@ -81,14 +105,19 @@ def explain(
     Args:
         net: network mapping ``(N, C, *spatial)`` to logits ``(N, K, *spatial)``.
         x: ``(N, C, H, W)`` or ``(N, C, H, W, D)`` (a single image ``(C, ...)`` needs ``x[None]``).
-        method: a name in :data:`METHODS` (``gradcam``, ``gradcampp``, ``occlusion``, ``ig``)
-            or a method callable.
+        method: a name in :data:`METHODS` (``gradcam``, ``gradcampp``, ``hirescam``, ``layercam``,
+            ``smoothgrad``, ``occlusion``, ``ig``) or a method callable.
         target_label: the class to explain (1 = first foreground).
-        layer: CAM methods only: layer name or module (default: see
-            :func:`default_target_layer`).
-        roi: optional boolean region of interest on the output grid (``(*spatial)``,
-            ``(1, *spatial)`` or ``(N, 1, *spatial)``) to explain instead of the predicted mask.
-        options: method options (e.g. ``steps=`` for ``ig``, ``patch_size=`` for ``occlusion``).
+        layer: CAM methods only: layer name, role alias (``bottleneck``, ``encoder.2``,
+            ``skip.0``...; :func:`unet_layer_aliases`), module, or several (list, comma-separated
+            or a group such as ``encoder``). Default: :func:`default_target_layer`.
+        roi: optional region of interest on the output grid to explain instead of the predicted
+            mask: a boolean tensor (``(*spatial)``, ``(1, *spatial)`` or ``(N, 1, *spatial)``) or
+            a box ``(start_i, start_j[, start_k], stop_i, stop_j[, stop_k])`` in pixels.
+        target: the question, a region name of :data:`REGIONS` (``segment`` default, ``border``,
+            ``missed``, ``image``) or a :class:`SegmentationTarget`.
+        options: method options (e.g. ``steps=`` for ``ig``, ``patch_size=`` for ``occlusion``)
+            and target options (``border_width``, ``missed_low``, ``threshold``).
 
     Returns:
         ``(N, 1, H, W[, D])`` float32 in [0, 1] on ``x``'s device.
@@ -96,7 +125,11 @@ def explain(
     Raises:
         ExplainError: unknown method, layer or option, label out of range, bad input.
     """
-    target = SegmentationTarget(target_label, roi if roi is not None else "predicted")
+    target_options = {k: options.pop(k) for k in ("border_width", "missed_low", "threshold")
+                      if k in options}
+    if roi is not None and not isinstance(roi, torch.Tensor):
+        roi = box_region(x.shape[2:], roi)
+    target = make_target(target_label, target, roi, **target_options)
     if layer is not None:
         options["layer"] = layer
     return run_method(method, net, x, target, **options)

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from medxai.errors import ExplainError
-from medxai.explain.layers import resolve_layer
+from medxai.explain.layers import resolve_layer, resolve_layers
 
-__all__ = ["frozen_model", "capture_layer", "LayerCapture"]
+__all__ = ["frozen_model", "capture_layer", "capture_layers", "LayerCapture", "layer_gradients"]
 
 
 @contextmanager
@@ -86,6 +86,70 @@ class LayerCapture:
         return grad
 
 
+def _refuse_scripted(net: nn.Module) -> None:
+    """Layer methods need forward hooks, which TorchScript modules do not run."""
+    if isinstance(net, torch.jit.ScriptModule) or getattr(net, "supports_layer_hooks", True) \
+            is False:
+        raise ExplainError(f"{type(net).__name__} is a compiled (TorchScript) network: its layers "
+                           "cannot be hooked, so CAM methods cannot run on it",
+                           hint="use a gradient or perturbation method: 'smoothgrad', 'ig' or "
+                                "'occlusion'")
+
+
+def _keep_output(capture: LayerCapture):  # type: ignore[no-untyped-def]
+    def keep_output(mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            output = output[0]
+        if not isinstance(output, torch.Tensor):
+            raise ExplainError(f"layer {capture.name!r} outputs {type(output).__name__}, not a "
+                               "tensor", hint="choose a convolution or a block of convolutions")
+        capture.activations = output
+    return keep_output
+
+
+@contextmanager
+def capture_layers(net: nn.Module, layers: object) -> Iterator[list[LayerCapture]]:
+    """Like :func:`capture_layer` for several layers at once (one forward pass records all).
+
+    ``layers``: anything :func:`medxai.explain.layers.resolve_layers` accepts.
+    """
+    _refuse_scripted(net)
+    captures = [LayerCapture(name=n, module=m) for n, m in resolve_layers(net, layers)]  # type: ignore[arg-type]
+    with frozen_model(net):
+        handles = [c.module.register_forward_hook(_keep_output(c)) for c in captures]
+        try:
+            yield captures
+        finally:
+            for h in handles:
+                h.remove()
+            for c in captures:
+                c.activations = None
+
+
+def layer_gradients(captures: list[LayerCapture], score: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of ``score.sum()`` with respect to each capture's activations, in one pass.
+
+    Raises:
+        ExplainError: as :meth:`LayerCapture.gradients`.
+    """
+    if len(captures) == 1:
+        return [captures[0].gradients(score)]
+    for c in captures:
+        if c.activations is None:
+            raise ExplainError(f"layer {c.name!r} did not run in the forward pass",
+                               hint="choose a layer on the path from input to output")
+        if not c.activations.requires_grad or not score.requires_grad:
+            raise ExplainError(f"cannot differentiate the target with respect to layer {c.name!r}",
+                               hint="do not call explanations inside torch.inference_mode()")
+    grads = torch.autograd.grad(score.sum(), [c.activations for c in captures],  # type: ignore[misc]
+                                allow_unused=True)
+    for c, g in zip(captures, grads):
+        if g is None:
+            raise ExplainError(f"the target does not depend on layer {c.name!r}",
+                               hint="choose a layer on the path to the output")
+    return list(grads)
+
+
 @contextmanager
 def capture_layer(net: nn.Module, layer: str | nn.Module | None = None) -> Iterator[LayerCapture]:
     """Record the output of ``layer`` of ``net`` while the block runs; remove the hook after.
@@ -96,6 +160,7 @@ def capture_layer(net: nn.Module, layer: str | nn.Module | None = None) -> Itera
     Raises:
         ExplainError: the layer is unknown (see :func:`resolve_layer`) or outputs no tensor.
     """
+    _refuse_scripted(net)
     name, module = resolve_layer(net, layer)
     capture = LayerCapture(name=name, module=module)
 

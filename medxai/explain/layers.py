@@ -29,17 +29,30 @@ the 1/4-resolution decoder block and the bottleneck 0.00-0.01 / 0.97-0.99 (worse
 
 For other networks the default is the last convolution before the final (output) convolution, or
 the only convolution if there is just one.
+
+Names by role (MONAI ``UNet``)
+------------------------------
+:func:`unet_layer_aliases` names a UNet's blocks by their place in the U, and every function here
+accepts those names: ``encoder.L`` (the down block of level ``L``, ``encoder.0`` at 1/2 of the
+input), ``bottleneck`` (the bottom block, Seg-Grad-CAM's layer in Vinogradova et al. 2020),
+``skip.L`` (level ``L``'s skip connection output, the concatenation of the encoder features with
+the decoder's; ``skip.0`` is ``model.1``, the default above), ``decoder.L`` (level ``L``'s up block;
+``decoder.0`` outputs the logits). Groups for layer-aggregating CAMs (LayerCAM): ``encoder`` (all
+encoder levels), ``decoder`` (all up blocks but the final one). Several layers may be given as a
+list or a comma-separated string (:func:`resolve_layers`).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 
 from torch import nn
 
 from medxai.errors import ExplainError
 
-__all__ = ["list_target_layers", "default_target_layer", "resolve_layer"]
+__all__ = ["list_target_layers", "default_target_layer", "resolve_layer", "resolve_layers",
+           "unet_layer_aliases"]
 
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 
@@ -75,6 +88,37 @@ def _unet_prefix(net: nn.Module) -> str | None:
                 and len(module.model) == 3 and hasattr(module.model[1], "submodule"):
             return name
     return None
+
+
+def unet_layer_aliases(net: nn.Module) -> dict[str, str]:
+    """Role names of a MONAI UNet's blocks (see the module docstring) -> module names.
+
+    Empty for a network that contains no MONAI ``UNet``. Group names (``encoder``, ``decoder``)
+    map to comma-separated module names.
+    """
+    prefix = _unet_prefix(net)
+    if prefix is None:
+        return {}
+    modules = dict(net.named_modules())
+    cur = f"{prefix}.model" if prefix else "model"
+    aliases: dict[str, str] = {}
+    level = 0
+    while True:
+        block = modules[cur]
+        if isinstance(block, nn.Sequential) and len(block) == 3 \
+                and hasattr(block[1], "submodule"):
+            aliases[f"encoder.{level}"] = f"{cur}.0"
+            aliases[f"skip.{level}"] = f"{cur}.1"
+            aliases[f"decoder.{level}"] = f"{cur}.2"
+            cur = f"{cur}.1.submodule"
+            level += 1
+        else:
+            aliases["bottleneck"] = cur
+            break
+    aliases["encoder"] = ",".join(aliases[f"encoder.{i}"] for i in range(level))
+    aliases["decoder"] = ",".join(aliases[f"decoder.{i}"] for i in range(1, level)) \
+        or aliases["decoder.0"]
+    return aliases
 
 
 def default_target_layer(net: nn.Module) -> str:
@@ -121,7 +165,10 @@ def resolve_layer(net: nn.Module, layer: str | nn.Module | None = None) -> tuple
         raise ExplainError(f"layer must be a name or a module, got {type(layer).__name__}")
     if layer in modules and layer:
         return layer, modules[layer]
-    valid = list_target_layers(net)
+    aliases = unet_layer_aliases(net)
+    if layer in aliases and "," not in aliases[layer]:
+        return aliases[layer], modules[aliases[layer]]
+    valid = [a for a, v in aliases.items() if "," not in v] + list_target_layers(net)
     close = difflib.get_close_matches(layer, valid, n=5, cutoff=0.0)
     rest = [name for name in valid if name not in close]
     raise ExplainError(
@@ -129,3 +176,33 @@ def resolve_layer(net: nn.Module, layer: str | nn.Module | None = None) -> tuple
         hint=f"valid layers: {', '.join(close + rest)}",
     )
 
+
+
+def resolve_layers(net: nn.Module, layer: str | nn.Module | Sequence[str | nn.Module] | None
+                   ) -> list[tuple[str, nn.Module]]:
+    """One or more target layers: a name/alias/module, a group alias (``encoder``, ``decoder``),
+    names separated by commas, or a list of any of these. Duplicates are dropped, order kept.
+
+    Raises:
+        ExplainError: an unknown name (see :func:`resolve_layer`) or an empty list.
+    """
+    if layer is None or isinstance(layer, nn.Module):
+        return [resolve_layer(net, layer)]
+    items: list[str | nn.Module] = []
+    aliases = unet_layer_aliases(net)
+    for item in ([layer] if isinstance(layer, str) else list(layer)):
+        if isinstance(item, str):
+            for part in item.split(","):
+                part = part.strip()
+                if part:
+                    items.extend(p for p in aliases.get(part, part).split(","))
+        else:
+            items.append(item)
+    if not items:
+        raise ExplainError(f"no layer given in {layer!r}", hint="name at least one layer")
+    out: list[tuple[str, nn.Module]] = []
+    for item in items:
+        name, module = resolve_layer(net, item)
+        if all(name != n for n, _ in out):
+            out.append((name, module))
+    return out

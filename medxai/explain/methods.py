@@ -37,12 +37,15 @@ from medxai.explain._common import (
     prepare_input,
     upsample,
 )
-from medxai.explain.hooks import capture_layer, frozen_model
+from medxai.explain.hooks import capture_layers, frozen_model, layer_gradients
 from medxai.explain.targets import SegmentationTarget, as_target
 
 __all__ = [
     "seg_grad_cam",
     "grad_cam_pp",
+    "hires_cam",
+    "layer_cam",
+    "smooth_grad",
     "occlusion",
     "integrated_gradients",
     "METHODS",
@@ -80,59 +83,122 @@ def _gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> to
     return (alpha * g).sum(dim=2)
 
 
+def _weighted(weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A combiner ``sum_k w_k A_k`` from a channel-weight function ``w = weigh(A, g)``."""
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        weights = weigh(activations, gradients)
+        shape = (*weights.shape, *([1] * (activations.ndim - 2)))
+        return (weights.view(shape) * activations).sum(dim=1, keepdim=True)
+    return combine
+
+
+def _hirescam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos and Carin 2020): ``sum_k g_k * A_k`` element-wise (no spatial mean)."""
+    return (gradients * activations).sum(dim=1, keepdim=True)
+
+
+def _layercam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): ``sum_k relu(g_k) * A_k`` element-wise."""
+    return (torch.relu(gradients) * activations).sum(dim=1, keepdim=True)
+
+
 def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
-         layer: str | nn.Module | None, weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+         layer: Any, combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
          normalize: bool) -> torch.Tensor:
-    """``relu(sum_k w_k A_k)`` at ``layer``, upsampled to the input grid."""
+    """``relu(combine(A, dS/dA))`` at each layer, upsampled to the input grid.
+
+    One forward and one backward pass, whatever the number of layers. With several layers each
+    layer's map is divided by its per-sample maximum before they are averaged (layer scales
+    differ by orders of magnitude; pytorch-grad-cam aggregates layers the same way).
+    """
     x = prepare_input(x)
     target = as_target(target)
-    with capture_layer(net, layer) as capture, torch.enable_grad():
+    with capture_layers(net, layer) as captures, torch.enable_grad():
         # The parameters do not require gradients here, so the input does: that makes the
-        # layer's activations part of a graph we can differentiate.
+        # layers' activations part of a graph we can differentiate.
         logits = forward(net, x.clone().requires_grad_(True))
         score = target(logits)
-        gradients = capture.gradients(score).detach()
-        activations = capture.activations.detach()
-    if activations.ndim != x.ndim or activations.shape[0] != x.shape[0]:
-        raise ExplainError(f"layer {capture.name!r} outputs shape {tuple(activations.shape)}, "
-                           f"not a feature map (N, C, *spatial) for input {tuple(x.shape)}",
-                           hint="choose a convolution or a block of convolutions")
-    activations = activations.float()
-    weights = weigh(activations, gradients.float())
-    shape = (*weights.shape, *([1] * (activations.ndim - 2)))
-    cam = torch.relu((weights.view(shape) * activations).sum(dim=1, keepdim=True))
-    cam = upsample(cam, x.shape[2:])
+        gradients = [g.detach() for g in layer_gradients(captures, score)]
+        activations = [c.activations.detach() for c in captures]  # type: ignore[union-attr]
+        names = [c.name for c in captures]
+    maps = []
+    for name, act, grad in zip(names, activations, gradients):
+        if act.ndim != x.ndim or act.shape[0] != x.shape[0]:
+            raise ExplainError(f"layer {name!r} outputs shape {tuple(act.shape)}, not a feature "
+                               f"map (N, C, *spatial) for input {tuple(x.shape)}",
+                               hint="choose a convolution or a block of convolutions")
+        cam = torch.relu(combine(act.float(), grad.float()))
+        maps.append(upsample(cam, x.shape[2:]))
+    if len(maps) == 1:
+        cam = maps[0]
+    else:
+        cam = torch.stack([normalise(m) for m in maps]).mean(dim=0)
     return normalise(cam) if normalize else cam
 
 
-def seg_grad_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                 layer: str | nn.Module | None = None, normalize: bool = True) -> torch.Tensor:
-    """Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM of a segmentation target.
-
-    Channel weights are the spatial mean of the target's gradient with respect to the layer's
-    activations; the map is ``relu(sum_k w_k A_k)``, upsampled (bi/trilinear) to the input grid.
-
+_CAM_ARGS = """
     Args:
         net: segmentation network, logits ``(N, K, *spatial)``.
         x: ``(N, C, H, W[, D])``.
-        target: what to explain (a label means its predicted region).
-        layer: layer name or module; default :func:`medxai.explain.layers.default_target_layer`.
+        target: what to explain (:class:`SegmentationTarget`; a label means its predicted region).
+        layer: a layer name, role alias (``encoder.2``, ``bottleneck``...), module, or several
+            (list, comma-separated string, or a group alias such as ``encoder``); default
+            :func:`medxai.explain.layers.default_target_layer`.
         normalize: divide by the per-sample maximum.
 
     Returns:
-        ``(N, 1, H, W[, D])`` float32.
-    """
-    return _cam(net, x, target, layer, _gradcam_weights, normalize)
+        ``(N, 1, H, W[, D])`` float32, non-negative.
+"""
+
+
+def seg_grad_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+                 layer: Any = None, normalize: bool = True) -> torch.Tensor:
+    return _cam(net, x, target, layer, _weighted(_gradcam_weights), normalize)
+
+
+seg_grad_cam.__doc__ = """Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM of a segmentation target.
+
+    Channel weights are the spatial mean of the target's gradient with respect to the layer's
+    activations; the map is ``relu(sum_k w_k A_k)``, upsampled (bi/trilinear) to the input grid.
+""" + _CAM_ARGS
 
 
 def grad_cam_pp(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                layer: str | nn.Module | None = None, normalize: bool = True) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay et al. 2018) of a segmentation target.
+                layer: Any = None, normalize: bool = True) -> torch.Tensor:
+    return _cam(net, x, target, layer, _weighted(_gradcampp_weights), normalize)
+
+
+grad_cam_pp.__doc__ = """Grad-CAM++ (Chattopadhay et al. 2018) of a segmentation target.
 
     Like :func:`seg_grad_cam`, with each channel weighted by the positive gradients times the
-    pixel-wise coefficients ``alpha`` (exponential-score approximation). Same arguments and result.
-    """
-    return _cam(net, x, target, layer, _gradcampp_weights, normalize)
+    pixel-wise coefficients ``alpha`` (exponential-score approximation).
+""" + _CAM_ARGS
+
+
+def hires_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+              layer: Any = None, normalize: bool = True) -> torch.Tensor:
+    return _cam(net, x, target, layer, _hirescam, normalize)
+
+
+hires_cam.__doc__ = """HiResCAM (Draelos and Carin 2020): ``relu(sum_k dS/dA_k * A_k)`` per pixel.
+
+    Unlike Grad-CAM the gradients are not averaged over space, so the map is the exact first-order
+    contribution of each location of the layer to the score (for a segmentation target this is
+    what Seg-XRes-CAM builds on).
+""" + _CAM_ARGS
+
+
+def layer_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+              layer: Any = None, normalize: bool = True) -> torch.Tensor:
+    return _cam(net, x, target, layer, _layercam, normalize)
+
+
+layer_cam.__doc__ = """LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(dS/dA_k) * A_k)`` per pixel.
+
+    Meant for several layers at once (``layer="encoder"`` or a list): each layer's map is scaled
+    to [0, 1] and the maps are averaged, so shallow layers add detail and deep ones add context.
+""" + _CAM_ARGS
 
 
 # --- perturbation ------------------------------------------------------------------------------
@@ -198,7 +264,7 @@ def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int 
         fixed = target.frozen(logits)
         reference = fixed(logits).float()
         for i in range(x.shape[0]):
-            sample_target = SegmentationTarget(fixed.label, fixed.region[i : i + 1])
+            sample_target = fixed.sample(i)
             fill_i = fill_values[i].view(-1, *([1] * nd))
             for part in chunks(len(windows), batch_size):
                 batch = x[i : i + 1].repeat(len(part), *([1] * (nd + 1)))
@@ -244,7 +310,7 @@ def integrated_gradients(net: nn.Module, x: torch.Tensor, target: SegmentationTa
         with torch.no_grad():
             fixed = target.frozen(forward(net, x))
         for i in range(x.shape[0]):
-            sample_target = SegmentationTarget(fixed.label, fixed.region[i : i + 1])
+            sample_target = fixed.sample(i)
             diff = x[i : i + 1] - base[i : i + 1]
             for part in chunks(steps, batch_size):
                 a = alphas[part.start : part.stop].to(x.dtype).view(-1, 1, *([1] * nd))
@@ -258,15 +324,68 @@ def integrated_gradients(net: nn.Module, x: torch.Tensor, target: SegmentationTa
     return normalise(saliency) if normalize else saliency
 
 
+def smooth_grad(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
+                samples: int = 8, noise: float = 0.1, batch_size: int = 8, seed: int = 0,
+                normalize: bool = True) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): input gradients averaged over noisy copies of ``x``.
+
+    ``samples`` copies ``x + N(0, (noise * (max(x) - min(x)))^2)`` (per sample, drawn from a private
+    generator seeded with ``seed``; the global RNG is untouched) are scored over the region of the
+    unaltered input, ``batch_size`` copies per forward/backward pass; the map is
+    ``sum over channels of mean_k |dS/dx(x_k)|``. Cost: ``samples`` forward and backward passes
+    (one batched pass when ``batch_size >= samples``).
+
+    Args:
+        samples: number of noisy copies (>= 1).
+        noise: noise standard deviation as a fraction of the sample's intensity range (>= 0).
+        batch_size: noisy copies per pass.
+        seed: noise seed.
+
+    Returns:
+        ``(N, 1, *spatial)`` float32.
+    """
+    x = prepare_input(x)
+    target = as_target(target)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ExplainError(f"samples must be a positive integer, got {samples!r}")
+    if not float(noise) >= 0:
+        raise ExplainError(f"noise must be a non-negative fraction of the range, got {noise!r}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    total = torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float32, device=x.device)
+    with frozen_model(net):
+        with torch.no_grad():
+            fixed = target.frozen(forward(net, x))
+        for i in range(x.shape[0]):
+            sample_target = fixed.sample(i)
+            xi = x[i : i + 1]
+            sigma = float(noise) * float(xi.max() - xi.min())
+            for part in chunks(samples, batch_size):
+                eps = torch.randn((len(part), *xi.shape[1:]), generator=generator)
+                with torch.enable_grad():
+                    noisy = (xi + sigma * eps.to(device=x.device, dtype=x.dtype))
+                    noisy.requires_grad_(True)
+                    score = sample_target(forward(net, noisy))
+                    (grad,) = torch.autograd.grad(score.sum(), noisy)
+                total[i] += grad.float().abs().sum(dim=1).sum(dim=0)[None]
+    saliency = total / samples
+    return normalise(saliency) if normalize else saliency
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 #: Saliency methods by the name the CLI and :func:`medxai.explain.explain` accept.
 METHODS: dict[str, SaliencyMethod] = {
     "gradcam": seg_grad_cam,
     "gradcampp": grad_cam_pp,
+    "hirescam": hires_cam,
+    "layercam": layer_cam,
+    "smoothgrad": smooth_grad,
     "occlusion": occlusion,
     "ig": integrated_gradients,
 }
+
+#: Methods that read a layer (take ``layer=``; refused by networks without module structure).
+CAM_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
 
 
 def get_method(name: str | SaliencyMethod) -> SaliencyMethod:

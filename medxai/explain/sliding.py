@@ -24,7 +24,7 @@ from torch import nn
 from medxai.errors import ExplainError
 from medxai.explain._common import chunks, normalise, prepare_input
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
-from medxai.explain.targets import SegmentationTarget, _broadcast_roi
+from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
 
 __all__ = ["sliding_window_saliency", "window_slices"]
 
@@ -64,6 +64,7 @@ def sliding_window_saliency(
     target_label: int = 1,
     *,
     roi: torch.Tensor | None = None,
+    target: str | SegmentationTarget | None = None,
     sigma_scale: float | Sequence[float] = 0.125,
     padding_mode: str = "constant",
     cval: float = 0.0,
@@ -89,6 +90,9 @@ def sliding_window_saliency(
         roi: optional boolean region of interest on the input grid, ``(*spatial)``,
             ``(1, *spatial)`` or ``(N, 1, *spatial)``; each window scores the ROI part inside it
             instead of its own prediction.
+        target: the question asked, a region name (``segment``, ``border``, ``missed``,
+            ``image``) or a :class:`SegmentationTarget` (a tensor region of it is a ROI on the
+            input grid); named regions are computed per window from the window's own logits.
         sigma_scale: Gaussian window sigma as a fraction of the window size (MONAI's default).
         padding_mode, cval: how the input is padded when smaller than a window (MONAI's options).
         sw_device: device of the windows (default: ``x``'s device).
@@ -126,6 +130,16 @@ def sliding_window_saliency(
     before = [max(r - s, 0) // 2 for r, s in zip(roi_size, image_size)]
     after = [max(r - s, 0) - b for r, s, b in zip(roi_size, image_size, before)]
     pad = [p for d in reversed(range(nd)) for p in (before[d], after[d])]
+    if isinstance(target, SegmentationTarget):
+        base_target = target
+    else:
+        if roi is not None:
+            make_target(target_label, target, roi)  # refuses a named region together with a roi
+        base_target = make_target(target_label, target)
+    if isinstance(base_target.region, torch.Tensor):
+        if roi is not None:
+            raise ExplainError("give the region either as roi or as the target's region")
+        roi = base_target.region
     roi_mask = _broadcast_roi(roi, n, image_size) if roi is not None else None
     if any(pad):
         x = F.pad(x, pad, mode=padding_mode, value=cval) if padding_mode == "constant" \
@@ -147,13 +161,13 @@ def sliding_window_saliency(
         for part in chunks(len(windows), sw_batch_size):
             batch = torch.cat([x[(slice(i, i + 1), slice(None), *windows[w])] for w in part])
             if roi_mask is not None:
-                region: str | torch.Tensor = torch.cat(
+                window_target = base_target.with_region(torch.cat(
                     [roi_mask[(slice(i, i + 1), slice(None), *windows[w])] for w in part]
-                ).to(device)
+                ).to(device))
             else:
-                region = "predicted"
-            target = SegmentationTarget(target_label, region)
-            saliency = run_method(fn, net, batch.to(device), target, normalize=False, **options)
+                window_target = base_target
+            saliency = run_method(fn, net, batch.to(device), window_target, normalize=False,
+                                  **options)
             saliency = saliency.detach().to("cpu", torch.float32)
             for j, w in enumerate(part):
                 where = (slice(i, i + 1), slice(None), *windows[w])
