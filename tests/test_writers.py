@@ -732,7 +732,8 @@ def test_label_statistics_in_mm_and_pixels():
     volume[0, 0, :] = 2
     volume[1, 1, 1] = 9
     stats = label_statistics(volume, (1.0, 2.0, 5.0), LABELS, True)
-    assert stats[1] == {"value": 2, "name": "liver", "voxel_count": 4, "volume_ml": 0.04}
+    assert stats[1] == {"value": 2, "name": "liver", "voxel_count": 4, "volume_mm3": 40.0,
+                        "volume_ml": 0.04}
     assert stats[2]["name"] == "label_9"
     with pytest.raises(MedxaiError):
         label_statistics(volume, (1.0, 2.0), LABELS, True)

@@ -81,7 +81,7 @@ def label_statistics(labels: Any, spacing: Sequence[float] | None,
 
     Returns:
         one dict per label, by value: ``value``, ``name``, ``voxel_count``, and
-        ``area_mm2`` (2D) / ``volume_ml`` (3D) with patient geometry, else ``area_pixels`` /
+        ``area_mm2`` (2D) / ``volume_mm3`` and ``volume_ml`` (3D) with patient geometry, else ``area_pixels`` /
         ``volume_voxels``.
     """
     arr = as_label_array(labels)
@@ -106,6 +106,7 @@ def label_statistics(labels: Any, spacing: Sequence[float] | None,
                 entry["area_pixels"] = count
         else:
             if size is not None:
+                entry["volume_mm3"] = count * size
                 entry["volume_ml"] = count * size / 1000.0
             else:
                 entry["volume_voxels"] = count
