@@ -1,0 +1,232 @@
+"""The typed model contract: what a model takes, how it is run and what it gives, parsed once.
+
+A :class:`ModelContract` is built when a bundle is loaded, whichever form the bundle has
+(medxai's own ``configs/inference.json`` or a MONAI model-zoo bundle), and is frozen. Inference,
+saliency and the CLI read it instead of re-reading raw config dicts, so each default (the
+sliding-window overlap, the inference mode, ...) lives here once.
+
+This module is torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medxai.errors import ExplainError
+
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_SW_BATCH_SIZE", "DEFAULT_BLEND_MODE", "INFERENCE_MODES",
+           "HOOK_METHODS", "HOOK_FREE_METHODS", "LabelSpec", "InputSpec", "InferenceSpec",
+           "ModelContract", "contract_from_medxai_config"]
+
+#: Sliding-window defaults (MONAI's ``SlidingWindowInferer`` defaults are 0.25 and 1; medxai's
+#: own bundles have always used a batch of 4 windows).
+DEFAULT_OVERLAP = 0.25
+DEFAULT_SW_BATCH_SIZE = 4
+DEFAULT_BLEND_MODE = "gaussian"
+#: ``whole_image``/``sliding_window``: medxai's own inference; ``monai``: the bundle's own
+#: preprocessing, inferer and postprocessing (MONAI model-zoo bundles).
+INFERENCE_MODES = ("whole_image", "sliding_window", "monai")
+#: Saliency methods that need forward/backward hooks on a named layer (not on TorchScript).
+HOOK_METHODS = ("gradcam", "gradcampp")
+#: Saliency methods that need only the network's input and output.
+HOOK_FREE_METHODS = ("occlusion", "ig")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One output label: its value in the label map, name and display colour (RGB 0-255)."""
+
+    value: int
+    name: str
+    color: tuple[int, int, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "name": self.name}
+        if self.color is not None:
+            out["color"] = list(self.color)
+        return out
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network takes: spatial dims (2 or 3), channels, the DICOM modalities it was made
+    for (empty: any) and the channels' names in order (e.g. ``T1c, T1, T2, FLAIR``)."""
+
+    spatial_dims: int
+    channels: int
+    modalities: tuple[str, ...] = ()
+    channel_names: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+        mods = f", modality {'/'.join(self.modalities)}" if self.modalities else ""
+        return f"{self.spatial_dims}D, {self.channels} channel(s){names}{mods}"
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How the network is run.
+
+    Attributes:
+        mode: one of :data:`INFERENCE_MODES`.
+        roi_size: sliding-window size in voxels (None: whole image / the bundle's inferer).
+        overlap: sliding-window overlap fraction.
+        sw_batch_size: windows per forward pass.
+        blend_mode: window blending (``gaussian`` or ``constant``).
+        tta: test-time augmentation of whole-image models (``none``, ``flips``, ``dihedral``).
+        tta_sizes: extra input sizes of multi-scale TTA.
+        threshold: foreground probability cut of binary models (None: argmax).
+        inferer: the MONAI inferer class name (MONAI bundles), else ``""``.
+        amp: the bundle asks for mixed precision (honoured on CUDA only).
+    """
+
+    mode: str = "whole_image"
+    roi_size: tuple[int, ...] | None = None
+    overlap: float = DEFAULT_OVERLAP
+    sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
+    blend_mode: str = DEFAULT_BLEND_MODE
+    tta: str = "none"
+    tta_sizes: tuple[tuple[int, ...], ...] = ()
+    threshold: float | None = None
+    inferer: str = ""
+    amp: bool = False
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """A frozen, typed description of a model bundle.
+
+    Attributes:
+        name, version: from the bundle's metadata.
+        form: ``medxai`` (medxai's own bundle) or ``monai`` (a MONAI model-zoo bundle).
+        weights: ``state_dict`` (``models/model.pt``) or ``torchscript`` (``models/model.ts``).
+        network: the network's class name (e.g. ``UNet``).
+        input: :class:`InputSpec`.
+        preprocessing: the steps onto the model grid, in order, as short descriptions.
+        inference: :class:`InferenceSpec`.
+        postprocessing: the steps after the network, in order, as short descriptions.
+        labels: the label map's labels (value 0 = background included when the model has it).
+        replaced: what medxai does instead of the bundle (e.g. ``LoadImaged -> medxai reader``).
+        layer_hooks: whether layer hooks work on the network (False for TorchScript), which
+            Grad-CAM-type saliency needs.
+    """
+
+    name: str
+    version: str
+    form: str
+    weights: str
+    network: str
+    input: InputSpec
+    inference: InferenceSpec
+    labels: tuple[LabelSpec, ...]
+    preprocessing: tuple[str, ...] = ()
+    postprocessing: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    layer_hooks: bool = True
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def foreground_labels(self) -> tuple[LabelSpec, ...]:
+        return tuple(lab for lab in self.labels if lab.value != 0)
+
+    @property
+    def saliency_methods(self) -> tuple[str, ...]:
+        """The saliency methods that apply to this model."""
+        return (HOOK_METHODS if self.layer_hooks else ()) + HOOK_FREE_METHODS
+
+    def check_saliency_method(self, method: str) -> None:
+        """Raise :class:`ExplainError` when ``method`` cannot run on this model (Grad-CAM-type
+        methods on a TorchScript network); the message names the methods that work."""
+        if isinstance(method, str) and method in HOOK_METHODS and not self.layer_hooks:
+            raise ExplainError(
+                f"saliency method {method!r} needs layer hooks, which the TorchScript network of "
+                f"model {self.name!r} does not offer",
+                hint=f"use --explain {' or '.join(HOOK_FREE_METHODS)} (these work on TorchScript), "
+                     "or --explain none; or give the bundle models/model.pt (a state dict)")
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (int(value),)
+    return tuple(int(v) for v in value)
+
+
+def _color(value: Any) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    r, g, b = (int(v) for v in value)
+    return (r, g, b)
+
+
+def _tta(inference: Mapping[str, Any]) -> str:
+    return str(inference.get("tta") or ("flips" if inference.get("tta_flips") else "none"))
+
+
+def contract_from_medxai_config(config: Mapping[str, Any], metadata: Mapping[str, Any]
+                                ) -> ModelContract:
+    """The contract of a medxai-form bundle (``config`` = its ``configs/inference.json``, already
+    checked by :func:`medxai.models.bundle.load_bundle`)."""
+    inp = config.get("input", {}) or {}
+    net = config.get("network_def", {}) or {}
+    inf = config.get("inference", {}) or {}
+    pre = config.get("preprocessing", {}) or {}
+    mode = str(inf.get("mode", "whole_image"))
+    steps = []
+    if mode == "whole_image" and pre.get("spatial_size"):
+        steps.append(f"resize to {list(pre['spatial_size'])}")
+    if mode == "sliding_window" and int(inp.get("spatial_dims", 2)) == 3:
+        steps.append("reorient to RAS")
+        if pre.get("spacing"):
+            steps.append(f"resample to {list(pre['spacing'])} mm")
+    if pre.get("intensity"):
+        steps.append(f"intensity {dict(pre['intensity'])}")
+    post = config.get("postprocessing") or {}
+    post_steps = ["softmax", f"threshold {inf['threshold']}" if inf.get("threshold") is not None
+                  else "argmax"] + [k for k, v in post.items() if v]
+    target = str(net.get("_target_", "?")).rsplit(".", 1)[-1]
+    return ModelContract(
+        name=str(metadata.get("name", "unnamed")), version=str(metadata.get("version", "0")),
+        form="medxai", weights="state_dict", network=target,
+        input=InputSpec(spatial_dims=int(inp.get("spatial_dims", 2)),
+                        channels=int(inp.get("channels", 1)),
+                        modalities=tuple(str(m) for m in inp.get("modalities", []) or [])),
+        inference=InferenceSpec(
+            mode=mode, roi_size=_ints(inf.get("roi_size")),
+            overlap=float(inf.get("overlap", DEFAULT_OVERLAP)),
+            sw_batch_size=int(inf.get("sw_batch_size", DEFAULT_SW_BATCH_SIZE)),
+            blend_mode=str(inf.get("blend_mode", DEFAULT_BLEND_MODE)), tta=_tta(inf),
+            tta_sizes=tuple(tuple(int(v) for v in s) for s in inf.get("tta_sizes") or []),
+            threshold=(float(inf["threshold"]) if inf.get("threshold") is not None else None)),
+        labels=tuple(LabelSpec(int(lab["value"]), str(lab.get("name", f"label {lab['value']}")),
+                               _color(lab.get("color"))) for lab in config.get("labels", [])),
+        preprocessing=tuple(steps), postprocessing=tuple(post_steps),
+        extras={"postprocessing": dict(post)},
+    )
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct display colours (a fixed, repeatable list)."""
+    base = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+            (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def labels_from_names(names: Mapping[int, str] | Sequence[str]) -> tuple[LabelSpec, ...]:
+    """Labels for ``{value: name}`` (or names in value order), with :func:`default_palette`
+    colours for the foreground."""
+    items = sorted(names.items()) if isinstance(names, Mapping) else list(enumerate(names))
+    palette = default_palette(len(items))
+    out, k = [], 0
+    for v, n in items:
+        if int(v) == 0:
+            out.append(LabelSpec(0, str(n), None))
+        else:
+            out.append(LabelSpec(int(v), str(n), palette[k]))
+            k += 1
+    return tuple(out)
