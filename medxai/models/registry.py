@@ -14,7 +14,7 @@ from medxai.models.bundle import ModelBundle, load_bundle
 from medxai.models.fit import FitRules, InputFacts, ModelChoice, choose_model
 
 __all__ = ["BundledModel", "BUNDLED_MODELS", "DEFAULT_MODEL", "list_models", "resolve_model",
-           "load_model", "choose_bundled_model"]
+           "load_model", "load_any_bundle", "choose_bundled_model"]
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
@@ -103,12 +103,21 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
         + f"bundled models: {', '.join(BUNDLED_MODELS)}; or pass a bundle folder")
 
 
+def load_any_bundle(path: str | Path) -> ModelBundle:
+    """Load a bundle folder of either form: medxai's own (:func:`load_bundle`) or a MONAI
+    model-zoo bundle (:func:`medxai.models.monai_bundle.load_monai_bundle`)."""
+    from medxai.models.monai_bundle import is_monai_bundle, load_monai_bundle
+
+    return load_monai_bundle(path) if is_monai_bundle(path) else load_bundle(path)
+
+
 @lru_cache(maxsize=4)
 def _load_cached(path: str) -> ModelBundle:
-    return load_bundle(path)
+    return load_any_bundle(path)
 
 
 def load_model(name_or_path: str | Path | None = None, *, cache: bool = False) -> ModelBundle:
-    """Load a bundled model by name (default :data:`DEFAULT_MODEL`) or a bundle folder."""
+    """Load a bundled model by name (default :data:`DEFAULT_MODEL`) or a bundle folder
+    (medxai's own form or a MONAI model-zoo bundle)."""
     path = resolve_model(name_or_path)
-    return _load_cached(str(path.resolve())) if cache else load_bundle(path)
+    return _load_cached(str(path.resolve())) if cache else load_any_bundle(path)
