@@ -328,6 +328,9 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
 
     from monai.inferers import sliding_window_inference
 
+    if _is_monai_bundle(bundle):
+        return _predict_monai(bundle, image, resolve_device(device), roi_size=roi_size,
+                              overlap=overlap, sw_batch_size=sw_batch_size, source=source)
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
     net = bundle.network
@@ -355,3 +358,38 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
                       seconds=time.perf_counter() - t0, tta=tta if mode == "whole_image" else "none")
+
+
+def _is_monai_bundle(bundle: Any) -> bool:
+    from medxai.models.monai_bundle import MonaiBundle
+
+    return isinstance(bundle, MonaiBundle)
+
+
+def _one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, *spatial)`` float32 one-hot of a ``(1, *spatial)`` label map."""
+    out = torch.zeros((n, *labels.shape[1:]), dtype=torch.float32)
+    return out.scatter_(0, labels.long().clamp(0, n - 1), 1.0)
+
+
+def _predict_monai(bundle: Any, image: torch.Tensor, dev: torch.device, *,
+                   roi_size: Sequence[int] | None, overlap: float | None,
+                   sw_batch_size: int | None, source: str | None) -> Prediction:
+    """A MONAI model-zoo bundle's own preprocessing, inferer and postprocessing
+    (:meth:`medxai.models.monai_bundle.MonaiBundle.run`). The probabilities are the bundle's
+    activations after its ``Invertd`` when it inverts them, else the label map one-hot."""
+    import time
+
+    bundle.check_input(image, source)
+    x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
+    t0 = time.perf_counter()
+    prob, labels = bundle.run(x, dev, roi_size=roi_size, overlap=overlap,
+                              sw_batch_size=sw_batch_size)
+    if prob is None:
+        n = max([lab.value for lab in bundle.contract.labels] + [int(labels.max())]) + 1
+        prob = _one_hot(labels, n)
+    if squeezed:
+        prob, labels = prob[..., None], labels[..., None]
+    affine = getattr(image, "affine", torch.eye(4))
+    return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
+                      seconds=time.perf_counter() - t0, tta="none")
