@@ -135,6 +135,21 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
     from medxai.explain import explain as run_explain
     from medxai.explain import sliding_window_saliency
 
+    contract = getattr(bundle, "contract", None)
+    if contract is not None and contract.form == "monai":
+        # a MONAI bundle: its own preprocessing onto the model grid, MONAI's inverse back
+        contract.check_saliency_method(method)
+        x, data = bundle.model_input(loaded.image)
+        roi = list(roi_size or contract.inference.roi_size or x.shape[2:])
+        with network_on(bundle.network, device) as net:
+            if contract.inference.inferer == "SlidingWindowInferer":
+                sal = sliding_window_saliency(
+                    net, x.to(device), method, roi_size=roi,
+                    overlap=float(overlap if overlap is not None else contract.inference.overlap),
+                    target_label=label)
+            else:
+                sal = run_explain(net, x.to(device), method=method, target_label=label)
+        return bundle.to_input_grid(sal[0].detach().float().cpu(), data).clamp(0, 1)
     x, state = prepare_input(bundle, loaded.image)
     with network_on(bundle.network, device) as net:
         if bundle.inference.get("mode", "whole_image") == "whole_image":
