@@ -5,7 +5,9 @@
     "postprocessing": {"keep_largest_component": true, "fill_holes": true}
 
 Each key is ``true`` (every foreground label) or a list of label values. ``keep_largest_component``
-keeps, per label, the largest face-connected region and sets the rest to background (nnU-Net
+keeps, per label, the largest face-connected region and sets the rest to background;
+``keep_components`` (a count N, or ``{label: N}``) keeps the N largest regions instead (two lung
+fields) (nnU-Net
 decides the same step on validation data; ``scripts/tune_whole_image_inference.py`` does it for
 medxai). ``fill_holes`` gives a label the background regions that it encloses. Both work in 2D and
 3D. This is the binary-morphology part of MONAI's ``KeepLargestConnectedComponent`` and
@@ -34,6 +36,7 @@ def check_postprocessing(spec: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ModelError(f"unknown postprocessing step(s) {unknown} in the bundle",
                          hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}")
+    _keep_components(spec.get("keep_components"), [1])  # a bad count is refused on load
     return spec
 
 
@@ -45,13 +48,28 @@ def _applied(value: Any, present: Iterable[int]) -> list[int]:
     return [int(v) for v in value if int(v) != 0]
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
+def _largest(mask: np.ndarray, keep: int = 1) -> np.ndarray:
+    """The ``keep`` largest face-connected regions of ``mask``."""
     comp, n = ndimage.label(mask)
-    if n <= 1:
+    if n <= keep:
         return mask
     sizes = np.bincount(comp.ravel())
     sizes[0] = 0
-    return comp == sizes.argmax()
+    kept = np.argsort(sizes, kind="stable")[::-1][:keep]
+    return np.isin(comp, kept)
+
+
+def _keep_components(value: Any, present: Iterable[int]) -> dict[int, int]:
+    """``keep_components``: N (every foreground label keeps its N largest regions) or
+    ``{label: N}``."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {int(k): int(v) for k, v in value.items() if int(k) != 0}
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelError(f"postprocessing keep_components must be a count >= 1 or "
+                         f"{{label: count}}, got {value!r}")
+    return {v: int(value) for v in present if v != 0}
 
 
 def postprocess_labels(labels: torch.Tensor, spec: dict[str, Any] | None) -> torch.Tensor:
@@ -68,6 +86,9 @@ def postprocess_labels(labels: torch.Tensor, spec: dict[str, Any] | None) -> tor
     for value in _applied(spec.get("keep_largest_component"), present):
         mask = arr == value
         arr[mask & ~_largest(mask)] = 0
+    for value, keep in _keep_components(spec.get("keep_components"), present).items():
+        mask = arr == value
+        arr[mask & ~_largest(mask, keep)] = 0
     for value in _applied(spec.get("fill_holes"), present):
         filled = ndimage.binary_fill_holes(arr == value)
         arr[filled & (arr == 0)] = value

@@ -1,0 +1,34 @@
+"""``keep_components``: keep the N largest regions of a label (two lung fields, not one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medxai.errors import ModelError
+from medxai.postprocess import check_postprocessing, postprocess_labels
+
+
+def _labels() -> torch.Tensor:
+    lab = torch.zeros(1, 12, 12, dtype=torch.uint8)
+    lab[0, 1:5, 1:5] = 1      # 16 px: left lung
+    lab[0, 1:5, 7:11] = 1     # 16 px: right lung
+    lab[0, 9, 9] = 1          # 1 px speck
+    lab[0, 7:9, 1:3] = 2      # another label, 4 px
+    return lab
+
+
+def test_keep_two_largest_components_drops_the_speck_only() -> None:
+    out = postprocess_labels(_labels(), {"keep_components": 2})
+    assert int((out == 1).sum()) == 32 and int(out[0, 9, 9]) == 0
+    assert int((out == 2).sum()) == 4
+    one = postprocess_labels(_labels(), {"keep_largest_component": True})
+    assert int((one == 1).sum()) == 16  # the largest-only rule would drop a lung
+
+
+def test_keep_components_per_label_and_checked_on_load() -> None:
+    out = postprocess_labels(_labels(), {"keep_components": {"1": 1}})
+    assert int((out == 1).sum()) == 16 and int((out == 2).sum()) == 4
+    for bad in (-1, "2", True, 1.5):
+        with pytest.raises(ModelError, match="keep_components"):
+            check_postprocessing({"keep_components": bad})
