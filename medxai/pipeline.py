@@ -1,34 +1,32 @@
 """What ``medxai segment`` does, as one function the CLI, the batch runner and the Python API
 all call: read -> predict -> explain -> write, one output folder per input.
 
-Each input's outputs are written into a hidden temporary folder beside the final one and moved
-into place with one rename when everything is written, so an interrupted run never leaves a
-half-written result folder behind (and ``medxai batch`` can resume safely).
+Each input's outputs are written by :func:`medxai.outputs.write_result_folder`: into a hidden
+temporary folder beside the final one, moved into place with one rename when everything is
+written, so an interrupted run never leaves a half-written result folder behind (and
+``medxai batch`` can resume safely).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medxai._version import __version__
-from medxai.errors import InputError, MedxaiError, OutputExistsError
+from medxai.errors import InputError, OutputExistsError
 from medxai.inference import (Prediction, network_on, predict, prepare_input, resolve_device,
                               restore_output)
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import ModelChoice, facts_from_meta
+from medxai.outputs import ResultFolder, label_info, output_name, write_result_folder
 from medxai.pipeline_formats import FORMAT_CHOICES
 
 __all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
@@ -75,29 +73,6 @@ class SegmentResult:
     def to_dict(self) -> dict[str, Any]:
         return {"input": self.input, "output_dir": str(self.output_dir), "files": self.files,
                 "labels": self.report.get("labels", []), "timings_s": self.report.get("timings_s")}
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom",
-                    ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-
-
-def output_name(path: str | Path) -> str:
-    """A safe folder name for an input: its file stem (or folder name), sanitised.
-
-    Only the user's own path is used (never header values), characters outside
-    ``[A-Za-z0-9._-]`` become ``_``, leading dots are dropped, and the result is at most 100
-    characters, so a name can never climb out of the output folder.
-    """
-    p = Path(path)
-    name = p.name
-    low = name.lower()
-    for suf in _VOLUME_SUFFIXES:
-        if low.endswith(suf) and len(name) > len(suf):
-            name = name[: -len(suf)]
-            break
-    name = _SAFE.sub("_", name).lstrip(".")[:100].strip("_") or "input"
-    return name
 
 
 def default_formats(loaded: LoadedImage) -> list[str]:
@@ -163,84 +138,6 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
 
 
-def _label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
-    return [dict(lab) for lab in bundle.labels]
-
-
-def _write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
-                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str
-                   ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
-    from medxai.io import writers as w
-
-    files: list[str] = []
-    times: dict[str, float] = {}
-    skipped: list[dict[str, Any]] = []
-    image = loaded.image
-    labels = pred.labels[0].numpy()
-    affine = pred.affine.numpy()
-    info = _label_info(bundle)
-    colors = {int(lab["value"]): lab.get("color") for lab in info}
-    first_sal = next(iter(saliency.values()))[0].numpy() if saliency else None
-    t = time.perf_counter()
-    if "nifti" in formats:
-        files.append(w.write_nifti_labels(labels, affine, tmp / "labels.nii.gz", info,
-                                          model_name=bundle.name,
-                                          model_version=bundle.version).name)
-        files.append("labels.json")
-        for value, sal in saliency.items():
-            lab_name = output_name(next((lab["name"] for lab in info if lab["value"] == value),
-                                        f"label{value}"))
-            files.append(w.write_nifti_map(sal[0].numpy(), affine,
-                                           tmp / f"saliency_{lab_name}.nii.gz").name)
-        times["write_nifti"] = time.perf_counter() - t
-    if "png" in formats:
-        t = time.perf_counter()
-        files.append(w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png",
-                                         colors).name)
-        times["write_png"] = time.perf_counter() - t
-    if "dicom-seg" in formats or "dicom-sc" in formats:
-        t = time.perf_counter()
-        try:
-            files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
-        except MedxaiError as exc:
-            # the other outputs stand; the report says why there is no DICOM
-            skipped.append({"formats": [f for f in formats if f.startswith("dicom")],
-                            "reason": str(exc)})
-        times["write_dicom"] = time.perf_counter() - t
-    return files, times, skipped
-
-
-def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
-                 first_sal: np.ndarray | None, formats: Sequence[str], info: list[dict[str, Any]],
-                 colors: dict[int, Any]) -> list[str]:
-    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
-    from medxai.io import writers as w
-
-    files: list[str] = []
-    image = loaded.image
-    source = loaded.dicom
-    if source is None:
-        if image.ndim != 3:
-            raise InputError(
-                "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
-                "cannot invent", path=loaded.path,
-                hint="use --format nifti,png,json for NIfTI/NRRD inputs")
-        picture = image.numpy()
-        if picture.dtype != np.uint8 and picture.shape[0] == 3:
-            picture = np.clip(picture, 0, 255).astype(np.uint8)
-        source = w.create_photo_study(picture, tmp / "source_photo.dcm",
-                                      source_name=Path(loaded.path).name)
-        files.append("source_photo.dcm")
-    if "dicom-seg" in formats:
-        files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
-                                       tmp / "seg.dcm").name)
-    if "dicom-sc" in formats:
-        rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
-        paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
-        files += [f"overlay_sc/{p.name}" for p in paths]
-    return files
-
-
 def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: torch.device,
             method: str | None, energy: dict[int, float], timings: dict[str, float],
             files: list[str], digest: str) -> dict[str, Any]:
@@ -268,26 +165,17 @@ def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: 
                   "threshold": bundle.inference.get("threshold"),
                   "postprocessing": bundle.config.get("postprocessing") or {}},
         "device": str(device),
-        "labels": label_statistics(pred.labels[0].numpy(), spacing, _label_info(bundle),
-                                   bool(meta.get("has_patient_geometry"))),
+        # radiographs have mm spacing (PixelSpacing or ImagerPixelSpacing) without patient
+        # geometry: their areas are in mm2 too, and report.json says which spacing it was
+        "labels": label_statistics(pred.labels[0].numpy(), spacing, label_info(bundle),
+                                   bool(meta.get("has_patient_geometry"))
+                                   or bool(meta.get("pixel_spacing_source"))),
+        "pixel_spacing_source": meta.get("pixel_spacing_source"),
         "saliency": {"method": method,
                      "energy_in_mask": {str(k): round(v, 4) for k, v in energy.items()}},
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "files": files,
     }
-
-
-def _commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished temporary folder into place (replacing ``final`` if asked to)."""
-    if final.exists():
-        if not overwrite:
-            raise OutputExistsError("exists already", path=final, hint="pass --overwrite")
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Path,
@@ -333,29 +221,25 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
             total = float(sal.sum())
             energy[value] = float(sal[mask].sum()) / total if total > 0 else 0.0
         timings["explain"] = time.perf_counter() - t
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = out_root / f".{name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        files, wtimes, skipped = _write_outputs(tmp, loaded, bundle, pred, saliency, formats, name)
-        timings.update(wtimes)
-        report = _report(loaded, bundle, pred, device, opts.explain, energy, timings, files,
-                         _digest(loaded))
-        report["skipped_outputs"] = skipped
+    report: dict[str, Any] = {}
+
+    def finish(tmp: Path, written: ResultFolder) -> None:
+        timings.update(written.timings)
+        report.update(_report(loaded, bundle, pred, device, opts.explain, energy, timings,
+                              written.files, _digest(loaded)))
+        report["skipped_outputs"] = written.skipped
         report["model"]["choice"] = (choice.to_dict() if choice is not None else
                                      {"chosen": bundle.name, "reason": "given with --model"})
         if "json" in formats:
             from medxai.io.writers import write_report_json
 
             write_report_json(report, tmp / "report.json")
-            files.append("report.json")
-            report["files"] = files
-        _commit_folder(tmp, final, opts.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            written.files.append("report.json")
+            report["files"] = written.files
+
+    written = write_result_folder(out_root, name, loaded, bundle, pred, saliency, formats,
+                                  overwrite=opts.overwrite, finish=finish)
+    files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
 

@@ -213,12 +213,9 @@ class SaveSegmentation(Transform):
 
     def __call__(self, img: torch.Tensor, labels: torch.Tensor,
                  saliency: torch.Tensor | None = None) -> Path:
-        import os
-        import shutil
-
         from medxai.inference import Prediction
         from medxai.io.readers import load_image
-        from medxai.pipeline import _commit_folder, _write_outputs, output_name
+        from medxai.outputs import ResultFolder, output_name, write_result_folder
 
         src = Path(str(img.meta["filename_or_obj"]))
         loaded = load_image(src)
@@ -231,20 +228,15 @@ class SaveSegmentation(Transform):
         pred = Prediction(probabilities=lab.float(), labels=lab, affine=loaded.image.affine,
                           seconds=0.0)
         sal = {} if saliency is None else {1: torch.as_tensor(np.asarray(saliency)).reshape(lab.shape)}
-        name = output_name(src)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.output_dir / f".{name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            _, _, skipped = _write_outputs(tmp, loaded, self.bundle, pred, sal, self.formats, name)
-            if skipped:
-                raise MedxaiError(skipped[0]["reason"])
-            _commit_folder(tmp, self.output_dir / name, self.overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self.output_dir / name
+
+        def refuse_skipped(_tmp: Path, written: ResultFolder) -> None:
+            if written.skipped:
+                raise MedxaiError(written.skipped[0]["reason"])
+
+        written = write_result_folder(self.output_dir, output_name(src), loaded, self.bundle,
+                                      pred, sal, self.formats, overwrite=self.overwrite,
+                                      finish=refuse_skipped)
+        return written.path
 
 
 class SaveSegmentationd(MapTransform):

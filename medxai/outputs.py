@@ -1,0 +1,202 @@
+"""The result folder: every output of one segmented input, written into a hidden temporary
+folder beside the final one and moved into place with one rename when everything is written, so
+an interrupted run never leaves a half-written result folder behind (and ``medxai batch`` can
+resume safely).
+
+:func:`write_result_folder` is the one writer of result folders; ``medxai segment`` (through
+:mod:`medxai.pipeline`) and the MONAI transform :class:`medxai.transforms.SaveSegmentation` both
+call it. Layer: above :mod:`medxai.inference` and :mod:`medxai.io.writers`, below the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medxai.errors import InputError, MedxaiError, OutputExistsError
+from medxai.inference import Prediction
+from medxai.io.types import LoadedImage
+from medxai.models.bundle import ModelBundle
+
+__all__ = ["ResultFolder", "write_result_folder", "write_outputs", "commit_folder",
+           "output_name", "label_info"]
+
+
+@dataclass
+class ResultFolder:
+    """What :func:`write_result_folder` wrote: the folder, its files (relative paths), seconds
+    per writer, and the formats skipped with the reason."""
+
+    path: Path
+    files: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom",
+                    ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+def output_name(path: str | Path) -> str:
+    """A safe folder name for an input: its file stem (or folder name), sanitised.
+
+    Only the user's own path is used (never header values), characters outside
+    ``[A-Za-z0-9._-]`` become ``_``, leading dots are dropped, and the result is at most 100
+    characters, so a name can never climb out of the output folder.
+    """
+    p = Path(path)
+    name = p.name
+    low = name.lower()
+    for suf in _VOLUME_SUFFIXES:
+        if low.endswith(suf) and len(name) > len(suf):
+            name = name[: -len(suf)]
+            break
+    name = _SAFE.sub("_", name).lstrip(".")[:100].strip("_") or "input"
+    return name
+
+
+def label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
+    """The bundle's labels (value, name, colour, ...) as fresh dicts."""
+    return [dict(lab) for lab in bundle.labels]
+
+
+def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
+                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str
+                   ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
+    """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
+    one saliency map per label, the PNG preview, DICOM SEG and Secondary Capture (for pictures
+    on a placeholder study made from the picture).
+
+    Returns:
+        the files written (relative to ``tmp``), seconds per writer, and the formats skipped
+        with the reason (a DICOM output that cannot be made does not stop the others).
+    """
+    from medxai.io import writers as w
+
+    files: list[str] = []
+    times: dict[str, float] = {}
+    skipped: list[dict[str, Any]] = []
+    image = loaded.image
+    labels = pred.labels[0].numpy()
+    affine = pred.affine.numpy()
+    info = label_info(bundle)
+    colors = {int(lab["value"]): lab.get("color") for lab in info}
+    first_sal = next(iter(saliency.values()))[0].numpy() if saliency else None
+    t = time.perf_counter()
+    if "nifti" in formats:
+        files.append(w.write_nifti_labels(labels, affine, tmp / "labels.nii.gz", info,
+                                          model_name=bundle.name,
+                                          model_version=bundle.version).name)
+        files.append("labels.json")
+        for value, sal in saliency.items():
+            lab_name = output_name(next((lab["name"] for lab in info if lab["value"] == value),
+                                        f"label{value}"))
+            files.append(w.write_nifti_map(sal[0].numpy(), affine,
+                                           tmp / f"saliency_{lab_name}.nii.gz").name)
+        times["write_nifti"] = time.perf_counter() - t
+    if "png" in formats:
+        t = time.perf_counter()
+        files.append(w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png",
+                                         colors).name)
+        times["write_png"] = time.perf_counter() - t
+    if "dicom-seg" in formats or "dicom-sc" in formats:
+        t = time.perf_counter()
+        try:
+            files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
+        except MedxaiError as exc:
+            # the other outputs stand; the report says why there is no DICOM
+            skipped.append({"formats": [f for f in formats if f.startswith("dicom")],
+                            "reason": str(exc)})
+        times["write_dicom"] = time.perf_counter() - t
+    return files, times, skipped
+
+
+def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
+                 first_sal: np.ndarray | None, formats: Sequence[str], info: list[dict[str, Any]],
+                 colors: dict[int, Any]) -> list[str]:
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
+    from medxai.io import writers as w
+
+    files: list[str] = []
+    image = loaded.image
+    source = loaded.dicom
+    if source is None:
+        if image.ndim != 3:
+            raise InputError(
+                "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
+                "cannot invent", path=loaded.path,
+                hint="use --format nifti,png,json for NIfTI/NRRD inputs")
+        picture = image.numpy()
+        if picture.dtype != np.uint8 and picture.shape[0] == 3:
+            picture = np.clip(picture, 0, 255).astype(np.uint8)
+        source = w.create_photo_study(picture, tmp / "source_photo.dcm",
+                                      source_name=Path(loaded.path).name)
+        files.append("source_photo.dcm")
+    if "dicom-seg" in formats:
+        files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
+                                       tmp / "seg.dcm").name)
+    if "dicom-sc" in formats:
+        rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
+        paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
+        files += [f"overlay_sc/{p.name}" for p in paths]
+    return files
+
+
+def commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Move the finished temporary folder into place (replacing ``final`` if asked to)."""
+    if final.exists():
+        if not overwrite:
+            raise OutputExistsError("exists already", path=final, hint="pass --overwrite")
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
+                        bundle: ModelBundle, pred: Prediction,
+                        saliency: dict[int, torch.Tensor], formats: Sequence[str], *,
+                        overwrite: bool = False,
+                        finish: Callable[[Path, ResultFolder], None] | None = None
+                        ) -> ResultFolder:
+    """Write ``out_root/<name>/`` atomically: :func:`write_outputs` into a hidden temporary
+    folder, then ``finish(tmp, result)`` (e.g. the JSON report, which may append to
+    ``result.files``, or a check that raises), then one rename into place (replacing an
+    existing folder only with ``overwrite``). On any error the temporary folder is removed and
+    nothing else changes.
+
+    Args:
+        saliency: per foreground label value, its ``(1, *spatial)`` map on the input grid.
+        formats: any of :data:`medxai.choices.FORMAT_CHOICES` (``json`` is the caller's, in
+            ``finish``).
+    """
+    out_root = Path(out_root)
+    final = out_root / name
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".{name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files, timings, skipped = write_outputs(tmp, loaded, bundle, pred, saliency, formats,
+                                                name)
+        result = ResultFolder(final, files, timings, skipped)
+        if finish is not None:
+            finish(tmp, result)
+        commit_folder(tmp, final, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
