@@ -109,6 +109,14 @@ def test_rules_parse_from_an_input_block() -> None:
     assert rules.problems(facts) == []
     wide = InputFacts(3, 1, "MR", "nifti", (240, 240, 22), (0.94, 0.94, 5.0))
     assert any("field of view" in p for p in rules.problems(wide))
+    # a NIfTI crop has no modality: judged on dims, channels, extent and spacing
+    assert rules.problems(InputFacts(3, 1, "", "nifti", (36, 50, 35), (1.0, 1.0, 1.0))) == []
+    assert rules.problems(InputFacts(2, 1, "", "picture", (512, 512))) != []
+
+
+def test_msd_nifti_crop_goes_to_the_hippocampus_model() -> None:
+    case = sorted(shared_path("hippocampus", "imagesTr").glob("*.nii.gz"))[0]
+    assert choose_model(_facts(case), CANDIDATES).name == HIPPO
 
 
 # --- the shipped registry (needs the bundled models) ---------------------------------------------

@@ -6,7 +6,8 @@ A bundle's ``configs/inference.json`` ``input`` block states its fit rules:
 - ``spatial_dims`` (2 or 3) and ``channels`` (1 grey, 3 RGB);
 - ``modalities``: DICOM Modality codes the model was made for (empty: any);
 - ``pictures``: whether plain pictures (PNG/JPEG/TIFF, which carry no modality) are accepted
-  (default: true when ``modalities`` is empty or the model is 2D);
+  (default: true when ``modalities`` is empty or the model is 2D). Volumes without a modality
+  (NIfTI, NRRD) are judged on the other rules;
 - ``max_extent_mm`` / ``min_extent_mm``: bounds on the physical size of the field of view,
   compared orientation-free (the input's extents and the bounds both sorted, largest first), e.g.
   a hippocampus-centred crop model refuses a whole-brain series;
@@ -132,11 +133,11 @@ class FitRules:
         if facts.channels != self.channels:
             out.append(f"it takes {_channels_word(self.channels)} input, this has "
                        f"{facts.channels} channel(s)")
-        if facts.is_picture or not facts.modality:
-            if self.modalities and not self.pictures:
-                out.append(f"it is for DICOM {', '.join(self.modalities)}; this input has no "
-                           f"modality")
-        elif self.modalities and facts.modality not in self.modalities:
+        if facts.is_picture:
+            if not self.pictures:
+                out.append(f"it is for DICOM {', '.join(self.modalities) or 'images'} and "
+                           f"volumes, not pictures")
+        elif self.modalities and facts.modality and facts.modality not in self.modalities:
             out.append(f"it is for {', '.join(self.modalities)}, this is {facts.modality}")
         if not out and facts.spacing is not None and len(facts.spacing) == len(facts.shape):
             extent = [n * s for n, s in zip(facts.shape, facts.spacing)]
