@@ -35,8 +35,6 @@ import copy
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ import torch
 
 from medxai.choices import POSTPROCESSING_KEYS, TTA_CHOICES
 from medxai.errors import BundleIntegrityError, ModelError
+from medxai.io.atomic import write_bytes_atomic
 from medxai.models.networks import build_network
 
 __all__ = ["ModelBundle", "load_bundle", "save_bundle", "sha256_file"]
@@ -223,16 +222,8 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Bundle files are written atomically and durably (fsync'd, with their folder)."""
+    write_bytes_atomic(path, data, durable=True)
 
 
 def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = None) -> Path:

@@ -37,6 +37,7 @@ from monai.losses import DiceCELoss
 from medxai._version import __version__
 from medxai.errors import InputError, MedxaiError
 from medxai.inference import autocast_context, resolve_device
+from medxai.io.atomic import atomic_path
 from medxai.io.datasets import (
     Pair,
     dataset_json_validation,
@@ -442,8 +443,8 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
                  "best_metric": best_metric, "best_epoch": best_epoch, "init_sha256": init_sha}
         if swa_net is not None:
             state["swa_model"] = swa_net.state_dict()
-        torch.save(state, str(ckpt_path) + ".tmp")
-        os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+        with atomic_path(ckpt_path, durable=True) as tmp:
+            torch.save(state, tmp)
         swa_text = f" SWA {val_dice_swa:.4f}" if not math.isnan(val_dice_swa) else ""
         say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
             f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s")
