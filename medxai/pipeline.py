@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from medxai._version import __version__
+from medxai.choices import FORMAT_CHOICES
 from medxai.errors import InputError, OutputExistsError
 from medxai.inference import (Prediction, network_on, predict, prepare_input, resolve_device,
                               restore_output)

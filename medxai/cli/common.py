@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
+from medxai.choices import EXPLAIN_CHOICES, FORMAT_CHOICES
 from medxai.errors import InputError, MedxaiError, ModelError
 from medxai.io.detect import sniff_form, sniff_folder
-from medxai.pipeline_formats import EXPLAIN_CHOICES, FORMAT_CHOICES
 
 __all__ = ["EXPLAIN_CHOICES", "FORMAT_CHOICES", "guard", "run_guarded", "parse_ints",
            "parse_floats", "parse_formats", "echo_json", "stderr_line", "InputItem",

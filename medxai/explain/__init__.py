@@ -26,9 +26,15 @@ import torch
 from torch import nn
 
 from medxai.explain.faithfulness import (
+    complexity,
+    context_share,
     deletion_insertion,
     energy_in_mask,
+    informativeness,
+    lesion_energy_ratio,
     randomisation_sanity,
+    redundancy,
+    sparseness,
     spearman,
 )
 from medxai.explain.hooks import LayerCapture, capture_layer, frozen_model
@@ -86,6 +92,12 @@ __all__ = [
     "energy_in_mask",
     "randomisation_sanity",
     "spearman",
+    "redundancy",
+    "context_share",
+    "sparseness",
+    "complexity",
+    "lesion_energy_ratio",
+    "informativeness",
 ]
 
 

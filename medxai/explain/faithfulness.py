@@ -8,6 +8,17 @@ model-parameter randomisation test.
 * Energy in a mask: the share of the saliency mass inside a region (e.g. the predicted lesion).
 * Randomisation sanity (Adebayo et al. 2018): a map that barely changes when the model's weights
   are replaced by random ones does not explain the model. Low rank correlation is good.
+
+Informativeness (does the map say more than the mask?):
+
+* :func:`redundancy`: Pearson correlation of the map with the model's probability or mask. Near 1
+  the map only repeats the segmentation.
+* :func:`context_share`: the share of the saliency mass outside the mask (1 - energy in mask):
+  the context the model used.
+* :func:`sparseness` (Gini index, Chalasani et al. 2020) and :func:`complexity` (entropy of the
+  map as a distribution, Bhatt et al. 2020), as Quantus computes them (tested against Quantus).
+* :func:`lesion_energy_ratio`: energy inside a reference (true) mask divided by that mask's area
+  share: 1 is what a uniform map gets; above 1 the map is about the lesion.
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ from medxai.explain._common import forward, make_baseline, prepare_input
 from medxai.explain.hooks import frozen_model
 from medxai.explain.layers import resolve_layer
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
-from medxai.explain.targets import SegmentationTarget, _broadcast_roi
+from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
 
-__all__ = ["deletion_insertion", "energy_in_mask", "randomisation_sanity", "spearman", "auc"]
+__all__ = ["deletion_insertion", "energy_in_mask", "randomisation_sanity", "spearman", "auc",
+           "redundancy", "context_share", "sparseness", "complexity", "lesion_energy_ratio",
+           "informativeness"]
 
 SCORES = ("probability", "logit")
 
@@ -63,6 +76,7 @@ def deletion_insertion(
     *,
     score: str = "probability",
     blur_sigma: float | None = None,
+    target: SegmentationTarget | None = None,
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion curves of a saliency map, and those of a random pixel order.
 
@@ -82,6 +96,9 @@ def deletion_insertion(
         score: ``"probability"`` (sum of the softmax probability of the label over the mask) or
             ``"logit"`` (Seg-Grad-CAM's sum of logits). Scores are divided by the unperturbed one.
         blur_sigma: blur in pixels for ``baseline="blur"``.
+        target: the question the map answered (its region is computed on the unperturbed input
+            and kept); default the label's predicted segment. A target with sign -1 (``missed``)
+            is scored by ``1 - probability`` (or the negated logits) over its region.
 
     Returns:
         ``fractions`` ``(T,)`` with ``T = steps + 1``; for each of ``deletion``, ``insertion``,
@@ -113,21 +130,29 @@ def deletion_insertion(
 
     with frozen_model(net), torch.no_grad():
         logits = forward(net, x)
-        target = SegmentationTarget(target_label).frozen(logits)
-        reference_mask = target.region
+        chosen = target if target is not None else SegmentationTarget(target_label)
+        target_label = chosen.label
+        reference_mask = chosen.predicted(logits)
+        fixed = chosen.frozen(logits)
+        region = fixed.region.to(x.device).float()  # type: ignore[union-attr]
 
         def measure(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             out = forward(net, image)
-            values = out.softmax(dim=1) if score == "probability" else out
-            pred = out.argmax(dim=1, keepdim=True) == target_label
-            return target(values).float(), _dice(pred, reference_mask)
+            if score == "probability":
+                values = fixed.probability(out)
+                if fixed.polarity < 0:
+                    values = 1 - values
+            else:
+                values = out[:, target_label : target_label + 1] * fixed.polarity
+            pred = chosen.predicted(out)
+            return (values * region).flatten(1).sum(1).float(), _dice(pred, reference_mask)
 
         reference, _ = measure(x)
         bad = [i for i in range(n) if not reference[i] > 0]
         if bad:
-            raise ExplainError(f"the model predicts no positive {score} for label {target_label} "
-                               f"in sample(s) {bad}; deletion/insertion has nothing to measure",
-                               hint="explain a label the model predicts")
+            raise ExplainError(f"the {fixed.name} target of label {target_label} has no positive "
+                               f"{score} in sample(s) {bad}; deletion/insertion has nothing to "
+                               "measure", hint="explain a label and region the model predicts")
 
         results: dict[str, np.ndarray] = {"fractions": fractions}
         for name, ranking in (("", order), ("random_", random_order)):
@@ -225,6 +250,7 @@ def randomisation_sanity(
     target_label: int = 1,
     *,
     roi: torch.Tensor | None = None,
+    target: str | SegmentationTarget | None = None,
     seed: int = 0,
     **options: Any,
 ) -> dict[str, Any]:
@@ -240,6 +266,8 @@ def randomisation_sanity(
         method: a name in :data:`medxai.explain.METHODS` or a method callable.
         target_label: the class to explain.
         roi: optional boolean region of interest instead of the predicted mask.
+        target: the question (region name or :class:`SegmentationTarget`); its region is that of
+            the original model.
         seed: seed of the re-initialisation.
         options: passed to the method (e.g. ``layer=``; a module is translated to its name).
 
@@ -252,13 +280,118 @@ def randomisation_sanity(
     fn = get_method(method)
     if isinstance(options.get("layer"), nn.Module):
         options["layer"] = resolve_layer(net, options["layer"])[0]
-    if roi is not None:
-        target = SegmentationTarget(target_label, roi)
+    chosen = make_target(target_label, target, roi)
+    if isinstance(chosen.region, torch.Tensor):
+        target = chosen
     else:
         with frozen_model(net), torch.no_grad():
-            target = SegmentationTarget(target_label).frozen(forward(net, x))
+            target = chosen.frozen(forward(net, x))
     original = run_method(fn, net, x, target, **options)
     randomised_net = _randomised_copy(net, seed, x.device)
     randomised = run_method(fn, randomised_net, x, target, **options)
     correlations = np.array([spearman(original[i], randomised[i]) for i in range(x.shape[0])])
     return {"spearman": correlations, "saliency": original, "randomised_saliency": randomised}
+
+
+# --- informativeness ---------------------------------------------------------------------------
+
+def _flat(values: torch.Tensor | np.ndarray, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(values.detach().cpu().float() if isinstance(values, torch.Tensor) else values,
+                     dtype=np.float64)
+    return arr.reshape(arr.shape[0] if n is None else n, -1)
+
+
+def redundancy(saliency: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """Pearson correlation per sample between a map and the model's output (``(N,)``).
+
+    Args:
+        saliency: ``(N, 1, *spatial)``.
+        reference: the label's probability or (boolean) mask, ``(N, 1, *spatial)``.
+
+    NaN where either is constant. Near 1: the map repeats the output.
+    """
+    a = _flat(saliency)
+    b = _flat(reference, a.shape[0])
+    if a.shape != b.shape:
+        raise ExplainError(f"map and reference differ in size: {a.shape} vs {b.shape}")
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), np.nan)
+
+
+def context_share(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of the saliency mass *outside* ``mask`` (``(N,)``, 1 - :func:`energy_in_mask`);
+    0 for an all-zero map."""
+    inside = energy_in_mask(saliency, mask)
+    total = saliency.detach().float().clamp_min(0).flatten(1).sum(1).to(inside.device)
+    return torch.where(total > 0, 1 - inside, torch.zeros_like(inside))
+
+
+def sparseness(saliency: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Gini index of each map's absolute values (Chalasani et al. 2020), ``(N,)`` in [0, 1].
+
+    Computed as Quantus' ``Sparseness`` (values divided by their maximum, 1e-7 added): 0 for a
+    uniform map, towards 1 when the mass sits on few pixels.
+    """
+    a = np.abs(_flat(saliency))
+    peak = a.max(1, keepdims=True)
+    a = np.where(peak > 0, a / np.where(peak > 0, peak, 1), a) + 1e-7
+    a = np.sort(a, axis=1)
+    p = a.shape[1]
+    ranks = np.arange(1, p + 1)[None]
+    return ((2 * ranks - p - 1) * a).sum(1) / (p * a.sum(1))
+
+
+def complexity(saliency: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Entropy (nats) of each map's absolute values as a distribution over pixels (Bhatt et al.
+    2020), ``(N,)``, as Quantus' ``Complexity`` computes it: ``log(P)`` for a uniform map of ``P``
+    pixels, lower when the mass is concentrated."""
+    a = np.abs(_flat(saliency))
+    peak = a.max(1, keepdims=True)
+    a = np.where(peak > 0, a / np.where(peak > 0, peak, 1), a)
+    total = a.sum(1, keepdims=True)
+    a = a / np.where(total > 0, total, 1)
+    return -(a * np.log(a + 1e-12)).sum(1)
+
+
+def lesion_energy_ratio(saliency: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Energy inside ``mask`` divided by the mask's share of the image (``(N,)``).
+
+    1 is what a uniform map scores; 2 means twice the mass a uniform map would put there. NaN for
+    an empty mask.
+    """
+    share = energy_in_mask(saliency, mask).cpu().numpy().astype(np.float64)
+    m = _broadcast_roi(mask, saliency.shape[0], tuple(saliency.shape[2:]))
+    area = m.flatten(1).float().mean(1).cpu().numpy().astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(area > 0, share / np.where(area > 0, area, 1), np.nan)
+
+
+def informativeness(saliency: torch.Tensor, probability: torch.Tensor, mask: torch.Tensor,
+                    reference_mask: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """All informativeness measures of maps ``(N, 1, *spatial)`` at once, each ``(N,)``.
+
+    Args:
+        saliency: the maps.
+        probability: the model's probability of the label, same shape.
+        mask: the model's (boolean) mask of the label, same shape.
+        reference_mask: optional true mask, for ``lesion_energy_ratio``.
+
+    Returns:
+        ``corr_probability``, ``corr_mask`` (:func:`redundancy`), ``energy_in_mask``,
+        ``context_share``, ``sparseness``, ``complexity`` and, with a reference mask,
+        ``lesion_energy_ratio``.
+    """
+    out = {
+        "corr_probability": redundancy(saliency, probability),
+        "corr_mask": redundancy(saliency, mask.float()),
+        "energy_in_mask": energy_in_mask(saliency, mask).cpu().numpy().astype(np.float64),
+        "context_share": context_share(saliency, mask).cpu().numpy().astype(np.float64),
+        "sparseness": sparseness(saliency),
+        "complexity": complexity(saliency),
+    }
+    if reference_mask is not None:
+        out["lesion_energy_ratio"] = lesion_energy_ratio(saliency, reference_mask)
+    return out

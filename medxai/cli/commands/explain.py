@@ -15,9 +15,10 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
+from medxai.choices import EVALUATION_METHODS, SALIENCY_METHODS
 from medxai.errors import MedxaiError
 
-METHOD_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig")
+METHOD_CHOICES = SALIENCY_METHODS
 
 
 @click.command("explain")
@@ -26,7 +27,7 @@ METHOD_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig")
 @click.option("-o", "--output", default="medxai-results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--method", default="gradcam", show_default=True, type=click.Choice(METHOD_CHOICES))
-@click.option("--methods", default=",".join(METHOD_CHOICES), show_default=True,
+@click.option("--methods", default=",".join(EVALUATION_METHODS), show_default=True,
               help="With --evaluate: comma-separated methods to compare.")
 @click.option("--evaluate", is_flag=True,
               help="Measure faithfulness over INPUT (a folder of images, e.g. ISIC val) instead "

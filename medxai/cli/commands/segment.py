@@ -18,6 +18,7 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
+from medxai.choices import TTA_CHOICES
 from medxai.errors import MedxaiError
 
 
@@ -43,7 +44,7 @@ def _label_size(lab: dict) -> str:
 @click.option("--roi-size", help="Sliding-window size, e.g. 96,96,96 (default: the model's).")
 @click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
 @click.option("--sw-batch-size", type=click.IntRange(1), help="Windows per forward pass.")
-@click.option("--tta", type=click.Choice(("none", "flips", "dihedral")),
+@click.option("--tta", type=click.Choice(TTA_CHOICES),
               help="Test-time augmentation of whole-image models (default: the model's).")
 @click.option("--format", "formats",
               help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json. Default: all for "

@@ -16,6 +16,7 @@ from medxai.cli.common import (
     parse_ints,
     stderr_line,
 )
+from medxai.choices import AUGMENTATIONS
 
 
 def _flip_axes(value: str | None) -> list[int] | None:
