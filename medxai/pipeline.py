@@ -26,9 +26,8 @@ from medxai.inference import (Prediction, network_on, predict, prepare_input, re
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
-from medxai.models.fit import ModelChoice, facts_from_meta
+from medxai.models.fit import InputFacts, ModelChoice, facts_from_meta
 from medxai.outputs import ResultFolder, label_info, output_name, write_result_folder
-from medxai.pipeline_formats import FORMAT_CHOICES
 
 __all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
            "segment", "default_formats", "output_name", "compute_saliency"]
@@ -245,6 +244,12 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
 
 
+def input_facts(loaded: LoadedImage) -> InputFacts:
+    """What the fit rules look at in ``loaded`` (shape, modality, spacing, body part)."""
+    body_part = loaded.dicom.first.get("BodyPartExamined", "") if loaded.dicom else ""
+    return facts_from_meta(loaded.image.shape, loaded.image.meta, str(body_part or ""))
+
+
 def choose_bundle(loaded: LoadedImage) -> tuple[ModelBundle, ModelChoice]:
     """The bundled model whose fit rules accept ``loaded`` (loaded once per process, cached),
     and the choice with its reason.
@@ -254,8 +259,7 @@ def choose_bundle(loaded: LoadedImage) -> tuple[ModelBundle, ModelChoice]:
     """
     from medxai.models.registry import choose_bundled_model, load_model
 
-    facts = facts_from_meta(loaded.image.shape, loaded.image.meta)
-    choice = choose_bundled_model(facts, str(loaded.path))
+    choice = choose_bundled_model(input_facts(loaded), str(loaded.path))
     return load_model(choice.name, cache=True), choice
 
 

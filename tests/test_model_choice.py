@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from medxai.errors import ModelMismatchError
-from medxai.models.fit import FitRules, InputFacts, choose_model, facts_from_meta
+from medxai.models.fit import FitRules, InputFacts, choose_model
 from medxai.models.registry import BUNDLED_MODELS, choose_bundled_model
 from tests.conftest import ROOT, shared_path
 
@@ -26,9 +26,9 @@ def _require(name: str) -> None:
 
 def _facts(path: Path) -> InputFacts:
     from medxai.io.readers import load_image
+    from medxai.pipeline import input_facts
 
-    loaded = load_image(path)
-    return facts_from_meta(loaded.image.shape, loaded.image.meta)
+    return input_facts(load_image(path))
 
 
 # --- the rules themselves (no weights needed) ---------------------------------------------------
@@ -36,7 +36,8 @@ def _facts(path: Path) -> InputFacts:
 HIPPO_RULES = FitRules(spatial_dims=3, channels=1, modalities=("MR",), pictures=False,
                        max_extent_mm=(80.0, 64.0, 64.0), spacing_mm=(0.8, 1.25),
                        note="a hippocampus-centred crop")
-LUNG_RULES = FitRules(spatial_dims=2, channels=1, modalities=("DX", "CR"), pictures=True)
+LUNG_RULES = FitRules(spatial_dims=2, channels=1, modalities=("DX", "CR"), pictures=True,
+                      body_parts=("CHEST", "THORAX", "LUNG"))
 LESION_RULES = FitRules(spatial_dims=2, channels=3, modalities=("XC", "OT"), pictures=True)
 CANDIDATES = [(LESION, LESION_RULES), (LUNGS, LUNG_RULES), (HIPPO, HIPPO_RULES)]
 
@@ -61,12 +62,31 @@ def test_grey_chest_picture_goes_to_the_lungs_model() -> None:
     assert "channel" in choice.refused[LESION]
 
 
-def test_cr_dicom_goes_to_the_lungs_model() -> None:
+def test_chest_cr_dicom_goes_to_the_lungs_model() -> None:
     from pydicom.data import get_testdata_file
 
-    facts = _facts(Path(get_testdata_file("RG3_UNCR.dcm")))
-    assert (facts.modality, facts.channels, facts.spatial_dims) == ("CR", 1, 2)
+    facts = _facts(Path(get_testdata_file("RG1_UNCR.dcm")))
+    assert (facts.modality, facts.channels, facts.spatial_dims, facts.body_part) == (
+        "CR", 1, 2, "CHEST")
     assert choose_model(facts, CANDIDATES).name == LUNGS
+
+
+def test_dx_without_body_part_goes_to_the_lungs_model_and_says_so() -> None:
+    dx = shared_path("dicom", "highdicom_test_files", "dx_image.dcm")
+    facts = _facts(dx)
+    choice = choose_model(facts, CANDIDATES)
+    assert choice.name == LUNGS
+    if not facts.body_part:
+        assert "names no body part" in choice.reason
+
+
+def test_extremity_radiograph_is_refused_by_the_lungs_model() -> None:
+    from pydicom.data import get_testdata_file
+
+    leg = Path(get_testdata_file("RG3_UNCR.dcm"))  # a tibia: CR, BodyPartExamined EXTREMITY
+    with pytest.raises(ModelMismatchError) as info:
+        choose_model(_facts(leg), CANDIDATES, str(leg))
+    assert "BodyPartExamined is EXTREMITY" in str(info.value)
 
 
 def test_hippocampus_crop_series_goes_to_the_hippocampus_model() -> None:

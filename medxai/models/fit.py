@@ -11,7 +11,10 @@ A bundle's ``configs/inference.json`` ``input`` block states its fit rules:
 - ``max_extent_mm`` / ``min_extent_mm``: bounds on the physical size of the field of view,
   compared orientation-free (the input's extents and the bounds both sorted, largest first), e.g.
   a hippocampus-centred crop model refuses a whole-brain series;
-- ``spacing_mm``: ``[min, max]`` bounds on every voxel spacing.
+- ``spacing_mm``: ``[min, max]`` bounds on every voxel spacing;
+- ``body_parts``: DICOM BodyPartExamined values the model is for (e.g. ``["CHEST"]``); an input
+  that names another body part is refused, one that names none is accepted (many exports leave
+  it empty), and the choice says so.
 
 This module is torch-free: it works on :class:`InputFacts`, which the batch scan builds from DICOM
 headers and the pipeline from a read image's metadata, so that one rule decides everywhere.
@@ -45,6 +48,7 @@ class InputFacts:
         form: the reader's form (``picture``, ``dicom``, ``dicom-series``, ``nifti``, ...).
         shape: spatial shape in voxels, reader axis order.
         spacing: voxel spacing in mm per spatial axis, or None when unknown.
+        body_part: DICOM BodyPartExamined, upper case ('' when absent).
     """
 
     spatial_dims: int
@@ -53,6 +57,7 @@ class InputFacts:
     form: str = ""
     shape: tuple[int, ...] = ()
     spacing: tuple[float, ...] | None = None
+    body_part: str = ""
 
     @property
     def is_picture(self) -> bool:
@@ -67,8 +72,10 @@ class InputFacts:
         return f"{article} {words} of {size}"
 
 
-def facts_from_meta(shape: Sequence[int], meta: Mapping[str, Any]) -> InputFacts:
-    """Facts of a read image: ``shape`` is ``(C, *spatial)``; ``meta`` its MetaTensor meta."""
+def facts_from_meta(shape: Sequence[int], meta: Mapping[str, Any],
+                    body_part: str = "") -> InputFacts:
+    """Facts of a read image: ``shape`` is ``(C, *spatial)``; ``meta`` its MetaTensor meta;
+    ``body_part`` the source's BodyPartExamined, when it is DICOM."""
     spatial = tuple(int(s) for s in shape[1:])
     dims = 3 if len(spatial) == 3 and spatial[2] > 1 else 2
     if dims == 2:
@@ -79,7 +86,8 @@ def facts_from_meta(shape: Sequence[int], meta: Mapping[str, Any]) -> InputFacts
     return InputFacts(spatial_dims=dims, channels=int(shape[0]),
                       modality=str(meta.get("modality") or "").upper(),
                       form=str(meta.get("medxai_form") or ""), shape=spatial,
-                      spacing=sp if (geometry or dims == 3) else None)
+                      spacing=sp if (geometry or dims == 3) else None,
+                      body_part=str(body_part or "").strip().upper())
 
 
 def _floats(value: Any, key: str, n: int | None = None) -> tuple[float, ...] | None:
@@ -105,6 +113,7 @@ class FitRules:
     max_extent_mm: tuple[float, ...] | None = None
     min_extent_mm: tuple[float, ...] | None = None
     spacing_mm: tuple[float, ...] | None = None
+    body_parts: tuple[str, ...] = ()
     note: str = field(default="", compare=False)
 
     @classmethod
@@ -121,6 +130,7 @@ class FitRules:
                    max_extent_mm=_floats(block.get("max_extent_mm"), "max_extent_mm", dims),
                    min_extent_mm=_floats(block.get("min_extent_mm"), "min_extent_mm", dims),
                    spacing_mm=_floats(block.get("spacing_mm"), "spacing_mm", 2),
+                   body_parts=tuple(str(b).upper() for b in (block.get("body_parts") or [])),
                    note=str(block.get("fit_note", "")))
 
     def problems(self, facts: InputFacts) -> list[str]:
@@ -139,6 +149,9 @@ class FitRules:
                            f"volumes, not pictures")
         elif self.modalities and facts.modality and facts.modality not in self.modalities:
             out.append(f"it is for {', '.join(self.modalities)}, this is {facts.modality}")
+        if self.body_parts and facts.body_part and facts.body_part not in self.body_parts:
+            out.append(f"it is for {', '.join(self.body_parts)} images, this one's "
+                       f"BodyPartExamined is {facts.body_part}")
         if not out and facts.spacing is not None and len(facts.spacing) == len(facts.shape):
             extent = [n * s for n, s in zip(facts.shape, facts.spacing)]
             size = "x".join(f"{e:.0f}" for e in extent)
@@ -198,6 +211,9 @@ def choose_model(facts: InputFacts, candidates: Sequence[tuple[str, FitRules]],
             what = f" for {', '.join(rules.modalities)}" if rules.modalities else ""
             reason = (f"{facts.describe()} fits {name} (a {rules.spatial_dims}D "
                       f"{_channels_word(rules.channels)} model{what})")
+            if rules.body_parts and not facts.body_part:
+                reason += (f"; the input names no body part, the model is for "
+                           f"{', '.join(rules.body_parts)}")
             return ModelChoice(name, reason, refused)
         refused[name] = "; ".join(probs)
     lines = "; ".join(f"{n}: {r}" for n, r in refused.items())
