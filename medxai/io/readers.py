@@ -26,10 +26,15 @@ from medxai.errors import (
     UnsupportedInputError,
 )
 from medxai.io import dicom as dcm
+from medxai.io.dicom.display import (
+    display_image,
+    is_display_candidate,
+    radiograph_spacing,
+)
 from medxai.io.geometry import axis_codes, lps_to_ras_affine, spacing_from_affine
 from medxai.io.types import DicomSource, LoadedImage
 
-__all__ = ["detect_form", "load_image", "read_image", "FORMS"]
+__all__ = ["FORMS", "detect_form", "load_image", "read_image"]
 
 #: Forms :func:`detect_form` can report.
 FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "nifti", "itk")
@@ -112,8 +117,17 @@ def read_image(path: str | Path) -> MetaTensor:
     return load_image(path).image
 
 
-def load_image(path: str | Path) -> LoadedImage:
+def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
     """Read ``path`` (file or folder) into a :class:`~medxai.io.types.LoadedImage`.
+
+    Args:
+        path: a picture, DICOM file, series folder, DICOMDIR, NIfTI, NRRD/MHA file.
+        display: for greyscale DICOM, whether the pixels are read as displayed (Modality LUT,
+            VOI LUT or window, MONOCHROME1 inverted, 8-bit ``0..255``: see
+            :func:`medxai.io.dicom.display.display_image`) instead of as modality values
+            (Hounsfield units, ...). ``None`` (default): displayed for projection radiographs
+            (DX, CR, MG, IO, PX, RG; one frame, greyscale), modality values otherwise. The meta key
+            ``intensity`` says which (``"display"`` or ``"modality"``).
 
     Raises:
         MedxaiError: (a subclass of it) for every input that cannot be read, with the reason.
@@ -128,7 +142,7 @@ def load_image(path: str | Path) -> LoadedImage:
         if form == "itk":
             return _load_itk(path)
         if form == "dicom":
-            return _load_dicom_file(path)
+            return _load_dicom_file(path, display)
         if form == "dicomdir":
             ddir = path if path.is_file() else next(
                 p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
@@ -136,8 +150,8 @@ def load_image(path: str | Path) -> LoadedImage:
             if not files:
                 raise SeriesError("DICOMDIR references no existing files", path=ddir)
             return _load_dicom_folder(path if path.is_dir() else path.parent, files, "dicomdir",
-                                      shown=path)
-        return _load_dicom_folder(path, None, "dicom-series")
+                                      shown=path, display=display)
+        return _load_dicom_folder(path, None, "dicom-series", display=display)
     except MedxaiError:
         raise
     except MemoryError as exc:
@@ -190,6 +204,7 @@ def _make(array: np.ndarray, affine_ras: np.ndarray, path: Path, form: str,
         "series_description": "",
         "num_files": 1,
         "geometry_warnings": [],
+        "intensity": "modality",
     }
     full.update(meta)
     tensor = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(affine), meta=full)
@@ -203,7 +218,8 @@ def _load_picture(path: Path) -> LoadedImage:
     arr, affine, info = read_photo(path)
     pi = "RGB" if arr.shape[0] == 3 else "MONOCHROME2"
     return _make(arr, affine, path, "picture",
-                 {"photometric_interpretation": pi, "picture_format": info["format"]})
+                 {"photometric_interpretation": pi, "picture_format": info["format"],
+                  "intensity": "display"})
 
 
 def _load_nifti(path: Path) -> LoadedImage:
@@ -220,9 +236,7 @@ def _load_nifti(path: Path) -> LoadedImage:
     else:
         while arr.ndim > 4 and arr.shape[3] == 1:  # (I, J, K, 1, C) vector images
             arr = arr.reshape(arr.shape[:3] + arr.shape[4:])
-        if arr.ndim == 2:
-            arr = arr[None]
-        elif arr.ndim == 3:
+        if arr.ndim == 2 or arr.ndim == 3:
             arr = arr[None]
         elif arr.ndim == 4:
             arr = np.moveaxis(arr, -1, 0)
@@ -370,11 +384,12 @@ def _plane_geometry(ds: Any, nframes: int) -> tuple[list[Any], list[Any], Any, A
     return None
 
 
-def _load_dicom_file(path: Path) -> LoadedImage:
+def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
     ds = dcm.read_header(path)
     sop = str(ds.get("SOPClassUID", ""))
     if sop == "1.2.840.10008.1.3.10":
-        return _load_dicom_folder(path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path)
+        return _load_dicom_folder(path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path,
+                                  display=display)
     if sop in dcm.NON_IMAGE_SOP_CLASSES:
         raise UnsupportedInputError(
             f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object, not an image", path=path,
@@ -385,12 +400,18 @@ def _load_dicom_file(path: Path) -> LoadedImage:
             path=path, hint="give medxai an image object")
     if "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return _load_siemens_mosaic(ds, path)
-    frames = dcm.decode_frames(ds, path)
+    as_displayed = is_display_candidate(ds) if display is None else bool(display)
+    shown: dict[str, Any] = {}
+    if as_displayed:
+        frames, shown = _display_frames(ds, path)
+    else:
+        frames = dcm.decode_frames(ds, path)
     nframes = frames.shape[0]
     geom = _plane_geometry(ds, nframes)
     warnings: list[str] = []
     frame_numbers: list[int] | None = list(range(1, nframes + 1)) if nframes > 1 else None
     spacing = dcm._pixel_spacing(ds)
+    xray = radiograph_spacing(ds)
     if geom is not None and spacing is None and geom[2] is not None and len(geom[2]) == 2:
         spacing = (float(geom[2][0]), float(geom[2][1]))
     if geom is not None and spacing is not None:
@@ -419,13 +440,38 @@ def _load_dicom_file(path: Path) -> LoadedImage:
                                for i in range(nframes)))
         affine_lps = dcm.lps_identity(spacing)
         volume, has_geom = nframes > 1, False
-    values = dcm.apply_modality_lut(frames, slopes, inters)
+    values = frames if as_displayed else dcm.apply_modality_lut(frames, slopes, inters)
     arr = _frames_to_array(values, volume)
     form = "dicom-multiframe" if nframes > 1 else "dicom"
+    if xray is None and not has_geom and as_displayed:
+        warnings.append("no usable Pixel Spacing or Imager Pixel Spacing: sizes are in pixels")
     _repair_identity([ds], warnings)
     meta = _dicom_meta(ds, form, 1, has_geom, warnings)
+    if as_displayed:
+        meta.update(intensity="display", display=shown)
+    if xray is not None and not has_geom:
+        meta["pixel_spacing_source"] = xray.source
+        if xray.magnification is not None:
+            meta["estimated_radiographic_magnification_factor"] = xray.magnification
+        if xray.patient_plane_spacing is not None:
+            meta["patient_plane_spacing"] = list(xray.patient_plane_spacing)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path], frame_numbers=frame_numbers)
     return _make(arr, lps_to_ras_affine(affine_lps), path, form, meta, source)
+
+
+def _display_frames(ds: Any, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every frame as displayed (8-bit), ``(frames, rows, cols, 1)``, and what was applied."""
+    stored = dcm.decode_stored(ds, path)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if nframes == 1:
+        stored = stored[None]
+    out = np.empty(stored.shape[:3] + (1,), dtype=np.uint8)
+    applied: dict[str, Any] = {}
+    for f in range(stored.shape[0]):
+        shown = display_image(ds, path, stored=stored[f])
+        out[f, ..., 0] = shown.to_uint8()
+        applied = shown.applied
+    return out, applied
 
 
 def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
@@ -458,17 +504,18 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
 
 
 def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str,
-                       shown: Path | None = None) -> LoadedImage:
+                       shown: Path | None = None, display: bool | None = None) -> LoadedImage:
     """Read the one image series under ``folder`` (or among ``files``); errors name ``shown``."""
     try:
-        return _load_series(folder, files, form)
+        return _load_series(folder, files, form, display)
     except MedxaiError as exc:
         if shown is None or exc.path == str(shown):
             raise
         raise type(exc)(exc.detail, path=shown, hint=exc.hint) from exc
 
 
-def _load_series(folder: Path, files: list[Path] | None, form: str) -> LoadedImage:
+def _load_series(folder: Path, files: list[Path] | None, form: str,
+                 display: bool | None = None) -> LoadedImage:
     scan = dcm.scan_folder(folder, files)
     if not scan.datasets:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:5]) or "the folder is empty"
@@ -495,7 +542,7 @@ def _load_series(folder: Path, files: list[Path] | None, form: str) -> LoadedIma
         seen[uid] = p
         unique.append((p, ds))
     if len(unique) == 1:
-        loaded = _load_dicom_file(unique[0][0])
+        loaded = _load_dicom_file(unique[0][0], display)
         loaded.image.meta["geometry_warnings"] = dup_warnings + loaded.image.meta["geometry_warnings"]
         loaded.path = folder
         return loaded

@@ -21,7 +21,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 
-from medxai.errors import CorruptInputError, SeriesError, UnsupportedInputError
+from medxai.errors import CorruptInputError, SeriesError
+from medxai.io.dicom.pixels import decode_stored
 from medxai.io.geometry import dicom_affine_lps, slice_normal
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "sort_slices",
     "StackGeometry",
     "decode_frames",
+    "decode_stored",
     "dicomdir_files",
 ]
 
@@ -354,24 +356,16 @@ def decode_frames(ds: Dataset, path: str | Path) -> np.ndarray:
     MONOCHROME2 sense. Modality LUT (rescale) is not applied here.
 
     Raises:
-        CorruptInputError: the pixel data cannot be decoded (missing codec, truncated data).
+        UnsupportedInputError: no installed decoder decodes it (the message names the transfer
+            syntax, the decoders tried and what each said; see :mod:`medxai.io.dicom.pixels`).
+        CorruptInputError: the pixel data is truncated or the Image Pixel module incomplete.
     """
     # required attributes that old (ACR-NEMA era) files omit: assume plain greyscale
     if "SamplesPerPixel" not in ds:
         ds.SamplesPerPixel = 1
     if "PhotometricInterpretation" not in ds and int(ds.SamplesPerPixel or 1) == 1:
         ds.PhotometricInterpretation = "MONOCHROME2"
-    try:
-        arr = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise UnsupportedInputError(
-            f"pixel data in transfer syntax {getattr(ts, 'name', ts)} cannot be decoded: {exc}",
-            path=path, hint="install the pylibjpeg plugins (pylibjpeg-libjpeg, -openjpeg, -rle) "
-                            "and pyjpegls, which medxai depends on") from exc
-    except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError, IndexError) as exc:
-        raise CorruptInputError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})",
-                                path=path, hint="the file may be truncated or damaged") from exc
+    arr = decode_stored(ds, path)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
