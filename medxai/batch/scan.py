@@ -196,11 +196,9 @@ def _floats(ds: Any, kw: str, n: int) -> list[float] | None:
 
 def _frame_geometry(ds: Any) -> bool:
     """Whether an enhanced multi-frame object has per-frame plane positions."""
-    for kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(kw)
-        if seq and "PlanePositionSequence" in seq[0]:
-            return True
-    return False
+    from medxai.io.dicom import has_frame_item
+
+    return has_frame_item(ds, "PlanePositionSequence")
 
 
 def _header_fields(ds: Any) -> dict[str, Any]:
@@ -342,7 +340,7 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
 
 def _dicomdir_reason(ds: Any, folder: Path) -> str:
     """What a DICOMDIR lists, and which of the files it lists are missing."""
-    from medxai.io.dicom import _case_insensitive
+    from medxai.io.dicom import find_case_insensitive
 
     listed, missing = 0, []
     for rec in ds.get("DirectoryRecordSequence") or []:
@@ -351,7 +349,7 @@ def _dicomdir_reason(ds: Any, folder: Path) -> str:
             continue
         parts = [ref] if isinstance(ref, str) else [str(v) for v in ref]
         listed += 1
-        if not folder.joinpath(*parts).is_file() and _case_insensitive(folder, parts) is None:
+        if not folder.joinpath(*parts).is_file() and find_case_insensitive(folder, parts) is None:
             missing.append("/".join(parts))
     reason = f"DICOMDIR listing {listed} file(s) (each is scanned as a file of the export)"
     if missing:

@@ -34,7 +34,7 @@ from medxai.io.dicom.display import (
 from medxai.io.geometry import axis_codes, lps_to_ras_affine, spacing_from_affine
 from medxai.io.types import DicomSource, LoadedImage
 
-__all__ = ["FORMS", "detect_form", "load_image", "read_image"]
+__all__ = ["FORMS", "detect_form", "load_dicom_files", "load_image", "read_image"]
 
 #: Forms :func:`detect_form` can report.
 FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "nifti", "itk")
@@ -338,30 +338,15 @@ def _frames_to_array(frames: np.ndarray, volume: bool) -> np.ndarray:
     return arr if volume else arr[..., 0]
 
 
-def _frame_item(ds: Any, index: int, keyword: str) -> Any:
-    """A functional group macro item for frame ``index``: per-frame first, then shared."""
-    pf = ds.get("PerFrameFunctionalGroupsSequence")
-    if pf and index < len(pf):
-        seq = pf[index].get(keyword)
-        if seq:
-            return seq[0]
-    sh = ds.get("SharedFunctionalGroupsSequence")
-    if sh:
-        seq = sh[0].get(keyword)
-        if seq:
-            return seq[0]
-    return None
-
-
 def _plane_geometry(ds: Any, nframes: int) -> tuple[list[Any], list[Any], Any, Any] | None:
     """Per-frame positions, orientations, pixel spacing and thickness, if the object has them."""
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         positions, orients = [], []
         spacing = thick = None
         for f in range(nframes):
-            pp = _frame_item(ds, f, "PlanePositionSequence")
-            po = _frame_item(ds, f, "PlaneOrientationSequence")
-            pm = _frame_item(ds, f, "PixelMeasuresSequence")
+            pp = dcm.frame_item(ds, f, "PlanePositionSequence")
+            po = dcm.frame_item(ds, f, "PlaneOrientationSequence")
+            pm = dcm.frame_item(ds, f, "PixelMeasuresSequence")
             if pp is None or po is None or "ImagePositionPatient" not in pp:
                 return None
             positions.append([float(v) for v in pp.ImagePositionPatient])
@@ -501,6 +486,17 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
     meta = _dicom_meta(ds, "dicom-mosaic", 1, True, warnings)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path])
     return _make(arr, lps_to_ras_affine(affine_lps), path, "dicom-mosaic", meta, source)
+
+
+def load_dicom_files(folder: str | Path, files: list[Path], *,
+                     display: bool | None = None) -> LoadedImage:
+    """Read the one image series formed by ``files`` (slices of one series), named ``folder``.
+
+    For callers that grouped the files themselves (``medxai batch``); otherwise as
+    :func:`load_image` on a series folder.
+    """
+    return _load_dicom_folder(Path(folder), [Path(f) for f in files], "dicom-series",
+                              display=display)
 
 
 def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str,

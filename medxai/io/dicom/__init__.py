@@ -36,6 +36,9 @@ __all__ = [
     "decode_frames",
     "decode_stored",
     "dicomdir_files",
+    "find_case_insensitive",
+    "frame_item",
+    "has_frame_item",
 ]
 
 # Storage classes that hold no image pixels medxai can segment.
@@ -152,13 +155,15 @@ def dicomdir_files(path: str | Path) -> list[Path]:
         parts = [ref] if isinstance(ref, str) else list(ref)
         candidate = root.joinpath(*parts)
         if not candidate.exists():  # media often upper-cases names
-            candidate = _case_insensitive(root, parts)
+            candidate = find_case_insensitive(root, parts)
         if candidate is not None and candidate.is_file():
             files.append(candidate)
     return files
 
 
-def _case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
+def find_case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
+    """The path ``root/parts...`` matched without regard to case (media often upper-case names
+    that the file system keeps in lower case), or ``None`` when there is none."""
     cur = root
     for part in parts:
         if not cur.is_dir():
@@ -168,6 +173,29 @@ def _case_insensitive(root: Path, parts: Sequence[str]) -> Path | None:
             return None
         cur = match
     return cur
+
+
+def frame_item(ds: Dataset, index: int, keyword: str) -> Any:
+    """A functional group macro item (e.g. ``"PlanePositionSequence"``) for 0-based frame
+    ``index`` of an enhanced multi-frame object: the per-frame one, else the shared one, else
+    ``None``."""
+    pf = ds.get("PerFrameFunctionalGroupsSequence")
+    if pf and index < len(pf):
+        seq = pf[index].get(keyword)
+        if seq:
+            return seq[0]
+    sh = ds.get("SharedFunctionalGroupsSequence")
+    if sh:
+        seq = sh[0].get(keyword)
+        if seq:
+            return seq[0]
+    return None
+
+
+def has_frame_item(ds: Dataset, keyword: str) -> bool:
+    """Whether the first frame of an enhanced multi-frame object has ``keyword`` (per-frame or
+    shared), e.g. whether it has plane positions."""
+    return frame_item(ds, 0, keyword) is not None
 
 
 @dataclass
