@@ -33,9 +33,9 @@ def node_factory(tmp_path: Path, lesion_model):
     nodes = []
 
     def make(**kw):
-        args = dict(workdir=tmp_path / "work", port=free_port(), host="127.0.0.1",
-                    allow=["ORTHANC", "STORESCU"], idle_s=3600.0, model=lesion_model,
-                    min_free_bytes=0)
+        args = {"workdir": tmp_path / "work", "port": free_port(), "host": "127.0.0.1",
+                "allow": ["ORTHANC", "STORESCU"], "idle_s": 3600.0, "model": lesion_model,
+                "min_free_bytes": 0}
         args.update(kw)
         node = DicomNode(NodeConfig(**args))
         node.start()
@@ -44,7 +44,7 @@ def node_factory(tmp_path: Path, lesion_model):
 
     yield make
     for n in nodes:
-        if n._server is not None or n._threads:  # noqa: SLF001 - teardown of what we started
+        if n._server is not None or n._threads:
             n.stop(timeout_s=30)
 
 
@@ -66,10 +66,10 @@ def _events(node, name: str) -> list[dict]:
 def test_echoscu_and_unknown_ae_refused(node_factory):
     exe = require_tool("echoscu")
     node = node_factory()
-    ok = subprocess.run([exe, "-aet", "STORESCU", "-aec", "MEDXAI", "127.0.0.1",
+    ok = subprocess.run(check=False, args=[exe, "-aet", "STORESCU", "-aec", "MEDXAI", "127.0.0.1",
                          str(node.port)], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([exe, "-aet", "INTRUDER", "-aec", "MEDXAI", "127.0.0.1",
+    bad = subprocess.run(check=False, args=[exe, "-aet", "INTRUDER", "-aec", "MEDXAI", "127.0.0.1",
                           str(node.port)], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0
     assert "reject" in (bad.stdout + bad.stderr).lower()
@@ -82,7 +82,7 @@ def test_storescu_instances_stored_durably_under_hashed_names(node_factory, tmp_
     exe = require_tool("storescu")
     node = node_factory()
     files = [DERMOSCOPY] + sorted(CT_SERIES.iterdir())
-    r = subprocess.run([exe, "-aet", "STORESCU", "-aec", "MEDXAI", "127.0.0.1", str(node.port),
+    r = subprocess.run(check=False, args=[exe, "-aet", "STORESCU", "-aec", "MEDXAI", "127.0.0.1", str(node.port),
                         *map(str, files)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     st = node.store.status()
@@ -142,7 +142,7 @@ def test_limits_out_of_resources(node_factory):
     node = node_factory(max_instance_bytes=100_000)
     assoc = _scu(node.port)
     big = assoc.send_c_store(DERMOSCOPY)  # 0.9 MB
-    small = assoc.send_c_store(sorted(CT_SERIES.iterdir())[0])
+    small = assoc.send_c_store(min(CT_SERIES.iterdir()))
     assoc.release()
     assert big.Status == 0xA700 and small.Status == 0x0000
     node.stop()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
 from tests.conftest import ROOT
@@ -83,6 +84,7 @@ class Listener:
         return rc
 
 
+@pytest.mark.slow
 def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: Path):
     orthanc_exe()
     node_port = free_port()
@@ -93,7 +95,8 @@ def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: P
         files = _two_instance_study(tmp_path / "in")
         sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
                    for f in files}
-        study = [orthanc.upload(f) for f in files][0]["ParentStudy"]
+        uploads = [orthanc.upload(f) for f in files]
+        study = uploads[0]["ParentStudy"]
         args = ["-o", str(work), "--ae-title", "MEDXAI", "--port", str(node_port),
                 "--host", "127.0.0.1", "--allow", "ORTHANC",
                 "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--idle-seconds", "1",
@@ -130,7 +133,7 @@ def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: P
         # 4. SIGTERM: stops accepting, exits cleanly
         assert third.terminate() == 0
         assert third.events()[-1]["event"] == "stopped" and third.events()[-1]["clean"]
-        status = subprocess.run([sys.executable, "-c", _MAIN, "listen", "--status", "-o",
+        status = subprocess.run(check=False, args=[sys.executable, "-c", _MAIN, "listen", "--status", "-o",
                                  str(work), "--json"], capture_output=True, text=True,
                                 cwd=ROOT, timeout=300)
         assert status.returncode == 0, status.stderr
@@ -145,12 +148,12 @@ def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: P
 
 
 def test_listen_refuses_bad_arguments(tmp_path: Path):
-    r = subprocess.run([sys.executable, "-c", _MAIN, "listen", "-o", str(tmp_path / "w"),
+    r = subprocess.run(check=False, args=[sys.executable, "-c", _MAIN, "listen", "-o", str(tmp_path / "w"),
                         "--send-to", "nonsense"], capture_output=True, text=True, cwd=ROOT,
                        timeout=300)
     assert r.returncode == 2
     assert "--allow" in r.stderr
-    r = subprocess.run([sys.executable, "-c", _MAIN, "listen", "-o", str(tmp_path / "w"),
+    r = subprocess.run(check=False, args=[sys.executable, "-c", _MAIN, "listen", "-o", str(tmp_path / "w"),
                         "--allow", "ORTHANC", "--send-to", "nonsense"], capture_output=True,
                        text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2

@@ -14,8 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DicomNode", "NodeConfig", "NodeEvent", "NodeStore", "Destination", "SendOutcome",
-           "TlsConfig", "parse_destination", "send_files", "node_status"]
+__all__ = [
+    "Destination",
+    "DicomNode",
+    "NodeConfig",
+    "NodeEvent",
+    "NodeStore",
+    "SendOutcome",
+    "TlsConfig",
+    "node_status",
+    "parse_destination",
+    "send_files",
+]
 
 _WHERE = {"DicomNode": "node", "NodeConfig": "node", "NodeEvent": "node", "NodeStore": "store",
           "Destination": "sender", "SendOutcome": "sender", "TlsConfig": "sender",

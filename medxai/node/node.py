@@ -31,13 +31,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from medxai.errors import InputError
 from medxai.node.sender import Destination, TlsConfig, send_files
-from medxai.node.store import NodeStore, instance_key, is_valid_uid, study_key, write_durable
+from medxai.node.store import (
+    NodeStore,
+    instance_key,
+    is_valid_uid,
+    study_key,
+    write_durable,
+)
 
-__all__ = ["NodeConfig", "DicomNode", "NodeEvent", "STATUS"]
+__all__ = ["STATUS", "DicomNode", "NodeConfig", "NodeEvent"]
 
 log = logging.getLogger("medxai.node")
 
@@ -161,13 +167,13 @@ class DicomNode:
         ev = NodeEvent(event, data)
         try:
             self.store.log_event(event, data)
-        except Exception:  # noqa: BLE001 - an event must never break receiving or sending
+        except Exception:
             log.exception("cannot record event %s", event)
         log.info("%s %s", event, data)
         if self.on_event is not None:
             try:
                 self.on_event(ev)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("event callback failed")
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -211,11 +217,11 @@ class DicomNode:
         self.store.close()
         return clean
 
-    def __enter__(self) -> DicomNode:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -348,7 +354,7 @@ class DicomNode:
                 for key in self.store.queue_idle(self.config.idle_s):
                     self.emit("study_complete", study=key)
                 row = self.store.claim_study()
-            except Exception:  # noqa: BLE001 - keep the node alive; try again shortly
+            except Exception:
                 log.exception("study scheduling failed")
                 row = None
             if row is None:
@@ -379,7 +385,7 @@ class DicomNode:
                                             started_at=started)
             self.emit("study_failed", study=key, reason=str(exc), state=state)
             return
-        except Exception as exc:  # noqa: BLE001 - one study never stops the node
+        except Exception as exc:
             reason = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("processing study %s failed", key)
             state = self.store.finish_study(key, "failed", reason=reason, summary={},
@@ -425,7 +431,7 @@ class DicomNode:
         while not self._stop.is_set():
             try:
                 rows = self.store.due()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("reading the outbox failed")
                 rows = []
             if not rows:

@@ -158,7 +158,7 @@ def _read_meta(path: str) -> tuple[str, str, str]:
         meta = pydicom.filereader.read_file_meta_info(path)
         return (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
                 str(meta.TransferSyntaxUID))
-    except Exception as exc:  # noqa: BLE001 - pydicom raises several types
+    except Exception as exc:
         raise InputError(f"is not a DICOM file with a file meta header ({exc})", path=path,
                          hint="send DICOM Part 10 files") from exc
 

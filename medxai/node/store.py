@@ -40,8 +40,16 @@ from typing import Any
 
 from medxai.errors import InputError
 
-__all__ = ["NodeStore", "STUDY_STATES", "OUTBOX_STATES", "DB_NAME", "study_key", "instance_key",
-           "is_valid_uid", "write_durable"]
+__all__ = [
+    "DB_NAME",
+    "OUTBOX_STATES",
+    "STUDY_STATES",
+    "NodeStore",
+    "instance_key",
+    "is_valid_uid",
+    "study_key",
+    "write_durable",
+]
 
 DB_NAME = "node.sqlite"
 SCHEMA_VERSION = 1
