@@ -27,9 +27,10 @@ from typing import Any
 
 from medxai.batch.manifest import MANIFEST_NAME, Manifest
 from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk, run_chunk
-from medxai.batch.scan import ModelRequirements, fit_reason, scan_export
-from medxai.errors import InputError, MedxaiError
+from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
+from medxai.errors import InputError, MedxaiError, ModelMismatchError
 from medxai.models.bundle import ModelBundle
+from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
 
 __all__ = ["BatchProgress", "BatchSummary", "run_batch", "LOCK_NAME", "SUMMARY_NAME"]
@@ -140,12 +141,24 @@ def _write_json_atomic(path: Path, data: Any) -> None:
             os.unlink(tmp)
 
 
-def _settings(export: Path, bundle: ModelBundle, options: SegmentOptions) -> dict[str, Any]:
+def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
+    """The model part of a job's settings; ``None``: the bundled models chosen by the input."""
+    if bundle is None:
+        from medxai.models.registry import list_models
+
+        return {"auto": [{"name": m.name, "version": str(m.card().get("version")),
+                          "weights_sha256": m.card().get("weights_sha256")}
+                         for m in list_models() if m.available]}
+    return {"name": bundle.name, "version": bundle.version,
+            "weights_sha256": bundle.weights_sha256}
+
+
+def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions
+              ) -> dict[str, Any]:
     """What must not change between runs of one job (device and workers may)."""
     return {
         "export_dir": str(export),
-        "model": {"name": bundle.name, "version": bundle.version,
-                  "weights_sha256": bundle.weights_sha256},
+        "model": _model_settings(bundle),
         "formats": sorted(options.formats) if options.formats else None,
         "explain": options.explain or None,
         "roi_size": list(options.roi_size) if options.roi_size else None,
@@ -197,6 +210,49 @@ def _folder_owners(man: Manifest) -> dict[str, str]:
     return {d: s for d, s in owner.items() if isinstance(s, str)}
 
 
+def stack_facts(stack: Stack) -> InputFacts:
+    """What the fit rules can know of a stack from its headers (no spacing or body part: those
+    are checked again on the read image, see :func:`medxai.batch.runner.process_chunk`)."""
+    dims = 3 if stack.dims == 3 else 2
+    shape = ((stack.columns, stack.rows, stack.n_slices) if dims == 3
+             else (stack.columns, stack.rows))
+    return InputFacts(spatial_dims=dims, channels=stack.channels,
+                      modality=(stack.modality or "").upper(), form="dicom", shape=shape)
+
+
+@dataclass
+class _AutoPlan:
+    """Without ``--model``: the bundled model each stack goes to, and why the others refused."""
+
+    choices: dict[str, ModelChoice] = field(default_factory=dict)
+    fit: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def for_stacks(cls, stacks: Sequence[Stack]) -> _AutoPlan:
+        from medxai.models.registry import choose_bundled_model
+
+        plan = cls()
+        for stack in stacks:
+            try:
+                plan.choices[stack.id] = choose_bundled_model(stack_facts(stack))
+                plan.fit[stack.id] = None
+            except ModelMismatchError as exc:
+                plan.fit[stack.id] = str(exc)
+        return plan
+
+    def groups(self, rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Pending rows by chosen model, in registry order."""
+        from medxai.models.registry import list_models
+
+        out = []
+        for m in list_models():
+            mine = [r for r in rows if r["id"] in self.choices
+                    and self.choices[r["id"]].name == m.name]
+            if mine:
+                out.append((m.name, mine))
+        return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
@@ -246,14 +302,18 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                          hint="use e.g. -o results/")
     out.mkdir(parents=True, exist_ok=True)
     opts = options or SegmentOptions()
+    bundle: ModelBundle | None
     if isinstance(model, ModelBundle):
         bundle = model
         if bundle.path is None and (workers > 1 or scheduler):
             raise InputError("a model bundle that is not saved to a folder can only run with "
                              "workers=1 and no scheduler", hint="save it with save_bundle")
+    elif model is None:
+        bundle = None  # each series goes to the bundled model whose fit rules accept it
     else:
         bundle = load_model(model)
-    model_path = str(Path(bundle.path).resolve()) if bundle.path is not None else ""
+    model_path = str(Path(bundle.path).resolve()) if bundle and bundle.path is not None else ""
+    plan: _AutoPlan | None = None
     settings = _settings(export, bundle, opts)
     say = progress or (lambda _p: None)
     t_start = time.perf_counter()
@@ -276,8 +336,12 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                 scan = scan_export(export, workers=scan_workers, exclude=exclude, known=known,
                                    progress=lambda d, n: say(BatchProgress(
                                        "scan", d, n, {}, time.perf_counter() - t0)))
-                req = ModelRequirements.from_bundle(bundle)
-                fit = {s.id: fit_reason(s, req) for s in scan.stacks}
+                if bundle is None:
+                    plan = _AutoPlan.for_stacks(scan.stacks)
+                    fit = plan.fit
+                else:
+                    req = ModelRequirements.from_bundle(bundle)
+                    fit = {s.id: fit_reason(s, req) for s in scan.stacks}
                 man.sync_scan(scan.files, scan.stacks, fit)
                 retried = man.retry_failed() if retry_failed else 0
                 # a done series whose folder was removed runs again
@@ -300,22 +364,21 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                                       dict(run_counts), time.perf_counter() - t1))
 
                 say(BatchProgress("process", 0, total, dict(run_counts), 0.0))
-                jobs_for = _JobFactory(export, out, man)
-                chunks = _chunks(pending, batch_size, bundle.spatial_dims)
-                config = WorkerConfig(model=model_path, weights_sha256=bundle.weights_sha256,
-                                      options=opts, batch_size=batch_size)
-                if scheduler:
-                    from medxai.batch.dask_runner import run_on_dask
-
-                    backend = f"dask ({scheduler})"
-                    run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler,
-                                workers=workers)
-                elif workers > 1:
-                    backend = f"{workers} local worker processes"
-                    _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
-                else:
-                    backend = "in process"
-                    _run_inline(man, chunks, jobs_for, bundle, opts, batch_size, on_result)
+                groups: list[tuple[ModelBundle, list[dict[str, Any]]]] = (
+                    [(bundle, pending)] if bundle is not None else
+                    [(load_model(name, cache=True), rows)
+                     for name, rows in (plan.groups(pending) if plan else [])])
+                backend = "in process"
+                for grp_bundle, rows in groups:
+                    jobs_for = _JobFactory(export, out, man, plan.choices if plan else None)
+                    chunks = _chunks(rows, batch_size, grp_bundle.spatial_dims)
+                    grp_path = (str(Path(grp_bundle.path).resolve())
+                                if grp_bundle.path is not None else "")
+                    config = WorkerConfig(model=grp_path,
+                                          weights_sha256=grp_bundle.weights_sha256,
+                                          options=opts, batch_size=batch_size)
+                    backend = _run_backend(man, chunks, jobs_for, config, grp_bundle, opts,
+                                           batch_size, on_result, scheduler, workers)
                 process_s = time.perf_counter() - t1
                 status = "finished"
             finally:
@@ -338,18 +401,43 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
 
 
 class _JobFactory:
-    """Turns manifest rows into the job dicts workers take."""
+    """Turns manifest rows into the job dicts workers take (with the model choice, when the
+    model was chosen by the input)."""
 
-    def __init__(self, export: Path, out: Path, man: Manifest) -> None:
+    def __init__(self, export: Path, out: Path, man: Manifest,
+                 choices: dict[str, ModelChoice] | None = None) -> None:
         self.export, self.out = export, out
         self.folders = _folder_owners(man)
+        self.choices = choices or {}
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return _job_for(row, self.export, self.out, self.folders)
+        job = _job_for(row, self.export, self.out, self.folders)
+        if row["id"] in self.choices:
+            job["model_choice"] = self.choices[row["id"]].to_dict()
+        return job
+
+
+def _run_backend(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
+                 jobs_for: Callable[[dict[str, Any]], dict[str, Any]], config: WorkerConfig,
+                 bundle: ModelBundle, opts: SegmentOptions, batch_size: int,
+                 on_result: Callable[[dict[str, Any]], None], scheduler: str | None,
+                 workers: int) -> str:
+    """Run ``chunks`` on the configured backend; returns its name for the summary."""
+    if scheduler:
+        from medxai.batch.dask_runner import run_on_dask
+
+        run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler,
+                    workers=workers)
+        return f"dask ({scheduler})"
+    if workers > 1:
+        _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
+        return f"{workers} local worker processes"
+    _run_inline(man, chunks, jobs_for, bundle, opts, batch_size, on_result)
+    return "in process"
 
 
 def _summary(man: Manifest, export: Path, out: Path, csv_paths: dict[str, Path],
-             bundle: ModelBundle, model_path: str, scan: Any, run_counts: dict[str, int],
+             bundle: ModelBundle | None, model_path: str, scan: Any, run_counts: dict[str, int],
              process_s: float, processed: int, backend: str) -> BatchSummary:
     counts = man.counts()
     for table in counts:
@@ -362,8 +450,10 @@ def _summary(man: Manifest, export: Path, out: Path, csv_paths: dict[str, Path],
     return BatchSummary(
         export_dir=str(export), output=str(out), manifest=str(out / MANIFEST_NAME),
         csv={k: str(v) for k, v in csv_paths.items()},
-        model={"name": bundle.name, "version": bundle.version, "path": model_path,
-               "weights_sha256": bundle.weights_sha256},
+        model=({"name": bundle.name, "version": bundle.version, "path": model_path,
+                "weights_sha256": bundle.weights_sha256} if bundle is not None
+               else {"chosen_by_input": _model_settings(None)["auto"],
+                     "series_per_model": man.model_counts()}),
         files=counts["files"], series=counts["series"], this_run=run_counts,
         scan={"files": len(scan.files), "headers_read": scan.headers_read,
               "seconds": round(scan.seconds, 3),

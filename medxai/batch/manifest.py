@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS series (
     detail TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     outputs TEXT,
+    model TEXT,
     worker TEXT,
     started_at REAL,
     finished_at REAL,
@@ -102,7 +103,8 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
-_SERIES_CSV = ("id", "state", "reason", "output_name", "outputs", "modality", "form", "dims",
+_SERIES_CSV = ("id", "state", "reason", "model", "output_name", "outputs", "modality", "form",
+               "dims",
                "n_slices", "rows", "columns", "channels", "n_files", "study_instance_uid",
                "series_instance_uid", "series_number", "description", "attempts", "worker",
                "started_at", "finished_at", "read_s", "predict_s", "explain_s", "write_s",
@@ -132,6 +134,9 @@ class Manifest:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self.conn.execute(stmt)
+                cols = {r[1] for r in self.conn.execute("PRAGMA table_info(series)")}
+                if "model" not in cols:  # manifests written before the model column
+                    self.conn.execute("ALTER TABLE series ADD COLUMN model TEXT")
                 row = self.conn.execute("SELECT value FROM job WHERE key='schema'").fetchone()
                 if row is None:
                     self.conn.execute("INSERT INTO job VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -367,12 +372,12 @@ class Manifest:
         now = time.time()
         with self.transaction() as c:
             c.execute(
-                "UPDATE series SET state=?, reason=?, detail=?, outputs=?, worker=?, "
+                "UPDATE series SET state=?, reason=?, detail=?, outputs=?, model=?, worker=?, "
                 "finished_at=?, read_s=?, predict_s=?, explain_s=?, write_s=?, total_s=?, "
                 "updated_at=? WHERE id=?",
                 (result["state"], result.get("reason"), result.get("detail"),
                  json.dumps(result.get("outputs")) if result.get("outputs") is not None else None,
-                 result.get("worker"), now, t.get("read"), t.get("predict"), t.get("explain"),
+                 result.get("model"), result.get("worker"), now, t.get("read"), t.get("predict"), t.get("explain"),
                  t.get("write"), t.get("total"), now, result["id"]))
             self._sync_file_states(c, [result["id"]])
 
@@ -404,6 +409,12 @@ class Manifest:
                 cnt[state] = n
             out[table] = cnt
         return out
+
+    def model_counts(self) -> dict[str, int]:
+        """Series done per model (``model`` column: the model that made each result)."""
+        rows = self.conn.execute("SELECT model, COUNT(*) FROM series WHERE state='done' "
+                                 "GROUP BY model ORDER BY model")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def reasons(self, state: str, table: str = "series") -> dict[str, int]:
         """How often each reason occurs among rows in ``state``, most common first."""

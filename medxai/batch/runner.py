@@ -34,9 +34,10 @@ import torch
 
 from medxai.errors import MedxaiError, ModelError, ModelMismatchError
 from medxai.inference import Prediction, check_input_fits, resolve_device
+from medxai.models.fit import FitRules, ModelChoice
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
-from medxai.pipeline import SegmentOptions, segment_loaded
+from medxai.pipeline import SegmentOptions, input_facts, segment_loaded
 
 __all__ = ["WorkerConfig", "load_stack", "predict_batch", "process_chunk", "run_chunk",
            "worker_bundle", "worker_name"]
@@ -180,7 +181,7 @@ def _result(job: dict[str, Any], state: str, *, reason: str | None = None,
             timings: dict[str, float] | None = None) -> dict[str, Any]:
     return {"id": job["id"], "state": state, "reason": reason, "detail": detail,
             "outputs": outputs, "timings": timings or {}, "worker": worker_name(),
-            "output_name": job.get("output_name")}
+            "output_name": job.get("output_name"), "model": job.get("model_name")}
 
 
 def _error_result(job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
@@ -205,10 +206,17 @@ def _segment_one(job: dict[str, Any], loaded: LoadedImage, read_s: float, bundle
                  options: SegmentOptions, prediction: Prediction | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     timings = {"read": round(read_s, 4)}
+    job = {**job, "model_name": bundle.name}
     try:
         kwargs: dict[str, Any] = {}
         if prediction is not None:
             kwargs["prediction"] = prediction
+        if job.get("model_choice"):
+            # chosen from headers: check the full rules (spacing, extent, body part) on the image
+            FitRules.from_input_config(bundle.config.get("input", {}), bundle.spatial_dims,
+                                       bundle.in_channels).check(input_facts(loaded),
+                                                                 bundle.name, str(loaded.path))
+            kwargs["choice"] = ModelChoice.from_dict(job["model_choice"])
         res = segment_loaded(loaded, bundle, job["out_root"], options, name=job["name"], **kwargs)
     except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
         timings["total"] = round(read_s + time.perf_counter() - t0, 4)

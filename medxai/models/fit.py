@@ -196,6 +196,11 @@ class ModelChoice:
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.name, "reason": self.reason, "refused": dict(self.refused)}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelChoice:
+        """The inverse of :meth:`to_dict` (choices travel to batch workers as dicts)."""
+        return cls(str(d["chosen"]), str(d.get("reason", "")), dict(d.get("refused") or {}))
+
 
 def choose_model(facts: InputFacts, candidates: Sequence[tuple[str, FitRules]],
                  source: str | None = None) -> ModelChoice:

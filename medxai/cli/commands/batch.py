@@ -100,7 +100,7 @@ def _table(summary: Any) -> str:
               help="Results folder: <study>/<series>/ per series, manifest.sqlite, CSV, summary.")
 @click.option("-m", "--model", default=None,
               help="Bundled model name (see `medxai models`) or bundle folder. "
-                   "[default: isic2018-lesion-unet]")
+                   "[default: for each series, the bundled model whose fit rules accept it]")
 @click.option("--explain", default="gradcam", show_default=True, type=click.Choice(EXPLAIN_CHOICES),
               help="Saliency method, or none.")
 @click.option("--format", "formats",
