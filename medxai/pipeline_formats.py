@@ -1,6 +1,6 @@
-"""Names shared by the pipeline and the CLI, kept free of heavy imports."""
+"""Moved to :mod:`medxai.choices` (the one torch-free home of option names); these names stay
+importable from here."""
 
-#: Output formats ``--format`` accepts.
-FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
-#: Saliency methods ``--explain`` accepts (``none`` turns saliency off).
-EXPLAIN_CHOICES = ("gradcam", "gradcampp", "occlusion", "ig", "none")
+from medxai.choices import EXPLAIN_CHOICES, FORMAT_CHOICES
+
+__all__ = ["FORMAT_CHOICES", "EXPLAIN_CHOICES"]

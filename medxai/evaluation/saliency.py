@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medxai.choices import EVALUATION_METHODS
 from medxai.errors import ExplainError, InputError
 
 __all__ = ["evaluate_saliency", "list_images", "format_table", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("gradcam", "gradcampp", "occlusion", "ig")
+DEFAULT_METHODS = EVALUATION_METHODS
 
 _COLUMNS = ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
             "energy_in_mask", "sanity_spearman", "seconds", "cost_vs_inference")

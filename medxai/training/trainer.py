@@ -35,6 +35,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from medxai._version import __version__
+from medxai.choices import AUGMENTATIONS
 from medxai.errors import InputError, MedxaiError
 from medxai.inference import autocast_context, resolve_device
 from medxai.io.atomic import atomic_path
@@ -129,11 +130,10 @@ def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, 
     return torch.stack(images), torch.stack(labels)
 
 
-#: 2D augmentation families: ``photo`` for pictures with no up (dermoscopy: any rotation, flips,
-#: colour jitter); ``radiograph`` for upright projection X-rays (small rotations, scale and shift,
-#: brightness/contrast/gamma; no flips or turns, the anatomy has an up and a side).
-AUGMENTATIONS = ("photo", "radiograph")
-
+# 2D augmentation families (medxai.choices.AUGMENTATIONS): ``photo`` for pictures with no up
+# (dermoscopy: any rotation, flips, colour jitter); ``radiograph`` for upright projection X-rays
+# (small rotations, scale and shift, brightness/contrast/gamma; no flips or turns, the anatomy
+# has an up and a side).
 
 def _augment_2d(seed: int, kind: str = "photo") -> Any:
     from monai.transforms import (
