@@ -149,3 +149,17 @@ def test_orthanc_gets_seg_by_stow_rs(tmp_path: Path, lesion_model):
             node.stop()
     finally:
         orthanc.stop()
+
+
+def test_pacs_doc_shows_the_tests_orthanc_configuration():
+    """docs/pacs.md shows the exact configuration these tests start Orthanc with."""
+    import json
+    import re
+
+    from tests.orthanc_server import orthanc_config
+
+    text = (ROOT / "docs" / "pacs.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(\{\n.*?\n\})\n```", text, re.S)]
+    expected = orthanc_config("/var/lib/orthanc/db", 8042, 4242, 11112,
+                              plugin="/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+    assert expected in blocks
