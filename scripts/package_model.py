@@ -90,6 +90,18 @@ def _metrics(rows: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any
     return out
 
 
+def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The card's metrics as metadata.json keeps them: the mean per key, with the bootstrap
+    interval of Dice and the mean Dice over labels; ``n`` once."""
+    out: dict[str, Any] = {}
+    for key, m in metrics.items():
+        out[key] = m["mean"]
+        if key.endswith("_dice") or key == "val_mean_dice_over_labels":
+            out[f"{key}_ci95"] = m["ci95"]
+    out["val_n_cases"] = metrics["val_mean_dice_over_labels"]["n"]
+    return out
+
+
 def _table(metrics: dict[str, Any]) -> str:
     lines = ["| metric | mean | median | 95 % bootstrap interval | n |", "|---|---|---|---|---|"]
     for key, m in metrics.items():
@@ -119,7 +131,7 @@ def main(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     metrics = _metrics(result.rows, names)
     hist = _history(run)
-    meta["metrics"] = metrics
+    meta["metrics"] = _flat(metrics)
     meta["training"]["epochs_run"] = len(hist)
     meta["training"]["total_seconds"] = round(sum(float(h["seconds"]) for h in hist), 1)
     target = BUNDLED / args.dest
