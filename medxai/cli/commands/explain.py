@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from medxai.choices import EVALUATION_METHODS, SALIENCY_METHODS
 from medxai.cli.common import (
     check_model_arg,
     check_output_dir,
@@ -15,8 +18,7 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
-from medxai.choices import EVALUATION_METHODS, SALIENCY_METHODS
-from medxai.errors import MedxaiError
+from medxai.errors import InputError, MedxaiError
 
 METHOD_CHOICES = SALIENCY_METHODS
 
@@ -64,7 +66,14 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
     check_model_arg(model)
     if not evaluate:
         check_output_dir(output)
-    items, failures = require_inputs(inputs, as_json=as_json)
+    if evaluate:
+        # a dataset folder (images/ + labels/, or pictures with masks), not inputs to segment
+        for inp in inputs:
+            if not os.path.exists(inp):
+                raise InputError("does not exist", path=inp,
+                                 hint="give a folder of images (or images/ + labels/)")
+    else:
+        items, failures = require_inputs(inputs, as_json=as_json)
 
     from medxai.models.registry import load_model
 
