@@ -43,6 +43,7 @@ import torch
 
 from medxai.choices import POSTPROCESSING_KEYS, TTA_CHOICES
 from medxai.errors import BundleIntegrityError, ModelError
+from medxai.models.contract import ModelContract, contract_from_medxai_config
 from medxai.io.atomic import write_bytes_atomic
 from medxai.models.networks import build_network
 
@@ -113,6 +114,21 @@ class ModelBundle:
     @property
     def inference(self) -> dict[str, Any]:
         return dict(self.config.get("inference", {}))
+
+    @property
+    def contract(self) -> ModelContract:
+        """The typed :class:`~medxai.models.contract.ModelContract` of this bundle (parsed from
+        the config on first use, then kept)."""
+        cached = self.extra.get("contract")
+        if not isinstance(cached, ModelContract):
+            cached = contract_from_medxai_config(self.config, self.metadata)
+            self.extra["contract"] = cached
+        return cached
+
+    @property
+    def saliency_methods(self) -> tuple[str, ...]:
+        """The saliency methods that apply to this model's network."""
+        return self.contract.saliency_methods
 
 
 def network_from_config(config: dict[str, Any]) -> torch.nn.Module:

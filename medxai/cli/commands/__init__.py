@@ -14,7 +14,8 @@ from medxai.cli.commands.evaluate import evaluate_cmd
 from medxai.cli.commands.explain import explain_cmd
 from medxai.cli.commands.info import info_cmd
 from medxai.cli.commands.listen import listen_cmd
-from medxai.cli.commands.segment import models_cmd, segment_cmd
+from medxai.cli.commands.models import models_group
+from medxai.cli.commands.segment import segment_cmd
 from medxai.cli.commands.send import send_cmd
 from medxai.cli.commands.train import train_cmd
 
@@ -22,6 +23,6 @@ __all__ = ["COMMANDS"]
 
 #: Every ``medxai`` subcommand (``medxai --help`` lists them by name).
 COMMANDS: tuple[click.Command, ...] = (
-    info_cmd, segment_cmd, models_cmd, explain_cmd, evaluate_cmd, train_cmd, batch_cmd,
+    info_cmd, segment_cmd, models_group, explain_cmd, evaluate_cmd, train_cmd, batch_cmd,
     listen_cmd, send_cmd,
 )
