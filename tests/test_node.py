@@ -220,3 +220,55 @@ def test_destination_parsing():
     for bad in ("ORTHANC", "ORTHANC@host", "A@h:99999", "TOOLONGAETITLE12345@h:1"):
         with pytest.raises(InputError):
             parse_destination(bad)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 made now (openssl CLI)."""
+    exe = require_tool("openssl")
+    cert, key = folder / "node.pem", folder / "node.key"
+    r = subprocess.run(check=False, args=[
+        exe, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+        str(cert), "-days", "1", "-subj", "/CN=medxai-test",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return cert, key
+
+
+def test_tls_with_client_certificates(node_factory, tmp_path: Path):
+    from medxai.node import TlsConfig, parse_destination, send_files
+
+    cert, key = _self_signed(tmp_path)
+    node = node_factory(tls=TlsConfig(str(cert), str(key), str(cert)))
+    dest = parse_destination(f"MEDXAI@127.0.0.1:{node.port}")
+    ok = send_files([DERMOSCOPY], dest, calling_ae="ORTHANC",
+                    tls=TlsConfig(str(cert), str(key), str(cert)))
+    assert ok.sent == [str(DERMOSCOPY)], ok
+    # without TLS, and with TLS but no client certificate: nothing gets in
+    plain = send_files([DERMOSCOPY], dest, calling_ae="ORTHANC", timeout_s=10)
+    assert plain.sent == [] and plain.error
+    anon = send_files([DERMOSCOPY], dest, calling_ae="ORTHANC", tls=TlsConfig(ca=str(cert)),
+                      timeout_s=10)
+    assert anon.sent == [] and anon.error
+    assert node.store.status()["instances_received"] == 1
+
+
+def test_send_command(node_factory, tmp_path: Path):
+    import json
+
+    from click.testing import CliRunner
+
+    from medxai.cli.main import cli
+
+    node = node_factory()
+    files = sorted(CT_SERIES.iterdir())[:3]
+    r = CliRunner().invoke(cli, ["send", *map(str, files), "--to",
+                                 f"MEDXAI@127.0.0.1:{node.port}", "--ae-title", "ORTHANC",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["sent"]) == 3
+    assert node.store.status()["instances_received"] == 3
+    r = CliRunner().invoke(cli, ["send", str(files[0]), "--to",
+                                 f"MEDXAI@127.0.0.1:{node.port}", "--ae-title", "NOBODY"])
+    assert r.exit_code == 1
+    r = CliRunner().invoke(cli, ["send", str(files[0])])
+    assert r.exit_code == 2
