@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from medxai._version import __version__
 from medxai.errors import InputError
 from medxai.io.types import DicomSource
+from medxai.palette import LABEL_PALETTE
 
 __all__ = [
     "SOFTWARE_NAME",
@@ -40,8 +41,7 @@ SOFTWARE_NAME = "medxai"
 SOFTWARE_VERSION = __version__
 NOT_FOR_DIAGNOSIS = "AI result, not for diagnostic use"
 #: Colours of labels 1, 2, ... that come without one.
-PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 0, 200),
-           (0, 200, 200), (255, 128, 0)]
+PALETTE = list(LABEL_PALETTE)  # the one palette, medxai.palette
 
 # Type 2 attributes highdicom reads from the source with plain attribute access.
 _TYPE2_DEFAULTS = {
