@@ -1,4 +1,4 @@
-"""Writers of medxai's outputs: NIfTI, DICOM SEG / Parametric Map / Secondary Capture, PNG preview,
+"""Writers of medxai's outputs: NIfTI, DICOM SEG / Parametric Map / SR / Secondary Capture, PNG preview,
 JSON report.
 
 All writers take arrays in MONAI order (``(C, I, J[, K])`` images, ``(I, J[, K])`` label and
@@ -15,6 +15,7 @@ from medxai.io.writers.dicom_sc import (
 )
 from medxai.io.writers.dicom_pm import quantity_code, write_dicom_pm
 from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
+from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
 from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
 from medxai.io.writers.report import label_statistics, to_plain, write_report_json
@@ -27,6 +28,8 @@ __all__ = [
     "segment_codes",
     "write_dicom_pm",
     "quantity_code",
+    "write_dicom_sr",
+    "segment_measurements",
     "write_dicom_sc",
     "create_photo_study",
     "PLACEHOLDER_PATIENT_NAME",
