@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 
-from medxai.choices import TTA_CHOICES
+from medxai.choices import DEVICE_CHOICES, TTA_CHOICES
 from medxai.errors import InputError, ModelMismatchError
 from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreorient
 
 __all__ = ["resolve_device", "autocast_context", "Prediction", "predict", "check_input_fits"]
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
