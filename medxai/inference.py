@@ -21,7 +21,6 @@ from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreo
 __all__ = ["resolve_device", "autocast_context", "Prediction", "predict", "check_input_fits"]
 
 
-
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda[:N]|mps`` into a device; ``auto`` prefers CUDA, then MPS, then CPU.
 

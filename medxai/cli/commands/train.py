@@ -43,7 +43,7 @@ def _flip_axes(value: str | None) -> list[int] | None:
 @click.option("--spacing", help="3D: resample to this voxel spacing in mm, e.g. 1.5,1.5,2.")
 @click.option("--intensity", type=click.Choice(["auto", "scale", "zscore", "ct"]), default="auto",
               show_default=True, help="Intensity normalisation (ct: window -1000..1000 HU).")
-@click.option("--augment", type=click.Choice(["photo", "radiograph"]), default="photo",
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default="photo",
               show_default=True,
               help="2D augmentation: photo (any rotation, flips, colour jitter) or radiograph "
                    "(upright X-rays: small rotation, scale, shift, contrast; no flips).")
