@@ -153,7 +153,7 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
         self.jitter = RandColorJitter(1.0, brightness, contrast, saturation, hue)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None
-                         ) -> "RandColorJitterd":
+                         ) -> RandColorJitterd:
         super().set_random_state(seed, state)
         self.jitter.set_random_state(seed, state)
         return self

@@ -6,6 +6,7 @@ from medxai.preprocessing.intensity import (
     ScaleIntensityFromBundle,
     ScaleIntensityFromBundled,
 )
+from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
 from medxai.transforms.model import (
     BlendOverlay,
     BlendOverlayd,
@@ -16,7 +17,6 @@ from medxai.transforms.model import (
     SaveSegmentation,
     SaveSegmentationd,
 )
-from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
 
 __all__ = [
     "Predict", "Predictd", "Saliency", "Saliencyd", "BlendOverlay", "BlendOverlayd",
