@@ -264,7 +264,7 @@ def _dicom_tag_of_warning() -> str | None:
 def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None) -> Iterator[None]:
     """Turn pydicom's ``UserWarning``s on odd header values (raw, with a URL, repeated) into one
     medxai warning line per file and tag: ``warning: FILE: tag (0008,0060) VR CS: invalid value
-    'x' (read as is)``. Other warnings pass through unchanged. ``say`` None drops the lines."""
+    'x' (kept as is)``. Other warnings pass through unchanged. ``say`` None drops the lines."""
     seen: set[str] = set()
     previous = warnings.showwarning
 
@@ -279,7 +279,7 @@ def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None)
         what = (f"VR {m.group(1)}: invalid value {m.group(2).strip()}" if m
                 else text.split("\n")[0].split(" Please see")[0])
         where = f"{path}: " if path else ""
-        line_out = f"warning: {where}{'tag ' + tag + ' ' if tag else ''}{what} (read as is)"
+        line_out = f"warning: {where}{'tag ' + tag + ' ' if tag else ''}{what} (kept as is)"
         if line_out not in seen:
             seen.add(line_out)
             if say is not None:

@@ -50,8 +50,10 @@ def _nifti_header_size(head: bytes) -> int | None:
 
 
 def _raw_dicom(path: Path, head: bytes) -> bool:
-    """A DICOM data set without preamble: a plausible first tag, confirmed by pydicom."""
-    if len(head) < 8 or struct.unpack("<H", head[:2])[0] not in _RAW_DICOM_GROUPS:
+    """A DICOM data set without preamble: a plausible first tag group in the first bytes (some
+    old files have a stray byte in front), confirmed by pydicom."""
+    if len(head) < 8 or not any(struct.unpack("<H", head[i:i + 2])[0] in _RAW_DICOM_GROUPS
+                                for i in range(4)):
         return False
     import pydicom  # only here: no preamble is rare
 
