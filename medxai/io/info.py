@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from medxai.io import dicom as dcm
+from medxai.io.dicom.derived import describe_derived, what_to_give_instead
 from medxai.io.readers import detect_form, load_image
 
 __all__ = ["describe"]
@@ -30,7 +31,9 @@ def describe(path: str | Path) -> dict[str, Any]:
     """Summarise ``path``: form, modality, SOP class, shape, spacing, orientation, UIDs.
 
     A folder (or DICOMDIR) holding several series is described series by series (without
-    reading pixels) instead of failing. Everything else is read with :func:`load_image`, so an
+    reading pixels) instead of failing. A derived object (SEG, RTSTRUCT, Parametric Map, SR, RT
+    dose/plan) is described from its header (``form == "dicom-derived"``, key ``derived``: see
+    :func:`medxai.io.dicom.derived.describe_derived`). Everything else is read with :func:`load_image`, so an
     unreadable input raises the same :class:`~medxai.errors.MedxaiError` it would there.
     """
     path = Path(path)
@@ -52,6 +55,15 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "note": f"{len(groups)} series: `medxai segment` takes one series folder; "
                         "`medxai batch` takes the whole folder",
             }
+    if form == "dicom":
+        ds = dcm.read_header(path)
+        derived = describe_derived(ds)
+        if derived is not None:
+            return {"path": str(path), "form": "dicom-derived",
+                    "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+                    "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+                    "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+                    "derived": derived, "note": what_to_give_instead(ds)}
     loaded = load_image(path)
     img = loaded.image
     meta = img.meta
@@ -75,5 +87,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         "files": meta["num_files"],
         "warnings": list(meta["geometry_warnings"]),
         "value_range": [float(img.min()), float(img.max())],
+        "intensity": meta.get("intensity", "modality"),
     }
+    if "display" in meta:
+        out["display"] = meta["display"]
+    if "pixel_spacing_source" in meta:
+        out["pixel_spacing_source"] = meta["pixel_spacing_source"]
     return out

@@ -26,6 +26,7 @@ from medxai.errors import (
     UnsupportedInputError,
 )
 from medxai.io import dicom as dcm
+from medxai.io.dicom.derived import describe_derived, what_to_give_instead
 from medxai.io.dicom.display import (
     display_image,
     is_display_candidate,
@@ -377,8 +378,8 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
                                   display=display)
     if sop in dcm.NON_IMAGE_SOP_CLASSES:
         raise UnsupportedInputError(
-            f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object, not an image", path=path,
-            hint="give medxai the image series this object refers to")
+            f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object{_derived_summary(ds)}, not an "
+            "image medxai segments", path=path, hint=what_to_give_instead(ds))
     if "PixelData" not in ds:
         raise UnsupportedInputError(
             f"is DICOM ({ds.get('Modality', 'unknown modality')}) but holds no pixel data",
@@ -442,6 +443,23 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
             meta["patient_plane_spacing"] = list(xray.patient_plane_spacing)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path], frame_numbers=frame_numbers)
     return _make(arr, lps_to_ras_affine(affine_lps), path, form, meta, source)
+
+
+def _derived_summary(ds: Any) -> str:
+    """A few words on what a derived object holds, for refusals: ' (2 segments, 3 frames)'."""
+    info = describe_derived(ds)
+    if not info:
+        return ""
+    if info["kind"] == "SEG":
+        labels = ", ".join(s["label"] or str(s["number"]) for s in info["segments"][:5])
+        return f" ({len(info['segments'])} segment(s): {labels}; {info['frames']} frame(s))"
+    if info["kind"] == "RTSTRUCT":
+        return f" ({len(info['rois'])} ROI(s): " + ", ".join(r["name"] for r in info["rois"][:5]) + ")"
+    if info["kind"] == "PM":
+        return f" (a {info['quantity'] or 'parametric'} map, {info['frames']} frame(s))"
+    if info["kind"] == "SR":
+        return f" ({info['title'] or 'a report'}, {len(info['measurements'])} measurement(s))"
+    return ""
 
 
 def _display_frames(ds: Any, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
