@@ -117,13 +117,11 @@ class ModelBundle:
 
     @property
     def contract(self) -> ModelContract:
-        """The typed :class:`~medxai.models.contract.ModelContract` of this bundle (parsed from
-        the config on first use, then kept)."""
-        cached = self.extra.get("contract")
-        if not isinstance(cached, ModelContract):
-            cached = contract_from_medxai_config(self.config, self.metadata)
-            self.extra["contract"] = cached
-        return cached
+        """The typed :class:`~medxai.models.contract.ModelContract` of this bundle, parsed from
+        its config (validated on load). Parsed on each access, because medxai-form bundles
+        stay editable (``config`` is a plain dict that packaging scripts change before saving);
+        it is a few dict reads."""
+        return contract_from_medxai_config(self.config, self.metadata)
 
     @property
     def saliency_methods(self) -> tuple[str, ...]:
