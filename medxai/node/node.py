@@ -343,8 +343,8 @@ class DicomNode:
         except OSError as exc:
             return self._refuse(event, STATUS["out_of_resources"],
                                 f"cannot store the instance ({exc.strerror or exc})")
-        self.emit("received", calling_ae=calling, study=skey, sop_instance_uid=sop,
-                  bytes=len(data))
+        self.emit("received", persist=False, calling_ae=calling, study=skey,
+                  sop_instance_uid=sop, bytes=len(data))
         return 0x0000
 
     # -- processing ---------------------------------------------------------------------------
