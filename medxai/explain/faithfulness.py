@@ -77,6 +77,7 @@ def deletion_insertion(
     score: str = "probability",
     blur_sigma: float | None = None,
     target: SegmentationTarget | None = None,
+    insertion: bool = True,
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion curves of a saliency map, and those of a random pixel order.
 
@@ -99,6 +100,8 @@ def deletion_insertion(
         target: the question the map answered (its region is computed on the unperturbed input
             and kept); default the label's predicted segment. A target with sign -1 (``missed``)
             is scored by ``1 - probability`` (or the negated logits) over its region.
+        insertion: also trace the insertion curves (``False`` halves the cost; their keys are
+            then absent).
 
     Returns:
         ``fractions`` ``(T,)`` with ``T = steps + 1``; for each of ``deletion``, ``insertion``,
@@ -130,10 +133,10 @@ def deletion_insertion(
 
     with frozen_model(net), torch.no_grad():
         logits = forward(net, x)
-        chosen = target if target is not None else SegmentationTarget(target_label)
-        target_label = chosen.label
-        reference_mask = chosen.predicted(logits)
-        fixed = chosen.frozen(logits)
+        question = target if target is not None else SegmentationTarget(target_label)
+        target_label = question.label
+        reference_mask = question.predicted(logits)
+        fixed = question.frozen(logits)
         region = fixed.region.to(x.device).float()  # type: ignore[union-attr]
 
         def measure(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +147,7 @@ def deletion_insertion(
                     values = 1 - values
             else:
                 values = out[:, target_label : target_label + 1] * fixed.polarity
-            pred = chosen.predicted(out)
+            pred = question.predicted(out)
             return (values * region).flatten(1).sum(1).float(), _dice(pred, reference_mask)
 
         reference, _ = measure(x)
@@ -156,7 +159,7 @@ def deletion_insertion(
 
         results: dict[str, np.ndarray] = {"fractions": fractions}
         for name, ranking in (("", order), ("random_", random_order)):
-            for curve in ("deletion", "insertion"):
+            for curve in ("deletion", "insertion") if insertion else ("deletion",):
                 scores, dices = [], []
                 for k in counts:
                     chosen = torch.zeros((n, pixels), dtype=torch.bool, device=x.device)

@@ -103,14 +103,23 @@ def _layercam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tenso
     return (torch.relu(gradients) * activations).sum(dim=1, keepdim=True)
 
 
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each sample's map to [0, 1] (minimum to 0, maximum to 1; a constant map to 0)."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1).view(-1, *([1] * (maps.ndim - 1)))
+    span = (flat.amax(dim=1) - flat.amin(dim=1)).view(-1, *([1] * (maps.ndim - 1)))
+    return (maps - low) / span.clamp_min(1e-7)
+
+
 def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
          layer: Any, combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
          normalize: bool) -> torch.Tensor:
     """``relu(combine(A, dS/dA))`` at each layer, upsampled to the input grid.
 
     One forward and one backward pass, whatever the number of layers. With several layers each
-    layer's map is divided by its per-sample maximum before they are averaged (layer scales
-    differ by orders of magnitude; pytorch-grad-cam aggregates layers the same way).
+    layer's map is min-max scaled to [0, 1] per sample at the layer's own resolution, upsampled,
+    and the maps are averaged (layer scales differ by orders of magnitude; this is
+    pytorch-grad-cam's aggregation, which the reference tests check).
     """
     x = prepare_input(x)
     target = as_target(target)
@@ -129,11 +138,10 @@ def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
                                f"map (N, C, *spatial) for input {tuple(x.shape)}",
                                hint="choose a convolution or a block of convolutions")
         cam = torch.relu(combine(act.float(), grad.float()))
+        if len(names) > 1:
+            cam = _minmax(cam)
         maps.append(upsample(cam, x.shape[2:]))
-    if len(maps) == 1:
-        cam = maps[0]
-    else:
-        cam = torch.stack([normalise(m) for m in maps]).mean(dim=0)
+    cam = maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0)
     return normalise(cam) if normalize else cam
 
 
@@ -197,7 +205,8 @@ def layer_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int 
 layer_cam.__doc__ = """LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(dS/dA_k) * A_k)`` per pixel.
 
     Meant for several layers at once (``layer="encoder"`` or a list): each layer's map is scaled
-    to [0, 1] and the maps are averaged, so shallow layers add detail and deep ones add context.
+    to [0, 1] (min-max) and the maps are averaged, so shallow layers add detail and deep ones add
+    context (any CAM method accepts several layers the same way).
 """ + _CAM_ARGS
 
 

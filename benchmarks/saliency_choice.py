@@ -1,0 +1,191 @@
+"""Choose a model's default saliency (method x layer x target) by measurement on labelled images.
+
+For each combination, over ``--limit`` images of ``DATA`` (``images/`` + ``masks/``, e.g.
+``/work/shared/data/isic2018/val``), on the model's input grid, with the bundle's threshold:
+
+- ``corr_mask`` / ``corr_prob``: median Pearson correlation of the map with the predicted mask /
+  the label probability (redundancy: near 1 the map repeats the segmentation);
+- ``context``: median share of the map's mass outside the predicted mask;
+- ``lesion_x``: median energy inside the *true* mask divided by the true mask's area share (1 =
+  uniform map);
+- ``sparse``: median Gini index (Quantus ``Sparseness``);
+- ``del`` / ``del_rand``: mean deletion AUC of the combination's own target (probability mass of
+  the label over the target region; deleted pixels take the image's mean colour) and that of a
+  random pixel order; lower than random is faithful;
+- ``rand_rho``: median model-randomisation Spearman correlation (Adebayo et al.; < 0.5 passes);
+- ``cost``: median seconds of the map on one image divided by one TTA-less forward pass
+  (interleaved, ``--timing-images`` images).
+
+Checks (issue 18): corr_mask <= 0.6, lesion_x >= 1.5, del < del_rand, rand_rho < 0.5,
+cost <= 3. The combinations passing all checks are marked; the table is what docs/explainability.md
+records. This is a measurement script (minutes on 2 cores), not a test.
+
+Usage::
+
+    python benchmarks/saliency_choice.py /work/shared/data/isic2018/val --limit 16
+    python benchmarks/saliency_choice.py DATA --model cxr-lungs-unet --label 1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: (method, layer or None, target, options) candidates; layers by UNet role name.
+CANDIDATES: list[tuple[str, str | None, str, dict[str, Any]]] = [
+    ("gradcam", "skip.0", "segment", {}),            # the default until issue 18 (model.1)
+    ("layercam", "encoder", "segment", {}),
+    ("hirescam", "encoder.2", "segment", {}),
+    ("gradcam", "bottleneck", "segment", {}),        # Seg-Grad-CAM as published
+    ("gradcam", "encoder.2", "segment", {}),
+    ("layercam", "encoder", "border", {}),
+    ("smoothgrad", None, "segment", {"samples": 4}),
+    ("hirescam", "skip.0", "segment", {}),
+    ("gradcam", "skip.0", "border", {}),
+    ("gradcampp", "skip.0", "segment", {}),
+    ("layercam", "encoder.0,encoder.1", "segment", {}),
+    ("ig", None, "segment", {"steps": 8}),
+]
+
+
+def _load(data: Path, limit: int, bundle: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from PIL import Image
+
+    from medxai.inference import prepare_input
+    from medxai.io.readers import read_image
+
+    images = sorted((data / "images").iterdir())[:limit]
+    xs, masks = [], []
+    for path in images:
+        x, _ = prepare_input(bundle, read_image(path))
+        xs.append(x.as_subclass(torch.Tensor))
+        mpath = next((data / "masks").glob(f"{path.stem}*"))
+        m = torch.from_numpy(np.asarray(Image.open(mpath).convert("L")) > 127)[None, None]
+        masks.append(torch.nn.functional.interpolate(m.float(), size=tuple(x.shape[2:]),
+                                                     mode="nearest") > 0.5)
+    return torch.cat(xs), torch.cat(masks), [p.name for p in images]
+
+
+def _cost(net: torch.nn.Module, x: torch.Tensor, method: str, target: Any,
+          options: dict[str, Any], n: int) -> float:
+    """Median time of one map (target region computed by the method, as in use) over one
+    TTA-less forward pass, interleaved per image."""
+    from medxai.explain import explain
+
+    ratios = []
+    for i in range(min(n, x.shape[0])):
+        xi = x[i : i + 1]
+        with torch.inference_mode():
+            net(xi)  # warm
+            t = time.perf_counter()
+            net(xi)
+            infer = time.perf_counter() - t
+        t = time.perf_counter()
+        explain(net, xi, method, target=target, **options)
+        ratios.append((time.perf_counter() - t) / max(infer, 1e-6))
+    return statistics.median(ratios)
+
+
+def measure(bundle: Any, data: Path, limit: int, label: int, steps: int, timing_images: int,
+            candidates: list[tuple[str, str | None, str, dict[str, Any]]],
+            log: Any = None) -> dict[str, Any]:
+    from medxai.explain import (
+        SegmentationTarget,
+        deletion_insertion,
+        explain,
+        informativeness,
+        randomisation_sanity,
+    )
+
+    net = bundle.network.eval()
+    threshold = bundle.inference.get("threshold")
+    x, truth, names = _load(data, limit, bundle)
+    with torch.no_grad():
+        logits = net(x)
+    rows = []
+    for method, layer, region, options in candidates:
+        t0 = time.perf_counter()
+        target = SegmentationTarget(label, region, threshold=threshold)
+        pred = target.predicted(logits)
+        prob = target.probability(logits)
+        keep = pred.flatten(1).any(1) & target.mask(logits).flatten(1).any(1)
+        idx = torch.nonzero(keep).flatten()
+        xs, fixed = x[idx], target.frozen(logits[idx])
+        layer_opt = {"layer": layer} if layer else {}
+        sal = explain(net, xs, method, target=fixed, **layer_opt, **options)
+        info = informativeness(sal, prob[idx], pred[idx], truth[idx])
+        di = deletion_insertion(net, xs, sal, steps=steps, baseline="mean", target=fixed,
+                                insertion=False)
+        sanity = randomisation_sanity(net, xs, method, target=fixed, **layer_opt, **options)
+        cost = _cost(net, x, method, target, {**layer_opt, **options}, timing_images)
+        med = lambda v: float(np.nanmedian(v))  # noqa: E731
+        row = {"method": method, "layer": layer or "-", "target": region,
+               "options": options, "n": int(len(idx)),
+               "corr_mask": med(info["corr_mask"]), "corr_prob": med(info["corr_probability"]),
+               "context": med(info["context_share"]),
+               "lesion_x": med(info["lesion_energy_ratio"]),
+               "sparse": med(info["sparseness"]),
+               "del": float(np.mean(di["deletion_auc"])),
+               "del_rand": float(np.mean(di["random_deletion_auc"])),
+               "rand_rho": med(sanity["spearman"]), "cost": cost}
+        row["passes"] = bool(row["corr_mask"] <= 0.6 and row["lesion_x"] >= 1.5
+                             and row["del"] < row["del_rand"] and row["rand_rho"] < 0.5
+                             and row["cost"] <= 3)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        if log:
+            log(format_row(row))
+    return {"model": f"{bundle.name} {bundle.version}", "data": str(data), "images": names,
+            "label": label, "threshold": threshold, "deletion_steps": steps, "rows": rows}
+
+
+HEAD = ("| method | layer | target | n | corr mask | corr prob | context | in true lesion (x uniform) "
+        "| sparseness | deletion AUC | random | randomisation ρ | cost (x inference) | all checks |")
+
+
+def format_row(r: dict[str, Any]) -> str:
+    opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
+    method = r["method"] + (f" ({opts})" if opts else "")
+    return (f"| {method} | {r['layer']} | {r['target']} | {r['n']} | {r['corr_mask']:.2f} | "
+            f"{r['corr_prob']:.2f} | {r['context']:.2f} | {r['lesion_x']:.2f} | {r['sparse']:.2f} | "
+            f"{r['del']:.3f} | {r['del_rand']:.3f} | {r['rand_rho']:.2f} | {r['cost']:.1f} | "
+            f"{'yes' if r['passes'] else 'no'} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--model", default=None, help="bundled model name or bundle folder")
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--label", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10, help="deletion steps")
+    parser.add_argument("--timing-images", type=int, default=3)
+    parser.add_argument("--only", default=None, help="comma-separated method names to keep")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    from medxai.models.registry import load_model
+
+    if not (args.data / "images").is_dir():
+        print(f"{args.data}: no images/ folder (data absent?)", file=sys.stderr)
+        return 2
+    bundle = load_model(args.model)
+    cands = [c for c in CANDIDATES if not args.only or c[0] in args.only.split(",")]
+    print(HEAD)
+    print("|" + "---|" * 14)
+    result = measure(bundle, args.data, args.limit, args.label, args.steps, args.timing_images,
+                     cands, log=lambda line: print(line, flush=True))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
