@@ -1,0 +1,155 @@
+"""medxai running a MONAI model-zoo bundle vs plain MONAI with the same config: time and peak
+memory.
+
+    python benchmarks/bench_bundle_vs_monai.py [--bundle spleen_ct_segmentation]
+        [--input PATH ...] [--roi 96,96,96] [--repeat 1]
+
+The bundle's configs are copied from ../shared/data/model_zoo into a temporary folder with seeded
+weights of the right shapes (the zoo's weights are not public here; compute does not depend on
+the values). Each run is a fresh Python process, so the peak resident memory (ru_maxrss) is that
+run's alone:
+
+- ``plain``: the bundle's preprocessing (with MONAI's LoadImaged), a MONAI DataLoader, its
+  inferer and its postprocessing (with SaveImaged), as ``SupervisedEvaluator`` runs them
+  (the evaluator itself needs pytorch-ignite);
+- ``medxai``: ``medxai.read_image`` (medxai's reader) + ``medxai.predict`` (the bundle's
+  preprocessing without LoadImaged, inferer and postprocessing without SaveImaged); the label
+  map is written with nibabel so that both write one NIfTI.
+
+Time is the whole run after imports (read, predict, write). The default input is the
+TotalSegmentator CT test volume (NIfTI, 122x101x30 at 3 mm). Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DEFAULT_INPUT = SHARED / "dicom/totalsegmentator_tests/tests/reference_files/example_ct_sm.nii.gz"
+
+
+def make_bundle(name: str, dst: Path, roi: list[int] | None) -> Path:
+    import torch
+    from monai.bundle import ConfigParser
+
+    out = dst / name
+    shutil.copytree(SHARED / "model_zoo" / name / "configs", out / "configs")
+    if roi:
+        cfg_path = out / "configs" / "inference.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["inferer"]["roi_size"] = roi
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    p = ConfigParser()
+    p.read_config(str(out / "configs" / "inference.json"))
+    p["bundle_root"] = str(out)
+    torch.manual_seed(0)
+    (out / "models").mkdir()
+    torch.save(p.get_parsed_content("network_def").state_dict(), out / "models" / "model.pt")
+    return out
+
+
+def run_plain(bundle: Path, image: Path, out: Path) -> None:
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import DataLoader, Dataset, decollate_batch
+
+    p = ConfigParser()
+    p.read_config(str(bundle / "configs" / "inference.json"))
+    p["bundle_root"] = str(bundle)
+    p["output_dir"] = str(out)
+    net = p.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.eval()
+    pre, inferer = p.get_parsed_content("preprocessing"), p.get_parsed_content("inferer")
+    post = p.get_parsed_content("postprocessing")
+    batch = next(iter(DataLoader(Dataset([{"image": str(image)}], transform=pre), batch_size=1,
+                                 num_workers=0)))
+    with torch.no_grad():
+        batch["pred"] = inferer(batch["image"], net)
+    post(decollate_batch(batch, detach=True)[0])
+
+
+def run_medxai(bundle: Path, image: Path, out: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from medxai.inference import predict
+    from medxai.io.readers import load_image
+    from medxai.models.registry import load_model
+
+    model = load_model(bundle)
+    loaded = load_image(image)
+    pred = predict(model, loaded.image, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(pred.labels[0].numpy().astype(np.uint8), pred.affine.numpy()),
+             str(out / "labels.nii.gz"))
+
+
+def child(kind: str, bundle: Path, image: Path, out: Path) -> None:
+    import torch  # noqa: F401  (imports are not timed)
+    import monai  # noqa: F401
+
+    if kind == "medxai":
+        import medxai.inference  # noqa: F401
+    t = time.perf_counter()
+    (run_plain if kind == "plain" else run_medxai)(bundle, image, out)
+    seconds = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+
+
+def measure(kind: str, bundle: Path, image: Path, out: Path) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--bundle-dir", str(bundle),
+                           "--input", str(image), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", default="spleen_ct_segmentation")
+    ap.add_argument("--input", nargs="*", default=None)
+    ap.add_argument("--roi", default=None, help="override the inferer's roi_size, e.g. 64,64,64")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--child", choices=("plain", "medxai"))
+    ap.add_argument("--bundle-dir")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, Path(args.bundle_dir), Path(args.input[0]), Path(args.out))
+        return
+    inputs = [Path(p) for p in (args.input or [DEFAULT_INPUT])]
+    roi = [int(v) for v in args.roi.split(",")] if args.roi else None
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = make_bundle(args.bundle, Path(tmp), roi)
+        for image in inputs:
+            res: dict[str, list[dict[str, float]]] = {"plain": [], "medxai": []}
+            for r in range(args.repeat):
+                for kind in ("plain", "medxai"):
+                    res[kind].append(measure(kind, bundle, image, Path(tmp) / f"{kind}{r}"))
+            best = {k: min(v, key=lambda m: m["seconds"]) for k, v in res.items()}
+            peak = {k: max(m["peak_mb"] for m in v) for k, v in res.items()}
+            rows.append((image.name, best["plain"]["seconds"], best["medxai"]["seconds"],
+                         peak["plain"], peak["medxai"]))
+    print(f"bundle {args.bundle}, roi {roi or 'as configured'}, best of {args.repeat}, CPU")
+    print(f"{'input':<28} {'MONAI s':>9} {'medxai s':>9} {'time x':>7} "
+          f"{'MONAI MB':>9} {'medxai MB':>10} {'mem x':>6}")
+    for name, tp, tm, mp, mm in rows:
+        print(f"{name:<28} {tp:>9.2f} {tm:>9.2f} {tm / tp:>7.3f} {mp:>9.0f} {mm:>10.0f} "
+              f"{mm / mp:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
