@@ -48,6 +48,7 @@ from medxai.io.datasets import (
 )
 from medxai.models.bundle import ModelBundle, network_from_config, save_bundle
 from medxai.models.networks import default_unet_args
+from medxai.palette import label_color
 from medxai.training.validation import dice_per_case
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -179,13 +180,12 @@ def _augment_2d(seed: int, kind: str = "photo") -> Any:
 # ---------------------------------------------------------------------------------------------
 
 def _default_labels(num_classes: int, names: Sequence[str] | None) -> list[dict[str, Any]]:
-    palette = [[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0],
-               [200, 0, 200], [0, 200, 200], [255, 128, 0]]
+    """Labels 0..num_classes-1 with their names and the colours of :mod:`medxai.palette`."""
     names = list(names or [])
     out = []
     for v in range(num_classes):
         name = "background" if v == 0 else (names[v - 1] if v - 1 < len(names) else f"label_{v}")
-        out.append({"value": v, "name": name, "color": palette[v % len(palette)]})
+        out.append({"value": v, "name": name, "color": list(label_color(v))})
     return out
 
 
@@ -251,6 +251,48 @@ def _write_metrics_row(path: Path, row: dict[str, float]) -> None:
         w.writerow(row)
 
 
+@dataclass
+class _Data:
+    """A run's training and validation data: 2D pictures cached at ``spatial_size`` (``(N, C,
+    *size)`` float16 images, uint8 labels) or 3D volumes (:class:`VolumeData`)."""
+
+    pairs: list[Pair]
+    val_pairs: list[Pair]
+    in_channels: int
+    num_classes: int
+    intensity: dict[str, Any]
+    tr_img: torch.Tensor | None = None
+    tr_lab: torch.Tensor | None = None
+    va_img: torch.Tensor | None = None
+    va_lab: torch.Tensor | None = None
+    volumes: Any = None  # VolumeData for 3D runs
+
+    @property
+    def is2d(self) -> bool:
+        return self.volumes is None
+
+
+@dataclass
+class _Run:
+    """What one training run holds while it trains (and what its checkpoint keeps)."""
+
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    swa_net: torch.optim.swa_utils.AveragedModel | None
+    grad_scaler: torch.amp.GradScaler
+    loss_fn: DiceCELoss
+    scaler: Any  # ScaleIntensityFromBundle of the bundle's intensity settings
+    device: torch.device
+    use_amp: bool
+    config: dict[str, Any]
+    start_epoch: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    init_sha: str | None = None  # SHA-256 of the --init-from weights, kept for resumes
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
 def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     """Train (or resume training) a bundle as ``cfg`` says. Seeds torch, numpy and random.
 
@@ -266,11 +308,33 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
 
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
+    _check_swa(cfg)
+    out, tdir, ckpt_path = _prepare_output(cfg)
+    set_determinism(cfg.seed)
+    device = resolve_device(cfg.device)
+    pairs, val_pairs = _split_pairs(cfg, say)
+    data = _load_data(cfg, pairs, val_pairs, say)
+    config = _bundle_config(cfg, data.is2d, data.in_channels, data.num_classes, data.intensity)
+    (tdir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    run = _build_run(cfg, config, data, device, ckpt_path, say)
+    finished, done = _train_epochs(cfg, run, data, tdir, ckpt_path, t_start, say)
+    return TrainResult(bundle=out, epochs_done=done, best_epoch=run.best_epoch,
+                       best_metric=run.best_metric, finished=finished,
+                       seconds=time.perf_counter() - t_start, history=run.history)
+
+
+def _check_swa(cfg: TrainConfig) -> None:
+    """Refuse SWA epochs that do not follow the warm-up and at least one other epoch."""
     if cfg.swa_epochs and not 0 < cfg.swa_epochs <= cfg.epochs - max(cfg.warmup_epochs, 1):
         raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} does not fit --epochs {cfg.epochs} "
                           f"after {cfg.warmup_epochs} warm-up epoch(s)",
                           hint="the SWA epochs follow the warm-up (and at least one other "
                                "epoch), e.g. --epochs 30 --warmup-epochs 1 --swa-epochs 20")
+
+
+def _prepare_output(cfg: TrainConfig) -> tuple[Path, Path, Path]:
+    """The output folder, its ``training/`` folder (created) and the checkpoint path; refuses
+    to start over a run that exists unless resuming."""
     out = Path(cfg.output)
     tdir = out / "training"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -278,49 +342,56 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     if ckpt_path.exists() and not cfg.resume:
         raise MedxaiError("holds a training run already", path=out,
                           hint="pass --resume to continue it, or choose another output folder")
-    set_determinism(cfg.seed)
-    device = resolve_device(cfg.device)
+    return out, tdir, ckpt_path
 
+
+def _split_pairs(cfg: TrainConfig, say: LogFn) -> tuple[list[Pair], list[Pair]]:
+    """Training and validation pairs: ``--val-data``, else dataset.json's ``validation`` list,
+    else a seeded ``val_fraction`` split of the training data."""
     pairs = find_pairs(cfg.data)
     listed_val = [] if cfg.val_data else dataset_json_validation(cfg.data)
     if cfg.val_data:
-        val_pairs = find_pairs(cfg.val_data)
-    elif listed_val:
+        return pairs, find_pairs(cfg.val_data)
+    if listed_val:
         say(f"validating on the {len(listed_val)} cases of dataset.json's 'validation' list")
-        val_pairs = listed_val
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(pairs))
-        n_val = max(1, int(round(len(pairs) * cfg.val_fraction)))
-        val_pairs = [pairs[i] for i in sorted(order[:n_val])]
-        pairs = [pairs[i] for i in sorted(order[n_val:])] or val_pairs
-    is2d = is_2d_dataset(pairs)
-    if is2d:
+        return pairs, listed_val
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(pairs))
+    n_val = max(1, int(round(len(pairs) * cfg.val_fraction)))
+    val_pairs = [pairs[i] for i in sorted(order[:n_val])]
+    return [pairs[i] for i in sorted(order[n_val:])] or val_pairs, val_pairs
+
+
+def _load_data(cfg: TrainConfig, pairs: list[Pair], val_pairs: list[Pair], say: LogFn) -> _Data:
+    """Read the data (2D: cached at ``cfg.spatial_size``; 3D: :class:`VolumeData`); fills in
+    the default ``spatial_size``/``roi_size`` of ``cfg``."""
+    if is_2d_dataset(pairs):
         cfg.spatial_size = list(cfg.spatial_size or (192, 192))
         say(f"caching {len(pairs)} training and {len(val_pairs)} validation pictures at "
             f"{tuple(cfg.spatial_size)}")
         tr_img, tr_lab = _load_2d(pairs, cfg.spatial_size)
         va_img, va_lab = _load_2d(val_pairs, cfg.spatial_size)
-        in_channels = int(tr_img.shape[1])
         num_classes = int(max(tr_lab.max(), va_lab.max())) + 1
         intensity = cfg.intensity or {"kind": "scale", "a_min": 0.0, "a_max": 255.0}
-        data3d = None
-    else:
-        from medxai.training.volumes import VolumeData
+        return _Data(pairs, val_pairs, int(tr_img.shape[1]), max(num_classes, 2), intensity,
+                     tr_img, tr_lab, va_img, va_lab)
+    from medxai.training.volumes import VolumeData
 
-        cfg.roi_size = list(cfg.roi_size or (96, 96, 96))
-        data3d = VolumeData(pairs, val_pairs, cfg, say)
-        in_channels, num_classes = data3d.in_channels, data3d.num_classes
-        intensity = data3d.intensity
-    num_classes = max(num_classes, 2)
-    config = _bundle_config(cfg, is2d, in_channels, num_classes, intensity)
-    (tdir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    cfg.roi_size = list(cfg.roi_size or (96, 96, 96))
+    volumes = VolumeData(pairs, val_pairs, cfg, say)
+    return _Data(pairs, val_pairs, volumes.in_channels, max(volumes.num_classes, 2),
+                 volumes.intensity, volumes=volumes)
 
+
+def _build_run(cfg: TrainConfig, config: dict[str, Any], data: _Data, device: torch.device,
+               ckpt_path: Path, say: LogFn) -> _Run:
+    """The network (from ``config``, or ``--init-from``'s weights), loss, optimiser, schedule,
+    optional SWA average and AMP scaler; the checkpoint's state when resuming."""
     from medxai.preprocessing.intensity import ScaleIntensityFromBundle
 
-    scaler_int = ScaleIntensityFromBundle(intensity)
+    scaler = ScaleIntensityFromBundle(data.intensity)
     net = network_from_config(config)
-    init_sha = None  # SHA-256 of the --init-from weights, kept in the checkpoint for resumes
+    init_sha = None
     if cfg.init_from and not (cfg.resume and ckpt_path.exists()):
         init_sha = _init_weights(net, cfg.init_from, say)
     net = net.to(device)
@@ -332,128 +403,170 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     swa_net = torch.optim.swa_utils.AveragedModel(net) if cfg.swa_epochs else None
     use_amp = device.type == "cuda"
     grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best_metric, best_epoch = 0, -1.0, -1
-    history: list[dict[str, float]] = []
+    run = _Run(net, opt, sched, swa_net, grad_scaler, loss_fn, scaler, device, use_amp, config,
+               init_sha=init_sha)
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        grad_scaler.load_state_dict(ck["grad_scaler"])
-        if swa_net is not None and "swa_model" in ck:
-            swa_net.load_state_dict(ck["swa_model"])
-        start_epoch, best_metric, best_epoch = ck["epoch"], ck["best_metric"], ck["best_epoch"]
-        init_sha = ck.get("init_sha256")
-        say(f"resuming after epoch {start_epoch} (best Dice {best_metric:.4f} at {best_epoch})")
+        _resume(run, ckpt_path, say)
+    return run
 
-    def validate(model: torch.nn.Module) -> float:
-        model.eval()
-        with torch.no_grad():
-            if data3d is not None:
-                return data3d.validate(model, device)
-            dices = []
-            for i in range(0, len(va_img), 32):
-                x = torch.stack([scaler_int(v.float()) for v in va_img[i:i + 32]]).to(device)
-                with autocast_context(device):
-                    pred = model(x).argmax(1, keepdim=True).cpu()
-                dices.append(dice_per_case(pred, va_lab[i:i + 32].long(), num_classes))
-            return float(torch.cat(dices).mean())
 
-    def bn_batches(epoch: int) -> Iterator[torch.Tensor]:
-        """Augmented training inputs (up to 512 cases, drawn with their own seeds) to recompute
-        the average's batch norm; yielded batch by batch so 3D patches are not all held at once.
+def _resume(run: _Run, ckpt_path: Path, say: LogFn) -> None:
+    """Load the last checkpoint into ``run``."""
+    ck = torch.load(ckpt_path, map_location=run.device, weights_only=True)
+    run.net.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    run.grad_scaler.load_state_dict(ck["grad_scaler"])
+    if run.swa_net is not None and "swa_model" in ck:
+        run.swa_net.load_state_dict(ck["swa_model"])
+    run.start_epoch, run.best_metric, run.best_epoch = (ck["epoch"], ck["best_metric"],
+                                                        ck["best_epoch"])
+    run.init_sha = ck.get("init_sha256")
+    say(f"resuming after epoch {run.start_epoch} (best Dice {run.best_metric:.4f} at "
+        f"{run.best_epoch})")
 
-        The pass runs the network in train mode, so its dropout draws from the global torch RNG:
-        a run with SWA trains the plain network on different dropout masks than one without."""
-        n = 0
-        if data3d is not None:
-            for x, _y in data3d.train_batches(epoch + 1_000_003, cfg.batch_size):
-                yield x
-                n += len(x)
-                if n >= 512:
-                    return
-            return
-        aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003, cfg.augment)
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
-        idx = torch.randperm(len(tr_img), generator=g)[:512].tolist()
-        for i in range(0, len(idx), 32):
-            yield torch.stack([_plain(aug({"image": scaler_int(tr_img[j].float()),
-                                           "label": tr_lab[j]})["image"])
-                               for j in idx[i:i + 32]])
 
+def _train_epochs(cfg: TrainConfig, run: _Run, data: _Data, tdir: Path, ckpt_path: Path,
+                  t_start: float, say: LogFn) -> tuple[bool, int]:
+    """Run the remaining epochs (stopping before one that would overrun the time budget).
+
+    Returns:
+        whether the run finished, and the number of epochs done.
+    """
     budget = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     last_epoch_s = 0.0
-    epoch = start_epoch
-    finished = True
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, cfg.epochs):
         elapsed = time.perf_counter() - t_start
         if budget is not None and elapsed + last_epoch_s * 1.1 > budget:
-            finished = False
             say(f"time budget of {cfg.time_budget_min} min reached after epoch {epoch}; "
                 f"resume with --resume")
-            break
-        t0 = time.perf_counter()
-        lr_used = opt.param_groups[0]["lr"]
-        net.train()
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        losses = []
-        if is2d:
-            aug = _augment_2d(cfg.seed * 7919 + epoch, cfg.augment)
-            order = torch.randperm(len(tr_img), generator=g)
-            batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one
-            for idx in batches:
-                # normalise first: the colour jitter works on [0, 1] intensities
-                items = [aug({"image": scaler_int(tr_img[i].float()), "label": tr_lab[i]})
-                         for i in idx.tolist()]
-                x = torch.stack([_plain(it["image"]) for it in items])
-                y = torch.stack([_plain(it["label"]) for it in items]).long()
-                losses.append(_train_step(net, opt, loss_fn, grad_scaler, x, y, device, use_amp))
-        else:
-            for x, y in data3d.train_batches(epoch, cfg.batch_size):
-                losses.append(_train_step(net, opt, loss_fn, grad_scaler, x, y, device, use_amp))
-        sched.step()
-        val_dice = validate(net)
-        val_dice_swa = float("nan")
-        best_net = net
-        if swa_net is not None and epoch >= cfg.epochs - cfg.swa_epochs:
-            swa_net.update_parameters(net)
-            torch.optim.swa_utils.update_bn(bn_batches(epoch), swa_net, device=device)
-            val_dice_swa = validate(swa_net.module)
-            if val_dice_swa >= val_dice:
-                best_net = swa_net.module
-        epoch_s = time.perf_counter() - t0
-        last_epoch_s = epoch_s
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-               "lr": lr_used, "seconds": round(epoch_s, 2)}
-        if swa_net is not None:
-            row["val_dice_swa"] = val_dice_swa
-        history.append(row)
-        _write_metrics_row(tdir / "metrics.csv", row)
-        epoch_best = val_dice if best_net is net else val_dice_swa
-        improved = epoch_best > best_metric
-        if improved:
-            best_metric, best_epoch = epoch_best, epoch + 1
-            swa_info = ({"epochs_averaged": int(swa_net.n_averaged), "lr": _swa_lr(cfg)}
-                        if best_net is not net else None)
-            _save_best(best_net, config, cfg, best_metric, best_epoch, len(pairs),
-                       len(val_pairs), device, time.perf_counter() - t_start, swa_info, init_sha)
-        state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "grad_scaler": grad_scaler.state_dict(),
-                 "best_metric": best_metric, "best_epoch": best_epoch, "init_sha256": init_sha}
-        if swa_net is not None:
-            state["swa_model"] = swa_net.state_dict()
-        with atomic_path(ckpt_path, durable=True) as tmp:
-            torch.save(state, tmp)
-        swa_text = f" SWA {val_dice_swa:.4f}" if not math.isnan(val_dice_swa) else ""
-        say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
-            f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s")
-    else:
-        epoch = cfg.epochs
-    done = epoch if not finished else cfg.epochs
-    return TrainResult(bundle=out, epochs_done=done, best_epoch=best_epoch,
-                       best_metric=best_metric, finished=finished,
-                       seconds=time.perf_counter() - t_start, history=history)
+            return False, epoch
+        last_epoch_s = _epoch(cfg, run, data, epoch, tdir, ckpt_path, t_start, say)
+    return True, cfg.epochs
+
+
+def _epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, tdir: Path, ckpt_path: Path,
+           t_start: float, say: LogFn) -> float:
+    """One epoch: train, validate (and the SWA average), record, keep the best, checkpoint.
+    Returns its seconds."""
+    t0 = time.perf_counter()
+    lr_used = run.opt.param_groups[0]["lr"]
+    run.net.train()
+    losses = _train_one_epoch(cfg, run, data, epoch)
+    run.sched.step()
+    val_dice = _validate(run, data, run.net)
+    val_dice_swa, best_net = _swa_step(cfg, run, data, epoch, val_dice)
+    epoch_s = time.perf_counter() - t0
+    row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
+           "lr": lr_used, "seconds": round(epoch_s, 2)}
+    if run.swa_net is not None:
+        row["val_dice_swa"] = val_dice_swa
+    run.history.append(row)
+    _write_metrics_row(tdir / "metrics.csv", row)
+    epoch_best = val_dice if best_net is run.net else val_dice_swa
+    improved = epoch_best > run.best_metric
+    if improved:
+        run.best_metric, run.best_epoch = epoch_best, epoch + 1
+        swa_info = ({"epochs_averaged": int(run.swa_net.n_averaged), "lr": _swa_lr(cfg)}
+                    if run.swa_net is not None and best_net is not run.net else None)
+        _save_best(best_net, run.config, cfg, run.best_metric, run.best_epoch, len(data.pairs),
+                   len(data.val_pairs), run.device, time.perf_counter() - t_start, swa_info,
+                   run.init_sha)
+    _save_checkpoint(run, epoch, ckpt_path)
+    swa_text = f" SWA {val_dice_swa:.4f}" if not math.isnan(val_dice_swa) else ""
+    say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
+        f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s")
+    return epoch_s
+
+
+def _train_one_epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int) -> list[float]:
+    """The optimisation steps of one epoch; returns the batch losses."""
+    if data.volumes is not None:
+        return [_train_step(run.net, run.opt, run.loss_fn, run.grad_scaler, x, y, run.device,
+                            run.use_amp)
+                for x, y in data.volumes.train_batches(epoch, cfg.batch_size)]
+    assert data.tr_img is not None and data.tr_lab is not None
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    aug = _augment_2d(cfg.seed * 7919 + epoch, cfg.augment)
+    order = torch.randperm(len(data.tr_img), generator=g)
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one
+    losses = []
+    for idx in batches:
+        # normalise first: the colour jitter works on [0, 1] intensities
+        items = [aug({"image": run.scaler(data.tr_img[i].float()), "label": data.tr_lab[i]})
+                 for i in idx.tolist()]
+        x = torch.stack([_plain(it["image"]) for it in items])
+        y = torch.stack([_plain(it["label"]) for it in items]).long()
+        losses.append(_train_step(run.net, run.opt, run.loss_fn, run.grad_scaler, x, y,
+                                  run.device, run.use_amp))
+    return losses
+
+
+def _swa_step(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, val_dice: float
+              ) -> tuple[float, torch.nn.Module]:
+    """In the SWA phase: average this epoch's weights in, recompute the average's batch norm
+    and validate it. Returns its Dice (NaN outside the phase) and the better network."""
+    swa_net = run.swa_net
+    if swa_net is None or epoch < cfg.epochs - cfg.swa_epochs:
+        return float("nan"), run.net
+    swa_net.update_parameters(run.net)
+    torch.optim.swa_utils.update_bn(_bn_batches(cfg, run, data, epoch), swa_net,
+                                    device=run.device)
+    val_dice_swa = _validate(run, data, swa_net.module)
+    return val_dice_swa, (swa_net.module if val_dice_swa >= val_dice else run.net)
+
+
+def _validate(run: _Run, data: _Data, model: torch.nn.Module) -> float:
+    """Mean foreground Dice of ``model`` on the validation data (3D: sliding window)."""
+    model.eval()
+    with torch.no_grad():
+        if data.volumes is not None:
+            return data.volumes.validate(model, run.device)
+        assert data.va_img is not None and data.va_lab is not None
+        dices = []
+        for i in range(0, len(data.va_img), 32):
+            x = torch.stack([run.scaler(v.float()) for v in data.va_img[i:i + 32]]).to(run.device)
+            with autocast_context(run.device):
+                pred = model(x).argmax(1, keepdim=True).cpu()
+            dices.append(dice_per_case(pred, data.va_lab[i:i + 32].long(), data.num_classes))
+        return float(torch.cat(dices).mean())
+
+
+def _bn_batches(cfg: TrainConfig, run: _Run, data: _Data, epoch: int) -> Iterator[torch.Tensor]:
+    """Augmented training inputs (up to 512 cases, drawn with their own seeds) to recompute
+    the average's batch norm; yielded batch by batch so 3D patches are not all held at once.
+
+    The pass runs the network in train mode, so its dropout draws from the global torch RNG:
+    a run with SWA trains the plain network on different dropout masks than one without."""
+    if data.volumes is not None:
+        n = 0
+        for x, _y in data.volumes.train_batches(epoch + 1_000_003, cfg.batch_size):
+            yield x
+            n += len(x)
+            if n >= 512:
+                return
+        return
+    assert data.tr_img is not None and data.tr_lab is not None
+    aug = _augment_2d(cfg.seed * 7919 + epoch + 1_000_003, cfg.augment)
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
+    idx = torch.randperm(len(data.tr_img), generator=g)[:512].tolist()
+    for i in range(0, len(idx), 32):
+        yield torch.stack([_plain(aug({"image": run.scaler(data.tr_img[j].float()),
+                                       "label": data.tr_lab[j]})["image"])
+                           for j in idx[i:i + 32]])
+
+
+def _save_checkpoint(run: _Run, epoch: int, ckpt_path: Path) -> None:
+    """Everything a resume needs after ``epoch``, written atomically and durably."""
+    state = {"epoch": epoch + 1, "model": run.net.state_dict(),
+             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+             "grad_scaler": run.grad_scaler.state_dict(), "best_metric": run.best_metric,
+             "best_epoch": run.best_epoch, "init_sha256": run.init_sha}
+    if run.swa_net is not None:
+        state["swa_model"] = run.swa_net.state_dict()
+    with atomic_path(ckpt_path, durable=True) as tmp:
+        torch.save(state, tmp)
 
 
 def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> str | None:
