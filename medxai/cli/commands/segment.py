@@ -6,6 +6,7 @@ import click
 
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
+    InputProgress,
     check_model_arg,
     check_output_dir,
     dicom_warnings_as_lines,
@@ -92,10 +93,13 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
     results = []
     paths = [it.path for it in items]
     single = len(paths) == 1 and not failures
+    bar = InputProgress(len(paths) + len(failures), enabled=say is not None)
+    bar.done = len(failures)  # unusable inputs were answered already
     for path, name in zip(paths, unique_names(paths)):
         try:
             with dicom_warnings_as_lines(path, None if as_json else stderr_line):
                 res = segment_path(path, bundle, output, opts, name=name, progress=say)
+            bar.step()
             results.append(res.to_dict())
             if not as_json and not quiet:
                 labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
@@ -108,6 +112,8 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
             if single:
                 raise
             click.echo(f"Error: {err}", err=True)
+            bar.step()
+    bar.summary(len(results), len(failures))
     if as_json:
         echo_json({"results": results, "failures": failures})
     if failures:
