@@ -562,3 +562,22 @@ def test_local_worker_processes_give_the_same_result(reference, export: PacsExpo
                         batch_size=2)
     assert summary.backend == "2 local worker processes"
     _assert_same_results(out, ref, exact=False)
+
+
+def test_manifest_methods_behind_the_scheduler(tmp_path: Path) -> None:
+    """requeue / file_series / file_reasons: the SQL the job and the scheduler used to run
+    on the manifest's connection, now Manifest methods."""
+    files = [_fi(f"p{i}", orientation=None, position=None, channels=3) for i in range(2)]
+    files.append(FileInfo("notes.txt", 1, 1, "not-dicom", reason="not a DICOM file"))
+    stacks = group_stacks(files)
+    with Manifest(tmp_path / "m.sqlite") as man:
+        man.sync_scan(files, stacks, {s.id: None for s in stacks})
+        ids = [r["id"] for r in man.pending()]
+        assert sorted(man.claim(ids, "w")) == sorted(ids)
+        man.requeue(ids[:1])
+        states = {r["id"]: r["state"] for r in man.series()}
+        assert states == {ids[0]: "pending", ids[1]: "running"}
+        owners = dict(man.file_series())
+        assert set(owners) == {"p0", "p1", "notes.txt"} and owners["notes.txt"] is None
+        assert set(owners.values()) - {None} == set(ids)
+        assert man.file_reasons() == {"not a DICOM file": 1}

@@ -16,6 +16,7 @@ from typing import Any
 
 from medxai.batch.manifest import Manifest
 from medxai.batch.runner import WorkerConfig, run_chunk
+from medxai.batch.schedule import drive
 from medxai.errors import InputError
 
 __all__ = ["run_on_dask", "connect"]
@@ -53,8 +54,6 @@ def run_on_dask(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
     """Run ``chunks`` on the cluster at ``scheduler``; results go to ``on_result`` (which records
     them in the manifest) as their tasks finish."""
     from distributed import wait
-
-    from medxai.batch.job import drive
 
     client, cluster = connect(scheduler, workers)
     try:

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from typing import Any
 from medxai.batch.manifest import MANIFEST_NAME, Manifest
 from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk, run_chunk
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
-from medxai.errors import InputError, MedxaiError, ModelMismatchError
+from medxai.batch.schedule import MAX_ATTEMPTS, drive
+from medxai.errors import InputError, ModelMismatchError
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
@@ -37,7 +37,6 @@ __all__ = ["BatchProgress", "BatchSummary", "run_batch", "LOCK_NAME", "SUMMARY_N
 
 LOCK_NAME = ".medxai-batch.lock"
 SUMMARY_NAME = "summary.json"
-MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -199,7 +198,7 @@ def _folder_owners(man: Manifest) -> dict[str, str]:
     conflict = object()
     missing = object()
     owner: dict[str, Any] = {}
-    for path, sid in man.conn.execute("SELECT path, series_id FROM files"):
+    for path, sid in man.file_series():
         d = os.path.dirname(path)
         while True:
             cur = owner.get(d, missing)
@@ -347,10 +346,7 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                 # a done series whose folder was removed runs again
                 missing = [r["id"] for r in man.series("done")
                            if not (out / r["output_name"]).is_dir()]
-                if missing:
-                    with man.transaction() as c:
-                        c.executemany("UPDATE series SET state='pending' WHERE id=?",
-                                      [(i,) for i in missing])
+                man.requeue(missing)
                 pending = man.pending()
                 # -- process
                 t1 = time.perf_counter()
@@ -461,15 +457,8 @@ def _summary(man: Manifest, export: Path, out: Path, csv_paths: dict[str, Path],
         process={"series": processed, "images_done": images, "seconds": round(process_s, 3),
                  "images_per_s": round(images / process_s, 3) if process_s > 0 else 0.0},
         failed=failed, skipped_reasons=man.reasons("skipped"),
-        file_reasons=_file_reasons(man),
+        file_reasons=man.file_reasons(),
         backend=backend)
-
-
-def _file_reasons(man: Manifest) -> dict[str, int]:
-    """Why files that are not images to process were passed over (skipped or failed)."""
-    rows = man.conn.execute("SELECT reason, COUNT(*) AS n FROM files WHERE kind != 'image' "
-                            "GROUP BY reason ORDER BY n DESC, reason")
-    return {str(r[0]): int(r[1]) for r in rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,63 +479,6 @@ def _run_inline(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
         jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
         if jobs:
             process_chunk(jobs, bundle, opts, batch_size=batch_size, on_result=on_result)
-
-
-def drive(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
-          jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
-          submit: Callable[[list[dict[str, Any]]], Any],
-          wait_any: Callable[[list[Any]], Sequence[Any]], in_flight: int, worker: str,
-          on_result: Callable[[dict[str, Any]], None],
-          on_crash: Callable[[], None] | None = None,
-          is_crash: Callable[[BaseException], bool] = lambda _e: False) -> None:
-    """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
-    as chunks complete. A chunk whose worker died is split into single series and retried, each
-    at most :data:`MAX_ATTEMPTS` times in all; other errors fail the chunk's series."""
-    from medxai.batch.runner import _error_result
-
-    queue: deque[list[dict[str, Any]]] = deque(list(c) for c in chunks)
-    running: dict[Any, list[dict[str, Any]]] = {}
-    while queue or running:
-        while queue and len(running) < in_flight:
-            chunk = queue.popleft()
-            ids = set(man.claim([r["id"] for r in chunk], worker))
-            jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
-            if jobs:
-                running[submit(jobs)] = chunk
-        if not running:
-            continue
-        crashed = False
-        for fut in wait_any(list(running)):
-            chunk = running.pop(fut)
-            try:
-                results = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a worker's death or error, recorded
-                if is_crash(exc):
-                    crashed = True
-                    attempts = {r["id"]: r["attempts"] for r in man.series("running")}
-                    for row in chunk:
-                        if attempts.get(row["id"], MAX_ATTEMPTS) >= MAX_ATTEMPTS:
-                            on_result(_error_result(jobs_for(row), MedxaiError(
-                                f"its worker process died {MAX_ATTEMPTS} times while "
-                                f"processing it ({type(exc).__name__})")))
-                        else:
-                            with man.transaction() as c:
-                                c.execute("UPDATE series SET state='pending' WHERE id=?",
-                                          (row["id"],))
-                            queue.append([row])
-                    continue
-                results = [_error_result(jobs_for(r), exc) for r in chunk]
-            for r in results:
-                on_result(r)
-        if crashed and on_crash is not None:
-            # every other chunk in flight died with the pool: requeue them one by one
-            for fut, chunk in list(running.items()):
-                running.pop(fut)
-                with man.transaction() as c:
-                    c.executemany("UPDATE series SET state='pending' WHERE id=?",
-                                  [(r["id"],) for r in chunk])
-                queue.extend([r] for r in chunk)
-            on_crash()
 
 
 def _run_process_pool(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],

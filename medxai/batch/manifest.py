@@ -246,6 +246,15 @@ class Manifest:
             self._sync_file_states(c)
         return n
 
+    def requeue(self, ids: Iterable[str]) -> None:
+        """Put series back to ``pending`` (their worker died, or their result folder is gone);
+        the claim they had still counts as an attempt."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self.transaction() as c:
+            c.executemany("UPDATE series SET state='pending' WHERE id=?", [(i,) for i in ids])
+
     # -- scan results -------------------------------------------------------------------------
     def known_files(self) -> dict[str, FileInfo]:
         """Earlier scan results by path, for :func:`medxai.batch.scan.scan_export`'s cache."""
@@ -409,6 +418,18 @@ class Manifest:
                 cnt[state] = n
             out[table] = cnt
         return out
+
+    def file_series(self) -> Iterator[tuple[str, str | None]]:
+        """``(path relative to the export, series id or None)`` of every file."""
+        for path, sid in self.conn.execute("SELECT path, series_id FROM files"):
+            yield str(path), sid
+
+    def file_reasons(self) -> dict[str, int]:
+        """Why files that are not images to process were passed over (skipped or failed):
+        ``{reason: number of files}``, most frequent first."""
+        rows = self.conn.execute("SELECT reason, COUNT(*) AS n FROM files WHERE kind != 'image' "
+                                 "GROUP BY reason ORDER BY n DESC, reason")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def model_counts(self) -> dict[str, int]:
         """Series done per model (``model`` column: the model that made each result)."""

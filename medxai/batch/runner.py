@@ -34,13 +34,13 @@ import torch
 
 from medxai.errors import MedxaiError, ModelError, ModelMismatchError
 from medxai.inference import Prediction, check_input_fits, resolve_device
-from medxai.models.fit import FitRules, ModelChoice
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
+from medxai.models.fit import FitRules, ModelChoice
 from medxai.pipeline import SegmentOptions, input_facts, segment_loaded
 
-__all__ = ["WorkerConfig", "load_stack", "predict_batch", "process_chunk", "run_chunk",
-           "worker_bundle", "worker_name"]
+__all__ = ["WorkerConfig", "error_result", "load_stack", "predict_batch", "process_chunk",
+           "run_chunk", "worker_bundle", "worker_name"]
 
 ResultFn = Callable[[dict[str, Any]], None]
 
@@ -113,13 +113,13 @@ def load_stack(job: dict[str, Any]) -> LoadedImage:
     Raises:
         MedxaiError: the files cannot be read or do not form one image.
     """
-    from medxai.io.readers import _load_dicom_folder, load_image
+    from medxai.io.readers import load_dicom_files, load_image
 
     files = [Path(f) for f in job["files"]]
     if len(files) == 1:
         return load_image(files[0])
     folder = Path(job.get("folder") or os.path.commonpath([str(f) for f in files]))
-    loaded = _load_dicom_folder(folder, files, "dicom-series")
+    loaded = load_dicom_files(folder, files)
     if not job.get("folder"):
         # the common folder holds other files too: name (and hash) the first slice instead
         loaded.path = files[0]
@@ -147,8 +147,12 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     Raises:
         ModelMismatchError: an image does not fit the model (checked before any work).
     """
-    from medxai.inference import (labels_from_probabilities, network_on, tta_mode,
-                                  whole_image_probabilities)
+    from medxai.inference import (
+        labels_from_probabilities,
+        network_on,
+        tta_mode,
+        whole_image_probabilities,
+    )
 
     if not can_batch(bundle):
         raise ModelError(f"model {bundle.name!r} is not a 2D whole-image model; predict one "
@@ -184,7 +188,7 @@ def _result(job: dict[str, Any], state: str, *, reason: str | None = None,
             "output_name": job.get("output_name"), "model": job.get("model_name")}
 
 
-def _error_result(job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
+def error_result(job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
                   ) -> dict[str, Any]:
     """Skipped when the input does not fit the model; failed for any other error, with the
     message (and, for an unexpected error, the traceback in ``detail``)."""
@@ -220,7 +224,7 @@ def _segment_one(job: dict[str, Any], loaded: LoadedImage, read_s: float, bundle
         res = segment_loaded(loaded, bundle, job["out_root"], options, name=job["name"], **kwargs)
     except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
         timings["total"] = round(read_s + time.perf_counter() - t0, 4)
-        return _error_result(job, exc, timings)
+        return error_result(job, exc, timings)
     rt = res.report.get("timings_s") or {}
     timings.update({
         "predict": rt.get("predict", prediction.seconds if prediction is not None else None),
@@ -253,7 +257,7 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
         device = resolve_device(options.device)
     except MedxaiError as exc:
         for job in jobs:
-            emit(_error_result(job, exc))
+            emit(error_result(job, exc))
         return results
     queue = deque(jobs)
     loads: deque[tuple[dict[str, Any], cf.Future[tuple[LoadedImage, float]]]] = deque()
@@ -279,7 +283,7 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
                 try:
                     loaded, read_s = fut.result()
                 except Exception as exc:  # noqa: BLE001 - recorded as the series' failure
-                    emit(_error_result(job, exc))
+                    emit(error_result(job, exc))
                     continue
                 group.append((job, loaded, read_s))
             preds: list[Prediction | None] = [None] * len(group)
@@ -290,7 +294,7 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
                         check_input_fits(bundle, loaded.image, str(loaded.path))
                         fitting.append(i)
                     except ModelMismatchError as exc:
-                        emit(_error_result(job, exc))
+                        emit(error_result(job, exc))
                 try:
                     for i, p in zip(fitting, predict_batch(
                             bundle, [group[i][1].image for i in fitting], device)):
@@ -318,7 +322,7 @@ def run_chunk(jobs: Sequence[dict[str, Any]], config: WorkerConfig) -> list[dict
     try:
         bundle, lock = worker_bundle(config.model, config.weights_sha256)
     except MedxaiError as exc:
-        return [_error_result(job, exc) for job in jobs]
+        return [error_result(job, exc) for job in jobs]
     with lock, warnings.catch_warnings():
         # problems are in the results; pydicom's warnings would flood the workers' logs
         warnings.simplefilter("ignore")

@@ -1,0 +1,124 @@
+"""Scheduling of batch chunks on any executor: :func:`drive` keeps a number of chunks in flight,
+claims their series in the manifest just before submitting, records results as chunks complete,
+and isolates a series that kills its worker.
+
+Backends (the local process pool in :mod:`medxai.batch.job`, dask in
+:mod:`medxai.batch.dask_runner`) pass ``submit`` and ``wait_any``; this module knows neither.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from medxai.batch.manifest import Manifest
+from medxai.batch.runner import error_result
+from medxai.errors import MedxaiError
+
+__all__ = ["MAX_ATTEMPTS", "drive"]
+
+#: How often a series may be claimed (its worker dying each time) before it fails.
+MAX_ATTEMPTS = 3
+
+Row = dict[str, Any]
+JobsFor = Callable[[Row], dict[str, Any]]
+OnResult = Callable[[dict[str, Any]], None]
+
+
+class _Flight:
+    """The chunks waiting and the chunks submitted (future -> manifest rows)."""
+
+    def __init__(self, chunks: Sequence[Sequence[Row]]) -> None:
+        self.queue: deque[list[Row]] = deque(list(c) for c in chunks)
+        self.running: dict[Any, list[Row]] = {}
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.running)
+
+
+def _fill(man: Manifest, flight: _Flight, jobs_for: JobsFor,
+          submit: Callable[[list[dict[str, Any]]], Any], in_flight: int, worker: str) -> None:
+    """Submit queued chunks until ``in_flight`` run; each chunk's series are claimed first (a
+    series another driver claimed meanwhile is left out)."""
+    while flight.queue and len(flight.running) < in_flight:
+        chunk = flight.queue.popleft()
+        ids = set(man.claim([r["id"] for r in chunk], worker))
+        jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
+        if jobs:
+            flight.running[submit(jobs)] = chunk
+
+
+def _after_crash(man: Manifest, flight: _Flight, chunk: list[Row], exc: BaseException,
+                 jobs_for: JobsFor, on_result: OnResult) -> None:
+    """A chunk's worker died: each of its series runs again on its own, unless it was claimed
+    :data:`MAX_ATTEMPTS` times already (then it fails, naming the crash)."""
+    attempts = {r["id"]: r["attempts"] for r in man.series("running")}
+    for row in chunk:
+        if attempts.get(row["id"], MAX_ATTEMPTS) >= MAX_ATTEMPTS:
+            on_result(error_result(jobs_for(row), MedxaiError(
+                f"its worker process died {MAX_ATTEMPTS} times while processing it "
+                f"({type(exc).__name__})")))
+        else:
+            man.requeue([row["id"]])
+            flight.queue.append([row])
+
+
+def _collect(man: Manifest, flight: _Flight, done: Sequence[Any], jobs_for: JobsFor,
+             on_result: OnResult, is_crash: Callable[[BaseException], bool]) -> bool:
+    """Record the results of the finished futures; True when a worker died."""
+    crashed = False
+    for fut in done:
+        chunk = flight.running.pop(fut)
+        try:
+            results = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a worker's death or error, recorded
+            if is_crash(exc):
+                crashed = True
+                _after_crash(man, flight, chunk, exc, jobs_for, on_result)
+                continue
+            results = [error_result(jobs_for(r), exc) for r in chunk]
+        for r in results:
+            on_result(r)
+    return crashed
+
+
+def _requeue_in_flight(man: Manifest, flight: _Flight) -> None:
+    """Every other chunk in flight died with the pool: requeue their series one by one."""
+    for fut, chunk in list(flight.running.items()):
+        flight.running.pop(fut)
+        man.requeue([r["id"] for r in chunk])
+        flight.queue.extend([r] for r in chunk)
+
+
+def drive(man: Manifest, chunks: Sequence[Sequence[Row]], jobs_for: JobsFor,
+          submit: Callable[[list[dict[str, Any]]], Any],
+          wait_any: Callable[[list[Any]], Sequence[Any]], in_flight: int, worker: str,
+          on_result: OnResult, on_crash: Callable[[], None] | None = None,
+          is_crash: Callable[[BaseException], bool] = lambda _e: False) -> None:
+    """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
+    as chunks complete. A chunk whose worker died is split into single series and retried, each
+    at most :data:`MAX_ATTEMPTS` times in all; other errors fail the chunk's series.
+
+    Args:
+        man: the manifest; series are claimed for ``worker`` and requeued through its methods.
+        chunks: manifest rows (:meth:`Manifest.pending`), grouped as the workers take them.
+        jobs_for: a manifest row -> the job a worker takes.
+        submit: jobs -> a future whose result is the list of result dicts.
+        wait_any: futures -> those of them that are done (at least one).
+        in_flight: how many chunks to keep submitted.
+        worker: the name claims are recorded under.
+        on_result: called with each result dict (it records it in the manifest).
+        on_crash: called after a worker died (e.g. to restart a broken pool).
+        is_crash: whether a future's exception means its worker died.
+    """
+    flight = _Flight(chunks)
+    while flight.busy():
+        _fill(man, flight, jobs_for, submit, in_flight, worker)
+        if not flight.running:
+            continue
+        crashed = _collect(man, flight, wait_any(list(flight.running)), jobs_for, on_result,
+                           is_crash)
+        if crashed and on_crash is not None:
+            _requeue_in_flight(man, flight)
+            on_crash()
