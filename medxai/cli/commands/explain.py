@@ -39,6 +39,13 @@ METHOD_CHOICES = SALIENCY_METHODS
 @click.option("--baseline", default="mean", show_default=True,
               type=click.Choice(["mean", "blur", "zero"]),
               help="With --evaluate: what deleted pixels become.")
+@click.option("--target", "target_region", default="segment", show_default=True,
+              type=click.Choice(["segment", "border", "missed", "image"]),
+              help="With --evaluate: the question each map answers (the segment, its border, "
+                   "pixels left just below the threshold, the whole image).")
+@click.option("--layer", default=None,
+              help="With --evaluate: CAM layer(s): a module name or role (skip.0, bottleneck, "
+                   "encoder.2, encoder...); default: the method's default.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -46,7 +53,7 @@ METHOD_CHOICES = SALIENCY_METHODS
 @guard
 def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method: str,
                 methods: str, evaluate: bool, limit: int | None, label: int, baseline: str,
-                device: str,
+                target_region: str, layer: str | None, device: str,
                 overwrite: bool, as_json: bool, quiet: bool) -> None:
     """Saliency maps of the model's segmentation of each INPUT, or (--evaluate) a faithfulness
     table of the methods over a folder of images.
@@ -56,7 +63,8 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
 
     --evaluate prints per method: deletion and insertion AUC (with random-order baselines),
     share of saliency inside the mask, model-randomisation rank correlation (lower is better),
-    seconds per image and cost relative to one inference.
+    seconds per image and cost relative to one inference, and how much the map says beyond the
+    mask: its correlation with the mask, the share outside it (context) and its sparseness.
     """
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     bad_methods = [m for m in chosen if m not in METHOD_CHOICES]
@@ -88,7 +96,8 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
             raise click.BadParameter(f"unknown method(s) {bad}", param_hint="--methods")
         images = [p for inp in inputs for p in list_images(inp, limit)][: limit or None]
         result = evaluate_saliency(bundle, images, chosen, label=label, device=device,
-                                   baseline=baseline, progress=say)
+                                   baseline=baseline, target=target_region, layer=layer,
+                                   progress=say)
         if as_json:
             echo_json(result)
         else:

@@ -1,0 +1,163 @@
+"""Explanation targets (segment, border, missed, image, user box/mask), UNet layer role names,
+the new methods (HiResCAM, LayerCAM, SmoothGrad) and the informativeness metrics: 2D and 3D,
+whole-image and sliding-window. Small networks only; the val measurement is
+benchmarks/saliency_choice.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from medxai.errors import ExplainError
+from medxai.explain import (
+    SegmentationTarget,
+    box_region,
+    context_share,
+    deletion_insertion,
+    explain,
+    lesion_energy_ratio,
+    redundancy,
+    resolve_layers,
+    sliding_window_saliency,
+    unet_layer_aliases,
+)
+
+
+def _logits(spatial: tuple[int, ...]) -> torch.Tensor:
+    """Two-class logits: foreground probability 0.9 in a block, 0.3 in a ring around it, 0.01
+    elsewhere."""
+    p = torch.full(spatial, 0.01)
+    ring = tuple(slice(2, s - 2) for s in spatial)
+    core = tuple(slice(4, s - 4) for s in spatial)
+    p[ring] = 0.3
+    p[core] = 0.9
+    fg = torch.log(p / (1 - p))
+    return torch.stack([torch.zeros_like(fg), fg])[None]
+
+
+@pytest.mark.parametrize("spatial", [(12, 14), (12, 12, 10)])
+def test_regions_ask_different_questions(spatial: tuple[int, ...]) -> None:
+    logits = _logits(spatial)
+    core = tuple(slice(4, s - 4) for s in spatial)
+    ring = tuple(slice(2, s - 2) for s in spatial)
+    seg = SegmentationTarget(1, "segment").mask(logits)[0, 0]
+    expected = torch.zeros(spatial, dtype=torch.bool)
+    expected[core] = True
+    assert torch.equal(seg, expected)
+    border = SegmentationTarget(1, "border", border_width=1).mask(logits)[0, 0]
+    # the band straddles the contour: the mask's outermost layer and the layer just outside
+    grown = torch.zeros(spatial, dtype=torch.bool)
+    grown[tuple(slice(3, s - 3) for s in spatial)] = True
+    shrunk = torch.zeros(spatial, dtype=torch.bool)
+    shrunk[tuple(slice(5, s - 5) for s in spatial)] = True
+    assert torch.equal(border, grown & ~shrunk)
+    missed = SegmentationTarget(1, "missed").mask(logits)[0, 0]
+    ringset = torch.zeros(spatial, dtype=torch.bool)
+    ringset[ring] = True
+    assert torch.equal(missed, ringset & ~expected)
+    assert SegmentationTarget(1, "missed").polarity == -1
+    # the missed score is the negated sum of the logits there: positive (evidence against)
+    assert float(SegmentationTarget(1, "missed")(logits)[0]) > 0
+    # a threshold below 0.3 takes the ring into the segment
+    assert torch.equal(SegmentationTarget(1, threshold=0.2).mask(logits)[0, 0], ringset)
+    assert SegmentationTarget(1, "predicted").region == "segment"
+
+
+def test_bad_region_names_and_boxes_are_explained() -> None:
+    with pytest.raises(ExplainError, match="border"):
+        SegmentationTarget(1, "bordr")
+    with pytest.raises(ExplainError, match="4 values"):
+        box_region((10, 10), (1, 2, 3))
+    with pytest.raises(ExplainError, match="empty"):
+        box_region((10, 10), (5, 5, 5, 9))
+    box = box_region((10, 12), (2, 3, 5, 20))  # clipped to the grid
+    assert box.sum() == 3 * 9 and box[2, 3] and not box[5, 3]
+
+
+def _unet(dims: int) -> UNet:
+    torch.manual_seed(0)
+    return UNet(spatial_dims=dims, in_channels=1, out_channels=2, channels=(4, 8, 16),
+                strides=(2, 2), num_res_units=1).eval()
+
+
+def test_unet_layers_have_role_names() -> None:
+    net = _unet(2)
+    aliases = unet_layer_aliases(net)
+    assert aliases["skip.0"] == "model.1"
+    assert aliases["encoder.0"] == "model.0"
+    assert aliases["encoder.1"] == "model.1.submodule.0"
+    assert aliases["bottleneck"] == "model.1.submodule.1.submodule"
+    assert aliases["decoder.0"] == "model.2"
+    assert [n for n, _ in resolve_layers(net, "encoder")] == ["model.0", "model.1.submodule.0"]
+    assert [n for n, _ in resolve_layers(net, "bottleneck, skip.0")] == [
+        "model.1.submodule.1.submodule", "model.1"]
+    with pytest.raises(ExplainError, match="bottleneck"):
+        resolve_layers(net, "botleneck")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("method,layer,options", [
+    ("gradcam", "bottleneck", {}), ("hirescam", "skip.0", {}), ("layercam", "encoder", {}),
+    ("gradcampp", "encoder.1", {}), ("smoothgrad", None, {"samples": 2}),
+])
+@pytest.mark.parametrize("target", ["segment", "border", "missed", "image"])
+def test_methods_and_targets_2d_3d(dims: int, method: str, layer: str | None,
+                                   options: dict, target: str) -> None:
+    if dims == 3 and target in ("missed", "image") and method != "hirescam":
+        pytest.skip("3D: one method per target is enough for these")
+    net = _unet(dims)
+    spatial = (16, 16) if dims == 2 else (16, 16, 8)
+    x = torch.rand((1, 1, *spatial), generator=torch.Generator().manual_seed(0))
+    extra = {"layer": layer} if layer else {}
+    sal = explain(net, x, method, target=target, **extra, **options)
+    assert sal.shape == (1, 1, *spatial)
+    assert torch.isfinite(sal).all() and sal.min() >= 0 and sal.max() <= 1
+
+
+def test_user_box_and_mask_give_the_same_map() -> None:
+    net = _unet(2)
+    x = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+    by_box = explain(net, x, "hirescam", roi=(2, 3, 9, 12))
+    by_mask = explain(net, x, "hirescam", roi=box_region((16, 16), (2, 3, 9, 12)))
+    assert torch.equal(by_box, by_mask)
+    with pytest.raises(ExplainError, match="roi"):
+        explain(net, x, "gradcam", roi=(2, 3, 9, 12), target="border")
+
+
+@pytest.mark.parametrize("target", ["border", "missed"])
+def test_sliding_window_named_targets_are_per_window(target: str) -> None:
+    net = _unet(2)
+    x = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(2))
+    whole = explain(net, x, "hirescam", target=target, border_width=2)
+    one_window = sliding_window_saliency(net, x, "hirescam", roi_size=(16, 16),
+                                         target=SegmentationTarget(1, target, border_width=2))
+    assert torch.allclose(whole, one_window, atol=1e-5)
+    tiled = sliding_window_saliency(net, x, "hirescam", roi_size=(8, 8), overlap=0.5,
+                                    target=target)
+    assert tiled.shape == (1, 1, 16, 16) and torch.isfinite(tiled).all()
+
+
+def test_informativeness_metrics_on_known_maps() -> None:
+    mask = torch.zeros(1, 1, 10, 10, dtype=torch.bool)
+    mask[..., 2:5, 2:5] = True
+    copy = mask.float()
+    assert redundancy(copy, mask)[0] == pytest.approx(1.0)
+    assert float(context_share(copy, mask)[0]) == pytest.approx(0.0)
+    uniform = torch.ones(1, 1, 10, 10)
+    assert np.isnan(redundancy(uniform, mask)[0])
+    assert float(context_share(uniform, mask)[0]) == pytest.approx(0.91)
+    assert lesion_energy_ratio(uniform, mask)[0] == pytest.approx(1.0)
+    assert lesion_energy_ratio(copy, mask)[0] == pytest.approx(100 / 9)
+
+
+def test_deletion_scores_the_chosen_target() -> None:
+    net = _unet(2)
+    x = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(3))
+    target = SegmentationTarget(1, "image")
+    sal = explain(net, x, "hirescam", target=target)
+    di = deletion_insertion(net, x, sal, steps=4, baseline="mean", target=target,
+                            insertion=False)
+    assert di["deletion_scores"][0, 0] == pytest.approx(1.0)
+    assert "insertion_auc" not in di and "random_deletion_auc" in di
