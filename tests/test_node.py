@@ -138,7 +138,7 @@ def test_malformed_dataset_refused_association_goes_on(node_factory, tmp_path: P
     assert "truncated" in reasons[0] and "Study Instance UID" in reasons[1]
 
 
-def test_limits_out_of_resources(node_factory):
+def test_limits_out_of_resources(node_factory, tmp_path: Path):
     node = node_factory(max_instance_bytes=100_000)
     assoc = _scu(node.port)
     big = assoc.send_c_store(DERMOSCOPY)  # 0.9 MB
@@ -146,10 +146,18 @@ def test_limits_out_of_resources(node_factory):
     assoc.release()
     assert big.Status == 0xA700 and small.Status == 0x0000
     node.stop()
-    node = node_factory(min_free_bytes=1 << 60)
+    node = node_factory(workdir=tmp_path / "work2", min_free_bytes=1 << 60, max_associations=1)
     assoc = _scu(node.port)
     assert assoc.send_c_store(DERMOSCOPY).Status == 0xA700
+    # one association at a time: a second one is rejected while the first is open
+    from pynetdicom import AE
+
+    ae = AE(ae_title="ORTHANC")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    second = ae.associate("127.0.0.1", node.port, ae_title="MEDXAI")
+    assert second.is_rejected
     assoc.release()
+    assert node.store.status()["instances_received"] == 0
 
 
 def test_dropped_association_mid_series_then_rest(node_factory):

@@ -159,6 +159,7 @@ class DicomNode:
         self._server: Any = None
         self._bundle: Any = None
         self._busy_study: str | None = None
+        self._stopped = False
         self.options: Any = None
 
     # -- events -------------------------------------------------------------------------------
@@ -202,7 +203,11 @@ class DicomNode:
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop accepting associations, let the current study finish (up to ``timeout_s``;
         otherwise it is abandoned and runs again on the next start) and the sender finish its
-        current try. Returns True when every thread ended in time."""
+        current try. Returns True when every thread ended in time. Calling it again does
+        nothing."""
+        if self._stopped:
+            return True
+        self._stopped = True
         self._stop.set()
         self._wake_sender.set()
         if self._server is not None:
