@@ -85,3 +85,64 @@ def test_saliency_choices_match_the_explain_registry():
         param = next(p for p in by_name[command].params if p.name == option)
         assert isinstance(param.type, click.Choice)
         assert tuple(param.type.choices) == want, (command, option)
+
+
+#: The layers of docs/architecture.md, bottom (0) to top: a unit may import units of lower
+#: layers only (foundation modules may also import each other).
+LAYERS = {
+    "_version": 0, "errors": 0, "choices": 0, "palette": 0, "pipeline_formats": 0,
+    "io": 1, "models": 2, "samples": 2, "preprocessing": 3, "postprocess": 3, "inference": 4,
+    "explain": 5, "outputs": 6, "pipeline": 7,
+    "batch": 8, "evaluation": 8, "transforms": 8, "node": 9, "training": 9, "cli": 10,
+}
+
+
+def _unit_imports() -> dict[str, set[tuple[str, str]]]:
+    """{unit: {(imported unit, "file:line")}} for every import of another medxai unit (also
+    inside functions), read with ast (nothing is imported)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "medxai"
+    out: dict[str, set[tuple[str, str]]] = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root.parent)
+        parts = list(rel.with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        parts = parts[:-1] if is_pkg else parts
+        me = parts[1] if len(parts) > 1 else ""  # "" for medxai/__init__.py (lazy exports)
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = parts[: len(parts) - node.level + (1 if is_pkg else 0)]
+                    names = [".".join(base + ([node.module] if node.module else []))]
+                else:
+                    names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "medxai" and len(parts) > 1 and me and parts[1] != me:
+                    out.setdefault(me, set()).add((parts[1], f"{rel}:{node.lineno}"))
+    return out
+
+
+def test_imports_only_go_down_the_layers():
+    bad, unknown = [], set()
+    for unit, targets in _unit_imports().items():
+        for target, where in targets:
+            if unit not in LAYERS or target not in LAYERS:
+                unknown.add(unit if unit not in LAYERS else target)
+            elif LAYERS[target] > LAYERS[unit] or (LAYERS[target] == LAYERS[unit] > 0):
+                bad.append(f"{where}: {unit} imports {target}")
+    assert not unknown, (f"new unit(s) {sorted(unknown)}: give them a layer in LAYERS here and "
+                         "in docs/architecture.md")
+    assert not bad, "imports that run back up a layer:\n" + "\n".join(sorted(bad))
+
+
+def test_the_import_reader_sees_imports_inside_functions():
+    graph = _unit_imports()
+    # cli/commands/segment.py imports the pipeline inside the command function only
+    assert "pipeline" in {t for t, _ in graph["cli"]}
+    assert "training" not in {t for t, _ in graph.get("inference", set())}
