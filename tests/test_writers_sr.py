@@ -37,8 +37,11 @@ def _tid1500(path: Path, out: Path) -> dict:
 
 def _items(group: dict) -> dict[tuple[str, str], float]:
     """(quantity code, derivation code or '') -> value of one dcmqi measurement group."""
-    return {(item["quantity"]["CodeValue"], item.get("derivationModifier", {}).get("CodeValue", "")):
-            float(item["value"]) for item in group["measurementItems"]}
+    out = {}
+    for item in group["measurementItems"]:
+        derivation = item.get("derivationModifier", {}).get("CodeValue", "")
+        out[(item["quantity"]["CodeValue"], derivation)] = float(item["value"])
+    return out
 
 
 def test_sr_of_ct_series_reports_volume_and_saliency(tmp_path):
@@ -63,7 +66,8 @@ def test_sr_of_ct_series_reports_volume_and_saliency(tmp_path):
                 for study in ds.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence
                 for item in series.ReferencedSOPSequence}
-    assert evidence == {d.SOPInstanceUID for d in source.datasets} | {pydicom.dcmread(seg).SOPInstanceUID}
+    seg_uid = pydicom.dcmread(seg).SOPInstanceUID
+    assert evidence == {d.SOPInstanceUID for d in source.datasets} | {seg_uid}
 
     report = _tid1500(path, tmp_path / "sr.json")
     groups = {g["ReferencedSegment"]: g for g in report["Measurements"]}

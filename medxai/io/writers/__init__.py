@@ -1,5 +1,5 @@
-"""Writers of medxai's outputs: NIfTI, DICOM SEG / Parametric Map / SR / Secondary Capture, PNG preview,
-JSON report.
+"""Writers of medxai's outputs: NIfTI, DICOM SEG / Parametric Map / SR / RTSTRUCT / Secondary
+Capture, PNG preview, JSON report.
 
 All writers take arrays in MONAI order (``(C, I, J[, K])`` images, ``(I, J[, K])`` label and
 saliency maps; ``I`` along image columns, ``J`` along rows, ``K`` along slices/frames), write
@@ -13,8 +13,10 @@ from medxai.io.writers.dicom_sc import (
     create_photo_study,
     write_dicom_sc,
 )
-from medxai.io.writers.dicom_pm import quantity_code, write_dicom_pm
+from medxai.io.writers._common import series_number_for
+from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
 from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
+from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
 from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
 from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
@@ -28,7 +30,10 @@ __all__ = [
     "segment_codes",
     "write_dicom_pm",
     "quantity_code",
+    "DEFAULT_PM_SERIES_OFFSET",
+    "series_number_for",
     "write_dicom_sr",
+    "write_dicom_rtstruct",
     "segment_measurements",
     "write_dicom_sc",
     "create_photo_study",
