@@ -16,7 +16,8 @@ EXPLAIN_CHOICES = (*SALIENCY_METHODS, "none")
 #: The methods ``medxai explain --evaluate`` compares unless ``--methods`` names others.
 EVALUATION_METHODS = ("gradcam", "gradcampp", "occlusion", "ig")
 #: Output formats ``--format`` accepts.
-FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-sc", "png", "json")
+FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-pm", "dicom-sr", "dicom-rtstruct", "dicom-sc",
+                  "png", "json")
 #: ``--device``: ``cuda:N`` stands for any CUDA device index.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 

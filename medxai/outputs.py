@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 
 from medxai.errors import InputError, MedxaiError, OutputExistsError
@@ -71,11 +72,15 @@ def label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
 
 
 def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
-                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str
+                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str, *,
+                   method: str | None = None
                    ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
-    one saliency map per label, the PNG preview, DICOM SEG and Secondary Capture (for pictures
-    on a placeholder study made from the picture).
+    one saliency map per label, the PNG preview, DICOM SEG, Parametric Map (one per saliency
+    map, ``pm_saliency_<label>.dcm``), TID 1500 SR (``sr.dcm``; it references the SEG, which is
+    then written too), RT Structure Set (``rtstruct.dcm``, series with patient geometry) and
+    Secondary Capture (for pictures on a placeholder study made from the picture). ``method`` is
+    the saliency method, recorded in the PM and SR.
 
     Returns:
         the files written (relative to ``tmp``), seconds per writer, and the formats skipped
@@ -109,7 +114,7 @@ def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Pre
         files.append(w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png",
                                          colors).name)
         times["write_png"] = time.perf_counter() - t
-    if "dicom-seg" in formats or "dicom-sc" in formats:
+    if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
         try:
             files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
@@ -117,6 +122,14 @@ def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Pre
             # the other outputs stand; the report says why there is no DICOM
             skipped.append({"formats": [f for f in formats if f.startswith("dicom")],
                             "reason": str(exc)})
+        else:
+            try:
+                files += _write_dicom_maps(tmp, loaded, bundle, labels, saliency, formats, info,
+                                           method)
+            except MedxaiError as exc:
+                skipped.append({"formats": [f for f in formats
+                                            if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")],
+                                "reason": str(exc)})
         times["write_dicom"] = time.perf_counter() - t
     return files, times, skipped
 
@@ -142,13 +155,57 @@ def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np
         source = w.create_photo_study(picture, tmp / "source_photo.dcm",
                                       source_name=Path(loaded.path).name)
         files.append("source_photo.dcm")
-    if "dicom-seg" in formats:
+    if "dicom-seg" in formats or "dicom-sr" in formats:
         files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
                                        tmp / "seg.dcm").name)
     if "dicom-sc" in formats:
         rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
         paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
         files += [f"overlay_sc/{p.name}" for p in paths]
+    return files
+
+
+def _dicom_source(tmp: Path, loaded: LoadedImage) -> Any:
+    """The DICOM source of the input, or the placeholder study :func:`_write_dicom` wrote."""
+    if loaded.dicom is not None:
+        return loaded.dicom
+    from medxai.io.types import DicomSource
+
+    return DicomSource(datasets=[pydicom.dcmread(tmp / "source_photo.dcm",
+                                                 stop_before_pixels=True)],
+                       paths=[tmp / "source_photo.dcm"], frame_numbers=None)
+
+
+def _write_dicom_maps(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
+                      saliency: dict[int, torch.Tensor], formats: Sequence[str],
+                      info: list[dict[str, Any]], method: str | None) -> list[str]:
+    """Parametric Maps of the saliency maps and the TID 1500 SR (after :func:`_write_dicom`)."""
+    from medxai.io import writers as w
+
+    files: list[str] = []
+    source = _dicom_source(tmp, loaded)
+    names = {int(lab["value"]): str(lab.get("name") or f"label{lab['value']}") for lab in info}
+    maps = {value: sal[0].numpy() for value, sal in saliency.items()}
+    if "dicom-pm" in formats:
+        for index, (value, sal) in enumerate(maps.items()):
+            files.append(w.write_dicom_pm(
+                sal, source, tmp / f"pm_saliency_{output_name(names.get(value, str(value)))}.dcm",
+                model_name=bundle.name, model_version=bundle.version,
+                weights_sha256=bundle.weights_sha256, method=method,
+                label_name=names.get(value), series_number=None if index == 0 else
+                w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET) + index
+            ).name)
+    if "dicom-rtstruct" in formats:
+        files.append(w.write_dicom_rtstruct(labels, source, info, tmp / "rtstruct.dcm",
+                                            model_name=bundle.name,
+                                            model_version=bundle.version).name)
+    if "dicom-sr" in formats:
+        meta = loaded.image.meta
+        spacing = list(meta.get("spacing", [])) if meta.get("has_patient_geometry") else None
+        files.append(w.write_dicom_sr(
+            labels, source, tmp / "seg.dcm", info, tmp / "sr.dcm", model_name=bundle.name,
+            model_version=bundle.version, weights_sha256=bundle.weights_sha256,
+            spacing=spacing, saliency=maps, method=method).name)
     return files
 
 
@@ -169,8 +226,8 @@ def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
                         bundle: ModelBundle, pred: Prediction,
                         saliency: dict[int, torch.Tensor], formats: Sequence[str], *,
                         overwrite: bool = False,
-                        finish: Callable[[Path, ResultFolder], None] | None = None
-                        ) -> ResultFolder:
+                        finish: Callable[[Path, ResultFolder], None] | None = None,
+                        method: str | None = None) -> ResultFolder:
     """Write ``out_root/<name>/`` atomically: :func:`write_outputs` into a hidden temporary
     folder, then ``finish(tmp, result)`` (e.g. the JSON report, which may append to
     ``result.files``, or a check that raises), then one rename into place (replacing an
@@ -181,6 +238,7 @@ def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
         saliency: per foreground label value, its ``(1, *spatial)`` map on the input grid.
         formats: any of :data:`medxai.choices.FORMAT_CHOICES` (``json`` is the caller's, in
             ``finish``).
+        method: the saliency method that made ``saliency`` (recorded in the DICOM PM and SR).
     """
     out_root = Path(out_root)
     final = out_root / name
@@ -191,7 +249,7 @@ def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
     tmp.mkdir()
     try:
         files, timings, skipped = write_outputs(tmp, loaded, bundle, pred, saliency, formats,
-                                                name)
+                                                name, method=method)
         result = ResultFolder(final, files, timings, skipped)
         if finish is not None:
             finish(tmp, result)

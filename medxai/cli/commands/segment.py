@@ -48,8 +48,9 @@ def _label_size(lab: dict) -> str:
 @click.option("--tta", type=click.Choice(TTA_CHOICES),
               help="Test-time augmentation of whole-image models (default: the model's).")
 @click.option("--format", "formats",
-              help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json. Default: all for "
-                   "DICOM inputs; nifti,png,json for pictures and NIfTI/NRRD.")
+              help="Comma-separated outputs: nifti,dicom-seg,dicom-pm,dicom-sr,dicom-rtstruct,"
+                   "dicom-sc,png,json. Default: all for DICOM inputs (dicom-rtstruct for "
+                   "series only); nifti,png,json for pictures and NIfTI/NRRD.")
 @click.option("--explain", default="gradcam", show_default=True,
               type=click.Choice(EXPLAIN_CHOICES), help="Saliency method, or none.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
