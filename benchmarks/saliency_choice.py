@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="deletion steps")
     parser.add_argument("--timing-images", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated method names to keep")
+    parser.add_argument("--pick", default=None,
+                        help="comma-separated indices into CANDIDATES to run (e.g. 7,8)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     from medxai.models.registry import load_model
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bundle = load_model(args.model)
     cands = [c for c in CANDIDATES if not args.only or c[0] in args.only.split(",")]
+    if args.pick:
+        cands = [CANDIDATES[int(i)] for i in args.pick.split(",")]
     print(HEAD)
     print("|" + "---|" * 14)
     result = measure(bundle, args.data, args.limit, args.label, args.steps, args.timing_images,
