@@ -271,12 +271,28 @@ def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dic
 
 
 def _fill_polygon(ij: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Boolean ``(width, height)`` mask of a closed polygon given in (i, j) voxel indices."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("1", (width, height), 0)
-    ImageDraw.Draw(img).polygon([(float(a), float(b)) for a, b in ij], outline=1, fill=1)
-    return np.asarray(img, dtype=bool).T
+    """Boolean ``(width, height)`` mask of the voxels whose centres lie inside a closed polygon
+    given in continuous (i, j) voxel indices (even-odd rule; voxel centres at integers)."""
+    mask = np.zeros((width, height), dtype=bool)
+    if len(ij) < 3:
+        return mask
+    lo = np.maximum(np.floor(ij.min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(ij.max(axis=0)).astype(int), [width - 1, height - 1])
+    if np.any(hi < lo):
+        return mask
+    gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+    x, y = gi.astype(np.float64), gj.astype(np.float64)
+    inside = np.zeros(gi.shape, dtype=bool)
+    xs, ys = ij[:, 0], ij[:, 1]
+    for a in range(len(ij)):  # crossing test per edge (a, a+1)
+        x0, y0, x1, y1 = xs[a], ys[a], xs[(a + 1) % len(ij)], ys[(a + 1) % len(ij)]
+        if y0 == y1:
+            continue
+        crosses = (y0 > y) != (y1 > y)
+        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_at)
+    mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1] = inside
+    return mask
 
 
 def _rasterise_rtstruct(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dict[int, str],
@@ -318,8 +334,8 @@ def rasterise_reference(reference: str | Path | Dataset, series: Any) -> Rasteri
 
     Args:
         reference: the SEG or RTSTRUCT file (or data set).
-        series: the referenced image series: a :class:`~medxai.io.types.LoadedImage`, a
-            ``MetaTensor`` read by medxai, or a path :func:`medxai.io.readers.load_image` reads.
+        series: the referenced image series as :func:`medxai.io.readers.load_image` read it (the
+            :class:`~medxai.io.types.LoadedImage` or its ``MetaTensor``).
 
     Raises:
         UnsupportedInputError: ``reference`` is neither a SEG nor an RTSTRUCT.
@@ -340,9 +356,7 @@ def rasterise_reference(reference: str | Path | Dataset, series: Any) -> Rasteri
             f"({getattr(ds.get('SOPClassUID'), 'name', ds.get('SOPClassUID', '?'))}), not a "
             "segmentation", path=where, hint="give a DICOM SEG or RTSTRUCT as the reference")
     if isinstance(series, (str, Path)):
-        from medxai.io.readers import load_image  # noqa: PLC0415 - io-internal, avoids a cycle
-
-        series = load_image(series)
+        raise TypeError("series must be read first: rasterise_reference(ref, load_image(path))")
     image = getattr(series, "image", series)
     for_ref = str(ds.get("FrameOfReferenceUID", "") or "")
     if not for_ref:
@@ -350,7 +364,12 @@ def rasterise_reference(reference: str | Path | Dataset, series: Any) -> Rasteri
                 ds.get("ReferencedFrameOfReferenceSequence") or []]
         for_ref = fors[0] if fors else ""
     for_img = str(image.meta.get("frame_of_reference_uid", "") or "")
-    if for_ref and for_img and for_ref != for_img:
+    notes: list[str] = []
+    refers = str(image.meta.get("series_instance_uid", "") or "") in _referenced_series(ds)
+    if for_ref and for_img and for_ref != for_img and refers:
+        notes.append(f"the {kind} names Frame of Reference {for_ref}, the series {for_img}, but "
+                     "it references this series: placed by patient coordinates")
+    elif for_ref and for_img and for_ref != for_img:
         raise SeriesError(
             f"the {kind} is in Frame of Reference {for_ref}, the series in {for_img}", path=where,
             hint=f"give the series the {kind} was drawn on "
@@ -359,9 +378,10 @@ def rasterise_reference(reference: str | Path | Dataset, series: Any) -> Rasteri
         labels, names, warnings = _rasterise_seg(ds, image, where)
     else:
         labels, names, warnings = _rasterise_rtstruct(ds, image, where)
+    warnings = notes + warnings
     if len(image.shape) == 3:
         labels = labels[..., 0]
-    meta = dict(image.meta)
+    meta = {k: v for k, v in image.meta.items() if k != "affine"}
     meta.update(reference_kind=kind, intensity="labels")
     tensor = MetaTensor(labels[None], affine=image.affine.clone(), meta=meta)
     return RasterisedReference(labels=tensor, names=names, warnings=warnings)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def decode_stored(ds: Dataset, path: str | Path | None = None) -> np.ndarray:
+def decode_stored(ds: Dataset, path: str | Path | None = None, *,
+                  plugins: Sequence[str] = DECODER_ORDER, use_dcmtk: bool = True) -> np.ndarray:
     """Decode the stored pixel values of ``ds`` as pydicom shapes them.
+
+    ``plugins`` are the pydicom decoding plugins to try, in order (default
+    :data:`DECODER_ORDER`); ``use_dcmtk`` allows dcmtk as the last resort.
 
     ``(rows, cols[, samples])`` for one frame, ``(frames, rows, cols[, samples])`` for several.
     YBR colour comes back as RGB, MONOCHROME1 is *not* inverted and no LUT is applied.
@@ -118,7 +123,7 @@ def decode_stored(ds: Dataset, path: str | Path | None = None) -> np.ndarray:
                  "images) before giving it to medxai") from exc
     tried: list[str] = []
     available = set(decoder.available_plugins)
-    for plugin in DECODER_ORDER:
+    for plugin in plugins:
         if plugin not in available:
             continue
         try:
@@ -131,13 +136,13 @@ def decode_stored(ds: Dataset, path: str | Path | None = None) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; we report it
             tried.append(f"{plugin}: {_first_line(exc)}")
     tool = _DCMTK_TOOLS.get(str(ts))
-    exe = shutil.which(tool) if tool else None
+    exe = shutil.which(tool) if tool and use_dcmtk else None
     if exe and where is not None and Path(where).is_file():
         try:
             return _decode_with_dcmtk(exe, Path(where))
         except (OSError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
             tried.append(f"dcmtk {tool}: {_first_line(exc)}")
-    elif tool:
+    elif tool and use_dcmtk:
         tried.append(f"dcmtk {tool}: not installed")
     missing = [f"{p} {why}" for p, why in decoder_report(ts).items() if why != "available"]
     said = "; ".join(tried) or "no decoder is installed for it"
@@ -146,6 +151,9 @@ def decode_stored(ds: Dataset, path: str | Path | None = None) -> np.ndarray:
                 "a variant they do not support; decompress it with another toolkit (e.g. "
                 "dcmtk's dcmdjpeg/dcmdjpls, gdcmconv --raw, or the PACS's own export) and give "
                 "medxai the result")
+    elif available:
+        said = f"none of {', '.join(plugins)} decodes it"
+        hint = f"decoders that can: {', '.join(sorted(available))}"
     else:
         hint = "install a decoder for it: " + (", ".join(missing) or "none known")
     raise UnsupportedInputError(
