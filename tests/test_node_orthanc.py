@@ -95,7 +95,8 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
         src = pydicom.dcmread(DERMOSCOPY, stop_before_pixels=True)
         ct_uid = str(pydicom.dcmread(ct_files[0], stop_before_pixels=True).StudyInstanceUID)
         node = make_node(tmp_path, node_port, lesion_model,
-                         send_to=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}")
+                         send_to=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                         formats=("dicom-seg", "dicom-sr", "json"))
         node.start()
         try:
             orthanc.store_to_medxai([derm["ParentStudy"], ct[0]["ParentStudy"]])
@@ -105,6 +106,10 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             assert seg["StudyInstanceUID"] == str(src.StudyInstanceUID)
             assert seg_sources(seg) == {str(src.SOPInstanceUID)}
             assert seg["Modality"] == "SEG"
+            # the TID 1500 SR comes back into the same study too
+            srs = wait_until(lambda: [t for t in orthanc.study_instances(derm["ParentStudy"])
+                                      if t.get("Modality") == "SR"], 60)
+            assert len(srs) == 1 and srs[0]["StudyInstanceUID"] == str(src.StudyInstanceUID)
             # the CT study went through the same selection as `medxai batch`: recorded, no crash
             row = wait_until(lambda: (r := _study_row(node, ct_uid)) and
                              r["state"] == "processed" and r, 300)
@@ -114,12 +119,12 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             assert row["summary"]["results"] == 0
             assert orthanc.segs_of(ct[0]["ParentStudy"]) == []
             st = node.store.status()
-            assert st["outbox"]["sent"] == 1 and st["outbox"]["pending"] == 0
+            assert st["outbox"]["sent"] == 2 and st["outbox"]["pending"] == 0
             assert st["instances_received"] == 21
             # the same study routed again: the node already has it; nothing new is made or sent
             orthanc.store_to_medxai([derm["ParentStudy"]])
             time.sleep(3)
-            assert node.store.status()["outbox"]["sent"] == 1
+            assert node.store.status()["outbox"]["sent"] == 2
             assert len(orthanc.segs_of(derm["ParentStudy"])) == 1
         finally:
             node.stop()
