@@ -108,8 +108,10 @@ def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
 
     ``label_info`` entries may carry ``"category"`` and ``"type"`` codes (a dict with ``value``,
     ``scheme``, ``meaning``, a triple, or a pydicom ``Code``). Otherwise: SCT "Morphologically
-    Abnormal Structure" / "Lesion" for a name that says lesion, tumour, nodule, ..., and SCT
-    "Tissue" / "Tissue" for anything else (CID 7150 / CID 7151).
+    Abnormal Structure" / "Lesion" for a name that says lesion, tumour, nodule, ...; SCT
+    "Anatomical Structure" / the organ for a name with a word of :data:`_ANATOMY` (lungs, lung_left,
+    hippocampus anterior, spleen, liver, kidney, ...); SCT "Tissue" / "Tissue" for anything else
+    (the documented fallback; CID 7150 / CID 7151).
     """
     if spec.category is not None or spec.type is not None:
         if spec.category is None or spec.type is None:
@@ -118,7 +120,29 @@ def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
         return _code(spec.category, "category"), _code(spec.type, "type")
     if _LESION_WORDS.search(spec.name):
         return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
+    organ = _anatomy_code(spec.name)
+    if organ is not None:
+        return codes.SCT.AnatomicalStructure, organ
     return codes.SCT.Tissue, codes.SCT.Tissue
+
+
+#: Anatomy recognised in label names (a whole word, singular or plural, any case; ``_`` and
+#: ``-`` separate words): SNOMED CT codes as pydicom's code dictionary spells them.
+_ANATOMY = {
+    "lung": codes.SCT.Lung, "hippocampus": codes.SCT.Hippocampus, "spleen": codes.SCT.Spleen,
+    "liver": codes.SCT.Liver, "kidney": codes.SCT.Kidney, "prostate": codes.SCT.Prostate,
+    "brain": codes.SCT.Brain, "heart": codes.SCT.Heart, "pancreas": codes.SCT.Pancreas,
+    "skin": codes.SCT.Skin, "aorta": codes.SCT.Aorta, "stomach": codes.SCT.Stomach,
+    "gallbladder": codes.SCT.Gallbladder, "esophagus": codes.SCT.Esophagus,
+}
+
+
+def _anatomy_code(name: str) -> Code | None:
+    for word in re.split(r"[\s_\-]+", name.lower()):
+        for candidate in (word, word[:-1] if word.endswith("s") else word):
+            if candidate in _ANATOMY:
+                return _ANATOMY[candidate]
+    return None
 
 
 def _segment_descriptions(specs: Sequence[LabelSpec], model_name: str,
