@@ -15,7 +15,7 @@ Nothing here changes parameter or buffer values: eval mode stops batch-norm stat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -96,7 +96,8 @@ def _refuse_scripted(net: nn.Module) -> None:
                                 "'occlusion'")
 
 
-def _keep_output(capture: LayerCapture):  # type: ignore[no-untyped-def]
+def _keep_output(capture: LayerCapture) -> Callable[[nn.Module, tuple[object, ...], object], None]:
+    """A forward hook that stores the layer's output tensor in ``capture.activations``."""
     def keep_output(mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             output = output[0]
@@ -141,8 +142,8 @@ def layer_gradients(captures: list[LayerCapture], score: torch.Tensor) -> list[t
         if not c.activations.requires_grad or not score.requires_grad:
             raise ExplainError(f"cannot differentiate the target with respect to layer {c.name!r}",
                                hint="do not call explanations inside torch.inference_mode()")
-    grads = torch.autograd.grad(score.sum(), [c.activations for c in captures],  # type: ignore[misc]
-                                allow_unused=True)
+    inputs = [c.activations for c in captures if c.activations is not None]
+    grads = torch.autograd.grad(score.sum(), inputs, allow_unused=True)
     for c, g in zip(captures, grads):
         if g is None:
             raise ExplainError(f"the target does not depend on layer {c.name!r}",
