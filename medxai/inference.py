@@ -180,8 +180,8 @@ def _forward_tta(net: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tens
 def tta_sizes(bundle: Any, tta: str) -> list[Sequence[int] | None]:
     """Input sizes of a whole-image model's passes: ``None`` (the bundle's ``spatial_size``) and,
     unless ``tta`` is ``none``, the extra sizes of ``inference.tta_sizes`` (multi-scale TTA)."""
-    extra = bundle.inference.get("tta_sizes") or []
-    if tta == "none" or bundle.inference.get("mode", "whole_image") != "whole_image":
+    extra = bundle.contract.inference.tta_sizes
+    if tta == "none" or bundle.contract.inference.mode != "whole_image":
         return [None]
     return [None] + [[int(v) for v in size] for size in extra]
 
@@ -203,7 +203,7 @@ def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None =
     x = x.as_tensor() if hasattr(x, "as_tensor") else x
     state: dict[str, Any] = {"squeezed": squeezed, "grid": tuple(x.shape[1:])}
     x = ScaleIntensityFromBundle(pre.get("intensity"))(x.float())
-    mode = bundle.inference.get("mode", "whole_image")
+    mode = bundle.contract.inference.mode
     if mode == "whole_image":
         x = resize_image(x, size or pre["spatial_size"])
     else:
@@ -297,7 +297,7 @@ def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
     argmax)."""
     from medxai.postprocess import postprocess_labels
 
-    threshold = bundle.inference.get("threshold")
+    threshold = bundle.contract.inference.threshold
     if threshold is not None and prob.shape[0] == 2:
         labels = (prob[1] > threshold).to(torch.uint8)[None]
     else:
@@ -334,7 +334,8 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     net = bundle.network
     t0 = time.perf_counter()
     inf = bundle.inference
-    mode = inf.get("mode", "whole_image")
+    spec = bundle.contract.inference
+    mode = spec.mode
     tta = tta_mode(inf, tta)
     with network_on(net, dev):
         if mode == "whole_image":
@@ -342,14 +343,14 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
         else:
             with torch.inference_mode(), autocast_context(dev):
                 x, state = prepare_input(bundle, image)
-                roi = list(roi_size or inf.get("roi_size") or x.shape[2:])
+                roi = list(roi_size or spec.roi_size or x.shape[2:])
                 if len(roi) != x.ndim - 2:
                     raise InputError(f"roi size {roi} has {len(roi)} values; the model is "
                                      f"{x.ndim - 2}D", hint="e.g. --roi-size 96,96,96")
                 logits = sliding_window_inference(
-                    x, roi_size=roi, sw_batch_size=int(sw_batch_size or inf.get("sw_batch_size", 4)),
-                    predictor=net, overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
-                    mode=inf.get("blend_mode", "gaussian"), sw_device=dev, device=torch.device("cpu"),
+                    x, roi_size=roi, sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+                    predictor=net, overlap=float(overlap if overlap is not None else spec.overlap),
+                    mode=spec.blend_mode, sw_device=dev, device=torch.device("cpu"),
                     progress=False)
             prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)

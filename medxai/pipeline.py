@@ -76,11 +76,9 @@ class SegmentResult:
 
 
 def default_formats(loaded: LoadedImage) -> list[str]:
-    """DICOM inputs get every format (RTSTRUCT only for volumes); pictures and NIfTI/NRRD
-    volumes get NIfTI, PNG and JSON."""
+    """DICOM inputs get every format; pictures and volumes get NIfTI, PNG and JSON."""
     if loaded.dicom is not None:
-        series = not loaded.dicom.is_multiframe and len(loaded.dicom.datasets) > 1
-        return [f for f in FORMATS if series or f != "dicom-rtstruct"]
+        return list(FORMATS)
     return ["nifti", "png", "json"]
 
 
@@ -128,14 +126,14 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
                 sal = run_explain(net, x.to(device), method=method, target_label=label)
         return bundle.to_input_grid(sal[0].detach().float().cpu(), data).clamp(0, 1)
     x, state = prepare_input(bundle, loaded.image)
+    spec = bundle.contract.inference
     with network_on(bundle.network, device) as net:
-        if bundle.inference.get("mode", "whole_image") == "whole_image":
+        if spec.mode == "whole_image":
             sal = run_explain(net, x.to(device), method=method, target_label=label)
         else:
-            inf = bundle.inference
             sal = sliding_window_saliency(
-                net, x.to(device), method, roi_size=list(roi_size or inf["roi_size"]),
-                overlap=float(overlap if overlap is not None else inf.get("overlap", 0.25)),
+                net, x.to(device), method, roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
+                overlap=float(overlap if overlap is not None else spec.overlap),
                 target_label=label)
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
 
@@ -240,7 +238,7 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
             report["files"] = written.files
 
     written = write_result_folder(out_root, name, loaded, bundle, pred, saliency, formats,
-                                  overwrite=opts.overwrite, finish=finish, method=opts.explain)
+                                  overwrite=opts.overwrite, finish=finish)
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)

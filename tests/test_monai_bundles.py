@@ -56,7 +56,7 @@ def _parser(bundle: Path):
     return p
 
 
-def plain_monai(bundle: Path, image: Path, out: Path) -> nib.Nifti1Image:
+def plain_monai(bundle: Path, image: Path | list[str], out: Path) -> nib.Nifti1Image:
     """The bundle run by plain MONAI on a NIfTI file; the label map its SaveImaged wrote."""
     from monai.data import DataLoader, Dataset, decollate_batch
 
@@ -68,7 +68,8 @@ def plain_monai(bundle: Path, image: Path, out: Path) -> nib.Nifti1Image:
     pre = p.get_parsed_content("preprocessing")
     inferer = p.get_parsed_content("inferer")
     post = p.get_parsed_content("postprocessing")
-    loader = DataLoader(Dataset([{"image": str(image)}], transform=pre), batch_size=1,
+    item = {"image": image if isinstance(image, list) else str(image)}
+    loader = DataLoader(Dataset([item], transform=pre), batch_size=1,
                         num_workers=0)
     batch = next(iter(loader))
     with torch.no_grad():
@@ -204,8 +205,8 @@ def test_spleen_equals_plain_monai(spleen: Path, ct_crop: Path, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("name,source,box", [
-    ("wholeBody_ct_segmentation", CT_SM, (slice(50, 74), slice(40, 64), slice(9, 21))),
-    ("prostate_mri_anatomy", MR_ANAT, (slice(12, 22), slice(15, 25), slice(8, 16))),
+    ("wholeBody_ct_segmentation", CT_SM, (slice(54, 70), slice(44, 60), slice(10, 20))),
+    ("prostate_mri_anatomy", MR_ANAT, (slice(12, 20), slice(15, 23), slice(8, 16))),
 ])
 def test_zoo_bundle_equals_plain_monai(name: str, source: tuple[str, ...], box, tmp_path: Path
                                        ) -> None:
@@ -213,7 +214,9 @@ def test_zoo_bundle_equals_plain_monai(name: str, source: tuple[str, ...], box, 
     bundle_dir = zoo_bundle(tmp_path, name, calib=crop)
     ref = plain_monai(bundle_dir, crop, tmp_path / "plain")
     labels, affine, _ = _medxai_labels(bundle_dir, crop)
-    want = np.asarray(ref.dataobj).squeeze()
+    # prostate's Invertd interpolates the discrete label map (nearest_interp false), so plain
+    # MONAI saves fractional label values at boundaries; medxai's label map is their rounding
+    want = np.rint(np.asarray(ref.dataobj).squeeze())
     assert len(np.unique(want)) > 1
     np.testing.assert_array_equal(labels, want)
     np.testing.assert_allclose(affine, ref.affine, atol=1e-5)
@@ -229,8 +232,11 @@ def _brats_input(tmp: Path) -> Path:
     crop = img[0, 96:160, 96:160, 10:18].float().numpy()
     stack = np.stack([crop * s for s in (1.0, 0.8, 1.2, 0.6)], axis=-1).astype(np.float32)
     path = tmp / "brats4.nii.gz"
-    nib.save(nib.Nifti1Image(stack, np.asarray(img.affine) @ np.array(
-        [[1, 0, 0, 96], [0, 1, 0, 96], [0, 0, 1, 10], [0, 0, 0, 1]], dtype=float)), str(path))
+    affine = np.asarray(img.affine) @ np.array(
+        [[1, 0, 0, 96], [0, 1, 0, 96], [0, 0, 1, 10], [0, 0, 0, 1]], dtype=float)
+    nib.save(nib.Nifti1Image(stack, affine), str(path))
+    for c, seq in enumerate(("t1c", "t1", "t2", "flair")):
+        nib.save(nib.Nifti1Image(stack[..., c], affine), str(tmp / f"brats_{seq}.nii.gz"))
     return path
 
 
@@ -241,7 +247,10 @@ def test_brats_four_channels_equals_plain_monai(tmp_path: Path) -> None:
         cfg["medxai"] = {"labels": BRATS_LABELS}
 
     bundle_dir = zoo_bundle(tmp_path, "brats_mri_segmentation", edit=edit)
-    ref = plain_monai(bundle_dir, src, tmp_path / "plain")
+    # plain MONAI (as the bundle's datalist does): the four sequences as four files, which
+    # LoadImaged stacks channel-first; medxai: the same four as one 4D NIfTI
+    files = [str(tmp_path / f"brats_{seq}.nii.gz") for seq in ("t1c", "t1", "t2", "flair")]
+    ref = plain_monai(bundle_dir, files, tmp_path / "plain")
     labels, affine, bundle = _medxai_labels(bundle_dir, src)
     assert bundle.contract.input.channels == 4
     assert bundle.contract.input.channel_names == ("T1c", "T1", "T2", "FLAIR")
@@ -314,7 +323,7 @@ def test_segment_cli_ct_dicom_seg(spleen: Path, tmp_path: Path) -> None:
 
 def test_segment_cli_mr_prostate(tmp_path: Path) -> None:
     crop = crop_nifti(shared_path(*MR_ANAT), tmp_path / "mr.nii.gz",
-                      (slice(12, 22), slice(15, 25), slice(8, 16)))
+                      (slice(12, 20), slice(15, 23), slice(8, 16)))
     bundle_dir = zoo_bundle(tmp_path, "prostate_mri_anatomy", calib=crop)
     code, out = run_cli("segment", str(crop), "--model", str(bundle_dir), "-o",
                         str(tmp_path / "out"), "--device", "cpu", "--explain", "none")
