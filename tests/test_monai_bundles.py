@@ -36,6 +36,9 @@ CT_SM = ("dicom", "totalsegmentator_tests", "tests", "reference_files", "example
 CT_DICOM = ("dicom", "totalsegmentator_tests", "tests", "reference_files", "example_ct_dicom")
 MR_ANAT = ("dicom", "monai_testing_data", "anatomical.nii")
 BRAIN = ("volumes", "pyradiomics_data", "brain1_image.nrrd")
+#: every test here runs zoo-sized networks on real data (seconds to minutes on 2 loaded cores)
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+
 SMALL_ROI = {"spleen_ct_segmentation": [32, 32, 32], "wholeBody_ct_segmentation": [32, 32, 32],
              "prostate_mri_anatomy": [32, 32, 32], "brats_mri_segmentation": [32, 32, 16]}
 BRATS_LABELS = [{"value": 1, "name": "tumor core (non-enhancing)"},
