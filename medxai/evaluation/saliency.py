@@ -105,6 +105,27 @@ def _model_grid_mask(bundle: Any, logits: torch.Tensor, label: int) -> torch.Ten
     return (labels == label)[None].to(logits.device)
 
 
+def _pad_for_network(bundle: Any, x: torch.Tensor) -> torch.Tensor:
+    """Sliding-window (3D) models see the whole model grid in one pass here: zero-pad it (as
+    MONAI's sliding window pads) to at least the window and to a multiple of the network's total
+    stride, so that a crop smaller than the window, or of odd size, goes through the U-Net."""
+    inf = bundle.inference or {}
+    if inf.get("mode", "whole_image") == "whole_image":
+        return x
+    strides = (bundle.config.get("network_def") or {}).get("strides") or []
+    k = 1
+    for st in strides:
+        k *= int(st if isinstance(st, int) else max(st))
+    roi = list(inf.get("roi_size") or [])
+    spatial = list(x.shape[2:])
+    want = [max(s, int(roi[i]) if i < len(roi) else s) for i, s in enumerate(spatial)]
+    want = [-(-w // k) * k for w in want]
+    pad: list[int] = []
+    for s, w in reversed(list(zip(spatial, want))):
+        pad += [0, w - s]
+    return torch.nn.functional.pad(x, pad) if any(pad) else x
+
+
 def _image_rows(bundle: Any, net: torch.nn.Module, path: Path, dev: torch.device,
                 methods: Sequence[str], *, label: int, steps: int, baseline: str,
                 target: str = "segment", layer: str | None = None
@@ -115,7 +136,7 @@ def _image_rows(bundle: Any, net: torch.nn.Module, path: Path, dev: torch.device
     from medxai.io.readers import read_image
 
     x, _ = prepare_input(bundle, read_image(path))
-    x = x.to(dev)
+    x = _pad_for_network(bundle, x).to(dev)
     with torch.no_grad():
         t = time.perf_counter()
         logits = net(x)
