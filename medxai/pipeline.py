@@ -76,9 +76,11 @@ class SegmentResult:
 
 
 def default_formats(loaded: LoadedImage) -> list[str]:
-    """DICOM inputs get every format; pictures and volumes get NIfTI, PNG and JSON."""
+    """DICOM inputs get every format (RTSTRUCT only for volumes); pictures and NIfTI/NRRD
+    volumes get NIfTI, PNG and JSON."""
     if loaded.dicom is not None:
-        return list(FORMATS)
+        series = not loaded.dicom.is_multiframe and len(loaded.dicom.datasets) > 1
+        return [f for f in FORMATS if series or f != "dicom-rtstruct"]
     return ["nifti", "png", "json"]
 
 
@@ -238,7 +240,7 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
             report["files"] = written.files
 
     written = write_result_folder(out_root, name, loaded, bundle, pred, saliency, formats,
-                                  overwrite=opts.overwrite, finish=finish)
+                                  overwrite=opts.overwrite, finish=finish, method=opts.explain)
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
