@@ -3,21 +3,36 @@ imports (no torch, no MONAI), so that the bundle checks, inference and the CLI a
 tuples and a bad call can be answered before torch is imported.
 """
 
-__all__ = ["SALIENCY_METHODS", "EXPLAIN_CHOICES", "EVALUATION_METHODS", "FORMAT_CHOICES",
-           "DEVICE_CHOICES", "TTA_CHOICES", "AUGMENTATIONS", "POSTPROCESSING_KEYS",
-           "METRIC_NAMES"]
+__all__ = [
+    "SALIENCY_METHODS",
+    "EXPLAIN_CHOICES",
+    "EVALUATION_METHODS",
+    "FORMAT_CHOICES",
+    "DEVICE_CHOICES",
+    "TTA_CHOICES",
+    "AUGMENTATIONS",
+    "POSTPROCESSING_KEYS",
+    "METRIC_NAMES",
+]
 
 #: Saliency methods by the name ``--explain``/``--method`` and :func:`medxai.explain.explain`
 #: accept: the keys of :data:`medxai.explain.methods.METHODS`, in its order (a test checks).
-SALIENCY_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam", "smoothgrad", "occlusion",
-                    "ig")
+SALIENCY_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam", "smoothgrad", "occlusion", "ig")
 #: ``--explain``: a saliency method, or ``none`` (no saliency).
 EXPLAIN_CHOICES = (*SALIENCY_METHODS, "none")
 #: The methods ``medxai explain --evaluate`` compares unless ``--methods`` names others.
 EVALUATION_METHODS = ("gradcam", "gradcampp", "occlusion", "ig")
 #: Output formats ``--format`` accepts.
-FORMAT_CHOICES = ("nifti", "dicom-seg", "dicom-pm", "dicom-sr", "dicom-rtstruct", "dicom-sc",
-                  "png", "json")
+FORMAT_CHOICES = (
+    "nifti",
+    "dicom-seg",
+    "dicom-pm",
+    "dicom-sr",
+    "dicom-rtstruct",
+    "dicom-sc",
+    "png",
+    "json",
+)
 #: ``--device``: ``cuda:N`` stands for any CUDA device index.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
@@ -30,5 +45,4 @@ AUGMENTATIONS = ("photo", "radiograph")
 POSTPROCESSING_KEYS = ("keep_largest_component", "keep_components", "fill_holes")
 #: Per-image segmentation metrics, in the order tables and CSV files show them
 #: (:mod:`medxai.evaluation.metrics`).
-METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "sensitivity", "specificity", "hd95",
-                "isic_score")
+METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "sensitivity", "specificity", "hd95", "isic_score")

@@ -42,11 +42,14 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         raise InputError(f"unknown device {spec!r}", hint=f"use one of {DEVICE_CHOICES}") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError("CUDA was asked for but no CUDA device is available",
-                             hint="use --device cpu, or install a CUDA build of torch")
+            raise InputError(
+                "CUDA was asked for but no CUDA device is available",
+                hint="use --device cpu, or install a CUDA build of torch",
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"{spec} asked for, but only {torch.cuda.device_count()} CUDA "
-                             "device(s) exist")
+            raise InputError(
+                f"{spec} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     elif dev.type == "mps":
         if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
             raise InputError("MPS was asked for but is not available here", hint="use --device cpu")
@@ -87,8 +90,9 @@ def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
     older ``tta_flips: true``), unless ``override`` names one of :data:`TTA_CHOICES`."""
     mode = override or inference.get("tta") or ("flips" if inference.get("tta_flips") else "none")
     if mode not in TTA_CHOICES:
-        raise InputError(f"unknown test-time augmentation {mode!r}",
-                         hint=f"use one of {', '.join(TTA_CHOICES)}")
+        raise InputError(
+            f"unknown test-time augmentation {mode!r}", hint=f"use one of {', '.join(TTA_CHOICES)}"
+        )
     return mode
 
 
@@ -133,17 +137,23 @@ def check_input_fits(bundle: Any, image: torch.Tensor, source: str | None = None
             f"model {bundle.name!r} segments 2D {_channels_word(bundle.in_channels)} pictures, but "
             f"this input is a volume of {spatial[0]}x{spatial[1]}x{spatial[2]} voxels "
             f"(modality {meta.get('modality', 'unknown')})",
-            path=source, hint="choose a 3D model with --model (see `medxai models`)")
+            path=source,
+            hint="choose a 3D model with --model (see `medxai models`)",
+        )
     if want_dims == 3 and (len(spatial) < 3 or effective_dims < 3):
         raise ModelMismatchError(
             f"model {bundle.name!r} segments 3D volumes, but this input is a 2D image "
-            f"{'x'.join(map(str, spatial))}", path=source,
-            hint="choose a 2D model with --model (see `medxai models`)")
+            f"{'x'.join(map(str, spatial))}",
+            path=source,
+            hint="choose a 2D model with --model (see `medxai models`)",
+        )
     if image.shape[0] != bundle.in_channels:
         raise ModelMismatchError(
             f"model {bundle.name!r} expects {_channels_word(bundle.in_channels)} input "
             f"({bundle.in_channels} channel(s)), this input has {image.shape[0]}",
-            path=source, hint="choose a model made for this kind of image")
+            path=source,
+            hint="choose a model made for this kind of image",
+        )
 
 
 def _channels_word(n: int) -> str:
@@ -157,12 +167,15 @@ def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torc
     return image, False
 
 
-def model_input_shape(spatial: Sequence[int], spacing: Sequence[float],
-                      target_spacing: Sequence[float] | None) -> tuple[int, ...]:
+def model_input_shape(
+    spatial: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float] | None
+) -> tuple[int, ...]:
     """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
     if not target_spacing:
         return tuple(int(s) for s in spatial)
-    return tuple(max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing))
+    return tuple(
+        max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing)
+    )
 
 
 def _forward_tta(net: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -186,8 +199,9 @@ def tta_sizes(bundle: Any, tta: str) -> list[Sequence[int] | None]:
     return [None] + [[int(v) for v in size] for size in extra]
 
 
-def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None
-                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+def prepare_input(
+    bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and what is needed to undo it.
 
     Whole-image models: resized to ``preprocessing.spatial_size`` (or ``size``). Sliding-window
@@ -264,8 +278,9 @@ def network_on(net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.
         net.to(original_device)
 
 
-def whole_image_probabilities(bundle: Any, images: Sequence[torch.Tensor], device: torch.device,
-                              tta: str) -> list[torch.Tensor]:
+def whole_image_probabilities(
+    bundle: Any, images: Sequence[torch.Tensor], device: torch.device, tta: str
+) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
     The images go through the network together (one batch per input size), with the ``tta``
@@ -279,8 +294,9 @@ def whole_image_probabilities(bundle: Any, images: Sequence[torch.Tensor], devic
         for size in tta_sizes(bundle, tta):
             prepared = [prepare_input(bundle, img, size) for img in images]
             x = torch.cat([p[0] for p in prepared])
-            passes.append((_forward_tta(net, x.to(device), tta).float().cpu(),
-                           [p[1] for p in prepared]))
+            passes.append(
+                (_forward_tta(net, x.to(device), tta).float().cpu(), [p[1] for p in prepared])
+            )
     out = []
     for i in range(len(images)):
         prob = restore_output(passes[0][0][i], passes[0][1][i])
@@ -305,10 +321,17 @@ def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
     return postprocess_labels(labels, bundle.config.get("postprocessing"))
 
 
-def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "auto",
-            roi_size: Sequence[int] | None = None, overlap: float | None = None,
-            sw_batch_size: int | None = None, tta: str | None = None,
-            source: str | None = None) -> Prediction:
+def predict(
+    bundle: Any,
+    image: torch.Tensor,
+    *,
+    device: str | torch.device = "auto",
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    tta: str | None = None,
+    source: str | None = None,
+) -> Prediction:
     """Segment ``image`` (``(C, I, J[, K])`` from :func:`medxai.read_image`) with ``bundle``.
 
     Whole-image models resize the picture to the model's size and the probabilities back
@@ -327,8 +350,15 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
     from monai.inferers import sliding_window_inference
 
     if _is_monai_bundle(bundle):
-        return _predict_monai(bundle, image, resolve_device(device), roi_size=roi_size,
-                              overlap=overlap, sw_batch_size=sw_batch_size, source=source)
+        return _predict_monai(
+            bundle,
+            image,
+            resolve_device(device),
+            roi_size=roi_size,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            source=source,
+        )
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
     net = bundle.network
@@ -345,18 +375,31 @@ def predict(bundle: Any, image: torch.Tensor, *, device: str | torch.device = "a
                 x, state = prepare_input(bundle, image)
                 roi = list(roi_size or spec.roi_size or x.shape[2:])
                 if len(roi) != x.ndim - 2:
-                    raise InputError(f"roi size {roi} has {len(roi)} values; the model is "
-                                     f"{x.ndim - 2}D", hint="e.g. --roi-size 96,96,96")
+                    raise InputError(
+                        f"roi size {roi} has {len(roi)} values; the model is {x.ndim - 2}D",
+                        hint="e.g. --roi-size 96,96,96",
+                    )
                 logits = sliding_window_inference(
-                    x, roi_size=roi, sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
-                    predictor=net, overlap=float(overlap if overlap is not None else spec.overlap),
-                    mode=spec.blend_mode, sw_device=dev, device=torch.device("cpu"),
-                    progress=False)
+                    x,
+                    roi_size=roi,
+                    sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+                    predictor=net,
+                    overlap=float(overlap if overlap is not None else spec.overlap),
+                    mode=spec.blend_mode,
+                    sw_device=dev,
+                    device=torch.device("cpu"),
+                    progress=False,
+                )
             prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
-    return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
-                      seconds=time.perf_counter() - t0, tta=tta if mode == "whole_image" else "none")
+    return Prediction(
+        probabilities=prob,
+        labels=labels,
+        affine=torch.as_tensor(affine),
+        seconds=time.perf_counter() - t0,
+        tta=tta if mode == "whole_image" else "none",
+    )
 
 
 def _is_monai_bundle(bundle: Any) -> bool:
@@ -371,9 +414,16 @@ def _one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
     return out.scatter_(0, labels.long().clamp(0, n - 1), 1.0)
 
 
-def _predict_monai(bundle: Any, image: torch.Tensor, dev: torch.device, *,
-                   roi_size: Sequence[int] | None, overlap: float | None,
-                   sw_batch_size: int | None, source: str | None) -> Prediction:
+def _predict_monai(
+    bundle: Any,
+    image: torch.Tensor,
+    dev: torch.device,
+    *,
+    roi_size: Sequence[int] | None,
+    overlap: float | None,
+    sw_batch_size: int | None,
+    source: str | None,
+) -> Prediction:
     """A MONAI model-zoo bundle's own preprocessing, inferer and postprocessing
     (:meth:`medxai.models.monai_bundle.MonaiBundle.run`). The probabilities are the bundle's
     activations after its ``Invertd`` when it inverts them, else the label map one-hot."""
@@ -382,13 +432,19 @@ def _predict_monai(bundle: Any, image: torch.Tensor, dev: torch.device, *,
     bundle.check_input(image, source)
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
     t0 = time.perf_counter()
-    prob, labels = bundle.run(x, dev, roi_size=roi_size, overlap=overlap,
-                              sw_batch_size=sw_batch_size)
+    prob, labels = bundle.run(
+        x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size
+    )
     if prob is None:
         n = max([lab.value for lab in bundle.contract.labels] + [int(labels.max())]) + 1
         prob = _one_hot(labels, n)
     if squeezed:
         prob, labels = prob[..., None], labels[..., None]
     affine = getattr(image, "affine", torch.eye(4))
-    return Prediction(probabilities=prob, labels=labels, affine=torch.as_tensor(affine),
-                      seconds=time.perf_counter() - t0, tta="none")
+    return Prediction(
+        probabilities=prob,
+        labels=labels,
+        affine=torch.as_tensor(affine),
+        seconds=time.perf_counter() - t0,
+        tta="none",
+    )

@@ -28,8 +28,14 @@ from medxai.inference import Prediction
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 
-__all__ = ["ResultFolder", "write_result_folder", "write_outputs", "commit_folder",
-           "output_name", "label_info"]
+__all__ = [
+    "ResultFolder",
+    "write_result_folder",
+    "write_outputs",
+    "commit_folder",
+    "output_name",
+    "label_info",
+]
 
 
 @dataclass
@@ -44,8 +50,22 @@ class ResultFolder:
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom",
-                    ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+_VOLUME_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".dcm",
+    ".dicom",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".bmp",
+)
 
 
 def output_name(path: str | Path) -> str:
@@ -71,10 +91,17 @@ def label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
     return [dict(lab) for lab in bundle.labels]
 
 
-def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Prediction,
-                   saliency: dict[int, torch.Tensor], formats: Sequence[str], name: str, *,
-                   method: str | None = None
-                   ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
+def write_outputs(
+    tmp: Path,
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    pred: Prediction,
+    saliency: dict[int, torch.Tensor],
+    formats: Sequence[str],
+    name: str,
+    *,
+    method: str | None = None,
+) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
     one saliency map per label, the PNG preview, DICOM SEG, Parametric Map (one per saliency
     map, ``pm_saliency_<label>.dcm``), TID 1500 SR (``sr.dcm``; it references the SEG, which is
@@ -99,20 +126,30 @@ def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Pre
     first_sal = next(iter(saliency.values()))[0].numpy() if saliency else None
     t = time.perf_counter()
     if "nifti" in formats:
-        files.append(w.write_nifti_labels(labels, affine, tmp / "labels.nii.gz", info,
-                                          model_name=bundle.name,
-                                          model_version=bundle.version).name)
+        files.append(
+            w.write_nifti_labels(
+                labels,
+                affine,
+                tmp / "labels.nii.gz",
+                info,
+                model_name=bundle.name,
+                model_version=bundle.version,
+            ).name
+        )
         files.append("labels.json")
         for value, sal in saliency.items():
-            lab_name = output_name(next((lab["name"] for lab in info if lab["value"] == value),
-                                        f"label{value}"))
-            files.append(w.write_nifti_map(sal[0].numpy(), affine,
-                                           tmp / f"saliency_{lab_name}.nii.gz").name)
+            lab_name = output_name(
+                next((lab["name"] for lab in info if lab["value"] == value), f"label{value}")
+            )
+            files.append(
+                w.write_nifti_map(sal[0].numpy(), affine, tmp / f"saliency_{lab_name}.nii.gz").name
+            )
         times["write_nifti"] = time.perf_counter() - t
     if "png" in formats:
         t = time.perf_counter()
-        files.append(w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png",
-                                         colors).name)
+        files.append(
+            w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png", colors).name
+        )
         times["write_png"] = time.perf_counter() - t
     if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
@@ -120,23 +157,37 @@ def write_outputs(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, pred: Pre
             files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
-            skipped.append({"formats": [f for f in formats if f.startswith("dicom")],
-                            "reason": str(exc)})
+            skipped.append(
+                {"formats": [f for f in formats if f.startswith("dicom")], "reason": str(exc)}
+            )
         else:
             try:
-                files += _write_dicom_maps(tmp, loaded, bundle, labels, saliency, formats, info,
-                                           method)
+                files += _write_dicom_maps(
+                    tmp, loaded, bundle, labels, saliency, formats, info, method
+                )
             except MedxaiError as exc:
-                skipped.append({"formats": [f for f in formats
-                                            if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")],
-                                "reason": str(exc)})
+                skipped.append(
+                    {
+                        "formats": [
+                            f for f in formats if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")
+                        ],
+                        "reason": str(exc),
+                    }
+                )
         times["write_dicom"] = time.perf_counter() - t
     return files, times, skipped
 
 
-def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
-                 first_sal: np.ndarray | None, formats: Sequence[str], info: list[dict[str, Any]],
-                 colors: dict[int, Any]) -> list[str]:
+def _write_dicom(
+    tmp: Path,
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    labels: np.ndarray,
+    first_sal: np.ndarray | None,
+    formats: Sequence[str],
+    info: list[dict[str, Any]],
+    colors: dict[int, Any],
+) -> list[str]:
     """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
     from medxai.io import writers as w
 
@@ -147,17 +198,23 @@ def _write_dicom(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np
         if image.ndim != 3:
             raise InputError(
                 "DICOM SEG/SC output for a non-DICOM volume needs patient geometry medxai "
-                "cannot invent", path=loaded.path,
-                hint="use --format nifti,png,json for NIfTI/NRRD inputs")
+                "cannot invent",
+                path=loaded.path,
+                hint="use --format nifti,png,json for NIfTI/NRRD inputs",
+            )
         picture = image.numpy()
         if picture.dtype != np.uint8 and picture.shape[0] == 3:
             picture = np.clip(picture, 0, 255).astype(np.uint8)
-        source = w.create_photo_study(picture, tmp / "source_photo.dcm",
-                                      source_name=Path(loaded.path).name)
+        source = w.create_photo_study(
+            picture, tmp / "source_photo.dcm", source_name=Path(loaded.path).name
+        )
         files.append("source_photo.dcm")
     if "dicom-seg" in formats or "dicom-sr" in formats:
-        files.append(w.write_dicom_seg(labels, source, info, bundle.name, bundle.version,
-                                       tmp / "seg.dcm").name)
+        files.append(
+            w.write_dicom_seg(
+                labels, source, info, bundle.name, bundle.version, tmp / "seg.dcm"
+            ).name
+        )
     if "dicom-sc" in formats:
         rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
         paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
@@ -171,14 +228,23 @@ def _dicom_source(tmp: Path, loaded: LoadedImage) -> Any:
         return loaded.dicom
     from medxai.io.types import DicomSource
 
-    return DicomSource(datasets=[pydicom.dcmread(tmp / "source_photo.dcm",
-                                                 stop_before_pixels=True)],
-                       paths=[tmp / "source_photo.dcm"], frame_numbers=None)
+    return DicomSource(
+        datasets=[pydicom.dcmread(tmp / "source_photo.dcm", stop_before_pixels=True)],
+        paths=[tmp / "source_photo.dcm"],
+        frame_numbers=None,
+    )
 
 
-def _write_dicom_maps(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, labels: np.ndarray,
-                      saliency: dict[int, torch.Tensor], formats: Sequence[str],
-                      info: list[dict[str, Any]], method: str | None) -> list[str]:
+def _write_dicom_maps(
+    tmp: Path,
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    labels: np.ndarray,
+    saliency: dict[int, torch.Tensor],
+    formats: Sequence[str],
+    info: list[dict[str, Any]],
+    method: str | None,
+) -> list[str]:
     """Parametric Maps of the saliency maps and the TID 1500 SR (after :func:`_write_dicom`)."""
     from medxai.io import writers as w
 
@@ -188,24 +254,51 @@ def _write_dicom_maps(tmp: Path, loaded: LoadedImage, bundle: ModelBundle, label
     maps = {value: sal[0].numpy() for value, sal in saliency.items()}
     if "dicom-pm" in formats:
         for index, (value, sal) in enumerate(maps.items()):
-            files.append(w.write_dicom_pm(
-                sal, source, tmp / f"pm_saliency_{output_name(names.get(value, str(value)))}.dcm",
-                model_name=bundle.name, model_version=bundle.version,
-                weights_sha256=bundle.weights_sha256, method=method,
-                label_name=names.get(value), series_number=None if index == 0 else
-                w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET) + index
-            ).name)
+            files.append(
+                w.write_dicom_pm(
+                    sal,
+                    source,
+                    tmp / f"pm_saliency_{output_name(names.get(value, str(value)))}.dcm",
+                    model_name=bundle.name,
+                    model_version=bundle.version,
+                    weights_sha256=bundle.weights_sha256,
+                    method=method,
+                    label_name=names.get(value),
+                    series_number=None
+                    if index == 0
+                    else w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
+                    + index,
+                ).name
+            )
     if "dicom-rtstruct" in formats:
-        files.append(w.write_dicom_rtstruct(labels, source, info, tmp / "rtstruct.dcm",
-                                            model_name=bundle.name,
-                                            model_version=bundle.version).name)
+        files.append(
+            w.write_dicom_rtstruct(
+                labels,
+                source,
+                info,
+                tmp / "rtstruct.dcm",
+                model_name=bundle.name,
+                model_version=bundle.version,
+            ).name
+        )
     if "dicom-sr" in formats:
         meta = loaded.image.meta
         spacing = list(meta.get("spacing", [])) if meta.get("has_patient_geometry") else None
-        files.append(w.write_dicom_sr(
-            labels, source, tmp / "seg.dcm", info, tmp / "sr.dcm", model_name=bundle.name,
-            model_version=bundle.version, weights_sha256=bundle.weights_sha256,
-            spacing=spacing, saliency=maps, method=method).name)
+        files.append(
+            w.write_dicom_sr(
+                labels,
+                source,
+                tmp / "seg.dcm",
+                info,
+                tmp / "sr.dcm",
+                model_name=bundle.name,
+                model_version=bundle.version,
+                weights_sha256=bundle.weights_sha256,
+                spacing=spacing,
+                saliency=maps,
+                method=method,
+            ).name
+        )
     return files
 
 
@@ -222,12 +315,19 @@ def commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
         os.replace(tmp, final)
 
 
-def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
-                        bundle: ModelBundle, pred: Prediction,
-                        saliency: dict[int, torch.Tensor], formats: Sequence[str], *,
-                        overwrite: bool = False,
-                        finish: Callable[[Path, ResultFolder], None] | None = None,
-                        method: str | None = None) -> ResultFolder:
+def write_result_folder(
+    out_root: str | Path,
+    name: str,
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    pred: Prediction,
+    saliency: dict[int, torch.Tensor],
+    formats: Sequence[str],
+    *,
+    overwrite: bool = False,
+    finish: Callable[[Path, ResultFolder], None] | None = None,
+    method: str | None = None,
+) -> ResultFolder:
     """Write ``out_root/<name>/`` atomically: :func:`write_outputs` into a hidden temporary
     folder, then ``finish(tmp, result)`` (e.g. the JSON report, which may append to
     ``result.files``, or a check that raises), then one rename into place (replacing an
@@ -248,8 +348,9 @@ def write_result_folder(out_root: str | Path, name: str, loaded: LoadedImage,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        files, timings, skipped = write_outputs(tmp, loaded, bundle, pred, saliency, formats,
-                                                name, method=method)
+        files, timings, skipped = write_outputs(
+            tmp, loaded, bundle, pred, saliency, formats, name, method=method
+        )
         result = ResultFolder(final, files, timings, skipped)
         if finish is not None:
             finish(tmp, result)

@@ -9,7 +9,12 @@ __all__ = ["LABEL_PALETTE", "BACKGROUND_COLOR", "label_color"]
 
 #: Colours of labels 1, 2, ...; label ``v`` gets ``LABEL_PALETTE[(v - 1) % len(LABEL_PALETTE)]``.
 LABEL_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 0, 200), (0, 200, 200),
+    (255, 64, 64),
+    (64, 200, 64),
+    (64, 128, 255),
+    (255, 200, 0),
+    (200, 0, 200),
+    (0, 200, 200),
     (255, 128, 0),
 )
 #: The colour a bundle records for label 0.

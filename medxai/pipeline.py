@@ -21,16 +21,31 @@ import torch
 from medxai._version import __version__
 from medxai.choices import FORMAT_CHOICES
 from medxai.errors import InputError, OutputExistsError
-from medxai.inference import (Prediction, network_on, predict, prepare_input, resolve_device,
-                              restore_output)
+from medxai.inference import (
+    Prediction,
+    network_on,
+    predict,
+    prepare_input,
+    resolve_device,
+    restore_output,
+)
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice, facts_from_meta
 from medxai.outputs import ResultFolder, label_info, output_name, write_result_folder
 
-__all__ = ["FORMATS", "SegmentOptions", "SegmentResult", "segment_loaded", "segment_path",
-           "segment", "default_formats", "output_name", "compute_saliency"]
+__all__ = [
+    "FORMATS",
+    "SegmentOptions",
+    "SegmentResult",
+    "segment_loaded",
+    "segment_path",
+    "segment",
+    "default_formats",
+    "output_name",
+    "compute_saliency",
+]
 
 #: Output formats ``--format`` accepts.
 FORMATS = FORMAT_CHOICES
@@ -55,8 +70,9 @@ class SegmentOptions:
         if self.formats is not None:
             bad = [f for f in self.formats if f not in FORMATS]
             if bad:
-                raise InputError(f"unknown output format(s) {bad}",
-                                 hint=f"use any of: {', '.join(FORMATS)}")
+                raise InputError(
+                    f"unknown output format(s) {bad}", hint=f"use any of: {', '.join(FORMATS)}"
+                )
         if self.explain in ("none", ""):
             self.explain = None
 
@@ -71,8 +87,13 @@ class SegmentResult:
     report: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input": self.input, "output_dir": str(self.output_dir), "files": self.files,
-                "labels": self.report.get("labels", []), "timings_s": self.report.get("timings_s")}
+        return {
+            "input": self.input,
+            "output_dir": str(self.output_dir),
+            "files": self.files,
+            "labels": self.report.get("labels", []),
+            "timings_s": self.report.get("timings_s"),
+        }
 
 
 def default_formats(loaded: LoadedImage) -> list[str]:
@@ -100,9 +121,15 @@ def _digest(loaded: LoadedImage) -> str:
     return h.hexdigest()
 
 
-def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, label: int,
-                     device: torch.device, roi_size: Sequence[int] | None = None,
-                     overlap: float | None = None) -> torch.Tensor:
+def compute_saliency(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    method: str,
+    label: int,
+    device: torch.device,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+) -> torch.Tensor:
     """Saliency ``(1, I, J[, K])`` of ``label`` on the input's grid, in [0, 1].
 
     Whole-image models are explained on the model's input grid and the map is resized back like
@@ -121,9 +148,13 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
         with network_on(bundle.network, device) as net:
             if contract.inference.inferer == "SlidingWindowInferer":
                 sal = sliding_window_saliency(
-                    net, x.to(device), method, roi_size=roi,
+                    net,
+                    x.to(device),
+                    method,
+                    roi_size=roi,
                     overlap=float(overlap if overlap is not None else contract.inference.overlap),
-                    target_label=label)
+                    target_label=label,
+                )
             else:
                 sal = run_explain(net, x.to(device), method=method, target_label=label)
         return bundle.to_input_grid(sal[0].detach().float().cpu(), data).clamp(0, 1)
@@ -134,15 +165,27 @@ def compute_saliency(bundle: ModelBundle, loaded: LoadedImage, method: str, labe
             sal = run_explain(net, x.to(device), method=method, target_label=label)
         else:
             sal = sliding_window_saliency(
-                net, x.to(device), method, roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
+                net,
+                x.to(device),
+                method,
+                roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
                 overlap=float(overlap if overlap is not None else spec.overlap),
-                target_label=label)
+                target_label=label,
+            )
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
 
 
-def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: torch.device,
-            method: str | None, energy: dict[int, float], timings: dict[str, float],
-            files: list[str], digest: str) -> dict[str, Any]:
+def _report(
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    pred: Prediction,
+    device: torch.device,
+    method: str | None,
+    energy: dict[int, float],
+    timings: dict[str, float],
+    files: list[str],
+    digest: str,
+) -> dict[str, Any]:
     from medxai.io.writers import label_statistics
 
     meta = loaded.image.meta
@@ -150,41 +193,59 @@ def _report(loaded: LoadedImage, bundle: ModelBundle, pred: Prediction, device: 
     return {
         "medxai_version": __version__,
         "input": {
-            "path": str(loaded.path), "sha256": digest, "form": meta.get("medxai_form"),
-            "modality": meta.get("modality"), "shape": list(loaded.image.shape[1:]),
-            "channels": int(loaded.image.shape[0]), "spacing": spacing,
+            "path": str(loaded.path),
+            "sha256": digest,
+            "form": meta.get("medxai_form"),
+            "modality": meta.get("modality"),
+            "shape": list(loaded.image.shape[1:]),
+            "channels": int(loaded.image.shape[0]),
+            "spacing": spacing,
             "orientation": meta.get("axis_codes"),
             "has_patient_geometry": bool(meta.get("has_patient_geometry")),
             "study_instance_uid": meta.get("study_instance_uid"),
             "series_instance_uid": meta.get("series_instance_uid"),
             "warnings": list(meta.get("geometry_warnings", [])),
         },
-        "model": {"name": bundle.name, "version": bundle.version,
-                  "weights_sha256": bundle.weights_sha256,
-                  "path": str(bundle.path) if bundle.path else None,
-                  "tta": pred.tta,
-                  "tta_sizes": bundle.inference.get("tta_sizes") if pred.tta != "none" else None,
-                  "threshold": bundle.inference.get("threshold"),
-                  "postprocessing": bundle.config.get("postprocessing") or {}},
+        "model": {
+            "name": bundle.name,
+            "version": bundle.version,
+            "weights_sha256": bundle.weights_sha256,
+            "path": str(bundle.path) if bundle.path else None,
+            "tta": pred.tta,
+            "tta_sizes": bundle.inference.get("tta_sizes") if pred.tta != "none" else None,
+            "threshold": bundle.inference.get("threshold"),
+            "postprocessing": bundle.config.get("postprocessing") or {},
+        },
         "device": str(device),
         # radiographs have mm spacing (PixelSpacing or ImagerPixelSpacing) without patient
         # geometry: their areas are in mm2 too, and report.json says which spacing it was
-        "labels": label_statistics(pred.labels[0].numpy(), spacing, label_info(bundle),
-                                   bool(meta.get("has_patient_geometry"))
-                                   or bool(meta.get("pixel_spacing_source"))),
+        "labels": label_statistics(
+            pred.labels[0].numpy(),
+            spacing,
+            label_info(bundle),
+            bool(meta.get("has_patient_geometry")) or bool(meta.get("pixel_spacing_source")),
+        ),
         "pixel_spacing_source": meta.get("pixel_spacing_source"),
-        "saliency": {"method": method,
-                     "energy_in_mask": {str(k): round(v, 4) for k, v in energy.items()}},
+        "saliency": {
+            "method": method,
+            "energy_in_mask": {str(k): round(v, 4) for k, v in energy.items()},
+        },
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "files": files,
     }
 
 
-def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Path,
-                   options: SegmentOptions | None = None, *, name: str | None = None,
-                   progress: ProgressFn | None = None,
-                   prediction: Prediction | None = None,
-                   choice: ModelChoice | None = None) -> SegmentResult:
+def segment_loaded(
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    out_root: str | Path,
+    options: SegmentOptions | None = None,
+    *,
+    name: str | None = None,
+    progress: ProgressFn | None = None,
+    prediction: Prediction | None = None,
+    choice: ModelChoice | None = None,
+) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
     ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
     predicts 2D images in batches) is used instead of predicting again."""
@@ -194,17 +255,27 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
     name = name or output_name(loaded.path)
     final = out_root / name
     if final.exists() and not opts.overwrite:
-        raise OutputExistsError("exists already", path=final,
-                                hint="pass --overwrite to replace it, or choose another -o")
+        raise OutputExistsError(
+            "exists already",
+            path=final,
+            hint="pass --overwrite to replace it, or choose another -o",
+        )
     formats = list(opts.formats or default_formats(loaded))
     device = resolve_device(opts.device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if prediction is None:
         say(f"{name}: predicting on {device}")
-        pred = predict(bundle, loaded.image, device=device, roi_size=opts.roi_size,
-                       overlap=opts.overlap, sw_batch_size=opts.sw_batch_size, tta=opts.tta,
-                       source=str(loaded.path))
+        pred = predict(
+            bundle,
+            loaded.image,
+            device=device,
+            roi_size=opts.roi_size,
+            overlap=opts.overlap,
+            sw_batch_size=opts.sw_batch_size,
+            tta=opts.tta,
+            source=str(loaded.path),
+        )
         timings["predict"] = time.perf_counter() - t
     else:
         pred = prediction
@@ -216,8 +287,9 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
         say(f"{name}: explaining with {opts.explain}")
         for lab in bundle.foreground_labels:
             value = int(lab["value"])
-            sal = compute_saliency(bundle, loaded, opts.explain, value, device, opts.roi_size,
-                                   opts.overlap)
+            sal = compute_saliency(
+                bundle, loaded, opts.explain, value, device, opts.roi_size, opts.overlap
+            )
             saliency[value] = sal
             mask = pred.labels == value
             total = float(sal.sum())
@@ -227,11 +299,25 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
 
     def finish(tmp: Path, written: ResultFolder) -> None:
         timings.update(written.timings)
-        report.update(_report(loaded, bundle, pred, device, opts.explain, energy, timings,
-                              written.files, _digest(loaded)))
+        report.update(
+            _report(
+                loaded,
+                bundle,
+                pred,
+                device,
+                opts.explain,
+                energy,
+                timings,
+                written.files,
+                _digest(loaded),
+            )
+        )
         report["skipped_outputs"] = written.skipped
-        report["model"]["choice"] = (choice.to_dict() if choice is not None else
-                                     {"chosen": bundle.name, "reason": "given with --model"})
+        report["model"]["choice"] = (
+            choice.to_dict()
+            if choice is not None
+            else {"chosen": bundle.name, "reason": "given with --model"}
+        )
         if "json" in formats:
             from medxai.io.writers import write_report_json
 
@@ -239,8 +325,18 @@ def segment_loaded(loaded: LoadedImage, bundle: ModelBundle, out_root: str | Pat
             written.files.append("report.json")
             report["files"] = written.files
 
-    written = write_result_folder(out_root, name, loaded, bundle, pred, saliency, formats,
-                                  overwrite=opts.overwrite, finish=finish, method=opts.explain)
+    written = write_result_folder(
+        out_root,
+        name,
+        loaded,
+        bundle,
+        pred,
+        saliency,
+        formats,
+        overwrite=opts.overwrite,
+        finish=finish,
+        method=opts.explain,
+    )
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
@@ -265,9 +361,15 @@ def choose_bundle(loaded: LoadedImage) -> tuple[ModelBundle, ModelChoice]:
     return load_model(choice.name, cache=True), choice
 
 
-def segment_path(path: str | Path, bundle: ModelBundle | None, out_root: str | Path,
-                 options: SegmentOptions | None = None, *, name: str | None = None,
-                 progress: ProgressFn | None = None) -> SegmentResult:
+def segment_path(
+    path: str | Path,
+    bundle: ModelBundle | None,
+    out_root: str | Path,
+    options: SegmentOptions | None = None,
+    *,
+    name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> SegmentResult:
     """Read ``path`` and segment it: the one function behind ``medxai segment`` and ``batch``.
 
     With ``bundle`` None the bundled model is chosen by the input (:func:`choose_bundle`) and
@@ -287,14 +389,19 @@ def segment_path(path: str | Path, bundle: ModelBundle | None, out_root: str | P
         bundle, choice = choose_bundle(loaded)
         if progress:
             progress(f"{name or output_name(loaded.path)}: {choice.reason}")
-    result = segment_loaded(loaded, bundle, out_root, options, name=name, progress=progress,
-                            choice=choice)
+    result = segment_loaded(
+        loaded, bundle, out_root, options, name=name, progress=progress, choice=choice
+    )
     result.report.setdefault("timings_s", {})["read"] = round(read_s, 4)
     return result
 
 
-def segment(inputs: str | Path | Iterable[str | Path], model: str | Path | ModelBundle | None = None,
-            output: str | Path = "medxai-results", **options: Any) -> list[SegmentResult]:
+def segment(
+    inputs: str | Path | Iterable[str | Path],
+    model: str | Path | ModelBundle | None = None,
+    output: str | Path = "medxai-results",
+    **options: Any,
+) -> list[SegmentResult]:
     """Python API: segment one or more inputs with a model (bundled name, folder or bundle;
     None picks a bundled model per input by its fit rules).
 

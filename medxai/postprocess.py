@@ -34,8 +34,10 @@ def check_postprocessing(spec: dict[str, Any] | None) -> dict[str, Any]:
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(POSTPROCESSING_KEYS))
     if unknown:
-        raise ModelError(f"unknown postprocessing step(s) {unknown} in the bundle",
-                         hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}")
+        raise ModelError(
+            f"unknown postprocessing step(s) {unknown} in the bundle",
+            hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}",
+        )
     _keep_components(spec.get("keep_components"), [1])  # a bad count is refused on load
     return spec
 
@@ -67,8 +69,10 @@ def _keep_components(value: Any, present: Iterable[int]) -> dict[int, int]:
     if isinstance(value, dict):
         return {int(k): int(v) for k, v in value.items() if int(k) != 0}
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelError(f"postprocessing keep_components must be a count >= 1 or "
-                         f"{{label: count}}, got {value!r}")
+        raise ModelError(
+            f"postprocessing keep_components must be a count >= 1 or "
+            f"{{label: count}}, got {value!r}"
+        )
     return {v: int(value) for v in present if v != 0}
 
 

@@ -19,8 +19,12 @@ from medxai._version import __version__
 
 __all__ = ["make_dermoscopy_photo", "make_ct_volume", "write_samples", "FAKE_PATIENT"]
 
-FAKE_PATIENT = {"PatientName": "MEDXAI^SYNTHETIC^SAMPLE", "PatientID": "MEDXAI-SAMPLE-0001",
-                "PatientBirthDate": "19700101", "PatientSex": "O"}
+FAKE_PATIENT = {
+    "PatientName": "MEDXAI^SYNTHETIC^SAMPLE",
+    "PatientID": "MEDXAI-SAMPLE-0001",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "O",
+}
 _UID_ROOT = "1.2.826.0.1.3680043.10.1476."  # medxai samples: deterministic UIDs below this
 
 
@@ -28,8 +32,9 @@ def _uid(suffix: str) -> str:
     return _UID_ROOT + suffix
 
 
-def make_dermoscopy_photo(width: int = 640, height: int = 480, seed: int = 7
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def make_dermoscopy_photo(
+    width: int = 640, height: int = 480, seed: int = 7
+) -> tuple[np.ndarray, np.ndarray]:
     """An RGB photo ``(H, W, 3)`` uint8 and its lesion mask ``(H, W)`` uint8 (0/1).
 
     Row-major picture order (as Pillow and DICOM store pixels), not medxai's ``(C, W, H)``.
@@ -46,8 +51,9 @@ def make_dermoscopy_photo(width: int = 640, height: int = 480, seed: int = 7
     ang = np.arctan2(yy - cy, xx - cx)
     r = np.hypot((xx - cx) / 1.15, yy - cy)
     base = min(width, height) * 0.22
-    radius = base * (1 + 0.12 * np.sin(3 * ang + 0.5) + 0.08 * np.cos(5 * ang + 1.1)
-                     + 0.05 * np.sin(8 * ang))
+    radius = base * (
+        1 + 0.12 * np.sin(3 * ang + 0.5) + 0.08 * np.cos(5 * ang + 1.1) + 0.05 * np.sin(8 * ang)
+    )
     mask = (r < radius).astype(np.uint8)
     depth = np.clip((radius - r) / (0.35 * base), 0, 1)
     lesion = np.array([110.0, 62.0, 45.0])
@@ -72,8 +78,9 @@ def make_dermoscopy_photo(width: int = 640, height: int = 480, seed: int = 7
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
-def make_ct_volume(shape: tuple[int, int, int] = (64, 56, 24), seed: int = 3
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def make_ct_volume(
+    shape: tuple[int, int, int] = (64, 56, 24), seed: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """A CT-like volume ``(I, J, K)`` int16 HU and a lesion label ``(I, J, K)`` uint8.
 
     Axes are medxai's: ``i`` along columns, ``j`` along rows, ``k`` across slices.
@@ -98,8 +105,9 @@ def make_ct_volume(shape: tuple[int, int, int] = (64, 56, 24), seed: int = 3
 
 
 # geometry of the sample CT: oblique (rotated 20 degrees about z, tilted 10 about x)
-def _ct_geometry(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                           tuple[float, float], float]:
+def _ct_geometry(
+    shape: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float], float]:
     az, ax = np.radians(20.0), np.radians(10.0)
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -114,7 +122,7 @@ def _ct_geometry(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, n
 
 def _base_dataset(sop_class: str, sop_uid: str, series_uid: str, study_uid: str, modality: str):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -144,8 +152,7 @@ def _base_dataset(sop_class: str, sop_uid: str, series_uid: str, study_uid: str,
 
 def write_dermoscopy_dicom(rgb: np.ndarray, path: Path) -> Path:
     """Write an RGB photo ``(H, W, 3)`` as a DICOM Secondary Capture with a fake patient."""
-    ds = _base_dataset("1.2.840.10008.5.1.4.1.1.7", _uid("1.3.1"), _uid("1.2.1"), _uid("1.1"),
-                       "XC")
+    ds = _base_dataset("1.2.840.10008.5.1.4.1.1.7", _uid("1.3.1"), _uid("1.2.1"), _uid("1.1"), "XC")
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.SeriesDescription = "Synthetic dermoscopy sample"
@@ -228,9 +235,14 @@ def write_samples(out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rgb, mask = make_dermoscopy_photo()
-    paths = {"dermoscopy_jpeg": out / "dermoscopy.jpg", "dermoscopy_mask": out / "dermoscopy_mask.png",
-             "dermoscopy_dicom": out / "dermoscopy.dcm", "ct_nifti": out / "ct_oblique.nii.gz",
-             "ct_label": out / "ct_oblique_lesion.nii.gz", "ct_series": out / "ct_oblique_series"}
+    paths = {
+        "dermoscopy_jpeg": out / "dermoscopy.jpg",
+        "dermoscopy_mask": out / "dermoscopy_mask.png",
+        "dermoscopy_dicom": out / "dermoscopy.dcm",
+        "ct_nifti": out / "ct_oblique.nii.gz",
+        "ct_label": out / "ct_oblique_lesion.nii.gz",
+        "ct_series": out / "ct_oblique_series",
+    }
     Image.fromarray(rgb).save(paths["dermoscopy_jpeg"], quality=92)
     Image.fromarray(mask * 255).save(paths["dermoscopy_mask"])
     write_dermoscopy_dicom(rgb, paths["dermoscopy_dicom"])
@@ -254,5 +266,6 @@ def write_samples(out: str | Path) -> dict[str, Path]:
         "| ct_oblique_lesion.nii.gz | its lesion label |\n"
         "| ct_oblique_series/ | the same volume as a DICOM CT series: oblique, file names "
         "shuffled, InstanceNumber opposite to position |\n"
-        f"\nMade {datetime.date(2026, 1, 1).isoformat()}-dated, deterministic (fixed seeds and UIDs).\n")
+        f"\nMade {datetime.date(2026, 1, 1).isoformat()}-dated, deterministic (fixed seeds and UIDs).\n"
+    )
     return paths

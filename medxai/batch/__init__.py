@@ -14,14 +14,32 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["run_batch", "BatchProgress", "BatchSummary", "Manifest", "scan_export",
-           "group_stacks", "fit_reason", "ModelRequirements", "Stack", "predict_batch"]
+__all__ = [
+    "run_batch",
+    "BatchProgress",
+    "BatchSummary",
+    "Manifest",
+    "scan_export",
+    "group_stacks",
+    "fit_reason",
+    "ModelRequirements",
+    "Stack",
+    "predict_batch",
+]
 
 # imported on first use, so that scan worker processes do not load torch
-_WHERE = {"run_batch": "job", "BatchProgress": "job", "BatchSummary": "job",
-          "Manifest": "manifest", "predict_batch": "runner", "scan_export": "scan",
-          "group_stacks": "scan", "fit_reason": "scan", "ModelRequirements": "scan",
-          "Stack": "scan"}
+_WHERE = {
+    "run_batch": "job",
+    "BatchProgress": "job",
+    "BatchSummary": "job",
+    "Manifest": "manifest",
+    "predict_batch": "runner",
+    "scan_export": "scan",
+    "group_stacks": "scan",
+    "fit_reason": "scan",
+    "ModelRequirements": "scan",
+    "Stack": "scan",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,24 +33,34 @@ def connect(scheduler: str, workers: int) -> tuple[Any, Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
-        raise InputError("--scheduler needs dask.distributed, which is not installed",
-                         hint="pip install 'dask[distributed]'") from exc
+        raise InputError(
+            "--scheduler needs dask.distributed, which is not installed",
+            hint="pip install 'dask[distributed]'",
+        ) from exc
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=max(1, workers), threads_per_worker=1, processes=True, dashboard_address=None
+        )
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="20s"), None
     except (OSError, TimeoutError) as exc:
-        raise InputError(f"cannot reach the dask scheduler at {scheduler} ({exc})",
-                         hint="check the address (e.g. tcp://host:8786), or use "
-                              "--scheduler local") from exc
+        raise InputError(
+            f"cannot reach the dask scheduler at {scheduler} ({exc})",
+            hint="check the address (e.g. tcp://host:8786), or use --scheduler local",
+        ) from exc
 
 
-def run_on_dask(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
-                jobs_for: Callable[[dict[str, Any]], dict[str, Any]], config: WorkerConfig,
-                on_result: Callable[[dict[str, Any]], None], *, scheduler: str,
-                workers: int = 1) -> None:
+def run_on_dask(
+    man: Manifest,
+    chunks: Sequence[Sequence[dict[str, Any]]],
+    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    config: WorkerConfig,
+    on_result: Callable[[dict[str, Any]], None],
+    *,
+    scheduler: str,
+    workers: int = 1,
+) -> None:
     """Run ``chunks`` on the cluster at ``scheduler``; results go to ``on_result`` (which records
     them in the manifest) as their tasks finish."""
     from distributed import wait
@@ -58,11 +68,16 @@ def run_on_dask(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
     client, cluster = connect(scheduler, workers)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        drive(man, chunks, jobs_for,
-              submit=lambda jobs: client.submit(run_chunk, jobs, config, pure=False,
-                                                retries=1),
-              wait_any=lambda fs: list(wait(fs, return_when="FIRST_COMPLETED").done),
-              in_flight=2 * n_workers, worker=f"dask:{scheduler}", on_result=on_result)
+        drive(
+            man,
+            chunks,
+            jobs_for,
+            submit=lambda jobs: client.submit(run_chunk, jobs, config, pure=False, retries=1),
+            wait_any=lambda fs: list(wait(fs, return_when="FIRST_COMPLETED").done),
+            in_flight=2 * n_workers,
+            worker=f"dask:{scheduler}",
+            on_result=on_result,
+        )
     finally:
         client.close()
         if cluster is not None:

@@ -95,6 +95,7 @@ class BatchSummary:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on the output folder for the run (POSIX ``flock``; the OS releases
@@ -109,8 +110,11 @@ def _locked(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise InputError("another medxai batch run is writing to this output folder",
-                             path=out, hint="wait for it to finish, or use another -o") from exc
+            raise InputError(
+                "another medxai batch run is writing to this output folder",
+                path=out,
+                hint="wait for it to finish, or use another -o",
+            ) from exc
         yield
     finally:
         fh.close()
@@ -145,15 +149,21 @@ def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
     if bundle is None:
         from medxai.models.registry import list_models
 
-        return {"auto": [{"name": m.name, "version": str(m.card().get("version")),
-                          "weights_sha256": m.card().get("weights_sha256")}
-                         for m in list_models() if m.available]}
-    return {"name": bundle.name, "version": bundle.version,
-            "weights_sha256": bundle.weights_sha256}
+        return {
+            "auto": [
+                {
+                    "name": m.name,
+                    "version": str(m.card().get("version")),
+                    "weights_sha256": m.card().get("weights_sha256"),
+                }
+                for m in list_models()
+                if m.available
+            ]
+        }
+    return {"name": bundle.name, "version": bundle.version, "weights_sha256": bundle.weights_sha256}
 
 
-def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions
-              ) -> dict[str, Any]:
+def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions) -> dict[str, Any]:
     """What must not change between runs of one job (device and workers may)."""
     return {
         "export_dir": str(export),
@@ -165,30 +175,41 @@ def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions
     }
 
 
-def _chunks(rows: Sequence[dict[str, Any]], batch_size: int, spatial_dims: int
-            ) -> list[list[dict[str, Any]]]:
+def _chunks(
+    rows: Sequence[dict[str, Any]], batch_size: int, spatial_dims: int
+) -> list[list[dict[str, Any]]]:
     """Chunks of series for one worker call: ``batch_size`` 2D images (one forward pass), or one
     volume."""
     out: list[list[dict[str, Any]]] = []
     if spatial_dims == 2:
         for i in range(0, len(rows), max(1, batch_size)):
-            out.append(list(rows[i:i + max(1, batch_size)]))
+            out.append(list(rows[i : i + max(1, batch_size)]))
     else:
         out = [[r] for r in rows]
     return out
 
 
-def _job_for(row: dict[str, Any], export: Path, out: Path, folders: dict[str, str]
-             ) -> dict[str, Any]:
+def _job_for(
+    row: dict[str, Any], export: Path, out: Path, folders: dict[str, str]
+) -> dict[str, Any]:
     study, series = row["output_name"].split("/", 1)
     files = [str(export / f) for f in row["files"]]
     parent = os.path.dirname(row["files"][0]) if row["files"] else ""
     folder = None
-    if len(files) > 1 and all(os.path.dirname(f) == parent for f in row["files"]) \
-            and folders.get(parent) == row["id"]:
+    if (
+        len(files) > 1
+        and all(os.path.dirname(f) == parent for f in row["files"])
+        and folders.get(parent) == row["id"]
+    ):
         folder = str(export / parent)
-    return {"id": row["id"], "files": files, "folder": folder, "out_root": str(out / study),
-            "name": series, "output_name": row["output_name"]}
+    return {
+        "id": row["id"],
+        "files": files,
+        "folder": folder,
+        "out_root": str(out / study),
+        "name": series,
+        "output_name": row["output_name"],
+    }
 
 
 def _folder_owners(man: Manifest) -> dict[str, str]:
@@ -213,10 +234,16 @@ def stack_facts(stack: Stack) -> InputFacts:
     """What the fit rules can know of a stack from its headers (no spacing or body part: those
     are checked again on the read image, see :func:`medxai.batch.runner.process_chunk`)."""
     dims = 3 if stack.dims == 3 else 2
-    shape = ((stack.columns, stack.rows, stack.n_slices) if dims == 3
-             else (stack.columns, stack.rows))
-    return InputFacts(spatial_dims=dims, channels=stack.channels,
-                      modality=(stack.modality or "").upper(), form="dicom", shape=shape)
+    shape = (
+        (stack.columns, stack.rows, stack.n_slices) if dims == 3 else (stack.columns, stack.rows)
+    )
+    return InputFacts(
+        spatial_dims=dims,
+        channels=stack.channels,
+        modality=(stack.modality or "").upper(),
+        form="dicom",
+        shape=shape,
+    )
 
 
 @dataclass
@@ -245,8 +272,9 @@ class _AutoPlan:
 
         out = []
         for m in list_models():
-            mine = [r for r in rows if r["id"] in self.choices
-                    and self.choices[r["id"]].name == m.name]
+            mine = [
+                r for r in rows if r["id"] in self.choices and self.choices[r["id"]].name == m.name
+            ]
             if mine:
                 out.append((m.name, mine))
         return out
@@ -256,12 +284,20 @@ class _AutoPlan:
 # the run
 # ---------------------------------------------------------------------------------------------
 
-def run_batch(export_dir: str | Path, output: str | Path, *,
-              model: str | Path | ModelBundle | None = None,
-              options: SegmentOptions | None = None, workers: int = 1,
-              scheduler: str | None = None, retry_failed: bool = False, batch_size: int = 8,
-              scan_workers: int | None = None, progress: ProgressFn | None = None
-              ) -> BatchSummary:
+
+def run_batch(
+    export_dir: str | Path,
+    output: str | Path,
+    *,
+    model: str | Path | ModelBundle | None = None,
+    options: SegmentOptions | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    batch_size: int = 8,
+    scan_workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> BatchSummary:
     """Segment every series of a PACS export that fits the model; resumable.
 
     Args:
@@ -293,20 +329,27 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
 
     export = Path(export_dir).expanduser().resolve()
     if not export.is_dir():
-        raise InputError("is not a folder" if export.exists() else "does not exist",
-                         path=export_dir, hint="give the folder of a PACS export")
+        raise InputError(
+            "is not a folder" if export.exists() else "does not exist",
+            path=export_dir,
+            hint="give the folder of a PACS export",
+        )
     out = Path(output).expanduser().resolve()
     if out == export:
-        raise InputError("the output folder must not be the export folder", path=out,
-                         hint="use e.g. -o results/")
+        raise InputError(
+            "the output folder must not be the export folder", path=out, hint="use e.g. -o results/"
+        )
     out.mkdir(parents=True, exist_ok=True)
     opts = options or SegmentOptions()
     bundle: ModelBundle | None
     if isinstance(model, ModelBundle):
         bundle = model
         if bundle.path is None and (workers > 1 or scheduler):
-            raise InputError("a model bundle that is not saved to a folder can only run with "
-                             "workers=1 and no scheduler", hint="save it with save_bundle")
+            raise InputError(
+                "a model bundle that is not saved to a folder can only run with "
+                "workers=1 and no scheduler",
+                hint="save it with save_bundle",
+            )
     elif model is None:
         bundle = None  # each series goes to the bundled model whose fit rules accept it
     else:
@@ -320,8 +363,15 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
         man = Manifest(out / MANIFEST_NAME)
         try:
             man.check_settings(settings)
-            run_id = man.start_run({**settings, "workers": workers, "scheduler": scheduler,
-                                    "device": opts.device, "retry_failed": retry_failed})
+            run_id = man.start_run(
+                {
+                    **settings,
+                    "workers": workers,
+                    "scheduler": scheduler,
+                    "device": opts.device,
+                    "retry_failed": retry_failed,
+                }
+            )
             status = "interrupted"
             try:
                 recovered = man.recover(MAX_ATTEMPTS)
@@ -332,9 +382,15 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                     known = {k: v for k, v in known.items() if not v.failed}
                 t0 = time.perf_counter()
                 exclude = [out] if export in out.parents else []
-                scan = scan_export(export, workers=scan_workers, exclude=exclude, known=known,
-                                   progress=lambda d, n: say(BatchProgress(
-                                       "scan", d, n, {}, time.perf_counter() - t0)))
+                scan = scan_export(
+                    export,
+                    workers=scan_workers,
+                    exclude=exclude,
+                    known=known,
+                    progress=lambda d, n: say(
+                        BatchProgress("scan", d, n, {}, time.perf_counter() - t0)
+                    ),
+                )
                 if bundle is None:
                     plan = _AutoPlan.for_stacks(scan.stacks)
                     fit = plan.fit
@@ -344,8 +400,9 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                 man.sync_scan(scan.files, scan.stacks, fit)
                 retried = man.retry_failed() if retry_failed else 0
                 # a done series whose folder was removed runs again
-                missing = [r["id"] for r in man.series("done")
-                           if not (out / r["output_name"]).is_dir()]
+                missing = [
+                    r["id"] for r in man.series("done") if not (out / r["output_name"]).is_dir()
+                ]
                 man.requeue(missing)
                 pending = man.pending()
                 # -- process
@@ -356,25 +413,50 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                 def on_result(r: dict[str, Any]) -> None:
                     man.record(r)
                     run_counts[r["state"]] = run_counts.get(r["state"], 0) + 1
-                    say(BatchProgress("process", sum(run_counts.values()), total,
-                                      dict(run_counts), time.perf_counter() - t1))
+                    say(
+                        BatchProgress(
+                            "process",
+                            sum(run_counts.values()),
+                            total,
+                            dict(run_counts),
+                            time.perf_counter() - t1,
+                        )
+                    )
 
                 say(BatchProgress("process", 0, total, dict(run_counts), 0.0))
                 groups: list[tuple[ModelBundle, list[dict[str, Any]]]] = (
-                    [(bundle, pending)] if bundle is not None else
-                    [(load_model(name, cache=True), rows)
-                     for name, rows in (plan.groups(pending) if plan else [])])
+                    [(bundle, pending)]
+                    if bundle is not None
+                    else [
+                        (load_model(name, cache=True), rows)
+                        for name, rows in (plan.groups(pending) if plan else [])
+                    ]
+                )
                 backend = "in process"
                 for grp_bundle, rows in groups:
                     jobs_for = _JobFactory(export, out, man, plan.choices if plan else None)
                     chunks = _chunks(rows, batch_size, grp_bundle.spatial_dims)
-                    grp_path = (str(Path(grp_bundle.path).resolve())
-                                if grp_bundle.path is not None else "")
-                    config = WorkerConfig(model=grp_path,
-                                          weights_sha256=grp_bundle.weights_sha256,
-                                          options=opts, batch_size=batch_size)
-                    backend = _run_backend(man, chunks, jobs_for, config, grp_bundle, opts,
-                                           batch_size, on_result, scheduler, workers)
+                    grp_path = (
+                        str(Path(grp_bundle.path).resolve()) if grp_bundle.path is not None else ""
+                    )
+                    config = WorkerConfig(
+                        model=grp_path,
+                        weights_sha256=grp_bundle.weights_sha256,
+                        options=opts,
+                        batch_size=batch_size,
+                    )
+                    backend = _run_backend(
+                        man,
+                        chunks,
+                        jobs_for,
+                        config,
+                        grp_bundle,
+                        opts,
+                        batch_size,
+                        on_result,
+                        scheduler,
+                        workers,
+                    )
                 process_s = time.perf_counter() - t1
                 status = "finished"
             finally:
@@ -382,14 +464,34 @@ def run_batch(export_dir: str | Path, output: str | Path, *,
                 csv_paths = man.export_csv(out)
                 if status != "finished":
                     man.finish_run(run_id, status, {})
-            summary = _summary(man, export, out, csv_paths, bundle, model_path, scan,
-                               run_counts | {"requeued_after_crash": recovered["requeued"],
-                                             "retried_failed": retried,
-                                             "rerun_missing_output": len(missing)},
-                               process_s, sum(run_counts.values()), backend)
-            man.finish_run(run_id, status, {"scan": summary.scan, "process": summary.process,
-                                            "this_run": summary.this_run,
-                                            "wall_s": round(time.perf_counter() - t_start, 3)})
+            summary = _summary(
+                man,
+                export,
+                out,
+                csv_paths,
+                bundle,
+                model_path,
+                scan,
+                run_counts
+                | {
+                    "requeued_after_crash": recovered["requeued"],
+                    "retried_failed": retried,
+                    "rerun_missing_output": len(missing),
+                },
+                process_s,
+                sum(run_counts.values()),
+                backend,
+            )
+            man.finish_run(
+                run_id,
+                status,
+                {
+                    "scan": summary.scan,
+                    "process": summary.process,
+                    "this_run": summary.this_run,
+                    "wall_s": round(time.perf_counter() - t_start, 3),
+                },
+            )
             _write_json_atomic(out / SUMMARY_NAME, summary.to_dict())
             return summary
         finally:
@@ -400,8 +502,9 @@ class _JobFactory:
     """Turns manifest rows into the job dicts workers take (with the model choice, when the
     model was chosen by the input)."""
 
-    def __init__(self, export: Path, out: Path, man: Manifest,
-                 choices: dict[str, ModelChoice] | None = None) -> None:
+    def __init__(
+        self, export: Path, out: Path, man: Manifest, choices: dict[str, ModelChoice] | None = None
+    ) -> None:
         self.export, self.out = export, out
         self.folders = _folder_owners(man)
         self.choices = choices or {}
@@ -413,17 +516,23 @@ class _JobFactory:
         return job
 
 
-def _run_backend(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
-                 jobs_for: Callable[[dict[str, Any]], dict[str, Any]], config: WorkerConfig,
-                 bundle: ModelBundle, opts: SegmentOptions, batch_size: int,
-                 on_result: Callable[[dict[str, Any]], None], scheduler: str | None,
-                 workers: int) -> str:
+def _run_backend(
+    man: Manifest,
+    chunks: Sequence[Sequence[dict[str, Any]]],
+    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    config: WorkerConfig,
+    bundle: ModelBundle,
+    opts: SegmentOptions,
+    batch_size: int,
+    on_result: Callable[[dict[str, Any]], None],
+    scheduler: str | None,
+    workers: int,
+) -> str:
     """Run ``chunks`` on the configured backend; returns its name for the summary."""
     if scheduler:
         from medxai.batch.dask_runner import run_on_dask
 
-        run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler,
-                    workers=workers)
+        run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler, workers=workers)
         return f"dask ({scheduler})"
     if workers > 1:
         _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
@@ -432,43 +541,86 @@ def _run_backend(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
     return "in process"
 
 
-def _summary(man: Manifest, export: Path, out: Path, csv_paths: dict[str, Path],
-             bundle: ModelBundle | None, model_path: str, scan: Any, run_counts: dict[str, int],
-             process_s: float, processed: int, backend: str) -> BatchSummary:
+def _summary(
+    man: Manifest,
+    export: Path,
+    out: Path,
+    csv_paths: dict[str, Path],
+    bundle: ModelBundle | None,
+    model_path: str,
+    scan: Any,
+    run_counts: dict[str, int],
+    process_s: float,
+    processed: int,
+    backend: str,
+) -> BatchSummary:
     counts = man.counts()
     for table in counts:
         counts[table]["total"] = sum(counts[table].values())
-    failed = [{"series": r["output_name"], "id": r["id"], "reason": r["reason"]}
-              for r in man.series("failed")]
-    failed += [{"file": f["path"], "reason": f["reason"]} for f in man.files("failed")
-               if f["kind"] != "image"]
+    failed = [
+        {"series": r["output_name"], "id": r["id"], "reason": r["reason"]}
+        for r in man.series("failed")
+    ]
+    failed += [
+        {"file": f["path"], "reason": f["reason"]}
+        for f in man.files("failed")
+        if f["kind"] != "image"
+    ]
     images = run_counts.get("done", 0)
     return BatchSummary(
-        export_dir=str(export), output=str(out), manifest=str(out / MANIFEST_NAME),
+        export_dir=str(export),
+        output=str(out),
+        manifest=str(out / MANIFEST_NAME),
         csv={k: str(v) for k, v in csv_paths.items()},
-        model=({"name": bundle.name, "version": bundle.version, "path": model_path,
-                "weights_sha256": bundle.weights_sha256} if bundle is not None
-               else {"chosen_by_input": _model_settings(None)["auto"],
-                     "series_per_model": man.model_counts()}),
-        files=counts["files"], series=counts["series"], this_run=run_counts,
-        scan={"files": len(scan.files), "headers_read": scan.headers_read,
-              "seconds": round(scan.seconds, 3),
-              "files_per_s": round(scan.files_per_second, 1)},
-        process={"series": processed, "images_done": images, "seconds": round(process_s, 3),
-                 "images_per_s": round(images / process_s, 3) if process_s > 0 else 0.0},
-        failed=failed, skipped_reasons=man.reasons("skipped"),
+        model=(
+            {
+                "name": bundle.name,
+                "version": bundle.version,
+                "path": model_path,
+                "weights_sha256": bundle.weights_sha256,
+            }
+            if bundle is not None
+            else {
+                "chosen_by_input": _model_settings(None)["auto"],
+                "series_per_model": man.model_counts(),
+            }
+        ),
+        files=counts["files"],
+        series=counts["series"],
+        this_run=run_counts,
+        scan={
+            "files": len(scan.files),
+            "headers_read": scan.headers_read,
+            "seconds": round(scan.seconds, 3),
+            "files_per_s": round(scan.files_per_second, 1),
+        },
+        process={
+            "series": processed,
+            "images_done": images,
+            "seconds": round(process_s, 3),
+            "images_per_s": round(images / process_s, 3) if process_s > 0 else 0.0,
+        },
+        failed=failed,
+        skipped_reasons=man.reasons("skipped"),
         file_reasons=man.file_reasons(),
-        backend=backend)
+        backend=backend,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # backends
 # ---------------------------------------------------------------------------------------------
 
-def _run_inline(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
-                jobs_for: Callable[[dict[str, Any]], dict[str, Any]], bundle: ModelBundle,
-                opts: SegmentOptions, batch_size: int,
-                on_result: Callable[[dict[str, Any]], None]) -> None:
+
+def _run_inline(
+    man: Manifest,
+    chunks: Sequence[Sequence[dict[str, Any]]],
+    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    bundle: ModelBundle,
+    opts: SegmentOptions,
+    batch_size: int,
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
     """Workers = 1: this process, the bundle already loaded; each result is recorded as soon as
     it is ready."""
     from medxai.batch.runner import worker_name
@@ -481,9 +633,14 @@ def _run_inline(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
             process_chunk(jobs, bundle, opts, batch_size=batch_size, on_result=on_result)
 
 
-def _run_process_pool(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
-                      jobs_for: Callable[[dict[str, Any]], dict[str, Any]], config: WorkerConfig,
-                      on_result: Callable[[dict[str, Any]], None], workers: int) -> None:
+def _run_process_pool(
+    man: Manifest,
+    chunks: Sequence[Sequence[dict[str, Any]]],
+    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    config: WorkerConfig,
+    on_result: Callable[[dict[str, Any]], None],
+    workers: int,
+) -> None:
     """N local worker processes (``spawn``), each loading the model once; ~2 chunks per worker in
     flight so that workers never wait for the driver."""
     from concurrent.futures.process import BrokenProcessPool
@@ -492,8 +649,12 @@ def _run_process_pool(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
     ctx = multiprocessing.get_context("spawn")
 
     def make_pool() -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process,
-                                      initargs=(threads, os.getpid()))
+        return cf.ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=init_worker_process,
+            initargs=(threads, os.getpid()),
+        )
 
     pool = [make_pool()]
 
@@ -502,9 +663,17 @@ def _run_process_pool(man: Manifest, chunks: Sequence[Sequence[dict[str, Any]]],
         pool[0] = make_pool()
 
     try:
-        drive(man, chunks, jobs_for, lambda jobs: pool[0].submit(run_chunk, jobs, config),
-              lambda fs: list(cf.wait(fs, return_when=cf.FIRST_COMPLETED).done),
-              in_flight=2 * workers, worker=f"pool:{os.getpid()}", on_result=on_result,
-              on_crash=restart, is_crash=lambda e: isinstance(e, BrokenProcessPool))
+        drive(
+            man,
+            chunks,
+            jobs_for,
+            lambda jobs: pool[0].submit(run_chunk, jobs, config),
+            lambda fs: list(cf.wait(fs, return_when=cf.FIRST_COMPLETED).done),
+            in_flight=2 * workers,
+            worker=f"pool:{os.getpid()}",
+            on_result=on_result,
+            on_crash=restart,
+            is_crash=lambda e: isinstance(e, BrokenProcessPool),
+        )
     finally:
         pool[0].shutdown(wait=True, cancel_futures=True)

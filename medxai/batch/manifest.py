@@ -103,14 +103,49 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
-_SERIES_CSV = ("id", "state", "reason", "model", "output_name", "outputs", "modality", "form",
-               "dims",
-               "n_slices", "rows", "columns", "channels", "n_files", "study_instance_uid",
-               "series_instance_uid", "series_number", "description", "attempts", "worker",
-               "started_at", "finished_at", "read_s", "predict_s", "explain_s", "write_s",
-               "total_s", "detail")
-_FILES_CSV = ("path", "state", "kind", "reason", "series_id", "modality", "size",
-              "study_instance_uid", "series_instance_uid", "sop_instance_uid", "scan_s")
+_SERIES_CSV = (
+    "id",
+    "state",
+    "reason",
+    "model",
+    "output_name",
+    "outputs",
+    "modality",
+    "form",
+    "dims",
+    "n_slices",
+    "rows",
+    "columns",
+    "channels",
+    "n_files",
+    "study_instance_uid",
+    "series_instance_uid",
+    "series_number",
+    "description",
+    "attempts",
+    "worker",
+    "started_at",
+    "finished_at",
+    "read_s",
+    "predict_s",
+    "explain_s",
+    "write_s",
+    "total_s",
+    "detail",
+)
+_FILES_CSV = (
+    "path",
+    "state",
+    "kind",
+    "reason",
+    "series_id",
+    "modality",
+    "size",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "scan_s",
+)
 
 
 class Manifest:
@@ -124,8 +159,9 @@ class Manifest:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = sqlite3.connect(
+                str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -139,15 +175,23 @@ class Manifest:
                     self.conn.execute("ALTER TABLE series ADD COLUMN model TEXT")
                 row = self.conn.execute("SELECT value FROM job WHERE key='schema'").fetchone()
                 if row is None:
-                    self.conn.execute("INSERT INTO job VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    self.conn.execute(
+                        "INSERT INTO job VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
                 elif int(row[0]) > SCHEMA_VERSION:
-                    raise InputError(f"manifest schema {row[0]} is newer than this medxai "
-                                     f"understands ({SCHEMA_VERSION})", path=self.path,
-                                     hint="upgrade medxai, or use a new output folder")
+                    raise InputError(
+                        f"manifest schema {row[0]} is newer than this medxai "
+                        f"understands ({SCHEMA_VERSION})",
+                        path=self.path,
+                        hint="upgrade medxai, or use a new output folder",
+                    )
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"is not a usable medxai job manifest ({exc})", path=self.path,
-                             hint="use a new output folder, or delete the damaged manifest "
-                                  "(its results folders stay valid)") from exc
+            raise InputError(
+                f"is not a usable medxai job manifest ({exc})",
+                path=self.path,
+                hint="use a new output folder, or delete the damaged manifest "
+                "(its results folders stay valid)",
+            ) from exc
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -185,29 +229,40 @@ class Manifest:
         old = self.settings()
         if old is None:
             with self.transaction() as c:
-                c.execute("INSERT OR REPLACE INTO job VALUES ('settings', ?)",
-                          (json.dumps(dict(settings), sort_keys=True),))
+                c.execute(
+                    "INSERT OR REPLACE INTO job VALUES ('settings', ?)",
+                    (json.dumps(dict(settings), sort_keys=True),),
+                )
             return
-        diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings)
-                if old.get(k) != settings.get(k)}
+        diff = {
+            k: (old.get(k), settings.get(k))
+            for k in set(old) | set(settings)
+            if old.get(k) != settings.get(k)
+        }
         if diff:
             what = "; ".join(f"{k}: {a!r} before, {b!r} now" for k, (a, b) in sorted(diff.items()))
-            raise InputError(f"holds a batch job made with other settings ({what})",
-                             path=self.path.parent,
-                             hint="rerun with the same settings to resume it, or write to a new "
-                                  "output folder (-o)")
+            raise InputError(
+                f"holds a batch job made with other settings ({what})",
+                path=self.path.parent,
+                hint="rerun with the same settings to resume it, or write to a new "
+                "output folder (-o)",
+            )
 
     # -- runs ---------------------------------------------------------------------------------
     def start_run(self, settings: Mapping[str, Any]) -> int:
         with self.transaction() as c:
-            cur = c.execute("INSERT INTO runs (started_at, status, settings) VALUES (?, ?, ?)",
-                            (time.time(), "running", json.dumps(dict(settings), sort_keys=True)))
+            cur = c.execute(
+                "INSERT INTO runs (started_at, status, settings) VALUES (?, ?, ?)",
+                (time.time(), "running", json.dumps(dict(settings), sort_keys=True)),
+            )
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, status: str, stats: Mapping[str, Any]) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE runs SET finished_at=?, status=?, stats=? WHERE id=?",
-                      (time.time(), status, json.dumps(dict(stats), default=str), run_id))
+            c.execute(
+                "UPDATE runs SET finished_at=?, status=?, stats=? WHERE id=?",
+                (time.time(), status, json.dumps(dict(stats), default=str), run_id),
+            )
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self, max_attempts: int = 3) -> dict[str, int]:
@@ -218,10 +273,18 @@ class Manifest:
             crashed = c.execute(
                 "UPDATE series SET state='failed', reason=?, updated_at=? "
                 "WHERE state='running' AND attempts>=?",
-                (f"interrupted or crashed its worker {max_attempts} times; not retried "
-                 "(use --retry-failed to try again)", now, max_attempts)).rowcount
-            requeued = c.execute("UPDATE series SET state='pending', worker=NULL, updated_at=? "
-                                 "WHERE state='running'", (now,)).rowcount
+                (
+                    f"interrupted or crashed its worker {max_attempts} times; not retried "
+                    "(use --retry-failed to try again)",
+                    now,
+                    max_attempts,
+                ),
+            ).rowcount
+            requeued = c.execute(
+                "UPDATE series SET state='pending', worker=NULL, updated_at=? "
+                "WHERE state='running'",
+                (now,),
+            ).rowcount
             self._sync_file_states(c)
         return {"requeued": requeued, "crashed": crashed}
 
@@ -232,17 +295,22 @@ class Manifest:
         if not ids:
             return
         with self.transaction() as c:
-            c.executemany("UPDATE series SET state='pending', worker=NULL, "
-                          "attempts=MAX(attempts-1, 0), updated_at=? "
-                          "WHERE id=? AND state='running'", [(time.time(), i) for i in ids])
+            c.executemany(
+                "UPDATE series SET state='pending', worker=NULL, "
+                "attempts=MAX(attempts-1, 0), updated_at=? "
+                "WHERE id=? AND state='running'",
+                [(time.time(), i) for i in ids],
+            )
             self._sync_file_states(c, ids)
 
     def retry_failed(self) -> int:
         """Failed series go back to ``pending`` (attempts reset); returns how many."""
         with self.transaction() as c:
-            n = c.execute("UPDATE series SET state='pending', reason=NULL, detail=NULL, "
-                          "attempts=0, updated_at=? WHERE state='failed'",
-                          (time.time(),)).rowcount
+            n = c.execute(
+                "UPDATE series SET state='pending', reason=NULL, detail=NULL, "
+                "attempts=0, updated_at=? WHERE state='failed'",
+                (time.time(),),
+            ).rowcount
             self._sync_file_states(c)
         return n
 
@@ -259,16 +327,24 @@ class Manifest:
     def known_files(self) -> dict[str, FileInfo]:
         """Earlier scan results by path, for :func:`medxai.batch.scan.scan_export`'s cache."""
         out = {}
-        for r in self.conn.execute("SELECT path, size, mtime_ns, kind, reason, failed_scan, "
-                                   "header, scan_s FROM files"):
-            out[r["path"]] = FileInfo(r["path"], r["size"], r["mtime_ns"], r["kind"],
-                                      r["reason"], bool(r["failed_scan"]),
-                                      json.loads(r["header"]) if r["header"] else None,
-                                      r["scan_s"] or 0.0)
+        for r in self.conn.execute(
+            "SELECT path, size, mtime_ns, kind, reason, failed_scan, header, scan_s FROM files"
+        ):
+            out[r["path"]] = FileInfo(
+                r["path"],
+                r["size"],
+                r["mtime_ns"],
+                r["kind"],
+                r["reason"],
+                bool(r["failed_scan"]),
+                json.loads(r["header"]) if r["header"] else None,
+                r["scan_s"] or 0.0,
+            )
         return out
 
-    def sync_scan(self, files: Sequence[FileInfo], stacks: Sequence[Stack],
-                  fit: Mapping[str, str | None]) -> dict[str, int]:
+    def sync_scan(
+        self, files: Sequence[FileInfo], stacks: Sequence[Stack], fit: Mapping[str, str | None]
+    ) -> dict[str, int]:
         """Store a scan: every file and every stack, with the state each should now have.
 
         ``fit`` maps stack id to why it does not fit the model (``None``: it fits). Stacks done
@@ -280,7 +356,9 @@ class Manifest:
         stack_of = {p: s.id for s in stacks for p in s.files}
         stats = {"new": 0, "changed": 0, "kept_done": 0, "kept_failed": 0, "removed": 0}
         with self.transaction() as c:
-            old = {r["id"]: r for r in c.execute("SELECT id, state, fingerprint, reason FROM series")}
+            old = {
+                r["id"]: r for r in c.execute("SELECT id, state, fingerprint, reason FROM series")
+            }
             for s in stacks:
                 prev = old.pop(s.id, None)
                 reason = fit.get(s.id)
@@ -315,9 +393,28 @@ class Manifest:
                     " state=excluded.state, reason=excluded.reason, updated_at=excluded.updated_at"
                     + ("" if keep_result else ", detail=NULL, outputs=NULL, worker=NULL")
                     + ("" if same_input else ", attempts=0"),
-                    (s.id, s.study_uid, s.series_uid, s.modality, s.series_number, s.description,
-                     s.form, s.dims, s.n_slices, s.rows, s.columns, s.channels, len(s.files),
-                     json.dumps(s.files), s.fingerprint, s.output_name, state, reason, now))
+                    (
+                        s.id,
+                        s.study_uid,
+                        s.series_uid,
+                        s.modality,
+                        s.series_number,
+                        s.description,
+                        s.form,
+                        s.dims,
+                        s.n_slices,
+                        s.rows,
+                        s.columns,
+                        s.channels,
+                        len(s.files),
+                        json.dumps(s.files),
+                        s.fingerprint,
+                        s.output_name,
+                        state,
+                        reason,
+                        now,
+                    ),
+                )
             for sid in old:
                 c.execute("DELETE FROM series WHERE id=?", (sid,))
                 stats["removed"] += 1
@@ -334,10 +431,24 @@ class Manifest:
                     "series_id, modality, study_instance_uid, series_instance_uid, "
                     "sop_instance_uid, failed_scan, header, scan_s, updated_at) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (fi.path, fi.size, fi.mtime_ns, fi.kind, state, reason,
-                     stack_of.get(fi.path), h.get("modality"), h.get("study_instance_uid"),
-                     h.get("series_instance_uid"), h.get("sop_instance_uid"), int(fi.failed),
-                     json.dumps(fi.header) if fi.header is not None else None, fi.seconds, now))
+                    (
+                        fi.path,
+                        fi.size,
+                        fi.mtime_ns,
+                        fi.kind,
+                        state,
+                        reason,
+                        stack_of.get(fi.path),
+                        h.get("modality"),
+                        h.get("study_instance_uid"),
+                        h.get("series_instance_uid"),
+                        h.get("sop_instance_uid"),
+                        int(fi.failed),
+                        json.dumps(fi.header) if fi.header is not None else None,
+                        fi.seconds,
+                        now,
+                    ),
+                )
             gone = [r[0] for r in c.execute("SELECT path FROM files") if r[0] not in seen]
             c.executemany("DELETE FROM files WHERE path=?", [(p,) for p in gone])
             self._sync_file_states(c)
@@ -346,9 +457,11 @@ class Manifest:
     @staticmethod
     def _sync_file_states(c: sqlite3.Connection, ids: Sequence[str] | None = None) -> None:
         """Image files take the state (and reason) of their series."""
-        sql = ("UPDATE files SET state=(SELECT state FROM series WHERE series.id=files.series_id),"
-               " reason=(SELECT reason FROM series WHERE series.id=files.series_id) "
-               "WHERE kind='image' AND series_id IS NOT NULL")
+        sql = (
+            "UPDATE files SET state=(SELECT state FROM series WHERE series.id=files.series_id),"
+            " reason=(SELECT reason FROM series WHERE series.id=files.series_id) "
+            "WHERE kind='image' AND series_id IS NOT NULL"
+        )
         if ids is None:
             c.execute(sql)
         else:
@@ -357,8 +470,9 @@ class Manifest:
     # -- claims and results -------------------------------------------------------------------
     def pending(self) -> list[dict[str, Any]]:
         """Pending series, in a stable order (2D before 3D, then by output folder)."""
-        rows = self.conn.execute("SELECT * FROM series WHERE state='pending' "
-                                 "ORDER BY dims, output_name, id").fetchall()
+        rows = self.conn.execute(
+            "SELECT * FROM series WHERE state='pending' ORDER BY dims, output_name, id"
+        ).fetchall()
         return [self._series_dict(r) for r in rows]
 
     def claim(self, ids: Sequence[str], worker: str) -> list[str]:
@@ -367,9 +481,11 @@ class Manifest:
         now = time.time()
         with self.transaction() as c:
             for i in ids:
-                n = c.execute("UPDATE series SET state='running', worker=?, started_at=?, "
-                              "attempts=attempts+1, updated_at=? WHERE id=? AND state='pending'",
-                              (worker, now, now, i)).rowcount
+                n = c.execute(
+                    "UPDATE series SET state='running', worker=?, started_at=?, "
+                    "attempts=attempts+1, updated_at=? WHERE id=? AND state='pending'",
+                    (worker, now, now, i),
+                ).rowcount
                 if n:
                     claimed.append(i)
             self._sync_file_states(c, claimed)
@@ -384,10 +500,25 @@ class Manifest:
                 "UPDATE series SET state=?, reason=?, detail=?, outputs=?, model=?, worker=?, "
                 "finished_at=?, read_s=?, predict_s=?, explain_s=?, write_s=?, total_s=?, "
                 "updated_at=? WHERE id=?",
-                (result["state"], result.get("reason"), result.get("detail"),
-                 json.dumps(result.get("outputs")) if result.get("outputs") is not None else None,
-                 result.get("model"), result.get("worker"), now, t.get("read"), t.get("predict"), t.get("explain"),
-                 t.get("write"), t.get("total"), now, result["id"]))
+                (
+                    result["state"],
+                    result.get("reason"),
+                    result.get("detail"),
+                    json.dumps(result.get("outputs"))
+                    if result.get("outputs") is not None
+                    else None,
+                    result.get("model"),
+                    result.get("worker"),
+                    now,
+                    t.get("read"),
+                    t.get("predict"),
+                    t.get("explain"),
+                    t.get("write"),
+                    t.get("total"),
+                    now,
+                    result["id"],
+                ),
+            )
             self._sync_file_states(c, [result["id"]])
 
     # -- queries ------------------------------------------------------------------------------
@@ -403,9 +534,12 @@ class Manifest:
         return [self._series_dict(r) for r in self.conn.execute(sql, (state,) if state else ())]
 
     def files(self, state: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT path, size, kind, state, reason, series_id, modality, study_instance_uid,"
-               " series_instance_uid, sop_instance_uid, scan_s FROM files"
-               + (" WHERE state=?" if state else "") + " ORDER BY path")
+        sql = (
+            "SELECT path, size, kind, state, reason, series_id, modality, study_instance_uid,"
+            " series_instance_uid, sop_instance_uid, scan_s FROM files"
+            + (" WHERE state=?" if state else "")
+            + " ORDER BY path"
+        )
         return [dict(r) for r in self.conn.execute(sql, (state,) if state else ())]
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -413,8 +547,9 @@ class Manifest:
         out: dict[str, dict[str, int]] = {}
         for table in ("files", "series"):
             cnt = dict.fromkeys(STATES, 0)
-            for state, n in self.conn.execute(f"SELECT state, COUNT(*) FROM {table} "
-                                              "GROUP BY state"):
+            for state, n in self.conn.execute(
+                f"SELECT state, COUNT(*) FROM {table} GROUP BY state"
+            ):
                 cnt[state] = n
             out[table] = cnt
         return out
@@ -427,22 +562,28 @@ class Manifest:
     def file_reasons(self) -> dict[str, int]:
         """Why files that are not images to process were passed over (skipped or failed):
         ``{reason: number of files}``, most frequent first."""
-        rows = self.conn.execute("SELECT reason, COUNT(*) AS n FROM files WHERE kind != 'image' "
-                                 "GROUP BY reason ORDER BY n DESC, reason")
+        rows = self.conn.execute(
+            "SELECT reason, COUNT(*) AS n FROM files WHERE kind != 'image' "
+            "GROUP BY reason ORDER BY n DESC, reason"
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     def model_counts(self) -> dict[str, int]:
         """Series done per model (``model`` column: the model that made each result)."""
-        rows = self.conn.execute("SELECT model, COUNT(*) FROM series WHERE state='done' "
-                                 "GROUP BY model ORDER BY model")
+        rows = self.conn.execute(
+            "SELECT model, COUNT(*) FROM series WHERE state='done' GROUP BY model ORDER BY model"
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     def reasons(self, state: str, table: str = "series") -> dict[str, int]:
         """How often each reason occurs among rows in ``state``, most common first."""
         if table not in ("series", "files"):
             raise ValueError(table)
-        rows = self.conn.execute(f"SELECT reason, COUNT(*) AS n FROM {table} WHERE state=? "
-                                 "GROUP BY reason ORDER BY n DESC, reason", (state,))
+        rows = self.conn.execute(
+            f"SELECT reason, COUNT(*) AS n FROM {table} WHERE state=? "
+            "GROUP BY reason ORDER BY n DESC, reason",
+            (state,),
+        )
         return {str(r[0]): int(r[1]) for r in rows}
 
     # -- export -------------------------------------------------------------------------------
@@ -460,8 +601,9 @@ class Manifest:
                     w = csv.writer(fh)
                     w.writerow(cols)
                     order = "output_name, id" if table == "series" else "path"
-                    for r in self.conn.execute(f"SELECT {', '.join(cols)} FROM {table} "
-                                               f"ORDER BY {order}"):
+                    for r in self.conn.execute(
+                        f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
+                    ):
                         w.writerow(["" if v is None else v for v in r])
                 os.replace(tmp, dest)
             finally:

@@ -39,8 +39,16 @@ from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
 from medxai.pipeline import SegmentOptions, input_facts, segment_loaded
 
-__all__ = ["WorkerConfig", "error_result", "load_stack", "predict_batch", "process_chunk",
-           "run_chunk", "worker_bundle", "worker_name"]
+__all__ = [
+    "WorkerConfig",
+    "error_result",
+    "load_stack",
+    "predict_batch",
+    "process_chunk",
+    "run_chunk",
+    "worker_bundle",
+    "worker_name",
+]
 
 ResultFn = Callable[[dict[str, Any]], None]
 
@@ -92,9 +100,12 @@ def worker_bundle(path: str, weights_sha256: str | None) -> tuple[ModelBundle, t
 
             bundle = load_bundle(path)
             if weights_sha256 and bundle.weights_sha256 != weights_sha256:
-                raise ModelError(f"weights SHA-256 is {bundle.weights_sha256}, the batch job was "
-                                 f"started with {weights_sha256}", path=path,
-                                 hint="every worker must see the same model bundle")
+                raise ModelError(
+                    f"weights SHA-256 is {bundle.weights_sha256}, the batch job was "
+                    f"started with {weights_sha256}",
+                    path=path,
+                    hint="every worker must see the same model bundle",
+                )
             _BUNDLES[key] = (bundle, threading.Lock())
         return _BUNDLES[key]
 
@@ -102,6 +113,7 @@ def worker_bundle(path: str, weights_sha256: str | None) -> tuple[ModelBundle, t
 # ---------------------------------------------------------------------------------------------
 # reading a stack
 # ---------------------------------------------------------------------------------------------
+
 
 def load_stack(job: dict[str, Any]) -> LoadedImage:
     """Read the stack of ``job``: one file (2D image or multi-frame object) or the given slice
@@ -130,13 +142,15 @@ def load_stack(job: dict[str, Any]) -> LoadedImage:
 # batched prediction
 # ---------------------------------------------------------------------------------------------
 
+
 def can_batch(bundle: ModelBundle) -> bool:
     """Whether images go through ``bundle`` in batches: 2D whole-image models."""
     return bundle.spatial_dims == 2 and bundle.inference.get("mode", "whole_image") == "whole_image"
 
 
-def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
-                  device: str | torch.device = "auto") -> list[Prediction]:
+def predict_batch(
+    bundle: ModelBundle, images: Sequence[torch.Tensor], device: str | torch.device = "auto"
+) -> list[Prediction]:
     """:func:`medxai.inference.predict` for several 2D images in one forward pass per flip.
 
     Each image is prepared as ``predict`` prepares it (intensity, resize to the model's
@@ -155,8 +169,9 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     )
 
     if not can_batch(bundle):
-        raise ModelError(f"model {bundle.name!r} is not a 2D whole-image model; predict one "
-                         "image at a time")
+        raise ModelError(
+            f"model {bundle.name!r} is not a 2D whole-image model; predict one image at a time"
+        )
     for img in images:
         check_input_fits(bundle, img)
     if not images:
@@ -171,8 +186,7 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
     for img, p in zip(images, probs):
         labels = labels_from_probabilities(bundle, p)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
-        out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each,
-                              tta=tta))
+        out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each, tta=tta))
     return out
 
 
@@ -180,24 +194,45 @@ def predict_batch(bundle: ModelBundle, images: Sequence[torch.Tensor],
 # one chunk of series
 # ---------------------------------------------------------------------------------------------
 
-def _result(job: dict[str, Any], state: str, *, reason: str | None = None,
-            detail: str | None = None, outputs: list[str] | None = None,
-            timings: dict[str, float] | None = None) -> dict[str, Any]:
-    return {"id": job["id"], "state": state, "reason": reason, "detail": detail,
-            "outputs": outputs, "timings": timings or {}, "worker": worker_name(),
-            "output_name": job.get("output_name"), "model": job.get("model_name")}
+
+def _result(
+    job: dict[str, Any],
+    state: str,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+    outputs: list[str] | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": job["id"],
+        "state": state,
+        "reason": reason,
+        "detail": detail,
+        "outputs": outputs,
+        "timings": timings or {},
+        "worker": worker_name(),
+        "output_name": job.get("output_name"),
+        "model": job.get("model_name"),
+    }
 
 
-def error_result(job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
-                  ) -> dict[str, Any]:
+def error_result(
+    job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Skipped when the input does not fit the model; failed for any other error, with the
     message (and, for an unexpected error, the traceback in ``detail``)."""
     if isinstance(exc, ModelMismatchError):
         return _result(job, "skipped", reason=f"does not fit the model: {exc}", timings=timings)
     if isinstance(exc, MedxaiError):
         return _result(job, "failed", reason=str(exc), timings=timings)
-    return _result(job, "failed", reason=f"internal error: {type(exc).__name__}: {exc}",
-                   detail="".join(traceback.format_exception(exc))[-4000:], timings=timings)
+    return _result(
+        job,
+        "failed",
+        reason=f"internal error: {type(exc).__name__}: {exc}",
+        detail="".join(traceback.format_exception(exc))[-4000:],
+        timings=timings,
+    )
 
 
 def _timed_load(job: dict[str, Any]) -> tuple[LoadedImage, float]:
@@ -206,8 +241,14 @@ def _timed_load(job: dict[str, Any]) -> tuple[LoadedImage, float]:
     return loaded, time.perf_counter() - t0
 
 
-def _segment_one(job: dict[str, Any], loaded: LoadedImage, read_s: float, bundle: ModelBundle,
-                 options: SegmentOptions, prediction: Prediction | None) -> dict[str, Any]:
+def _segment_one(
+    job: dict[str, Any],
+    loaded: LoadedImage,
+    read_s: float,
+    bundle: ModelBundle,
+    options: SegmentOptions,
+    prediction: Prediction | None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     timings = {"read": round(read_s, 4)}
     job = {**job, "model_name": bundle.name}
@@ -217,27 +258,34 @@ def _segment_one(job: dict[str, Any], loaded: LoadedImage, read_s: float, bundle
             kwargs["prediction"] = prediction
         if job.get("model_choice"):
             # chosen from headers: check the full rules (spacing, extent, body part) on the image
-            FitRules.from_input_config(bundle.config.get("input", {}), bundle.spatial_dims,
-                                       bundle.in_channels).check(input_facts(loaded),
-                                                                 bundle.name, str(loaded.path))
+            FitRules.from_input_config(
+                bundle.config.get("input", {}), bundle.spatial_dims, bundle.in_channels
+            ).check(input_facts(loaded), bundle.name, str(loaded.path))
             kwargs["choice"] = ModelChoice.from_dict(job["model_choice"])
         res = segment_loaded(loaded, bundle, job["out_root"], options, name=job["name"], **kwargs)
     except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
         timings["total"] = round(read_s + time.perf_counter() - t0, 4)
         return error_result(job, exc, timings)
     rt = res.report.get("timings_s") or {}
-    timings.update({
-        "predict": rt.get("predict", prediction.seconds if prediction is not None else None),
-        "explain": rt.get("explain"),
-        "write": round(sum(v for k, v in rt.items() if k.startswith("write")), 4),
-        "total": round(read_s + time.perf_counter() - t0, 4),
-    })
+    timings.update(
+        {
+            "predict": rt.get("predict", prediction.seconds if prediction is not None else None),
+            "explain": rt.get("explain"),
+            "write": round(sum(v for k, v in rt.items() if k.startswith("write")), 4),
+            "total": round(read_s + time.perf_counter() - t0, 4),
+        }
+    )
     return _result(job, "done", outputs=list(res.files), timings=timings)
 
 
-def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: SegmentOptions,
-                  *, batch_size: int = 8, on_result: ResultFn | None = None
-                  ) -> list[dict[str, Any]]:
+def process_chunk(
+    jobs: Sequence[dict[str, Any]],
+    bundle: ModelBundle,
+    options: SegmentOptions,
+    *,
+    batch_size: int = 8,
+    on_result: ResultFn | None = None,
+) -> list[dict[str, Any]]:
     """Segment the series of ``jobs`` (dicts with ``id``, ``files``, ``folder``, ``out_root``,
     ``name``), one result dict per series, in completion order; ``on_result`` sees each as it
     is ready. Never raises for a bad series: its result says ``failed`` or ``skipped`` and why.
@@ -262,8 +310,10 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
     queue = deque(jobs)
     loads: deque[tuple[dict[str, Any], cf.Future[tuple[LoadedImage, float]]]] = deque()
     writes: deque[cf.Future[dict[str, Any]]] = deque()
-    with cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode") as decoder, \
-            cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-write") as writer:
+    with (
+        cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode") as decoder,
+        cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-write") as writer,
+    ):
 
         def fill() -> None:
             while queue and len(loads) < 2 * group_size:
@@ -296,8 +346,9 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
                     except ModelMismatchError as exc:
                         emit(error_result(job, exc))
                 try:
-                    for i, p in zip(fitting, predict_batch(
-                            bundle, [group[i][1].image for i in fitting], device)):
+                    for i, p in zip(
+                        fitting, predict_batch(bundle, [group[i][1].image for i in fitting], device)
+                    ):
                         preds[i] = p
                 except Exception:  # noqa: BLE001 - fall back to one at a time, which reports
                     preds = [None] * len(group)
@@ -305,8 +356,9 @@ def process_chunk(jobs: Sequence[dict[str, Any]], bundle: ModelBundle, options: 
                 preds = [preds[i] for i in fitting]
             for (job, loaded, read_s), pred in zip(group, preds):
                 if write_behind and pred is not None:
-                    writes.append(writer.submit(_segment_one, job, loaded, read_s, bundle,
-                                                options, pred))
+                    writes.append(
+                        writer.submit(_segment_one, job, loaded, read_s, bundle, options, pred)
+                    )
                 else:
                     emit(_segment_one(job, loaded, read_s, bundle, options, pred))
             drain(block=False)

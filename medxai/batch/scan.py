@@ -42,18 +42,41 @@ __all__ = [
 #: ``FileInfo.kind`` values.
 KINDS = ("image", "empty", "hidden", "not-dicom", "dicomdir", "non-image", "corrupt", "duplicate")
 
-_PICTURE_MAGIC = ((b"\xff\xd8\xff", "a JPEG picture"), (b"\x89PNG\r\n\x1a\n", "a PNG picture"),
-                  (b"II*\x00", "a TIFF picture"), (b"MM\x00*", "a TIFF picture"),
-                  (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
-                  (b"\x1f\x8b", "gzip-compressed data"))
+_PICTURE_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG picture"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG picture"),
+    (b"II*\x00", "a TIFF picture"),
+    (b"MM\x00*", "a TIFF picture"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+)
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 _DEFLATED_TS = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV",
-             b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"SV",
+    b"UV",
+}
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 # attributes that tell apart volumes sharing slice positions within one series
-_SPLIT_KEYS = ("echo_numbers", "acquisition_number", "temporal_position", "trigger_time",
-               "image_type")
+_SPLIT_KEYS = (
+    "echo_numbers",
+    "acquisition_number",
+    "temporal_position",
+    "trigger_time",
+    "image_type",
+)
 
 
 @dataclass
@@ -115,9 +138,11 @@ class Stack:
     fingerprint: str = ""
 
     def describe(self) -> str:
-        what = {"volume": f"volume of {self.n_slices} slices",
-                "multiframe": f"multi-frame object of {self.n_slices} frames",
-                "image": "2D image"}[self.form]
+        what = {
+            "volume": f"volume of {self.n_slices} slices",
+            "multiframe": f"multi-frame object of {self.n_slices} frames",
+            "image": "2D image",
+        }[self.form]
         return f"{self.modality or '?'} {what} {self.columns}x{self.rows}"
 
 
@@ -132,8 +157,9 @@ class ModelRequirements:
     @classmethod
     def from_bundle(cls, bundle: Any) -> ModelRequirements:
         mods = bundle.config.get("input", {}).get("modalities") or []
-        return cls(int(bundle.spatial_dims), int(bundle.in_channels),
-                   tuple(str(m).upper() for m in mods))
+        return cls(
+            int(bundle.spatial_dims), int(bundle.in_channels), tuple(str(m).upper() for m in mods)
+        )
 
 
 @dataclass
@@ -155,6 +181,7 @@ class ScanOutcome:
 # files
 # ---------------------------------------------------------------------------------------------
 
+
 def list_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[str]:
     """Every regular file under ``root`` (recursively, symlinked folders not followed), as POSIX
     paths relative to ``root``, sorted; folders in ``exclude`` (e.g. the output) are left out."""
@@ -162,8 +189,9 @@ def list_files(root: str | Path, exclude: Iterable[str | Path] = ()) -> list[str
     excluded = {os.path.realpath(p) for p in exclude}
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) not in excluded)
+        dirnames[:] = sorted(
+            d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in excluded
+        )
         rel = os.path.relpath(dirpath, root)
         for name in filenames:
             full = os.path.join(dirpath, name)
@@ -226,8 +254,10 @@ def _header_fields(ds: Any) -> dict[str, Any]:
         "transfer_syntax": _str(meta, "TransferSyntaxUID") if meta is not None else "",
         "orientation": _floats(ds, "ImageOrientationPatient", 6),
         "position": _floats(ds, "ImagePositionPatient", 3),
-        "has_spacing": any(ds.get(k) is not None for k in
-                           ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")),
+        "has_spacing": any(
+            ds.get(k) is not None
+            for k in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+        ),
         "frame_geometry": _frame_geometry(ds),
         "echo_numbers": _str(ds, "EchoNumbers"),
         "acquisition_number": _str(ds, "AcquisitionNumber"),
@@ -268,8 +298,10 @@ def _pixel_check(fh: Any, ds: Any, size: int) -> tuple[bool, str | None]:
         return True, None
     end = pos + hdr + length
     if end > size:
-        return True, (f"truncated: its pixel data needs {length} bytes from offset {pos + hdr}, "
-                      f"but the file ends {end - size} bytes short ({size} bytes)")
+        return True, (
+            f"truncated: its pixel data needs {length} bytes from offset {pos + hdr}, "
+            f"but the file ends {end - size} bytes short ({size} bytes)"
+        )
     return True, None
 
 
@@ -285,10 +317,15 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
     except OSError as exc:
         return FileInfo(rel, 0, 0, "corrupt", f"cannot be read ({exc.strerror})", failed=True)
 
-    def done(kind: str, reason: str | None = None, failed: bool = False,
-             header: dict[str, Any] | None = None) -> FileInfo:
-        return FileInfo(rel, st.st_size, st.st_mtime_ns, kind, reason, failed, header,
-                        time.perf_counter() - t0)
+    def done(
+        kind: str,
+        reason: str | None = None,
+        failed: bool = False,
+        header: dict[str, Any] | None = None,
+    ) -> FileInfo:
+        return FileInfo(
+            rel, st.st_size, st.st_mtime_ns, kind, reason, failed, header, time.perf_counter() - t0
+        )
 
     if name.startswith("."):
         return done("hidden", "hidden file (name starts with '.')")
@@ -317,8 +354,9 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
             else:
                 has_pixels, problem = _pixel_check(fh, ds, st.st_size)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
-        return done("corrupt", f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})",
-                    failed=True)
+        return done(
+            "corrupt", f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", failed=True
+        )
     sop = header["sop_class_uid"]
     media_sop = header.pop("media_sop_class_uid")
     if _DICOMDIR_SOP in (sop, media_sop) or name.upper() == "DICOMDIR":
@@ -329,8 +367,7 @@ def scan_file(root: str | Path, rel: str) -> FileInfo:
         return done("non-image", f"not an image ({NON_IMAGE_SOP_CLASSES[sop]})", header=header)
     if not header["rows"] or not header["columns"]:
         what = header["modality"] or "unknown modality"
-        return done("non-image", f"not an image (DICOM {what} without Rows/Columns)",
-                    header=header)
+        return done("non-image", f"not an image (DICOM {what} without Rows/Columns)", header=header)
     if not has_pixels:
         return done("non-image", "not an image (no Pixel Data)", header=header)
     if problem:
@@ -369,9 +406,14 @@ def _quiet_scan_worker() -> None:
     warnings.simplefilter("ignore")
 
 
-def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = None,
-               executor: str = "auto",
-               progress: Callable[[int, int], None] | None = None) -> list[FileInfo]:
+def scan_files(
+    root: str | Path,
+    rels: Sequence[str],
+    *,
+    workers: int | None = None,
+    executor: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> list[FileInfo]:
     """Scan ``rels`` (relative to ``root``) with ``workers`` parallel workers.
 
     ``executor="auto"``: up to 2000 files, threads (reading is I/O-bound on network storage,
@@ -393,12 +435,15 @@ def scan_files(root: str | Path, rels: Sequence[str], *, workers: int | None = N
                 say(i + 1, n)
         return out
     chunk = max(1, min(256, n // (workers * 4) or 1))
-    pieces = [list(rels[i:i + chunk]) for i in range(0, n, chunk)]
+    pieces = [list(rels[i : i + chunk]) for i in range(0, n, chunk)]
     use_processes = executor == "processes" or (executor == "auto" and n >= 2000)
-    pool: cf.Executor = (cf.ProcessPoolExecutor(workers,
-                                                mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_quiet_scan_worker)
-                         if use_processes else cf.ThreadPoolExecutor(workers))
+    pool: cf.Executor = (
+        cf.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_scan_worker
+        )
+        if use_processes
+        else cf.ThreadPoolExecutor(workers)
+    )
     results: dict[int, list[FileInfo]] = {}
     done_count = 0
     with pool:
@@ -426,8 +471,9 @@ def _study_folder(study_uid: str, study_date: str) -> str:
     return f"study_{date + '_' if date else ''}{_h(study_uid)[:10]}"
 
 
-def _series_folder(modality: str, series_number: int | None, instance: int | None,
-                   stack_id: str) -> str:
+def _series_folder(
+    modality: str, series_number: int | None, instance: int | None, stack_id: str
+) -> str:
     mod = _SAFE.sub("", modality or "")[:16] or "UNK"
     sn = f"s{series_number}" if series_number is not None and 0 <= series_number < 10**9 else "sx"
     inst = f"_i{instance}" if instance is not None and 0 <= instance < 10**9 else ""
@@ -458,6 +504,7 @@ def mark_duplicates(files: Sequence[FileInfo]) -> None:
 def _split_positions(items: list[FileInfo]) -> list[tuple[str, list[FileInfo]]]:
     """Split a same-geometry group whose slices share positions (several volumes in one series)
     by the first attribute that gives every part unique positions."""
+
     def unique_positions(part: list[FileInfo]) -> bool:
         seen = {tuple(round(v, 3) for v in fi.header["position"]) for fi in part}  # type: ignore[index]
         return len(seen) == len(part)
@@ -487,17 +534,33 @@ def group_stacks(files: Sequence[FileInfo]) -> list[Stack]:
         for fi in items:
             h = fi.header
             assert h is not None
-            geometric = (h["orientation"] is not None and h["position"] is not None
-                         and h["has_spacing"])
+            geometric = (
+                h["orientation"] is not None and h["position"] is not None and h["has_spacing"]
+            )
             if h["frames"] > 1 or not geometric:
                 form = "multiframe" if h["frames"] > 1 else "image"
-                sid = _h(study, series, "file", h["sop_instance_uid"] or fi.path, h["rows"],
-                         h["columns"], h["frames"], h["channels"])[:16]
-                stacks.append(_make_stack(sid, study, series, [fi], form,
-                                          h["frames"], instance=h["instance_number"]))
+                sid = _h(
+                    study,
+                    series,
+                    "file",
+                    h["sop_instance_uid"] or fi.path,
+                    h["rows"],
+                    h["columns"],
+                    h["frames"],
+                    h["channels"],
+                )[:16]
+                stacks.append(
+                    _make_stack(
+                        sid, study, series, [fi], form, h["frames"], instance=h["instance_number"]
+                    )
+                )
                 continue
-            key = (h["rows"], h["columns"], tuple(round(v, 4) for v in h["orientation"]),
-                   h["channels"])
+            key = (
+                h["rows"],
+                h["columns"],
+                tuple(round(v, 4) for v in h["orientation"]),
+                h["channels"],
+            )
             volume_groups[key].append(fi)
         for key, group in volume_groups.items():
             for sub, part in _split_positions(group):
@@ -505,52 +568,85 @@ def group_stacks(files: Sequence[FileInfo]) -> list[Stack]:
                 if len(part) == 1:
                     h = part[0].header
                     assert h is not None
-                    stacks.append(_make_stack(sid, study, series, part, "image", 1,
-                                              instance=h["instance_number"]))
+                    stacks.append(
+                        _make_stack(
+                            sid, study, series, part, "image", 1, instance=h["instance_number"]
+                        )
+                    )
                 else:
                     stacks.append(_make_stack(sid, study, series, part, "volume", len(part)))
     stacks.sort(key=lambda s: (s.output_name, s.id))
     return stacks
 
 
-def _make_stack(sid: str, study: str, series: str, items: list[FileInfo], form: str,
-                n_slices: int, instance: int | None = None) -> Stack:
+def _make_stack(
+    sid: str,
+    study: str,
+    series: str,
+    items: list[FileInfo],
+    form: str,
+    n_slices: int,
+    instance: int | None = None,
+) -> Stack:
     h = items[0].header
     assert h is not None
     files = sorted(fi.path for fi in items)
-    fingerprint = _h(*[f"{fi.path}:{fi.size}:{fi.mtime_ns}" for fi in
-                       sorted(items, key=lambda f: f.path)])[:16]
-    name = (_study_folder(study, h["study_date"]) + "/"
-            + _series_folder(h["modality"], h["series_number"], instance, sid))
-    return Stack(id=sid, study_uid=study, series_uid=series, modality=h["modality"],
-                 series_number=h["series_number"], description=h["series_description"],
-                 study_date=h["study_date"], files=files, form=form,
-                 dims=3 if n_slices > 1 else 2, n_slices=n_slices, rows=int(h["rows"] or 0),
-                 columns=int(h["columns"] or 0), channels=int(h["channels"]),
-                 output_name=name, fingerprint=fingerprint)
+    fingerprint = _h(
+        *[f"{fi.path}:{fi.size}:{fi.mtime_ns}" for fi in sorted(items, key=lambda f: f.path)]
+    )[:16]
+    name = (
+        _study_folder(study, h["study_date"])
+        + "/"
+        + _series_folder(h["modality"], h["series_number"], instance, sid)
+    )
+    return Stack(
+        id=sid,
+        study_uid=study,
+        series_uid=series,
+        modality=h["modality"],
+        series_number=h["series_number"],
+        description=h["series_description"],
+        study_date=h["study_date"],
+        files=files,
+        form=form,
+        dims=3 if n_slices > 1 else 2,
+        n_slices=n_slices,
+        rows=int(h["rows"] or 0),
+        columns=int(h["columns"] or 0),
+        channels=int(h["channels"]),
+        output_name=name,
+        fingerprint=fingerprint,
+    )
 
 
 def fit_reason(stack: Stack, req: ModelRequirements) -> str | None:
     """Why ``stack`` does not fit the model (modality, 2D/3D, colour), or ``None`` when it fits."""
     problems = []
     if req.modalities and stack.modality not in req.modalities:
-        problems.append(f"modality {stack.modality or 'unknown'} (the model is for "
-                        f"{', '.join(req.modalities)})")
+        problems.append(
+            f"modality {stack.modality or 'unknown'} (the model is for {', '.join(req.modalities)})"
+        )
     if req.spatial_dims == 2 and stack.dims != 2:
         problems.append(f"a {stack.describe().split(' ', 1)[1]} (the model segments 2D images)")
     elif req.spatial_dims == 3 and stack.dims != 3:
         problems.append("a single 2D image (the model segments volumes)")
     if stack.channels != req.channels:
         word = {1: "greyscale", 3: "colour"}
-        problems.append(f"{word.get(stack.channels, f'{stack.channels}-channel')} pixels (the "
-                        f"model takes {word.get(req.channels, f'{req.channels}-channel')})")
+        problems.append(
+            f"{word.get(stack.channels, f'{stack.channels}-channel')} pixels (the "
+            f"model takes {word.get(req.channels, f'{req.channels}-channel')})"
+        )
     return "does not fit the model: " + "; ".join(problems) if problems else None
 
 
-def scan_export(root: str | Path, *, workers: int | None = None,
-                exclude: Iterable[str | Path] = (),
-                known: Mapping[str, FileInfo] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> ScanOutcome:
+def scan_export(
+    root: str | Path,
+    *,
+    workers: int | None = None,
+    exclude: Iterable[str | Path] = (),
+    known: Mapping[str, FileInfo] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanOutcome:
     """List, header-scan and group every file under ``root``.
 
     Args:
@@ -574,15 +670,26 @@ def scan_export(root: str | Path, *, workers: int | None = None,
             except OSError:
                 st = None
             if st is not None and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns:
-                cached[rel] = FileInfo(old.path, old.size, old.mtime_ns,
-                                       "image" if old.kind == "duplicate" else old.kind,
-                                       None if old.kind == "duplicate" else old.reason,
-                                       old.failed, old.header, old.seconds)
+                cached[rel] = FileInfo(
+                    old.path,
+                    old.size,
+                    old.mtime_ns,
+                    "image" if old.kind == "duplicate" else old.kind,
+                    None if old.kind == "duplicate" else old.reason,
+                    old.failed,
+                    old.header,
+                    old.seconds,
+                )
                 continue
         todo.append(rel)
     fresh = {fi.path: fi for fi in scan_files(root, todo, workers=workers, progress=progress)}
     files = [cached[r] if r in cached else fresh[r] for r in rels]
     mark_duplicates(files)
     stacks = group_stacks(files)
-    return ScanOutcome(root=root, files=files, stacks=stacks,
-                       seconds=time.perf_counter() - t0, headers_read=len(todo))
+    return ScanOutcome(
+        root=root,
+        files=files,
+        stacks=stacks,
+        seconds=time.perf_counter() - t0,
+        headers_read=len(todo),
+    )

@@ -37,8 +37,14 @@ class _Flight:
         return bool(self.queue or self.running)
 
 
-def _fill(man: Manifest, flight: _Flight, jobs_for: JobsFor,
-          submit: Callable[[list[dict[str, Any]]], Any], in_flight: int, worker: str) -> None:
+def _fill(
+    man: Manifest,
+    flight: _Flight,
+    jobs_for: JobsFor,
+    submit: Callable[[list[dict[str, Any]]], Any],
+    in_flight: int,
+    worker: str,
+) -> None:
     """Submit queued chunks until ``in_flight`` run; each chunk's series are claimed first (a
     series another driver claimed meanwhile is left out)."""
     while flight.queue and len(flight.running) < in_flight:
@@ -49,23 +55,41 @@ def _fill(man: Manifest, flight: _Flight, jobs_for: JobsFor,
             flight.running[submit(jobs)] = chunk
 
 
-def _after_crash(man: Manifest, flight: _Flight, chunk: list[Row], exc: BaseException,
-                 jobs_for: JobsFor, on_result: OnResult) -> None:
+def _after_crash(
+    man: Manifest,
+    flight: _Flight,
+    chunk: list[Row],
+    exc: BaseException,
+    jobs_for: JobsFor,
+    on_result: OnResult,
+) -> None:
     """A chunk's worker died: each of its series runs again on its own, unless it was claimed
     :data:`MAX_ATTEMPTS` times already (then it fails, naming the crash)."""
     attempts = {r["id"]: r["attempts"] for r in man.series("running")}
     for row in chunk:
         if attempts.get(row["id"], MAX_ATTEMPTS) >= MAX_ATTEMPTS:
-            on_result(error_result(jobs_for(row), MedxaiError(
-                f"its worker process died {MAX_ATTEMPTS} times while processing it "
-                f"({type(exc).__name__})")))
+            on_result(
+                error_result(
+                    jobs_for(row),
+                    MedxaiError(
+                        f"its worker process died {MAX_ATTEMPTS} times while processing it "
+                        f"({type(exc).__name__})"
+                    ),
+                )
+            )
         else:
             man.requeue([row["id"]])
             flight.queue.append([row])
 
 
-def _collect(man: Manifest, flight: _Flight, done: Sequence[Any], jobs_for: JobsFor,
-             on_result: OnResult, is_crash: Callable[[BaseException], bool]) -> bool:
+def _collect(
+    man: Manifest,
+    flight: _Flight,
+    done: Sequence[Any],
+    jobs_for: JobsFor,
+    on_result: OnResult,
+    is_crash: Callable[[BaseException], bool],
+) -> bool:
     """Record the results of the finished futures; True when a worker died."""
     crashed = False
     for fut in done:
@@ -91,11 +115,18 @@ def _requeue_in_flight(man: Manifest, flight: _Flight) -> None:
         flight.queue.extend([r] for r in chunk)
 
 
-def drive(man: Manifest, chunks: Sequence[Sequence[Row]], jobs_for: JobsFor,
-          submit: Callable[[list[dict[str, Any]]], Any],
-          wait_any: Callable[[list[Any]], Sequence[Any]], in_flight: int, worker: str,
-          on_result: OnResult, on_crash: Callable[[], None] | None = None,
-          is_crash: Callable[[BaseException], bool] = lambda _e: False) -> None:
+def drive(
+    man: Manifest,
+    chunks: Sequence[Sequence[Row]],
+    jobs_for: JobsFor,
+    submit: Callable[[list[dict[str, Any]]], Any],
+    wait_any: Callable[[list[Any]], Sequence[Any]],
+    in_flight: int,
+    worker: str,
+    on_result: OnResult,
+    on_crash: Callable[[], None] | None = None,
+    is_crash: Callable[[BaseException], bool] = lambda _e: False,
+) -> None:
     """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
     as chunks complete. A chunk whose worker died is split into single series and retried, each
     at most :data:`MAX_ATTEMPTS` times in all; other errors fail the chunk's series.
@@ -117,8 +148,9 @@ def drive(man: Manifest, chunks: Sequence[Sequence[Row]], jobs_for: JobsFor,
         _fill(man, flight, jobs_for, submit, in_flight, worker)
         if not flight.running:
             continue
-        crashed = _collect(man, flight, wait_any(list(flight.running)), jobs_for, on_result,
-                           is_crash)
+        crashed = _collect(
+            man, flight, wait_any(list(flight.running)), jobs_for, on_result, is_crash
+        )
         if crashed and on_crash is not None:
             _requeue_in_flight(man, flight)
             on_crash()

@@ -19,11 +19,27 @@ from medxai.choices import EXPLAIN_CHOICES, FORMAT_CHOICES
 from medxai.errors import InputError, MedxaiError, ModelError
 from medxai.io.detect import sniff_folder, sniff_form
 
-__all__ = ["EXPLAIN_CHOICES", "FORMAT_CHOICES", "guard", "run_guarded", "parse_ints",
-           "parse_floats", "parse_formats", "echo_json", "stderr_line", "InputItem",
-           "resolve_inputs", "require_inputs", "check_output_dir", "check_model_arg",
-           "check_folder_arg", "exit_code_for", "error_entry", "dicom_warnings_as_lines",
-           "InputProgress"]
+__all__ = [
+    "EXPLAIN_CHOICES",
+    "FORMAT_CHOICES",
+    "guard",
+    "run_guarded",
+    "parse_ints",
+    "parse_floats",
+    "parse_formats",
+    "echo_json",
+    "stderr_line",
+    "InputItem",
+    "resolve_inputs",
+    "require_inputs",
+    "check_output_dir",
+    "check_model_arg",
+    "check_folder_arg",
+    "exit_code_for",
+    "error_entry",
+    "dicom_warnings_as_lines",
+    "InputProgress",
+]
 
 # Everything in this module runs before torch/MONAI are imported: a bad call is answered in a
 # small fraction of the import time. Keep it free of numpy, torch, MONAI and pydicom imports.
@@ -73,8 +89,9 @@ def parse_ints(value: str | None, name: str) -> list[int] | None:
     try:
         return [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected integers like 96,96,96, got {value!r}",
-                                 param_hint=name) from None
+        raise click.BadParameter(
+            f"expected integers like 96,96,96, got {value!r}", param_hint=name
+        ) from None
 
 
 def parse_floats(value: str | None, name: str) -> list[float] | None:
@@ -83,8 +100,9 @@ def parse_floats(value: str | None, name: str) -> list[float] | None:
     try:
         return [float(v) for v in value.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected numbers like 1.5,1.5,2, got {value!r}",
-                                 param_hint=name) from None
+        raise click.BadParameter(
+            f"expected numbers like 1.5,1.5,2, got {value!r}", param_hint=name
+        ) from None
 
 
 def parse_formats(value: str | None) -> list[str] | None:
@@ -94,8 +112,10 @@ def parse_formats(value: str | None) -> list[str] | None:
     formats = [f.strip() for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMAT_CHOICES]
     if bad:
-        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
-                                 param_hint="--format")
+        raise click.BadParameter(
+            f"unknown format(s) {bad}; choose from {', '.join(FORMAT_CHOICES)}",
+            param_hint="--format",
+        )
     return formats
 
 
@@ -142,8 +162,9 @@ def resolve_inputs(paths: Sequence[str]) -> tuple[list[InputItem], list[MedxaiEr
             bad.append(err)
             continue
         if form == "picture-folder":
-            items.extend(InputItem(str(p), _file_form(p), given)
-                         for p in sniff_folder(Path(given)).files)
+            items.extend(
+                InputItem(str(p), _file_form(p), given) for p in sniff_folder(Path(given)).files
+            )
         else:
             items.append(InputItem(given, form, given))
     return items, bad
@@ -156,8 +177,9 @@ def _file_form(path: Path) -> str:
         return "unknown"
 
 
-def require_inputs(paths: Sequence[str], *, as_json: bool = False) -> tuple[list[InputItem],
-                                                                           list[dict[str, Any]]]:
+def require_inputs(
+    paths: Sequence[str], *, as_json: bool = False
+) -> tuple[list[InputItem], list[dict[str, Any]]]:
     """:func:`resolve_inputs`, printing each unusable path as an ``Error:`` line (unless
     ``as_json``); when no input is usable, the command ends here with exit code 2 (the single
     error is raised as is, so its message is the command's answer).
@@ -206,8 +228,9 @@ def check_output_dir(output: str, *, option: str = "--output") -> None:
             break
         probe = probe.parent
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"cannot write into {probe} (permission denied)",
-                                 param_hint=option)
+        raise click.BadParameter(
+            f"cannot write into {probe} (permission denied)", param_hint=option
+        )
 
 
 def check_folder_arg(path: str, *, what: str = "folder") -> None:
@@ -218,8 +241,9 @@ def check_folder_arg(path: str, *, what: str = "folder") -> None:
     if not p.is_dir():
         raise InputError(f"is a file; a {what} is expected", path=path)
     if not os.access(p, os.R_OK | os.X_OK):
-        raise InputError("cannot be read (permission denied)", path=path,
-                         hint="check the folder's permissions")
+        raise InputError(
+            "cannot be read (permission denied)", path=path, hint="check the folder's permissions"
+        )
 
 
 def check_model_arg(model: str | None) -> None:
@@ -227,17 +251,23 @@ def check_model_arg(model: str | None) -> None:
     readable bundle folder; bundled model names are checked by the registry."""
     if not model:
         return
-    looks_like_path = (os.sep in model or "/" in model or model.startswith((".", "~"))
-                       or os.path.exists(model))
+    looks_like_path = (
+        os.sep in model or "/" in model or model.startswith((".", "~")) or os.path.exists(model)
+    )
     if not looks_like_path:
         return
     p = Path(model).expanduser()
     if not p.exists():
-        raise ModelError("no bundle folder here", path=model,
-                         hint="pass a bundle folder, or a bundled model name (`medxai models`)")
+        raise ModelError(
+            "no bundle folder here",
+            path=model,
+            hint="pass a bundle folder, or a bundled model name (`medxai models`)",
+        )
     if not p.is_dir():
-        raise ModelError("is a file; --model takes a bundle folder (configs/, models/) or a "
-                         "bundled model name", path=model)
+        raise ModelError(
+            "is a file; --model takes a bundle folder (configs/, models/) or a bundled model name",
+            path=model,
+        )
 
 
 # pydicom: "Invalid value for VR CS: 'x'. Please see <url> for allowed values for each VR."
@@ -269,16 +299,25 @@ def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None)
     seen: set[str] = set()
     previous = warnings.showwarning
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
         text = str(message)
         if "pydicom" not in filename and not _PYDICOM_VR.search(text):
             previous(message, category, filename, lineno, file, line)
             return
         m = _PYDICOM_VR.search(text)
         tag = _dicom_tag_of_warning()
-        what = (f"VR {m.group(1)}: invalid value {m.group(2).strip()}" if m
-                else text.split("\n")[0].split(" Please see")[0])
+        what = (
+            f"VR {m.group(1)}: invalid value {m.group(2).strip()}"
+            if m
+            else text.split("\n")[0].split(" Please see")[0]
+        )
         where = f"{path}: " if path else ""
         line_out = f"warning: {where}{'tag ' + tag + ' ' if tag else ''}{what} (kept as is)"
         if line_out not in seen:
@@ -328,5 +367,8 @@ class InputProgress:
             return
         elapsed = self._clock() - self.start
         rate = f", {self.done / elapsed:.2f} inputs/s" if elapsed > 0 else ""
-        click.echo(f"{done} done, {skipped} skipped, {failed} failed of {self.total} input(s) "
-                   f"in {elapsed:.1f} s{rate}", err=True)
+        click.echo(
+            f"{done} done, {skipped} skipped, {failed} failed of {self.total} input(s) "
+            f"in {elapsed:.1f} s{rate}",
+            err=True,
+        )

@@ -38,8 +38,9 @@ def _hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None) 
     return float(hd95(pred, truth, voxelspacing=list(spacing) if spacing else None))
 
 
-def binary_metrics(pred: np.ndarray, truth: np.ndarray,
-                   spacing: Sequence[float] | None = None) -> dict[str, float]:
+def binary_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
+) -> dict[str, float]:
     """All metrics of :data:`METRIC_NAMES` for two boolean masks of the same shape."""
     p = np.asarray(pred).astype(bool)
     t = np.asarray(truth).astype(bool)

@@ -26,9 +26,20 @@ __all__ = ["evaluate_saliency", "list_images", "format_table", "DEFAULT_METHODS"
 
 DEFAULT_METHODS = EVALUATION_METHODS
 
-_COLUMNS = ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc",
-            "energy_in_mask", "sanity_spearman", "seconds", "cost_vs_inference",
-            "corr_mask", "corr_probability", "context_share", "sparseness")
+_COLUMNS = (
+    "deletion_auc",
+    "random_deletion_auc",
+    "insertion_auc",
+    "random_insertion_auc",
+    "energy_in_mask",
+    "sanity_spearman",
+    "seconds",
+    "cost_vs_inference",
+    "corr_mask",
+    "corr_probability",
+    "context_share",
+    "sparseness",
+)
 
 
 def list_images(data: str | Path, limit: int | None = None) -> list[Path]:
@@ -42,18 +53,27 @@ def list_images(data: str | Path, limit: int | None = None) -> list[Path]:
     if not data.is_dir():
         raise InputError("does not exist", path=data)
     folder = data / "images" if (data / "images").is_dir() else data
-    files = [p for p in sorted(folder.iterdir())
-             if is_data_file(p) and mask_key(stem(p)) == stem(p)]
+    files = [
+        p for p in sorted(folder.iterdir()) if is_data_file(p) and mask_key(stem(p)) == stem(p)
+    ]
     if not files:
         raise InputError("holds no images", path=data)
     return files[:limit] if limit else files
 
 
-def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str] = DEFAULT_METHODS,
-                      *, label: int = 1, steps: int = 20, device: str = "cpu",
-                      baseline: str = "mean", target: str = "segment",
-                      layer: str | None = None,
-                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate_saliency(
+    bundle: Any,
+    images: Sequence[Path],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    label: int = 1,
+    steps: int = 20,
+    device: str = "cpu",
+    baseline: str = "mean",
+    target: str = "segment",
+    layer: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Faithfulness table: per method the mean of each column of :data:`_COLUMNS`.
 
     The mask on the model grid is the bundle's own label map (its ``inference.threshold`` and
@@ -81,8 +101,18 @@ def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str
     skipped = 0
     with network_on(bundle.network, dev) as net:
         for n, path in enumerate(images):
-            rows = _image_rows(bundle, net, path, dev, methods, label=label, steps=steps,
-                               baseline=baseline, target=target, layer=layer)
+            rows = _image_rows(
+                bundle,
+                net,
+                path,
+                dev,
+                methods,
+                label=label,
+                steps=steps,
+                baseline=baseline,
+                target=target,
+                layer=layer,
+            )
             if rows is None:
                 skipped += 1
                 continue
@@ -90,9 +120,17 @@ def evaluate_saliency(bundle: Any, images: Sequence[Path], methods: Sequence[str
                 per_method[m].append(row)
             if progress:
                 progress(f"{n + 1}/{len(images)} {path.name}")
-    return {"methods": _mean_table(per_method), "images": len(images), "skipped_empty": skipped,
-            "baseline": baseline, "label": label, "steps": steps, "device": str(dev),
-            "target": target, "layer": layer}
+    return {
+        "methods": _mean_table(per_method),
+        "images": len(images),
+        "skipped_empty": skipped,
+        "baseline": baseline,
+        "label": label,
+        "steps": steps,
+        "device": str(dev),
+        "target": target,
+        "layer": layer,
+    }
 
 
 def _model_grid_mask(bundle: Any, logits: torch.Tensor, label: int) -> torch.Tensor:
@@ -126,10 +164,19 @@ def _pad_for_network(bundle: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(x, pad) if any(pad) else x
 
 
-def _image_rows(bundle: Any, net: torch.nn.Module, path: Path, dev: torch.device,
-                methods: Sequence[str], *, label: int, steps: int, baseline: str,
-                target: str = "segment", layer: str | None = None
-                ) -> dict[str, dict[str, float]] | None:
+def _image_rows(
+    bundle: Any,
+    net: torch.nn.Module,
+    path: Path,
+    dev: torch.device,
+    methods: Sequence[str],
+    *,
+    label: int,
+    steps: int,
+    baseline: str,
+    target: str = "segment",
+    layer: str | None = None,
+) -> dict[str, dict[str, float]] | None:
     """One row per method for the image at ``path``; None when the model finds no ``label``."""
     from medxai.explain import CAM_METHODS, SegmentationTarget, explain, informativeness
     from medxai.inference import prepare_input
@@ -144,8 +191,9 @@ def _image_rows(bundle: Any, net: torch.nn.Module, path: Path, dev: torch.device
     mask = _model_grid_mask(bundle, logits, label)
     if not mask.any():
         return None
-    question = SegmentationTarget(label, target,
-                                  threshold=(bundle.inference or {}).get("threshold"))
+    question = SegmentationTarget(
+        label, target, threshold=(bundle.inference or {}).get("threshold")
+    )
     if not question.mask(logits).any():
         return None
     prob = question.probability(logits)
@@ -155,34 +203,58 @@ def _image_rows(bundle: Any, net: torch.nn.Module, path: Path, dev: torch.device
         t = time.perf_counter()
         sal = explain(net, x, method=m, target=question, **options)
         secs = time.perf_counter() - t
-        scores = _faithfulness(net, x, sal, m, label=label, steps=steps, baseline=baseline,
-                               target=question, options=options)
+        scores = _faithfulness(
+            net,
+            x,
+            sal,
+            m,
+            label=label,
+            steps=steps,
+            baseline=baseline,
+            target=question,
+            options=options,
+        )
         if scores is None:
             continue
         info = informativeness(sal, prob, mask)
-        rows[m] = {**scores, "energy_in_mask": float(info["energy_in_mask"][0]),
-                   "corr_mask": float(info["corr_mask"][0]),
-                   "corr_probability": float(info["corr_probability"][0]),
-                   "context_share": float(info["context_share"][0]),
-                   "sparseness": float(info["sparseness"][0]),
-                   "seconds": secs, "cost_vs_inference": secs / max(infer_s, 1e-6)}
+        rows[m] = {
+            **scores,
+            "energy_in_mask": float(info["energy_in_mask"][0]),
+            "corr_mask": float(info["corr_mask"][0]),
+            "corr_probability": float(info["corr_probability"][0]),
+            "context_share": float(info["context_share"][0]),
+            "sparseness": float(info["sparseness"][0]),
+            "seconds": secs,
+            "cost_vs_inference": secs / max(infer_s, 1e-6),
+        }
     return rows
 
 
-def _faithfulness(net: torch.nn.Module, x: torch.Tensor, sal: torch.Tensor, method: str, *,
-                  label: int, steps: int, baseline: str, target: Any = None,
-                  options: dict[str, Any] | None = None) -> dict[str, float] | None:
+def _faithfulness(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    sal: torch.Tensor,
+    method: str,
+    *,
+    label: int,
+    steps: int,
+    baseline: str,
+    target: Any = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, float] | None:
     """Deletion/insertion AUCs (with random-order baselines) and the randomisation rank
     correlation of one map; None when the curves cannot be computed."""
     from medxai.explain import deletion_insertion, randomisation_sanity
 
     try:
-        di = deletion_insertion(net, x, sal, target_label=label, steps=steps, baseline=baseline,
-                                target=target)
+        di = deletion_insertion(
+            net, x, sal, target_label=label, steps=steps, baseline=baseline, target=target
+        )
     except ExplainError:
         return None
-    sanity = randomisation_sanity(net, x, method=method, target_label=label, target=target,
-                                  **(options or {}))
+    sanity = randomisation_sanity(
+        net, x, method=method, target_label=label, target=target, **(options or {})
+    )
     return {
         "deletion_auc": float(di["deletion_auc"][0]),
         "random_deletion_auc": float(di["random_deletion_auc"][0]),
@@ -195,27 +267,34 @@ def _faithfulness(net: torch.nn.Module, x: torch.Tensor, sal: torch.Tensor, meth
 def _mean_table(per_method: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     table: dict[str, dict[str, float]] = {}
     for m, rows in per_method.items():
-        table[m] = {c: float(np.nanmean([r[c] for r in rows])) if rows else float("nan")
-                    for c in _COLUMNS}
+        table[m] = {
+            c: float(np.nanmean([r[c] for r in rows])) if rows else float("nan") for c in _COLUMNS
+        }
         table[m]["n"] = len(rows)
     return table
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The table ``medxai explain --evaluate`` prints."""
-    head = (f"{'method':10s} {'n':>4s} {'del AUC':>8s} {'(rand)':>7s} {'ins AUC':>8s} {'(rand)':>7s} "
-            f"{'in mask':>8s} {'sanity ρ':>9s} {'s/img':>7s} {'x infer':>8s} {'r mask':>7s} "
-            f"{'context':>8s} {'sparse':>7s}")
+    head = (
+        f"{'method':10s} {'n':>4s} {'del AUC':>8s} {'(rand)':>7s} {'ins AUC':>8s} {'(rand)':>7s} "
+        f"{'in mask':>8s} {'sanity ρ':>9s} {'s/img':>7s} {'x infer':>8s} {'r mask':>7s} "
+        f"{'context':>8s} {'sparse':>7s}"
+    )
     lines = [head]
     for m, r in result["methods"].items():
-        lines.append(f"{m:10s} {r['n']:4d} {r['deletion_auc']:8.3f} {r['random_deletion_auc']:7.3f} "
-                     f"{r['insertion_auc']:8.3f} {r['random_insertion_auc']:7.3f} "
-                     f"{r['energy_in_mask']:8.3f} {r['sanity_spearman']:9.3f} "
-                     f"{r['seconds']:7.3f} {r['cost_vs_inference']:8.1f} {r['corr_mask']:7.3f} "
-                     f"{r['context_share']:8.3f} {r['sparseness']:7.3f}")
-    lines.append(f"{result['images']} image(s), {result['skipped_empty']} without a predicted "
-                 f"label {result['label']} skipped; target {result.get('target', 'segment')}; "
-                 f"layer {result.get('layer') or 'default'}; "
-                 f"deletion baseline {result['baseline']}; "
-                 f"device {result['device']}")
+        lines.append(
+            f"{m:10s} {r['n']:4d} {r['deletion_auc']:8.3f} {r['random_deletion_auc']:7.3f} "
+            f"{r['insertion_auc']:8.3f} {r['random_insertion_auc']:7.3f} "
+            f"{r['energy_in_mask']:8.3f} {r['sanity_spearman']:9.3f} "
+            f"{r['seconds']:7.3f} {r['cost_vs_inference']:8.1f} {r['corr_mask']:7.3f} "
+            f"{r['context_share']:8.3f} {r['sparseness']:7.3f}"
+        )
+    lines.append(
+        f"{result['images']} image(s), {result['skipped_empty']} without a predicted "
+        f"label {result['label']} skipped; target {result.get('target', 'segment')}; "
+        f"layer {result.get('layer') or 'default'}; "
+        f"deletion baseline {result['baseline']}; "
+        f"device {result['device']}"
+    )
     return "\n".join(lines)

@@ -32,8 +32,11 @@ class EvaluationResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "n_images": len({r["case"] for r in self.rows}),
-                "seconds": round(self.seconds, 2)}
+        return {
+            "summary": self.summary,
+            "n_images": len({r["case"] for r in self.rows}),
+            "seconds": round(self.seconds, 2),
+        }
 
 
 def _truth_array(path: Path) -> tuple[np.ndarray, list[float], bool]:
@@ -45,8 +48,13 @@ def _truth_array(path: Path) -> tuple[np.ndarray, list[float], bool]:
     return arr, list(img.meta.get("spacing", [])), has_geo
 
 
-def _rows_for(case: str, pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None,
-              labels: Sequence[int]) -> list[dict[str, Any]]:
+def _rows_for(
+    case: str,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float] | None,
+    labels: Sequence[int],
+) -> list[dict[str, Any]]:
     rows = []
     for lab in labels:
         m = binary_metrics(pred == lab, truth == lab, spacing)
@@ -61,8 +69,13 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]
     return {lab: summarise(rs) for lab, rs in by_label.items()}
 
 
-def evaluate_model(bundle: Any, data: str | Path, *, device: str = "auto",
-                   progress: Callable[[int, int], None] | None = None) -> EvaluationResult:
+def evaluate_model(
+    bundle: Any,
+    data: str | Path,
+    *,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
     """Predict every image of ``data`` (a folder :func:`find_pairs` understands) and score it."""
     from medxai.inference import predict
     from medxai.io.readers import read_image
@@ -78,8 +91,10 @@ def evaluate_model(bundle: Any, data: str | Path, *, device: str = "auto",
         if pred.shape != truth.shape:
             pred = pred.reshape(truth.shape) if pred.size == truth.size else pred
         if pred.shape != truth.shape:
-            raise InputError(f"prediction grid {pred.shape} differs from the mask's {truth.shape}",
-                             path=pair.label)
+            raise InputError(
+                f"prediction grid {pred.shape} differs from the mask's {truth.shape}",
+                path=pair.label,
+            )
         rows += _rows_for(pair.case_id, pred, truth, spacing if has_geo else None, fg)
         if progress:
             progress(n + 1, len(pairs))
@@ -94,8 +109,9 @@ def _index(folder: Path) -> dict[str, Path]:
     return out
 
 
-def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path,
-                     labels: Sequence[int] | None = None) -> EvaluationResult:
+def evaluate_folders(
+    pred_dir: str | Path, truth_dir: str | Path, labels: Sequence[int] | None = None
+) -> EvaluationResult:
     """Score prediction files against truth files matched by case name.
 
     A prediction matches a truth file when their stems agree after removing mask suffixes
@@ -116,15 +132,20 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path,
     if not truths:
         raise InputError("holds no label files", path=truth_dir)
     if missing:
-        raise InputError(f"{len(missing)} truth case(s) have no prediction, e.g. {missing[:3]}",
-                         path=pred_dir, hint="name predictions like the truth files")
+        raise InputError(
+            f"{len(missing)} truth case(s) have no prediction, e.g. {missing[:3]}",
+            path=pred_dir,
+            hint="name predictions like the truth files",
+        )
     rows: list[dict[str, Any]] = []
     for case, tpath in truths.items():
         truth, spacing, has_geo = _truth_array(tpath)
         pred, _, _ = _truth_array(preds[case])
         if pred.shape != truth.shape:
-            raise InputError(f"prediction grid {pred.shape} differs from the truth's {truth.shape}",
-                             path=preds[case])
+            raise InputError(
+                f"prediction grid {pred.shape} differs from the truth's {truth.shape}",
+                path=preds[case],
+            )
         labs = list(labels) if labels else sorted(set(np.unique(truth).tolist()) - {0}) or [1]
         rows += _rows_for(case, pred, truth, spacing if has_geo else None, labs)
     return EvaluationResult(rows, _summary(rows), time.perf_counter() - t0)

@@ -137,8 +137,9 @@ def explain(
     Raises:
         ExplainError: unknown method, layer or option, label out of range, bad input.
     """
-    target_options = {k: options.pop(k) for k in ("border_width", "missed_low", "threshold")
-                      if k in options}
+    target_options = {
+        k: options.pop(k) for k in ("border_width", "missed_low", "threshold") if k in options
+    }
     if roi is not None and not isinstance(roi, torch.Tensor):
         roi = box_region(x.shape[2:], roi)
     target = make_target(target_label, target, roi, **target_options)

@@ -24,15 +24,19 @@ def prepare_input(x: torch.Tensor) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ExplainError(f"input must be a torch tensor (N, C, *spatial), got {type(x).__name__}")
     if x.ndim not in (4, 5):
-        raise ExplainError(f"input must be a batch (N, C, H, W) or (N, C, H, W, D), got shape "
-                           f"{tuple(x.shape)}", hint="add the batch dimension with x[None]")
+        raise ExplainError(
+            f"input must be a batch (N, C, H, W) or (N, C, H, W, D), got shape {tuple(x.shape)}",
+            hint="add the batch dimension with x[None]",
+        )
     if not x.is_floating_point():
         raise ExplainError(f"input must be a floating point tensor, got {x.dtype}")
     if any(s == 0 for s in x.shape):
         raise ExplainError(f"input is empty: shape {tuple(x.shape)}")
     if torch.is_inference_mode_enabled():
-        raise ExplainError("saliency cannot be computed inside torch.inference_mode()",
-                           hint="call it outside the inference_mode block")
+        raise ExplainError(
+            "saliency cannot be computed inside torch.inference_mode()",
+            hint="call it outside the inference_mode block",
+        )
     return x.detach().as_subclass(torch.Tensor)
 
 
@@ -40,17 +44,23 @@ def forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``net(x)`` as a plain tensor ``(N, K, *spatial)``; the first output if there are several."""
     param = next(net.parameters(), None)
     if param is not None and param.device != x.device:
-        raise ExplainError(f"the network is on {param.device} but the input is on {x.device}",
-                           hint="move the input (or the network) to the same device")
+        raise ExplainError(
+            f"the network is on {param.device} but the input is on {x.device}",
+            hint="move the input (or the network) to the same device",
+        )
     out = net(x)
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     if not isinstance(out, torch.Tensor):
-        raise ExplainError(f"the network returned {type(out).__name__}, expected a tensor of "
-                           "logits (N, K, *spatial)")
+        raise ExplainError(
+            f"the network returned {type(out).__name__}, expected a tensor of "
+            "logits (N, K, *spatial)"
+        )
     if out.ndim != x.ndim or out.shape[0] != x.shape[0]:
-        raise ExplainError(f"the network mapped input {tuple(x.shape)} to {tuple(out.shape)}; "
-                           "expected logits (N, K, *spatial) for a segmentation")
+        raise ExplainError(
+            f"the network mapped input {tuple(x.shape)} to {tuple(out.shape)}; "
+            "expected logits (N, K, *spatial) for a segmentation"
+        )
     return out.as_subclass(torch.Tensor)
 
 
@@ -116,8 +126,9 @@ def default_blur_sigma(spatial: Sequence[int]) -> float:
     return max(1.0, min(spatial) / 16)
 
 
-def make_baseline(x: torch.Tensor, kind: str | float | torch.Tensor,
-                  blur_sigma: float | None = None) -> torch.Tensor:
+def make_baseline(
+    x: torch.Tensor, kind: str | float | torch.Tensor, blur_sigma: float | None = None
+) -> torch.Tensor:
     """The reference image a perturbation moves towards, shaped like ``x``.
 
     Args:
@@ -130,8 +141,9 @@ def make_baseline(x: torch.Tensor, kind: str | float | torch.Tensor,
         try:
             return torch.broadcast_to(kind.to(device=x.device, dtype=x.dtype), x.shape).clone()
         except RuntimeError as exc:
-            raise ExplainError(f"baseline of shape {tuple(kind.shape)} does not fit input "
-                               f"{tuple(x.shape)}") from exc
+            raise ExplainError(
+                f"baseline of shape {tuple(kind.shape)} does not fit input {tuple(x.shape)}"
+            ) from exc
     if isinstance(kind, (int, float)) and not isinstance(kind, bool):
         return torch.full_like(x, float(kind))
     if kind == "zero":

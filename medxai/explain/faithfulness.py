@@ -37,9 +37,19 @@ from medxai.explain.layers import resolve_layer
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
 from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
 
-__all__ = ["deletion_insertion", "energy_in_mask", "randomisation_sanity", "spearman", "auc",
-           "redundancy", "context_share", "sparseness", "complexity", "lesion_energy_ratio",
-           "informativeness"]
+__all__ = [
+    "deletion_insertion",
+    "energy_in_mask",
+    "randomisation_sanity",
+    "spearman",
+    "auc",
+    "redundancy",
+    "context_share",
+    "sparseness",
+    "complexity",
+    "lesion_energy_ratio",
+    "informativeness",
+]
 
 SCORES = ("probability", "logit")
 
@@ -128,8 +138,9 @@ def deletion_insertion(
 
     order = torch.argsort(saliency.flatten(1), dim=1, descending=True, stable=True)
     generator = torch.Generator(device="cpu").manual_seed(int(random_seed))
-    random_order = torch.stack([torch.randperm(pixels, generator=generator)
-                                for _ in range(n)]).to(x.device)
+    random_order = torch.stack([torch.randperm(pixels, generator=generator) for _ in range(n)]).to(
+        x.device
+    )
 
     with frozen_model(net), torch.no_grad():
         logits = forward(net, x)
@@ -153,9 +164,12 @@ def deletion_insertion(
         reference, _ = measure(x)
         bad = [i for i in range(n) if not reference[i] > 0]
         if bad:
-            raise ExplainError(f"the {fixed.name} target of label {target_label} has no positive "
-                               f"{score} in sample(s) {bad}; deletion/insertion has nothing to "
-                               "measure", hint="explain a label and region the model predicts")
+            raise ExplainError(
+                f"the {fixed.name} target of label {target_label} has no positive "
+                f"{score} in sample(s) {bad}; deletion/insertion has nothing to "
+                "measure",
+                hint="explain a label and region the model predicts",
+            )
 
         results: dict[str, np.ndarray] = {"fractions": fractions}
         for name, ranking in (("", order), ("random_", random_order)):
@@ -195,8 +209,9 @@ def energy_in_mask(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = _broadcast_roi(mask, sal.shape[0], tuple(sal.shape[2:])).to(sal.device)
     inside = (sal * m).flatten(1).sum(1)
     total = sal.flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny),
-                       torch.zeros_like(total))
+    return torch.where(
+        total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total)
+    )
 
 
 def _rank(values: np.ndarray) -> np.ndarray:
@@ -298,9 +313,12 @@ def randomisation_sanity(
 
 # --- informativeness ---------------------------------------------------------------------------
 
+
 def _flat(values: torch.Tensor | np.ndarray, n: int | None = None) -> np.ndarray:
-    arr = np.asarray(values.detach().cpu().float() if isinstance(values, torch.Tensor) else values,
-                     dtype=np.float64)
+    arr = np.asarray(
+        values.detach().cpu().float() if isinstance(values, torch.Tensor) else values,
+        dtype=np.float64,
+    )
     return arr.reshape(arr.shape[0] if n is None else n, -1)
 
 
@@ -372,8 +390,12 @@ def lesion_energy_ratio(saliency: torch.Tensor, mask: torch.Tensor) -> np.ndarra
         return np.where(area > 0, share / np.where(area > 0, area, 1), np.nan)
 
 
-def informativeness(saliency: torch.Tensor, probability: torch.Tensor, mask: torch.Tensor,
-                    reference_mask: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+def informativeness(
+    saliency: torch.Tensor,
+    probability: torch.Tensor,
+    mask: torch.Tensor,
+    reference_mask: torch.Tensor | None = None,
+) -> dict[str, np.ndarray]:
     """All informativeness measures of maps ``(N, 1, *spatial)`` at once, each ``(N,)``.
 
     Args:

@@ -73,38 +73,50 @@ class LayerCapture:
             ExplainError: no forward pass was captured, or the score does not depend on the layer.
         """
         if self.activations is None:
-            raise ExplainError(f"layer {self.name!r} did not run in the forward pass",
-                               hint="choose a layer on the path from input to output")
+            raise ExplainError(
+                f"layer {self.name!r} did not run in the forward pass",
+                hint="choose a layer on the path from input to output",
+            )
         if not self.activations.requires_grad or not score.requires_grad:
-            raise ExplainError(f"cannot differentiate the target with respect to layer "
-                               f"{self.name!r}",
-                               hint="do not call explanations inside torch.inference_mode()")
+            raise ExplainError(
+                f"cannot differentiate the target with respect to layer {self.name!r}",
+                hint="do not call explanations inside torch.inference_mode()",
+            )
         (grad,) = torch.autograd.grad(score.sum(), self.activations, allow_unused=True)
         if grad is None:
-            raise ExplainError(f"the target does not depend on layer {self.name!r}",
-                               hint="choose a layer on the path to the output")
+            raise ExplainError(
+                f"the target does not depend on layer {self.name!r}",
+                hint="choose a layer on the path to the output",
+            )
         return grad
 
 
 def _refuse_scripted(net: nn.Module) -> None:
     """Layer methods need forward hooks, which TorchScript modules do not run."""
-    if isinstance(net, torch.jit.ScriptModule) or getattr(net, "supports_layer_hooks", True) \
-            is False:
-        raise ExplainError(f"{type(net).__name__} is a compiled (TorchScript) network: its layers "
-                           "cannot be hooked, so CAM methods cannot run on it",
-                           hint="use a gradient or perturbation method: 'smoothgrad', 'ig' or "
-                                "'occlusion'")
+    if (
+        isinstance(net, torch.jit.ScriptModule)
+        or getattr(net, "supports_layer_hooks", True) is False
+    ):
+        raise ExplainError(
+            f"{type(net).__name__} is a compiled (TorchScript) network: its layers "
+            "cannot be hooked, so CAM methods cannot run on it",
+            hint="use a gradient or perturbation method: 'smoothgrad', 'ig' or 'occlusion'",
+        )
 
 
 def _keep_output(capture: LayerCapture) -> Callable[[nn.Module, tuple[object, ...], object], None]:
     """A forward hook that stores the layer's output tensor in ``capture.activations``."""
+
     def keep_output(mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             output = output[0]
         if not isinstance(output, torch.Tensor):
-            raise ExplainError(f"layer {capture.name!r} outputs {type(output).__name__}, not a "
-                               "tensor", hint="choose a convolution or a block of convolutions")
+            raise ExplainError(
+                f"layer {capture.name!r} outputs {type(output).__name__}, not a tensor",
+                hint="choose a convolution or a block of convolutions",
+            )
         capture.activations = output
+
     return keep_output
 
 
@@ -137,17 +149,23 @@ def layer_gradients(captures: list[LayerCapture], score: torch.Tensor) -> list[t
         return [captures[0].gradients(score)]
     for c in captures:
         if c.activations is None:
-            raise ExplainError(f"layer {c.name!r} did not run in the forward pass",
-                               hint="choose a layer on the path from input to output")
+            raise ExplainError(
+                f"layer {c.name!r} did not run in the forward pass",
+                hint="choose a layer on the path from input to output",
+            )
         if not c.activations.requires_grad or not score.requires_grad:
-            raise ExplainError(f"cannot differentiate the target with respect to layer {c.name!r}",
-                               hint="do not call explanations inside torch.inference_mode()")
+            raise ExplainError(
+                f"cannot differentiate the target with respect to layer {c.name!r}",
+                hint="do not call explanations inside torch.inference_mode()",
+            )
     inputs = [c.activations for c in captures if c.activations is not None]
     grads = torch.autograd.grad(score.sum(), inputs, allow_unused=True)
     for c, g in zip(captures, grads):
         if g is None:
-            raise ExplainError(f"the target does not depend on layer {c.name!r}",
-                               hint="choose a layer on the path to the output")
+            raise ExplainError(
+                f"the target does not depend on layer {c.name!r}",
+                hint="choose a layer on the path to the output",
+            )
     return list(grads)
 
 
@@ -169,8 +187,10 @@ def capture_layer(net: nn.Module, layer: str | nn.Module | None = None) -> Itera
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             output = output[0]
         if not isinstance(output, torch.Tensor):
-            raise ExplainError(f"layer {name!r} outputs {type(output).__name__}, not a tensor",
-                               hint="choose a convolution or a block of convolutions")
+            raise ExplainError(
+                f"layer {name!r} outputs {type(output).__name__}, not a tensor",
+                hint="choose a convolution or a block of convolutions",
+            )
         capture.activations = output
 
     with frozen_model(net):

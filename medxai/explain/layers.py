@@ -51,8 +51,13 @@ from torch import nn
 
 from medxai.errors import ExplainError
 
-__all__ = ["list_target_layers", "default_target_layer", "resolve_layer", "resolve_layers",
-           "unet_layer_aliases"]
+__all__ = [
+    "list_target_layers",
+    "default_target_layer",
+    "resolve_layer",
+    "resolve_layers",
+    "unet_layer_aliases",
+]
 
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 
@@ -84,8 +89,12 @@ def _unet_prefix(net: nn.Module) -> str | None:
     except ImportError:  # pragma: no cover - monai is a dependency
         return None
     for name, module in net.named_modules():
-        if isinstance(module, UNet) and isinstance(getattr(module, "model", None), nn.Sequential) \
-                and len(module.model) == 3 and hasattr(module.model[1], "submodule"):
+        if (
+            isinstance(module, UNet)
+            and isinstance(getattr(module, "model", None), nn.Sequential)
+            and len(module.model) == 3
+            and hasattr(module.model[1], "submodule")
+        ):
             return name
     return None
 
@@ -105,8 +114,7 @@ def unet_layer_aliases(net: nn.Module) -> dict[str, str]:
     level = 0
     while True:
         block = modules[cur]
-        if isinstance(block, nn.Sequential) and len(block) == 3 \
-                and hasattr(block[1], "submodule"):
+        if isinstance(block, nn.Sequential) and len(block) == 3 and hasattr(block[1], "submodule"):
             aliases[f"encoder.{level}"] = f"{cur}.0"
             aliases[f"skip.{level}"] = f"{cur}.1"
             aliases[f"decoder.{level}"] = f"{cur}.2"
@@ -116,8 +124,9 @@ def unet_layer_aliases(net: nn.Module) -> dict[str, str]:
             aliases["bottleneck"] = cur
             break
     aliases["encoder"] = ",".join(aliases[f"encoder.{i}"] for i in range(level))
-    aliases["decoder"] = ",".join(aliases[f"decoder.{i}"] for i in range(1, level)) \
-        or aliases["decoder.0"]
+    aliases["decoder"] = (
+        ",".join(aliases[f"decoder.{i}"] for i in range(1, level)) or aliases["decoder.0"]
+    )
     return aliases
 
 
@@ -132,8 +141,10 @@ def default_target_layer(net: nn.Module) -> str:
         return f"{prefix}.model.1" if prefix else "model.1"
     convs = [name for name, m in net.named_modules() if name and _is_conv(m)]
     if not convs:
-        raise ExplainError(f"{type(net).__name__} has no convolution layer to use as CAM target",
-                           hint="name a layer explicitly, or use method 'occlusion' or 'ig'")
+        raise ExplainError(
+            f"{type(net).__name__} has no convolution layer to use as CAM target",
+            hint="name a layer explicitly, or use method 'occlusion' or 'ig'",
+        )
     return convs[-2] if len(convs) >= 2 else convs[-1]
 
 
@@ -159,8 +170,9 @@ def resolve_layer(net: nn.Module, layer: str | nn.Module | None = None) -> tuple
         for name, module in modules.items():
             if module is layer:
                 return name, module
-        raise ExplainError(f"the given {type(layer).__name__} module is not part of "
-                           f"{type(net).__name__}")
+        raise ExplainError(
+            f"the given {type(layer).__name__} module is not part of {type(net).__name__}"
+        )
     if not isinstance(layer, str):
         raise ExplainError(f"layer must be a name or a module, got {type(layer).__name__}")
     if layer in modules and layer:
@@ -177,9 +189,9 @@ def resolve_layer(net: nn.Module, layer: str | nn.Module | None = None) -> tuple
     )
 
 
-
-def resolve_layers(net: nn.Module, layer: str | nn.Module | Sequence[str | nn.Module] | None
-                   ) -> list[tuple[str, nn.Module]]:
+def resolve_layers(
+    net: nn.Module, layer: str | nn.Module | Sequence[str | nn.Module] | None
+) -> list[tuple[str, nn.Module]]:
     """One or more target layers: a name/alias/module, a group alias (``encoder``, ``decoder``),
     names separated by commas, or a list of any of these. Duplicates are dropped, order kept.
 
@@ -190,7 +202,7 @@ def resolve_layers(net: nn.Module, layer: str | nn.Module | Sequence[str | nn.Mo
         return [resolve_layer(net, layer)]
     items: list[str | nn.Module] = []
     aliases = unet_layer_aliases(net)
-    for item in ([layer] if isinstance(layer, str) else list(layer)):
+    for item in [layer] if isinstance(layer, str) else list(layer):
         if isinstance(item, str):
             for part in item.split(","):
                 part = part.strip()

@@ -58,6 +58,7 @@ SaliencyMethod = Callable[..., torch.Tensor]
 
 # --- CAM family --------------------------------------------------------------------------------
 
+
 def _gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM channel weights ``(N, C_l)``: the spatial mean of the gradients."""
     return gradients.flatten(2).mean(dim=2)
@@ -78,18 +79,22 @@ def _gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> to
     sum_a = activations.flatten(2).sum(dim=2, keepdim=True)
     denom = 2 * g2 + sum_a * g3
     keep = (g > 0) & (denom > 0)
-    alpha = torch.where(keep, g2 / torch.where(keep, denom, torch.ones_like(denom)),
-                        torch.zeros_like(g))
+    alpha = torch.where(
+        keep, g2 / torch.where(keep, denom, torch.ones_like(denom)), torch.zeros_like(g)
+    )
     return (alpha * g).sum(dim=2)
 
 
-def _weighted(weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _weighted(
+    weigh: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A combiner ``sum_k w_k A_k`` from a channel-weight function ``w = weigh(A, g)``."""
+
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         weights = weigh(activations, gradients)
         shape = (*weights.shape, *([1] * (activations.ndim - 2)))
         return (weights.view(shape) * activations).sum(dim=1, keepdim=True)
+
     return combine
 
 
@@ -111,9 +116,14 @@ def _minmax(maps: torch.Tensor) -> torch.Tensor:
     return (maps - low) / span.clamp_min(1e-7)
 
 
-def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
-         layer: Any, combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-         normalize: bool) -> torch.Tensor:
+def _cam(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int,
+    layer: Any,
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    normalize: bool,
+) -> torch.Tensor:
     """``relu(combine(A, dS/dA))`` at each layer, upsampled to the input grid.
 
     One forward and one backward pass, whatever the number of layers. With several layers each
@@ -134,9 +144,11 @@ def _cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int,
     maps = []
     for name, act, grad in zip(names, activations, gradients):
         if act.ndim != x.ndim or act.shape[0] != x.shape[0]:
-            raise ExplainError(f"layer {name!r} outputs shape {tuple(act.shape)}, not a feature "
-                               f"map (N, C, *spatial) for input {tuple(x.shape)}",
-                               hint="choose a convolution or a block of convolutions")
+            raise ExplainError(
+                f"layer {name!r} outputs shape {tuple(act.shape)}, not a feature "
+                f"map (N, C, *spatial) for input {tuple(x.shape)}",
+                hint="choose a convolution or a block of convolutions",
+            )
         cam = torch.relu(combine(act.float(), grad.float()))
         if len(names) > 1:
             cam = _minmax(cam)
@@ -160,57 +172,94 @@ _CAM_ARGS = """
 """
 
 
-def seg_grad_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                 layer: Any = None, normalize: bool = True) -> torch.Tensor:
+def seg_grad_cam(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    layer: Any = None,
+    normalize: bool = True,
+) -> torch.Tensor:
     return _cam(net, x, target, layer, _weighted(_gradcam_weights), normalize)
 
 
-seg_grad_cam.__doc__ = """Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM of a segmentation target.
+seg_grad_cam.__doc__ = (
+    """Seg-Grad-CAM (Vinogradova et al. 2020): Grad-CAM of a segmentation target.
 
     Channel weights are the spatial mean of the target's gradient with respect to the layer's
     activations; the map is ``relu(sum_k w_k A_k)``, upsampled (bi/trilinear) to the input grid.
-""" + _CAM_ARGS
+"""
+    + _CAM_ARGS
+)
 
 
-def grad_cam_pp(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                layer: Any = None, normalize: bool = True) -> torch.Tensor:
+def grad_cam_pp(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    layer: Any = None,
+    normalize: bool = True,
+) -> torch.Tensor:
     return _cam(net, x, target, layer, _weighted(_gradcampp_weights), normalize)
 
 
-grad_cam_pp.__doc__ = """Grad-CAM++ (Chattopadhay et al. 2018) of a segmentation target.
+grad_cam_pp.__doc__ = (
+    """Grad-CAM++ (Chattopadhay et al. 2018) of a segmentation target.
 
     Like :func:`seg_grad_cam`, with each channel weighted by the positive gradients times the
     pixel-wise coefficients ``alpha`` (exponential-score approximation).
-""" + _CAM_ARGS
+"""
+    + _CAM_ARGS
+)
 
 
-def hires_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-              layer: Any = None, normalize: bool = True) -> torch.Tensor:
+def hires_cam(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    layer: Any = None,
+    normalize: bool = True,
+) -> torch.Tensor:
     return _cam(net, x, target, layer, _hirescam, normalize)
 
 
-hires_cam.__doc__ = """HiResCAM (Draelos and Carin 2020): ``relu(sum_k dS/dA_k * A_k)`` per pixel.
+hires_cam.__doc__ = (
+    """HiResCAM (Draelos and Carin 2020): ``relu(sum_k dS/dA_k * A_k)`` per pixel.
 
     Unlike Grad-CAM the gradients are not averaged over space, so the map is the exact first-order
     contribution of each location of the layer to the score (for a segmentation target this is
     what Seg-XRes-CAM builds on).
-""" + _CAM_ARGS
+"""
+    + _CAM_ARGS
+)
 
 
-def layer_cam(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-              layer: Any = None, normalize: bool = True) -> torch.Tensor:
+def layer_cam(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    layer: Any = None,
+    normalize: bool = True,
+) -> torch.Tensor:
     return _cam(net, x, target, layer, _layercam, normalize)
 
 
-layer_cam.__doc__ = """LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(dS/dA_k) * A_k)`` per pixel.
+layer_cam.__doc__ = (
+    """LayerCAM (Jiang et al. 2021): ``relu(sum_k relu(dS/dA_k) * A_k)`` per pixel.
 
     Meant for several layers at once (``layer="encoder"`` or a list): each layer's map is scaled
     to [0, 1] (min-max) and the maps are averaged, so shallow layers add detail and deep ones add
     context (any CAM method accepts several layers the same way).
-""" + _CAM_ARGS
+"""
+    + _CAM_ARGS
+)
 
 
 # --- perturbation ------------------------------------------------------------------------------
+
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
     """Patch origins along one axis covering ``[0, size)``, the last one flush with the end."""
@@ -220,11 +269,17 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-              patch_size: int | Sequence[int] | None = None,
-              stride: int | Sequence[int] | None = None,
-              fill: str | float = "mean", batch_size: int = 16,
-              normalize: bool = True) -> torch.Tensor:
+def occlusion(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    patch_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    fill: str | float = "mean",
+    batch_size: int = 16,
+    normalize: bool = True,
+) -> torch.Tensor:
     """Occlusion sensitivity: how much the target drops when a patch of the input is hidden.
 
     A patch (all channels) is replaced by ``fill`` at every position of a grid with ``stride``;
@@ -258,12 +313,16 @@ def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int 
         steps = per_dim(stride, nd, "stride")
     is_number = isinstance(fill, (int, float)) and not isinstance(fill, bool)
     if not is_number and fill not in ("mean", "zero"):
-        raise ExplainError(f"unknown occlusion fill {fill!r}",
-                           hint="use 'mean', 'zero' or a number")
+        raise ExplainError(
+            f"unknown occlusion fill {fill!r}", hint="use 'mean', 'zero' or a number"
+        )
     fill_values = make_baseline(x, fill).flatten(2)[:, :, :1]  # (N, C, 1): constant per channel
-    windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch))
-               for origin in itertools.product(*(_starts(s, p, st)
-                                                 for s, p, st in zip(spatial, patch, steps)))]
+    windows = [
+        tuple(slice(o, o + p) for o, p in zip(origin, patch))
+        for origin in itertools.product(
+            *(_starts(s, p, st) for s, p, st in zip(spatial, patch, steps))
+        )
+    ]
     drops = torch.zeros((x.shape[0], 1, *spatial), dtype=torch.float32, device=x.device)
     counts = torch.zeros(spatial, dtype=torch.float32, device=x.device)
     for window in windows:
@@ -288,10 +347,18 @@ def occlusion(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int 
 
 # --- gradients ---------------------------------------------------------------------------------
 
-def integrated_gradients(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                         steps: int = 32, baseline: str | float | torch.Tensor = "zero",
-                         blur_sigma: float | None = None, batch_size: int = 16,
-                         normalize: bool = True) -> torch.Tensor:
+
+def integrated_gradients(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    steps: int = 32,
+    baseline: str | float | torch.Tensor = "zero",
+    blur_sigma: float | None = None,
+    batch_size: int = 16,
+    normalize: bool = True,
+) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017) of a segmentation target.
 
     ``IG = (x - b) * mean_k grad S(b + a_k (x - b))`` with midpoints ``a_k = (k + 1/2) / steps``;
@@ -333,9 +400,17 @@ def integrated_gradients(net: nn.Module, x: torch.Tensor, target: SegmentationTa
     return normalise(saliency) if normalize else saliency
 
 
-def smooth_grad(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | int = 1, *,
-                samples: int = 8, noise: float = 0.1, batch_size: int = 8, seed: int = 0,
-                normalize: bool = True) -> torch.Tensor:
+def smooth_grad(
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int = 1,
+    *,
+    samples: int = 8,
+    noise: float = 0.1,
+    batch_size: int = 8,
+    seed: int = 0,
+    normalize: bool = True,
+) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): input gradients averaged over noisy copies of ``x``.
 
     ``samples`` copies ``x + N(0, (noise * (max(x) - min(x)))^2)`` (per sample, drawn from a private
@@ -371,7 +446,7 @@ def smooth_grad(net: nn.Module, x: torch.Tensor, target: SegmentationTarget | in
             for part in chunks(samples, batch_size):
                 eps = torch.randn((len(part), *xi.shape[1:]), generator=generator)
                 with torch.enable_grad():
-                    noisy = (xi + sigma * eps.to(device=x.device, dtype=x.dtype))
+                    noisy = xi + sigma * eps.to(device=x.device, dtype=x.dtype)
                     noisy.requires_grad_(True)
                     score = sample_target(forward(net, noisy))
                     (grad,) = torch.autograd.grad(score.sum(), noisy)
@@ -410,20 +485,31 @@ def get_method(name: str | SaliencyMethod) -> SaliencyMethod:
         return METHODS[key]
     close = difflib.get_close_matches(str(name).lower(), list(METHODS), n=2, cutoff=0.4)
     hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    raise ExplainError(f"unknown saliency method {name!r}",
-                       hint=f"{hint}methods: {', '.join(METHODS)}")
+    raise ExplainError(
+        f"unknown saliency method {name!r}", hint=f"{hint}methods: {', '.join(METHODS)}"
+    )
 
 
-def run_method(method: str | SaliencyMethod, net: nn.Module, x: torch.Tensor,
-               target: SegmentationTarget | int, **options: Any) -> torch.Tensor:
+def run_method(
+    method: str | SaliencyMethod,
+    net: nn.Module,
+    x: torch.Tensor,
+    target: SegmentationTarget | int,
+    **options: Any,
+) -> torch.Tensor:
     """Call ``method`` after checking that it accepts ``options`` (else :class:`ExplainError`)."""
     fn = get_method(method)
     try:
         inspect.signature(fn).bind(net, x, target, **options)
     except TypeError as exc:
-        accepted = [p.name for p in inspect.signature(fn).parameters.values()
-                    if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        accepted = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
         name = getattr(fn, "__name__", repr(fn))
-        raise ExplainError(f"{name} does not accept options {sorted(options)}: {exc}",
-                           hint=f"its options are: {', '.join(accepted) or 'none'}") from exc
+        raise ExplainError(
+            f"{name} does not accept options {sorted(options)}: {exc}",
+            hint=f"its options are: {', '.join(accepted) or 'none'}",
+        ) from exc
     return fn(net, x, target, **options)

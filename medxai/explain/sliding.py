@@ -32,8 +32,9 @@ BLEND_MODES = ("constant", "gaussian")
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int],
-                   overlap: Sequence[float]) -> tuple[int, ...]:
+def _scan_interval(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]
+) -> tuple[int, ...]:
     """MONAI's scan interval: ``int(roi * (1 - overlap))`` (at least 1), ``roi`` if it fills."""
     out = []
     for size, roi, o in zip(image_size, roi_size, overlap):
@@ -41,16 +42,19 @@ def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int],
     return tuple(out)
 
 
-def window_slices(image_size: Sequence[int], roi_size: Sequence[int],
-                  overlap: float | Sequence[float] = 0.25) -> list[tuple[slice, ...]]:
+def window_slices(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float | Sequence[float] = 0.25
+) -> list[tuple[slice, ...]]:
     """The spatial slices of the windows over a (padded) image at least ``roi_size`` large."""
     nd = len(image_size)
     overlaps = (overlap,) * nd if isinstance(overlap, (int, float)) else tuple(overlap)
     if len(overlaps) != nd or not all(0 <= o < 1 for o in overlaps):
         raise ExplainError(f"overlap must be in [0, 1) (one value or {nd}), got {overlap!r}")
     interval = _scan_interval(image_size, roi_size, overlaps)
-    return [tuple(slice(int(s.start), int(s.stop)) for s in window)
-            for window in dense_patch_slices(image_size, roi_size, interval, return_slice=True)]
+    return [
+        tuple(slice(int(s.start), int(s.stop)) for s in window)
+        for window in dense_patch_slices(image_size, roi_size, interval, return_slice=True)
+    ]
 
 
 def sliding_window_saliency(
@@ -121,8 +125,9 @@ def sliding_window_saliency(
     if isinstance(roi_size, int):
         roi_size = (roi_size,) * nd
     if len(roi_size) != nd:
-        raise ExplainError(f"roi_size {tuple(roi_size)} has {len(roi_size)} axes, the input has "
-                           f"{nd} spatial axes")
+        raise ExplainError(
+            f"roi_size {tuple(roi_size)} has {len(roi_size)} axes, the input has {nd} spatial axes"
+        )
     roi_size = tuple(int(r) for r in fall_back_tuple(roi_size, image_size))
     device = torch.device(sw_device) if sw_device is not None else x.device
 
@@ -142,15 +147,19 @@ def sliding_window_saliency(
         roi = base_target.region
     roi_mask = _broadcast_roi(roi, n, image_size) if roi is not None else None
     if any(pad):
-        x = F.pad(x, pad, mode=padding_mode, value=cval) if padding_mode == "constant" \
+        x = (
+            F.pad(x, pad, mode=padding_mode, value=cval)
+            if padding_mode == "constant"
             else F.pad(x, pad, mode=padding_mode)
+        )
         if roi_mask is not None:
             roi_mask = F.pad(roi_mask.to(torch.uint8), pad).bool()
     padded_size = tuple(int(s) for s in x.shape[2:])
 
     windows = window_slices(padded_size, roi_size, overlap)
-    importance = compute_importance_map(roi_size, mode=mode, sigma_scale=sigma_scale,
-                                        device="cpu", dtype=torch.float32)
+    importance = compute_importance_map(
+        roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
+    )
     importance = importance.as_subclass(torch.Tensor).reshape(1, 1, *roi_size)
 
     total = torch.zeros((n, 1, *padded_size), dtype=torch.float32)
@@ -161,13 +170,16 @@ def sliding_window_saliency(
         for part in chunks(len(windows), sw_batch_size):
             batch = torch.cat([x[(slice(i, i + 1), slice(None), *windows[w])] for w in part])
             if roi_mask is not None:
-                window_target = base_target.with_region(torch.cat(
-                    [roi_mask[(slice(i, i + 1), slice(None), *windows[w])] for w in part]
-                ).to(device))
+                window_target = base_target.with_region(
+                    torch.cat(
+                        [roi_mask[(slice(i, i + 1), slice(None), *windows[w])] for w in part]
+                    ).to(device)
+                )
             else:
                 window_target = base_target
-            saliency = run_method(fn, net, batch.to(device), window_target, normalize=False,
-                                  **options)
+            saliency = run_method(
+                fn, net, batch.to(device), window_target, normalize=False, **options
+            )
             saliency = saliency.detach().to("cpu", torch.float32)
             for j, w in enumerate(part):
                 where = (slice(i, i + 1), slice(None), *windows[w])

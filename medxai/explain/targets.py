@@ -43,8 +43,16 @@ __all__ = ["SegmentationTarget", "REGIONS", "as_target", "box_region", "make_tar
 
 #: Named regions a :class:`SegmentationTarget` may sum over ("predicted" is "segment").
 REGIONS = ("segment", "border", "missed", "image")
-_ALIASES = {"predicted": "segment", "mask": "segment", "edge": "border", "contour": "border",
-            "left-out": "missed", "leftout": "missed", "left_out": "missed", "whole": "image"}
+_ALIASES = {
+    "predicted": "segment",
+    "mask": "segment",
+    "edge": "border",
+    "contour": "border",
+    "left-out": "missed",
+    "leftout": "missed",
+    "left_out": "missed",
+    "whole": "image",
+}
 
 
 def _region_name(region: str) -> str:
@@ -55,8 +63,10 @@ def _region_name(region: str) -> str:
 
         close = difflib.get_close_matches(key, list(REGIONS) + list(_ALIASES), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ExplainError(f"unknown target region {region!r}",
-                           hint=f"{hint}use one of {REGIONS} or a boolean ROI tensor")
+        raise ExplainError(
+            f"unknown target region {region!r}",
+            hint=f"{hint}use one of {REGIONS} or a boolean ROI tensor",
+        )
     return key
 
 
@@ -92,15 +102,21 @@ class SegmentationTarget:
         if isinstance(self.region, str):
             object.__setattr__(self, "region", _region_name(self.region))
         elif not isinstance(self.region, torch.Tensor):
-            raise ExplainError(f"target region must be a name or a tensor, got "
-                               f"{type(self.region).__name__}")
-        if isinstance(self.border_width, bool) or not isinstance(self.border_width, int) \
-                or self.border_width < 1:
-            raise ExplainError(f"border_width must be a positive integer (pixels), got "
-                               f"{self.border_width!r}")
+            raise ExplainError(
+                f"target region must be a name or a tensor, got {type(self.region).__name__}"
+            )
+        if (
+            isinstance(self.border_width, bool)
+            or not isinstance(self.border_width, int)
+            or self.border_width < 1
+        ):
+            raise ExplainError(
+                f"border_width must be a positive integer (pixels), got {self.border_width!r}"
+            )
         if not 0 < float(self.missed_low) < 1:
-            raise ExplainError(f"missed_low must be a probability in (0, 1), got "
-                               f"{self.missed_low!r}")
+            raise ExplainError(
+                f"missed_low must be a probability in (0, 1), got {self.missed_low!r}"
+            )
         if self.threshold is not None and not 0 < float(self.threshold) < 1:
             raise ExplainError(f"threshold must be in (0, 1) or None, got {self.threshold!r}")
         if self.sign not in (None, 1, -1):
@@ -121,13 +137,16 @@ class SegmentationTarget:
     def check(self, logits: torch.Tensor) -> None:
         """Raise :class:`ExplainError` when ``logits`` cannot be scored with this target."""
         if logits.ndim < 3:
-            raise ExplainError(f"expected segmentation logits (N, K, *spatial), got shape "
-                               f"{tuple(logits.shape)}")
+            raise ExplainError(
+                f"expected segmentation logits (N, K, *spatial), got shape {tuple(logits.shape)}"
+            )
         k = logits.shape[1]
         if self.label >= k:
-            raise ExplainError(f"target label {self.label} is out of range: the network has {k} "
-                               f"output channel(s) (labels 0..{k - 1})",
-                               hint="choose a label the model predicts")
+            raise ExplainError(
+                f"target label {self.label} is out of range: the network has {k} "
+                f"output channel(s) (labels 0..{k - 1})",
+                hint="choose a label the model predicts",
+            )
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         """The label's probability ``(N, 1, *spatial)`` (softmax, or sigmoid for one channel)."""
@@ -179,8 +198,11 @@ class SegmentationTarget:
 
     def sample(self, i: int) -> SegmentationTarget:
         """The target of sample ``i`` alone (a tensor region is sliced; a name is kept)."""
-        if isinstance(self.region, torch.Tensor) and self.region.ndim >= 2 \
-                and self.region.shape[0] > 1:
+        if (
+            isinstance(self.region, torch.Tensor)
+            and self.region.ndim >= 2
+            and self.region.shape[0] > 1
+        ):
             return dataclasses.replace(self, region=self.region[i : i + 1], sign=self.polarity)
         return self
 
@@ -217,14 +239,18 @@ def box_region(spatial: Sequence[int], box: Sequence[int]) -> torch.Tensor:
     nd = len(spatial)
     values = [int(v) for v in box]
     if len(values) != 2 * nd:
-        raise ExplainError(f"a box on a {nd}D grid needs {2 * nd} values (starts then stops), "
-                           f"got {len(values)}: {list(box)}")
+        raise ExplainError(
+            f"a box on a {nd}D grid needs {2 * nd} values (starts then stops), "
+            f"got {len(values)}: {list(box)}"
+        )
     starts, stops = values[:nd], values[nd:]
     starts = [max(0, s) for s in starts]
     stops = [min(e, size) for e, size in zip(stops, spatial)]
     if any(e <= s for s, e in zip(starts, stops)):
-        raise ExplainError(f"box {list(box)} is empty on the grid {tuple(spatial)}",
-                           hint="give starts before stops, inside the image")
+        raise ExplainError(
+            f"box {list(box)} is empty on the grid {tuple(spatial)}",
+            hint="give starts before stops, inside the image",
+        )
     region = torch.zeros(tuple(int(s) for s in spatial), dtype=torch.bool)
     region[tuple(slice(s, e) for s, e in zip(starts, stops))] = True
     return region
@@ -241,11 +267,16 @@ def _broadcast_roi(roi: torch.Tensor, n: int, spatial: tuple[int, ...]) -> torch
         roi = roi[None, None]
     elif shape == (1, *spatial):
         roi = roi[None]
-    elif len(shape) != len(spatial) + 2 or shape[1] != 1 or shape[2:] != spatial \
-            or shape[0] not in (1, n):
-        raise ExplainError(f"region shape {shape} does not fit spatial shape {spatial} and "
-                           f"batch {n}",
-                           hint="give the ROI as (*spatial), (1, *spatial) or (N, 1, *spatial)")
+    elif (
+        len(shape) != len(spatial) + 2
+        or shape[1] != 1
+        or shape[2:] != spatial
+        or shape[0] not in (1, n)
+    ):
+        raise ExplainError(
+            f"region shape {shape} does not fit spatial shape {spatial} and batch {n}",
+            hint="give the ROI as (*spatial), (1, *spatial) or (N, 1, *spatial)",
+        )
     return roi.expand(n, 1, *spatial)
 
 
@@ -257,12 +288,17 @@ def as_target(target: SegmentationTarget | int | None) -> SegmentationTarget:
         return target
     if isinstance(target, int) and not isinstance(target, bool):
         return SegmentationTarget(label=target)
-    raise ExplainError(f"target must be a SegmentationTarget or a label, got "
-                       f"{type(target).__name__}")
+    raise ExplainError(
+        f"target must be a SegmentationTarget or a label, got {type(target).__name__}"
+    )
 
 
-def make_target(label: int = 1, target: str | SegmentationTarget | None = None,
-                roi: torch.Tensor | None = None, **options: object) -> SegmentationTarget:
+def make_target(
+    label: int = 1,
+    target: str | SegmentationTarget | None = None,
+    roi: torch.Tensor | None = None,
+    **options: object,
+) -> SegmentationTarget:
     """Build the target of :func:`medxai.explain.explain` from its arguments.
 
     ``target`` is a region name, a ready target (whose label wins) or ``None``; a ``roi`` (boolean
@@ -276,7 +312,9 @@ def make_target(label: int = 1, target: str | SegmentationTarget | None = None,
         return target
     if roi is not None:
         if target is not None and _region_name(target) != "segment":
-            raise ExplainError(f"target {target!r} and a roi were both given",
-                               hint="a roi is the region explained; drop one of them")
+            raise ExplainError(
+                f"target {target!r} and a roi were both given",
+                hint="a roi is the region explained; drop one of them",
+            )
         return SegmentationTarget(label, roi, **options)  # type: ignore[arg-type]
     return SegmentationTarget(label, target or "segment", **options)  # type: ignore[arg-type]

@@ -22,8 +22,14 @@ from pathlib import Path
 
 from medxai.errors import ProcessingError
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "full_suffix",
-           "fsync_path", "fsync_dir"]
+__all__ = [
+    "atomic_path",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "full_suffix",
+    "fsync_path",
+    "fsync_dir",
+]
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz", ".json.gz")
 
@@ -33,13 +39,14 @@ def full_suffix(path: str | Path) -> str:
     name = Path(path).name.lower()
     for suffix in _DOUBLE_SUFFIXES:
         if name.endswith(suffix):
-            return Path(path).name[-len(suffix):]
+            return Path(path).name[-len(suffix) :]
     return Path(path).suffix
 
 
 def _write_error(path: Path, exc: OSError) -> ProcessingError:
     return ProcessingError(
-        f"cannot write the output ({exc.strerror or exc})", path=path,
+        f"cannot write the output ({exc.strerror or exc})",
+        path=path,
         hint="check that the output folder is writable and that the disk is not full",
     )
 
@@ -135,7 +142,8 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, durable: bool = False) 
     return path
 
 
-def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8", *,
-                      durable: bool = False) -> Path:
+def write_text_atomic(
+    path: str | Path, text: str, encoding: str = "utf-8", *, durable: bool = False
+) -> Path:
     """Write ``text`` to ``path`` atomically; returns ``path``."""
     return write_bytes_atomic(path, text.encode(encoding), durable=durable)

@@ -22,9 +22,20 @@ import numpy as np
 
 from medxai.errors import InputError
 
-__all__ = ["Pair", "find_pairs", "dataset_json_validation", "is_2d_dataset", "stem", "is_data_file",
-           "mask_key", "image_key", "label_values", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES",
-           "MASK_SUFFIXES"]
+__all__ = [
+    "Pair",
+    "find_pairs",
+    "dataset_json_validation",
+    "is_2d_dataset",
+    "stem",
+    "is_data_file",
+    "mask_key",
+    "image_key",
+    "label_values",
+    "PICTURE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "MASK_SUFFIXES",
+]
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -57,8 +68,11 @@ def stem(path: Path) -> str:
 def is_data_file(path: Path) -> bool:
     """Whether ``path`` is a visible picture or volume file."""
     low = path.name.lower()
-    return path.is_file() and not low.startswith(".") and low.endswith(
-        PICTURE_SUFFIXES + VOLUME_SUFFIXES)
+    return (
+        path.is_file()
+        and not low.startswith(".")
+        and low.endswith(PICTURE_SUFFIXES + VOLUME_SUFFIXES)
+    )
 
 
 def mask_key(name: str) -> str:
@@ -79,8 +93,10 @@ def _from_dataset_json(root: Path, split: str = "training") -> list[Pair]:
     pairs = []
     for item in spec.get(split, []):
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
-            raise InputError(f"dataset.json {split!r} entries need 'image' and 'label'",
-                             path=root / "dataset.json")
+            raise InputError(
+                f"dataset.json {split!r} entries need 'image' and 'label'",
+                path=root / "dataset.json",
+            )
         pairs.append(Pair((root / item["image"]).resolve(), (root / item["label"]).resolve()))
     return pairs
 
@@ -136,11 +152,14 @@ def find_pairs(root: str | Path) -> list[Pair]:
                 f"{len(missing)} image(s) have no matching mask, e.g. {missing[:3]}",
                 path=root,
                 hint="name masks like the image, optionally with _segmentation/_mask/_label, "
-                     "in a masks/ or labels/ folder",
+                "in a masks/ or labels/ folder",
             )
     if not pairs:
-        raise InputError("no image/label pairs found", path=root,
-                         hint="see `medxai train --help` for the folder layouts medxai understands")
+        raise InputError(
+            "no image/label pairs found",
+            path=root,
+            hint="see `medxai train --help` for the folder layouts medxai understands",
+        )
     for pair in pairs:
         for p in (pair.image, pair.label):
             if not p.exists():

@@ -52,8 +52,9 @@ def _nifti_header_size(head: bytes) -> int | None:
 def _raw_dicom(path: Path, head: bytes) -> bool:
     """A DICOM data set without preamble: a plausible first tag group in the first bytes (some
     old files have a stray byte in front), confirmed by pydicom."""
-    if len(head) < 8 or not any(struct.unpack("<H", head[i:i + 2])[0] in _RAW_DICOM_GROUPS
-                                for i in range(4)):
+    if len(head) < 8 or not any(
+        struct.unpack("<H", head[i : i + 2])[0] in _RAW_DICOM_GROUPS for i in range(4)
+    ):
         return False
     import pydicom  # only here: no preamble is rare
 
@@ -76,11 +77,15 @@ def sniff_file(path: Path) -> str | None:
         with open(path, "rb") as fh:
             head = fh.read(1024)
     except OSError as exc:
-        raise InputError(f"cannot be opened ({exc.strerror})", path=path,
-                         hint="check the file's permissions") from exc
+        raise InputError(
+            f"cannot be opened ({exc.strerror})", path=path, hint="check the file's permissions"
+        ) from exc
     if not head:
-        raise CorruptInputError("is empty (0 bytes)", path=path,
-                                hint="the file was not copied completely; copy it again")
+        raise CorruptInputError(
+            "is empty (0 bytes)",
+            path=path,
+            hint="the file was not copied completely; copy it again",
+        )
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicomdir" if path.name.upper() == "DICOMDIR" else "dicom"
     if any(head.startswith(magic) for magic, _ in PICTURE_MAGIC):
@@ -159,12 +164,14 @@ def sniff_form(path: str | Path) -> str:
         raise InputError("does not exist", path=path, hint="check the path")
     if path.is_dir():
         if not os.access(path, os.R_OK | os.X_OK):
-            raise InputError("is a folder that cannot be read", path=path,
-                             hint="check the folder's permissions")
+            raise InputError(
+                "is a folder that cannot be read", path=path, hint="check the folder's permissions"
+            )
         contents = sniff_folder(path)
         if contents.form == "empty":
-            raise InputError("holds no DICOM file, picture or volume", path=path,
-                             hint=_SUPPORTED_HINT)
+            raise InputError(
+                "holds no DICOM file, picture or volume", path=path, hint=_SUPPORTED_HINT
+            )
         return contents.form
     form = sniff_file(path)
     if form is None:
@@ -172,5 +179,7 @@ def sniff_form(path: str | Path) -> str:
             head = fh.read(8)
         raise UnsupportedInputError(
             f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head!r})",
-            path=path, hint=_SUPPORTED_HINT)
+            path=path,
+            hint=_SUPPORTED_HINT,
+        )
     return form

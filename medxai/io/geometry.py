@@ -48,9 +48,13 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     return n / norm if norm > 0 else n
 
 
-def dicom_affine_lps(orientation: Sequence[float], position: Sequence[float],
-                     pixel_spacing: Sequence[float], slice_step: Sequence[float] | None = None,
-                     slice_thickness: float | None = None) -> np.ndarray:
+def dicom_affine_lps(
+    orientation: Sequence[float],
+    position: Sequence[float],
+    pixel_spacing: Sequence[float],
+    slice_step: Sequence[float] | None = None,
+    slice_thickness: float | None = None,
+) -> np.ndarray:
     """4x4 LPS affine of a DICOM slice stack (see the module docstring).
 
     Args:

@@ -41,8 +41,11 @@ def describe(path: str | Path) -> dict[str, Any]:
     if form in ("dicom-folder", "dicomdir"):
         files = None
         if form == "dicomdir":
-            ddir = path if path.is_file() else next(
-                p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+            ddir = (
+                path
+                if path.is_file()
+                else next(p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+            )
             files = dcm.dicomdir_files(ddir)
         scan = dcm.scan_folder(path if path.is_dir() else path.parent, files)
         groups = dcm.group_series(scan.datasets)
@@ -53,17 +56,21 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "series": [_series_summary(k, v) for k, v in groups.items()],
                 "skipped_files": len(scan.skipped),
                 "note": f"{len(groups)} series: `medxai segment` takes one series folder; "
-                        "`medxai batch` takes the whole folder",
+                "`medxai batch` takes the whole folder",
             }
     if form == "dicom":
         ds = dcm.read_header(path)
         derived = describe_derived(ds)
         if derived is not None:
-            return {"path": str(path), "form": "dicom-derived",
-                    "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
-                    "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
-                    "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
-                    "derived": derived, "note": what_to_give_instead(ds)}
+            return {
+                "path": str(path),
+                "form": "dicom-derived",
+                "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+                "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+                "sop_class_uid": str(ds.get("SOPClassUID", "") or ""),
+                "derived": derived,
+                "note": what_to_give_instead(ds),
+            }
     loaded = load_image(path)
     img = loaded.image
     meta = img.meta

@@ -35,7 +35,9 @@ class MedxaiReader(ImageReader):
         except MedxaiError:
             return False
 
-    def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> LoadedImage | list[LoadedImage]:
+    def read(
+        self, data: Sequence[str | Path] | str | Path, **kwargs: Any
+    ) -> LoadedImage | list[LoadedImage]:
         if isinstance(data, (str, Path)):
             return load_image(data)
         return [load_image(d) for d in data]

@@ -54,12 +54,16 @@ def read_photo_array(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
                 arr = np.moveaxis(np.asarray(im.convert("RGB")), -1, 0)
     except UnidentifiedImageError as exc:
         raise UnsupportedInputError(
-            "is not a picture Pillow can read", path=path,
+            "is not a picture Pillow can read",
+            path=path,
             hint="medxai reads JPEG, PNG, TIFF and BMP pictures, DICOM, NIfTI, NRRD and MHA",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptInputError(f"picture data cannot be decoded ({exc})", path=path,
-                                hint="the file may be truncated; export it again") from exc
+        raise CorruptInputError(
+            f"picture data cannot be decoded ({exc})",
+            path=path,
+            hint="the file may be truncated; export it again",
+        ) from exc
     # (C, H, W) -> (C, W, H): MONAI's column-first spatial order
     arr = np.ascontiguousarray(np.swapaxes(arr, 1, 2))
     return arr, {"format": fmt, "mode": mode, "original_size": size}
@@ -69,4 +73,3 @@ def read_photo(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
     """Read a picture: ``(array (C, W, H), affine (4x4 RAS), meta)``."""
     arr, meta = read_photo_array(path)
     return arr, PHOTO_AFFINE.copy(), meta
-

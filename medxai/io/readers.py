@@ -79,8 +79,11 @@ def detect_form(path: str | Path) -> str:
     except OSError as exc:
         raise InputError(f"cannot be opened ({exc.strerror})", path=path) from exc
     if not head:
-        raise CorruptInputError("is empty (0 bytes)", path=path,
-                                hint="the file was not copied completely; copy it again")
+        raise CorruptInputError(
+            "is empty (0 bytes)",
+            path=path,
+            hint="the file was not copied completely; copy it again",
+        )
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicomdir" if path.name.upper() == "DICOMDIR" else "dicom"
     for magic, _name in _PICTURE_MAGIC:
@@ -105,7 +108,8 @@ def detect_form(path: str | Path) -> str:
         return "dicom"
     raise UnsupportedInputError(
         f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head[:8]!r})",
-        path=path, hint="medxai reads JPEG/PNG/TIFF/BMP, DICOM, NIfTI (.nii/.nii.gz), NRRD, MHA/MHD",
+        path=path,
+        hint="medxai reads JPEG/PNG/TIFF/BMP, DICOM, NIfTI (.nii/.nii.gz), NRRD, MHA/MHD",
     )
 
 
@@ -145,31 +149,59 @@ def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
         if form == "dicom":
             return _load_dicom_file(path, display)
         if form == "dicomdir":
-            ddir = path if path.is_file() else next(
-                p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+            ddir = (
+                path
+                if path.is_file()
+                else next(p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+            )
             files = dcm.dicomdir_files(ddir)
             if not files:
                 raise SeriesError("DICOMDIR references no existing files", path=ddir)
-            return _load_dicom_folder(path if path.is_dir() else path.parent, files, "dicomdir",
-                                      shown=path, display=display)
+            return _load_dicom_folder(
+                path if path.is_dir() else path.parent,
+                files,
+                "dicomdir",
+                shown=path,
+                display=display,
+            )
         return _load_dicom_folder(path, None, "dicom-series", display=display)
     except MedxaiError:
         raise
     except MemoryError as exc:
         raise InputError("is too large to read into memory", path=path) from exc
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError, EOFError,
-            RuntimeError, struct.error, NotImplementedError, ZeroDivisionError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OSError,
+        EOFError,
+        RuntimeError,
+        struct.error,
+        NotImplementedError,
+        ZeroDivisionError,
+    ) as exc:
         raise CorruptInputError(
-            f"could not be read as {form} ({type(exc).__name__}: {exc})", path=path,
-            hint="the file may be damaged or use a variant medxai does not handle") from exc
+            f"could not be read as {form} ({type(exc).__name__}: {exc})",
+            path=path,
+            hint="the file may be damaged or use a variant medxai does not handle",
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _make(array: np.ndarray, affine_ras: np.ndarray, path: Path, form: str,
-          meta: dict[str, Any], dicom: DicomSource | None = None) -> LoadedImage:
+
+def _make(
+    array: np.ndarray,
+    affine_ras: np.ndarray,
+    path: Path,
+    form: str,
+    meta: dict[str, Any],
+    dicom: DicomSource | None = None,
+) -> LoadedImage:
     """Wrap a channel-first array and its RAS affine into a LoadedImage with full meta."""
     # no copy for C order: DICOM arrays arrive transposed (a strided view), which torch and
     # MONAI handle; copying 100s of MB into C order here costs more than the decode
@@ -218,9 +250,17 @@ def _load_picture(path: Path) -> LoadedImage:
 
     arr, affine, info = read_photo(path)
     pi = "RGB" if arr.shape[0] == 3 else "MONOCHROME2"
-    return _make(arr, affine, path, "picture",
-                 {"photometric_interpretation": pi, "picture_format": info["format"],
-                  "intensity": "display"})
+    return _make(
+        arr,
+        affine,
+        path,
+        "picture",
+        {
+            "photometric_interpretation": pi,
+            "picture_format": info["format"],
+            "intensity": "display",
+        },
+    )
 
 
 def _load_nifti(path: Path) -> LoadedImage:
@@ -230,8 +270,11 @@ def _load_nifti(path: Path) -> LoadedImage:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError) as exc:
-        raise CorruptInputError(f"NIfTI cannot be read ({exc})", path=path,
-                                hint="the file may be truncated; export it again") from exc
+        raise CorruptInputError(
+            f"NIfTI cannot be read ({exc})",
+            path=path,
+            hint="the file may be truncated; export it again",
+        ) from exc
     if arr.dtype.names:  # RGB24 / RGBA32 structured dtype
         arr = np.stack([arr[n] for n in arr.dtype.names[:3]], axis=0)
     else:
@@ -242,15 +285,25 @@ def _load_nifti(path: Path) -> LoadedImage:
         elif arr.ndim == 4:
             arr = np.moveaxis(arr, -1, 0)
         else:
-            raise UnsupportedInputError(f"NIfTI with {arr.ndim} dimensions {arr.shape}", path=path,
-                                        hint="medxai reads 2D, 3D and 4D (channels) NIfTI")
+            raise UnsupportedInputError(
+                f"NIfTI with {arr.ndim} dimensions {arr.shape}",
+                path=path,
+                hint="medxai reads 2D, 3D and 4D (channels) NIfTI",
+            )
     affine = np.asarray(img.affine, dtype=np.float64)
     codes = img.header.get_sform(coded=True)[1], img.header.get_qform(coded=True)[1]
-    return _make(arr, affine, path, "nifti", {
-        "has_patient_geometry": bool(codes[0] or codes[1]),
-        "photometric_interpretation": "RGB" if arr.shape[0] == 3 and arr.dtype == np.uint8
-        else "MONOCHROME2",
-    })
+    return _make(
+        arr,
+        affine,
+        path,
+        "nifti",
+        {
+            "has_patient_geometry": bool(codes[0] or codes[1]),
+            "photometric_interpretation": "RGB"
+            if arr.shape[0] == 3 and arr.dtype == np.uint8
+            else "MONOCHROME2",
+        },
+    )
 
 
 def _load_itk(path: Path) -> LoadedImage:
@@ -259,8 +312,9 @@ def _load_itk(path: Path) -> LoadedImage:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise CorruptInputError(f"cannot be read by ITK ({str(exc).strip().splitlines()[-1]})",
-                                path=path) from exc
+        raise CorruptInputError(
+            f"cannot be read by ITK ({str(exc).strip().splitlines()[-1]})", path=path
+        ) from exc
     arr = sitk.GetArrayFromImage(img)  # (K, J, I[, C]) or (J, I[, C])
     dim = img.GetDimension()
     ncomp = img.GetNumberOfComponentsPerPixel()
@@ -272,18 +326,26 @@ def _load_itk(path: Path) -> LoadedImage:
     lps = np.eye(4)
     lps[:dim, :dim] = direction * np.asarray(img.GetSpacing())[None, :]
     lps[:dim, 3] = img.GetOrigin()
-    return _make(arr, lps_to_ras_affine(lps), path, "itk", {
-        "has_patient_geometry": dim == 3,
-        "photometric_interpretation": "RGB" if ncomp == 3 else "MONOCHROME2",
-    })
+    return _make(
+        arr,
+        lps_to_ras_affine(lps),
+        path,
+        "itk",
+        {
+            "has_patient_geometry": dim == 3,
+            "photometric_interpretation": "RGB" if ncomp == 3 else "MONOCHROME2",
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------
 
-def _dicom_meta(ds: Any, form: str, n_files: int, has_geometry: bool,
-                warnings: list[str]) -> dict[str, Any]:
+
+def _dicom_meta(
+    ds: Any, form: str, n_files: int, has_geometry: bool, warnings: list[str]
+) -> dict[str, Any]:
     return {
         "modality": str(ds.get("Modality", "") or ""),
         "photometric_interpretation": str(ds.get("PhotometricInterpretation", "") or ""),
@@ -313,8 +375,9 @@ def _repair_identity(datasets: list[Any], warnings: list[str]) -> None:
             ds.SOPClassUID = meta.get("MediaStorageSOPClassUID", "")
         if not str(ds.get("SOPInstanceUID", "") or ""):
             uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else ""
-            ds.SOPInstanceUID = uid or generate_uid(entropy_srcs=[str(ds.get("ImagePositionPatient")),
-                                                                  str(ds.get("InstanceNumber"))])
+            ds.SOPInstanceUID = uid or generate_uid(
+                entropy_srcs=[str(ds.get("ImagePositionPatient")), str(ds.get("InstanceNumber"))]
+            )
     instances = sorted(str(ds.SOPInstanceUID) for ds in datasets)
     for kw, what in (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series")):
         if not all(str(ds.get(kw, "") or "") for ds in datasets):
@@ -322,8 +385,10 @@ def _repair_identity(datasets: list[Any], warnings: list[str]) -> None:
             for ds in datasets:
                 if not str(ds.get(kw, "") or ""):
                     setattr(ds, kw, uid)
-            warnings.append(f"the source has no {kw} (anonymised?); medxai assigned {uid} so "
-                            "that derived objects can be written")
+            warnings.append(
+                f"the source has no {kw} (anonymised?); medxai assigned {uid} so "
+                "that derived objects can be written"
+            )
 
 
 def _strip_pixels(ds: Any) -> Any:
@@ -374,16 +439,22 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
     ds = dcm.read_header(path)
     sop = str(ds.get("SOPClassUID", ""))
     if sop == "1.2.840.10008.1.3.10":
-        return _load_dicom_folder(path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path,
-                                  display=display)
+        return _load_dicom_folder(
+            path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path, display=display
+        )
     if sop in dcm.NON_IMAGE_SOP_CLASSES:
         raise UnsupportedInputError(
             f"is a DICOM {dcm.NON_IMAGE_SOP_CLASSES[sop]} object{_derived_summary(ds)}, not an "
-            "image medxai segments", path=path, hint=what_to_give_instead(ds))
+            "image medxai segments",
+            path=path,
+            hint=what_to_give_instead(ds),
+        )
     if "PixelData" not in ds:
         raise UnsupportedInputError(
             f"is DICOM ({ds.get('Modality', 'unknown modality')}) but holds no pixel data",
-            path=path, hint="give medxai an image object")
+            path=path,
+            hint="give medxai an image object",
+        )
     if "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return _load_siemens_mosaic(ds, path)
     as_displayed = is_display_candidate(ds) if display is None else bool(display)
@@ -406,11 +477,17 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
         if len(ok) > 1:
             raise SeriesError(
                 f"frames have {len(ok)} different orientations (e.g. a localiser with several "
-                "planes); they do not form one volume", path=path,
-                hint="split the object into one stack per orientation")
-        stack = dcm.sort_slices(positions, orients[0], spacing,
-                                float(thick) if thick not in (None, "") else None,
-                                what="multi-frame object")
+                "planes); they do not form one volume",
+                path=path,
+                hint="split the object into one stack per orientation",
+            )
+        stack = dcm.sort_slices(
+            positions,
+            orients[0],
+            spacing,
+            float(thick) if thick not in (None, "") else None,
+            what="multi-frame object",
+        )
         order = stack.order
         frames = frames[order]
         if frame_numbers is not None:
@@ -422,8 +499,9 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
     else:
         if nframes > 1 and frame_numbers is not None:
             warnings.append("no patient geometry: frames kept in stored order, 1 unit apart")
-        slopes, inters = zip(*(dcm._rescale(ds, i if nframes > 1 else None)
-                               for i in range(nframes)))
+        slopes, inters = zip(
+            *(dcm._rescale(ds, i if nframes > 1 else None) for i in range(nframes))
+        )
         affine_lps = dcm.lps_identity(spacing)
         volume, has_geom = nframes > 1, False
     values = frames if as_displayed else dcm.apply_modality_lut(frames, slopes, inters)
@@ -454,7 +532,9 @@ def _derived_summary(ds: Any) -> str:
         labels = ", ".join(s["label"] or str(s["number"]) for s in info["segments"][:5])
         return f" ({len(info['segments'])} segment(s): {labels}; {info['frames']} frame(s))"
     if info["kind"] == "RTSTRUCT":
-        return f" ({len(info['rois'])} ROI(s): " + ", ".join(r["name"] for r in info["rois"][:5]) + ")"
+        return (
+            f" ({len(info['rois'])} ROI(s): " + ", ".join(r["name"] for r in info["rois"][:5]) + ")"
+        )
     if info["kind"] == "PM":
         return f" (a {info['quantity'] or 'parametric'} map, {info['frames']} frame(s))"
     if info["kind"] == "SR":
@@ -489,8 +569,11 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
         warnings.simplefilter("ignore")
         wrapper = dicomwrappers.wrapper_from_data(ds)
         if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
-            raise UnsupportedInputError("is marked MOSAIC but its Siemens CSA header cannot be read",
-                                        path=path, hint="convert it with dcm2niix first")
+            raise UnsupportedInputError(
+                "is marked MOSAIC but its Siemens CSA header cannot be read",
+                path=path,
+                hint="convert it with dcm2niix first",
+            )
         data = np.asarray(wrapper.get_data(), dtype=np.float64)  # (rows, cols, k), rescaled
         affine_rc = np.asarray(wrapper.affine, dtype=np.float64)  # LPS, (row, col, k) indices
     arr = data.transpose(1, 0, 2)[None]
@@ -506,19 +589,26 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
     return _make(arr, lps_to_ras_affine(affine_lps), path, "dicom-mosaic", meta, source)
 
 
-def load_dicom_files(folder: str | Path, files: list[Path], *,
-                     display: bool | None = None) -> LoadedImage:
+def load_dicom_files(
+    folder: str | Path, files: list[Path], *, display: bool | None = None
+) -> LoadedImage:
     """Read the one image series formed by ``files`` (slices of one series), named ``folder``.
 
     For callers that grouped the files themselves (``medxai batch``); otherwise as
     :func:`load_image` on a series folder.
     """
-    return _load_dicom_folder(Path(folder), [Path(f) for f in files], "dicom-series",
-                              display=display)
+    return _load_dicom_folder(
+        Path(folder), [Path(f) for f in files], "dicom-series", display=display
+    )
 
 
-def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str,
-                       shown: Path | None = None, display: bool | None = None) -> LoadedImage:
+def _load_dicom_folder(
+    folder: Path,
+    files: list[Path] | None,
+    form: str,
+    shown: Path | None = None,
+    display: bool | None = None,
+) -> LoadedImage:
     """Read the one image series under ``folder`` (or among ``files``); errors name ``shown``."""
     try:
         return _load_series(folder, files, form, display)
@@ -528,20 +618,25 @@ def _load_dicom_folder(folder: Path, files: list[Path] | None, form: str,
         raise type(exc)(exc.detail, path=shown, hint=exc.hint) from exc
 
 
-def _load_series(folder: Path, files: list[Path] | None, form: str,
-                 display: bool | None = None) -> LoadedImage:
+def _load_series(
+    folder: Path, files: list[Path] | None, form: str, display: bool | None = None
+) -> LoadedImage:
     scan = dcm.scan_folder(folder, files)
     if not scan.datasets:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:5]) or "the folder is empty"
-        raise SeriesError(f"holds no readable DICOM image ({len(scan.skipped)} file(s) passed "
-                          f"over: {reasons})", path=folder,
-                          hint="point medxai at a folder holding one DICOM image series")
+        raise SeriesError(
+            f"holds no readable DICOM image ({len(scan.skipped)} file(s) passed over: {reasons})",
+            path=folder,
+            hint="point medxai at a folder holding one DICOM image series",
+        )
     groups = dcm.group_series(scan.datasets)
     if len(groups) > 1:
         raise SeriesError(
             f"holds {len(groups)} image series (or stacks of different size/orientation); medxai "
-            f"reads one at a time:\n{dcm.describe_groups(groups)}", path=folder,
-            hint="give the folder of one series, or use `medxai batch` for whole exports")
+            f"reads one at a time:\n{dcm.describe_groups(groups)}",
+            path=folder,
+            hint="give the folder of one series, or use `medxai batch` for whole exports",
+        )
     items = next(iter(groups.values()))
     # drop exact duplicates (same SOP Instance UID in two files)
     seen: dict[str, Path] = {}
@@ -550,34 +645,46 @@ def _load_series(folder: Path, files: list[Path] | None, form: str,
     for p, ds in items:
         uid = str(ds.get("SOPInstanceUID", "")) or str(p)
         if uid in seen:
-            dup_warnings.append(f"duplicate instance {uid} in {p.name} and {seen[uid].name}; "
-                                "one copy used")
+            dup_warnings.append(
+                f"duplicate instance {uid} in {p.name} and {seen[uid].name}; one copy used"
+            )
             continue
         seen[uid] = p
         unique.append((p, ds))
     if len(unique) == 1:
         loaded = _load_dicom_file(unique[0][0], display)
-        loaded.image.meta["geometry_warnings"] = dup_warnings + loaded.image.meta["geometry_warnings"]
+        loaded.image.meta["geometry_warnings"] = (
+            dup_warnings + loaded.image.meta["geometry_warnings"]
+        )
         loaded.path = folder
         return loaded
     first = unique[0][1]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds in unique):
-        raise SeriesError(f"holds {len(unique)} multi-frame objects of one series; medxai reads "
-                          "one multi-frame object at a time", path=folder,
-                          hint="give the path of one of the files")
-    missing_geo = [p for p, ds in unique if "ImagePositionPatient" not in ds
-                   or "ImageOrientationPatient" not in ds]
+        raise SeriesError(
+            f"holds {len(unique)} multi-frame objects of one series; medxai reads "
+            "one multi-frame object at a time",
+            path=folder,
+            hint="give the path of one of the files",
+        )
+    missing_geo = [
+        p
+        for p, ds in unique
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds
+    ]
     spacing = dcm._pixel_spacing(first)
     if missing_geo or spacing is None:
         raise SeriesError(
             f"holds {len(unique)} images of one series without patient positions (e.g. "
             f"{(missing_geo or [unique[0][0]])[0].name}), so they cannot be stacked into a volume",
-            path=folder, hint="give one file at a time")
+            path=folder,
+            hint="give one file at a time",
+        )
     positions = [[float(v) for v in ds.ImagePositionPatient] for _, ds in unique]
     orientation = [float(v) for v in first.ImageOrientationPatient]
     thick = first.get("SliceThickness")
-    stack = dcm.sort_slices(positions, orientation, spacing,
-                            float(thick) if thick not in (None, "") else None)
+    stack = dcm.sort_slices(
+        positions, orientation, spacing, float(thick) if thick not in (None, "") else None
+    )
     ordered = [unique[i] for i in stack.order]
     rows, cols = int(first.Rows), int(first.Columns)
     spp = int(first.get("SamplesPerPixel", 1) or 1)
@@ -588,8 +695,10 @@ def _load_series(folder: Path, files: list[Path] | None, form: str,
         if frames is None:
             frames = np.empty((len(ordered), rows, cols, f.shape[-1]), dtype=f.dtype)
         if f.shape[1:3] != (rows, cols) or f.shape[-1] != frames.shape[-1]:
-            raise SeriesError(f"slice {p.name} is {f.shape[2]}x{f.shape[1]}, the series "
-                              f"{cols}x{rows}", path=folder)
+            raise SeriesError(
+                f"slice {p.name} is {f.shape[2]}x{f.shape[1]}, the series {cols}x{rows}",
+                path=folder,
+            )
         if f.dtype != frames.dtype:
             frames = frames.astype(np.promote_types(frames.dtype, f.dtype))
         frames[k] = f[0]

@@ -40,12 +40,12 @@ META_KEYS = {
     "num_files": "number of files the image was assembled from",
     "geometry_warnings": "list of strings: missing slices, uneven spacing, tilt, ...",
     "intensity": "'display' (what a viewer shows: pictures, and DICOM radiographs read through the "
-                 "Modality LUT, VOI LUT/window and MONOCHROME1 inversion as 8-bit 0..255) or "
-                 "'modality' (modality values: HU, MR signal, stored values)",
+    "Modality LUT, VOI LUT/window and MONOCHROME1 inversion as 8-bit 0..255) or "
+    "'modality' (modality values: HU, MR signal, stored values)",
     "display": "(DICOM read as displayed) the steps applied: modality_lut, voi, window_center, "
-               "window_width, voi_lut_function, inverted, ... (medxai.io.dicom.display)",
+    "window_width, voi_lut_function, inverted, ... (medxai.io.dicom.display)",
     "pixel_spacing_source": "(DICOM without patient geometry) PixelSpacing, ImagerPixelSpacing or "
-                            "NominalScannedPixelSpacing: which attribute gave 'spacing'",
+    "NominalScannedPixelSpacing: which attribute gave 'spacing'",
     "estimated_radiographic_magnification_factor": "(radiographs, when the file gives it)",
     "patient_plane_spacing": "(radiographs) ImagerPixelSpacing / magnification factor, mm [row, col]",
 }

@@ -43,8 +43,8 @@ import torch
 
 from medxai.choices import POSTPROCESSING_KEYS, TTA_CHOICES
 from medxai.errors import BundleIntegrityError, ModelError
-from medxai.models.contract import ModelContract, contract_from_medxai_config
 from medxai.io.atomic import write_bytes_atomic
+from medxai.models.contract import ModelContract, contract_from_medxai_config
 from medxai.models.networks import build_network
 
 __all__ = ["ModelBundle", "load_bundle", "save_bundle", "sha256_file"]
@@ -136,7 +136,7 @@ def network_from_config(config: dict[str, Any]) -> torch.nn.Module:
         target = str(net_def.pop("_target_"))
     except (KeyError, TypeError) as exc:
         raise ModelError("inference config has no network_def with a _target_") from exc
-    name = target[len(_TARGET_PREFIX):] if target.startswith(_TARGET_PREFIX) else target
+    name = target[len(_TARGET_PREFIX) :] if target.startswith(_TARGET_PREFIX) else target
     return build_network(name, net_def)
 
 
@@ -145,9 +145,12 @@ def _read_json(path: Path) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError as exc:
-        raise ModelError("is not a model bundle: file missing", path=path,
-                         hint="a bundle folder holds configs/metadata.json, configs/inference.json "
-                              "and models/model.pt; see `medxai models`") from exc
+        raise ModelError(
+            "is not a model bundle: file missing",
+            path=path,
+            hint="a bundle folder holds configs/metadata.json, configs/inference.json "
+            "and models/model.pt; see `medxai models`",
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ModelError(f"is not valid JSON ({exc})", path=path) from exc
     if not isinstance(data, dict):
@@ -158,34 +161,50 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _check_inference_options(config: dict[str, Any], root: Path) -> None:
     tta = config.get("inference", {}).get("tta")
     if tta is not None and tta not in TTA_CHOICES:
-        raise ModelError(f"inference.tta is {tta!r}", path=root / "configs" / "inference.json",
-                         hint=f"use one of {', '.join(TTA_CHOICES)}")
+        raise ModelError(
+            f"inference.tta is {tta!r}",
+            path=root / "configs" / "inference.json",
+            hint=f"use one of {', '.join(TTA_CHOICES)}",
+        )
     sizes = config.get("inference", {}).get("tta_sizes") or []
     dims = config.get("input", {}).get("spatial_dims")
     if not isinstance(sizes, list) or any(
-            not isinstance(s, list) or len(s) != dims or not all(isinstance(v, int) and v > 0
-                                                                 for v in s) for s in sizes):
-        raise ModelError(f"inference.tta_sizes is {sizes!r}",
-                         path=root / "configs" / "inference.json",
-                         hint=f"a list of input sizes with {dims} positive integers each, "
-                              "e.g. [[224, 224]]")
+        not isinstance(s, list)
+        or len(s) != dims
+        or not all(isinstance(v, int) and v > 0 for v in s)
+        for s in sizes
+    ):
+        raise ModelError(
+            f"inference.tta_sizes is {sizes!r}",
+            path=root / "configs" / "inference.json",
+            hint=f"a list of input sizes with {dims} positive integers each, e.g. [[224, 224]]",
+        )
     threshold = config.get("inference", {}).get("threshold")
     if threshold is not None:
         classes = config.get("network_def", {}).get("out_channels")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not 0 < threshold < 1:
-            raise ModelError(f"inference.threshold is {threshold!r}",
-                             path=root / "configs" / "inference.json",
-                             hint="a foreground probability between 0 and 1, e.g. 0.45")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0 < threshold < 1
+        ):
+            raise ModelError(
+                f"inference.threshold is {threshold!r}",
+                path=root / "configs" / "inference.json",
+                hint="a foreground probability between 0 and 1, e.g. 0.45",
+            )
         if classes != 2:
-            raise ModelError(f"inference.threshold is set but the network has {classes} output "
-                             "channels", path=root / "configs" / "inference.json",
-                             hint="a threshold applies to binary (2-channel) models; remove it")
+            raise ModelError(
+                f"inference.threshold is set but the network has {classes} output channels",
+                path=root / "configs" / "inference.json",
+                hint="a threshold applies to binary (2-channel) models; remove it",
+            )
     unknown = sorted(set(config.get("postprocessing") or {}) - set(POSTPROCESSING_KEYS))
     if unknown:
-        raise ModelError(f"unknown postprocessing step(s) {unknown}",
-                         path=root / "configs" / "inference.json",
-                         hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}")
+        raise ModelError(
+            f"unknown postprocessing step(s) {unknown}",
+            path=root / "configs" / "inference.json",
+            hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}",
+        )
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
@@ -201,8 +220,11 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
     """
     root = Path(path)
     if not root.is_dir():
-        raise ModelError("is not a model bundle folder", path=root,
-                         hint="pass a bundled model name (see `medxai models`) or a bundle folder")
+        raise ModelError(
+            "is not a model bundle folder",
+            path=root,
+            hint="pass a bundled model name (see `medxai models`) or a bundle folder",
+        )
     config = _read_json(root / "configs" / "inference.json")
     metadata = _read_json(root / "configs" / "metadata.json")
     _check_inference_options(config, root)
@@ -222,15 +244,17 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise ModelError(f"cannot load weights safely ({type(exc).__name__}: {exc})",
-                         path=weights) from exc
+        raise ModelError(
+            f"cannot load weights safely ({type(exc).__name__}: {exc})", path=weights
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:
         network.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"weights do not fit the network in inference.json: {exc}",
-                         path=weights) from exc
+        raise ModelError(
+            f"weights do not fit the network in inference.json: {exc}", path=weights
+        ) from exc
     network.eval()
     return ModelBundle(config=config, metadata=metadata, network=network, path=root)
 
@@ -258,10 +282,12 @@ def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = Non
     metadata["weights_sha256"] = sha256_file(weights)
     metadata.setdefault("monai_version", __import__("monai").__version__)
     metadata.setdefault("pytorch_version", torch.__version__.split("+")[0])
-    _atomic_write_bytes(root / "configs" / "metadata.json",
-                        (json.dumps(metadata, indent=2) + "\n").encode())
-    _atomic_write_bytes(root / "configs" / "inference.json",
-                        (json.dumps(bundle.config, indent=2) + "\n").encode())
+    _atomic_write_bytes(
+        root / "configs" / "metadata.json", (json.dumps(metadata, indent=2) + "\n").encode()
+    )
+    _atomic_write_bytes(
+        root / "configs" / "inference.json", (json.dumps(bundle.config, indent=2) + "\n").encode()
+    )
     if card is not None:
         _atomic_write_bytes(root / "docs" / "README.md", card.encode())
     return root

@@ -16,9 +16,19 @@ from typing import Any
 
 from medxai.errors import ExplainError
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_SW_BATCH_SIZE", "DEFAULT_BLEND_MODE", "INFERENCE_MODES",
-           "HOOK_METHODS", "HOOK_FREE_METHODS", "LabelSpec", "InputSpec", "InferenceSpec",
-           "ModelContract", "contract_from_medxai_config"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "DEFAULT_SW_BATCH_SIZE",
+    "DEFAULT_BLEND_MODE",
+    "INFERENCE_MODES",
+    "HOOK_METHODS",
+    "HOOK_FREE_METHODS",
+    "LabelSpec",
+    "InputSpec",
+    "InferenceSpec",
+    "ModelContract",
+    "contract_from_medxai_config",
+]
 
 #: Sliding-window defaults (MONAI's ``SlidingWindowInferer`` defaults are 0.25 and 1; medxai's
 #: own bundles have always used a batch of 4 windows).
@@ -144,7 +154,8 @@ class ModelContract:
                 f"saliency method {method!r} needs layer hooks, which the TorchScript network of "
                 f"model {self.name!r} does not offer",
                 hint=f"use --explain {' or '.join(HOOK_FREE_METHODS)} (these work on TorchScript), "
-                     "or --explain none; or give the bundle models/model.pt (a state dict)")
+                "or --explain none; or give the bundle models/model.pt (a state dict)",
+            )
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
@@ -166,8 +177,9 @@ def _tta(inference: Mapping[str, Any]) -> str:
     return str(inference.get("tta") or ("flips" if inference.get("tta_flips") else "none"))
 
 
-def contract_from_medxai_config(config: Mapping[str, Any], metadata: Mapping[str, Any]
-                                ) -> ModelContract:
+def contract_from_medxai_config(
+    config: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> ModelContract:
     """The contract of a medxai-form bundle (``config`` = its ``configs/inference.json``, already
     checked by :func:`medxai.models.bundle.load_bundle`)."""
     inp = config.get("input", {}) or {}
@@ -185,35 +197,70 @@ def contract_from_medxai_config(config: Mapping[str, Any], metadata: Mapping[str
     if pre.get("intensity"):
         steps.append(f"intensity {dict(pre['intensity'])}")
     post = config.get("postprocessing") or {}
-    post_steps = ["softmax", f"threshold {inf['threshold']}" if inf.get("threshold") is not None
-                  else "argmax"] + [k for k, v in post.items() if v]
+    post_steps = [
+        "softmax",
+        f"threshold {inf['threshold']}" if inf.get("threshold") is not None else "argmax",
+    ] + [k for k, v in post.items() if v]
     target = str(net.get("_target_", "?")).rsplit(".", 1)[-1]
     return ModelContract(
-        name=str(metadata.get("name", "unnamed")), version=str(metadata.get("version", "0")),
-        form="medxai", weights="state_dict", network=target,
-        input=InputSpec(spatial_dims=int(inp.get("spatial_dims", 2)),
-                        channels=int(inp.get("channels", 1)),
-                        modalities=tuple(str(m) for m in inp.get("modalities", []) or [])),
+        name=str(metadata.get("name", "unnamed")),
+        version=str(metadata.get("version", "0")),
+        form="medxai",
+        weights="state_dict",
+        network=target,
+        input=InputSpec(
+            spatial_dims=int(inp.get("spatial_dims", 2)),
+            channels=int(inp.get("channels", 1)),
+            modalities=tuple(str(m) for m in inp.get("modalities", []) or []),
+        ),
         inference=InferenceSpec(
-            mode=mode, roi_size=_ints(inf.get("roi_size")),
+            mode=mode,
+            roi_size=_ints(inf.get("roi_size")),
             overlap=float(inf.get("overlap", DEFAULT_OVERLAP)),
             sw_batch_size=int(inf.get("sw_batch_size", DEFAULT_SW_BATCH_SIZE)),
-            blend_mode=str(inf.get("blend_mode", DEFAULT_BLEND_MODE)), tta=_tta(inf),
+            blend_mode=str(inf.get("blend_mode", DEFAULT_BLEND_MODE)),
+            tta=_tta(inf),
             tta_sizes=tuple(tuple(int(v) for v in s) for s in inf.get("tta_sizes") or []),
-            threshold=(float(inf["threshold"]) if inf.get("threshold") is not None else None)),
-        labels=tuple(LabelSpec(int(lab["value"]), str(lab.get("name", f"label {lab['value']}")),
-                               _color(lab.get("color"))) for lab in config.get("labels", [])),
-        preprocessing=tuple(steps), postprocessing=tuple(post_steps),
+            threshold=(float(inf["threshold"]) if inf.get("threshold") is not None else None),
+        ),
+        labels=tuple(
+            LabelSpec(
+                int(lab["value"]),
+                str(lab.get("name", f"label {lab['value']}")),
+                _color(lab.get("color")),
+            )
+            for lab in config.get("labels", [])
+        ),
+        preprocessing=tuple(steps),
+        postprocessing=tuple(post_steps),
         extras={"postprocessing": dict(post)},
     )
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
     """``n`` distinct display colours (a fixed, repeatable list)."""
-    base = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-            (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)]
+    base = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+        (128, 128, 128),
+    ]
     return [base[i % len(base)] for i in range(n)]
 
 

@@ -72,8 +72,9 @@ class InputFacts:
         return f"{article} {words} of {size}"
 
 
-def facts_from_meta(shape: Sequence[int], meta: Mapping[str, Any],
-                    body_part: str = "") -> InputFacts:
+def facts_from_meta(
+    shape: Sequence[int], meta: Mapping[str, Any], body_part: str = ""
+) -> InputFacts:
     """Facts of a read image: ``shape`` is ``(C, *spatial)``; ``meta`` its MetaTensor meta;
     ``body_part`` the source's BodyPartExamined, when it is DICOM."""
     spatial = tuple(int(s) for s in shape[1:])
@@ -81,13 +82,17 @@ def facts_from_meta(shape: Sequence[int], meta: Mapping[str, Any],
     if dims == 2:
         spatial = spatial[:2]
     spacing = meta.get("spacing")
-    sp = tuple(float(v) for v in list(spacing)[:len(spatial)]) if spacing is not None else None
+    sp = tuple(float(v) for v in list(spacing)[: len(spatial)]) if spacing is not None else None
     geometry = bool(meta.get("has_patient_geometry")) or bool(meta.get("pixel_spacing_source"))
-    return InputFacts(spatial_dims=dims, channels=int(shape[0]),
-                      modality=str(meta.get("modality") or "").upper(),
-                      form=str(meta.get("medxai_form") or ""), shape=spatial,
-                      spacing=sp if (geometry or dims == 3) else None,
-                      body_part=str(body_part or "").strip().upper())
+    return InputFacts(
+        spatial_dims=dims,
+        channels=int(shape[0]),
+        modality=str(meta.get("modality") or "").upper(),
+        form=str(meta.get("medxai_form") or ""),
+        shape=spatial,
+        spacing=sp if (geometry or dims == 3) else None,
+        body_part=str(body_part or "").strip().upper(),
+    )
 
 
 def _floats(value: Any, key: str, n: int | None = None) -> tuple[float, ...] | None:
@@ -117,21 +122,26 @@ class FitRules:
     note: str = field(default="", compare=False)
 
     @classmethod
-    def from_input_config(cls, block: Mapping[str, Any], spatial_dims: int,
-                          channels: int) -> FitRules:
+    def from_input_config(
+        cls, block: Mapping[str, Any], spatial_dims: int, channels: int
+    ) -> FitRules:
         """Parse a bundle's ``input`` block (dims and channels default to the network's)."""
         mods = tuple(str(m).upper() for m in (block.get("modalities") or []))
         dims = int(block.get("spatial_dims", spatial_dims))
         pictures = block.get("pictures")
         if pictures is None:
             pictures = not mods or dims == 2
-        return cls(spatial_dims=dims, channels=int(block.get("channels", channels)),
-                   modalities=mods, pictures=bool(pictures),
-                   max_extent_mm=_floats(block.get("max_extent_mm"), "max_extent_mm", dims),
-                   min_extent_mm=_floats(block.get("min_extent_mm"), "min_extent_mm", dims),
-                   spacing_mm=_floats(block.get("spacing_mm"), "spacing_mm", 2),
-                   body_parts=tuple(str(b).upper() for b in (block.get("body_parts") or [])),
-                   note=str(block.get("fit_note", "")))
+        return cls(
+            spatial_dims=dims,
+            channels=int(block.get("channels", channels)),
+            modalities=mods,
+            pictures=bool(pictures),
+            max_extent_mm=_floats(block.get("max_extent_mm"), "max_extent_mm", dims),
+            min_extent_mm=_floats(block.get("min_extent_mm"), "min_extent_mm", dims),
+            spacing_mm=_floats(block.get("spacing_mm"), "spacing_mm", 2),
+            body_parts=tuple(str(b).upper() for b in (block.get("body_parts") or [])),
+            note=str(block.get("fit_note", "")),
+        )
 
     def problems(self, facts: InputFacts) -> list[str]:
         """Why ``facts`` do not fit these rules (empty: they fit), each a short phrase."""
@@ -141,38 +151,47 @@ class FitRules:
         elif self.spatial_dims == 3 and facts.spatial_dims != 3:
             out.append("it segments 3D volumes, this is a 2D image")
         if facts.channels != self.channels:
-            out.append(f"it takes {_channels_word(self.channels)} input, this has "
-                       f"{facts.channels} channel(s)")
+            out.append(
+                f"it takes {_channels_word(self.channels)} input, this has "
+                f"{facts.channels} channel(s)"
+            )
         if facts.is_picture:
             if not self.pictures:
-                out.append(f"it is for DICOM {', '.join(self.modalities) or 'images'} and "
-                           f"volumes, not pictures")
+                out.append(
+                    f"it is for DICOM {', '.join(self.modalities) or 'images'} and "
+                    f"volumes, not pictures"
+                )
         elif self.modalities and facts.modality and facts.modality not in self.modalities:
             out.append(f"it is for {', '.join(self.modalities)}, this is {facts.modality}")
         if self.body_parts and facts.body_part and facts.body_part not in self.body_parts:
-            out.append(f"it is for {', '.join(self.body_parts)} images, this one's "
-                       f"BodyPartExamined is {facts.body_part}")
+            out.append(
+                f"it is for {', '.join(self.body_parts)} images, this one's "
+                f"BodyPartExamined is {facts.body_part}"
+            )
         if not out and facts.spacing is not None and len(facts.spacing) == len(facts.shape):
             extent = [n * s for n, s in zip(facts.shape, facts.spacing)]
             size = "x".join(f"{e:.0f}" for e in extent)
             ext_sorted = sorted(extent, reverse=True)
-            if self.max_extent_mm and any(e > m * 1.0001 for e, m in
-                                          zip(ext_sorted, sorted(self.max_extent_mm,
-                                                                 reverse=True))):
+            if self.max_extent_mm and any(
+                e > m * 1.0001 for e, m in zip(ext_sorted, sorted(self.max_extent_mm, reverse=True))
+            ):
                 lim = "x".join(f"{m:.0f}" for m in self.max_extent_mm)
-                out.append(f"it expects a field of view of at most {lim} mm"
-                           f"{' (' + self.note + ')' if self.note else ''}, this is {size} mm")
-            if self.min_extent_mm and any(e < m * 0.9999 for e, m in
-                                          zip(ext_sorted, sorted(self.min_extent_mm,
-                                                                 reverse=True))):
+                out.append(
+                    f"it expects a field of view of at most {lim} mm"
+                    f"{' (' + self.note + ')' if self.note else ''}, this is {size} mm"
+                )
+            if self.min_extent_mm and any(
+                e < m * 0.9999 for e, m in zip(ext_sorted, sorted(self.min_extent_mm, reverse=True))
+            ):
                 lim = "x".join(f"{m:.0f}" for m in self.min_extent_mm)
                 out.append(f"it expects a field of view of at least {lim} mm, this is {size} mm")
             if self.spacing_mm:
                 lo, hi = self.spacing_mm
                 if any(not lo <= s <= hi for s in facts.spacing):
                     sp = "x".join(f"{s:g}" for s in facts.spacing)
-                    out.append(f"it expects voxel spacing between {lo:g} and {hi:g} mm, this is "
-                               f"{sp} mm")
+                    out.append(
+                        f"it expects voxel spacing between {lo:g} and {hi:g} mm, this is {sp} mm"
+                    )
         return out
 
     def check(self, facts: InputFacts, model: str, source: str | None = None) -> None:
@@ -180,9 +199,11 @@ class FitRules:
         probs = self.problems(facts)
         if probs:
             raise ModelMismatchError(
-                f"model {model!r} does not take this input: {'; '.join(probs)}", path=source,
+                f"model {model!r} does not take this input: {'; '.join(probs)}",
+                path=source,
                 hint="choose a model made for this kind of image with --model "
-                     "(see `medxai models`), or leave --model out to pick one by the input")
+                "(see `medxai models`), or leave --model out to pick one by the input",
+            )
 
 
 @dataclass(frozen=True)
@@ -202,8 +223,9 @@ class ModelChoice:
         return cls(str(d["chosen"]), str(d.get("reason", "")), dict(d.get("refused") or {}))
 
 
-def choose_model(facts: InputFacts, candidates: Sequence[tuple[str, FitRules]],
-                 source: str | None = None) -> ModelChoice:
+def choose_model(
+    facts: InputFacts, candidates: Sequence[tuple[str, FitRules]], source: str | None = None
+) -> ModelChoice:
     """The first candidate (in registry order) whose rules accept ``facts``.
 
     Raises:
@@ -214,15 +236,21 @@ def choose_model(facts: InputFacts, candidates: Sequence[tuple[str, FitRules]],
         probs = rules.problems(facts)
         if not probs:
             what = f" for {', '.join(rules.modalities)}" if rules.modalities else ""
-            reason = (f"{facts.describe()} fits {name} (a {rules.spatial_dims}D "
-                      f"{_channels_word(rules.channels)} model{what})")
+            reason = (
+                f"{facts.describe()} fits {name} (a {rules.spatial_dims}D "
+                f"{_channels_word(rules.channels)} model{what})"
+            )
             if rules.body_parts and not facts.body_part:
-                reason += (f"; the input names no body part, the model is for "
-                           f"{', '.join(rules.body_parts)}")
+                reason += (
+                    f"; the input names no body part, the model is for "
+                    f"{', '.join(rules.body_parts)}"
+                )
             return ModelChoice(name, reason, refused)
         refused[name] = "; ".join(probs)
     lines = "; ".join(f"{n}: {r}" for n, r in refused.items())
     raise ModelMismatchError(
-        f"no bundled model takes {facts.describe()} ({lines})", path=source,
+        f"no bundled model takes {facts.describe()} ({lines})",
+        path=source,
         hint="pass --model with a bundle made for this kind of image (a MONAI bundle folder "
-             "works), or see `medxai models`")
+        "works), or see `medxai models`",
+    )

@@ -39,11 +39,22 @@ import torch
 
 from medxai.errors import ModelError, ModelMismatchError
 from medxai.models.bundle import ModelBundle, sha256_file
-from medxai.models.contract import (DEFAULT_OVERLAP, InferenceSpec, InputSpec, LabelSpec,
-                                    ModelContract, labels_from_names)
+from medxai.models.contract import (
+    DEFAULT_OVERLAP,
+    InferenceSpec,
+    InputSpec,
+    LabelSpec,
+    ModelContract,
+    labels_from_names,
+)
 
-__all__ = ["MonaiBundle", "is_monai_bundle", "load_monai_bundle", "CONFIG_NAMES",
-           "OPTIONAL_PACKAGES"]
+__all__ = [
+    "MonaiBundle",
+    "is_monai_bundle",
+    "load_monai_bundle",
+    "CONFIG_NAMES",
+    "OPTIONAL_PACKAGES",
+]
 
 #: Inference config file names, in the order they are looked for.
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
@@ -100,7 +111,8 @@ def is_monai_bundle(path: str | Path) -> bool:
     if not isinstance(data, dict):
         return False
     medxai_form = isinstance(data.get("input"), dict) and not (
-        isinstance(data.get("preprocessing"), dict) and "_target_" in data["preprocessing"])
+        isinstance(data.get("preprocessing"), dict) and "_target_" in data["preprocessing"]
+    )
     return not medxai_form
 
 
@@ -135,8 +147,13 @@ def _missing_module(exc: BaseException) -> str | None:
     return None
 
 
-_PIP_NAMES = {"skimage": "scikit-image", "cv2": "opencv-python", "PIL": "pillow",
-              "yaml": "pyyaml", "sklearn": "scikit-learn"}
+_PIP_NAMES = {
+    "skimage": "scikit-image",
+    "cv2": "opencv-python",
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+}
 
 
 def _package_hint(module: str) -> str:
@@ -155,18 +172,28 @@ def _instantiate(parser: Any, key: str, path: Path) -> Any:
         if located:
             target = located.group(1)
             if missing and missing.split(".")[0] != target.split(".")[0]:
-                raise ModelError(f"{key!r} needs the package {missing!r}, which is not installed",
-                                 path=path, hint=_package_hint(missing)) from exc
-            raise ModelError(f"{key!r}: _target_ {target!r} does not resolve to a class or "
-                             "function (not in MONAI, not importable)", path=path,
-                             hint="check the spelling, or install the package that provides it")
+                raise ModelError(
+                    f"{key!r} needs the package {missing!r}, which is not installed",
+                    path=path,
+                    hint=_package_hint(missing),
+                ) from exc
+            raise ModelError(
+                f"{key!r}: _target_ {target!r} does not resolve to a class or "
+                "function (not in MONAI, not importable)",
+                path=path,
+                hint="check the spelling, or install the package that provides it",
+            ) from exc
         if missing:
-            raise ModelError(f"{key!r} needs the package {missing!r}, which is not installed",
-                             path=path, hint=_package_hint(missing)) from exc
+            raise ModelError(
+                f"{key!r} needs the package {missing!r}, which is not installed",
+                path=path,
+                hint=_package_hint(missing),
+            ) from exc
         cause = exc.__cause__
         detail = f"{text}: {str(cause).splitlines()[0]}" if cause and str(cause) else text
-        raise ModelError(f"cannot build {key!r} ({type(exc).__name__}: {detail})",
-                         path=path) from exc
+        raise ModelError(
+            f"cannot build {key!r} ({type(exc).__name__}: {detail})", path=path
+        ) from exc
 
 
 def _strip(compose: Any, names: Sequence[str]) -> tuple[list[Any], list[Any]]:
@@ -182,13 +209,37 @@ def _strip(compose: Any, names: Sequence[str]) -> tuple[list[Any], list[Any]]:
 def _describe_transform(t: Any) -> str:
     """``ClassName(key=value, ...)`` for the settings of a MONAI transform worth showing."""
     name = type(t).__name__
-    owners = [t] + [getattr(t, n) for n in ("spacing_transform", "ornt_transform", "scaler",
-                                              "activations", "converter", "normalizer")
-                    if hasattr(t, n)]
+    owners = [t] + [
+        getattr(t, n)
+        for n in (
+            "spacing_transform",
+            "ornt_transform",
+            "scaler",
+            "activations",
+            "converter",
+            "normalizer",
+        )
+        if hasattr(t, n)
+    ]
     details = []
-    for attr in ("pixdim", "axcodes", "a_min", "a_max", "b_min", "b_max", "minv", "maxv",
-                 "nonzero", "channel_wise", "softmax", "sigmoid", "argmax", "threshold",
-                 "applied_labels", "nearest_interp"):
+    for attr in (
+        "pixdim",
+        "axcodes",
+        "a_min",
+        "a_max",
+        "b_min",
+        "b_max",
+        "minv",
+        "maxv",
+        "nonzero",
+        "channel_wise",
+        "softmax",
+        "sigmoid",
+        "argmax",
+        "threshold",
+        "applied_labels",
+        "nearest_interp",
+    ):
         for obj in owners:
             val = getattr(obj, attr, None)
             if val is not None and not callable(val) and not isinstance(val, torch.nn.Module):
@@ -214,49 +265,70 @@ def _load_weights(network: torch.nn.Module, weights: Path) -> None:
         if "weights_only" in text or "Unpickl" in type(exc).__name__ or "GLOBAL" in text:
             raise ModelError(
                 "is not a plain state dict: loading it would unpickle Python objects, which "
-                "medxai refuses (torch.load weights_only=True)", path=weights,
+                "medxai refuses (torch.load weights_only=True)",
+                path=weights,
                 hint="save the weights with torch.save(network.state_dict(), 'model.pt') "
-                     "(a pickled full model is not loaded)") from exc
-        raise ModelError(f"cannot read the weights ({type(exc).__name__}: "
-                         f"{text.splitlines()[0] if text else ''})", path=weights) from exc
+                "(a pickled full model is not loaded)",
+            ) from exc
+        raise ModelError(
+            f"cannot read the weights ({type(exc).__name__}: "
+            f"{text.splitlines()[0] if text else ''})",
+            path=weights,
+        ) from exc
     if isinstance(state, dict):
         for key in ("state_dict", "model", "network"):
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError("does not hold a state dict of tensors", path=weights,
-                         hint="save the weights with torch.save(network.state_dict(), 'model.pt')")
+        raise ModelError(
+            "does not hold a state dict of tensors",
+            path=weights,
+            hint="save the weights with torch.save(network.state_dict(), 'model.pt')",
+        )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if ln.startswith(("size mismatch", "Missing", "Unexpected"))),
-                     lines[0] if lines else "")
+        first = next(
+            (ln for ln in lines if ln.startswith(("size mismatch", "Missing", "Unexpected"))),
+            lines[0] if lines else "",
+        )
         more = len([ln for ln in lines[1:] if ln.startswith("size mismatch")]) - 1
         raise ModelError(
             f"weights do not fit the network_def in the config: {first}"
-            + (f" (and {more} more)" if more > 0 else ""), path=weights,
+            + (f" (and {more} more)" if more > 0 else ""),
+            path=weights,
             hint="the weights were trained for another network_def; use the bundle's own "
-                 "model.pt, or fix network_def") from exc
+            "model.pt, or fix network_def",
+        ) from exc
 
 
 def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
     ndf = metadata.get("network_data_format", {}) or {}
-    return (((ndf.get(io, {}) or {}).get(key, {}) or {}))
+    return (ndf.get(io, {}) or {}).get(key, {}) or {}
 
 
-def _labels(config: dict[str, Any], metadata: dict[str, Any], out_channels: int | None,
-            path: Path) -> tuple[LabelSpec, ...]:
+def _labels(
+    config: dict[str, Any], metadata: dict[str, Any], out_channels: int | None, path: Path
+) -> tuple[LabelSpec, ...]:
     extra = config.get("medxai") if isinstance(config.get("medxai"), dict) else {}
     if extra.get("labels"):
         try:
-            return tuple(LabelSpec(int(lab["value"]), str(lab["name"]),
-                                   tuple(lab["color"]) if lab.get("color") else None)  # type: ignore[arg-type]
-                         for lab in extra["labels"])
+            return tuple(
+                LabelSpec(
+                    int(lab["value"]),
+                    str(lab["name"]),
+                    tuple(lab["color"]) if lab.get("color") else None,
+                )  # type: ignore[arg-type]
+                for lab in extra["labels"]
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"medxai.labels is malformed ({exc})", path=path,
-                             hint='a list of {"value": 1, "name": "spleen"} objects') from exc
+            raise ModelError(
+                f"medxai.labels is malformed ({exc})",
+                path=path,
+                hint='a list of {"value": 1, "name": "spleen"} objects',
+            ) from exc
     pred = _channel_def(metadata, "outputs", "pred")
     cdef = pred.get("channel_def") or {}
     try:
@@ -320,21 +392,30 @@ class MonaiBundle(ModelBundle):
         if spec.spatial_dims == 3 and (len(spatial) < 3 or min(spatial) < 2):
             raise ModelMismatchError(
                 f"bundle {self.name!r} segments 3D volumes ({spec.describe()}), but this input "
-                f"is a 2D image {'x'.join(map(str, spatial))}", path=source,
-                hint="give a volume (a DICOM series folder or a NIfTI), or a 2D bundle")
+                f"is a 2D image {'x'.join(map(str, spatial))}",
+                path=source,
+                hint="give a volume (a DICOM series folder or a NIfTI), or a 2D bundle",
+            )
         if spec.spatial_dims == 2 and dims > 2:
             raise ModelMismatchError(
                 f"bundle {self.name!r} segments 2D images ({spec.describe()}), but this input is "
-                f"a volume {'x'.join(map(str, spatial))}", path=source,
-                hint="give a 2D image, or a 3D bundle")
+                f"a volume {'x'.join(map(str, spatial))}",
+                path=source,
+                hint="give a 2D image, or a 3D bundle",
+            )
         if int(image.shape[0]) != spec.channels:
-            how = (" as one 4D NIfTI with the channels in its 4th axis, in this order"
-                   if spec.channels > 1 else "")
+            how = (
+                " as one 4D NIfTI with the channels in its 4th axis, in this order"
+                if spec.channels > 1
+                else ""
+            )
             raise ModelMismatchError(
                 f"bundle {self.name!r} expects {spec.channels} input channel(s)"
                 + (f" ({', '.join(spec.channel_names)})" if spec.channel_names else "")
-                + f", this input has {int(image.shape[0])}", path=source,
-                hint=f"give {spec.channels} channel(s){how}")
+                + f", this input has {int(image.shape[0])}",
+                path=source,
+                hint=f"give {spec.channels} channel(s){how}",
+            )
 
     def _as_input(self, image: torch.Tensor) -> Any:
         """medxai's reader output as ``LoadImaged`` (float32, channel-first) would give it."""
@@ -347,8 +428,9 @@ class MonaiBundle(ModelBundle):
         meta["original_channel_dim"] = 0
         meta.pop("affine", None)
         arr = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        return MetaTensor(arr.to(torch.float32).clone(), affine=torch.as_tensor(affine).clone(),
-                          meta=meta)
+        return MetaTensor(
+            arr.to(torch.float32).clone(), affine=torch.as_tensor(affine).clone(), meta=meta
+        )
 
     def preprocess(self, image: torch.Tensor) -> dict[str, Any]:
         """The bundle's preprocessing (without ``LoadImaged``) of ``image``: the data dict, whose
@@ -364,15 +446,19 @@ class MonaiBundle(ModelBundle):
         except Exception as exc:  # transforms raise many types, wrapped by apply_transform
             missing = _missing_module(exc)
             if missing:
-                raise ModelError(f"the bundle's {what} needs the package {missing!r}, which is "
-                                 "not installed", path=self.path,
-                                 hint=_package_hint(missing)) from exc
+                raise ModelError(
+                    f"the bundle's {what} needs the package {missing!r}, which is not installed",
+                    path=self.path,
+                    hint=_package_hint(missing),
+                ) from exc
             cause = exc
             while cause.__cause__ is not None:
                 cause = cause.__cause__
-            raise ModelError(f"the bundle's {what} failed on this input "
-                             f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})",
-                             path=self.path) from exc
+            raise ModelError(
+                f"the bundle's {what} failed on this input "
+                f"({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})",
+                path=self.path,
+            ) from exc
 
     def model_input(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(1, C, *model_spatial)`` float tensor for ``image`` and the data dict needed by
@@ -388,17 +474,30 @@ class MonaiBundle(ModelBundle):
         from monai.transforms import Invertd
 
         ref = data[self.image_key]
-        mt = MetaTensor(t.float(), meta=copy.deepcopy(ref.meta),
-                        applied_operations=copy.deepcopy(ref.applied_operations))
-        inv = Invertd(keys="pred", transform=self.pre, orig_keys=self.image_key,
-                      nearest_interp=False, to_tensor=True)
+        mt = MetaTensor(
+            t.float(),
+            meta=copy.deepcopy(ref.meta),
+            applied_operations=copy.deepcopy(ref.applied_operations),
+        )
+        inv = Invertd(
+            keys="pred",
+            transform=self.pre,
+            orig_keys=self.image_key,
+            nearest_interp=False,
+            to_tensor=True,
+        )
         out = self._guard(lambda: inv({self.image_key: ref, "pred": mt}), "inversion")["pred"]
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
-    def run(self, image: torch.Tensor, device: torch.device, *,
-            roi_size: Sequence[int] | None = None, overlap: float | None = None,
-            sw_batch_size: int | None = None
-            ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def run(
+        self,
+        image: torch.Tensor,
+        device: torch.device,
+        *,
+        roi_size: Sequence[int] | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Segment ``image`` as ``SupervisedEvaluator`` would: preprocessing, collate, inferer
         (in eval mode without gradients; float16 autocast if the bundle asks for amp and
         ``device`` is CUDA), decollate, postprocessing (with its ``Invertd``).
@@ -418,15 +517,20 @@ class MonaiBundle(ModelBundle):
         batch = list_data_collate([data])
         x = batch[self.image_key].to(device)
         inferer = copy.copy(self.inferer)
-        for attr, value in (("roi_size", roi_size), ("overlap", overlap),
-                            ("sw_batch_size", sw_batch_size)):
+        for attr, value in (
+            ("roi_size", roi_size),
+            ("overlap", overlap),
+            ("sw_batch_size", sw_batch_size),
+        ):
             if value is not None and hasattr(inferer, attr):
                 setattr(inferer, attr, list(value) if attr == "roi_size" else value)
         net = self.network
         was_training = net.training
-        amp = (torch.autocast("cuda", dtype=torch.float16)
-               if self.contract.inference.amp and device.type == "cuda"
-               else contextlib.nullcontext())
+        amp = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if self.contract.inference.amp and device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         try:
             net.eval()
             net.to(device)
@@ -440,8 +544,10 @@ class MonaiBundle(ModelBundle):
         probabilities = None
         discrete = False
         for t in self.post.transforms:
-            item = self._guard(lambda t=t: apply_transform(t, item), f"postprocessing step "
-                               f"{type(t).__name__}")
+            item = self._guard(
+                lambda t=t, item=item: apply_transform(t, item),
+                f"postprocessing step {type(t).__name__}",
+            )
             name = type(t).__name__
             if name.startswith("AsDiscrete"):
                 discrete = True
@@ -455,12 +561,16 @@ class MonaiBundle(ModelBundle):
         if tuple(lab.shape[1:]) != tuple(image.shape[1:]):
             raise ModelError(
                 f"the bundle's postprocessing gives a label map of {tuple(lab.shape[1:])} voxels "
-                f"for an input of {tuple(image.shape[1:])}", path=self.path,
-                hint="its postprocessing needs an Invertd of the preprocessing")
+                f"for an input of {tuple(image.shape[1:])}",
+                path=self.path,
+                hint="its postprocessing needs an Invertd of the preprocessing",
+            )
         if lab.shape[0] != 1:
-            raise ModelError(f"the bundle's postprocessing gives {lab.shape[0]} channels, not a "
-                             "label map", path=self.path,
-                             hint="end its postprocessing with AsDiscreted(argmax=True)")
+            raise ModelError(
+                f"the bundle's postprocessing gives {lab.shape[0]} channels, not a label map",
+                path=self.path,
+                hint="end its postprocessing with AsDiscreted(argmax=True)",
+            )
         dtype = torch.uint8 if float(lab.max()) < 256 else torch.int16
         labels = lab.round().to(dtype)
         if probabilities is not None and tuple(probabilities.shape[1:]) != tuple(lab.shape[1:]):
@@ -474,16 +584,29 @@ class MonaiBundle(ModelBundle):
         params = sum(int(p.numel()) for p in self.network.parameters())
         inf = c.inference
         return {
-            "name": c.name, "version": c.version, "path": str(self.path), "form": c.form,
-            "weights": c.weights, "weights_sha256": self.weights_sha256,
-            "network": c.network, "parameters": params,
-            "input": {"spatial_dims": c.input.spatial_dims, "channels": c.input.channels,
-                      "channel_names": list(c.input.channel_names),
-                      "modalities": list(c.input.modalities)},
+            "name": c.name,
+            "version": c.version,
+            "path": str(self.path),
+            "form": c.form,
+            "weights": c.weights,
+            "weights_sha256": self.weights_sha256,
+            "network": c.network,
+            "parameters": params,
+            "input": {
+                "spatial_dims": c.input.spatial_dims,
+                "channels": c.input.channels,
+                "channel_names": list(c.input.channel_names),
+                "modalities": list(c.input.modalities),
+            },
             "preprocessing": list(c.preprocessing),
-            "inferer": {"class": inf.inferer, "roi_size": list(inf.roi_size) if inf.roi_size
-                        else None, "overlap": inf.overlap, "sw_batch_size": inf.sw_batch_size,
-                        "blend_mode": inf.blend_mode, "amp": inf.amp},
+            "inferer": {
+                "class": inf.inferer,
+                "roi_size": list(inf.roi_size) if inf.roi_size else None,
+                "overlap": inf.overlap,
+                "sw_batch_size": inf.sw_batch_size,
+                "blend_mode": inf.blend_mode,
+                "amp": inf.amp,
+            },
             "postprocessing": list(c.postprocessing),
             "labels": [lab.as_dict() for lab in c.labels],
             "replaced_by_medxai": list(c.replaced),
@@ -519,9 +642,12 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     root = Path(path).resolve()
     cfg_path = _config_file(root)
     if cfg_path is None:
-        raise ModelError("is not a MONAI bundle: no configs/inference.json (or .yaml)", path=root,
-                         hint="a MONAI bundle folder holds configs/metadata.json, "
-                              "configs/inference.json and models/model.pt or models/model.ts")
+        raise ModelError(
+            "is not a MONAI bundle: no configs/inference.json (or .yaml)",
+            path=root,
+            hint="a MONAI bundle folder holds configs/metadata.json, "
+            "configs/inference.json and models/model.pt or models/model.ts",
+        )
     metadata = _read_metadata(root)
     parser = ConfigParser()
     try:
@@ -535,39 +661,56 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     pt, ts = root / "models" / "model.pt", root / "models" / "model.ts"
     scripted = not pt.is_file() and ts.is_file()
     if not pt.is_file() and not ts.is_file():
-        raise ModelError("bundle has no weights: neither models/model.pt nor models/model.ts",
-                         path=root, hint="fetch them with `python -m monai.bundle download`")
+        raise ModelError(
+            "bundle has no weights: neither models/model.pt nor models/model.ts",
+            path=root,
+            hint="fetch them with `python -m monai.bundle download`",
+        )
     if not scripted and "network_def" not in raw:
-        raise ModelError("has no 'network_def' (the network to load models/model.pt into)",
-                         path=cfg_path, hint="add network_def, or give models/model.ts")
+        raise ModelError(
+            "has no 'network_def' (the network to load models/model.pt into)",
+            path=cfg_path,
+            hint="add network_def, or give models/model.ts",
+        )
     # optional packages named by the transforms the bundle uses (checked before any work)
-    used = [t.rsplit(".", 1)[-1] for key in ("preprocessing", "postprocessing", "inferer")
-            for t in _targets(raw.get(key))]
+    used = [
+        t.rsplit(".", 1)[-1]
+        for key in ("preprocessing", "postprocessing", "inferer")
+        for t in _targets(raw.get(key))
+    ]
     for name in used:
         if name in OPTIONAL_PACKAGES:
             module, package = OPTIONAL_PACKAGES[name]
             if not _module_available(module):
-                raise ModelError(f"{name} in the bundle's config needs the package {package!r}, "
-                                 "which is not installed", path=cfg_path,
-                                 hint=f"install it: pip install {package}")
+                raise ModelError(
+                    f"{name} in the bundle's config needs the package {package!r}, "
+                    "which is not installed",
+                    path=cfg_path,
+                    hint=f"install it: pip install {package}",
+                )
     for key in ("preprocessing", "inferer", "postprocessing"):
         if key not in raw:
-            raise ModelError(f"has no {key!r}", path=cfg_path,
-                             hint="medxai runs the bundle's preprocessing, inferer and "
-                                  "postprocessing; a MONAI inference config defines all three")
+            raise ModelError(
+                f"has no {key!r}",
+                path=cfg_path,
+                hint="medxai runs the bundle's preprocessing, inferer and "
+                "postprocessing; a MONAI inference config defines all three",
+            )
     if scripted:
         try:
             network = torch.jit.load(str(ts), map_location="cpu")
         except Exception as exc:  # torch raises RuntimeError and others for bad archives
-            raise ModelError(f"is not a TorchScript archive ({type(exc).__name__})",
-                             path=ts) from exc
+            raise ModelError(
+                f"is not a TorchScript archive ({type(exc).__name__})", path=ts
+            ) from exc
         net_name = getattr(network, "original_name", type(network).__name__)
         weights_file = ts
     else:
         network = _instantiate(parser, "network_def", cfg_path)
         if not isinstance(network, torch.nn.Module):
-            raise ModelError(f"network_def builds a {type(network).__name__}, not a torch "
-                             "network", path=cfg_path)
+            raise ModelError(
+                f"network_def builds a {type(network).__name__}, not a torch network", path=cfg_path
+            )
         _load_weights(network, pt)
         net_name = type(network).__name__
         weights_file = pt
@@ -577,16 +720,18 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     post = _instantiate(parser, "postprocessing", cfg_path)
     for obj, key in ((pre, "preprocessing"), (post, "postprocessing")):
         if not hasattr(obj, "transforms"):
-            raise ModelError(f"{key!r} is a {type(obj).__name__}, expected a Compose",
-                             path=cfg_path)
+            raise ModelError(
+                f"{key!r} is a {type(obj).__name__}, expected a Compose", path=cfg_path
+            )
     loaders, _ = _strip(pre, _LOADERS)
     savers, _ = _strip(post, _SAVERS)
     image_key = "image"
     if loaders and getattr(loaders[0], "keys", None):
         image_key = str(loaders[0].keys[0])
     replaced = [f"{type(t).__name__} -> medxai reader (DICOM/NIfTI/NRRD/picture)" for t in loaders]
-    replaced += [f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)"
-                 for t in savers]
+    replaced += [
+        f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
+    ]
     replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
     net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
     in_meta = _channel_def(metadata, "inputs", "image")
@@ -604,43 +749,84 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
         channel_names = ()
     modality = in_meta.get("modality")
     modalities = tuple(m.strip() for m in str(modality).split(",")) if modality else ()
-    out_channels = net_def.get("out_channels") if isinstance(net_def.get("out_channels"), int) \
-        else None
+    out_channels = (
+        net_def.get("out_channels") if isinstance(net_def.get("out_channels"), int) else None
+    )
     labels = _labels(raw, metadata, out_channels, cfg_path)
     try:
-        amp = bool(parser.get_parsed_content("evaluator#amp", instantiate=False)) \
-            if "evaluator" in raw and isinstance(raw["evaluator"], dict) and "amp" in raw["evaluator"] \
-            else bool(parser.get_parsed_content("amp")) if "amp" in raw else False
+        amp = (
+            bool(parser.get_parsed_content("evaluator#amp", instantiate=False))
+            if "evaluator" in raw
+            and isinstance(raw["evaluator"], dict)
+            and "amp" in raw["evaluator"]
+            else bool(parser.get_parsed_content("amp"))
+            if "amp" in raw
+            else False
+        )
     except Exception:  # a reference we cannot resolve without building the evaluator
         amp = bool(raw.get("amp", False))
     roi = getattr(inferer, "roi_size", None)
     inference = InferenceSpec(
-        mode="monai", roi_size=tuple(int(v) for v in roi) if roi is not None else None,
-        overlap=float(getattr(inferer, "overlap", DEFAULT_OVERLAP) if not isinstance(
-            getattr(inferer, "overlap", None), (list, tuple)) else inferer.overlap[0]),
+        mode="monai",
+        roi_size=tuple(int(v) for v in roi) if roi is not None else None,
+        overlap=float(
+            getattr(inferer, "overlap", DEFAULT_OVERLAP)
+            if not isinstance(getattr(inferer, "overlap", None), (list, tuple))
+            else inferer.overlap[0]
+        ),
         sw_batch_size=int(getattr(inferer, "sw_batch_size", 1)),
-        blend_mode=str(getattr(getattr(inferer, "mode", "constant"), "value",
-                               getattr(inferer, "mode", "constant"))),
-        inferer=type(inferer).__name__, amp=amp)
+        blend_mode=str(
+            getattr(
+                getattr(inferer, "mode", "constant"), "value", getattr(inferer, "mode", "constant")
+            )
+        ),
+        inferer=type(inferer).__name__,
+        amp=amp,
+    )
     contract = ModelContract(
-        name=str(metadata.get("name", root.name)), version=str(metadata.get("version", "0")),
-        form="monai", weights="torchscript" if scripted else "state_dict", network=str(net_name),
-        input=InputSpec(spatial_dims=int(dims), channels=channels, modalities=modalities,
-                        channel_names=channel_names),
-        inference=inference, labels=labels,
+        name=str(metadata.get("name", root.name)),
+        version=str(metadata.get("version", "0")),
+        form="monai",
+        weights="torchscript" if scripted else "state_dict",
+        network=str(net_name),
+        input=InputSpec(
+            spatial_dims=int(dims),
+            channels=channels,
+            modalities=modalities,
+            channel_names=channel_names,
+        ),
+        inference=inference,
+        labels=labels,
         preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
         postprocessing=tuple(_describe_transform(t) for t in post.transforms),
-        replaced=tuple(replaced), layer_hooks=not scripted)
+        replaced=tuple(replaced),
+        layer_hooks=not scripted,
+    )
     # a medxai-style view of the config, for code that reads ModelBundle.config
-    view = {"input": {"spatial_dims": contract.input.spatial_dims, "channels": channels,
-                      "modalities": list(modalities)},
-            "network_def": dict(net_def),
-            "inference": {"mode": "monai"},
-            "labels": [lab.as_dict() for lab in labels],
-            "postprocessing": {}}
+    view = {
+        "input": {
+            "spatial_dims": contract.input.spatial_dims,
+            "channels": channels,
+            "modalities": list(modalities),
+        },
+        "network_def": dict(net_def),
+        "inference": {"mode": "monai"},
+        "labels": [lab.as_dict() for lab in labels],
+        "postprocessing": {},
+    }
     meta_out = dict(metadata)
     meta_out.setdefault("name", contract.name)
     meta_out["weights_sha256"] = sha256_file(weights_file)
-    return MonaiBundle(config=view, metadata=meta_out, network=network, path=root,
-                       contract=contract, monai_config=raw, pre=pre, inferer=inferer, post=post,
-                       image_key=image_key, scripted=scripted)
+    return MonaiBundle(
+        config=view,
+        metadata=meta_out,
+        network=network,
+        path=root,
+        contract=contract,
+        monai_config=raw,
+        pre=pre,
+        inferer=inferer,
+        post=post,
+        image_key=image_key,
+        scripted=scripted,
+    )

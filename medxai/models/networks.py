@@ -16,8 +16,15 @@ NETWORKS: dict[str, type[torch.nn.Module]] = {"UNet": UNet}
 
 
 def default_unet_args(
-    spatial_dims: int, in_channels: int, out_channels: int, *, width: int = 16, depth: int = 5,
-    num_res_units: int = 2, dropout: float = 0.0, norm: str = "batch",
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    *,
+    width: int = 16,
+    depth: int = 5,
+    num_res_units: int = 2,
+    dropout: float = 0.0,
+    norm: str = "batch",
 ) -> dict[str, Any]:
     """Arguments for a MONAI ``UNet`` whose channel count doubles at each of ``depth`` levels.
 

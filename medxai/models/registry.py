@@ -13,8 +13,16 @@ from medxai.errors import ModelError
 from medxai.models.bundle import ModelBundle, load_bundle
 from medxai.models.fit import FitRules, InputFacts, ModelChoice, choose_model
 
-__all__ = ["BundledModel", "BUNDLED_MODELS", "DEFAULT_MODEL", "list_models", "resolve_model",
-           "load_model", "load_any_bundle", "choose_bundled_model"]
+__all__ = [
+    "BundledModel",
+    "BUNDLED_MODELS",
+    "DEFAULT_MODEL",
+    "list_models",
+    "resolve_model",
+    "load_model",
+    "load_any_bundle",
+    "choose_bundled_model",
+]
 
 _BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
@@ -48,20 +56,29 @@ class BundledModel:
 def _fit_rules(config_path: str) -> FitRules:
     config = json.loads(Path(config_path).read_text())
     net = config.get("network_def", {})
-    return FitRules.from_input_config(config.get("input", {}), int(net.get("spatial_dims", 2)),
-                                      int(net.get("in_channels", 1)))
+    return FitRules.from_input_config(
+        config.get("input", {}), int(net.get("spatial_dims", 2)), int(net.get("in_channels", 1))
+    )
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
-    m.name: m for m in [
-        BundledModel("isic2018-lesion-unet", "isic2018_lesion_unet",
-                     "skin lesion segmentation in dermoscopy photos (2D RGB), ISIC 2018"),
-        BundledModel("cxr-lungs-unet", "cxr_lungs_unet",
-                     "lung fields in chest radiographs (2D grey; DX/CR DICOM or pictures), "
-                     "Shenzhen"),
-        BundledModel("hippocampus-unet", "hippocampus_unet",
-                     "hippocampus head and body/tail in hippocampus-centred T1 MR crops (3D), "
-                     "MSD Task04"),
+    m.name: m
+    for m in [
+        BundledModel(
+            "isic2018-lesion-unet",
+            "isic2018_lesion_unet",
+            "skin lesion segmentation in dermoscopy photos (2D RGB), ISIC 2018",
+        ),
+        BundledModel(
+            "cxr-lungs-unet",
+            "cxr_lungs_unet",
+            "lung fields in chest radiographs (2D grey; DX/CR DICOM or pictures), Shenzhen",
+        ),
+        BundledModel(
+            "hippocampus-unet",
+            "hippocampus_unet",
+            "hippocampus head and body/tail in hippocampus-centred T1 MR crops (3D), MSD Task04",
+        ),
     ]
 }
 DEFAULT_MODEL = "isic2018-lesion-unet"
@@ -88,8 +105,11 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     if key in BUNDLED_MODELS:
         model = BUNDLED_MODELS[key]
         if not model.available:
-            raise ModelError(f"bundled model {key!r} has no weights in this installation",
-                             path=model.path, hint="reinstall medxai, or pass --model PATH")
+            raise ModelError(
+                f"bundled model {key!r} has no weights in this installation",
+                path=model.path,
+                hint="reinstall medxai, or pass --model PATH",
+            )
         return model.path
     path = Path(key)
     if path.is_dir():
@@ -100,7 +120,8 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     raise ModelError(
         f"no bundled model or bundle folder named {key!r}",
         hint=(f"did you mean {close[0]!r}? " if close else "")
-        + f"bundled models: {', '.join(BUNDLED_MODELS)}; or pass a bundle folder")
+        + f"bundled models: {', '.join(BUNDLED_MODELS)}; or pass a bundle folder",
+    )
 
 
 def load_any_bundle(path: str | Path) -> ModelBundle:

@@ -27,9 +27,17 @@ __all__ = [
     "send_files",
 ]
 
-_WHERE = {"DicomNode": "node", "NodeConfig": "node", "NodeEvent": "node", "NodeStore": "store",
-          "Destination": "sender", "SendOutcome": "sender", "TlsConfig": "sender",
-          "parse_destination": "sender", "send_files": "sender"}
+_WHERE = {
+    "DicomNode": "node",
+    "NodeConfig": "node",
+    "NodeEvent": "node",
+    "NodeStore": "store",
+    "Destination": "sender",
+    "SendOutcome": "sender",
+    "TlsConfig": "sender",
+    "parse_destination": "sender",
+    "send_files": "sender",
+}
 
 
 def node_status(workdir: str | Path, events: int = 20) -> dict[str, Any]:
@@ -42,8 +50,11 @@ def node_status(workdir: str | Path, events: int = 20) -> dict[str, Any]:
     from medxai.node.store import DB_NAME, NodeStore
 
     if not (Path(workdir) / DB_NAME).is_file():
-        raise InputError(f"holds no medxai node database ({DB_NAME})", path=workdir,
-                         hint="give the -o folder of a `medxai listen`")
+        raise InputError(
+            f"holds no medxai node database ({DB_NAME})",
+            path=workdir,
+            hint="give the -o folder of a `medxai listen`",
+        )
     store = NodeStore(workdir)
     try:
         return store.status(events)

@@ -48,8 +48,13 @@ __all__ = ["STATUS", "DicomNode", "NodeConfig", "NodeEvent"]
 log = logging.getLogger("medxai.node")
 
 #: C-STORE statuses the SCP returns.
-STATUS = {"success": 0x0000, "out_of_resources": 0xA700, "cannot_understand": 0xC000,
-          "data_set_mismatch": 0xA900, "processing_failure": 0x0110}
+STATUS = {
+    "success": 0x0000,
+    "out_of_resources": 0xA700,
+    "cannot_understand": 0xC000,
+    "data_set_mismatch": 0xA900,
+    "processing_failure": 0x0110,
+}
 
 EventFn = Callable[["NodeEvent"], None]
 
@@ -101,8 +106,8 @@ class NodeConfig:
     explain: str | None = None
     device: str = "auto"
     max_associations: int = 10
-    max_instance_bytes: int = 2 * 1024 ** 3
-    min_free_bytes: int = 1024 ** 3
+    max_instance_bytes: int = 2 * 1024**3
+    min_free_bytes: int = 1024**3
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     max_send_attempts: int = 10
@@ -112,19 +117,24 @@ class NodeConfig:
         from medxai.node.sender import parse_destination
 
         if self.send_to and self.stow:
-            raise InputError("give --send-to or --stow, not both",
-                             hint="results go to one destination")
+            raise InputError(
+                "give --send-to or --stow, not both", hint="results go to one destination"
+            )
         if self.send_to:
             d = parse_destination(self.send_to)
             if d.kind != "dimse":
-                raise InputError(f"--send-to takes AE@host:port, found {self.send_to!r}",
-                                 hint="use --stow for a DICOMweb URL")
+                raise InputError(
+                    f"--send-to takes AE@host:port, found {self.send_to!r}",
+                    hint="use --stow for a DICOMweb URL",
+                )
             return d
         if self.stow:
             d = parse_destination(self.stow)
             if d.kind != "stow":
-                raise InputError(f"--stow takes an http(s):// URL, found {self.stow!r}",
-                                 hint="use --send-to for AE@host:port")
+                raise InputError(
+                    f"--stow takes an http(s):// URL, found {self.stow!r}",
+                    hint="use --send-to for AE@host:port",
+                )
             return d
         return None
 
@@ -144,12 +154,16 @@ class DicomNode:
         try:
             self.ae_title = str(set_ae(config.ae_title, "ae_title", False, False))
         except (TypeError, ValueError) as exc:
-            raise InputError(f"--ae-title {config.ae_title!r} is not an AE title ({exc})",
-                             hint="1-16 characters, no backslash") from exc
+            raise InputError(
+                f"--ae-title {config.ae_title!r} is not an AE title ({exc})",
+                hint="1-16 characters, no backslash",
+            ) from exc
         self.allow = [str(a).strip() for a in config.allow if str(a).strip()]
         if not self.allow:
-            raise InputError("no calling AE title is allowed to send to the node",
-                             hint="give --allow AE[,AE...] with the PACS's AE title(s)")
+            raise InputError(
+                "no calling AE title is allowed to send to the node",
+                hint="give --allow AE[,AE...] with the PACS's AE title(s)",
+            )
         self.dest = config.destination()
         self.on_event = on_event
         self.store = NodeStore(config.workdir)
@@ -185,17 +199,27 @@ class DicomNode:
         from medxai.pipeline import SegmentOptions
 
         c = self.config
-        self.options = SegmentOptions(formats=list(c.formats) if c.formats else None,
-                                      explain=c.explain, device=c.device)
+        self.options = SegmentOptions(
+            formats=list(c.formats) if c.formats else None, explain=c.explain, device=c.device
+        )
         rec = self.store.recover()
         self._bundle = c.model if isinstance(c.model, ModelBundle) else load_model(c.model)
         self._start_scp()
-        self.emit("started", ae_title=self.ae_title, port=self.port, allow=self.allow,
-                  destination=str(self.dest) if self.dest else None,
-                  model=f"{self._bundle.name} {self._bundle.version}", idle_s=c.idle_s,
-                  tls=bool(c.tls and c.tls.enabled), **rec)
-        for name, target in (("medxai-node-process", self._process_loop),
-                             ("medxai-node-send", self._send_loop)):
+        self.emit(
+            "started",
+            ae_title=self.ae_title,
+            port=self.port,
+            allow=self.allow,
+            destination=str(self.dest) if self.dest else None,
+            model=f"{self._bundle.name} {self._bundle.version}",
+            idle_s=c.idle_s,
+            tls=bool(c.tls and c.tls.enabled),
+            **rec,
+        )
+        for name, target in (
+            ("medxai-node-process", self._process_loop),
+            ("medxai-node-send", self._send_loop),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -259,26 +283,36 @@ class DicomNode:
             ae.add_supported_context(ctx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.network_timeout = 60
         ae.dimse_timeout = 60
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ABORTED, self._on_aborted)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
         ssl_ctx = c.tls.server_context() if c.tls is not None and c.tls.enabled else None
         try:
-            self._server = ae.start_server((c.host, int(c.port)), block=False,
-                                           evt_handlers=handlers, ssl_context=ssl_ctx)
+            self._server = ae.start_server(
+                (c.host, int(c.port)), block=False, evt_handlers=handlers, ssl_context=ssl_ctx
+            )
         except OSError as exc:
-            raise InputError(f"cannot listen on {c.host}:{c.port} ({exc.strerror or exc})",
-                             hint="choose a free --port (ports below 1024 need privileges)"
-                             ) from exc
+            raise InputError(
+                f"cannot listen on {c.host}:{c.port} ({exc.strerror or exc})",
+                hint="choose a free --port (ports below 1024 need privileges)",
+            ) from exc
 
     def _on_echo(self, event: Any) -> int:
         self.emit("echo", calling_ae=_calling(event))
         return 0x0000
 
     def _on_rejected(self, event: Any) -> None:
-        self.emit("association_rejected", calling_ae=_calling(event),
-                  address=_address(event),
-                  reason="calling AE title not in --allow" if _calling(event) not in self.allow
-                  else "refused (too many associations or no acceptable context)")
+        self.emit(
+            "association_rejected",
+            calling_ae=_calling(event),
+            address=_address(event),
+            reason="calling AE title not in --allow"
+            if _calling(event) not in self.allow
+            else "refused (too many associations or no acceptable context)",
+        )
 
     def _on_aborted(self, event: Any) -> None:
         self.emit("association_aborted", calling_ae=_calling(event), address=_address(event))
@@ -286,8 +320,13 @@ class DicomNode:
     def _refuse(self, event: Any, status: int, reason: str, **data: Any) -> Any:
         from pydicom.dataset import Dataset
 
-        self.emit("store_refused", calling_ae=_calling(event), status=f"0x{status:04X}",
-                  reason=reason, **data)
+        self.emit(
+            "store_refused",
+            calling_ae=_calling(event),
+            status=f"0x{status:04X}",
+            reason=reason,
+            **data,
+        )
         ds = Dataset()
         ds.Status = status
         ds.ErrorComment = reason[:64]
@@ -305,17 +344,21 @@ class DicomNode:
         except Exception:  # noqa: BLE001
             size = None
         if size is not None and size > c.max_instance_bytes:
-            return self._refuse(event, STATUS["out_of_resources"],
-                                f"instance of {size} bytes is larger than the limit "
-                                f"({c.max_instance_bytes} bytes)")
+            return self._refuse(
+                event,
+                STATUS["out_of_resources"],
+                f"instance of {size} bytes is larger than the limit ({c.max_instance_bytes} bytes)",
+            )
         try:
             free = self.store.free_bytes()
         except OSError:
             free = None
         if free is not None and free - (size or 0) < c.min_free_bytes:
-            return self._refuse(event, STATUS["out_of_resources"],
-                                f"only {free} bytes free in the WORKDIR (minimum "
-                                f"{c.min_free_bytes})")
+            return self._refuse(
+                event,
+                STATUS["out_of_resources"],
+                f"only {free} bytes free in the WORKDIR (minimum {c.min_free_bytes})",
+            )
         try:
             ds = event.dataset
             sop = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -324,12 +367,18 @@ class DicomNode:
             sop_class = str(ds.get("SOPClassUID", "") or "").strip()
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - a malformed data set: refuse it, go on
-            return self._refuse(event, STATUS["cannot_understand"],
-                                f"data set cannot be parsed ({type(exc).__name__}: {exc})")
+            return self._refuse(
+                event,
+                STATUS["cannot_understand"],
+                f"data set cannot be parsed ({type(exc).__name__}: {exc})",
+            )
         for what, uid in (("SOP Instance UID", sop), ("Study Instance UID", study)):
             if not is_valid_uid(uid):
-                return self._refuse(event, STATUS["cannot_understand"],
-                                    f"{what} missing or not a valid UID ({uid[:70]!r})")
+                return self._refuse(
+                    event,
+                    STATUS["cannot_understand"],
+                    f"{what} missing or not a valid UID ({uid[:70]!r})",
+                )
         if self.store.has_instance(sop):
             # the same instance again (a resend): already durable; never rewrite it, so
             # processed results stay valid
@@ -340,16 +389,33 @@ class DicomNode:
         try:
             problem = write_durable(data, dest, self.store.tmp_dir, check=_check_instance)
             if problem:
-                return self._refuse(event, STATUS["cannot_understand"], problem,
-                                    sop_instance_uid=sop)
-            self.store.add_instance(sop_uid=sop, sop_class_uid=sop_class, study_uid=study,
-                                    series_uid=series, path=dest, size=len(data),
-                                    sha256=hashlib.sha256(data).hexdigest(), calling_ae=calling)
+                return self._refuse(
+                    event, STATUS["cannot_understand"], problem, sop_instance_uid=sop
+                )
+            self.store.add_instance(
+                sop_uid=sop,
+                sop_class_uid=sop_class,
+                study_uid=study,
+                series_uid=series,
+                path=dest,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                calling_ae=calling,
+            )
         except OSError as exc:
-            return self._refuse(event, STATUS["out_of_resources"],
-                                f"cannot store the instance ({exc.strerror or exc})")
-        self.emit("received", persist=False, calling_ae=calling, study=skey,
-                  sop_instance_uid=sop, bytes=len(data))
+            return self._refuse(
+                event,
+                STATUS["out_of_resources"],
+                f"cannot store the instance ({exc.strerror or exc})",
+            )
+        self.emit(
+            "received",
+            persist=False,
+            calling_ae=calling,
+            study=skey,
+            sop_instance_uid=sop,
+            bytes=len(data),
+        )
         return 0x0000
 
     # -- processing ---------------------------------------------------------------------------
@@ -382,19 +448,26 @@ class DicomNode:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                summary = run_batch(folder / "instances", folder / "results",
-                                    model=self._bundle, options=self.options, workers=1,
-                                    scan_workers=1)
+                summary = run_batch(
+                    folder / "instances",
+                    folder / "results",
+                    model=self._bundle,
+                    options=self.options,
+                    workers=1,
+                    scan_workers=1,
+                )
         except MedxaiError as exc:
-            state = self.store.finish_study(key, "failed", reason=str(exc), summary={},
-                                            started_at=started)
+            state = self.store.finish_study(
+                key, "failed", reason=str(exc), summary={}, started_at=started
+            )
             self.emit("study_failed", study=key, reason=str(exc), state=state)
             return
         except Exception as exc:
             reason = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("processing study %s failed", key)
-            state = self.store.finish_study(key, "failed", reason=reason, summary={},
-                                            started_at=started)
+            state = self.store.finish_study(
+                key, "failed", reason=reason, summary={}, started_at=started
+            )
             self.emit("study_failed", study=key, reason=reason, state=state)
             return
         results: list[tuple[Path, str, str]] = []
@@ -414,19 +487,29 @@ class DicomNode:
         series = summary.series
         reason = None
         if not series.get("done"):
-            reasons = list(summary.skipped_reasons) + [str(f.get("reason")) for f in
-                                                      summary.failed]
-            reason = ("no series fits the model: " + "; ".join(reasons[:3])) if reasons and \
-                not series.get("failed") else ("; ".join(reasons[:3]) or "no image to process")
-        info = {"series": {k: v for k, v in series.items() if v}, "results": len(results),
-                "queued_to_send": queued, "skipped_reasons": summary.skipped_reasons,
-                "failed": summary.failed[:10],
-                "seconds": round(time.time() - started, 3)}
+            reasons = list(summary.skipped_reasons) + [str(f.get("reason")) for f in summary.failed]
+            reason = (
+                ("no series fits the model: " + "; ".join(reasons[:3]))
+                if reasons and not series.get("failed")
+                else ("; ".join(reasons[:3]) or "no image to process")
+            )
+        info = {
+            "series": {k: v for k, v in series.items() if v},
+            "results": len(results),
+            "queued_to_send": queued,
+            "skipped_reasons": summary.skipped_reasons,
+            "failed": summary.failed[:10],
+            "seconds": round(time.time() - started, 3),
+        }
         final = "failed" if series.get("failed") and not series.get("done") else "processed"
-        state = self.store.finish_study(key, final, reason=reason, summary=info,
-                                        started_at=started)
-        self.emit("processed" if final == "processed" else "study_failed", study=key,
-                  state=state, reason=reason, **info)
+        state = self.store.finish_study(key, final, reason=reason, summary=info, started_at=started)
+        self.emit(
+            "processed" if final == "processed" else "study_failed",
+            study=key,
+            state=state,
+            reason=reason,
+            **info,
+        )
 
     # -- sending ------------------------------------------------------------------------------
     def _send_loop(self) -> None:
@@ -453,8 +536,9 @@ class DicomNode:
                 try:
                     dest = parse_destination(dkey)
                 except InputError as exc:
-                    self.store.mark_retry([r["id"] for r in items], str(exc), base_s=0,
-                                          max_s=0, max_attempts=1)
+                    self.store.mark_retry(
+                        [r["id"] for r in items], str(exc), base_s=0, max_s=0, max_attempts=1
+                    )
                     continue
                 self._send_batch(dest, items, c)
 
@@ -462,35 +546,68 @@ class DicomNode:
         paths = {str(self.store.workdir / r["path"]): r for r in items}
         missing = [r for p, r in paths.items() if not Path(p).is_file()]
         if missing:
-            self.store.mark_retry([r["id"] for r in missing], "the result file is missing",
-                                  base_s=0, max_s=0, max_attempts=1)
+            self.store.mark_retry(
+                [r["id"] for r in missing],
+                "the result file is missing",
+                base_s=0,
+                max_s=0,
+                max_attempts=1,
+            )
             for p in [p for p, r in paths.items() if r in missing]:
                 paths.pop(p)
         if not paths:
             return
         try:
-            outcome = send_files(list(paths), dest, calling_ae=self.ae_title,
-                                 tls=c.tls if dest.kind == "dimse" else None)
+            outcome = send_files(
+                list(paths),
+                dest,
+                calling_ae=self.ae_title,
+                tls=c.tls if dest.kind == "dimse" else None,
+            )
         except InputError as exc:
-            self.store.mark_retry([r["id"] for r in paths.values()], str(exc), base_s=0,
-                                  max_s=0, max_attempts=1)
+            self.store.mark_retry(
+                [r["id"] for r in paths.values()], str(exc), base_s=0, max_s=0, max_attempts=1
+            )
             return
         if outcome.sent:
             self.store.mark_sent([paths[p]["id"] for p in outcome.sent])
-            self.emit("sent", destination=str(dest), count=len(outcome.sent),
-                      sop_instance_uids=[paths[p]["sop_instance_uid"] for p in outcome.sent])
+            self.emit(
+                "sent",
+                destination=str(dest),
+                count=len(outcome.sent),
+                sop_instance_uids=[paths[p]["sop_instance_uid"] for p in outcome.sent],
+            )
         for p, why in outcome.refused.items():
-            gone = self.store.mark_retry([paths[p]["id"]], why, base_s=c.retry_base_s,
-                                         max_s=c.retry_max_s, max_attempts=c.max_send_attempts)
-            self.emit("send_failed" if gone else "send_retry", destination=str(dest),
-                      sop_instance_uid=paths[p]["sop_instance_uid"], reason=why,
-                      final=bool(gone))
+            gone = self.store.mark_retry(
+                [paths[p]["id"]],
+                why,
+                base_s=c.retry_base_s,
+                max_s=c.retry_max_s,
+                max_attempts=c.max_send_attempts,
+            )
+            self.emit(
+                "send_failed" if gone else "send_retry",
+                destination=str(dest),
+                sop_instance_uid=paths[p]["sop_instance_uid"],
+                reason=why,
+                final=bool(gone),
+            )
         if outcome.unsent:
             ids = [paths[p]["id"] for p in outcome.unsent]
-            self.store.mark_retry(ids, outcome.error or "not sent", base_s=c.retry_base_s,
-                                  max_s=c.retry_max_s, max_attempts=None)
-            self.emit("send_retry", destination=str(dest), count=len(ids),
-                      reason=outcome.error, retry_in_s=self.store.next_due_in())
+            self.store.mark_retry(
+                ids,
+                outcome.error or "not sent",
+                base_s=c.retry_base_s,
+                max_s=c.retry_max_s,
+                max_attempts=None,
+            )
+            self.emit(
+                "send_retry",
+                destination=str(dest),
+                count=len(ids),
+                reason=outcome.error,
+                retry_in_s=self.store.next_due_in(),
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,11 +617,21 @@ class DicomNode:
 #: transfer syntaxes the SCP accepts: the uncompressed ones and the common compressed ones (the
 #: instance is stored as sent; the reader decodes it)
 ALL_TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
-    "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
-    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
     "1.2.840.10008.1.2.4.203",
 ]
 

@@ -18,8 +18,10 @@ from medxai.errors import InputError
 
 __all__ = ["Destination", "SendOutcome", "TlsConfig", "parse_destination", "send_files"]
 
-_AE_DEST = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):"
-                      r"(?P<port>\d{1,5})$")
+_AE_DEST = re.compile(
+    r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):"
+    r"(?P<port>\d{1,5})$"
+)
 # statuses a Storage SCP returns for an instance it kept (success and the warnings)
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
@@ -41,9 +43,10 @@ class TlsConfig:
         """The SSL context of the node's SCP: its certificate and key; with ``ca``, clients must
         present a certificate signed by it."""
         if not (self.cert and self.key):
-            raise InputError("TLS for the listener needs --tls-cert and --tls-key",
-                             hint="give both PEM files (and --tls-ca to require client "
-                                  "certificates)")
+            raise InputError(
+                "TLS for the listener needs --tls-cert and --tls-key",
+                hint="give both PEM files (and --tls-ca to require client certificates)",
+            )
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         _load_chain(ctx, self.cert, self.key)
@@ -66,9 +69,11 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
     try:
         ctx.load_cert_chain(certfile=cert, keyfile=key)
     except (OSError, ssl.SSLError) as exc:
-        raise InputError(f"cannot load the TLS certificate and key ({exc})", path=cert,
-                         hint="give a PEM certificate (--tls-cert) and its private key "
-                              "(--tls-key)") from exc
+        raise InputError(
+            f"cannot load the TLS certificate and key ({exc})",
+            path=cert,
+            hint="give a PEM certificate (--tls-cert) and its private key (--tls-key)",
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -108,14 +113,18 @@ def parse_destination(value: str) -> Destination:
         return Destination("stow", url=v.rstrip("/"))
     m = _AE_DEST.match(v)
     if m is None:
-        raise InputError(f"is not a destination: expected AE@host:port (e.g. "
-                         f"ORTHANC@pacs.example.org:4242) or a DICOMweb URL, found {value!r}",
-                         hint="AE titles are 1-16 characters; the port is a number")
+        raise InputError(
+            f"is not a destination: expected AE@host:port (e.g. "
+            f"ORTHANC@pacs.example.org:4242) or a DICOMweb URL, found {value!r}",
+            hint="AE titles are 1-16 characters; the port is a number",
+        )
     port = int(m["port"])
     ae = m["ae"].strip()
     if not (0 < port < 65536) or not ae or "\\" in ae:
-        raise InputError(f"is not a destination: bad AE title or port in {value!r}",
-                         hint="AE@host:port with a port between 1 and 65535")
+        raise InputError(
+            f"is not a destination: bad AE title or port in {value!r}",
+            hint="AE@host:port with a port between 1 and 65535",
+        )
     return Destination("dimse", ae_title=ae, host=m["host"].strip("[]"), port=port)
 
 
@@ -134,8 +143,14 @@ class SendOutcome:
         return dict(self.__dict__)
 
 
-def send_files(paths: Sequence[str | Path], dest: Destination, *, calling_ae: str = "MEDXAI",
-               tls: TlsConfig | None = None, timeout_s: float = 30.0) -> SendOutcome:
+def send_files(
+    paths: Sequence[str | Path],
+    dest: Destination,
+    *,
+    calling_ae: str = "MEDXAI",
+    tls: TlsConfig | None = None,
+    timeout_s: float = 30.0,
+) -> SendOutcome:
     """Send ``paths`` (DICOM files) to ``dest`` once. Never raises for the receiver's answer or
     an unreachable receiver: see :class:`SendOutcome`.
 
@@ -156,15 +171,22 @@ def _read_meta(path: str) -> tuple[str, str, str]:
 
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
-        return (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
-                str(meta.TransferSyntaxUID))
+        return (
+            str(meta.MediaStorageSOPClassUID),
+            str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID),
+        )
     except Exception as exc:
-        raise InputError(f"is not a DICOM file with a file meta header ({exc})", path=path,
-                         hint="send DICOM Part 10 files") from exc
+        raise InputError(
+            f"is not a DICOM file with a file meta header ({exc})",
+            path=path,
+            hint="send DICOM Part 10 files",
+        ) from exc
 
 
-def _send_dimse(files: list[str], dest: Destination, calling_ae: str, tls: TlsConfig | None,
-                timeout_s: float) -> SendOutcome:
+def _send_dimse(
+    files: list[str], dest: Destination, calling_ae: str, tls: TlsConfig | None, timeout_s: float
+) -> SendOutcome:
     from pynetdicom import AE
 
     metas = {f: _read_meta(f) for f in files}
@@ -187,8 +209,11 @@ def _send_dimse(files: list[str], dest: Destination, calling_ae: str, tls: TlsCo
         out.unsent = files
         return out
     if not assoc.is_established:
-        why = "rejected the association" if assoc.is_rejected else (
-            "aborted the association" if assoc.is_aborted else "could not be reached")
+        why = (
+            "rejected the association"
+            if assoc.is_rejected
+            else ("aborted the association" if assoc.is_aborted else "could not be reached")
+        )
         out.error = f"{dest} {why}"
         out.unsent = files
         return out
@@ -247,8 +272,9 @@ def _send_stow(files: list[str], dest: Destination, timeout_s: float) -> SendOut
         session.close()
     failed: dict[str, str] = {}
     for item in (resp.get("FailedSOPSequence") or []) if resp is not None else []:
-        failed[str(item.get("ReferencedSOPInstanceUID", ""))] = \
+        failed[str(item.get("ReferencedSOPInstanceUID", ""))] = (
             f"{dest} refused it (failure reason {item.get('FailureReason', '?')})"
+        )
     for f, ds in zip(files, datasets):
         uid = str(ds.SOPInstanceUID)
         if uid in failed:

@@ -143,8 +143,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durable(data: bytes, dest: Path, tmp_dir: Path,
-                  check: Callable[[Path], str | None] | None = None) -> str | None:
+def write_durable(
+    data: bytes, dest: Path, tmp_dir: Path, check: Callable[[Path], str | None] | None = None
+) -> str | None:
     """Write ``data`` to ``dest`` atomically and durably: a temporary file in ``tmp_dir`` (same
     file system), fsync'd, renamed over ``dest``, and the folder fsync'd. A reader (or a crash)
     sees either the old file or the whole new one.
@@ -183,8 +184,11 @@ class NodeStore:
     def __init__(self, workdir: str | Path) -> None:
         self.workdir = Path(workdir).expanduser().resolve()
         if self.workdir.exists() and not self.workdir.is_dir():
-            raise InputError("is not a folder", path=self.workdir,
-                             hint="give -o a folder for the node's received studies and results")
+            raise InputError(
+                "is not a folder",
+                path=self.workdir,
+                hint="give -o a folder for the node's received studies and results",
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = self.workdir / "tmp"
         self.tmp_dir.mkdir(exist_ok=True)
@@ -192,8 +196,9 @@ class NodeStore:
         self._lock = threading.RLock()
         path = self.workdir / DB_NAME
         try:
-            self.conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed row survives a power cut, not only a process kill
@@ -206,12 +211,18 @@ class NodeStore:
                 if row is None:
                     c.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) > SCHEMA_VERSION:
-                    raise InputError(f"node database schema {row[0]} is newer than this medxai "
-                                     f"understands ({SCHEMA_VERSION})", path=path,
-                                     hint="upgrade medxai, or use a new WORKDIR")
+                    raise InputError(
+                        f"node database schema {row[0]} is newer than this medxai "
+                        f"understands ({SCHEMA_VERSION})",
+                        path=path,
+                        hint="upgrade medxai, or use a new WORKDIR",
+                    )
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"is not a usable medxai node database ({exc})", path=path,
-                             hint="use a new WORKDIR (-o)") from exc
+            raise InputError(
+                f"is not a usable medxai node database ({exc})",
+                path=path,
+                hint="use a new WORKDIR (-o)",
+            ) from exc
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -254,73 +265,122 @@ class NodeStore:
     # -- events -------------------------------------------------------------------------------
     def log_event(self, event: str, data: dict[str, Any]) -> None:
         with self.transaction() as c:
-            c.execute("INSERT INTO events (t, event, data) VALUES (?, ?, ?)",
-                      (time.time(), event, json.dumps(data, default=str)))
+            c.execute(
+                "INSERT INTO events (t, event, data) VALUES (?, ?, ?)",
+                (time.time(), event, json.dumps(data, default=str)),
+            )
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.query("SELECT t, event, data FROM events ORDER BY id DESC LIMIT ?", (limit,))
-        return [{"t": r["t"], "event": r["event"], **json.loads(r["data"] or "{}")}
-                for r in reversed(rows)]
+        return [
+            {"t": r["t"], "event": r["event"], **json.loads(r["data"] or "{}")}
+            for r in reversed(rows)
+        ]
 
     # -- receiving ----------------------------------------------------------------------------
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self.query("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_uid,)))
 
-    def add_instance(self, *, sop_uid: str, sop_class_uid: str, study_uid: str,
-                     series_uid: str, path: Path, size: int, sha256: str,
-                     calling_ae: str) -> bool:
+    def add_instance(
+        self,
+        *,
+        sop_uid: str,
+        sop_class_uid: str,
+        study_uid: str,
+        series_uid: str,
+        path: Path,
+        size: int,
+        sha256: str,
+        calling_ae: str,
+    ) -> bool:
         """Record a received instance (its file already durable at ``path``) and re-open its
         study. Returns False when the instance was already known (same SOP Instance UID)."""
         key = study_key(study_uid)
         now = time.time()
         rel = path.relative_to(self.workdir).as_posix()
         with self.transaction() as c:
-            n = c.execute("INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, "
-                          "study_key, study_instance_uid, series_instance_uid, path, size, "
-                          "sha256, calling_ae, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                          (sop_uid, sop_class_uid, key, study_uid, series_uid, rel, size, sha256,
-                           calling_ae, now)).rowcount
-            c.execute("INSERT INTO studies (key, study_instance_uid, state, first_received_at, "
-                      "last_received_at, n_instances, calling_ae, updated_at) "
-                      "VALUES (?, ?, 'receiving', ?, ?, 0, ?, ?) ON CONFLICT(key) DO NOTHING",
-                      (key, study_uid, now, now, calling_ae, now))
+            n = c.execute(
+                "INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, "
+                "study_key, study_instance_uid, series_instance_uid, path, size, "
+                "sha256, calling_ae, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    sop_uid,
+                    sop_class_uid,
+                    key,
+                    study_uid,
+                    series_uid,
+                    rel,
+                    size,
+                    sha256,
+                    calling_ae,
+                    now,
+                ),
+            ).rowcount
+            c.execute(
+                "INSERT INTO studies (key, study_instance_uid, state, first_received_at, "
+                "last_received_at, n_instances, calling_ae, updated_at) "
+                "VALUES (?, ?, 'receiving', ?, ?, 0, ?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, study_uid, now, now, calling_ae, now),
+            )
             if n:
-                c.execute("UPDATE studies SET state='receiving', last_received_at=?, "
-                          "n_instances=n_instances+1, calling_ae=?, updated_at=? WHERE key=?",
-                          (now, calling_ae, now, key))
+                c.execute(
+                    "UPDATE studies SET state='receiving', last_received_at=?, "
+                    "n_instances=n_instances+1, calling_ae=?, updated_at=? WHERE key=?",
+                    (now, calling_ae, now, key),
+                )
         return bool(n)
 
     # -- studies ------------------------------------------------------------------------------
     def recover(self) -> dict[str, int]:
         """At start: studies a dead process left ``processing`` go back to ``queued``."""
         with self.transaction() as c:
-            n = c.execute("UPDATE studies SET state='queued', updated_at=? "
-                          "WHERE state='processing'", (time.time(),)).rowcount
+            n = c.execute(
+                "UPDATE studies SET state='queued', updated_at=? WHERE state='processing'",
+                (time.time(),),
+            ).rowcount
         return {"requeued_studies": n, "removed_partial_files": self.clean_tmp()}
 
     def queue_idle(self, idle_s: float) -> list[str]:
         """Studies with no new instance for ``idle_s`` seconds become ``queued``; their keys."""
         cut = time.time() - idle_s
         with self.transaction() as c:
-            keys = [r[0] for r in c.execute("SELECT key FROM studies WHERE state='receiving' "
-                                            "AND last_received_at <= ?", (cut,))]
-            c.executemany("UPDATE studies SET state='queued', updated_at=? WHERE key=?",
-                          [(time.time(), k) for k in keys])
+            keys = [
+                r[0]
+                for r in c.execute(
+                    "SELECT key FROM studies WHERE state='receiving' AND last_received_at <= ?",
+                    (cut,),
+                )
+            ]
+            c.executemany(
+                "UPDATE studies SET state='queued', updated_at=? WHERE key=?",
+                [(time.time(), k) for k in keys],
+            )
         return keys
 
     def claim_study(self) -> dict[str, Any] | None:
         """The oldest queued study, now ``processing``; None when there is none."""
         with self.transaction() as c:
-            row = c.execute("SELECT * FROM studies WHERE state='queued' "
-                            "ORDER BY last_received_at, key LIMIT 1").fetchone()
+            row = c.execute(
+                "SELECT * FROM studies WHERE state='queued' ORDER BY last_received_at, key LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
-            c.execute("UPDATE studies SET state='processing', attempts=attempts+1, updated_at=? "
-                      "WHERE key=?", (time.time(), row["key"]))
+            c.execute(
+                "UPDATE studies SET state='processing', attempts=attempts+1, updated_at=? "
+                "WHERE key=?",
+                (time.time(), row["key"]),
+            )
             return dict(row)
 
-    def finish_study(self, key: str, state: str, *, reason: str | None, summary: dict[str, Any],
-                     started_at: float) -> str:
+    def finish_study(
+        self,
+        key: str,
+        state: str,
+        *,
+        reason: str | None,
+        summary: dict[str, Any],
+        started_at: float,
+    ) -> str:
         """Record the outcome of processing; a study that received instances while it was
         processed goes back to ``receiving`` (it runs again after the quiet period). Returns
         the state the study now has."""
@@ -329,14 +389,15 @@ class NodeStore:
             row = c.execute("SELECT last_received_at FROM studies WHERE key=?", (key,)).fetchone()
             if row is not None and (row[0] or 0) > started_at:
                 state = "receiving"
-            c.execute("UPDATE studies SET state=?, reason=?, summary=?, processed_at=?, "
-                      "updated_at=? WHERE key=?",
-                      (state, reason, json.dumps(summary, default=str), now, now, key))
+            c.execute(
+                "UPDATE studies SET state=?, reason=?, summary=?, processed_at=?, "
+                "updated_at=? WHERE key=?",
+                (state, reason, json.dumps(summary, default=str), now, now, key),
+            )
         return state
 
     # -- outbox -------------------------------------------------------------------------------
-    def enqueue(self, study: str, items: Sequence[tuple[Path, str, str]], destination: str
-                ) -> int:
+    def enqueue(self, study: str, items: Sequence[tuple[Path, str, str]], destination: str) -> int:
         """Queue result files ``(path, sop_instance_uid, sop_class_uid)`` for ``destination``;
         an instance already queued (or sent) there is not queued again. Returns how many are
         new."""
@@ -345,16 +406,20 @@ class NodeStore:
         with self.transaction() as c:
             for path, sop, cls in items:
                 rel = Path(path).resolve().relative_to(self.workdir).as_posix()
-                n += c.execute("INSERT OR IGNORE INTO outbox (study_key, path, sop_instance_uid, "
-                               "sop_class_uid, destination, state, created_at) "
-                               "VALUES (?,?,?,?,?,'pending',?)",
-                               (study, rel, sop, cls, destination, now)).rowcount
+                n += c.execute(
+                    "INSERT OR IGNORE INTO outbox (study_key, path, sop_instance_uid, "
+                    "sop_class_uid, destination, state, created_at) "
+                    "VALUES (?,?,?,?,?,'pending',?)",
+                    (study, rel, sop, cls, destination, now),
+                ).rowcount
         return n
 
     def due(self, limit: int = 64) -> list[dict[str, Any]]:
         """Pending outbox rows whose next try is due, oldest first."""
-        return self.query("SELECT * FROM outbox WHERE state='pending' AND next_attempt_at<=? "
-                          "ORDER BY id LIMIT ?", (time.time(), limit))
+        return self.query(
+            "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at<=? ORDER BY id LIMIT ?",
+            (time.time(), limit),
+        )
 
     def next_due_in(self) -> float | None:
         rows = self.query("SELECT MIN(next_attempt_at) AS t FROM outbox WHERE state='pending'")
@@ -363,11 +428,20 @@ class NodeStore:
 
     def mark_sent(self, ids: Sequence[int]) -> None:
         with self.transaction() as c:
-            c.executemany("UPDATE outbox SET state='sent', sent_at=?, last_error=NULL WHERE id=?",
-                          [(time.time(), i) for i in ids])
+            c.executemany(
+                "UPDATE outbox SET state='sent', sent_at=?, last_error=NULL WHERE id=?",
+                [(time.time(), i) for i in ids],
+            )
 
-    def mark_retry(self, ids: Sequence[int], error: str, *, base_s: float, max_s: float,
-                   max_attempts: int | None) -> list[int]:
+    def mark_retry(
+        self,
+        ids: Sequence[int],
+        error: str,
+        *,
+        base_s: float,
+        max_s: float,
+        max_attempts: int | None,
+    ) -> list[int]:
         """Count a failed try; the next is after ``base_s * 2**(attempts-1)`` seconds (at most
         ``max_s``). With ``max_attempts``, a row that has had that many tries fails for good.
         Returns the ids that failed for good."""
@@ -380,20 +454,26 @@ class NodeStore:
                     continue
                 attempts = int(row[0]) + 1
                 if max_attempts is not None and attempts >= max_attempts:
-                    c.execute("UPDATE outbox SET state='failed', attempts=?, last_error=? "
-                              "WHERE id=?", (attempts, error[:2000], i))
+                    c.execute(
+                        "UPDATE outbox SET state='failed', attempts=?, last_error=? WHERE id=?",
+                        (attempts, error[:2000], i),
+                    )
                     failed.append(i)
                     continue
                 delay = min(max_s, base_s * 2 ** (attempts - 1))
-                c.execute("UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? "
-                          "WHERE id=?", (attempts, now + delay, error[:2000], i))
+                c.execute(
+                    "UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
+                    (attempts, now + delay, error[:2000], i),
+                )
         return failed
 
     def retry_failed_sends(self) -> int:
         """Failed outbox rows back to ``pending`` (attempts reset)."""
         with self.transaction() as c:
-            return c.execute("UPDATE outbox SET state='pending', attempts=0, next_attempt_at=0 "
-                             "WHERE state='failed'").rowcount
+            return c.execute(
+                "UPDATE outbox SET state='pending', attempts=0, next_attempt_at=0 "
+                "WHERE state='failed'"
+            ).rowcount
 
     # -- status -------------------------------------------------------------------------------
     def status(self, events: int = 20) -> dict[str, Any]:
@@ -406,24 +486,41 @@ class NodeStore:
         for r in self.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state"):
             outbox[r["state"]] = r["n"]
         n_inst = self.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
-        rejected = self.query("SELECT COUNT(*) AS n FROM events WHERE event IN "
-                              "('store_refused', 'association_rejected')")[0]["n"]
-        failed_studies = self.query("SELECT key, study_instance_uid, reason FROM studies "
-                                    "WHERE state='failed' ORDER BY updated_at")
-        failed_sends = self.query("SELECT id, study_key, sop_instance_uid, destination, "
-                                  "attempts, last_error FROM outbox WHERE state='failed' "
-                                  "ORDER BY id")
-        waiting = self.query("SELECT id, study_key, sop_instance_uid, destination, attempts, "
-                             "next_attempt_at, last_error FROM outbox WHERE state='pending' "
-                             "AND attempts>0 ORDER BY id")
+        rejected = self.query(
+            "SELECT COUNT(*) AS n FROM events WHERE event IN "
+            "('store_refused', 'association_rejected')"
+        )[0]["n"]
+        failed_studies = self.query(
+            "SELECT key, study_instance_uid, reason FROM studies "
+            "WHERE state='failed' ORDER BY updated_at"
+        )
+        failed_sends = self.query(
+            "SELECT id, study_key, sop_instance_uid, destination, "
+            "attempts, last_error FROM outbox WHERE state='failed' "
+            "ORDER BY id"
+        )
+        waiting = self.query(
+            "SELECT id, study_key, sop_instance_uid, destination, attempts, "
+            "next_attempt_at, last_error FROM outbox WHERE state='pending' "
+            "AND attempts>0 ORDER BY id"
+        )
         study_rows = []
-        for r in self.query("SELECT key, study_instance_uid, state, n_instances, reason, summary,"
-                            " last_received_at, processed_at FROM studies "
-                            "ORDER BY first_received_at"):
+        for r in self.query(
+            "SELECT key, study_instance_uid, state, n_instances, reason, summary,"
+            " last_received_at, processed_at FROM studies "
+            "ORDER BY first_received_at"
+        ):
             r["summary"] = json.loads(r["summary"]) if r["summary"] else None
             study_rows.append(r)
-        return {"workdir": str(self.workdir), "instances_received": n_inst,
-                "refused": rejected, "studies": studies, "outbox": outbox,
-                "failed_studies": failed_studies, "failed_sends": failed_sends,
-                "retrying_sends": waiting, "study_list": study_rows,
-                "events": self.events(events)}
+        return {
+            "workdir": str(self.workdir),
+            "instances_received": n_inst,
+            "refused": rejected,
+            "studies": studies,
+            "outbox": outbox,
+            "failed_studies": failed_studies,
+            "failed_sends": failed_sends,
+            "retrying_sends": waiting,
+            "study_list": study_rows,
+            "events": self.events(events),
+        }

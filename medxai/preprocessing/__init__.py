@@ -14,7 +14,14 @@ from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreo
 from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
 
 __all__ = [
-    "ScaleIntensityFromBundle", "ScaleIntensityFromBundled", "RandColorJitter", "RandColorJitterd",
-    "orientation_to_ras", "reorient", "unreorient",
-    "resize_image", "resize_label", "resize_probabilities",
+    "ScaleIntensityFromBundle",
+    "ScaleIntensityFromBundled",
+    "RandColorJitter",
+    "RandColorJitterd",
+    "orientation_to_ras",
+    "reorient",
+    "unreorient",
+    "resize_image",
+    "resize_label",
+    "resize_probabilities",
 ]

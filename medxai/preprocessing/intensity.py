@@ -51,7 +51,9 @@ class ScaleIntensityFromBundle(Transform):
         self.a_max = float(spec.get("a_max", 1.0))
         self.clip = bool(spec.get("clip", True))
         if kind == "scale" and self.a_max <= self.a_min:
-            raise MedxaiError(f"intensity scale needs a_max > a_min, got {self.a_min}, {self.a_max}")
+            raise MedxaiError(
+                f"intensity scale needs a_max > a_min, got {self.a_min}, {self.a_max}"
+            )
 
     def __call__(self, img: Any) -> torch.Tensor:
         x = _as_float_tensor(img)
@@ -73,8 +75,9 @@ class ScaleIntensityFromBundle(Transform):
 class ScaleIntensityFromBundled(MapTransform):
     """Dictionary form of :class:`ScaleIntensityFromBundle`."""
 
-    def __init__(self, keys: KeysCollection, spec: Mapping[str, Any] | None,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, spec: Mapping[str, Any] | None, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.scaler = ScaleIntensityFromBundle(spec)
 
@@ -93,8 +96,9 @@ def _shift_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
     """Rotate hue by ``shift`` turns (YIQ rotation; cheap and smooth)."""
     theta = 2 * np.pi * shift
     cos, sin = float(np.cos(theta)), float(np.sin(theta))
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          dtype=x.dtype)
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=x.dtype
+    )
     rot = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=x.dtype)
     m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
     return torch.einsum("ij,j...->i...", m, x)
@@ -110,8 +114,14 @@ class RandColorJitter(RandomizableTransform):
         hue: maximal hue rotation in turns (0.05 = 18 degrees).
     """
 
-    def __init__(self, prob: float = 0.8, brightness: float = 0.2, contrast: float = 0.2,
-                 saturation: float = 0.2, hue: float = 0.03) -> None:
+    def __init__(
+        self,
+        prob: float = 0.8,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.03,
+    ) -> None:
         RandomizableTransform.__init__(self, prob)
         self.ranges = (brightness, contrast, saturation, hue)
         self.factors = (1.0, 1.0, 1.0, 0.0)
@@ -120,8 +130,10 @@ class RandColorJitter(RandomizableTransform):
         super().randomize(None)
         b, c, s, h = self.ranges
         self.factors = (
-            self.R.uniform(1 - b, 1 + b), self.R.uniform(1 - c, 1 + c),
-            self.R.uniform(1 - s, 1 + s), self.R.uniform(-h, h),
+            self.R.uniform(1 - b, 1 + b),
+            self.R.uniform(1 - c, 1 + c),
+            self.R.uniform(1 - s, 1 + s),
+            self.R.uniform(-h, h),
         )
 
     def __call__(self, img: Any, randomize: bool = True) -> torch.Tensor:
@@ -145,15 +157,23 @@ class RandColorJitter(RandomizableTransform):
 class RandColorJitterd(RandomizableTransform, MapTransform):
     """Dictionary form of :class:`RandColorJitter`; the same jitter for every key."""
 
-    def __init__(self, keys: KeysCollection, prob: float = 0.8, brightness: float = 0.2,
-                 contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.03,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.8,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.03,
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.jitter = RandColorJitter(1.0, brightness, contrast, saturation, hue)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None
-                         ) -> RandColorJitterd:
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandColorJitterd:
         super().set_random_state(seed, state)
         self.jitter.set_random_state(seed, state)
         return self

@@ -44,8 +44,9 @@ def resize_probabilities(p: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(p[None], size=size, mode=mode, align_corners=False)[0]
 
 
-def resize_label(label: torch.Tensor, size: Sequence[int], num_classes: int | None = None
-                 ) -> torch.Tensor:
+def resize_label(
+    label: torch.Tensor, size: Sequence[int], num_classes: int | None = None
+) -> torch.Tensor:
     """Resize an integer label map ``(1, *spatial)`` by resizing its one-hot form and argmax.
 
     Smoother than nearest neighbour and never invents label values.

@@ -10,5 +10,11 @@ from medxai.io.datasets import (
     is_2d_dataset,
 )
 
-__all__ = ["Pair", "find_pairs", "dataset_json_validation", "is_2d_dataset", "PICTURE_SUFFIXES",
-           "VOLUME_SUFFIXES"]
+__all__ = [
+    "Pair",
+    "find_pairs",
+    "dataset_json_validation",
+    "is_2d_dataset",
+    "PICTURE_SUFFIXES",
+    "VOLUME_SUFFIXES",
+]

@@ -113,6 +113,7 @@ class TrainResult:
 # data
 # ---------------------------------------------------------------------------------------------
 
+
 def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and resize every pair once: images ``(N, C, *size)`` float, labels uint8."""
     from medxai.io.photo import read_photo_array
@@ -123,8 +124,10 @@ def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, 
         img, _ = read_photo_array(pair.image)
         lab, _ = read_photo_array(pair.label)
         if img.shape[1:] != lab.shape[1:]:
-            raise InputError(f"image is {img.shape[1:]} but its mask {pair.label.name} is "
-                             f"{lab.shape[1:]}", path=pair.image)
+            raise InputError(
+                f"image is {img.shape[1:]} but its mask {pair.label.name} is {lab.shape[1:]}",
+                path=pair.image,
+            )
         lab_t = torch.from_numpy(label_values(lab[:1]))
         images.append(resize_image(torch.from_numpy(img), size).to(torch.float16))
         labels.append(resize_label(lab_t, size, num_classes=int(lab_t.max()) + 1 or 2))
@@ -135,6 +138,7 @@ def _load_2d(pairs: Sequence[Pair], size: Sequence[int]) -> tuple[torch.Tensor, 
 # (dermoscopy: any rotation, flips, colour jitter); ``radiograph`` for upright projection X-rays
 # (small rotations, scale and shift, brightness/contrast/gamma; no flips or turns, the anatomy
 # has an up and a side).
+
 
 def _augment_2d(seed: int, kind: str = "photo") -> Any:
     from monai.transforms import (
@@ -149,28 +153,46 @@ def _augment_2d(seed: int, kind: str = "photo") -> Any:
 
     keys = ("image", "label")
     if kind == "radiograph":
-        aug = Compose([
-            RandAffined(keys, prob=0.8, rotate_range=(math.radians(10),),
-                        scale_range=(0.15, 0.15), translate_range=(16, 16),
-                        mode=("bilinear", "nearest"), padding_mode="zeros"),
-            RandColorJitterd("image", prob=0.8, brightness=0.25, contrast=0.3, saturation=0.0,
-                             hue=0.0),
-            RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.5)),
-        ])
+        aug = Compose(
+            [
+                RandAffined(
+                    keys,
+                    prob=0.8,
+                    rotate_range=(math.radians(10),),
+                    scale_range=(0.15, 0.15),
+                    translate_range=(16, 16),
+                    mode=("bilinear", "nearest"),
+                    padding_mode="zeros",
+                ),
+                RandColorJitterd(
+                    "image", prob=0.8, brightness=0.25, contrast=0.3, saturation=0.0, hue=0.0
+                ),
+                RandAdjustContrastd("image", prob=0.5, gamma=(0.7, 1.5)),
+            ]
+        )
         aug.set_random_state(seed)
         return aug
     if kind != "photo":
         raise MedxaiError(f"unknown augmentation {kind!r}", hint=f"use one of {AUGMENTATIONS}")
-    aug = Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys, prob=0.5),
-        RandAffined(keys, prob=0.7, rotate_range=(math.pi,), scale_range=(0.2, 0.2),
-                    translate_range=(8, 8), mode=("bilinear", "nearest"),
-                    padding_mode="reflection"),
-        RandColorJitterd("image", prob=0.8, brightness=0.2, contrast=0.2, saturation=0.2,
-                         hue=0.03),
-    ])
+    aug = Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys, prob=0.5),
+            RandAffined(
+                keys,
+                prob=0.7,
+                rotate_range=(math.pi,),
+                scale_range=(0.2, 0.2),
+                translate_range=(8, 8),
+                mode=("bilinear", "nearest"),
+                padding_mode="reflection",
+            ),
+            RandColorJitterd(
+                "image", prob=0.8, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03
+            ),
+        ]
+    )
     aug.set_random_state(seed)
     return aug
 
@@ -178,6 +200,7 @@ def _augment_2d(seed: int, kind: str = "photo") -> Any:
 # ---------------------------------------------------------------------------------------------
 # config of the bundle being trained
 # ---------------------------------------------------------------------------------------------
+
 
 def _default_labels(num_classes: int, names: Sequence[str] | None) -> list[dict[str, Any]]:
     """Labels 0..num_classes-1 with their names and the colours of :mod:`medxai.palette`."""
@@ -189,11 +212,19 @@ def _default_labels(num_classes: int, names: Sequence[str] | None) -> list[dict[
     return out
 
 
-def _bundle_config(cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: int,
-                   intensity: dict[str, Any]) -> dict[str, Any]:
-    net_args = default_unet_args(2 if is2d else 3, in_channels, num_classes, width=cfg.width,
-                                 depth=cfg.depth, num_res_units=cfg.num_res_units,
-                                 dropout=cfg.dropout, norm=cfg.norm)
+def _bundle_config(
+    cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: int, intensity: dict[str, Any]
+) -> dict[str, Any]:
+    net_args = default_unet_args(
+        2 if is2d else 3,
+        in_channels,
+        num_classes,
+        width=cfg.width,
+        depth=cfg.depth,
+        num_res_units=cfg.num_res_units,
+        dropout=cfg.dropout,
+        norm=cfg.norm,
+    )
     pre: dict[str, Any] = {"intensity": intensity}
     if is2d:
         pre["spatial_size"] = list(cfg.spatial_size)
@@ -201,12 +232,20 @@ def _bundle_config(cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: 
     else:
         if cfg.spacing:
             pre["spacing"] = [float(s) for s in cfg.spacing]
-        inference = {"mode": "sliding_window", "roi_size": list(cfg.roi_size), "overlap": 0.25,
-                     "sw_batch_size": 4, "blend_mode": "gaussian"}
+        inference = {
+            "mode": "sliding_window",
+            "roi_size": list(cfg.roi_size),
+            "overlap": 0.25,
+            "sw_batch_size": 4,
+            "blend_mode": "gaussian",
+        }
     return {
         "network_def": {"_target_": "monai.networks.nets.UNet", **net_args},
-        "input": {"spatial_dims": 2 if is2d else 3, "channels": in_channels,
-                  "modalities": list(cfg.modalities)},
+        "input": {
+            "spatial_dims": 2 if is2d else 3,
+            "channels": in_channels,
+            "modalities": list(cfg.modalities),
+        },
         "preprocessing": pre,
         "inference": inference,
         "labels": _default_labels(num_classes, cfg.label_names),
@@ -217,8 +256,10 @@ def _bundle_config(cfg: TrainConfig, is2d: bool, in_channels: int, num_classes: 
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-def _lr_lambda(warmup: int, epochs: int, swa_epochs: int = 0,
-               floor: float = 0.0) -> Callable[[int], float]:
+
+def _lr_lambda(
+    warmup: int, epochs: int, swa_epochs: int = 0, floor: float = 0.0
+) -> Callable[[int], float]:
     """Learning-rate factor per epoch: linear warm-up, cosine down to ``floor``, then ``floor``
     for the last ``swa_epochs`` epochs (the SWA phase)."""
     main = epochs - swa_epochs
@@ -230,6 +271,7 @@ def _lr_lambda(warmup: int, epochs: int, swa_epochs: int = 0,
             return floor
         t = (epoch - warmup) / max(1, main - warmup)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return f
 
 
@@ -318,18 +360,26 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     (tdir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
     run = _build_run(cfg, config, data, device, ckpt_path, say)
     finished, done = _train_epochs(cfg, run, data, tdir, ckpt_path, t_start, say)
-    return TrainResult(bundle=out, epochs_done=done, best_epoch=run.best_epoch,
-                       best_metric=run.best_metric, finished=finished,
-                       seconds=time.perf_counter() - t_start, history=run.history)
+    return TrainResult(
+        bundle=out,
+        epochs_done=done,
+        best_epoch=run.best_epoch,
+        best_metric=run.best_metric,
+        finished=finished,
+        seconds=time.perf_counter() - t_start,
+        history=run.history,
+    )
 
 
 def _check_swa(cfg: TrainConfig) -> None:
     """Refuse SWA epochs that do not follow the warm-up and at least one other epoch."""
     if cfg.swa_epochs and not 0 < cfg.swa_epochs <= cfg.epochs - max(cfg.warmup_epochs, 1):
-        raise MedxaiError(f"--swa-epochs {cfg.swa_epochs} does not fit --epochs {cfg.epochs} "
-                          f"after {cfg.warmup_epochs} warm-up epoch(s)",
-                          hint="the SWA epochs follow the warm-up (and at least one other "
-                               "epoch), e.g. --epochs 30 --warmup-epochs 1 --swa-epochs 20")
+        raise MedxaiError(
+            f"--swa-epochs {cfg.swa_epochs} does not fit --epochs {cfg.epochs} "
+            f"after {cfg.warmup_epochs} warm-up epoch(s)",
+            hint="the SWA epochs follow the warm-up (and at least one other "
+            "epoch), e.g. --epochs 30 --warmup-epochs 1 --swa-epochs 20",
+        )
 
 
 def _prepare_output(cfg: TrainConfig) -> tuple[Path, Path, Path]:
@@ -340,8 +390,11 @@ def _prepare_output(cfg: TrainConfig) -> tuple[Path, Path, Path]:
     tdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = tdir / "checkpoint_last.pt"
     if ckpt_path.exists() and not cfg.resume:
-        raise MedxaiError("holds a training run already", path=out,
-                          hint="pass --resume to continue it, or choose another output folder")
+        raise MedxaiError(
+            "holds a training run already",
+            path=out,
+            hint="pass --resume to continue it, or choose another output folder",
+        )
     return out, tdir, ckpt_path
 
 
@@ -367,24 +420,47 @@ def _load_data(cfg: TrainConfig, pairs: list[Pair], val_pairs: list[Pair], say: 
     the default ``spatial_size``/``roi_size`` of ``cfg``."""
     if is_2d_dataset(pairs):
         cfg.spatial_size = list(cfg.spatial_size or (192, 192))
-        say(f"caching {len(pairs)} training and {len(val_pairs)} validation pictures at "
-            f"{tuple(cfg.spatial_size)}")
+        say(
+            f"caching {len(pairs)} training and {len(val_pairs)} validation pictures at "
+            f"{tuple(cfg.spatial_size)}"
+        )
         tr_img, tr_lab = _load_2d(pairs, cfg.spatial_size)
         va_img, va_lab = _load_2d(val_pairs, cfg.spatial_size)
         num_classes = int(max(tr_lab.max(), va_lab.max())) + 1
         intensity = cfg.intensity or {"kind": "scale", "a_min": 0.0, "a_max": 255.0}
-        return _Data(pairs, val_pairs, int(tr_img.shape[1]), max(num_classes, 2), intensity,
-                     tr_img, tr_lab, va_img, va_lab)
+        return _Data(
+            pairs,
+            val_pairs,
+            int(tr_img.shape[1]),
+            max(num_classes, 2),
+            intensity,
+            tr_img,
+            tr_lab,
+            va_img,
+            va_lab,
+        )
     from medxai.training.volumes import VolumeData
 
     cfg.roi_size = list(cfg.roi_size or (96, 96, 96))
     volumes = VolumeData(pairs, val_pairs, cfg, say)
-    return _Data(pairs, val_pairs, volumes.in_channels, max(volumes.num_classes, 2),
-                 volumes.intensity, volumes=volumes)
+    return _Data(
+        pairs,
+        val_pairs,
+        volumes.in_channels,
+        max(volumes.num_classes, 2),
+        volumes.intensity,
+        volumes=volumes,
+    )
 
 
-def _build_run(cfg: TrainConfig, config: dict[str, Any], data: _Data, device: torch.device,
-               ckpt_path: Path, say: LogFn) -> _Run:
+def _build_run(
+    cfg: TrainConfig,
+    config: dict[str, Any],
+    data: _Data,
+    device: torch.device,
+    ckpt_path: Path,
+    say: LogFn,
+) -> _Run:
     """The network (from ``config``, or ``--init-from``'s weights), loss, optimiser, schedule,
     optional SWA average and AMP scaler; the checkpoint's state when resuming."""
     from medxai.preprocessing.intensity import ScaleIntensityFromBundle
@@ -397,14 +473,31 @@ def _build_run(cfg: TrainConfig, config: dict[str, Any], data: _Data, device: to
     net = net.to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(
-        cfg.warmup_epochs, cfg.epochs, cfg.swa_epochs,
-        _swa_lr(cfg) / cfg.lr if cfg.swa_epochs else 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        _lr_lambda(
+            cfg.warmup_epochs,
+            cfg.epochs,
+            cfg.swa_epochs,
+            _swa_lr(cfg) / cfg.lr if cfg.swa_epochs else 0.0,
+        ),
+    )
     swa_net = torch.optim.swa_utils.AveragedModel(net) if cfg.swa_epochs else None
     use_amp = device.type == "cuda"
     grad_scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    run = _Run(net, opt, sched, swa_net, grad_scaler, loss_fn, scaler, device, use_amp, config,
-               init_sha=init_sha)
+    run = _Run(
+        net,
+        opt,
+        sched,
+        swa_net,
+        grad_scaler,
+        loss_fn,
+        scaler,
+        device,
+        use_amp,
+        config,
+        init_sha=init_sha,
+    )
     if cfg.resume and ckpt_path.exists():
         _resume(run, ckpt_path, say)
     return run
@@ -419,15 +512,27 @@ def _resume(run: _Run, ckpt_path: Path, say: LogFn) -> None:
     run.grad_scaler.load_state_dict(ck["grad_scaler"])
     if run.swa_net is not None and "swa_model" in ck:
         run.swa_net.load_state_dict(ck["swa_model"])
-    run.start_epoch, run.best_metric, run.best_epoch = (ck["epoch"], ck["best_metric"],
-                                                        ck["best_epoch"])
+    run.start_epoch, run.best_metric, run.best_epoch = (
+        ck["epoch"],
+        ck["best_metric"],
+        ck["best_epoch"],
+    )
     run.init_sha = ck.get("init_sha256")
-    say(f"resuming after epoch {run.start_epoch} (best Dice {run.best_metric:.4f} at "
-        f"{run.best_epoch})")
+    say(
+        f"resuming after epoch {run.start_epoch} (best Dice {run.best_metric:.4f} at "
+        f"{run.best_epoch})"
+    )
 
 
-def _train_epochs(cfg: TrainConfig, run: _Run, data: _Data, tdir: Path, ckpt_path: Path,
-                  t_start: float, say: LogFn) -> tuple[bool, int]:
+def _train_epochs(
+    cfg: TrainConfig,
+    run: _Run,
+    data: _Data,
+    tdir: Path,
+    ckpt_path: Path,
+    t_start: float,
+    say: LogFn,
+) -> tuple[bool, int]:
     """Run the remaining epochs (stopping before one that would overrun the time budget).
 
     Returns:
@@ -438,15 +543,25 @@ def _train_epochs(cfg: TrainConfig, run: _Run, data: _Data, tdir: Path, ckpt_pat
     for epoch in range(run.start_epoch, cfg.epochs):
         elapsed = time.perf_counter() - t_start
         if budget is not None and elapsed + last_epoch_s * 1.1 > budget:
-            say(f"time budget of {cfg.time_budget_min} min reached after epoch {epoch}; "
-                f"resume with --resume")
+            say(
+                f"time budget of {cfg.time_budget_min} min reached after epoch {epoch}; "
+                f"resume with --resume"
+            )
             return False, epoch
         last_epoch_s = _epoch(cfg, run, data, epoch, tdir, ckpt_path, t_start, say)
     return True, cfg.epochs
 
 
-def _epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, tdir: Path, ckpt_path: Path,
-           t_start: float, say: LogFn) -> float:
+def _epoch(
+    cfg: TrainConfig,
+    run: _Run,
+    data: _Data,
+    epoch: int,
+    tdir: Path,
+    ckpt_path: Path,
+    t_start: float,
+    say: LogFn,
+) -> float:
     """One epoch: train, validate (and the SWA average), record, keep the best, checkpoint.
     Returns its seconds."""
     t0 = time.perf_counter()
@@ -457,8 +572,13 @@ def _epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, tdir: Path, ckp
     val_dice = _validate(run, data, run.net)
     val_dice_swa, best_net = _swa_step(cfg, run, data, epoch, val_dice)
     epoch_s = time.perf_counter() - t0
-    row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_dice": val_dice,
-           "lr": lr_used, "seconds": round(epoch_s, 2)}
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)),
+        "val_dice": val_dice,
+        "lr": lr_used,
+        "seconds": round(epoch_s, 2),
+    }
     if run.swa_net is not None:
         row["val_dice_swa"] = val_dice_swa
     run.history.append(row)
@@ -467,52 +587,75 @@ def _epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, tdir: Path, ckp
     improved = epoch_best > run.best_metric
     if improved:
         run.best_metric, run.best_epoch = epoch_best, epoch + 1
-        swa_info = ({"epochs_averaged": int(run.swa_net.n_averaged), "lr": _swa_lr(cfg)}
-                    if run.swa_net is not None and best_net is not run.net else None)
-        _save_best(best_net, run.config, cfg, run.best_metric, run.best_epoch, len(data.pairs),
-                   len(data.val_pairs), run.device, time.perf_counter() - t_start, swa_info,
-                   run.init_sha)
+        swa_info = (
+            {"epochs_averaged": int(run.swa_net.n_averaged), "lr": _swa_lr(cfg)}
+            if run.swa_net is not None and best_net is not run.net
+            else None
+        )
+        _save_best(
+            best_net,
+            run.config,
+            cfg,
+            run.best_metric,
+            run.best_epoch,
+            len(data.pairs),
+            len(data.val_pairs),
+            run.device,
+            time.perf_counter() - t_start,
+            swa_info,
+            run.init_sha,
+        )
     _save_checkpoint(run, epoch, ckpt_path)
     swa_text = f" SWA {val_dice_swa:.4f}" if not math.isnan(val_dice_swa) else ""
-    say(f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
-        f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s")
+    say(
+        f"epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} val Dice {val_dice:.4f}"
+        f"{swa_text}{' (best)' if improved else ''} {epoch_s:.0f}s"
+    )
     return epoch_s
 
 
 def _train_one_epoch(cfg: TrainConfig, run: _Run, data: _Data, epoch: int) -> list[float]:
     """The optimisation steps of one epoch; returns the batch losses."""
     if data.volumes is not None:
-        return [_train_step(run.net, run.opt, run.loss_fn, run.grad_scaler, x, y, run.device,
-                            run.use_amp)
-                for x, y in data.volumes.train_batches(epoch, cfg.batch_size)]
+        return [
+            _train_step(
+                run.net, run.opt, run.loss_fn, run.grad_scaler, x, y, run.device, run.use_amp
+            )
+            for x, y in data.volumes.train_batches(epoch, cfg.batch_size)
+        ]
     assert data.tr_img is not None and data.tr_lab is not None
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
     aug = _augment_2d(cfg.seed * 7919 + epoch, cfg.augment)
     order = torch.randperm(len(data.tr_img), generator=g)
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     batches = [b for b in batches if len(b) > 1]  # batch norm needs more than one
     losses = []
     for idx in batches:
         # normalise first: the colour jitter works on [0, 1] intensities
-        items = [aug({"image": run.scaler(data.tr_img[i].float()), "label": data.tr_lab[i]})
-                 for i in idx.tolist()]
+        items = [
+            aug({"image": run.scaler(data.tr_img[i].float()), "label": data.tr_lab[i]})
+            for i in idx.tolist()
+        ]
         x = torch.stack([_plain(it["image"]) for it in items])
         y = torch.stack([_plain(it["label"]) for it in items]).long()
-        losses.append(_train_step(run.net, run.opt, run.loss_fn, run.grad_scaler, x, y,
-                                  run.device, run.use_amp))
+        losses.append(
+            _train_step(
+                run.net, run.opt, run.loss_fn, run.grad_scaler, x, y, run.device, run.use_amp
+            )
+        )
     return losses
 
 
-def _swa_step(cfg: TrainConfig, run: _Run, data: _Data, epoch: int, val_dice: float
-              ) -> tuple[float, torch.nn.Module]:
+def _swa_step(
+    cfg: TrainConfig, run: _Run, data: _Data, epoch: int, val_dice: float
+) -> tuple[float, torch.nn.Module]:
     """In the SWA phase: average this epoch's weights in, recompute the average's batch norm
     and validate it. Returns its Dice (NaN outside the phase) and the better network."""
     swa_net = run.swa_net
     if swa_net is None or epoch < cfg.epochs - cfg.swa_epochs:
         return float("nan"), run.net
     swa_net.update_parameters(run.net)
-    torch.optim.swa_utils.update_bn(_bn_batches(cfg, run, data, epoch), swa_net,
-                                    device=run.device)
+    torch.optim.swa_utils.update_bn(_bn_batches(cfg, run, data, epoch), swa_net, device=run.device)
     val_dice_swa = _validate(run, data, swa_net.module)
     return val_dice_swa, (swa_net.module if val_dice_swa >= val_dice else run.net)
 
@@ -526,10 +669,10 @@ def _validate(run: _Run, data: _Data, model: torch.nn.Module) -> float:
         assert data.va_img is not None and data.va_lab is not None
         dices = []
         for i in range(0, len(data.va_img), 32):
-            x = torch.stack([run.scaler(v.float()) for v in data.va_img[i:i + 32]]).to(run.device)
+            x = torch.stack([run.scaler(v.float()) for v in data.va_img[i : i + 32]]).to(run.device)
             with autocast_context(run.device):
                 pred = model(x).argmax(1, keepdim=True).cpu()
-            dices.append(dice_per_case(pred, data.va_lab[i:i + 32].long(), data.num_classes))
+            dices.append(dice_per_case(pred, data.va_lab[i : i + 32].long(), data.num_classes))
         return float(torch.cat(dices).mean())
 
 
@@ -552,17 +695,30 @@ def _bn_batches(cfg: TrainConfig, run: _Run, data: _Data, epoch: int) -> Iterato
     g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 1)
     idx = torch.randperm(len(data.tr_img), generator=g)[:512].tolist()
     for i in range(0, len(idx), 32):
-        yield torch.stack([_plain(aug({"image": run.scaler(data.tr_img[j].float()),
-                                       "label": data.tr_lab[j]})["image"])
-                           for j in idx[i:i + 32]])
+        yield torch.stack(
+            [
+                _plain(
+                    aug({"image": run.scaler(data.tr_img[j].float()), "label": data.tr_lab[j]})[
+                        "image"
+                    ]
+                )
+                for j in idx[i : i + 32]
+            ]
+        )
 
 
 def _save_checkpoint(run: _Run, epoch: int, ckpt_path: Path) -> None:
     """Everything a resume needs after ``epoch``, written atomically and durably."""
-    state = {"epoch": epoch + 1, "model": run.net.state_dict(),
-             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-             "grad_scaler": run.grad_scaler.state_dict(), "best_metric": run.best_metric,
-             "best_epoch": run.best_epoch, "init_sha256": run.init_sha}
+    state = {
+        "epoch": epoch + 1,
+        "model": run.net.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "grad_scaler": run.grad_scaler.state_dict(),
+        "best_metric": run.best_metric,
+        "best_epoch": run.best_epoch,
+        "init_sha256": run.init_sha,
+    }
     if run.swa_net is not None:
         state["swa_model"] = run.swa_net.state_dict()
     with atomic_path(ckpt_path, durable=True) as tmp:
@@ -578,8 +734,11 @@ def _init_weights(net: torch.nn.Module, bundle_path: str, say: LogFn) -> str | N
     try:
         net.load_state_dict(src.network.state_dict())
     except RuntimeError as exc:
-        raise MedxaiError(f"cannot start from {bundle_path}: its network differs ({exc})",
-                          path=bundle_path, hint="use the same --width/--depth/--res-units") from exc
+        raise MedxaiError(
+            f"cannot start from {bundle_path}: its network differs ({exc})",
+            path=bundle_path,
+            hint="use the same --width/--depth/--res-units",
+        ) from exc
     say(f"initialised from {src.name} {src.version} ({bundle_path})")
     return src.weights_sha256
 
@@ -591,9 +750,16 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
-def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceCELoss,
-                grad_scaler: torch.amp.GradScaler, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, use_amp: bool) -> float:
+def _train_step(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: DiceCELoss,
+    grad_scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    use_amp: bool,
+) -> float:
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, enabled=use_amp):
@@ -604,9 +770,19 @@ def _train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: DiceC
     return float(loss.detach())
 
 
-def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, metric: float,
-               epoch: int, n_train: int, n_val: int, device: torch.device, seconds: float,
-               swa: dict[str, Any] | None = None, init_sha: str | None = None) -> None:
+def _save_best(
+    net: torch.nn.Module,
+    config: dict[str, Any],
+    cfg: TrainConfig,
+    metric: float,
+    epoch: int,
+    n_train: int,
+    n_val: int,
+    device: torch.device,
+    seconds: float,
+    swa: dict[str, Any] | None = None,
+    init_sha: str | None = None,
+) -> None:
     import monai
 
     metadata = {
@@ -628,16 +804,19 @@ def _save_best(net: torch.nn.Module, config: dict[str, Any], cfg: TrainConfig, m
             "seconds_to_best": round(seconds, 1),
             "device": str(device),
             "hardware": f"{platform.machine()} {os.cpu_count()} CPU(s)"
-                        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+            + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "seed": cfg.seed,
             "initialised_from": cfg.init_from,
             "initialised_from_sha256": init_sha,
             "command": cfg.command,
             "loss": "DiceCELoss(softmax, include_background=False)",
             "optimizer": f"AdamW(lr={cfg.lr}, weight_decay={cfg.weight_decay}), warmup "
-                         f"{cfg.warmup_epochs} epochs then cosine"
-                         + (f" to {_swa_lr(cfg)}, constant for the last {cfg.swa_epochs} epochs "
-                            f"(SWA)" if cfg.swa_epochs else ""),
+            f"{cfg.warmup_epochs} epochs then cosine"
+            + (
+                f" to {_swa_lr(cfg)}, constant for the last {cfg.swa_epochs} epochs (SWA)"
+                if cfg.swa_epochs
+                else ""
+            ),
             "weight_averaging": swa,
         },
         "metrics": {"val_mean_dice_train_resolution": round(metric, 4)},

@@ -20,5 +20,7 @@ def dice_per_case(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> 
         t = (label == c).flatten(1).float()
         inter = (p * t).sum(1)
         denom = p.sum(1) + t.sum(1)
-        scores.append(torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)))
+        scores.append(
+            torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom))
+        )
     return torch.stack(scores, 1).mean(1)

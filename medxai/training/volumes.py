@@ -37,8 +37,9 @@ class VolumeData:
         say: progress callback.
     """
 
-    def __init__(self, pairs: Sequence[Pair], val_pairs: Sequence[Pair], cfg: Any,
-                 say: Callable[[str], None]) -> None:
+    def __init__(
+        self, pairs: Sequence[Pair], val_pairs: Sequence[Pair], cfg: Any, say: Callable[[str], None]
+    ) -> None:
         from medxai.io.readers import read_image
 
         self.roi = [int(r) for r in cfg.roi_size]
@@ -55,14 +56,19 @@ class VolumeData:
         self.in_channels = int(self.train[0][0].shape[0])
         self.num_classes = int(max(int(lab.max()) for _, lab in self.train + self.val)) + 1
 
-    def _load(self, pair: Pair, spacing: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(
+        self, pair: Pair, spacing: Sequence[float] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         from medxai.io.readers import read_image
 
         img = read_image(pair.image)
         lab = read_image(pair.label)
         if tuple(img.shape[1:]) != tuple(lab.shape[1:]):
-            raise InputError(f"image grid {tuple(img.shape[1:])} differs from label grid "
-                             f"{tuple(lab.shape[1:])} ({pair.label.name})", path=pair.image)
+            raise InputError(
+                f"image grid {tuple(img.shape[1:])} differs from label grid "
+                f"{tuple(lab.shape[1:])} ({pair.label.name})",
+                path=pair.image,
+            )
         if img.ndim != 4:
             raise InputError("is not a 3D volume", path=pair.image)
         ornt = orientation_to_ras(img.affine, 3)
@@ -75,8 +81,9 @@ class VolumeData:
             y = resize_label(y, shape)
         return x.contiguous(), y.to(torch.uint8).contiguous()
 
-    def _patch(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _patch(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pad = [max(0, r - s) for r, s in zip(self.roi, x.shape[1:])]
         if any(pad):
             spec = []
@@ -98,19 +105,24 @@ class VolumeData:
                 px, py = px.flip(d + 1), py.flip(d + 1)
         return px, py
 
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, epoch: int, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Random patches (half centred on foreground), flipped at random along ``flip_axes``
         (RAS axes: 0 left-right, 1 posterior-anterior, 2 inferior-superior), in batches."""
         rng = np.random.default_rng(self.seed * 1009 + epoch)
-        items = [self._patch(x, y, rng) for x, y in self.train
-                 for _ in range(self.samples_per_volume)]
+        items = [
+            self._patch(x, y, rng) for x, y in self.train for _ in range(self.samples_per_volume)
+        ]
         order = rng.permutation(len(items))
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             if len(idx) < 2 and len(order) > 1:
                 continue
-            yield (torch.stack([items[j][0] for j in idx]),
-                   torch.stack([items[j][1] for j in idx]).long())
+            yield (
+                torch.stack([items[j][0] for j in idx]),
+                torch.stack([items[j][1] for j in idx]).long(),
+            )
 
     def validate(self, net: torch.nn.Module, device: torch.device) -> float:
         """Mean foreground Dice of sliding-window predictions on the validation volumes."""
@@ -118,8 +130,15 @@ class VolumeData:
 
         scores = []
         for x, y in self.val:
-            logits = sliding_window_inference(x[None].to(device), self.roi, 4, net, overlap=0.25,
-                                              mode="gaussian", device=torch.device("cpu"))
+            logits = sliding_window_inference(
+                x[None].to(device),
+                self.roi,
+                4,
+                net,
+                overlap=0.25,
+                mode="gaussian",
+                device=torch.device("cpu"),
+            )
             pred = logits.argmax(1, keepdim=True)
             scores.append(dice_per_case(pred, y[None].long(), max(self.num_classes, 2)))
         return float(torch.cat(scores).mean())

@@ -19,8 +19,19 @@ from medxai.transforms.model import (
 )
 
 __all__ = [
-    "Predict", "Predictd", "Saliency", "Saliencyd", "BlendOverlay", "BlendOverlayd",
-    "SaveSegmentation", "SaveSegmentationd", "ScaleIntensityFromBundle",
-    "ScaleIntensityFromBundled", "RandColorJitter", "RandColorJitterd",
-    "resize_image", "resize_label", "resize_probabilities",
+    "Predict",
+    "Predictd",
+    "Saliency",
+    "Saliencyd",
+    "BlendOverlay",
+    "BlendOverlayd",
+    "SaveSegmentation",
+    "SaveSegmentationd",
+    "ScaleIntensityFromBundle",
+    "ScaleIntensityFromBundled",
+    "RandColorJitter",
+    "RandColorJitterd",
+    "resize_image",
+    "resize_label",
+    "resize_probabilities",
 ]

@@ -7,5 +7,9 @@ from medxai.preprocessing.intensity import (
     ScaleIntensityFromBundled,
 )
 
-__all__ = ["ScaleIntensityFromBundle", "ScaleIntensityFromBundled", "RandColorJitter",
-           "RandColorJitterd"]
+__all__ = [
+    "ScaleIntensityFromBundle",
+    "ScaleIntensityFromBundled",
+    "RandColorJitter",
+    "RandColorJitterd",
+]

@@ -23,8 +23,14 @@ from medxai.errors import MedxaiError
 from medxai.models.bundle import ModelBundle
 
 __all__ = [
-    "Predict", "Predictd", "Saliency", "Saliencyd", "BlendOverlay", "BlendOverlayd",
-    "SaveSegmentation", "SaveSegmentationd",
+    "Predict",
+    "Predictd",
+    "Saliency",
+    "Saliencyd",
+    "BlendOverlay",
+    "BlendOverlayd",
+    "SaveSegmentation",
+    "SaveSegmentationd",
 ]
 
 
@@ -57,9 +63,15 @@ class Predict(Transform):
 
     OUTPUTS = ("labels", "probabilities")
 
-    def __init__(self, model: str | Path | ModelBundle | None = None, device: str = "auto",
-                 output: str = "labels", roi_size: Sequence[int] | None = None,
-                 overlap: float | None = None, sw_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | ModelBundle | None = None,
+        device: str = "auto",
+        output: str = "labels",
+        roi_size: Sequence[int] | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+    ) -> None:
         if output not in self.OUTPUTS:
             raise MedxaiError(f"output must be one of {self.OUTPUTS}, got {output!r}")
         self.bundle = _bundle(model)
@@ -80,9 +92,16 @@ class Predictd(MapTransform):
     ``output_key`` defaults to ``"pred"`` (one key) or ``"<key>_pred"`` (several keys).
     """
 
-    def __init__(self, keys: KeysCollection, model: str | Path | ModelBundle | None = None,
-                 output_key: str | None = None, device: str = "auto", output: str = "labels",
-                 allow_missing_keys: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        model: str | Path | ModelBundle | None = None,
+        output_key: str | None = None,
+        device: str = "auto",
+        output: str = "labels",
+        allow_missing_keys: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.predictor = Predict(model, device, output, **kwargs)
         self.output_key = output_key
@@ -105,8 +124,13 @@ class Saliency(Transform):
         label: the label to explain.
     """
 
-    def __init__(self, model: str | Path | ModelBundle | None = None, method: str = "gradcam",
-                 label: int = 1, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | Path | ModelBundle | None = None,
+        method: str = "gradcam",
+        label: int = 1,
+        device: str = "auto",
+    ) -> None:
         from medxai.explain import get_method
 
         get_method(method)
@@ -120,10 +144,14 @@ class Saliency(Transform):
         from medxai.io.types import LoadedImage
         from medxai.pipeline import compute_saliency
 
-        loaded = LoadedImage(image=img, dicom=None, path=Path(str(getattr(img, "meta", {}).get(
-            "filename_or_obj", "image"))))
-        sal = compute_saliency(self.bundle, loaded, self.method, self.label,
-                               resolve_device(self.device))
+        loaded = LoadedImage(
+            image=img,
+            dicom=None,
+            path=Path(str(getattr(img, "meta", {}).get("filename_or_obj", "image"))),
+        )
+        sal = compute_saliency(
+            self.bundle, loaded, self.method, self.label, resolve_device(self.device)
+        )
         return _like(sal, img)
 
 
@@ -131,9 +159,16 @@ class Saliencyd(MapTransform):
     """Dictionary form of :class:`Saliency`: ``d[output_key] = Saliency(d[key])``
     (default output key ``"saliency"`` / ``"<key>_saliency"``)."""
 
-    def __init__(self, keys: KeysCollection, model: str | Path | ModelBundle | None = None,
-                 method: str = "gradcam", label: int = 1, output_key: str | None = None,
-                 device: str = "auto", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        model: str | Path | ModelBundle | None = None,
+        method: str = "gradcam",
+        label: int = 1,
+        output_key: str | None = None,
+        device: str = "auto",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.saliency = Saliency(model, method, label, device)
         self.output_key = output_key
@@ -150,22 +185,29 @@ class BlendOverlay(Transform):
     """RGB overlay ``(3, I, J[, K])`` uint8: the windowed image, the saliency heat map blended
     in, and the label contours on top (the picture medxai writes as PNG and DICOM SC)."""
 
-    def __init__(self, label_colors: Mapping[int, Sequence[int]] | None = None,
-                 heat_alpha: float = 0.6) -> None:
+    def __init__(
+        self, label_colors: Mapping[int, Sequence[int]] | None = None, heat_alpha: float = 0.6
+    ) -> None:
         self.label_colors = dict(label_colors or {})
         self.heat_alpha = float(heat_alpha)
 
-    def __call__(self, img: torch.Tensor, labels: torch.Tensor,
-                 saliency: torch.Tensor | None = None) -> MetaTensor:
+    def __call__(
+        self, img: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor | None = None
+    ) -> MetaTensor:
         from medxai.io.writers import overlay_rgb
 
-        lab = np.asarray(labels)[0] if np.asarray(labels).ndim == np.asarray(img).ndim else np.asarray(labels)
+        lab = (
+            np.asarray(labels)[0]
+            if np.asarray(labels).ndim == np.asarray(img).ndim
+            else np.asarray(labels)
+        )
         sal = None
         if saliency is not None:
             s = np.asarray(saliency)
             sal = s[0] if s.ndim == np.asarray(img).ndim else s
-        rgb = overlay_rgb(np.asarray(img), lab, sal, self.label_colors or None,
-                          heat_alpha=self.heat_alpha)
+        rgb = overlay_rgb(
+            np.asarray(img), lab, sal, self.label_colors or None, heat_alpha=self.heat_alpha
+        )
         return _like(torch.as_tensor(rgb), img)
 
 
@@ -173,10 +215,15 @@ class BlendOverlayd(MapTransform):
     """Dictionary form of :class:`BlendOverlay`: ``d[output_key] = BlendOverlay(d[image_key],
     d[label_key], d.get(saliency_key))``."""
 
-    def __init__(self, keys: KeysCollection = "image", label_key: str = "pred",
-                 saliency_key: str | None = "saliency", output_key: str = "overlay",
-                 label_colors: Mapping[int, Sequence[int]] | None = None,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        label_key: str = "pred",
+        saliency_key: str | None = "saliency",
+        output_key: str = "overlay",
+        label_colors: Mapping[int, Sequence[int]] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.blend = BlendOverlay(label_colors)
         self.label_key, self.saliency_key, self.output_key = label_key, saliency_key, output_key
@@ -203,16 +250,21 @@ class SaveSegmentation(Transform):
         formats: any of ``nifti, dicom-seg, dicom-sc, png``.
     """
 
-    def __init__(self, output_dir: str | Path, model: str | Path | ModelBundle | None = None,
-                 formats: Sequence[str] = ("nifti", "dicom-seg", "dicom-sc"),
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        model: str | Path | ModelBundle | None = None,
+        formats: Sequence[str] = ("nifti", "dicom-seg", "dicom-sc"),
+        overwrite: bool = False,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.bundle = _bundle(model)
         self.formats = list(formats)
         self.overwrite = overwrite
 
-    def __call__(self, img: torch.Tensor, labels: torch.Tensor,
-                 saliency: torch.Tensor | None = None) -> Path:
+    def __call__(
+        self, img: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor | None = None
+    ) -> Path:
         from medxai.inference import Prediction
         from medxai.io.readers import load_image
         from medxai.outputs import ResultFolder, output_name, write_result_folder
@@ -222,20 +274,35 @@ class SaveSegmentation(Transform):
         lab = torch.as_tensor(np.asarray(labels)).to(torch.uint8)
         lab = lab if lab.ndim == loaded.image.ndim else lab[None]
         if tuple(lab.shape[1:]) != tuple(loaded.image.shape[1:]):
-            raise MedxaiError(f"labels {tuple(lab.shape[1:])} are not on the grid of {src.name} "
-                              f"{tuple(loaded.image.shape[1:])}",
-                              hint="invert the preprocessing first (monai.transforms.Invertd)")
-        pred = Prediction(probabilities=lab.float(), labels=lab, affine=loaded.image.affine,
-                          seconds=0.0)
-        sal = {} if saliency is None else {1: torch.as_tensor(np.asarray(saliency)).reshape(lab.shape)}
+            raise MedxaiError(
+                f"labels {tuple(lab.shape[1:])} are not on the grid of {src.name} "
+                f"{tuple(loaded.image.shape[1:])}",
+                hint="invert the preprocessing first (monai.transforms.Invertd)",
+            )
+        pred = Prediction(
+            probabilities=lab.float(), labels=lab, affine=loaded.image.affine, seconds=0.0
+        )
+        sal = (
+            {}
+            if saliency is None
+            else {1: torch.as_tensor(np.asarray(saliency)).reshape(lab.shape)}
+        )
 
         def refuse_skipped(_tmp: Path, written: ResultFolder) -> None:
             if written.skipped:
                 raise MedxaiError(written.skipped[0]["reason"])
 
-        written = write_result_folder(self.output_dir, output_name(src), loaded, self.bundle,
-                                      pred, sal, self.formats, overwrite=self.overwrite,
-                                      finish=refuse_skipped)
+        written = write_result_folder(
+            self.output_dir,
+            output_name(src),
+            loaded,
+            self.bundle,
+            pred,
+            sal,
+            self.formats,
+            overwrite=self.overwrite,
+            finish=refuse_skipped,
+        )
         return written.path
 
 
@@ -243,11 +310,17 @@ class SaveSegmentationd(MapTransform):
     """Dictionary form of :class:`SaveSegmentation`; stores the output folder in
     ``d["<key>_output"]``."""
 
-    def __init__(self, keys: KeysCollection = "image", label_key: str = "pred",
-                 saliency_key: str | None = None, output_dir: str | Path = "medxai-results",
-                 model: str | Path | ModelBundle | None = None,
-                 formats: Sequence[str] = ("nifti", "dicom-seg", "dicom-sc"),
-                 overwrite: bool = False, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        label_key: str = "pred",
+        saliency_key: str | None = None,
+        output_dir: str | Path = "medxai-results",
+        model: str | Path | ModelBundle | None = None,
+        formats: Sequence[str] = ("nifti", "dicom-seg", "dicom-sc"),
+        overwrite: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.saver = SaveSegmentation(output_dir, model, formats, overwrite)
         self.label_key, self.saliency_key = label_key, saliency_key

@@ -23,6 +23,13 @@ __all__ = ["COMMANDS"]
 
 #: Every ``medxai`` subcommand (``medxai --help`` lists them by name).
 COMMANDS: tuple[click.Command, ...] = (
-    info_cmd, segment_cmd, models_group, explain_cmd, evaluate_cmd, train_cmd, batch_cmd,
-    listen_cmd, send_cmd,
+    info_cmd,
+    segment_cmd,
+    models_group,
+    explain_cmd,
+    evaluate_cmd,
+    train_cmd,
+    batch_cmd,
+    listen_cmd,
+    send_cmd,
 )

@@ -20,8 +20,6 @@ from medxai.cli.common import (
 )
 
 
-
-
 class _ProgressBar:
     """Progress on stderr: a bar redrawn in place on a terminal, a line every few seconds
     otherwise (logs)."""
@@ -51,10 +49,12 @@ class _ProgressBar:
             filled = int(width * p.done / p.total) if p.total else width
             eta = (p.total - p.done) / p.rate if p.rate > 0 else 0.0
             c = p.counts
-            line = (f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} series  "
-                    f"done {c.get('done', 0)}  skipped {c.get('skipped', 0)}  "
-                    f"failed {c.get('failed', 0)}  {p.rate:.2f} series/s"
-                    + (f"  ETA {eta:.0f}s" if not final and p.rate > 0 else ""))
+            line = (
+                f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} series  "
+                f"done {c.get('done', 0)}  skipped {c.get('skipped', 0)}  "
+                f"failed {c.get('failed', 0)}  {p.rate:.2f} series/s"
+                + (f"  ETA {eta:.0f}s" if not final and p.rate > 0 else "")
+            )
         if self.tty:
             click.echo("\r" + line.ljust(100), err=True, nl=final and p.phase == "process")
         else:
@@ -70,10 +70,14 @@ def _table(summary: Any) -> str:
         lines.append(f"{state:10}{f.get(state, 0):>8}{s.get(state, 0):>8}")
     sc, pr = summary.scan, summary.process
     lines.append("")
-    lines.append(f"scan: {sc['files']} files ({sc['headers_read']} headers read) in "
-                 f"{sc['seconds']:.2f} s, {sc['files_per_s']:.0f} files/s")
-    lines.append(f"this run: {pr['images_done']} series done of {pr['series']} processed in "
-                 f"{pr['seconds']:.2f} s, {pr['images_per_s']:.2f} images/s ({summary.backend})")
+    lines.append(
+        f"scan: {sc['files']} files ({sc['headers_read']} headers read) in "
+        f"{sc['seconds']:.2f} s, {sc['files_per_s']:.0f} files/s"
+    )
+    lines.append(
+        f"this run: {pr['images_done']} series done of {pr['series']} processed in "
+        f"{pr['seconds']:.2f} s, {pr['images_per_s']:.2f} images/s ({summary.backend})"
+    )
     if summary.failed:
         lines.append("")
         lines.append("failed:")
@@ -96,37 +100,84 @@ def _table(summary: Any) -> str:
 
 @click.command("batch")
 @click.argument("export_dir", type=click.Path(path_type=str))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Results folder: <study>/<series>/ per series, manifest.sqlite, CSV, summary.")
-@click.option("-m", "--model", default=None,
-              help="Bundled model name (see `medxai models`) or bundle folder. "
-                   "[default: for each series, the bundled model whose fit rules accept it]")
-@click.option("--explain", default="gradcam", show_default=True, type=click.Choice(EXPLAIN_CHOICES),
-              help="Saliency method, or none.")
-@click.option("--format", "formats",
-              help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Worker processes (1: this process), each loading the model once; with "
-                   "--scheduler local, the number of dask workers.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
-              help="2D images per forward pass.")
-@click.option("--scan-workers", type=click.IntRange(1), help="Parallel header readers "
-              "(default: CPU count, at most 8).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Results folder: <study>/<series>/ per series, manifest.sqlite, CSV, summary.",
+)
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="Bundled model name (see `medxai models`) or bundle folder. "
+    "[default: for each series, the bundled model whose fit rules accept it]",
+)
+@click.option(
+    "--explain",
+    default="gradcam",
+    show_default=True,
+    type=click.Choice(EXPLAIN_CHOICES),
+    help="Saliency method, or none.",
+)
+@click.option(
+    "--format",
+    "formats",
+    help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Worker processes (1: this process), each loading the model once; with "
+    "--scheduler local, the number of dask workers.",
+)
+@click.option(
+    "--batch-size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1),
+    help="2D images per forward pass.",
+)
+@click.option(
+    "--scan-workers",
+    type=click.IntRange(1),
+    help="Parallel header readers (default: CPU count, at most 8).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps.")
 @click.option("--roi-size", help="Sliding-window size for 3D models, e.g. 96,96,96.")
 @click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="Run the series on a dask.distributed cluster (tcp://host:8786), or 'local' "
-                   "for a LocalCluster; workers must see the same paths.")
-@click.option("--retry-failed", is_flag=True, help="Run failed series (and re-read damaged "
-              "files) again.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run the series on a dask.distributed cluster (tcp://host:8786), or 'local' "
+    "for a LocalCluster; workers must see the same paths.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Run failed series (and re-read damaged files) again."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @guard
-def batch_cmd(export_dir: str, output: str, model: str | None, explain: str, formats: str | None,
-              workers: int, batch_size: int, scan_workers: int | None, device: str,
-              roi_size: str | None, overlap: float | None, scheduler: str | None,
-              retry_failed: bool, as_json: bool, quiet: bool) -> None:
+def batch_cmd(
+    export_dir: str,
+    output: str,
+    model: str | None,
+    explain: str,
+    formats: str | None,
+    workers: int,
+    batch_size: int,
+    scan_workers: int | None,
+    device: str,
+    roi_size: str | None,
+    overlap: float | None,
+    scheduler: str | None,
+    retry_failed: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Segment every series of the PACS export EXPORT_DIR that fits the model.
 
     Reads only headers to find every study, series and stack (DICOMDIRs, nested folders,
@@ -151,15 +202,25 @@ def batch_cmd(export_dir: str, output: str, model: str | None, explain: str, for
     from medxai.batch import run_batch
     from medxai.pipeline import SegmentOptions
 
-    opts = SegmentOptions(formats=formats_list, explain=explain, device=device, roi_size=roi,
-                          overlap=overlap)
+    opts = SegmentOptions(
+        formats=formats_list, explain=explain, device=device, roi_size=roi, overlap=overlap
+    )
     bar = _ProgressBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():
         # per-file problems are recorded in the manifest; pydicom's warnings would drown them
         warnings.simplefilter("ignore")
-        summary = run_batch(export_dir, output, model=model, options=opts, workers=workers,
-                            scheduler=scheduler, retry_failed=retry_failed,
-                            batch_size=batch_size, scan_workers=scan_workers, progress=bar)
+        summary = run_batch(
+            export_dir,
+            output,
+            model=model,
+            options=opts,
+            workers=workers,
+            scheduler=scheduler,
+            retry_failed=retry_failed,
+            batch_size=batch_size,
+            scan_workers=scan_workers,
+            progress=bar,
+        )
     if as_json:
         echo_json(summary.to_dict())
     else:

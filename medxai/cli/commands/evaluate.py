@@ -7,8 +7,12 @@ import os
 
 import click
 
-from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
 from medxai.choices import METRIC_NAMES
+from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
 def format_summary(summary: dict, n_images: int) -> str:
@@ -18,24 +22,34 @@ def format_summary(summary: dict, n_images: int) -> str:
         lines.append(f"  {'metric':16s} {'mean':>8s} {'median':>8s} {'std':>8s} {'n':>5s}")
         for name in METRIC_NAMES:
             s = stats[name]
-            fmt = (lambda v: "nan" if math.isnan(v) else f"{v:.4f}")
-            lines.append(f"  {name:16s} {fmt(s['mean']):>8s} {fmt(s['median']):>8s} "
-                         f"{fmt(s['std']):>8s} {s['n']:5d}")
+            lines.append(
+                f"  {name:16s} {_fmt(s['mean']):>8s} {_fmt(s['median']):>8s} "
+                f"{_fmt(s['std']):>8s} {s['n']:5d}"
+            )
     return "\n".join(lines)
 
 
 @click.command("evaluate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("-m", "--model", default=None,
-              help="Evaluate this model (name or bundle folder) on DATA (one path). Without it, "
-                   "two paths PRED_DIR GT_DIR are compared.")
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="Evaluate this model (name or bundle folder) on DATA (one path). Without it, "
+    "two paths PRED_DIR GT_DIR are compared.",
+)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
-              help="Write one row per image and label to this CSV file.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    help="Write one row per image and label to this CSV file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @guard
-def evaluate_cmd(paths: tuple[str, ...], model: str | None, device: str, csv_path: str | None,
-                 as_json: bool) -> None:
+def evaluate_cmd(
+    paths: tuple[str, ...], model: str | None, device: str, csv_path: str | None, as_json: bool
+) -> None:
     """Score segmentations: `--model M DATA` or `PRED_DIR GT_DIR`.
 
     Metrics per image: Dice, IoU, pixel accuracy, sensitivity, specificity, HD95 (medpy; mm
@@ -57,11 +71,14 @@ def evaluate_cmd(paths: tuple[str, ...], model: str | None, device: str, csv_pat
         from medxai.models.registry import load_model
 
         bundle = load_model(model)
-        with click.progressbar(length=1, label="evaluating", file=click.get_text_stream("stderr"),
-                               hidden=as_json) as bar:
+        with click.progressbar(
+            length=1, label="evaluating", file=click.get_text_stream("stderr"), hidden=as_json
+        ) as bar:
+
             def progress(done: int, total: int) -> None:
                 bar.length = total
                 bar.update(1)
+
             result = evaluate_model(bundle, paths[0], device=device, progress=progress)
     else:
         if len(paths) != 2:

@@ -26,35 +26,68 @@ METHOD_CHOICES = SALIENCY_METHODS
 @click.command("explain")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-m", "--model", default=None, help="Bundled model name or bundle folder.")
-@click.option("-o", "--output", default="medxai-results", show_default=True,
-              type=click.Path(file_okay=False))
+@click.option(
+    "-o", "--output", default="medxai-results", show_default=True, type=click.Path(file_okay=False)
+)
 @click.option("--method", default="gradcam", show_default=True, type=click.Choice(METHOD_CHOICES))
-@click.option("--methods", default=",".join(EVALUATION_METHODS), show_default=True,
-              help="With --evaluate: comma-separated methods to compare.")
-@click.option("--evaluate", is_flag=True,
-              help="Measure faithfulness over INPUT (a folder of images, e.g. ISIC val) instead "
-                   "of writing maps.")
+@click.option(
+    "--methods",
+    default=",".join(EVALUATION_METHODS),
+    show_default=True,
+    help="With --evaluate: comma-separated methods to compare.",
+)
+@click.option(
+    "--evaluate",
+    is_flag=True,
+    help="Measure faithfulness over INPUT (a folder of images, e.g. ISIC val) instead "
+    "of writing maps.",
+)
 @click.option("--limit", type=click.IntRange(1), help="With --evaluate: at most this many images.")
 @click.option("--label", default=1, show_default=True, help="Label to explain (--evaluate).")
-@click.option("--baseline", default="mean", show_default=True,
-              type=click.Choice(["mean", "blur", "zero"]),
-              help="With --evaluate: what deleted pixels become.")
-@click.option("--target", "target_region", default="segment", show_default=True,
-              type=click.Choice(["segment", "border", "missed", "image"]),
-              help="With --evaluate: the question each map answers (the segment, its border, "
-                   "pixels left just below the threshold, the whole image).")
-@click.option("--layer", default=None,
-              help="With --evaluate: CAM layer(s): a module name or role (skip.0, bottleneck, "
-                   "encoder.2, encoder...); default: the method's default.")
+@click.option(
+    "--baseline",
+    default="mean",
+    show_default=True,
+    type=click.Choice(["mean", "blur", "zero"]),
+    help="With --evaluate: what deleted pixels become.",
+)
+@click.option(
+    "--target",
+    "target_region",
+    default="segment",
+    show_default=True,
+    type=click.Choice(["segment", "border", "missed", "image"]),
+    help="With --evaluate: the question each map answers (the segment, its border, "
+    "pixels left just below the threshold, the whole image).",
+)
+@click.option(
+    "--layer",
+    default=None,
+    help="With --evaluate: CAM layer(s): a module name or role (skip.0, bottleneck, "
+    "encoder.2, encoder...); default: the method's default.",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
 @guard
-def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method: str,
-                methods: str, evaluate: bool, limit: int | None, label: int, baseline: str,
-                target_region: str, layer: str | None, device: str,
-                overwrite: bool, as_json: bool, quiet: bool) -> None:
+def explain_cmd(
+    inputs: tuple[str, ...],
+    model: str | None,
+    output: str,
+    method: str,
+    methods: str,
+    evaluate: bool,
+    limit: int | None,
+    label: int,
+    baseline: str,
+    target_region: str,
+    layer: str | None,
+    device: str,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Saliency maps of the model's segmentation of each INPUT, or (--evaluate) a faithfulness
     table of the methods over a folder of images.
 
@@ -69,8 +102,10 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     bad_methods = [m for m in chosen if m not in METHOD_CHOICES]
     if evaluate and bad_methods:
-        raise click.BadParameter(f"unknown method(s) {bad_methods}; choose from "
-                                 f"{', '.join(METHOD_CHOICES)}", param_hint="--methods")
+        raise click.BadParameter(
+            f"unknown method(s) {bad_methods}; choose from {', '.join(METHOD_CHOICES)}",
+            param_hint="--methods",
+        )
     check_model_arg(model)
     if not evaluate:
         check_output_dir(output)
@@ -78,8 +113,11 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
         # a dataset folder (images/ + labels/, or pictures with masks), not inputs to segment
         for inp in inputs:
             if not os.path.exists(inp):
-                raise InputError("does not exist", path=inp,
-                                 hint="give a folder of images (or images/ + labels/)")
+                raise InputError(
+                    "does not exist",
+                    path=inp,
+                    hint="give a folder of images (or images/ + labels/)",
+                )
     else:
         items, failures = require_inputs(inputs, as_json=as_json)
 
@@ -95,9 +133,17 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
         if bad:
             raise click.BadParameter(f"unknown method(s) {bad}", param_hint="--methods")
         images = [p for inp in inputs for p in list_images(inp, limit)][: limit or None]
-        result = evaluate_saliency(bundle, images, chosen, label=label, device=device,
-                                   baseline=baseline, target=target_region, layer=layer,
-                                   progress=say)
+        result = evaluate_saliency(
+            bundle,
+            images,
+            chosen,
+            label=label,
+            device=device,
+            baseline=baseline,
+            target=target_region,
+            layer=layer,
+            progress=say,
+        )
         if as_json:
             echo_json(result)
         else:
@@ -114,8 +160,9 @@ def explain_cmd(inputs: tuple[str, ...], model: str | None, output: str, method:
             with dicom_warnings_as_lines(path, None if as_json else stderr_line):
                 loaded = load_image(path)
             formats = ["nifti", "png", "json"] + (["dicom-sc"] if loaded.dicom is not None else [])
-            opts = SegmentOptions(formats=formats, explain=method, device=device,
-                                  overwrite=overwrite)
+            opts = SegmentOptions(
+                formats=formats, explain=method, device=device, overwrite=overwrite
+            )
             res = segment_loaded(loaded, bundle, output, opts, name=name, progress=say)
             results.append(res.to_dict())
             if not as_json and not quiet:

@@ -19,23 +19,35 @@ from medxai.cli.common import (
 
 def _format_derived(info: dict[str, Any]) -> str:
     d = info["derived"]
-    lines = [info["path"], f"  {'form':14s} {info['form']} ({d['kind']}: {d['sop_class']})",
-             f"  {'refers to':14s} series {', '.join(d['referenced_series']) or '-'}"]
+    lines = [
+        info["path"],
+        f"  {'form':14s} {info['form']} ({d['kind']}: {d['sop_class']})",
+        f"  {'refers to':14s} series {', '.join(d['referenced_series']) or '-'}",
+    ]
     if d["kind"] == "SEG":
-        lines.append(f"  {'segmentation':14s} {d['segmentation_type'] or '-'}, {d['frames']} "
-                     f"frame(s) of {d['grid'][0]}x{d['grid'][1]}")
-        lines += [f"  segment {s['number']:3d}    {s['label'] or '-'} ({s['type'] or '-'}, "
-                  f"{s['algorithm'] or '-'})" for s in d["segments"]]
+        lines.append(
+            f"  {'segmentation':14s} {d['segmentation_type'] or '-'}, {d['frames']} "
+            f"frame(s) of {d['grid'][0]}x{d['grid'][1]}"
+        )
+        lines += [
+            f"  segment {s['number']:3d}    {s['label'] or '-'} ({s['type'] or '-'}, "
+            f"{s['algorithm'] or '-'})"
+            for s in d["segments"]
+        ]
     elif d["kind"] == "RTSTRUCT":
-        lines += [f"  ROI {r['number']:3d}        {r['name'] or '-'}: {r['contours']} contour(s)"
-                  for r in d["rois"]]
+        lines += [
+            f"  ROI {r['number']:3d}        {r['name'] or '-'}: {r['contours']} contour(s)"
+            for r in d["rois"]
+        ]
     elif d["kind"] == "PM":
         lines.append(f"  {'quantity':14s} {d['quantity'] or '-'} ({d['unit'] or 'no unit'})")
         lines.append(f"  {'grid':14s} {' x '.join(map(str, d['grid']))} ({d['pixel_data']})")
     elif d["kind"] == "SR":
         lines.append(f"  {'template':14s} {d['template'] or '-'}  {d['title']}")
-        lines += [f"  measurement    {m['name']}: {m['value']} {m['unit']}"
-                  for m in d["measurements"][:20]]
+        lines += [
+            f"  measurement    {m['name']}: {m['value']} {m['unit']}"
+            for m in d["measurements"][:20]
+        ]
         if len(d["measurements"]) > 20:
             lines.append(f"  ... {len(d['measurements']) - 20} more measurement(s)")
     lines.append(f"  note: {info['note']}")
@@ -46,12 +58,16 @@ def _format(info: dict[str, Any]) -> str:
     if "derived" in info:
         return _format_derived(info)
     if "series" in info:
-        lines = [f"{info['path']}: {info['form']}, {len(info['series'])} series "
-                 f"({info['skipped_files']} other file(s) passed over)"]
+        lines = [
+            f"{info['path']}: {info['form']}, {len(info['series'])} series "
+            f"({info['skipped_files']} other file(s) passed over)"
+        ]
         for s in info["series"]:
-            lines.append(f"  {s['modality'] or '??':3s} {s['files']:5d} file(s) "
-                         f"{s['columns']}x{s['rows']}  {s['series_description'] or '-'}  "
-                         f"{s['series_instance_uid']}")
+            lines.append(
+                f"  {s['modality'] or '??':3s} {s['files']:5d} file(s) "
+                f"{s['columns']}x{s['rows']}  {s['series_description'] or '-'}  "
+                f"{s['series_instance_uid']}"
+            )
         lines.append(info["note"])
         return "\n".join(lines)
     rows = [
@@ -59,10 +75,16 @@ def _format(info: dict[str, Any]) -> str:
         ("modality", info["modality"] or "-"),
         ("SOP class", info["sop_class_uid"] or "-"),
         ("photometric", info["photometric_interpretation"] or "-"),
-        ("shape", f"{info['channels']} channel(s) x {' x '.join(map(str, info['shape']))} "
-                  f"({info['dtype']})"),
-        ("spacing", " x ".join(f"{v:g}" for v in info["spacing"])
-         + (" mm" if info["has_patient_geometry"] else " (no patient geometry)")),
+        (
+            "shape",
+            f"{info['channels']} channel(s) x {' x '.join(map(str, info['shape']))} "
+            f"({info['dtype']})",
+        ),
+        (
+            "spacing",
+            " x ".join(f"{v:g}" for v in info["spacing"])
+            + (" mm" if info["has_patient_geometry"] else " (no patient geometry)"),
+        ),
         ("orientation", info["orientation"]),
         ("value range", f"{info['value_range'][0]:g} .. {info['value_range'][1]:g}"),
         ("files", str(info["files"])),

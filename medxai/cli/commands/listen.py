@@ -19,84 +19,175 @@ def _parse_size(value: str | None, name: str) -> int | None:
     if value is None:
         return None
     v = value.strip().upper().removesuffix("B")
-    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     try:
         if v and v[-1] in mult:
             return int(float(v[:-1]) * mult[v[-1]])
         return int(v)
     except ValueError:
-        raise click.BadParameter(f"expected a size like 500M or 2G, got {value!r}",
-                                 param_hint=name) from None
+        raise click.BadParameter(
+            f"expected a size like 500M or 2G, got {value!r}", param_hint=name
+        ) from None
 
 
 def _status_text(st: dict[str, Any]) -> str:
-    lines = [f"workdir: {st['workdir']}",
-             f"instances received: {st['instances_received']}   refused: {st['refused']}",
-             "studies:  " + "  ".join(f"{k} {v}" for k, v in st["studies"].items()),
-             "results:  " + "  ".join(f"{k} {v}" for k, v in st["outbox"].items())]
+    lines = [
+        f"workdir: {st['workdir']}",
+        f"instances received: {st['instances_received']}   refused: {st['refused']}",
+        "studies:  " + "  ".join(f"{k} {v}" for k, v in st["studies"].items()),
+        "results:  " + "  ".join(f"{k} {v}" for k, v in st["outbox"].items()),
+    ]
     for s in st["study_list"][-20:]:
         summ = s.get("summary") or {}
-        lines.append(f"  {s['key']}  {s['state']:<10} {s['n_instances']:>4} instances  "
-                     f"{summ.get('results', 0)} results"
-                     + (f"  ({s['reason']})" if s.get("reason") else ""))
+        lines.append(
+            f"  {s['key']}  {s['state']:<10} {s['n_instances']:>4} instances  "
+            f"{summ.get('results', 0)} results" + (f"  ({s['reason']})" if s.get("reason") else "")
+        )
     for f in st["failed_sends"][:10]:
-        lines.append(f"  send failed: {f['sop_instance_uid']} -> {f['destination']}: "
-                     f"{f['last_error']}")
+        lines.append(
+            f"  send failed: {f['sop_instance_uid']} -> {f['destination']}: {f['last_error']}"
+        )
     for f in st["retrying_sends"][:10]:
-        lines.append(f"  retrying ({f['attempts']} tries): {f['sop_instance_uid']} -> "
-                     f"{f['destination']}: {f['last_error']}")
+        lines.append(
+            f"  retrying ({f['attempts']} tries): {f['sop_instance_uid']} -> "
+            f"{f['destination']}: {f['last_error']}"
+        )
     return "\n".join(lines)
 
 
 @click.command("listen")
-@click.option("-o", "--output", "workdir", required=True, type=click.Path(file_okay=False),
-              help="WORKDIR: received studies, results, node.sqlite.")
+@click.option(
+    "-o",
+    "--output",
+    "workdir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="WORKDIR: received studies, results, node.sqlite.",
+)
 @click.option("--ae-title", default="MEDXAI", show_default=True, help="The node's AE title.")
-@click.option("--port", default=11112, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port to listen on.")
+@click.option(
+    "--port",
+    default=11112,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on.",
+)
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
-@click.option("--allow", help="Comma-separated calling AE titles that may send (others are "
-              "rejected at association).")
+@click.option(
+    "--allow",
+    help="Comma-separated calling AE titles that may send (others are rejected at association).",
+)
 @click.option("--send-to", metavar="AE@HOST:PORT", help="Send results by C-STORE.")
 @click.option("--stow", metavar="URL", help="Send results by STOW-RS to this DICOMweb URL.")
-@click.option("--idle-seconds", default=30.0, show_default=True, type=click.FloatRange(0.0),
-              help="A study with no new instance for this long is complete and processed.")
-@click.option("-m", "--model", default=None,
-              help="Bundled model name or bundle folder. [default: isic2018-lesion-unet]")
-@click.option("--format", "formats", default="dicom-seg,json", show_default=True,
-              help="Comma-separated outputs (the DICOM ones are sent).")
-@click.option("--explain", default="none", show_default=True, type=click.Choice(EXPLAIN_CHOICES),
-              help="Saliency method, or none.")
+@click.option(
+    "--idle-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.0),
+    help="A study with no new instance for this long is complete and processed.",
+)
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="Bundled model name or bundle folder. [default: isic2018-lesion-unet]",
+)
+@click.option(
+    "--format",
+    "formats",
+    default="dicom-seg,json",
+    show_default=True,
+    help="Comma-separated outputs (the DICOM ones are sent).",
+)
+@click.option(
+    "--explain",
+    default="none",
+    show_default=True,
+    type=click.Choice(EXPLAIN_CHOICES),
+    help="Saliency method, or none.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps.")
-@click.option("--max-associations", default=10, show_default=True, type=click.IntRange(1),
-              help="Concurrent associations.")
-@click.option("--max-instance-size", default="2G", show_default=True,
-              help="Larger instances are refused (out of resources).")
-@click.option("--min-free-disk", default="1G", show_default=True,
-              help="Refuse instances (out of resources) when the WORKDIR's disk has less free.")
-@click.option("--retry-max-seconds", default=300.0, show_default=True,
-              type=click.FloatRange(0.1), help="Longest wait between tries of a failed send.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True),
-              help="PEM certificate: accept (and send) over TLS.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True),
-              help="PEM private key of --tls-cert.")
-@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True),
-              help="PEM CA: require client certificates signed by it; trust it when sending.")
-@click.option("--stop-timeout", default=60.0, show_default=True, type=click.FloatRange(0.0),
-              help="On SIGTERM, wait this long for the current study before abandoning it "
-                   "(it runs again on the next start).")
-@click.option("--status", "show_status", is_flag=True,
-              help="Show what WORKDIR holds (received, processed, sent, failed and why); "
-                   "does not listen.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per event (or the status "
-              "as JSON).")
+@click.option(
+    "--max-associations",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Concurrent associations.",
+)
+@click.option(
+    "--max-instance-size",
+    default="2G",
+    show_default=True,
+    help="Larger instances are refused (out of resources).",
+)
+@click.option(
+    "--min-free-disk",
+    default="1G",
+    show_default=True,
+    help="Refuse instances (out of resources) when the WORKDIR's disk has less free.",
+)
+@click.option(
+    "--retry-max-seconds",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Longest wait between tries of a failed send.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM certificate: accept (and send) over TLS.",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM CA: require client certificates signed by it; trust it when sending.",
+)
+@click.option(
+    "--stop-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.0),
+    help="On SIGTERM, wait this long for the current study before abandoning it "
+    "(it runs again on the next start).",
+)
+@click.option(
+    "--status",
+    "show_status",
+    is_flag=True,
+    help="Show what WORKDIR holds (received, processed, sent, failed and why); does not listen.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON line per event (or the status as JSON)."
+)
 @guard
-def listen_cmd(workdir: str, ae_title: str, port: int, host: str, allow: str | None,
-               send_to: str | None, stow: str | None, idle_seconds: float, model: str | None,
-               formats: str, explain: str, device: str, max_associations: int,
-               max_instance_size: str, min_free_disk: str, retry_max_seconds: float,
-               tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
-               stop_timeout: float, show_status: bool, as_json: bool) -> None:
+def listen_cmd(
+    workdir: str,
+    ae_title: str,
+    port: int,
+    host: str,
+    allow: str | None,
+    send_to: str | None,
+    stow: str | None,
+    idle_seconds: float,
+    model: str | None,
+    formats: str,
+    explain: str,
+    device: str,
+    max_associations: int,
+    max_instance_size: str,
+    min_free_disk: str,
+    retry_max_seconds: float,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    stop_timeout: float,
+    show_status: bool,
+    as_json: bool,
+) -> None:
     """Run a DICOM node: receive studies by C-STORE, segment each study once no instance has
     arrived for --idle-seconds, send the results (DICOM SEG, ...) back to --send-to or --stow.
 
@@ -122,8 +213,10 @@ def listen_cmd(workdir: str, ae_title: str, port: int, host: str, allow: str | N
         return
     allowed = [a.strip() for a in (allow or "").split(",") if a.strip()]
     if not allowed:
-        raise InputError("--allow is required: the calling AE titles that may send studies",
-                         hint="e.g. --allow ORTHANC,PACS1")
+        raise InputError(
+            "--allow is required: the calling AE titles that may send studies",
+            hint="e.g. --allow ORTHANC,PACS1",
+        )
     tls = TlsConfig(tls_cert, tls_key, tls_ca) if (tls_cert or tls_key or tls_ca) else None
 
     def on_event(ev: Any) -> None:
@@ -134,18 +227,31 @@ def listen_cmd(workdir: str, ae_title: str, port: int, host: str, allow: str | N
             d.pop("t", None)
             name = d.pop("event")
             stamp = time.strftime("%H:%M:%S", time.localtime(ev.t))
-            click.echo(f"{stamp} {name} " + " ".join(f"{k}={v}" for k, v in d.items()
-                                                   if v not in (None, [], {})))
+            click.echo(
+                f"{stamp} {name} "
+                + " ".join(f"{k}={v}" for k, v in d.items() if v not in (None, [], {}))
+            )
         sys.stdout.flush()
 
-    config = NodeConfig(workdir=workdir, ae_title=ae_title, port=port, host=host, allow=allowed,
-                        send_to=send_to, stow=stow, idle_s=idle_seconds, model=model,
-                        formats=parse_formats(formats), explain=explain, device=device,
-                        max_associations=max_associations,
-                        max_instance_bytes=_parse_size(max_instance_size, "--max-instance-size")
-                        or 0,
-                        min_free_bytes=_parse_size(min_free_disk, "--min-free-disk") or 0,
-                        retry_max_s=retry_max_seconds, tls=tls)
+    config = NodeConfig(
+        workdir=workdir,
+        ae_title=ae_title,
+        port=port,
+        host=host,
+        allow=allowed,
+        send_to=send_to,
+        stow=stow,
+        idle_s=idle_seconds,
+        model=model,
+        formats=parse_formats(formats),
+        explain=explain,
+        device=device,
+        max_associations=max_associations,
+        max_instance_bytes=_parse_size(max_instance_size, "--max-instance-size") or 0,
+        min_free_bytes=_parse_size(min_free_disk, "--min-free-disk") or 0,
+        retry_max_s=retry_max_seconds,
+        tls=tls,
+    )
     node = DicomNode(config, on_event=on_event)
     stopping = {"signal": None}
 

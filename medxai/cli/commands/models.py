@@ -27,16 +27,28 @@ def _describe(bundle: Any) -> dict[str, Any]:
         return bundle.describe()
     c = bundle.contract
     return {
-        "name": c.name, "version": c.version, "path": str(bundle.path), "form": c.form,
-        "weights": c.weights, "weights_sha256": bundle.weights_sha256, "network": c.network,
+        "name": c.name,
+        "version": c.version,
+        "path": str(bundle.path),
+        "form": c.form,
+        "weights": c.weights,
+        "weights_sha256": bundle.weights_sha256,
+        "network": c.network,
         "parameters": sum(int(p.numel()) for p in bundle.network.parameters()),
-        "input": {"spatial_dims": c.input.spatial_dims, "channels": c.input.channels,
-                  "channel_names": list(c.input.channel_names),
-                  "modalities": list(c.input.modalities)},
+        "input": {
+            "spatial_dims": c.input.spatial_dims,
+            "channels": c.input.channels,
+            "channel_names": list(c.input.channel_names),
+            "modalities": list(c.input.modalities),
+        },
         "preprocessing": list(c.preprocessing),
-        "inferer": {"class": c.inference.mode, "roi_size": list(c.inference.roi_size)
-                    if c.inference.roi_size else None, "overlap": c.inference.overlap,
-                    "sw_batch_size": c.inference.sw_batch_size, "tta": c.inference.tta},
+        "inferer": {
+            "class": c.inference.mode,
+            "roi_size": list(c.inference.roi_size) if c.inference.roi_size else None,
+            "overlap": c.inference.overlap,
+            "sw_batch_size": c.inference.sw_batch_size,
+            "tta": c.inference.tta,
+        },
         "postprocessing": list(c.postprocessing),
         "labels": [lab.as_dict() for lab in c.labels],
         "replaced_by_medxai": list(c.replaced),

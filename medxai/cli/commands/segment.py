@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from medxai.choices import TTA_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     InputProgress,
@@ -19,15 +20,16 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
-from medxai.choices import TTA_CHOICES
 from medxai.errors import MedxaiError
 
 
-
-
 def _label_size(lab: dict) -> str:
-    for key, unit in (("volume_ml", "ml"), ("area_mm2", "mm²"), ("area_pixels", "pixels"),
-                      ("voxel_count", "voxels")):
+    for key, unit in (
+        ("volume_ml", "ml"),
+        ("area_mm2", "mm²"),
+        ("area_pixels", "pixels"),
+        ("voxel_count", "voxels"),
+    ):
         if key in lab:
             return f"{lab['name']} {lab[key]:g} {unit}"
     return str(lab.get("name"))
@@ -35,32 +37,68 @@ def _label_size(lab: dict) -> str:
 
 @click.command("segment")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("-o", "--output", default="medxai-results", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for the results (one subfolder per input).")
-@click.option("-m", "--model", default=None,
-              help="Bundled model name (see `medxai models`) or bundle folder. "
-                   "[default: for each input, the bundled model whose fit rules accept it]")
-@click.option("--device", default="auto", show_default=True,
-              help="auto|cpu|cuda[:N]|mps (auto prefers CUDA; mixed precision on CUDA).")
+@click.option(
+    "-o",
+    "--output",
+    default="medxai-results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the results (one subfolder per input).",
+)
+@click.option(
+    "-m",
+    "--model",
+    default=None,
+    help="Bundled model name (see `medxai models`) or bundle folder. "
+    "[default: for each input, the bundled model whose fit rules accept it]",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto|cpu|cuda[:N]|mps (auto prefers CUDA; mixed precision on CUDA).",
+)
 @click.option("--roi-size", help="Sliding-window size, e.g. 96,96,96 (default: the model's).")
 @click.option("--overlap", type=click.FloatRange(0.0, 0.95), help="Sliding-window overlap.")
 @click.option("--sw-batch-size", type=click.IntRange(1), help="Windows per forward pass.")
-@click.option("--tta", type=click.Choice(TTA_CHOICES),
-              help="Test-time augmentation of whole-image models (default: the model's).")
-@click.option("--format", "formats",
-              help="Comma-separated outputs: nifti,dicom-seg,dicom-pm,dicom-sr,dicom-rtstruct,"
-                   "dicom-sc,png,json. Default: all for DICOM inputs (dicom-rtstruct for "
-                   "series only); nifti,png,json for pictures and NIfTI/NRRD.")
-@click.option("--explain", default="gradcam", show_default=True,
-              type=click.Choice(EXPLAIN_CHOICES), help="Saliency method, or none.")
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_CHOICES),
+    help="Test-time augmentation of whole-image models (default: the model's).",
+)
+@click.option(
+    "--format",
+    "formats",
+    help="Comma-separated outputs: nifti,dicom-seg,dicom-pm,dicom-sr,dicom-rtstruct,"
+    "dicom-sc,png,json. Default: all for DICOM inputs (dicom-rtstruct for "
+    "series only); nifti,png,json for pictures and NIfTI/NRRD.",
+)
+@click.option(
+    "--explain",
+    default="gradcam",
+    show_default=True,
+    type=click.Choice(EXPLAIN_CHOICES),
+    help="Saliency method, or none.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 @guard
-def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device: str,
-                roi_size: str | None, overlap: float | None, sw_batch_size: int | None,
-                tta: str | None, formats: str | None, explain: str, overwrite: bool, as_json: bool,
-                quiet: bool) -> None:
+def segment_cmd(
+    inputs: tuple[str, ...],
+    output: str,
+    model: str | None,
+    device: str,
+    roi_size: str | None,
+    overlap: float | None,
+    sw_batch_size: int | None,
+    tta: str | None,
+    formats: str | None,
+    explain: str,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Segment each INPUT and explain the result.
 
     INPUT is a picture (JPEG/PNG/TIFF), a DICOM file (single or multi-frame), a DICOM series
@@ -84,9 +122,16 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, segment_path, unique_names
 
-    opts = SegmentOptions(formats=formats_list, explain=explain, device=device, roi_size=roi,
-                          overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
-                          overwrite=overwrite)
+    opts = SegmentOptions(
+        formats=formats_list,
+        explain=explain,
+        device=device,
+        roi_size=roi,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        tta=tta,
+        overwrite=overwrite,
+    )
     say = None if quiet or as_json else stderr_line
     bundle = load_model(model) if model else None
     if say and bundle is not None:
@@ -106,8 +151,10 @@ def segment_cmd(inputs: tuple[str, ...], output: str, model: str | None, device:
                 labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
                 click.echo(f"{path} -> {res.output_dir}  ({labels})")
             for skip in res.report.get("skipped_outputs", []):
-                click.echo(f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}",
-                           err=True)
+                click.echo(
+                    f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}",
+                    err=True,
+                )
         except MedxaiError as err:
             failures.append(error_entry(path, err))
             if single:
@@ -131,19 +178,31 @@ def models_cmd(as_json: bool) -> None:
     cards = []
     for m in list_models():
         card = m.card()
-        cards.append({"name": m.name, "default": m.name == DEFAULT_MODEL, "available": m.available,
-                      "summary": m.summary, "path": str(m.path), "card": card})
+        cards.append(
+            {
+                "name": m.name,
+                "default": m.name == DEFAULT_MODEL,
+                "available": m.available,
+                "summary": m.summary,
+                "path": str(m.path),
+                "card": card,
+            }
+        )
     if as_json:
         echo_json(cards)
         return
     for c in cards:
         card = c["card"]
-        click.echo(f"{c['name']}{'  (default)' if c['default'] else ''}"
-                   f"{'' if c['available'] else '  [weights missing]'}")
+        click.echo(
+            f"{c['name']}{'  (default)' if c['default'] else ''}"
+            f"{'' if c['available'] else '  [weights missing]'}"
+        )
         click.echo(f"  {c['summary']}")
         if card:
-            click.echo(f"  version {card.get('version')}, weights sha256 "
-                       f"{str(card.get('weights_sha256'))[:16]}...")
+            click.echo(
+                f"  version {card.get('version')}, weights sha256 "
+                f"{str(card.get('weights_sha256'))[:16]}..."
+            )
             for k, v in (card.get("metrics") or {}).items():
                 click.echo(f"  {k}: {v}")
         click.echo(f"  {c['path']}")

@@ -93,10 +93,22 @@ def read_header(path: str | Path, *, defer_pixels: bool = True) -> FileDataset:
         ds = pydicom.dcmread(str(path), force=True, defer_size="512 KB" if defer_pixels else None)
         _ensure_transfer_syntax(ds)
         return ds
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            NotImplementedError, OverflowError, struct.error) as exc:
-        raise CorruptInputError(f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})",
-                                path=path, hint="the file may be truncated or not DICOM") from exc
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        NotImplementedError,
+        OverflowError,
+        struct.error,
+    ) as exc:
+        raise CorruptInputError(
+            f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})",
+            path=path,
+            hint="the file may be truncated or not DICOM",
+        ) from exc
     except OSError as exc:
         raise CorruptInputError(f"cannot be read ({exc})", path=path) from exc
 
@@ -114,8 +126,13 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
     implicit, little = ds.original_encoding
     if implicit is None:
         return
-    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian
+        if implicit
+        else ExplicitVRLittleEndian
+        if little
+        else ExplicitVRBigEndian
+    )
 
 
 @dataclass(frozen=True)
@@ -233,7 +250,9 @@ def scan_folder(folder: str | Path, files: Iterable[Path] | None = None) -> Scan
     return result
 
 
-def group_series(items: Sequence[tuple[Path, FileDataset]]) -> dict[SeriesKey, list[tuple[Path, FileDataset]]]:
+def group_series(
+    items: Sequence[tuple[Path, FileDataset]],
+) -> dict[SeriesKey, list[tuple[Path, FileDataset]]]:
     """Group files by study, series, image size and orientation."""
     groups: dict[SeriesKey, list[tuple[Path, FileDataset]]] = defaultdict(list)
     for p, ds in items:
@@ -257,7 +276,8 @@ def describe_groups(groups: dict[SeriesKey, list[tuple[Path, FileDataset]]]) -> 
             f"{str(ds.get('SeriesDescription', '')).strip() or 'no description'}): "
             f"{len(items)} file(s) {key.columns}x{key.rows}"
             + (f", orientation {list(key.orientation)}" if key.orientation else "")
-            + f", e.g. {items[0][0]}")
+            + f", e.g. {items[0][0]}"
+        )
     return "\n".join(lines)
 
 
@@ -284,9 +304,15 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def sort_slices(positions: Sequence[Sequence[float]], orientation: Sequence[float],
-                pixel_spacing: Sequence[float], slice_thickness: float | None = None,
-                *, what: str = "series", tol: float = 0.01) -> StackGeometry:
+def sort_slices(
+    positions: Sequence[Sequence[float]],
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    slice_thickness: float | None = None,
+    *,
+    what: str = "series",
+    tol: float = 0.01,
+) -> StackGeometry:
     """Order slices along the normal and derive the stack's LPS affine; check the spacing.
 
     Args:
@@ -315,7 +341,8 @@ def sort_slices(positions: Sequence[Sequence[float]], orientation: Sequence[floa
             f"{len(dup)} pair(s) of slices of this {what} share a position (at {at} mm along the "
             "normal): it holds several volumes (echoes, phases, time points) or duplicates",
             hint="split the series (e.g. by EchoTime, TemporalPositionIdentifier, AcquisitionNumber"
-                 ") into folders of one volume each")
+            ") into folders of one volume each",
+        )
     first, last = pos[order[0]], pos[order[-1]]
     step = (last - first) / (len(order) - 1)
     median_gap = float(np.median(gaps))
@@ -325,17 +352,20 @@ def sort_slices(positions: Sequence[Sequence[float]], orientation: Sequence[floa
             warnings.append(
                 f"missing slice(s): gap(s) larger than the usual {median_gap:.3f} mm between "
                 + ", ".join(f"{a:.2f}..{b:.2f}" for a, b in missing[:5])
-                + " mm; the volume's grid uses the mean spacing and is not exact there")
+                + " mm; the volume's grid uses the mean spacing and is not exact there"
+            )
         warnings.append(
             f"uneven slice spacing: {gaps.min():.3f} to {gaps.max():.3f} mm (median "
-            f"{median_gap:.3f}); the affine uses the mean, {np.linalg.norm(step):.3f} mm")
+            f"{median_gap:.3f}); the affine uses the mean, {np.linalg.norm(step):.3f} mm"
+        )
     # gantry tilt: the slice displacement is not along the normal
     step_dir = step / (np.linalg.norm(step) or 1.0)
     angle = float(np.degrees(np.arccos(np.clip(abs(step_dir @ normal), -1.0, 1.0))))
     if angle > 0.01:
         warnings.append(
             f"gantry tilt or sheared stack: slices advance {angle:.2f} degrees off the normal; the "
-            "affine keeps the true (sheared) slice positions")
+            "affine keeps the true (sheared) slice positions"
+        )
     aff = dicom_affine_lps(orientation, first, pixel_spacing, step)
     return StackGeometry(order, aff, warnings, True)
 
@@ -343,6 +373,7 @@ def sort_slices(positions: Sequence[Sequence[float]], orientation: Sequence[floa
 # ----------------------------------------------------------------------------------------------
 # pixels
 # ----------------------------------------------------------------------------------------------
+
 
 def lps_identity(pixel_spacing: Sequence[float] | None) -> np.ndarray:
     """LPS affine of a grid without patient geometry: identity directions, origin 0, spacing
@@ -372,7 +403,8 @@ def _rescale(ds: Dataset, frame_index: int | None = None) -> tuple[float, float]
     intercept = src.get("RescaleIntercept", 0.0)
     try:
         return float(slope if slope not in (None, "") else 1.0), float(
-            intercept if intercept not in (None, "") else 0.0)
+            intercept if intercept not in (None, "") else 0.0
+        )
     except (TypeError, ValueError):
         return 1.0, 0.0
 
@@ -415,8 +447,9 @@ def decode_frames(ds: Dataset, path: str | Path) -> np.ndarray:
     return arr
 
 
-def apply_modality_lut(frames: np.ndarray, slopes: Sequence[float], intercepts: Sequence[float]
-                       ) -> np.ndarray:
+def apply_modality_lut(
+    frames: np.ndarray, slopes: Sequence[float], intercepts: Sequence[float]
+) -> np.ndarray:
     """Apply per-frame rescale to ``(frames, rows, cols, samples)``; keeps integers when exact."""
     if not _needs_float(slopes, intercepts):
         if all(i == 0 for i in intercepts):
@@ -425,8 +458,14 @@ def apply_modality_lut(frames: np.ndarray, slopes: Sequence[float], intercepts: 
         raw_lo, raw_hi = int(frames.min()), int(frames.max())
         lo, hi = raw_lo + int(inter.min()), raw_hi + int(inter.max())
         # one conversion into the smallest type that holds both raw and rescaled values
-        dt = next((t for t in (np.int16, np.int32) if np.iinfo(t).min <= min(lo, raw_lo)
-                   and max(hi, raw_hi) <= np.iinfo(t).max), np.int64)
+        dt = next(
+            (
+                t
+                for t in (np.int16, np.int32)
+                if np.iinfo(t).min <= min(lo, raw_lo) and max(hi, raw_hi) <= np.iinfo(t).max
+            ),
+            np.int64,
+        )
         out = frames.astype(dt)
         if np.all(inter == inter[0]):
             out += dt(inter[0])
@@ -446,4 +485,3 @@ def _shrink_int(arr: np.ndarray) -> np.ndarray:
         if info.min <= lo and hi <= info.max:
             return arr.astype(dt, copy=False)
     return arr.astype(np.float64)
-

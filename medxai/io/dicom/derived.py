@@ -75,8 +75,13 @@ def _sr_measurements(items: Sequence[Any], out: list[dict[str, Any]], depth: int
         if str(it.get("ValueType", "")) == "NUM":
             mv = (it.get("MeasuredValueSequence") or [None])[0]
             value = float(mv.NumericValue) if mv is not None and "NumericValue" in mv else None
-            out.append({"name": _code(it, "ConceptNameCodeSequence"), "value": value,
-                        "unit": _code(mv, "MeasurementUnitsCodeSequence") if mv else ""})
+            out.append(
+                {
+                    "name": _code(it, "ConceptNameCodeSequence"),
+                    "value": value,
+                    "unit": _code(mv, "MeasurementUnitsCodeSequence") if mv else "",
+                }
+            )
         if depth < 16 and it.get("ContentSequence"):
             _sr_measurements(it.ContentSequence, out, depth + 1)
 
@@ -98,23 +103,35 @@ def describe_derived(ds: Dataset) -> dict[str, Any] | None:
         out["segmentation_type"] = str(ds.get("SegmentationType", "") or "")
         out["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
         out["grid"] = [int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)]
-        out["segments"] = [{
-            "number": int(s.get("SegmentNumber", 0) or 0),
-            "label": str(s.get("SegmentLabel", "") or ""),
-            "category": _code(s, "SegmentedPropertyCategoryCodeSequence"),
-            "type": _code(s, "SegmentedPropertyTypeCodeSequence"),
-            "algorithm": str(s.get("SegmentAlgorithmType", "") or ""),
-        } for s in ds.get("SegmentSequence") or []]
+        out["segments"] = [
+            {
+                "number": int(s.get("SegmentNumber", 0) or 0),
+                "label": str(s.get("SegmentLabel", "") or ""),
+                "category": _code(s, "SegmentedPropertyCategoryCodeSequence"),
+                "type": _code(s, "SegmentedPropertyTypeCodeSequence"),
+                "algorithm": str(s.get("SegmentAlgorithmType", "") or ""),
+            }
+            for s in ds.get("SegmentSequence") or []
+        ]
     elif kind == "RTSTRUCT":
-        counts = {int(c.get("ReferencedROINumber", 0) or 0): c.get("ContourSequence") or []
-                  for c in ds.get("ROIContourSequence") or []}
-        out["rois"] = [{
-            "number": int(r.get("ROINumber", 0) or 0),
-            "name": str(r.get("ROIName", "") or ""),
-            "contours": len(counts.get(int(r.get("ROINumber", 0) or 0), [])),
-            "geometric_types": sorted({str(c.get("ContourGeometricType", ""))
-                                       for c in counts.get(int(r.get("ROINumber", 0) or 0), [])}),
-        } for r in ds.get("StructureSetROISequence") or []]
+        counts = {
+            int(c.get("ReferencedROINumber", 0) or 0): c.get("ContourSequence") or []
+            for c in ds.get("ROIContourSequence") or []
+        }
+        out["rois"] = [
+            {
+                "number": int(r.get("ROINumber", 0) or 0),
+                "name": str(r.get("ROIName", "") or ""),
+                "contours": len(counts.get(int(r.get("ROINumber", 0) or 0), [])),
+                "geometric_types": sorted(
+                    {
+                        str(c.get("ContourGeometricType", ""))
+                        for c in counts.get(int(r.get("ROINumber", 0) or 0), [])
+                    }
+                ),
+            }
+            for r in ds.get("StructureSetROISequence") or []
+        ]
     elif kind == "PM":
         rwv = None
         for item_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
@@ -131,14 +148,17 @@ def describe_derived(ds: Dataset) -> dict[str, Any] | None:
         out["quantity"] = quantity
         out["unit"] = _code(rwv, "MeasurementUnitsCodeSequence") if rwv is not None else ""
         out["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
-        out["grid"] = [int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
-                       out["frames"]]
-        out["pixel_data"] = next((kw for kw in ("FloatPixelData", "DoubleFloatPixelData",
-                                                "PixelData") if kw in ds), "")
+        out["grid"] = [int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), out["frames"]]
+        out["pixel_data"] = next(
+            (kw for kw in ("FloatPixelData", "DoubleFloatPixelData", "PixelData") if kw in ds), ""
+        )
     elif kind == "SR":
         tmpl = (ds.get("ContentTemplateSequence") or [None])[0]
-        out["template"] = (f"{tmpl.get('MappingResource', '')} TID "
-                           f"{tmpl.get('TemplateIdentifier', '')}".strip() if tmpl else "")
+        out["template"] = (
+            f"{tmpl.get('MappingResource', '')} TID {tmpl.get('TemplateIdentifier', '')}".strip()
+            if tmpl
+            else ""
+        )
         out["title"] = _code(ds, "ConceptNameCodeSequence")
         meas: list[dict[str, Any]] = []
         _sr_measurements(ds.get("ContentSequence") or [], meas)
@@ -152,12 +172,16 @@ def what_to_give_instead(ds: Dataset) -> str:
     refs = _referenced_series(ds)
     series = f" (Series Instance UID {refs[0]})" if refs else ""
     if kind in ("SEG", "RTSTRUCT"):
-        return (f"give medxai the image series this {kind} was drawn on{series}; to score a model "
-                f"against this {kind}, use it as the reference segmentation (medxai.io.dicom."
-                "derived.rasterise_reference puts it on that series' grid)")
+        return (
+            f"give medxai the image series this {kind} was drawn on{series}; to score a model "
+            f"against this {kind}, use it as the reference segmentation (medxai.io.dicom."
+            "derived.rasterise_reference puts it on that series' grid)"
+        )
     if kind == "PM":
-        return (f"a Parametric Map is a derived result (medxai writes them); give the image "
-                f"series it was computed from{series}")
+        return (
+            f"a Parametric Map is a derived result (medxai writes them); give the image "
+            f"series it was computed from{series}"
+        )
     if kind == "SR":
         return f"an SR holds measurements, not pixels; give the image series it reports on{series}"
     return f"give medxai the image series this object refers to{series}"
@@ -166,6 +190,7 @@ def what_to_give_instead(ds: Dataset) -> str:
 # ---------------------------------------------------------------------------------------------
 # rasterisation
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class RasterisedReference:
@@ -195,8 +220,9 @@ def _to_index(inv_lps: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return (inv_lps @ h.T).T[:, :3]
 
 
-def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dict[int, str],
-                                                                 list[str]]:
+def _rasterise_seg(
+    ds: Dataset, image: Any, where: Any
+) -> tuple[np.ndarray, dict[int, str], list[str]]:
     from medxai.io.dicom import frame_item
     from medxai.io.dicom.pixels import decode_stored
 
@@ -204,8 +230,10 @@ def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dic
     if len(shape) == 2:
         shape = shape + (1,)
     out = np.zeros(shape, dtype=np.int16)
-    names = {int(s.SegmentNumber): str(s.get("SegmentLabel", "") or "")
-             for s in ds.get("SegmentSequence") or []}
+    names = {
+        int(s.SegmentNumber): str(s.get("SegmentLabel", "") or "")
+        for s in ds.get("SegmentSequence") or []
+    }
     seg_type = str(ds.get("SegmentationType", "BINARY") or "BINARY").upper()
     frames = np.asarray(decode_stored(ds, where))
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
@@ -222,12 +250,15 @@ def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dic
         if pp is None or po is None or pm is None:
             raise UnsupportedInputError(
                 f"frame {f + 1} of the SEG has no plane position/orientation/pixel spacing",
-                path=where, hint="only SEGs with patient geometry can be put on a series grid")
+                path=where,
+                hint="only SEGs with patient geometry can be put on a series grid",
+            )
         iop = np.asarray([float(v) for v in po.ImageOrientationPatient])
         dr, dc = (float(v) for v in pm.PixelSpacing)
         origin = np.asarray([float(v) for v in pp.ImagePositionPatient])
-        corners = np.stack([origin, origin + iop[:3] * dc * (cols - 1),
-                            origin + iop[3:] * dr * (rows - 1)])
+        corners = np.stack(
+            [origin, origin + iop[:3] * dc * (cols - 1), origin + iop[3:] * dr * (rows - 1)]
+        )
         idx = _to_index(inv, corners)
         i0, j0, k = (float(v) for v in idx[0])
         di = idx[1] - idx[0]
@@ -237,16 +268,26 @@ def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dic
         if not (np.allclose(di, want_i, atol=0.05) and np.allclose(dj, want_j, atol=0.05)):
             raise SeriesError(
                 "the SEG's frames are not on the series' pixel grid (different orientation or "
-                "pixel spacing)", path=where,
+                "pixel spacing)",
+                path=where,
                 hint="medxai places SEG frames on the series grid without resampling; give the "
-                     "series the SEG was made on")
+                "series the SEG was made on",
+            )
         ii, jj, kk = round(i0), round(j0), round(k)
         if max(abs(ii - i0), abs(jj - j0), abs(kk - k)) > 0.05:
-            raise SeriesError(f"SEG frame {f + 1} lies between voxels of the series grid "
-                              f"(index {i0:.2f}, {j0:.2f}, {k:.2f})", path=where,
-                              hint="give the series the SEG was made on")
-        if not (0 <= kk < shape[2]) or ii + cols > shape[0] or jj + rows > shape[1] \
-                or ii < 0 or jj < 0:
+            raise SeriesError(
+                f"SEG frame {f + 1} lies between voxels of the series grid "
+                f"(index {i0:.2f}, {j0:.2f}, {k:.2f})",
+                path=where,
+                hint="give the series the SEG was made on",
+            )
+        if (
+            not (0 <= kk < shape[2])
+            or ii + cols > shape[0]
+            or jj + rows > shape[1]
+            or ii < 0
+            or jj < 0
+        ):
             warnings.append(f"SEG frame {f + 1} lies outside the series grid; left out")
             continue
         px = frames[f]  # (rows, cols)
@@ -260,13 +301,15 @@ def _rasterise_seg(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dic
             seg = frame_item(ds, f, "SegmentIdentificationSequence")
             number = int(seg.ReferencedSegmentNumber) if seg is not None else 1
             lab = np.where(on, number, 0).astype(np.int16)
-        dest = out[ii:ii + cols, jj:jj + rows, kk]
-        hit = (lab.T > 0)
+        dest = out[ii : ii + cols, jj : jj + rows, kk]
+        hit = lab.T > 0
         overlaps += int(np.count_nonzero(hit & (dest > 0) & (dest != lab.T)))
         np.copyto(dest, np.maximum(dest, lab.T), where=hit)
     if overlaps:
-        warnings.append(f"{overlaps} voxel(s) belong to more than one segment; the higher "
-                        "segment number is kept")
+        warnings.append(
+            f"{overlaps} voxel(s) belong to more than one segment; the higher "
+            "segment number is kept"
+        )
     return out, names, warnings
 
 
@@ -291,18 +334,21 @@ def _fill_polygon(ij: np.ndarray, width: int, height: int) -> np.ndarray:
         crosses = (y0 > y) != (y1 > y)
         x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
         inside ^= crosses & (x < x_at)
-    mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1] = inside
+    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = inside
     return mask
 
 
-def _rasterise_rtstruct(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray, dict[int, str],
-                                                                      list[str]]:
+def _rasterise_rtstruct(
+    ds: Dataset, image: Any, where: Any
+) -> tuple[np.ndarray, dict[int, str], list[str]]:
     shape = tuple(int(s) for s in image.shape[1:])
     if len(shape) == 2:
         shape = shape + (1,)
     out = np.zeros(shape, dtype=np.int16)
-    names = {int(r.ROINumber): str(r.get("ROIName", "") or "")
-             for r in ds.get("StructureSetROISequence") or []}
+    names = {
+        int(r.ROINumber): str(r.get("ROIName", "") or "")
+        for r in ds.get("StructureSetROISequence") or []
+    }
     inv = np.linalg.inv(_series_lps(image))
     warnings: list[str] = []
     for roi in ds.get("ROIContourSequence") or []:
@@ -317,14 +363,18 @@ def _rasterise_rtstruct(ds: Dataset, image: Any, where: Any) -> tuple[np.ndarray
             k = float(np.median(idx[:, 2]))
             kk = round(k)
             if abs(kk - k) > 0.1 or not 0 <= kk < shape[2]:
-                warnings.append(f"a contour of ROI {number} ({names.get(number, '')}) is not on "
-                                f"a slice of the series (k = {k:.2f}); left out")
+                warnings.append(
+                    f"a contour of ROI {number} ({names.get(number, '')}) is not on "
+                    f"a slice of the series (k = {k:.2f}); left out"
+                )
                 continue
             mask[:, :, kk] ^= _fill_polygon(idx[:, :2], shape[0], shape[1])
         overlap = int(np.count_nonzero(mask & (out > 0)))
         if overlap:
-            warnings.append(f"ROI {number} overlaps earlier ROIs in {overlap} voxel(s); the "
-                            "higher ROI number is kept")
+            warnings.append(
+                f"ROI {number} overlaps earlier ROIs in {overlap} voxel(s); the "
+                "higher ROI number is kept"
+            )
         out[mask] = np.maximum(out[mask], number)
     return out, names, warnings
 
@@ -346,34 +396,44 @@ def rasterise_reference(reference: str | Path | Dataset, series: Any) -> Rasteri
 
     from medxai.io.dicom import read_header
 
-    where = reference if not isinstance(reference, Dataset) else getattr(reference, "filename",
-                                                                         None)
+    where = (
+        reference if not isinstance(reference, Dataset) else getattr(reference, "filename", None)
+    )
     ds = read_header(reference) if not isinstance(reference, Dataset) else reference
     kind = derived_kind(ds)
     if kind not in ("SEG", "RTSTRUCT"):
         raise UnsupportedInputError(
             f"is {'a DICOM ' + kind if kind else 'not a derived object'} "
             f"({getattr(ds.get('SOPClassUID'), 'name', ds.get('SOPClassUID', '?'))}), not a "
-            "segmentation", path=where, hint="give a DICOM SEG or RTSTRUCT as the reference")
+            "segmentation",
+            path=where,
+            hint="give a DICOM SEG or RTSTRUCT as the reference",
+        )
     if isinstance(series, (str, Path)):
         raise TypeError("series must be read first: rasterise_reference(ref, load_image(path))")
     image = getattr(series, "image", series)
     for_ref = str(ds.get("FrameOfReferenceUID", "") or "")
     if not for_ref:
-        fors = [str(f.get("FrameOfReferenceUID", "")) for f in
-                ds.get("ReferencedFrameOfReferenceSequence") or []]
+        fors = [
+            str(f.get("FrameOfReferenceUID", ""))
+            for f in ds.get("ReferencedFrameOfReferenceSequence") or []
+        ]
         for_ref = fors[0] if fors else ""
     for_img = str(image.meta.get("frame_of_reference_uid", "") or "")
     notes: list[str] = []
     refers = str(image.meta.get("series_instance_uid", "") or "") in _referenced_series(ds)
     if for_ref and for_img and for_ref != for_img and refers:
-        notes.append(f"the {kind} names Frame of Reference {for_ref}, the series {for_img}, but "
-                     "it references this series: placed by patient coordinates")
+        notes.append(
+            f"the {kind} names Frame of Reference {for_ref}, the series {for_img}, but "
+            "it references this series: placed by patient coordinates"
+        )
     elif for_ref and for_img and for_ref != for_img:
         raise SeriesError(
-            f"the {kind} is in Frame of Reference {for_ref}, the series in {for_img}", path=where,
+            f"the {kind} is in Frame of Reference {for_ref}, the series in {for_img}",
+            path=where,
             hint=f"give the series the {kind} was drawn on "
-                 f"({', '.join(_referenced_series(ds)) or 'see its references'})")
+            f"({', '.join(_referenced_series(ds)) or 'see its references'})",
+        )
     if kind == "SEG":
         labels, names, warnings = _rasterise_seg(ds, image, where)
     else:

@@ -86,8 +86,12 @@ def is_display_candidate(ds: Dataset) -> bool:
     pi = str(ds.get("PhotometricInterpretation", "") or "").upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    return (modality in RADIOGRAPH_MODALITIES and frames == 1 and spp == 1
-            and pi in ("MONOCHROME1", "MONOCHROME2"))
+    return (
+        modality in RADIOGRAPH_MODALITIES
+        and frames == 1
+        and spp == 1
+        and pi in ("MONOCHROME1", "MONOCHROME2")
+    )
 
 
 def _stored_range(ds: Dataset) -> tuple[int, int]:
@@ -114,8 +118,14 @@ def _nth(value: Any, index: int) -> float:
     return float(value)
 
 
-def display_image(ds: Dataset, path: str | Path | None = None, *, frame: int = 0,
-                  voi_index: int = 0, stored: np.ndarray | None = None) -> DisplayImage:
+def display_image(
+    ds: Dataset,
+    path: str | Path | None = None,
+    *,
+    frame: int = 0,
+    voi_index: int = 0,
+    stored: np.ndarray | None = None,
+) -> DisplayImage:
     """Render one greyscale frame of ``ds`` as a radiologist sees it (see the module docstring).
 
     Args:
@@ -138,21 +148,29 @@ def display_image(ds: Dataset, path: str | Path | None = None, *, frame: int = 0
     if spp != 1 or pi not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedInputError(
             f"has Photometric Interpretation {pi} with {spp} sample(s) per pixel; the greyscale "
-            "display pipeline (Modality LUT, VOI LUT) applies to MONOCHROME1/2 only", path=where,
-            hint="read colour images with load_image(..., display=False)")
+            "display pipeline (Modality LUT, VOI LUT) applies to MONOCHROME1/2 only",
+            path=where,
+            hint="read colour images with load_image(..., display=False)",
+        )
     arr = decode_stored(ds, where) if stored is None else stored
     if arr.ndim == 3:  # (frames, rows, cols): greyscale multi-frame
         if not 0 <= frame < arr.shape[0]:
-            raise UnsupportedInputError(f"has {arr.shape[0]} frames; frame {frame} was asked for",
-                                        path=where)
+            raise UnsupportedInputError(
+                f"has {arr.shape[0]} frames; frame {frame} was asked for", path=where
+            )
         arr = arr[frame]
-    applied: dict[str, Any] = {"photometric_interpretation": pi,
-                               "bits_stored": int(ds.get("BitsStored", 0) or 0)}
+    applied: dict[str, Any] = {
+        "photometric_interpretation": pi,
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+    }
     if ds.get("ModalityLUTSequence"):
         applied["modality_lut"] = "lut-sequence"
     elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        applied.update(modality_lut="rescale", rescale_slope=float(ds.RescaleSlope),
-                       rescale_intercept=float(ds.RescaleIntercept))
+        applied.update(
+            modality_lut="rescale",
+            rescale_slope=float(ds.RescaleSlope),
+            rescale_intercept=float(ds.RescaleIntercept),
+        )
     else:
         applied["modality_lut"] = "none"
     with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
@@ -165,19 +183,21 @@ def display_image(ds: Dataset, path: str | Path | None = None, *, frame: int = 0
                     values = np.rint(values).astype(np.int64)
                 out = apply_voi_lut(values, ds, index=min(voi_index, len(ds.VOILUTSequence) - 1))
                 lo, hi = 0.0, float(2 ** int(item.LUTDescriptor[2]) - 1)
-                applied.update(voi="lut-sequence",
-                               voi_explanation=str(item.get("LUTExplanation", "") or ""))
+                applied.update(
+                    voi="lut-sequence", voi_explanation=str(item.get("LUTExplanation", "") or "")
+                )
             elif _valid_window(ds):
                 out = apply_voi_lut(values, ds, index=voi_index, prefer_lut=False)
-                ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, index=voi_index,
-                                     prefer_lut=False)
+                ends = apply_voi_lut(np.array([-1e30, 1e30]), ds, index=voi_index, prefer_lut=False)
                 lo, hi = float(ends[0]), float(ends[1])
                 expl = ds.get("WindowCenterWidthExplanation")
-                applied.update(voi="window",
-                               window_center=_nth(ds.WindowCenter, voi_index),
-                               window_width=_nth(ds.WindowWidth, voi_index),
-                               voi_lut_function=str(ds.get("VOILUTFunction", "") or "LINEAR"),
-                               voi_explanation=str(_nth_str(expl, voi_index)))
+                applied.update(
+                    voi="window",
+                    window_center=_nth(ds.WindowCenter, voi_index),
+                    window_width=_nth(ds.WindowWidth, voi_index),
+                    voi_lut_function=str(ds.get("VOILUTFunction", "") or "LINEAR"),
+                    voi_explanation=str(_nth_str(expl, voi_index)),
+                )
             else:
                 out = values
                 s_lo, s_hi = _stored_range(ds)
@@ -188,12 +208,18 @@ def display_image(ds: Dataset, path: str | Path | None = None, *, frame: int = 0
                 lo, hi = float(np.min(ends)), float(np.max(ends))
                 applied["voi"] = "full-range"
         except (ValueError, NotImplementedError, TypeError, IndexError) as exc:
-            raise CorruptInputError(f"its VOI LUT / window cannot be applied ({exc})", path=where,
-                                    hint="the window attributes are invalid; fix or remove them "
-                                         "(Window Center/Width, VOI LUT Sequence)") from exc
+            raise CorruptInputError(
+                f"its VOI LUT / window cannot be applied ({exc})",
+                path=where,
+                hint="the window attributes are invalid; fix or remove them "
+                "(Window Center/Width, VOI LUT Sequence)",
+            ) from exc
     if hi == lo:
-        raise CorruptInputError(f"its display output range is empty ({lo} .. {hi})", path=where,
-                                hint="Bits Stored or the VOI LUT descriptor is wrong")
+        raise CorruptInputError(
+            f"its display output range is empty ({lo} .. {hi})",
+            path=where,
+            hint="Bits Stored or the VOI LUT descriptor is wrong",
+        )
     pixels = (np.asarray(out, dtype=np.float64) - lo) / (hi - lo)
     np.clip(pixels, 0.0, 1.0, out=pixels)
     inverted = pi == "MONOCHROME1"

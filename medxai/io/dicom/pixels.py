@@ -32,9 +32,12 @@ DECODER_ORDER = ("pylibjpeg", "pyjpegls", "pydicom", "gdcm", "pillow")
 
 # dcmtk programs that decompress a transfer syntax family, the last resort after pydicom's plugins
 _DCMTK_TOOLS = {
-    "1.2.840.10008.1.2.4.50": "dcmdjpeg", "1.2.840.10008.1.2.4.51": "dcmdjpeg",
-    "1.2.840.10008.1.2.4.57": "dcmdjpeg", "1.2.840.10008.1.2.4.70": "dcmdjpeg",
-    "1.2.840.10008.1.2.4.80": "dcmdjpls", "1.2.840.10008.1.2.4.81": "dcmdjpls",
+    "1.2.840.10008.1.2.4.50": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.51": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.57": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.70": "dcmdjpeg",
+    "1.2.840.10008.1.2.4.80": "dcmdjpls",
+    "1.2.840.10008.1.2.4.81": "dcmdjpls",
     "1.2.840.10008.1.2.5": "dcmdrle",
 }
 
@@ -76,8 +79,13 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def decode_stored(ds: Dataset, path: str | Path | None = None, *,
-                  plugins: Sequence[str] = DECODER_ORDER, use_dcmtk: bool = True) -> np.ndarray:
+def decode_stored(
+    ds: Dataset,
+    path: str | Path | None = None,
+    *,
+    plugins: Sequence[str] = DECODER_ORDER,
+    use_dcmtk: bool = True,
+) -> np.ndarray:
     """Decode the stored pixel values of ``ds`` as pydicom shapes them.
 
     ``plugins`` are the pydicom decoding plugins to try, in order (default
@@ -101,26 +109,30 @@ def decode_stored(ds: Dataset, path: str | Path | None = None, *,
             return ds.pixel_array
         except (AttributeError, KeyError) as exc:
             raise CorruptInputError(
-                f"the Image Pixel module is incomplete ({_first_line(exc)})", path=where,
-                hint="the file is not a complete image object; export it again from the "
-                     "source") from exc
+                f"the Image Pixel module is incomplete ({_first_line(exc)})",
+                path=where,
+                hint="the file is not a complete image object; export it again from the source",
+            ) from exc
         except (ValueError, TypeError, EOFError, OSError, IndexError) as exc:
             raise CorruptInputError(
                 f"uncompressed pixel data does not match its header ({_first_line(exc)})",
-                path=where, hint="the file is truncated or damaged; copy or export it again"
+                path=where,
+                hint="the file is truncated or damaged; copy or export it again",
             ) from exc
         except (NotImplementedError, RuntimeError) as exc:
             raise UnsupportedInputError(
-                f"pixel data in {_ts_text(ts)} cannot be read ({_first_line(exc)})",
-                path=where) from exc
+                f"pixel data in {_ts_text(ts)} cannot be read ({_first_line(exc)})", path=where
+            ) from exc
     try:
         decoder = get_decoder(ts)
     except (NotImplementedError, ValueError) as exc:
         raise UnsupportedInputError(
             f"pixel data is in {_ts_text(ts)}, for which no image decoder exists in pydicom, GDCM "
-            "or dcmtk (video or another non-image encoding)", path=where,
+            "or dcmtk (video or another non-image encoding)",
+            path=where,
             hint="convert the object to an image transfer syntax (e.g. frames exported as DICOM "
-                 "images) before giving it to medxai") from exc
+            "images) before giving it to medxai",
+        ) from exc
     tried: list[str] = []
     available = set(decoder.available_plugins)
     for plugin in plugins:
@@ -131,8 +143,10 @@ def decode_stored(ds: Dataset, path: str | Path | None = None, *,
             return arr
         except (AttributeError, KeyError) as exc:
             raise CorruptInputError(
-                f"the Image Pixel module is incomplete ({_first_line(exc)})", path=where,
-                hint="the file is not a complete image object; export it again") from exc
+                f"the Image Pixel module is incomplete ({_first_line(exc)})",
+                path=where,
+                hint="the file is not a complete image object; export it again",
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; we report it
             tried.append(f"{plugin}: {_first_line(exc)}")
     tool = _DCMTK_TOOLS.get(str(ts))
@@ -147,18 +161,22 @@ def decode_stored(ds: Dataset, path: str | Path | None = None, *,
     missing = [f"{p} {why}" for p, why in decoder_report(ts).items() if why != "available"]
     said = "; ".join(tried) or "no decoder is installed for it"
     if tried:
-        hint = ("every installed decoder failed on this data, so it is probably damaged or uses "
-                "a variant they do not support; decompress it with another toolkit (e.g. "
-                "dcmtk's dcmdjpeg/dcmdjpls, gdcmconv --raw, or the PACS's own export) and give "
-                "medxai the result")
+        hint = (
+            "every installed decoder failed on this data, so it is probably damaged or uses "
+            "a variant they do not support; decompress it with another toolkit (e.g. "
+            "dcmtk's dcmdjpeg/dcmdjpls, gdcmconv --raw, or the PACS's own export) and give "
+            "medxai the result"
+        )
     elif available:
         said = f"none of {', '.join(plugins)} decodes it"
         hint = f"decoders that can: {', '.join(sorted(available))}"
     else:
         hint = "install a decoder for it: " + (", ".join(missing) or "none known")
     raise UnsupportedInputError(
-        f"pixel data in {_ts_text(ts)} cannot be decoded; decoders tried: {said}", path=where,
-        hint=hint)
+        f"pixel data in {_ts_text(ts)} cannot be decoded; decoders tried: {said}",
+        path=where,
+        hint=hint,
+    )
 
 
 def _decode_with_dcmtk(exe: str, path: Path) -> np.ndarray:
@@ -167,8 +185,9 @@ def _decode_with_dcmtk(exe: str, path: Path) -> np.ndarray:
 
     with tempfile.TemporaryDirectory(prefix="medxai-dcmtk-") as tmp:
         out = Path(tmp) / "raw.dcm"
-        proc = subprocess.run([exe, str(path), str(out)], capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = subprocess.run(
+            [exe, str(path), str(out)], capture_output=True, text=True, timeout=300, check=False
+        )
         if proc.returncode != 0 or not out.is_file():
             msg = (proc.stderr or proc.stdout).strip().splitlines()
             raise RuntimeError(msg[-1] if msg else f"exit status {proc.returncode}")

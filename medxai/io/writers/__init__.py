@@ -7,16 +7,16 @@ atomically (temporary file in the same folder, then ``os.replace``) and return w
 DICOM objects reference their source, get new UIDs, and name medxai and the model that made them.
 """
 
+from medxai.io.writers._common import series_number_for
+from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
+from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
 from medxai.io.writers.dicom_sc import (
     PLACEHOLDER_PATIENT_ID,
     PLACEHOLDER_PATIENT_NAME,
     create_photo_study,
     write_dicom_sc,
 )
-from medxai.io.writers._common import series_number_for
-from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
 from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
-from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
 from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
 from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png

@@ -10,5 +10,11 @@ from medxai.io.atomic import (
     write_text_atomic,
 )
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "full_suffix", "fsync_path",
-           "fsync_dir"]
+__all__ = [
+    "atomic_path",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "full_suffix",
+    "fsync_path",
+    "fsync_dir",
+]

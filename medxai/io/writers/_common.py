@@ -55,8 +55,14 @@ _TYPE2_DEFAULTS = {
     "StudyTime": "",
     "ReferringPhysicianName": "",
 }
-_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",
-             "Columns")
+_REQUIRED = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Rows",
+    "Columns",
+)
 
 
 def now() -> datetime.datetime:
@@ -106,8 +112,10 @@ def as_label_array(labels: Any, *, what: str = "labels") -> np.ndarray:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         as_float = arr.astype(np.float64)
         if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
-            raise InputError(f"{what} must hold whole label values; found {arr.dtype} with "
-                             "fractional or non-finite values")
+            raise InputError(
+                f"{what} must hold whole label values; found {arr.dtype} with "
+                "fractional or non-finite values"
+            )
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise InputError(f"{what} must hold label values 0..255; found {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8)
@@ -132,8 +140,9 @@ def rgb_triplet(color: Any, *, default: tuple[int, int, int] = (255, 0, 0)) -> t
         raise InputError(f"colour {color!r} is not '#rrggbb' nor [r, g, b]") from exc
     if len(values) != 3:
         raise InputError(f"colour {color!r} must have three components (r, g, b)")
-    if (all(isinstance(c, (float, np.floating)) for c in raw)
-            and all(0.0 <= v <= 1.0 for v in values)):
+    if all(isinstance(c, (float, np.floating)) for c in raw) and all(
+        0.0 <= v <= 1.0 for v in values
+    ):
         values = [v * 255.0 for v in values]  # floats 0..1
     return tuple(int(np.clip(round(v), 0, 255)) for v in values)  # type: ignore[return-value]
 
@@ -169,8 +178,13 @@ def normalise_labels(label_info: Sequence[Mapping[str, Any]] | None) -> list[Lab
             raise InputError(f"label value {value} is described twice in label_info")
         name = str(entry.get("name") or f"label_{value}")
         default = PALETTE[(value - 1) % len(PALETTE)]
-        specs[value] = LabelSpec(value, name, rgb_triplet(entry.get("color"), default=default),
-                                 entry.get("category"), entry.get("type"))
+        specs[value] = LabelSpec(
+            value,
+            name,
+            rgb_triplet(entry.get("color"), default=default),
+            entry.get("category"),
+            entry.get("type"),
+        )
     return [specs[v] for v in sorted(specs)]
 
 
@@ -179,8 +193,11 @@ def label_colors_map(label_colors: Any) -> dict[int, tuple[int, int, int]]:
     if label_colors is None:
         return {}
     if isinstance(label_colors, Mapping):
-        return {int(k): rgb_triplet(v, default=PALETTE[(int(k) - 1) % len(PALETTE)])
-                for k, v in label_colors.items() if int(k) != 0}
+        return {
+            int(k): rgb_triplet(v, default=PALETTE[(int(k) - 1) % len(PALETTE)])
+            for k, v in label_colors.items()
+            if int(k) != 0
+        }
     return {spec.value: spec.color for spec in normalise_labels(label_colors)}
 
 
@@ -190,11 +207,28 @@ def label_colors_map(label_colors: Any) -> dict[int, tuple[int, int, int]]:
 
 #: What highdicom reads from the 2nd, 3rd, ... image of a series (the 1st gets a full copy).
 _LIGHT_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "FrameOfReferenceUID", "Modality", "Rows", "Columns", "NumberOfFrames", "InstanceNumber",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-    "SpacingBetweenSlices", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
-    "PatientOrientation", "Laterality", "ImageLaterality", "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "PatientOrientation",
+    "Laterality",
+    "ImageLaterality",
+    "SpecificCharacterSet",
 )
 
 
@@ -222,8 +256,10 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
     # Some exports (e.g. anonymisers) empty SOPClassUID / SOPInstanceUID but keep them in the
     # file meta information; reference what the file says it is.
     meta = getattr(ds, "file_meta", None)
-    for kw, meta_kw in (("SOPClassUID", "MediaStorageSOPClassUID"),
-                        ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+    for kw, meta_kw in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
         if not proxy.get(kw) and meta is not None and meta.get(meta_kw):
             setattr(proxy, kw, meta.get(meta_kw))
     missing = [kw for kw in _REQUIRED if proxy.get(kw) in (None, "")]
@@ -233,7 +269,7 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
             "must reference them",
             path=getattr(ds, "filename", None) or None,
             hint="anonymisers sometimes blank the UIDs: export the series again with its UIDs, "
-                 "or use the NIfTI output",
+            "or use the NIfTI output",
         )
     if light:
         return proxy
@@ -256,8 +292,17 @@ _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 
 #: Dates and times highdicom parses or copies into derived objects (patient, study, series).
 _DATE_TIME_KEYWORDS = (
-    "StudyDate", "StudyTime", "PatientBirthDate", "PatientBirthTime", "SeriesDate", "SeriesTime",
-    "ContentDate", "ContentTime", "AcquisitionDate", "AcquisitionTime", "InstanceCreationDate",
+    "StudyDate",
+    "StudyTime",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "SeriesDate",
+    "SeriesTime",
+    "ContentDate",
+    "ContentTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "InstanceCreationDate",
     "InstanceCreationTime",
 )
 

@@ -110,14 +110,18 @@ def _frames(arr: np.ndarray, source: DicomSource) -> np.ndarray:
     if arr.shape != expected:
         raise InputError(
             f"the map has shape {arr.shape} but the DICOM source is {expected} "
-            "(columns, rows, slices/frames)", path=source.paths[0] if source.paths else None,
-            hint="pass the map on the input grid, in MONAI order (I, J, K)")
+            "(columns, rows, slices/frames)",
+            path=source.paths[0] if source.paths else None,
+            hint="pass the map on the input grid, in MONAI order (I, J, K)",
+        )
     frames = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
     if source.is_multiframe:
         nframes = int(first.get("NumberOfFrames", 1) or 1)
         if sorted(int(f) for f in source.frame_numbers or []) != list(range(1, nframes + 1)):
-            raise InputError(f"a Parametric Map of a multi-frame object needs all its {nframes} "
-                             "frames", path=source.paths[0] if source.paths else None)
+            raise InputError(
+                f"a Parametric Map of a multi-frame object needs all its {nframes} frames",
+                path=source.paths[0] if source.paths else None,
+            )
         full = np.zeros((nframes,) + frames.shape[1:], dtype=np.float32)
         for index, frame in enumerate(source.frame_numbers or []):
             full[int(frame) - 1] = frames[index]
@@ -180,8 +184,9 @@ def _window(frames: np.ndarray) -> hd.VOILUTTransformation:
     lo, hi = float(frames.min()), float(frames.max())
     width = hi - lo if hi > lo else 1.0
     # LINEAR_EXACT: the window may be narrower than 1 (a saliency map spans 0..1)
-    return hd.VOILUTTransformation(window_center=lo + width / 2, window_width=width,
-                                   voi_lut_function="LINEAR_EXACT")
+    return hd.VOILUTTransformation(
+        window_center=lo + width / 2, window_width=width, voi_lut_function="LINEAR_EXACT"
+    )
 
 
 def _store_frames_along_normal(pm: hd.pm.ParametricMap) -> None:
@@ -194,12 +199,19 @@ def _store_frames_along_normal(pm: hd.pm.ParametricMap) -> None:
     per_frame = list(pm.PerFrameFunctionalGroupsSequence)
     if len(per_frame) < 2 or "PlanePositionSequence" not in per_frame[0]:
         return
-    iop = np.asarray(pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
-                     .ImageOrientationPatient, dtype=float)
+    iop = np.asarray(
+        pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+        dtype=float,
+    )
     normal = np.cross(iop[:3], iop[3:])
-    distance = [float(np.dot(normal, np.asarray(item.PlanePositionSequence[0]
-                                                .ImagePositionPatient, dtype=float)))
-                for item in per_frame]
+    distance = [
+        float(
+            np.dot(
+                normal, np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+            )
+        )
+        for item in per_frame
+    ]
     order = np.argsort(distance, kind="stable")
     if np.array_equal(order, np.arange(len(order))):
         return
@@ -209,13 +221,21 @@ def _store_frames_along_normal(pm: hd.pm.ParametricMap) -> None:
     pm.PerFrameFunctionalGroupsSequence = [per_frame[i] for i in order]
 
 
-def write_dicom_pm(values: Any, source: DicomSource, path: str | Path, *,
-                   model_name: str, model_version: str,
-                   weights_sha256: str | None = None, method: str | None = None,
-                   quantity: str = "saliency", label_name: str | None = None,
-                   series_number: int | None = None,
-                   series_description: str | None = None,
-                   instance_number: int = 1) -> Path:
+def write_dicom_pm(
+    values: Any,
+    source: DicomSource,
+    path: str | Path,
+    *,
+    model_name: str,
+    model_version: str,
+    weights_sha256: str | None = None,
+    method: str | None = None,
+    quantity: str = "saliency",
+    label_name: str | None = None,
+    series_number: int | None = None,
+    series_description: str | None = None,
+    instance_number: int = 1,
+) -> Path:
     """Write ``values`` as a float32 DICOM Parametric Map on the grid of ``source``.
 
     Args:
@@ -253,36 +273,57 @@ def write_dicom_pm(values: Any, source: DicomSource, path: str | Path, *,
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=quantity.upper()[:16],
         lut_explanation=f"{what} ({method or quantity}), no unit"[:64],
-        unit=codes.UCUM.NoUnits, value_range=(float(frames.min()), float(frames.max())),
-        slope=1, intercept=0, quantity_definition=code)
-    identity = (f"model {model_name} {model_version}, weights sha256 {weights_sha256 or 'unknown'}"
-                f", method {method or 'unknown'}")
+        unit=codes.UCUM.NoUnits,
+        value_range=(float(frames.min()), float(frames.max())),
+        slope=1,
+        intercept=0,
+        quantity_definition=code,
+    )
+    identity = (
+        f"model {model_name} {model_version}, weights sha256 {weights_sha256 or 'unknown'}"
+        f", method {method or 'unknown'}"
+    )
     equipment = hd.ContributingEquipment(
-        manufacturer=SOFTWARE_NAME, purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=SOFTWARE_NAME, software_versions=SOFTWARE_VERSION,
+        manufacturer=SOFTWARE_NAME,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=SOFTWARE_NAME,
+        software_versions=SOFTWARE_VERSION,
         contribution_datetime=now(),
-        contribution_description=f"AI {quantity} map: {identity}"[:1024])
+        contribution_description=f"AI {quantity} map: {identity}"[:1024],
+    )
     description = series_description or f"medxai {what} - {NOT_FOR_DIAGNOSIS}"
     try:
         pm = hd.pm.ParametricMap(
-            source_images=proxies, pixel_array=frames, series_instance_uid=hd.UID(),
+            source_images=proxies,
+            pixel_array=frames,
+            series_instance_uid=hd.UID(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_PM_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(), instance_number=int(instance_number),
-            manufacturer=SOFTWARE_NAME, manufacturer_model_name=SOFTWARE_NAME,
-            software_versions=SOFTWARE_VERSION, device_serial_number="none",
-            contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+            sop_instance_uid=hd.UID(),
+            instance_number=int(instance_number),
+            manufacturer=SOFTWARE_NAME,
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=SOFTWARE_VERSION,
+            device_serial_number="none",
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
             voi_lut_transformations=[_window(frames)],
             content_label=quantity.upper()[:16],
             content_description=f"{model_name} {model_version} {method or quantity}"[:64],
             content_creator_name=f"{SOFTWARE_NAME.upper()}^",
-            contributing_equipment=[equipment], series_description=description[:64])
+            contributing_equipment=[equipment],
+            series_description=description[:64],
+        )
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as exc:
-        raise ProcessingError(f"highdicom cannot build a Parametric Map for this source ({exc})",
-                              path=source.paths[0] if source.paths else None) from exc
+        raise ProcessingError(
+            f"highdicom cannot build a Parametric Map for this source ({exc})",
+            path=source.paths[0] if source.paths else None,
+        ) from exc
     _store_frames_along_normal(pm)
     pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [_frame_anatomy(source.first)]
-    pm.DerivationDescription = f"{what} computed by {identity} with {SOFTWARE_NAME} " \
-                               f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"[:1024]
+    pm.DerivationDescription = (
+        f"{what} computed by {identity} with {SOFTWARE_NAME} "
+        f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"[:1024]
+    )
     buffer = io.BytesIO()
     pm.save_as(buffer, enforce_file_format=True)
     return write_bytes_atomic(path, buffer.getvalue())

@@ -54,9 +54,21 @@ __all__ = ["write_dicom_rtstruct", "label_contours_lps", "DEFAULT_RTSTRUCT_SERIE
 #: Series number of the structure set, when not given: the source's series number plus this.
 DEFAULT_RTSTRUCT_SERIES_OFFSET = 5000
 
-_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-                  "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                  "ReferringPhysicianName", "StudyDescription", "SpecificCharacterSet")
+_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SpecificCharacterSet",
+)
 #: Iso-level of the traced outlines: a quarter pixel outside the centres of the boundary pixels,
 #: so that every pixel centre inside the mask is strictly inside the polygon and every other one
 #: strictly outside (point-in-polygon readers such as dicompyler), and rounding the vertices to
@@ -70,17 +82,25 @@ def _check_source(source: DicomSource, shape: tuple[int, ...]) -> None:
         raise InputError("the DICOM source holds no dataset")
     first = source.first
     where = source.paths[0] if source.paths else None
-    if source.is_multiframe or not first.get("FrameOfReferenceUID") \
-            or "ImagePositionPatient" not in first:
+    if (
+        source.is_multiframe
+        or not first.get("FrameOfReferenceUID")
+        or "ImagePositionPatient" not in first
+    ):
         raise UnsupportedInputError(
             "an RT Structure Set needs a series of single-frame images with patient geometry "
             "(Frame of Reference, ImagePositionPatient); this source has none or is multi-frame",
-            path=where, hint="use the DICOM SEG output for this input")
+            path=where,
+            hint="use the DICOM SEG output for this input",
+        )
     expected = (int(first.Columns), int(first.Rows), len(source.datasets))
     if len(shape) != 3 or tuple(shape) != expected:
-        raise InputError(f"the label map has shape {tuple(shape)} but the DICOM series is "
-                         f"{expected} (columns, rows, slices)", path=where,
-                         hint="pass the labels on the input grid, in MONAI order (I, J, K)")
+        raise InputError(
+            f"the label map has shape {tuple(shape)} but the DICOM series is "
+            f"{expected} (columns, rows, slices)",
+            path=where,
+            hint="pass the labels on the input grid, in MONAI order (I, J, K)",
+        )
 
 
 def label_contours_lps(mask: np.ndarray, ds: Dataset) -> list[np.ndarray]:
@@ -89,9 +109,11 @@ def label_contours_lps(mask: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     Each outline is open-ended as DICOM wants it (CLOSED_PLANAR: the last point joins the first,
     it is not repeated).
     """
-    affine = dicom_affine_lps([float(v) for v in ds.ImageOrientationPatient],
-                              [float(v) for v in ds.ImagePositionPatient],
-                              [float(v) for v in ds.PixelSpacing])
+    affine = dicom_affine_lps(
+        [float(v) for v in ds.ImageOrientationPatient],
+        [float(v) for v in ds.ImagePositionPatient],
+        [float(v) for v in ds.PixelSpacing],
+    )
     padded = np.pad(mask.astype(np.float32), 1)
     out = []
     for contour in find_contours(padded, _LEVEL):
@@ -132,8 +154,9 @@ def _base(first: Dataset, series_number: int, model: str) -> Dataset:
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "MEDXAI"
     ds.StructureSetName = model[:64]
-    ds.StructureSetDescription = f"{model} via {SOFTWARE_NAME} {SOFTWARE_VERSION}; " \
-                                 f"{NOT_FOR_DIAGNOSIS}"
+    ds.StructureSetDescription = (
+        f"{model} via {SOFTWARE_NAME} {SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"
+    )
     ds.StructureSetDate = ds.InstanceCreationDate = stamp.strftime("%Y%m%d")
     ds.StructureSetTime = ds.InstanceCreationTime = stamp.strftime("%H%M%S")
     ds.ApprovalStatus = "UNAPPROVED"
@@ -155,8 +178,14 @@ def _frame_of_reference(source: DicomSource, images: Sequence[Dataset]) -> Datas
     return item
 
 
-def _roi(spec: LabelSpec, number: int, labels: np.ndarray, source: DicomSource,
-         images: Sequence[Dataset], model: str) -> tuple[Dataset, Dataset, Dataset]:
+def _roi(
+    spec: LabelSpec,
+    number: int,
+    labels: np.ndarray,
+    source: DicomSource,
+    images: Sequence[Dataset],
+    model: str,
+) -> tuple[Dataset, Dataset, Dataset]:
     """(StructureSetROISequence, ROIContourSequence, RTROIObservationsSequence) items."""
     roi = Dataset()
     roi.ROINumber = number
@@ -192,10 +221,16 @@ def _roi(spec: LabelSpec, number: int, labels: np.ndarray, source: DicomSource,
     return roi, roi_contour, observation
 
 
-def write_dicom_rtstruct(labels: Any, source: DicomSource,
-                         label_info: Sequence[Mapping[str, Any]], path: str | Path, *,
-                         model_name: str, model_version: str,
-                         series_number: int | None = None) -> Path:
+def write_dicom_rtstruct(
+    labels: Any,
+    source: DicomSource,
+    label_info: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    model_name: str,
+    model_version: str,
+    series_number: int | None = None,
+) -> Path:
     """Write ``labels`` as an RT Structure Set referencing the series ``source``.
 
     Args:
@@ -223,8 +258,9 @@ def write_dicom_rtstruct(labels: Any, source: DicomSource,
     # light copies: the UIDs every reference needs, checked (from the file meta when emptied)
     images = [first] + [source_proxy(ds, light=True) for ds in source.datasets[1:]]
     model = f"{model_name} {model_version}"
-    ds = _base(first, series_number_for(series_number, first, DEFAULT_RTSTRUCT_SERIES_OFFSET),
-               model)
+    ds = _base(
+        first, series_number_for(series_number, first, DEFAULT_RTSTRUCT_SERIES_OFFSET), model
+    )
     ds.FrameOfReferenceUID = first.FrameOfReferenceUID
     ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     ds.ReferencedFrameOfReferenceSequence = [_frame_of_reference(source, images)]

@@ -102,10 +102,19 @@ def _sc_pixels(plane: np.ndarray) -> tuple[np.ndarray, str, int]:
     raise InputError(f"a picture must have 1 or 3 channels (C, I, J); found {plane.shape[0]}")
 
 
-def _build_sc(pixels: np.ndarray, photometric: str, bits: int, ref: Dataset, *,
-              series_uid: str, series_number: int, instance_number: int,
-              series_description: str, equipment: Sequence[hd.ContributingEquipment],
-              pixel_spacing: Sequence[float] | None = None) -> hd.sc.SCImage:
+def _build_sc(
+    pixels: np.ndarray,
+    photometric: str,
+    bits: int,
+    ref: Dataset,
+    *,
+    series_uid: str,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    equipment: Sequence[hd.ContributingEquipment],
+    pixel_spacing: Sequence[float] | None = None,
+) -> hd.sc.SCImage:
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ref,
@@ -143,8 +152,9 @@ def _save(ds: Dataset, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def _placeholder_ref(*, patient_name: str, patient_id: str, study_description: str,
-                     comment: str) -> Dataset:
+def _placeholder_ref(
+    *, patient_name: str, patient_id: str, study_description: str, comment: str
+) -> Dataset:
     """A reference dataset for a new study of the placeholder patient."""
     stamp = now()
     ref = Dataset()
@@ -193,12 +203,18 @@ def _laterality(ds: Dataset) -> str:
     return ""
 
 
-def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
-                   model_name: str, model_version: str, *,
-                   series_description: str = f"medxai overlay - {NOT_FOR_DIAGNOSIS}",
-                   series_number: int | None = None,
-                   derivation_description: str | None = None,
-                   filename_prefix: str = "overlay_") -> list[Path]:
+def write_dicom_sc(
+    rgb: Any,
+    source: DicomSource | None,
+    out_dir: str | Path,
+    model_name: str,
+    model_version: str,
+    *,
+    series_description: str = f"medxai overlay - {NOT_FOR_DIAGNOSIS}",
+    series_number: int | None = None,
+    derivation_description: str | None = None,
+    filename_prefix: str = "overlay_",
+) -> list[Path]:
     """Write the overlay as Secondary Capture images, one per slice/frame, in a new series.
 
     Args:
@@ -225,14 +241,16 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[0] != 3 or arr.dtype != np.uint8:
-        raise InputError(f"the overlay must be uint8 of shape (3, I, J[, K]); found {arr.dtype} "
-                         f"{arr.shape}")
+        raise InputError(
+            f"the overlay must be uint8 of shape (3, I, J[, K]); found {arr.dtype} {arr.shape}"
+        )
     out_dir = Path(out_dir)
     n = arr.shape[3]
     # Several slices from one single-frame image (a Siemens mosaic): every SC references that
     # image; the slice positions are not in the DICOM header, so no geometry is copied.
-    mosaic_like = (source is not None and not source.is_multiframe and len(source.datasets) == 1
-                   and n > 1)
+    mosaic_like = (
+        source is not None and not source.is_multiframe and len(source.datasets) == 1 and n > 1
+    )
     if source is not None:
         if not source.datasets:
             raise InputError("the DICOM source holds no dataset")
@@ -247,7 +265,9 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
         if arr.shape[1:] != expected:
             raise InputError(
                 f"the overlay has shape {arr.shape[1:]} but the DICOM source is {expected} "
-                "(columns, rows, slices/frames)", path=source.paths[0] if source.paths else None)
+                "(columns, rows, slices/frames)",
+                path=source.paths[0] if source.paths else None,
+            )
     derivation = derivation_description or (
         f"Overlay of the segmentation (contours) and saliency map (heat map) computed by the model "
         f"{model_name} {model_version} with {SOFTWARE_NAME} {SOFTWARE_VERSION}, burned into the "
@@ -258,7 +278,8 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
     placeholder = None
     if source is None:
         placeholder = _placeholder_ref(
-            patient_name=PLACEHOLDER_PATIENT_NAME, patient_id=PLACEHOLDER_PATIENT_ID,
+            patient_name=PLACEHOLDER_PATIENT_NAME,
+            patient_id=PLACEHOLDER_PATIENT_ID,
             study_description="medxai overlay of a picture without DICOM source",
             comment=_PLACEHOLDER_COMMENT,
         )
@@ -268,8 +289,9 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             base = int(source.first.get("SeriesNumber") or 0)
         except (TypeError, ValueError):
             base = 0
-        number = (int(series_number) if series_number is not None
-                  else base + DEFAULT_SC_SERIES_OFFSET)
+        number = (
+            int(series_number) if series_number is not None else base + DEFAULT_SC_SERIES_OFFSET
+        )
         if not 0 < number < 2**31:
             number = DEFAULT_SC_SERIES_OFFSET
     # patient and study come from the first source image (a full copy); each SC's references,
@@ -286,13 +308,28 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             if mosaic_like:
                 geometry = {}
             ref = study_ref if ds is source.first else source_proxy(ds, light=True)
-        has_geometry = all(kw in geometry for kw in ("FrameOfReferenceUID", "ImagePositionPatient",
-                                                     "ImageOrientationPatient", "PixelSpacing"))
+        has_geometry = all(
+            kw in geometry
+            for kw in (
+                "FrameOfReferenceUID",
+                "ImagePositionPatient",
+                "ImageOrientationPatient",
+                "PixelSpacing",
+            )
+        )
         if sc is None:
-            sc = _build_sc(pixels, photometric, bits, study_ref, series_uid=series_uid,
-                           series_number=number, instance_number=k + 1,
-                           series_description=series_description, equipment=equipment,
-                           pixel_spacing=geometry.get("PixelSpacing"))
+            sc = _build_sc(
+                pixels,
+                photometric,
+                bits,
+                study_ref,
+                series_uid=series_uid,
+                series_number=number,
+                instance_number=k + 1,
+                series_description=series_description,
+                equipment=equipment,
+                pixel_spacing=geometry.get("PixelSpacing"),
+            )
             sc.ImageType = ["DERIVED", "SECONDARY"]
             sc.BurnedInAnnotation = "YES"
             sc.DerivationDescription = derivation[:1024]
@@ -304,11 +341,14 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
             sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
             sc.InstanceNumber = k + 1
             sc.PixelData = encode_frame(
-                pixels, transfer_syntax_uid=sc.file_meta.TransferSyntaxUID,
-                bits_allocated=sc.BitsAllocated, bits_stored=sc.BitsStored,
+                pixels,
+                transfer_syntax_uid=sc.file_meta.TransferSyntaxUID,
+                bits_allocated=sc.BitsAllocated,
+                bits_stored=sc.BitsStored,
                 photometric_interpretation=sc.PhotometricInterpretation,
                 pixel_representation=sc.PixelRepresentation,
-                planar_configuration=sc.get("PlanarConfiguration"))
+                planar_configuration=sc.get("PlanarConfiguration"),
+            )
             if "PixelSpacing" in geometry:
                 sc.PixelSpacing = geometry["PixelSpacing"]
             elif "PixelSpacing" in sc:
@@ -327,20 +367,25 @@ def write_dicom_sc(rgb: Any, source: DicomSource | None, out_dir: str | Path,
                 if kw in sc:
                     delattr(sc, kw)
             orientation = ref.get("PatientOrientation") if source is not None else None
-            sc.PatientOrientation = (list(orientation) if orientation and len(orientation) == 2
-                                     else "")
+            sc.PatientOrientation = (
+                list(orientation) if orientation and len(orientation) == 2 else ""
+            )
         sc.Laterality = _laterality(ref) if source is not None else ""
         paths.append(_save(sc, out_dir / f"{filename_prefix}{k + 1:04d}.dcm"))
     return paths
 
 
-def create_photo_study(picture: Any, path: str | Path, *,
-                       source_name: str | None = None,
-                       patient_name: str = PLACEHOLDER_PATIENT_NAME,
-                       patient_id: str = PLACEHOLDER_PATIENT_ID,
-                       study_description: str = "medxai: picture imported without patient data",
-                       series_description: str = "Picture imported by medxai",
-                       series_number: int = 1) -> DicomSource:
+def create_photo_study(
+    picture: Any,
+    path: str | Path,
+    *,
+    source_name: str | None = None,
+    patient_name: str = PLACEHOLDER_PATIENT_NAME,
+    patient_id: str = PLACEHOLDER_PATIENT_ID,
+    study_description: str = "medxai: picture imported without patient data",
+    series_description: str = "Picture imported by medxai",
+    series_number: int = 1,
+) -> DicomSource:
     """Write a photo as a Secondary Capture in a new study of a placeholder patient.
 
     The patient is clearly marked as a placeholder (PatientName ``MEDXAI^ANONYMOUS``, PatientID
@@ -370,12 +415,24 @@ def create_photo_study(picture: Any, path: str | Path, *,
         raise InputError(f"a photo must be (C, I, J); found shape {arr.shape}")
     pixels, photometric, bits = _sc_pixels(arr)
     path = Path(path)
-    ref = _placeholder_ref(patient_name=patient_name, patient_id=patient_id,
-                           study_description=study_description, comment=_PLACEHOLDER_COMMENT)
+    ref = _placeholder_ref(
+        patient_name=patient_name,
+        patient_id=patient_id,
+        study_description=study_description,
+        comment=_PLACEHOLDER_COMMENT,
+    )
     equipment = [_medxai_equipment("Conversion of a picture file to DICOM")]
-    sc = _build_sc(pixels, photometric, bits, ref, series_uid=hd.UID(),
-                   series_number=int(series_number), instance_number=1,
-                   series_description=series_description, equipment=equipment)
+    sc = _build_sc(
+        pixels,
+        photometric,
+        bits,
+        ref,
+        series_uid=hd.UID(),
+        series_number=int(series_number),
+        instance_number=1,
+        series_description=series_description,
+        equipment=equipment,
+    )
     sc.ImageType = ["ORIGINAL", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
     sc.PatientOrientation = ""

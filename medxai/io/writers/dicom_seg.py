@@ -91,16 +91,21 @@ def _code(value: Any, what: str) -> Code | hd.sr.CodedConcept:
         return value
     if isinstance(value, Mapping):
         try:
-            return Code(str(value["value"]),
-                        str(value.get("scheme") or value.get("scheme_designator")),
-                        str(value["meaning"]))
+            return Code(
+                str(value["value"]),
+                str(value.get("scheme") or value.get("scheme_designator")),
+                str(value["meaning"]),
+            )
         except KeyError as exc:
             raise InputError(
-                f"{what} code {value!r} needs 'value', 'scheme' and 'meaning'") from exc
+                f"{what} code {value!r} needs 'value', 'scheme' and 'meaning'"
+            ) from exc
     if isinstance(value, (list, tuple)) and len(value) == 3:
         return Code(str(value[0]), str(value[1]), str(value[2]))
-    raise InputError(f"{what} code {value!r} is not a Code, a dict (value, scheme, meaning) or "
-                     "a (value, scheme, meaning) triple")
+    raise InputError(
+        f"{what} code {value!r} is not a Code, a dict (value, scheme, meaning) or "
+        "a (value, scheme, meaning) triple"
+    )
 
 
 def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
@@ -115,8 +120,10 @@ def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
     """
     if spec.category is not None or spec.type is not None:
         if spec.category is None or spec.type is None:
-            raise InputError(f"label {spec.value} ({spec.name}) gives only one of 'category' "
-                             "and 'type'; give both")
+            raise InputError(
+                f"label {spec.value} ({spec.name}) gives only one of 'category' "
+                "and 'type'; give both"
+            )
         return _code(spec.category, "category"), _code(spec.type, "type")
     if _LESION_WORDS.search(spec.name):
         return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
@@ -129,11 +136,20 @@ def segment_codes(spec: LabelSpec) -> tuple[Any, Any]:
 #: Anatomy recognised in label names (a whole word, singular or plural, any case; ``_`` and
 #: ``-`` separate words): SNOMED CT codes as pydicom's code dictionary spells them.
 _ANATOMY = {
-    "lung": codes.SCT.Lung, "hippocampus": codes.SCT.Hippocampus, "spleen": codes.SCT.Spleen,
-    "liver": codes.SCT.Liver, "kidney": codes.SCT.Kidney, "prostate": codes.SCT.Prostate,
-    "brain": codes.SCT.Brain, "heart": codes.SCT.Heart, "pancreas": codes.SCT.Pancreas,
-    "skin": codes.SCT.Skin, "aorta": codes.SCT.Aorta, "stomach": codes.SCT.Stomach,
-    "gallbladder": codes.SCT.Gallbladder, "esophagus": codes.SCT.Esophagus,
+    "lung": codes.SCT.Lung,
+    "hippocampus": codes.SCT.Hippocampus,
+    "spleen": codes.SCT.Spleen,
+    "liver": codes.SCT.Liver,
+    "kidney": codes.SCT.Kidney,
+    "prostate": codes.SCT.Prostate,
+    "brain": codes.SCT.Brain,
+    "heart": codes.SCT.Heart,
+    "pancreas": codes.SCT.Pancreas,
+    "skin": codes.SCT.Skin,
+    "aorta": codes.SCT.Aorta,
+    "stomach": codes.SCT.Stomach,
+    "gallbladder": codes.SCT.Gallbladder,
+    "esophagus": codes.SCT.Esophagus,
 }
 
 
@@ -145,11 +161,14 @@ def _anatomy_code(name: str) -> Code | None:
     return None
 
 
-def _segment_descriptions(specs: Sequence[LabelSpec], model_name: str,
-                          model_version: str) -> list[hd.seg.SegmentDescription]:
+def _segment_descriptions(
+    specs: Sequence[LabelSpec], model_name: str, model_version: str
+) -> list[hd.seg.SegmentDescription]:
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=model_name[:64], version=model_version[:64],
-        family=codes.cid7162.ArtificialIntelligence, source=SOFTWARE_NAME,
+        name=model_name[:64],
+        version=model_version[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        source=SOFTWARE_NAME,
     )
     out = []
     for number, spec in enumerate(specs, start=1):
@@ -182,8 +201,10 @@ def _check_source(source: DicomSource) -> None:
         raise InputError("the DICOM source holds no dataset")
     if source.is_multiframe:
         if len(source.datasets) != 1:
-            raise InputError("a multi-frame DICOM source must hold exactly one dataset; found "
-                             f"{len(source.datasets)}")
+            raise InputError(
+                "a multi-frame DICOM source must hold exactly one dataset; found "
+                f"{len(source.datasets)}"
+            )
         nframes = int(source.first.get("NumberOfFrames", 1) or 1)
         sop_class = source.first.get("SOPClassUID", "")
         if nframes > 1 and _is_multiframe_iod is not None and sop_class:
@@ -198,12 +219,14 @@ def _check_source(source: DicomSource) -> None:
                     "non-conformant object",
                     path=source.paths[0] if source.paths else None,
                     hint="convert it to single-frame files or an enhanced multi-frame object "
-                         "(e.g. with dcmtk or emf2sf/sf2emf), or use the NIfTI output",
+                    "(e.g. with dcmtk or emf2sf/sf2emf), or use the NIfTI output",
                 )
         bad = [f for f in source.frame_numbers or [] if not 1 <= int(f) <= nframes]
         if bad:
-            raise InputError(f"frame numbers {bad[:5]} are outside 1..{nframes}",
-                             path=source.paths[0] if source.paths else None)
+            raise InputError(
+                f"frame numbers {bad[:5]} are outside 1..{nframes}",
+                path=source.paths[0] if source.paths else None,
+            )
 
 
 def _slice_thickness_fix(proxies: list[Dataset]) -> None:
@@ -215,8 +238,9 @@ def _slice_thickness_fix(proxies: list[Dataset]) -> None:
     if len(proxies) > 1 and "ImageOrientationPatient" in proxies[0]:
         iop = np.asarray(proxies[0].ImageOrientationPatient, dtype=float)
         normal = np.cross(iop[:3], iop[3:])
-        pos = sorted(float(np.dot(normal, np.asarray(p.ImagePositionPatient, float)))
-                     for p in proxies)
+        pos = sorted(
+            float(np.dot(normal, np.asarray(p.ImagePositionPatient, float))) for p in proxies
+        )
         steps = np.diff(pos)
         steps = steps[steps > 1e-6]
         if steps.size:
@@ -281,14 +305,20 @@ def _remove_placeholder_geometry(seg: hd.seg.Segmentation) -> None:
         content.DimensionIndexValues = values
 
 
-def write_dicom_seg(labels: Any, source: DicomSource,
-                    label_info: Sequence[Mapping[str, Any]], model_name: str,
-                    model_version: str, path: str | Path, *,
-                    series_number: int | None = None,
-                    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
-                    instance_number: int = 1,
-                    content_label: str = "MEDXAI",
-                    omit_empty_frames: bool = True) -> Path:
+def write_dicom_seg(
+    labels: Any,
+    source: DicomSource,
+    label_info: Sequence[Mapping[str, Any]],
+    model_name: str,
+    model_version: str,
+    path: str | Path,
+    *,
+    series_number: int | None = None,
+    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
+    instance_number: int = 1,
+    content_label: str = "MEDXAI",
+    omit_empty_frames: bool = True,
+) -> Path:
     """Write a DICOM SEG (BINARY) of ``labels`` on the grid of ``source``.
 
     Args:
@@ -324,8 +354,12 @@ def write_dicom_seg(labels: Any, source: DicomSource,
     if arr.ndim == 2:
         arr = arr[:, :, None]
     expected = _expected_shape(source)
-    if (not source.is_multiframe and len(source.datasets) == 1 and arr.shape[2] > 1
-            and arr.shape[:2] == expected[:2]):
+    if (
+        not source.is_multiframe
+        and len(source.datasets) == 1
+        and arr.shape[2] > 1
+        and arr.shape[:2] == expected[:2]
+    ):
         raise UnsupportedInputError(
             f"the labels have {arr.shape[2]} slices but the source is one single-frame image "
             "(a Siemens mosaic?); a DICOM SEG cannot reference slices inside one frame",
@@ -400,8 +434,10 @@ def write_dicom_seg(labels: Any, source: DicomSource,
             software_versions=SOFTWARE_VERSION,
             device_serial_number="none",
             content_label=content_label.upper()[:16],
-            content_description=(f"{model_name} {model_version} via {SOFTWARE_NAME} "
-                                 f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}")[:64],
+            content_description=(
+                f"{model_name} {model_version} via {SOFTWARE_NAME} "
+                f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"
+            )[:64],
             # all-empty masks keep every frame (highdicom would fall back to that, logging a warning)
             omit_empty_frames=omit_empty_frames and bool(present),
             series_description=series_description[:64],

@@ -49,8 +49,13 @@ from medxai.io.writers._common import (
 from medxai.io.writers.dicom_pm import MEDXAI_SCHEME, quantity_code
 from medxai.io.writers.dicom_seg import segment_codes
 
-__all__ = ["write_dicom_sr", "segment_measurements", "DEFAULT_SR_SERIES_OFFSET", "ENERGY_SHARE",
-           "QUALITY_SCORE"]
+__all__ = [
+    "write_dicom_sr",
+    "segment_measurements",
+    "DEFAULT_SR_SERIES_OFFSET",
+    "ENERGY_SHARE",
+    "QUALITY_SCORE",
+]
 
 #: Series number of the SR, when not given: the source's series number plus this.
 DEFAULT_SR_SERIES_OFFSET = 4000
@@ -62,8 +67,9 @@ _MEAN = Code("255586005", "SCT", "Mean")
 _MAXIMUM = Code("56851009", "SCT", "Maximum")
 
 
-def segment_measurements(labels: Any, value: int, spacing: Sequence[float] | None,
-                         saliency: Any | None) -> dict[str, float]:
+def segment_measurements(
+    labels: Any, value: int, spacing: Sequence[float] | None, saliency: Any | None
+) -> dict[str, float]:
     """Size and saliency statistics of label ``value`` in ``labels`` ``(I, J[, K])``.
 
     Args:
@@ -81,7 +87,7 @@ def segment_measurements(labels: Any, value: int, spacing: Sequence[float] | Non
     count = int(mask.sum())
     out: dict[str, float] = {"count": count}
     if spacing is not None:
-        size = float(np.prod([float(s) for s in list(spacing)[:arr.ndim]]))
+        size = float(np.prod([float(s) for s in list(spacing)[: arr.ndim]]))
         out["area_mm2" if arr.ndim == 2 else "volume_mm3"] = count * size
     if saliency is not None:
         sal = as_numpy(saliency).astype(np.float64)
@@ -97,67 +103,117 @@ def segment_measurements(labels: Any, value: int, spacing: Sequence[float] | Non
     return out
 
 
-def _size_measurement(stats: Mapping[str, float], ndim: int,
-                      algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+def _size_measurement(
+    stats: Mapping[str, float], ndim: int, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.Measurement:
     if ndim == 2:
         name = codes.SCT.Area
-        value, unit = ((stats["area_mm2"], codes.UCUM.SquareMillimeter) if "area_mm2" in stats
-                       else (stats["count"], _PIXELS))
+        value, unit = (
+            (stats["area_mm2"], codes.UCUM.SquareMillimeter)
+            if "area_mm2" in stats
+            else (stats["count"], _PIXELS)
+        )
     else:
         name = codes.SCT.Volume
-        value, unit = ((stats["volume_mm3"], codes.UCUM.CubicMillimeter) if "volume_mm3" in stats
-                       else (stats["count"], _VOXELS))
+        value, unit = (
+            (stats["volume_mm3"], codes.UCUM.CubicMillimeter)
+            if "volume_mm3" in stats
+            else (stats["count"], _VOXELS)
+        )
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
 
 
-def _measurements(stats: Mapping[str, float], ndim: int, method: str | None,
-                  quality_score: float | None,
-                  algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
+def _measurements(
+    stats: Mapping[str, float],
+    ndim: int,
+    method: str | None,
+    quality_score: float | None,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> list[hd.sr.Measurement]:
     out = [_size_measurement(stats, ndim, algorithm)]
     if "saliency_mean" in stats:
         quantity = quantity_code("saliency", method)
         one = codes.UCUM.NoUnits
         out += [
-            hd.sr.Measurement(name=quantity, value=stats["saliency_mean"], unit=one,
-                              derivation=_MEAN, algorithm_id=algorithm),
-            hd.sr.Measurement(name=quantity, value=stats["saliency_max"], unit=one,
-                              derivation=_MAXIMUM, algorithm_id=algorithm),
-            hd.sr.Measurement(name=ENERGY_SHARE, value=stats["energy_share"], unit=one,
-                              algorithm_id=algorithm),
+            hd.sr.Measurement(
+                name=quantity,
+                value=stats["saliency_mean"],
+                unit=one,
+                derivation=_MEAN,
+                algorithm_id=algorithm,
+            ),
+            hd.sr.Measurement(
+                name=quantity,
+                value=stats["saliency_max"],
+                unit=one,
+                derivation=_MAXIMUM,
+                algorithm_id=algorithm,
+            ),
+            hd.sr.Measurement(
+                name=ENERGY_SHARE, value=stats["energy_share"], unit=one, algorithm_id=algorithm
+            ),
         ]
     if quality_score is not None:
-        out.append(hd.sr.Measurement(name=QUALITY_SCORE, value=float(quality_score),
-                                     unit=codes.UCUM.NoUnits, algorithm_id=algorithm))
+        out.append(
+            hd.sr.Measurement(
+                name=QUALITY_SCORE,
+                value=float(quality_score),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=algorithm,
+            )
+        )
     return out
 
 
 def _referenced_segment(seg: Dataset, number: int, source: DicomSource) -> hd.sr.ReferencedSegment:
     images = []
-    for k, ds in enumerate(source.datasets):
+    for ds in source.datasets:
         frames = source.frame_numbers if source.is_multiframe else None
-        images.append(hd.sr.SourceImageForSegmentation(
-            referenced_sop_class_uid=ds.SOPClassUID, referenced_sop_instance_uid=ds.SOPInstanceUID,
-            referenced_frame_numbers=[int(f) for f in frames] if frames else None))
-    return hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
-                                   sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
-                                   source_images=images)
+        images.append(
+            hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                referenced_frame_numbers=[int(f) for f in frames] if frames else None,
+            )
+        )
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_images=images,
+    )
 
 
 def _observer() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=hd.UID(), name=SOFTWARE_NAME, manufacturer_name=SOFTWARE_NAME,
-        model_name=f"{SOFTWARE_NAME} {SOFTWARE_VERSION}")
-    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device, observer_identifying_attributes=device))
+        uid=hd.UID(),
+        name=SOFTWARE_NAME,
+        manufacturer_name=SOFTWARE_NAME,
+        model_name=f"{SOFTWARE_NAME} {SOFTWARE_VERSION}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.cid270.Device, observer_identifying_attributes=device
+        )
+    )
 
 
-def write_dicom_sr(labels: Any, source: DicomSource, seg: str | Path | Dataset,
-                   label_info: Sequence[Mapping[str, Any]], path: str | Path, *,
-                   model_name: str, model_version: str, weights_sha256: str | None = None,
-                   spacing: Sequence[float] | None = None,
-                   saliency: Mapping[int, Any] | None = None, method: str | None = None,
-                   quality_score: float | None = None,
-                   series_number: int | None = None) -> Path:
+def write_dicom_sr(
+    labels: Any,
+    source: DicomSource,
+    seg: str | Path | Dataset,
+    label_info: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    model_name: str,
+    model_version: str,
+    weights_sha256: str | None = None,
+    spacing: Sequence[float] | None = None,
+    saliency: Mapping[int, Any] | None = None,
+    method: str | None = None,
+    quality_score: float | None = None,
+    series_number: int | None = None,
+) -> Path:
     """Write a TID 1500 Measurement Report of ``labels`` (as written in ``seg``).
 
     Args:
@@ -184,38 +240,56 @@ def write_dicom_sr(labels: Any, source: DicomSource, seg: str | Path | Dataset,
     specs = normalise_labels(label_info)
     numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg_ds.SegmentSequence}
     if len(numbers) != len(specs):
-        raise InputError(f"the SEG has {len(numbers)} segments but label_info describes "
-                         f"{len(specs)} labels; pass the label_info the SEG was written with")
-    parameters = [f"weights sha256 {weights_sha256 or 'unknown'}",
-                  f"saliency method {method or 'none'}"]
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=model_version[:64],
-                                               parameters=parameters)
+        raise InputError(
+            f"the SEG has {len(numbers)} segments but label_info describes "
+            f"{len(specs)} labels; pass the label_info the SEG was written with"
+        )
+    parameters = [
+        f"weights sha256 {weights_sha256 or 'unknown'}",
+        f"saliency method {method or 'none'}",
+    ]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model_name[:64], version=model_version[:64], parameters=parameters
+    )
     groups = []
     for number, spec in enumerate(specs, start=1):
         stats = segment_measurements(arr, spec.value, spacing, (saliency or {}).get(spec.value))
         category, prop_type = segment_codes(spec)
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
-                                                         identifier=f"segment {number} "
-                                                                    f"{spec.name}"[:64]),
-            referenced_segment=_referenced_segment(seg_ds, number, source),
-            finding_type=prop_type, finding_category=category, algorithm_id=algorithm,
-            measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm)))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier=f"segment {number} {spec.name}"[:64]
+                ),
+                referenced_segment=_referenced_segment(seg_ds, number, source),
+                finding_type=prop_type,
+                finding_category=category,
+                algorithm_id=algorithm,
+                measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm),
+            )
+        )
     proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     try:
         report = hd.sr.MeasurementReport(
             observation_context=_observer(),
             procedure_reported=Code("363679005", "SCT", "Imaging procedure"),
-            imaging_measurements=groups)
+            imaging_measurements=groups,
+        )
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[proxies[0], *proxies[1:], seg_ds], content=report,
+            evidence=[proxies[0], *proxies[1:], seg_ds],
+            content=report,
             series_instance_uid=hd.UID(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_SR_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=SOFTWARE_NAME,
-            is_complete=True, series_description=f"medxai measurements - {NOT_FOR_DIAGNOSIS}"[:64])
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=SOFTWARE_NAME,
+            is_complete=True,
+            series_description=f"medxai measurements - {NOT_FOR_DIAGNOSIS}"[:64],
+        )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ProcessingError(f"highdicom cannot build the measurement report ({exc})",
-                              path=source.paths[0] if source.paths else None) from exc
+        raise ProcessingError(
+            f"highdicom cannot build the measurement report ({exc})",
+            path=source.paths[0] if source.paths else None,
+        ) from exc
     sr.SoftwareVersions = SOFTWARE_VERSION
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)

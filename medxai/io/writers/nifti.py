@@ -79,9 +79,15 @@ def _save(img: nib.Nifti1Image, path: Path) -> Path:
     return path
 
 
-def write_nifti_labels(labels: Any, affine: Any, path: str | Path,
-                       label_info: Sequence[Mapping[str, Any]] | None = None, *,
-                       model_name: str | None = None, model_version: str | None = None) -> Path:
+def write_nifti_labels(
+    labels: Any,
+    affine: Any,
+    path: str | Path,
+    label_info: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> Path:
     """Write a label map as a uint8 NIfTI file plus a JSON sidecar with the label names/colours.
 
     Args:
@@ -104,8 +110,12 @@ def write_nifti_labels(labels: Any, affine: Any, path: str | Path,
     specs = normalise_labels(label_info)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    img = _make_image(np.ascontiguousarray(arr, dtype=np.uint8), aff, "label",
-                      f"{SOFTWARE_NAME} {SOFTWARE_VERSION} labels")
+    img = _make_image(
+        np.ascontiguousarray(arr, dtype=np.uint8),
+        aff,
+        "label",
+        f"{SOFTWARE_NAME} {SOFTWARE_VERSION} labels",
+    )
     img.set_data_dtype(np.uint8)
     sidecar = {
         "kind": "labels",
@@ -121,8 +131,9 @@ def write_nifti_labels(labels: Any, affine: Any, path: str | Path,
     return path
 
 
-def write_nifti_map(saliency: Any, affine: Any, path: str | Path, *,
-                    description: str = "saliency") -> Path:
+def write_nifti_map(
+    saliency: Any, affine: Any, path: str | Path, *, description: str = "saliency"
+) -> Path:
     """Write a float map (e.g. saliency) ``(I, J[, K])`` as a float32 NIfTI file.
 
     Args:
@@ -148,7 +159,8 @@ def write_nifti_map(saliency: Any, affine: Any, path: str | Path, *,
     aff = _check_affine(affine)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    img = _make_image(np.ascontiguousarray(arr), aff, "none",
-                      f"{SOFTWARE_NAME} {SOFTWARE_VERSION} {description}")
+    img = _make_image(
+        np.ascontiguousarray(arr), aff, "none", f"{SOFTWARE_NAME} {SOFTWARE_VERSION} {description}"
+    )
     img.set_data_dtype(np.float32)
     return _save(img, path)

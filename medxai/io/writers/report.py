@@ -32,8 +32,9 @@ def to_plain(obj: Any) -> Any:
         value = float(obj)
         return value if math.isfinite(value) else None
     if isinstance(obj, Mapping):
-        return {str(to_plain(k)) if not isinstance(k, str) else k: to_plain(v)
-                for k, v in obj.items()}
+        return {
+            str(to_plain(k)) if not isinstance(k, str) else k: to_plain(v) for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
         return [to_plain(v) for v in items]
@@ -62,14 +63,18 @@ def write_report_json(report: Mapping[str, Any], path: str | Path) -> Path:
     """
     if not isinstance(report, Mapping):
         raise InputError(f"a report must be a mapping; found {type(report).__name__}")
-    text = json.dumps(to_plain(report), indent=2, sort_keys=True, ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(
+        to_plain(report), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False
+    )
     return write_text_atomic(path, text + "\n")
 
 
-def label_statistics(labels: Any, spacing: Sequence[float] | None,
-                     label_info: Sequence[Mapping[str, Any]] | None,
-                     has_patient_geometry: bool) -> list[dict[str, Any]]:
+def label_statistics(
+    labels: Any,
+    spacing: Sequence[float] | None,
+    label_info: Sequence[Mapping[str, Any]] | None,
+    has_patient_geometry: bool,
+) -> list[dict[str, Any]]:
     """Size of each label.
 
     Args:
@@ -91,14 +96,19 @@ def label_statistics(labels: Any, spacing: Sequence[float] | None,
     size = None
     if has_patient_geometry:
         if spacing is None or len(spacing) < arr.ndim:
-            raise InputError(f"a {arr.ndim}D label map with patient geometry needs "
-                             f"{arr.ndim} spacings; found {spacing!r}")
-        size = float(np.prod([float(s) for s in list(spacing)[:arr.ndim]]))
+            raise InputError(
+                f"a {arr.ndim}D label map with patient geometry needs "
+                f"{arr.ndim} spacings; found {spacing!r}"
+            )
+        size = float(np.prod([float(s) for s in list(spacing)[: arr.ndim]]))
     out = []
     for value in values:
         count = int(counts[value])
-        entry: dict[str, Any] = {"value": value, "name": names.get(value, f"label_{value}"),
-                                 "voxel_count": count}
+        entry: dict[str, Any] = {
+            "value": value,
+            "name": names.get(value, f"label_{value}"),
+            "voxel_count": count,
+        }
         if arr.ndim == 2:
             if size is not None:
                 entry["area_mm2"] = count * size
