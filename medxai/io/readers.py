@@ -9,7 +9,6 @@ objects (:class:`~medxai.io.types.DicomSource`).
 
 from __future__ import annotations
 
-import gzip
 import struct
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from medxai.errors import (
     UnsupportedInputError,
 )
 from medxai.io import dicom as dcm
+from medxai.io.detect import sniff_file
 from medxai.io.dicom.derived import describe_derived, what_to_give_instead
 from medxai.io.dicom.display import (
     display_image,
@@ -39,24 +39,6 @@ __all__ = ["FORMS", "detect_form", "load_dicom_files", "load_image", "read_image
 
 #: Forms :func:`detect_form` can report.
 FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "nifti", "itk")
-
-_PICTURE_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
-
-
-def _nifti_header_size(head: bytes) -> int | None:
-    if len(head) < 4:
-        return None
-    for fmt in ("<i", ">i"):
-        size = struct.unpack(fmt, head[:4])[0]
-        if size in (348, 540):
-            return size
-    return None
 
 
 def detect_form(path: str | Path) -> str:
@@ -73,39 +55,13 @@ def detect_form(path: str | Path) -> str:
         if any((path / n).is_file() for n in ("DICOMDIR", "dicomdir")):
             return "dicomdir"
         return "dicom-folder"
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1024)
-    except OSError as exc:
-        raise InputError(f"cannot be opened ({exc.strerror})", path=path) from exc
-    if not head:
-        raise CorruptInputError(
-            "is empty (0 bytes)",
-            path=path,
-            hint="the file was not copied completely; copy it again",
-        )
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicomdir" if path.name.upper() == "DICOMDIR" else "dicom"
-    for magic, _name in _PICTURE_MAGIC:
-        if head.startswith(magic):
-            return "picture"
+    form = sniff_file(path)  # the one content check (medxai.io.detect, torch-free)
+    if form is not None:
+        return form
+    with open(path, "rb") as fh:
+        head = fh.read(8)
     if head[:2] == b"\x1f\x8b":
-        try:
-            with gzip.open(path, "rb") as gz:
-                inner = gz.read(348)
-        except (OSError, EOFError) as exc:
-            raise CorruptInputError(f"gzip data cannot be decompressed ({exc})", path=path) from exc
-        if _nifti_header_size(inner) and inner[344:347] in (b"n+1", b"ni1", b"n+2"):
-            return "nifti"
-        if _nifti_header_size(inner):
-            return "nifti"
         raise UnsupportedInputError("is gzip-compressed but holds no NIfTI image", path=path)
-    if _nifti_header_size(head) and head[344:347] in (b"n+1", b"ni1") or head[4:8] == b"n+2\x00":
-        return "nifti"
-    if head.startswith(b"NRRD") or head.lstrip().startswith((b"ObjectType", b"NDims")):
-        return "itk"
-    if dcm.is_dicom_file(path):
-        return "dicom"
     raise UnsupportedInputError(
         f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head[:8]!r})",
         path=path,
