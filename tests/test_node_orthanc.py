@@ -96,7 +96,8 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
         ct_uid = str(pydicom.dcmread(ct_files[0], stop_before_pixels=True).StudyInstanceUID)
         node = make_node(tmp_path, node_port, lesion_model,
                          send_to=f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-                         formats=("dicom-seg", "dicom-sr", "json"))
+                         formats=("dicom-seg", "dicom-pm", "dicom-sr", "json"),
+                         explain="gradcam")
         node.start()
         try:
             orthanc.store_to_medxai([derm["ParentStudy"], ct[0]["ParentStudy"]])
@@ -110,6 +111,11 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             srs = wait_until(lambda: [t for t in orthanc.study_instances(derm["ParentStudy"])
                                       if t.get("Modality") == "SR"], 60)
             assert len(srs) == 1 and srs[0]["StudyInstanceUID"] == str(src.StudyInstanceUID)
+            # and the saliency as a Parametric Map (SOP class 1.2.840.10008.5.1.4.1.1.30)
+            pms = wait_until(lambda: [t for t in orthanc.study_instances(derm["ParentStudy"])
+                                      if t.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.30"],
+                             60)
+            assert len(pms) == 1 and pms[0]["StudyInstanceUID"] == str(src.StudyInstanceUID)
             # the CT study went through the same selection as `medxai batch`: recorded, no crash
             row = wait_until(lambda: (r := _study_row(node, ct_uid)) and
                              r["state"] == "processed" and r, 300)
@@ -119,12 +125,12 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             assert row["summary"]["results"] == 0
             assert orthanc.segs_of(ct[0]["ParentStudy"]) == []
             st = node.store.status()
-            assert st["outbox"]["sent"] == 2 and st["outbox"]["pending"] == 0
+            assert st["outbox"]["sent"] == 3 and st["outbox"]["pending"] == 0
             assert st["instances_received"] == 21
             # the same study routed again: the node already has it; nothing new is made or sent
             orthanc.store_to_medxai([derm["ParentStudy"]])
             time.sleep(3)
-            assert node.store.status()["outbox"]["sent"] == 2
+            assert node.store.status()["outbox"]["sent"] == 3
             assert len(orthanc.segs_of(derm["ParentStudy"])) == 1
         finally:
             node.stop()

@@ -102,8 +102,8 @@ class NodeConfig:
     stow: str | None = None
     idle_s: float = 30.0
     model: Any = None
-    formats: Sequence[str] | None = ("dicom-seg", "json")
-    explain: str | None = None
+    formats: Sequence[str] | None = ("dicom-seg", "dicom-pm", "dicom-sr", "json")
+    explain: str | None = "gradcam"
     device: str = "auto"
     max_associations: int = 10
     max_instance_bytes: int = 2 * 1024**3

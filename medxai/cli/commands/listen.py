@@ -90,18 +90,19 @@ def _status_text(st: dict[str, Any]) -> str:
     "-m",
     "--model",
     default=None,
-    help="Bundled model name or bundle folder. [default: isic2018-lesion-unet]",
+    help="Bundled model name or bundle folder. "
+    "[default: for each series, the bundled model whose fit rules accept it]",
 )
 @click.option(
     "--format",
     "formats",
-    default="dicom-seg,json",
+    default="dicom-seg,dicom-pm,dicom-sr,json",
     show_default=True,
-    help="Comma-separated outputs (the DICOM ones are sent).",
+    help="Comma-separated outputs (the DICOM ones are sent; dicom-pm needs --explain).",
 )
 @click.option(
     "--explain",
-    default="none",
+    default="gradcam",
     show_default=True,
     type=click.Choice(EXPLAIN_CHOICES),
     help="Saliency method, or none.",
