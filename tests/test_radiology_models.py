@@ -106,3 +106,21 @@ def test_hippocampus_crop_series_end_to_end(tmp_path: Path) -> None:
     seg = res.output_dir / "seg.dcm"
     from_dcmqi, _k0 = _dcmqi_labels(seg, loaded.dicom, labels.shape, tmp_path / "dcmqi")
     assert np.array_equal(from_dcmqi > 0, labels > 0)
+
+
+def test_chest_cr_with_zero_pixel_spacing_gives_valid_dicom(tmp_path: Path) -> None:
+    """pydicom's RG1_UNCR chest CR carries PixelSpacing 0\\0: the lungs model is chosen, areas
+    stay in pixels, and no derived object copies the invalid spacing (dciodvfy, no Error)."""
+    _require(LUNGS)
+    from pydicom.data import get_testdata_file
+
+    from medxai.pipeline import segment_path
+    from tests.helpers_dicom import assert_dciodvfy_clean
+
+    res = segment_path(get_testdata_file("RG1_UNCR.dcm"), None, tmp_path)
+    assert res.report["model"]["choice"]["chosen"] == LUNGS
+    assert "area_pixels" in res.report["labels"][0]
+    written = sorted(res.output_dir.rglob("*.dcm"))
+    assert {p.name for p in written} >= {"seg.dcm", "pm_saliency_lungs.dcm", "sr.dcm"}
+    for path in written:
+        assert_dciodvfy_clean(path)

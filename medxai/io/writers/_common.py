@@ -369,6 +369,15 @@ def _fg_value(ds: Dataset, frame_index: int | None, group: str, keyword: str) ->
     return None
 
 
+def usable_spacing(spacing: Any) -> bool:
+    """Whether a PixelSpacing-like value is two positive numbers (exports hold ``0\\0``,
+    which dciodvfy rejects when copied into a derived object)."""
+    try:
+        return spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing)
+    except (TypeError, ValueError):
+        return False
+
+
 def frame_geometry(source: DicomSource, k: int) -> tuple[Dataset, int | None, dict[str, Any]]:
     """The source dataset, 1-based frame number (multi-frame) and plane geometry of slice ``k``.
 
@@ -398,7 +407,7 @@ def frame_geometry(source: DicomSource, k: int) -> tuple[Dataset, int | None, di
         geometry["ImagePositionPatient"] = list(ipp)
     if iop is not None and len(iop) == 6:
         geometry["ImageOrientationPatient"] = list(iop)
-    if spacing is not None and len(spacing) == 2:
+    if usable_spacing(spacing):
         geometry["PixelSpacing"] = list(spacing)
     if has_frame_of_reference(ds):
         geometry["FrameOfReferenceUID"] = str(ds.FrameOfReferenceUID)

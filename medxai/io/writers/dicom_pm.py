@@ -57,6 +57,7 @@ from medxai.io.writers._common import (
     now,
     series_number_for,
     source_proxy,
+    usable_spacing,
 )
 
 __all__ = ["write_dicom_pm", "quantity_code", "DEFAULT_PM_SERIES_OFFSET", "MEDXAI_SCHEME"]
@@ -133,7 +134,14 @@ def _own_geometry(proxies: list[Dataset]) -> None:
     """Give source headers without a Frame of Reference the PM's own pixel-grid geometry."""
     uid = hd.UID()
     for k, proxy in enumerate(proxies):
-        spacing = proxy.get("PixelSpacing") or proxy.get("ImagerPixelSpacing") or [1, 1]
+        spacing = next(
+            (
+                v
+                for v in (proxy.get("PixelSpacing"), proxy.get("ImagerPixelSpacing"))
+                if usable_spacing(v)
+            ),
+            [1, 1],
+        )
         proxy.FrameOfReferenceUID = uid
         proxy.PixelSpacing = list(spacing)
         proxy.SliceThickness = 1
