@@ -71,13 +71,18 @@ def test_chest_cr_dicom_goes_to_the_lungs_model() -> None:
     assert choose_model(facts, CANDIDATES).name == LUNGS
 
 
-def test_dx_without_body_part_goes_to_the_lungs_model_and_says_so() -> None:
+def test_thorax_dx_goes_to_the_lungs_model() -> None:
     dx = shared_path("dicom", "highdicom_test_files", "dx_image.dcm")
     facts = _facts(dx)
+    assert (facts.modality, facts.body_part) == ("DX", "THORAX")
     choice = choose_model(facts, CANDIDATES)
-    assert choice.name == LUNGS
-    if not facts.body_part:
-        assert "names no body part" in choice.reason
+    assert choice.name == LUNGS and "names no body part" not in choice.reason
+
+
+def test_radiograph_without_body_part_is_accepted_and_the_reason_says_so() -> None:
+    facts = InputFacts(2, 1, "CR", "dicom", (2048, 2048))
+    choice = choose_model(facts, CANDIDATES)
+    assert choice.name == LUNGS and "names no body part" in choice.reason
 
 
 def test_extremity_radiograph_is_refused_by_the_lungs_model() -> None:
