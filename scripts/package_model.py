@@ -31,19 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medxai.evaluation.segmentation import evaluate_model
+from medxai.io.datasets import dataset_json_validation
 from medxai.models.bundle import load_bundle
-from medxai.training.datasets import dataset_json_validation
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "medxai" / "models" / "bundled"
-
-
-def _evaluate(bundle: Any, data: Path) -> Any:
-    try:
-        from medxai.evaluation import evaluate_model  # type: ignore[attr-defined]
-    except ImportError:
-        from medxai.training.evaluate import evaluate_model
-    return evaluate_model(bundle, data, device="cpu")
 
 
 def _val_folder(root: Path, tmp: Path) -> Path:
@@ -127,7 +120,7 @@ def main(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = _val_folder(args.val, Path(tmp)) if args.val_list else args.val
-        result = _evaluate(bundle, data)
+        result = evaluate_model(bundle, data, device="cpu")
     seconds = time.perf_counter() - t0
     metrics = _metrics(result.rows, names)
     hist = _history(run)

@@ -149,15 +149,15 @@ def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
     if bundle is None:
         from medxai.models.registry import list_models
 
+        cards = [m.card() for m in list_models() if m.available]
         return {
             "auto": [
                 {
-                    "name": m.name,
-                    "version": str(m.card().get("version")),
-                    "weights_sha256": m.card().get("weights_sha256"),
+                    "name": c.get("name"),
+                    "version": str(c.get("version")),
+                    "weights_sha256": c.get("weights_sha256"),
                 }
-                for m in list_models()
-                if m.available
+                for c in cards
             ]
         }
     return {"name": bundle.name, "version": bundle.version, "weights_sha256": bundle.weights_sha256}

@@ -258,9 +258,9 @@ def _segment_one(
             kwargs["prediction"] = prediction
         if job.get("model_choice"):
             # chosen from headers: check the full rules (spacing, extent, body part) on the image
-            FitRules.from_input_config(
-                bundle.config.get("input", {}), bundle.spatial_dims, bundle.in_channels
-            ).check(input_facts(loaded), bundle.name, str(loaded.path))
+            FitRules.from_bundle_config(bundle.config).check(
+                input_facts(loaded), bundle.name, str(loaded.path)
+            )
             kwargs["choice"] = ModelChoice.from_dict(job["model_choice"])
         res = segment_loaded(loaded, bundle, job["out_root"], options, name=job["name"], **kwargs)
     except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded

@@ -143,6 +143,17 @@ class FitRules:
             note=str(block.get("fit_note", "")),
         )
 
+    @classmethod
+    def from_bundle_config(cls, config: Mapping[str, Any]) -> FitRules:
+        """The rules of a medxai bundle's ``configs/inference.json`` (dims and channels default
+        to its ``network_def``)."""
+        net = config.get("network_def") or {}
+        return cls.from_input_config(
+            config.get("input") or {},
+            int(net.get("spatial_dims", 2)),
+            int(net.get("in_channels", 1)),
+        )
+
     def problems(self, facts: InputFacts) -> list[str]:
         """Why ``facts`` do not fit these rules (empty: they fit), each a short phrase."""
         out: list[str] = []

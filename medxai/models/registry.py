@@ -54,11 +54,7 @@ class BundledModel:
 
 @lru_cache(maxsize=16)
 def _fit_rules(config_path: str) -> FitRules:
-    config = json.loads(Path(config_path).read_text())
-    net = config.get("network_def", {})
-    return FitRules.from_input_config(
-        config.get("input", {}), int(net.get("spatial_dims", 2)), int(net.get("in_channels", 1))
-    )
+    return FitRules.from_bundle_config(json.loads(Path(config_path).read_text()))
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
