@@ -40,7 +40,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 TTA_CHOICES = ("none", "flips", "dihedral")
 #: 2D training augmentation families (``--augment``): ``photo`` for pictures with no up,
 #: ``radiograph`` for upright projection X-rays (see :mod:`medxai.training.trainer`).
-AUGMENTATIONS = ("photo", "radiograph")
+AUGMENTATIONS = ("photo", "radiograph", "volume")
 #: Steps a bundle's ``postprocessing`` section may name.
 POSTPROCESSING_KEYS = ("keep_largest_component", "keep_components", "fill_holes")
 #: Per-image segmentation metrics, in the order tables and CSV files show them

@@ -203,3 +203,40 @@ def test_swa_averages_the_last_epochs_weights(tmp_path: Path) -> None:
             train(TrainConfig(data=str(data), output=str(tmp_path / "bad"), spatial_size=[32, 32],
                               epochs=epochs, warmup_epochs=warmup, swa_epochs=swa, width=4,
                               depth=3))
+
+
+def test_volume_augmentation_is_rigid_keeps_labels_and_refuses_2d(tmp_path: Path) -> None:
+    from medxai.errors import MedxaiError
+    from medxai.training.volumes import augment_patch
+
+    # a centred ball stays a ball of about the same size under rotation (no anisotropic
+    # distortion from the non-cubic patch), labels stay {0, 1, 2} and never blend
+    shape = (40, 56, 40)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij")
+    ball = (zz**2 + yy**2 + xx**2) <= 10**2
+    y = torch.from_numpy(ball.astype(np.uint8) * 2)[None]
+    y[0, 20:, :, :] = torch.where(y[0, 20:] > 0, 1, 0).to(torch.uint8)
+    x = torch.randn(1, *shape)
+    rng = np.random.default_rng(3)
+    sizes = []
+    for _ in range(12):
+        ax, ay = augment_patch(x, y, rng)
+        assert ax.shape == x.shape and ay.shape == y.shape and ay.dtype == torch.uint8
+        assert set(torch.unique(ay).tolist()) <= {0, 1, 2}
+        fg = torch.nonzero(ay[0] > 0).float()
+        extent = fg.max(0).values - fg.min(0).values + 1
+        # a ball's extent is the same along every axis whatever the rotation; scaling <= 15 %
+        assert float(extent.max() - extent.min()) <= 2.0, extent
+        sizes.append(int((ay > 0).sum()))
+    assert min(sizes) < int(ball.sum()) < max(sizes) or len(set(sizes)) > 1
+    # the 3D augmentation on a 2D dataset is refused before any training
+    data = _isic_subset(tmp_path / "isic", n=4)
+    with pytest.raises(MedxaiError, match="3D augmentation"):
+        train(TrainConfig(data=str(data), output=str(tmp_path / "b"), spatial_size=[32, 32],
+                          epochs=1, batch_size=2, width=4, depth=3, augment="volume"))
+    # and a 3D run with it trains
+    vol = make_volume_dataset(tmp_path / "synthetic", n=3)
+    res = train(TrainConfig(data=str(vol), output=str(tmp_path / "v"), roi_size=[32, 32, 16],
+                            epochs=1, warmup_epochs=0, batch_size=2, width=4, depth=3,
+                            val_fraction=0.34, augment="volume", flip_axes=[0]))
+    assert math.isfinite(res.history[-1]["train_loss"])

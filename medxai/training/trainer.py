@@ -419,6 +419,11 @@ def _load_data(cfg: TrainConfig, pairs: list[Pair], val_pairs: list[Pair], say: 
     """Read the data (2D: cached at ``cfg.spatial_size``; 3D: :class:`VolumeData`); fills in
     the default ``spatial_size``/``roi_size`` of ``cfg``."""
     if is_2d_dataset(pairs):
+        if cfg.augment == "volume":
+            raise MedxaiError(
+                "--augment volume is the 3D augmentation, and this dataset holds 2D pictures",
+                hint="use --augment photo or --augment radiograph for 2D data",
+            )
         cfg.spatial_size = list(cfg.spatial_size or (192, 192))
         say(
             f"caching {len(pairs)} training and {len(val_pairs)} validation pictures at "

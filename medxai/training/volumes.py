@@ -27,6 +27,53 @@ def _default_intensity(modality: str) -> dict[str, Any]:
     return {"kind": "zscore"}
 
 
+def _rotation(angles: Sequence[float]) -> np.ndarray:
+    rx, ry, rz = angles
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    my = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    mz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return mz @ my @ mx
+
+
+def augment_patch(
+    x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D training augmentation of one patch (``--augment volume``): with probability 0.7 a
+    rotation (up to 15 degrees about each axis) and an isotropic scaling (0.85-1.15) about the
+    patch centre, image resampled linearly (border values outside) and labels by nearest
+    neighbour; then intensity scale (0.9-1.1) and shift (+-0.1 SD), gamma (0.7-1.5, on the
+    patch's own range) and Gaussian noise (SD up to 0.05), each with probability 0.3-0.5.
+    Labels keep their meaning: no axis is mirrored here (that is ``flip_axes``)."""
+    if rng.random() < 0.7:
+        angles = rng.uniform(-np.pi / 12, np.pi / 12, size=3)
+        scale = float(rng.uniform(0.85, 1.15))
+        theta = np.zeros((1, 3, 4), dtype=np.float32)
+        # affine_grid works in normalised (x, y, z) = (last, middle, first) axis coordinates:
+        # conjugate by the half-sizes so that the rotation is rigid in voxels
+        half = np.diag(np.asarray(x.shape[1:][::-1], dtype=np.float64))
+        theta[0, :, :3] = np.linalg.inv(half) @ _rotation(angles) @ half / scale
+        t = torch.from_numpy(theta)
+        grid = torch.nn.functional.affine_grid(t, [1, *x.shape], align_corners=False)
+        x = torch.nn.functional.grid_sample(
+            x[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0]
+        y = torch.nn.functional.grid_sample(
+            y[None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+        )[0].to(torch.uint8)
+    if rng.random() < 0.5:
+        x = x * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.3:
+        lo, hi = float(x.min()), float(x.max())
+        if hi > lo:
+            gamma = float(rng.uniform(0.7, 1.5))
+            x = ((x - lo) / (hi - lo)).clamp(0, 1) ** gamma * (hi - lo) + lo
+    if rng.random() < 0.3:
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        x = x + torch.randn(x.shape, generator=gen) * float(rng.uniform(0.0, 0.05))
+    return x.contiguous(), y.contiguous()
+
+
 class VolumeData:
     """Volumes and labels held in memory on the model grid, with a patch sampler.
 
@@ -47,6 +94,7 @@ class VolumeData:
         self.seed = int(cfg.seed)
         flips = getattr(cfg, "flip_axes", None)
         self.flip_axes = (0, 1, 2) if flips is None else tuple(int(a) for a in flips)
+        self.spatial_aug = getattr(cfg, "augment", "photo") == "volume"
         first = read_image(pairs[0].image)
         self.intensity = cfg.intensity or _default_intensity(str(first.meta.get("modality", "")))
         self._scale = ScaleIntensityFromBundle(self.intensity)
@@ -103,6 +151,8 @@ class VolumeData:
         for d in range(3):
             if rng.random() < 0.5 and d in self.flip_axes:
                 px, py = px.flip(d + 1), py.flip(d + 1)
+        if self.spatial_aug:
+            px, py = augment_patch(px, py, rng)
         return px, py
 
     def train_batches(

@@ -61,8 +61,10 @@ def _flip_axes(value: str | None) -> list[int] | None:
     type=click.Choice(AUGMENTATIONS),
     default="photo",
     show_default=True,
-    help="2D augmentation: photo (any rotation, flips, colour jitter) or radiograph "
-    "(upright X-rays: small rotation, scale, shift, contrast; no flips).",
+    help="Augmentation: photo (2D: any rotation, flips, colour jitter), radiograph "
+    "(2D upright X-rays: small rotation, scale, shift, contrast; no flips) or volume "
+    "(3D: --flip-axes mirroring plus rotation up to 15 degrees, scaling 0.85-1.15, "
+    "intensity scale/shift, gamma and noise); 3D runs with photo only mirror.",
 )
 @click.option(
     "--flip-axes",
