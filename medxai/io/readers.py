@@ -32,10 +32,18 @@ from medxai.io.dicom.display import (
     is_display_candidate,
     radiograph_spacing,
 )
+from medxai.io.dicom.volumes import Volume, split_volumes, volume_attributes
 from medxai.io.geometry import axis_codes, lps_to_ras_affine, spacing_from_affine
 from medxai.io.types import DicomSource, LoadedImage
 
-__all__ = ["FORMS", "detect_form", "load_dicom_files", "load_image", "read_image"]
+__all__ = [
+    "FORMS",
+    "detect_form",
+    "list_volumes",
+    "load_dicom_files",
+    "load_image",
+    "read_image",
+]
 
 #: Forms :func:`detect_form` can report.
 FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "nifti", "itk")
@@ -78,7 +86,9 @@ def read_image(path: str | Path) -> MetaTensor:
     return load_image(path).image
 
 
-def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
+def load_image(
+    path: str | Path, *, display: bool | None = None, volume: int | None = None
+) -> LoadedImage:
     """Read ``path`` (file or folder) into a :class:`~medxai.io.types.LoadedImage`.
 
     Args:
@@ -89,6 +99,10 @@ def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
             (Hounsfield units, ...). ``None`` (default): displayed for projection radiographs
             (DX, CR, MG, IO, PX, RG; one frame, greyscale), modality values otherwise. The meta key
             ``intensity`` says which (``"display"`` or ``"modality"``).
+        volume: for a DICOM series or enhanced multi-frame object holding several volumes
+            (echoes, b-values, ...: :func:`list_volumes`), the 1-based index of the one to read;
+            meta ``volume`` then says which it is (index, count, label, key). Without it such an
+            input is refused with the list of its volumes. Ignored for one-volume inputs.
 
     Raises:
         MedxaiError: (a subclass of it) for every input that cannot be read, with the reason.
@@ -103,7 +117,7 @@ def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
         if form == "itk":
             return _load_itk(path)
         if form == "dicom":
-            return _load_dicom_file(path, display)
+            return _load_dicom_file(path, display, volume)
         if form == "dicomdir":
             ddir = (
                 path
@@ -119,8 +133,9 @@ def load_image(path: str | Path, *, display: bool | None = None) -> LoadedImage:
                 "dicomdir",
                 shown=path,
                 display=display,
+                volume=volume,
             )
-        return _load_dicom_folder(path, None, "dicom-series", display=display)
+        return _load_dicom_folder(path, None, "dicom-series", display=display, volume=volume)
     except MedxaiError:
         raise
     except MemoryError as exc:
@@ -391,12 +406,19 @@ def _plane_geometry(ds: Any, nframes: int) -> tuple[list[Any], list[Any], Any, A
     return None
 
 
-def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
+def _load_dicom_file(
+    path: Path, display: bool | None = None, volume: int | None = None
+) -> LoadedImage:
     ds = dcm.read_header(path)
     sop = str(ds.get("SOPClassUID", ""))
     if sop == "1.2.840.10008.1.3.10":
         return _load_dicom_folder(
-            path.parent, dcm.dicomdir_files(path), "dicomdir", shown=path, display=display
+            path.parent,
+            dcm.dicomdir_files(path),
+            "dicomdir",
+            shown=path,
+            display=display,
+            volume=volume,
         )
     if sop in dcm.NON_IMAGE_SOP_CLASSES:
         raise UnsupportedInputError(
@@ -427,8 +449,17 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
     xray = radiograph_spacing(ds)
     if geom is not None and spacing is None and geom[2] is not None and len(geom[2]) == 2:
         spacing = (float(geom[2][0]), float(geom[2][1]))
+    chosen: dict[str, Any] | None = None
     if geom is not None and spacing is not None:
         positions, orients, _sp, thick = geom
+        members = list(range(nframes))
+        vols = _frame_volumes(ds, positions)
+        if len(vols) > 1:
+            pick = _choose_volume(vols, volume, path, "multi-frame object")
+            members = list(pick.members)
+            positions = [positions[i] for i in members]
+            orients = [orients[i] for i in members]
+            chosen = pick.to_dict(len(vols))
         ok = {tuple(round(v, 4) for v in o) for o in orients}
         if len(ok) > 1:
             raise SeriesError(
@@ -444,7 +475,7 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
             float(thick) if thick not in (None, "") else None,
             what="multi-frame object",
         )
-        order = stack.order
+        order = [members[i] for i in stack.order]  # indices of the object's frames
         frames = frames[order]
         if frame_numbers is not None:
             frame_numbers = [frame_numbers[i] for i in order]
@@ -467,6 +498,8 @@ def _load_dicom_file(path: Path, display: bool | None = None) -> LoadedImage:
         warnings.append("no usable Pixel Spacing or Imager Pixel Spacing: sizes are in pixels")
     _repair_identity([ds], warnings)
     meta = _dicom_meta(ds, form, 1, has_geom, warnings)
+    if chosen is not None:
+        meta["volume"] = chosen
     if as_displayed:
         meta.update(intensity="display", display=shown)
     if xray is not None and not has_geom:
@@ -546,7 +579,11 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
 
 
 def load_dicom_files(
-    folder: str | Path, files: list[Path], *, display: bool | None = None
+    folder: str | Path,
+    files: list[Path],
+    *,
+    display: bool | None = None,
+    volume: int | None = None,
 ) -> LoadedImage:
     """Read the one image series formed by ``files`` (slices of one series), named ``folder``.
 
@@ -554,8 +591,80 @@ def load_dicom_files(
     :func:`load_image` on a series folder.
     """
     return _load_dicom_folder(
-        Path(folder), [Path(f) for f in files], "dicom-series", display=display
+        Path(folder), [Path(f) for f in files], "dicom-series", display=display, volume=volume
     )
+
+
+def _frame_volumes(ds: Any, positions: list[Any]) -> list[Volume]:
+    """The volumes of an enhanced multi-frame object whose frames share positions."""
+    if len(positions) < 2 or "PerFrameFunctionalGroupsSequence" not in ds:
+        return split_volumes(positions, [{} for _ in positions])
+    return split_volumes(positions, [volume_attributes(ds, f) for f in range(len(positions))])
+
+
+def _choose_volume(vols: list[Volume], volume: int | None, where: Path, what: str) -> Volume:
+    """The volume asked for, or the refusal that lists them."""
+    listing = ", ".join(f"{v.index}: {v.label}" for v in vols[:12])
+    if len(vols) > 12:
+        listing += f", ... ({len(vols)} in all)"
+    key = ", ".join(sorted({k for v in vols for k in v.key}))
+    if volume is None:
+        raise SeriesError(
+            f"this {what} holds {len(vols)} volumes at the same slice positions, told apart by "
+            f"{key} ({listing})",
+            path=where,
+            hint="choose one with `medxai segment --volume N` (default: all, each into its own "
+            "result folder) or load_image(path, volume=N); `medxai info` lists them",
+        )
+    if not 1 <= int(volume) <= len(vols):
+        raise SeriesError(
+            f"holds {len(vols)} volumes ({listing}); there is no volume {volume}",
+            path=where,
+            hint=f"choose 1..{len(vols)}",
+        )
+    return vols[int(volume) - 1]
+
+
+def list_volumes(path: str | Path) -> list[Volume]:
+    """The volumes a DICOM input holds (header-only): one :class:`~medxai.io.dicom.volumes.
+    Volume` with label ``""`` for ordinary inputs and for pictures, NIfTI and NRRD files;
+    several for a series folder or enhanced multi-frame object holding several volumes (split
+    as :mod:`medxai.io.dicom.volumes` says). Pass ``Volume.index`` to :func:`load_image`.
+
+    Raises:
+        MedxaiError: as :func:`load_image` for an unusable input.
+    """
+    path = Path(path)
+    form = detect_form(path)
+    one = [Volume(1, "", {}, ())]
+    if form == "dicom":
+        ds = dcm.read_header(path)
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.1.3.10":
+            return _folder_volumes(path.parent, dcm.dicomdir_files(path))
+        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+        geom = _plane_geometry(ds, nframes) if nframes > 1 else None
+        return _frame_volumes(ds, geom[0]) if geom is not None else one
+    if form == "dicomdir":
+        ddir = next(p for p in (path / "DICOMDIR", path / "dicomdir") if p.is_file())
+        return _folder_volumes(path, dcm.dicomdir_files(ddir))
+    if form == "dicom-folder":
+        return _folder_volumes(path, None)
+    return one
+
+
+def _folder_volumes(folder: Path, files: list[Path] | None) -> list[Volume]:
+    unique, _dups = _series_items(folder, files)
+    if len(unique) == 1:
+        return list_volumes(unique[0][0])
+    return _file_volumes(unique)
+
+
+def _file_volumes(items: list[tuple[Path, Any]]) -> list[Volume]:
+    positions = [
+        [float(v) for v in ds.ImagePositionPatient] if "ImagePositionPatient" in ds else None
+        for _, ds in items
+    ]
+    return split_volumes(positions, [volume_attributes(ds) for _, ds in items])
 
 
 def _load_dicom_folder(
@@ -564,19 +673,22 @@ def _load_dicom_folder(
     form: str,
     shown: Path | None = None,
     display: bool | None = None,
+    volume: int | None = None,
 ) -> LoadedImage:
     """Read the one image series under ``folder`` (or among ``files``); errors name ``shown``."""
     try:
-        return _load_series(folder, files, form, display)
+        return _load_series(folder, files, form, display, volume)
     except MedxaiError as exc:
         if shown is None or exc.path == str(shown):
             raise
         raise type(exc)(exc.detail, path=shown, hint=exc.hint) from exc
 
 
-def _load_series(
-    folder: Path, files: list[Path] | None, form: str, display: bool | None = None
-) -> LoadedImage:
+def _series_items(
+    folder: Path, files: list[Path] | None
+) -> tuple[list[tuple[Path, Any]], list[str]]:
+    """The image files of the one series under ``folder`` (or among ``files``), read
+    header-first, exact duplicates (same SOP Instance UID) dropped, and warnings on those."""
     scan = dcm.scan_folder(folder, files)
     if not scan.datasets:
         reasons = "; ".join(f"{p.name}: {r}" for p, r in scan.skipped[:5]) or "the folder is empty"
@@ -594,7 +706,11 @@ def _load_series(
             hint="give the folder of one series, or use `medxai batch` for whole exports",
         )
     items = next(iter(groups.values()))
-    # drop exact duplicates (same SOP Instance UID in two files)
+    return _drop_duplicates(items)
+
+
+def _drop_duplicates(items: list[tuple[Path, Any]]) -> tuple[list[tuple[Path, Any]], list[str]]:
+    """Exact duplicates (same SOP Instance UID in two files) dropped, with a warning each."""
     seen: dict[str, Path] = {}
     unique = []
     dup_warnings = []
@@ -607,11 +723,31 @@ def _load_series(
             continue
         seen[uid] = p
         unique.append((p, ds))
+    return unique, dup_warnings
+
+
+def _load_series(
+    folder: Path,
+    files: list[Path] | None,
+    form: str,
+    display: bool | None = None,
+    volume: int | None = None,
+) -> LoadedImage:
+    unique, dup_warnings = _series_items(folder, files)
+    chosen: dict[str, Any] | None = None
+    if len(unique) > 1:
+        vols = _file_volumes(unique)
+        if len(vols) > 1:
+            pick = _choose_volume(vols, volume, folder, "series")
+            unique = [unique[i] for i in pick.members]
+            chosen = pick.to_dict(len(vols))
     if len(unique) == 1:
-        loaded = _load_dicom_file(unique[0][0], display)
+        loaded = _load_dicom_file(unique[0][0], display, volume if chosen is None else None)
         loaded.image.meta["geometry_warnings"] = (
             dup_warnings + loaded.image.meta["geometry_warnings"]
         )
+        if chosen is not None:
+            loaded.image.meta["volume"] = chosen
         loaded.path = folder
         return loaded
     first = unique[0][1]
@@ -668,5 +804,7 @@ def _load_series(
     warnings = dup_warnings + stack.warnings
     _repair_identity([ds for _, ds in ordered], warnings)
     meta = _dicom_meta(first, form, len(ordered), True, warnings)
+    if chosen is not None:
+        meta["volume"] = chosen
     source = DicomSource(datasets=[ds for _, ds in ordered], paths=[p for p, _ in ordered])
     return _make(arr, lps_to_ras_affine(stack.affine_lps), folder, form, meta, source)
