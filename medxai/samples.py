@@ -107,7 +107,7 @@ def make_ct_volume(
 # geometry of the sample CT: oblique (rotated 20 degrees about z, tilted 10 about x)
 def _ct_geometry(
     shape: tuple[int, int, int],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float], float]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float], np.ndarray]:
     az, ax = np.radians(20.0), np.radians(10.0)
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -122,11 +122,11 @@ def _ct_geometry(
 
 def _base_dataset(sop_class: str, sop_uid: str, series_uid: str, study_uid: str, modality: str):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()

@@ -50,7 +50,8 @@ class MedxaiClickError(click.ClickException):
 
     def __init__(self, err: MedxaiError) -> None:
         super().__init__(str(err))
-        self.exit_code = err.exit_code
+        # click declares exit_code on the class; an instance value is what click reads
+        self.exit_code = err.exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", err=True)

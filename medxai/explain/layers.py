@@ -89,12 +89,8 @@ def _unet_prefix(net: nn.Module) -> str | None:
     except ImportError:  # pragma: no cover - monai is a dependency
         return None
     for name, module in net.named_modules():
-        if (
-            isinstance(module, UNet)
-            and isinstance(getattr(module, "model", None), nn.Sequential)
-            and len(module.model) == 3
-            and hasattr(module.model[1], "submodule")
-        ):
+        body = getattr(module, "model", None) if isinstance(module, UNet) else None
+        if isinstance(body, nn.Sequential) and len(body) == 3 and hasattr(body[1], "submodule"):
             return name
     return None
 

@@ -337,10 +337,12 @@ def occlusion(
             for part in chunks(len(windows), batch_size):
                 batch = x[i : i + 1].repeat(len(part), *([1] * (nd + 1)))
                 for j, w in enumerate(part):
-                    batch[(j, slice(None), *windows[w])] = fill_i
+                    cut: tuple[int | slice, ...] = (j, slice(None), *windows[w])
+                    batch[cut] = fill_i
                 scores = sample_target(forward(net, batch)).float()
                 for j, w in enumerate(part):
-                    drops[(i, 0, *windows[w])] += reference[i] - scores[j]
+                    where: tuple[int | slice, ...] = (i, 0, *windows[w])
+                    drops[where] += reference[i] - scores[j]
     saliency = (drops / counts).clamp_min(0)
     return normalise(saliency) if normalize else saliency
 

@@ -165,14 +165,14 @@ def sliding_window_saliency(
     total = torch.zeros((n, 1, *padded_size), dtype=torch.float32)
     weight = torch.zeros((1, 1, *padded_size), dtype=torch.float32)
     for window in windows:
-        weight[(slice(None), slice(None), *window)] += importance
+        weight[(slice(None), slice(None)) + window] += importance
     for i in range(n):
         for part in chunks(len(windows), sw_batch_size):
-            batch = torch.cat([x[(slice(i, i + 1), slice(None), *windows[w])] for w in part])
+            batch = torch.cat([x[(slice(i, i + 1), slice(None)) + windows[w]] for w in part])
             if roi_mask is not None:
                 window_target = base_target.with_region(
                     torch.cat(
-                        [roi_mask[(slice(i, i + 1), slice(None), *windows[w])] for w in part]
+                        [roi_mask[(slice(i, i + 1), slice(None)) + windows[w]] for w in part]
                     ).to(device)
                 )
             else:
@@ -182,11 +182,11 @@ def sliding_window_saliency(
             )
             saliency = saliency.detach().to("cpu", torch.float32)
             for j, w in enumerate(part):
-                where = (slice(i, i + 1), slice(None), *windows[w])
+                where = (slice(i, i + 1), slice(None)) + windows[w]
                 total[where] += saliency[j : j + 1] * importance
             del saliency, batch
 
     total = total / weight
     crop = tuple(slice(b, b + s) for b, s in zip(before, image_size))
-    total = total[(slice(None), slice(None), *crop)].contiguous()
+    total = total[(slice(None), slice(None)) + crop].contiguous()
     return normalise(total) if normalize else total

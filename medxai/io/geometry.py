@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "LPS_TO_RAS",
@@ -40,7 +41,7 @@ def ras_to_lps_affine(affine_ras: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)
 
 
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+def slice_normal(orientation: ArrayLike) -> np.ndarray:
     """Unit normal ``cross(row_cosines, col_cosines)`` of an ImageOrientationPatient value."""
     iop = np.asarray(orientation, dtype=np.float64)
     n = np.cross(iop[:3], iop[3:])
@@ -49,10 +50,10 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def dicom_affine_lps(
-    orientation: Sequence[float],
-    position: Sequence[float],
+    orientation: ArrayLike,
+    position: ArrayLike,
     pixel_spacing: Sequence[float],
-    slice_step: Sequence[float] | None = None,
+    slice_step: ArrayLike | None = None,
     slice_thickness: float | None = None,
 ) -> np.ndarray:
     """4x4 LPS affine of a DICOM slice stack (see the module docstring).

@@ -5,6 +5,7 @@ through MONAI's own loading transforms, with the same arrays and affines as
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,20 @@ class MedxaiReader(ImageReader):
     (they do not collate); use :func:`medxai.load_image` to get them.
     """
 
-    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        names = [filename] if isinstance(filename, (str, Path)) else list(filename)
+    # MONAI's ImageReader types the names as str | os.PathLike (one or a sequence)
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         try:
-            return all(detect_form(n) is not None for n in names)
+            return all(detect_form(Path(n)) is not None for n in names)
         except MedxaiError:
             return False
 
     def read(
-        self, data: Sequence[str | Path] | str | Path, **kwargs: Any
+        self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any
     ) -> LoadedImage | list[LoadedImage]:
-        if isinstance(data, (str, Path)):
-            return load_image(data)
-        return [load_image(d) for d in data]
+        if isinstance(data, (str, os.PathLike)):
+            return load_image(Path(data))
+        return [load_image(Path(d)) for d in data]
 
     def get_data(self, img: LoadedImage | list[LoadedImage]) -> tuple[np.ndarray, dict[str, Any]]:
         items = img if isinstance(img, list) else [img]

@@ -254,7 +254,7 @@ def listen_cmd(
         tls=tls,
     )
     node = DicomNode(config, on_event=on_event)
-    stopping = {"signal": None}
+    stopping: dict[str, int | None] = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
         stopping["signal"] = signum

@@ -170,7 +170,7 @@ def dicomdir_files(path: str | Path) -> list[Path]:
         if ref is None:
             continue
         parts = [ref] if isinstance(ref, str) else list(ref)
-        candidate = root.joinpath(*parts)
+        candidate: Path | None = root.joinpath(*parts)
         if not candidate.exists():  # media often upper-cases names
             candidate = find_case_insensitive(root, parts)
         if candidate is not None and candidate.is_file():
@@ -472,10 +472,10 @@ def apply_modality_lut(
         else:
             out += inter.astype(dt)[:, None, None, None]
         return out
-    out = frames.astype(np.float32)
-    out *= np.asarray(slopes, dtype=np.float32)[:, None, None, None]
-    out += np.asarray(intercepts, dtype=np.float32)[:, None, None, None]
-    return out
+    real = frames.astype(np.float32)
+    real *= np.asarray(slopes, dtype=np.float32)[:, None, None, None]
+    real += np.asarray(intercepts, dtype=np.float32)[:, None, None, None]
+    return real
 
 
 def _shrink_int(arr: np.ndarray) -> np.ndarray:

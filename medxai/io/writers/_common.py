@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,11 +12,12 @@ from typing import Any
 
 import numpy as np
 from highdicom.valuerep import _check_specific_character_set
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from medxai._version import __version__
 from medxai.errors import InputError
 from medxai.io.types import DicomSource
+from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.palette import LABEL_PALETTE
 
 __all__ = [
@@ -35,6 +37,9 @@ __all__ = [
     "has_frame_of_reference",
     "now",
     "series_number_for",
+    "first_path",
+    "source_grid",
+    "save_dicom",
 ]
 
 SOFTWARE_NAME = "medxai"
@@ -250,7 +255,7 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
         for kw in _LIGHT_KEYWORDS:
             if kw in ds:
                 proxy[kw] = ds[kw]
-        proxy.file_meta = getattr(ds, "file_meta", Dataset())
+        proxy.file_meta = getattr(ds, "file_meta", FileMetaDataset())
     else:
         proxy = copy.deepcopy(ds)
     # Some exports (e.g. anonymisers) empty SOPClassUID / SOPInstanceUID but keep them in the
@@ -347,6 +352,29 @@ def _fix_character_set(ds: Dataset) -> None:
         _check_specific_character_set(values if len(values) > 1 else values[0])
     except (ValueError, TypeError):
         ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+def first_path(source: DicomSource) -> Any:
+    """The first file of a source (for error messages), or None."""
+    return source.paths[0] if source.paths else None
+
+
+def source_grid(source: DicomSource) -> tuple[int, int, int]:
+    """(columns, rows, slices/frames) of a source: the shape a map on its grid has (MONAI
+    ``(I, J, K)``); ``K`` counts the series' files or the multi-frame object's frames used."""
+    first = source.first
+    if source.is_multiframe:
+        k = len(source.frame_numbers or [])
+    else:
+        k = len(source.datasets)
+    return int(first.Columns), int(first.Rows), k
+
+
+def save_dicom(ds: Dataset, path: Any) -> Any:
+    """Write a dataset as a DICOM file (with file meta information), atomically."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def has_frame_of_reference(ds: Dataset) -> bool:

@@ -125,7 +125,7 @@ def overlay_rgb(
     lab = as_label_array(labels)
     if lab.shape != spatial:
         raise InputError(f"labels {lab.shape} and image {spatial} have different spatial shapes")
-    out = base.astype(np.float32)
+    out: np.ndarray = base.astype(np.float32)
     if saliency is not None:
         sal = as_numpy(saliency)
         if sal.ndim == lab.ndim + 1 and sal.shape[0] == 1:
@@ -176,7 +176,7 @@ def _shrink(
     scale = max_side / max(cols, rows)
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # PIL: (width=I, height=J)
     hw = np.transpose(img, (2, 1, 0))  # (J, I, C) for PIL
-    pic = Image.fromarray(hw if hw.shape[2] == 3 else hw[..., 0]).resize(size, Image.BOX)
+    pic = Image.fromarray(hw if hw.shape[2] == 3 else hw[..., 0]).resize(size, Image.Resampling.BOX)
     arr = np.asarray(pic)
     arr = arr[..., None] if arr.ndim == 2 else arr
     small = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
@@ -186,7 +186,7 @@ def _shrink(
     small_sal = None
     if sal is not None:
         f = Image.fromarray(np.ascontiguousarray(sal.T.astype(np.float32)), mode="F")
-        small_sal = np.asarray(f.resize(size, Image.BOX)).T
+        small_sal = np.asarray(f.resize(size, Image.Resampling.BOX)).T
     return small, small_lab, small_sal
 
 
