@@ -45,6 +45,7 @@ __all__ = [
     "default_formats",
     "output_name",
     "compute_saliency",
+    "input_volumes",
 ]
 
 #: Output formats ``--format`` accepts.
@@ -205,6 +206,8 @@ def _report(
             "study_instance_uid": meta.get("study_instance_uid"),
             "series_instance_uid": meta.get("series_instance_uid"),
             "warnings": list(meta.get("geometry_warnings", [])),
+            # which volume of a multi-volume DICOM input (index, count, label, split key)
+            "volume": meta.get("volume"),
         },
         "model": {
             "name": bundle.name,
@@ -369,8 +372,11 @@ def segment_path(
     *,
     name: str | None = None,
     progress: ProgressFn | None = None,
+    volume: int | None = None,
 ) -> SegmentResult:
     """Read ``path`` and segment it: the one function behind ``medxai segment`` and ``batch``.
+
+    ``volume``: which volume of a multi-volume DICOM input (see :func:`input_volumes`).
 
     With ``bundle`` None the bundled model is chosen by the input (:func:`choose_bundle`) and
     the choice and its reason are recorded in ``report["model"]["choice"]``.
@@ -382,7 +388,7 @@ def segment_path(
         MedxaiError: unreadable input, wrong input for the model, output exists, ...
     """
     t = time.perf_counter()
-    loaded = load_image(path)
+    loaded = load_image(path, volume=volume)
     read_s = time.perf_counter() - t
     choice = None
     if bundle is None:
@@ -394,6 +400,33 @@ def segment_path(
     )
     result.report.setdefault("timings_s", {})["read"] = round(read_s, 4)
     return result
+
+
+def input_volumes(path: str | Path, volume: int | str = "all") -> list[tuple[int | None, str]]:
+    """The volumes of ``path`` to segment, as ``(index, name suffix)``: ``[(None, "")]`` for an
+    input holding one volume; for a DICOM series or enhanced object holding several (echoes,
+    b-values, ...: :func:`medxai.io.readers.list_volumes`), each one (``volume="all"``) or the
+    one numbered ``volume`` (1-based), with the suffix ``_<label>`` (``_echo2``) that names its
+    result folder.
+
+    Raises:
+        SeriesError: ``volume`` is not one of the input's volumes.
+        MedxaiError: the input cannot be read.
+    """
+    from medxai.errors import SeriesError
+    from medxai.io.readers import list_volumes
+
+    vols = list_volumes(path)
+    if volume != "all" and not 1 <= int(volume) <= len(vols):
+        raise SeriesError(
+            f"holds {len(vols)} volume(s); there is no volume {volume}",
+            path=path,
+            hint=f"choose 1..{len(vols)} or all (`medxai info` lists them)",
+        )
+    if len(vols) == 1:
+        return [(None, "")]
+    chosen = vols if volume == "all" else [vols[int(volume) - 1]]
+    return [(v.index, f"_{v.label or v.index}") for v in chosen]
 
 
 def segment(
@@ -412,7 +445,11 @@ def segment(
     bundle = model if isinstance(model, ModelBundle) or model is None else load_model(model)
     opts = SegmentOptions(**options)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    return [segment_path(p, bundle, output, opts) for p in paths]
+    return [
+        segment_path(p, bundle, output, opts, name=output_name(p) + suffix, volume=index)
+        for p in paths
+        for index, suffix in input_volumes(p)
+    ]
 
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:

@@ -229,3 +229,77 @@ def test_split_leaves_per_slice_attributes_alone() -> None:
                                                                    "b1000_dir2"]
     # nothing tells duplicates apart: one volume (the reader reports the shared positions)
     assert len(split_volumes([[0, 0, 0], [0, 0, 0]], [{}, {}])) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# info and segment
+# ---------------------------------------------------------------------------------------------
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from medxai.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_info_lists_the_volumes(echo_series: Path, dwi_mosaics: Path) -> None:
+    import json
+
+    res = _cli("info", "--json", str(echo_series))
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output[res.output.index("{"):])
+    assert [(v["index"], v["label"], v["key"], v["slices"]) for v in info["volumes"]] == [
+        (1, "echo1", {"EchoNumbers": "1"}, 32), (2, "echo2", {"EchoNumbers": "2"}, 32)]
+    assert info["shape"] == [35, 51, 32] and "2 volumes" in info["note"]
+    text = _cli("info", str(dwi_mosaics)).output
+    assert "volume   1     b0: DiffusionBValue 0" in text
+    assert "volume   2     b1000: DiffusionBValue 1000" in text
+
+
+@pytest.fixture(scope="module")
+def volume_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3D model trained by medxai train (for CT; given explicitly it takes any volume)."""
+    from tests.models import train_volume_model
+
+    return train_volume_model(tmp_path_factory.mktemp("volume_model"), spacing=[4.0, 4.0, 4.0])
+
+
+def _report(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_segment_does_each_volume_into_its_own_folder(echo_series: Path, volume_model: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = _cli("segment", "-q", "--model", str(volume_model), "--device", "cpu", "--explain",
+               "none", "--format", "nifti,json", "-o", str(out), str(echo_series))
+    assert res.exit_code == 0, res.output
+    name = echo_series.name
+    assert sorted(p.name for p in out.iterdir()) == [f"{name}_echo1", f"{name}_echo2"]
+    for index, label in ((1, "echo1"), (2, "echo2")):
+        vol = _report(out / f"{name}_{label}")["input"]["volume"]
+        assert vol == {"index": index, "label": label, "key": {"EchoNumbers": str(index)},
+                       "slices": 32, "count": 2}
+    # the two folders hold the two echoes' label maps on the same grid
+    import nibabel as nib
+
+    a, b = (nib.load(str(out / f"{name}_{e}" / "labels.nii.gz")) for e in ("echo1", "echo2"))
+    np.testing.assert_allclose(a.affine, b.affine)
+
+
+def test_segment_volume_option_picks_one(echo_series: Path, volume_model: Path,
+                                         tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = _cli("segment", "-q", "--model", str(volume_model), "--device", "cpu", "--explain",
+               "none", "--format", "json", "--volume", "2", "-o", str(out), str(echo_series))
+    assert res.exit_code == 0, res.output
+    (only,) = out.iterdir()
+    assert only.name == f"{echo_series.name}_echo2"
+    assert _report(only)["input"]["volume"]["key"] == {"EchoNumbers": "2"}
+    bad = _cli("segment", "-q", "--model", str(volume_model), "--volume", "3", "-o",
+               str(tmp_path / "o2"), str(echo_series))
+    assert bad.exit_code == 2 and "there is no volume 3" in bad.output
+    assert _cli("segment", "--volume", "x", str(echo_series)).exit_code == 2

@@ -7,7 +7,7 @@ from typing import Any
 
 from medxai.io import dicom as dcm
 from medxai.io.dicom.derived import describe_derived, what_to_give_instead
-from medxai.io.readers import detect_form, load_image
+from medxai.io.readers import detect_form, list_volumes, load_image
 
 __all__ = ["describe"]
 
@@ -33,8 +33,11 @@ def describe(path: str | Path) -> dict[str, Any]:
     A folder (or DICOMDIR) holding several series is described series by series (without
     reading pixels) instead of failing. A derived object (SEG, RTSTRUCT, Parametric Map, SR, RT
     dose/plan) is described from its header (``form == "dicom-derived"``, key ``derived``: see
-    :func:`medxai.io.dicom.derived.describe_derived`). Everything else is read with :func:`load_image`, so an
-    unreadable input raises the same :class:`~medxai.errors.MedxaiError` it would there.
+    :func:`medxai.io.dicom.derived.describe_derived`). A series or enhanced object holding
+    several volumes (echoes, b-values, ...) gets key ``volumes`` (index, label, the attributes
+    that tell it apart, slices: :func:`medxai.io.readers.list_volumes`) and is described by its
+    first volume. Everything else is read with :func:`load_image`, so an unreadable input raises
+    the same :class:`~medxai.errors.MedxaiError` it would there.
     """
     path = Path(path)
     form = detect_form(path)
@@ -71,7 +74,8 @@ def describe(path: str | Path) -> dict[str, Any]:
                 "derived": derived,
                 "note": what_to_give_instead(ds),
             }
-    loaded = load_image(path)
+    volumes = list_volumes(path) if form.startswith("dicom") else []
+    loaded = load_image(path, volume=1 if len(volumes) > 1 else None)
     img = loaded.image
     meta = img.meta
     out = {
@@ -96,6 +100,12 @@ def describe(path: str | Path) -> dict[str, Any]:
         "value_range": [float(img.min()), float(img.max())],
         "intensity": meta.get("intensity", "modality"),
     }
+    if len(volumes) > 1:
+        out["volumes"] = [v.to_dict() for v in volumes]
+        out["note"] = (
+            f"{len(volumes)} volumes (described: volume 1, {volumes[0].label}); `medxai segment` "
+            "does each into <name>_<label>, or the one chosen with --volume N"
+        )
     if "display" in meta:
         out["display"] = meta["display"]
     if "pixel_spacing_source" in meta:

@@ -93,6 +93,11 @@ def _format(info: dict[str, Any]) -> str:
         ("frame of ref.", info["frame_of_reference_uid"] or "-"),
     ]
     text = [info["path"]] + [f"  {k:14s} {v}" for k, v in rows]
+    for v in info.get("volumes", []):
+        key = ", ".join(f"{k} {val or '-'}" for k, val in v["key"].items())
+        text.append(f"  volume {v['index']:3d}     {v['label']}: {key}; {v['slices']} slice(s)")
+    if "volumes" in info:
+        text.append(f"  note: {info['note']}")
     text += [f"  warning: {w}" for w in info["warnings"]]
     return "\n".join(text)
 

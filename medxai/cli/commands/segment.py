@@ -7,7 +7,8 @@ import click
 from medxai.choices import TTA_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
-    InputProgress,
+    explain_options,
+    explain_settings,
     check_model_arg,
     check_output_dir,
     dicom_warnings_as_lines,
@@ -20,6 +21,7 @@ from medxai.cli.common import (
     require_inputs,
     stderr_line,
 )
+from medxai.cli.progress import Progress, summary_table
 from medxai.errors import MedxaiError
 
 
@@ -33,6 +35,13 @@ def _label_size(lab: dict) -> str:
         if key in lab:
             return f"{lab['name']} {lab[key]:g} {unit}"
     return str(lab.get("name"))
+
+
+def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
+    """Summary counts: failures with exit code 2 (unusable, or wrong for the model) are
+    ``skipped``, the others ``failed``; ``done`` counts result folders written."""
+    skipped = sum(1 for f in failures if int(f.get("exit_code", 1)) == 2)
+    return {"done": len(results), "skipped": skipped, "failed": len(failures) - skipped}
 
 
 @click.command("segment")
@@ -75,10 +84,20 @@ def _label_size(lab: dict) -> str:
 )
 @click.option(
     "--explain",
-    default="gradcam",
+    default="auto",
     show_default=True,
     type=click.Choice(EXPLAIN_CHOICES),
-    help="Saliency method, or none.",
+    help="Saliency method, or none; auto: the model's measured default (its bundle's "
+    "saliency section; `medxai models describe` shows it).",
+)
+@explain_options
+@click.option(
+    "--volume",
+    default="all",
+    show_default=True,
+    help="For a DICOM series or enhanced object holding several volumes (echoes, b-values, "
+    "temporal positions; `medxai info` lists them): N (1-based) or all, each into its own "
+    "result folder <name>_<label> (e.g. <name>_echo2).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -95,6 +114,11 @@ def segment_cmd(
     tta: str | None,
     formats: str | None,
     explain: str,
+    layer: str | None,
+    target_region: str | None,
+    roi_box: str | None,
+    roi_mask: str | None,
+    volume: str,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -113,6 +137,8 @@ def segment_cmd(
     Exit codes: the highest over the inputs: 0 all done, 1 some failed while processing, 2 an
     input was unusable (missing, unreadable, unknown form, wrong for the model) or bad usage.
     """
+    if volume != "all" and not (volume.isdigit() and int(volume) >= 1):
+        raise click.BadParameter(f"{volume!r} is not all or a number from 1", param_hint="--volume")
     formats_list = parse_formats(formats)
     roi = parse_ints(roi_size, "--roi-size")
     check_output_dir(output)
@@ -120,11 +146,12 @@ def segment_cmd(
     items, failures = require_inputs(inputs, as_json=as_json)
 
     from medxai.models.registry import load_model
-    from medxai.pipeline import SegmentOptions, segment_path, unique_names
+    from medxai.pipeline import SegmentOptions, input_volumes, segment_path, unique_names
 
     opts = SegmentOptions(
         formats=formats_list,
         explain=explain,
+        **explain_settings(layer, target_region, roi_box, roi_mask),
         device=device,
         roi_size=roi,
         overlap=overlap,
@@ -132,36 +159,47 @@ def segment_cmd(
         tta=tta,
         overwrite=overwrite,
     )
-    say = None if quiet or as_json else stderr_line
-    bundle = load_model(model) if model else None
-    if say and bundle is not None:
-        say(f"model {bundle.name} {bundle.version}")
     results = []
     paths = [it.path for it in items]
     single = len(paths) == 1 and not failures
-    bar = InputProgress(len(paths) + len(failures), enabled=say is not None)
-    bar.done = len(failures)  # unusable inputs were answered already
+    # a bar on a terminal for several inputs; unusable inputs were answered already
+    bar = Progress(
+        len(paths) + len(failures),
+        done=len(failures),
+        enabled=not (quiet or as_json) and not single,
+    )
+    say = None if quiet or as_json else (bar.message if bar.tty else stderr_line)
+    bundle = load_model(model) if model else None
+    if say and bundle is not None:
+        say(f"model {bundle.name} {bundle.version}")
     for path, name in zip(paths, unique_names(paths)):
         try:
             with dicom_warnings_as_lines(path, None if as_json else stderr_line):
-                res = segment_path(path, bundle, output, opts, name=name, progress=say)
-            bar.step()
-            results.append(res.to_dict())
-            if not as_json and not quiet:
-                labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
-                click.echo(f"{path} -> {res.output_dir}  ({labels})")
-            for skip in res.report.get("skipped_outputs", []):
-                click.echo(
-                    f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}",
-                    err=True,
-                )
+                for index, suffix in input_volumes(path, volume):
+                    res = segment_path(
+                        path, bundle, output, opts, name=name + suffix, progress=say, volume=index
+                    )
+                    results.append(res.to_dict())
+                    if not as_json and not quiet:
+                        labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
+                        bar.message(
+                            f"{path}{suffix and ' ' + suffix[1:]} -> {res.output_dir}  ({labels})",
+                            err=False,
+                        )
+                    for skip in res.report.get("skipped_outputs", []):
+                        bar.message(
+                            f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}"
+                        )
+            bar.update()
         except MedxaiError as err:
             failures.append(error_entry(path, err))
             if single:
                 raise
-            click.echo(f"Error: {err}", err=True)
-            bar.step()
-    bar.summary(len(results), len(failures))
+            bar.message(f"Error: {err}")
+            bar.update()
+    bar.close()
+    if bar.enabled:
+        click.echo(summary_table(_outcomes(results, failures), seconds=bar.elapsed_s), err=True)
     if as_json:
         echo_json({"results": results, "failures": failures})
     if failures:
