@@ -303,3 +303,21 @@ def test_segment_volume_option_picks_one(echo_series: Path, volume_model: Path,
                str(tmp_path / "o2"), str(echo_series))
     assert bad.exit_code == 2 and "there is no volume 3" in bad.output
     assert _cli("segment", "--volume", "x", str(echo_series)).exit_code == 2
+
+
+def test_batch_scan_and_reader_split_alike(echo_series: Path, dwi_mosaics: Path) -> None:
+    """One splitter: the batch scanner's stacks are the reader's volumes, file for file."""
+    from medxai.batch.scan import scan_export
+    from medxai.io.readers import load_dicom_files
+
+    for folder in (echo_series, dwi_mosaics):
+        stacks = scan_export(folder, workers=1).stacks
+        volumes = list_volumes(folder)
+        assert len(stacks) == len(volumes) == 2
+        theirs = sorted(sorted(s.files) for s in stacks)
+        ours = sorted(sorted(p.name for p in load_image(folder, volume=v.index).dicom.paths)
+                      for v in volumes)
+        assert theirs == ours
+        for s in stacks:  # each stack reads as one volume of its own
+            loaded = load_dicom_files(folder, [folder / f for f in s.files])
+            assert "volume" not in loaded.image.meta

@@ -69,14 +69,14 @@ _LONG_VRS = {
     b"UV",
 }
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
-# attributes that tell apart volumes sharing slice positions within one series
-_SPLIT_KEYS = (
-    "echo_numbers",
-    "acquisition_number",
-    "temporal_position",
-    "trigger_time",
-    "image_type",
-)
+# header fields of manifests written before "volume_attributes" -> their DICOM keyword
+_OLD_SPLIT_FIELDS = {
+    "echo_numbers": "EchoNumbers",
+    "acquisition_number": "AcquisitionNumber",
+    "temporal_position": "TemporalPositionIdentifier",
+    "trigger_time": "TriggerTime",
+    "image_type": "ImageType",
+}
 
 
 @dataclass
@@ -264,7 +264,14 @@ def _header_fields(ds: Any) -> dict[str, Any]:
         "temporal_position": _str(ds, "TemporalPositionIdentifier"),
         "trigger_time": _str(ds, "TriggerTime"),
         "image_type": "\\".join(str(v) for v in (ds.get("ImageType") or [])),
+        "volume_attributes": _volume_attributes(ds),
     }
+
+
+def _volume_attributes(ds: Any) -> dict[str, str]:
+    from medxai.io.dicom.volumes import volume_attributes
+
+    return volume_attributes(ds)
 
 
 def _pixel_check(fh: Any, ds: Any, size: int) -> tuple[bool, str | None]:
@@ -503,21 +510,16 @@ def mark_duplicates(files: Sequence[FileInfo]) -> None:
 
 def _split_positions(items: list[FileInfo]) -> list[tuple[str, list[FileInfo]]]:
     """Split a same-geometry group whose slices share positions (several volumes in one series)
-    by the first attribute that gives every part unique positions."""
+    as the reader does (:func:`medxai.io.dicom.volumes.split_volumes`); ``(label, files)``."""
+    from medxai.io.dicom.volumes import split_volumes
 
-    def unique_positions(part: list[FileInfo]) -> bool:
-        seen = {tuple(round(v, 3) for v in fi.header["position"]) for fi in part}  # type: ignore[index]
-        return len(seen) == len(part)
-
-    if unique_positions(items):
-        return [("", items)]
-    for key in _SPLIT_KEYS:
-        parts: dict[str, list[FileInfo]] = defaultdict(list)
-        for fi in items:
-            parts[str(fi.header[key])].append(fi)  # type: ignore[index]
-        if len(parts) > 1 and all(unique_positions(p) for p in parts.values()):
-            return [(f"{key}={k}", v) for k, v in sorted(parts.items())]
-    return [("", items)]  # the reader reports the shared positions
+    headers = [fi.header or {} for fi in items]
+    attrs = [
+        h.get("volume_attributes") or {kw: str(h.get(f, "")) for f, kw in _OLD_SPLIT_FIELDS.items()}
+        for h in headers
+    ]
+    vols = split_volumes([h.get("position") for h in headers], attrs)
+    return [(v.label, [items[i] for i in v.members]) for v in vols]
 
 
 def group_stacks(files: Sequence[FileInfo]) -> list[Stack]:
