@@ -31,8 +31,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; the package supports 3.10
+    from typing_extensions import Self
 from medxai.errors import InputError
 from medxai.node.sender import Destination, TlsConfig, send_files
 from medxai.node.store import (
@@ -103,7 +105,7 @@ class NodeConfig:
     idle_s: float = 30.0
     model: Any = None
     formats: Sequence[str] | None = ("dicom-seg", "dicom-pm", "dicom-sr", "json")
-    explain: str | None = "gradcam"
+    explain: str | None = "auto"
     device: str = "auto"
     max_associations: int = 10
     max_instance_bytes: int = 2 * 1024**3
@@ -271,19 +273,25 @@ class DicomNode:
 
     # -- receiving ----------------------------------------------------------------------------
     def _start_scp(self) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom import (
+            AE,
+            AllStoragePresentationContexts,
+            VerificationPresentationContexts,
+            evt,
+        )
+        from pynetdicom.events import EventHandlerType
 
         c = self.config
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = max(1, int(c.max_associations))
         ae.require_calling_aet = self.allow
-        ae.add_supported_context(Verification)
-        for ctx in AllStoragePresentationContexts:
-            ae.add_supported_context(ctx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in _abstract_syntaxes(VerificationPresentationContexts):
+            ae.add_supported_context(uid)
+        for uid in _abstract_syntaxes(AllStoragePresentationContexts):
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.network_timeout = 60
         ae.dimse_timeout = 60
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -463,12 +471,12 @@ class DicomNode:
             self.emit("study_failed", study=key, reason=str(exc), state=state)
             return
         except Exception as exc:
-            reason = f"internal error: {type(exc).__name__}: {exc}"
+            failure = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("processing study %s failed", key)
             state = self.store.finish_study(
-                key, "failed", reason=reason, summary={}, started_at=started
+                key, "failed", reason=failure, summary={}, started_at=started
             )
-            self.emit("study_failed", study=key, reason=reason, state=state)
+            self.emit("study_failed", study=key, reason=failure, state=state)
             return
         results: list[tuple[Path, str, str]] = []
         out = folder / "results"
@@ -485,7 +493,7 @@ class DicomNode:
             queued = self.store.enqueue(key, results, self.dest.key)
             self._wake_sender.set()
         series = summary.series
-        reason = None
+        reason: str | None = None
         if not series.get("done"):
             reasons = list(summary.skipped_reasons) + [str(f.get("reason")) for f in summary.failed]
             reason = (
@@ -660,6 +668,11 @@ def _check_instance(path: Path) -> str | None:
     if info.failed or info.kind == "corrupt":
         return str(info.reason)
     return None
+
+
+def _abstract_syntaxes(contexts: Sequence[Any]) -> list[str]:
+    """The SOP class UIDs of pynetdicom's pre-built presentation contexts (each has one)."""
+    return [str(c.abstract_syntax) for c in contexts if c.abstract_syntax is not None]
 
 
 def _file_uids(path: Path) -> tuple[str, str] | None:

@@ -226,10 +226,14 @@ def _bundle_config(
         norm=cfg.norm,
     )
     pre: dict[str, Any] = {"intensity": intensity}
+    inference: dict[str, Any]
+    # _load_data has filled in the default sizes
     if is2d:
+        assert cfg.spatial_size is not None
         pre["spatial_size"] = list(cfg.spatial_size)
         inference = {"mode": "whole_image", "tta": "flips"}
     else:
+        assert cfg.roi_size is not None
         if cfg.spacing:
             pre["spacing"] = [float(s) for s in cfg.spacing]
         inference = {
@@ -284,7 +288,7 @@ def _write_metrics_row(path: Path, row: dict[str, float]) -> None:
     fields = list(row)
     if path.exists():
         with open(path, newline="") as fh:
-            fields = next(csv.reader(fh), None) or fields
+            fields = next(csv.reader(fh), []) or fields
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

@@ -27,7 +27,7 @@ def _default_intensity(modality: str) -> dict[str, Any]:
     return {"kind": "zscore"}
 
 
-def _rotation(angles: Sequence[float]) -> np.ndarray:
+def _rotation(angles: np.ndarray) -> np.ndarray:
     rx, ry, rz = angles
     cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
     mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
@@ -189,6 +189,8 @@ class VolumeData:
                 mode="gaussian",
                 device=torch.device("cpu"),
             )
+            # a segmentation network has one output head: MONAI gives back a tensor
+            assert isinstance(logits, torch.Tensor)
             pred = logits.argmax(1, keepdim=True)
             scores.append(dice_per_case(pred, y[None].long(), max(self.num_classes, 2)))
         return float(torch.cat(scores).mean())

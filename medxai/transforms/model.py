@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -40,6 +40,14 @@ def _bundle(model: str | Path | ModelBundle | None) -> ModelBundle:
     from medxai.models.registry import load_model
 
     return load_model(model)
+
+
+class _PredictOptions(TypedDict):
+    """The sliding-window options :class:`Predict` passes to :func:`medxai.inference.predict`."""
+
+    roi_size: Sequence[int] | None
+    overlap: float | None
+    sw_batch_size: int | None
 
 
 def _like(data: torch.Tensor, ref: Any) -> MetaTensor:
@@ -77,7 +85,11 @@ class Predict(Transform):
         self.bundle = _bundle(model)
         self.device = device
         self.output = output
-        self.kwargs = {"roi_size": roi_size, "overlap": overlap, "sw_batch_size": sw_batch_size}
+        self.kwargs: _PredictOptions = {
+            "roi_size": roi_size,
+            "overlap": overlap,
+            "sw_batch_size": sw_batch_size,
+        }
 
     def __call__(self, img: torch.Tensor) -> MetaTensor:
         from medxai.inference import predict
@@ -145,7 +157,7 @@ class Saliency(Transform):
         from medxai.pipeline import compute_saliency
 
         loaded = LoadedImage(
-            image=img,
+            image=img if isinstance(img, MetaTensor) else MetaTensor(img),
             dicom=None,
             path=Path(str(getattr(img, "meta", {}).get("filename_or_obj", "image"))),
         )
@@ -191,7 +203,9 @@ class BlendOverlay(Transform):
         self.label_colors = dict(label_colors or {})
         self.heat_alpha = float(heat_alpha)
 
-    def __call__(
+    # an array transform of (image, labels[, saliency]), as BlendOverlayd calls it, not of one
+    # datum like MONAI's Transform.__call__
+    def __call__(  # type: ignore[override]
         self, img: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor | None = None
     ) -> MetaTensor:
         from medxai.io.writers import overlay_rgb
@@ -262,8 +276,10 @@ class SaveSegmentation(Transform):
         self.formats = list(formats)
         self.overwrite = overwrite
 
-    def __call__(
-        self, img: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor | None = None
+    # (image, labels[, saliency]) as SaveSegmentationd calls it; the image must be a MetaTensor
+    # read from a file (its meta names the file)
+    def __call__(  # type: ignore[override]
+        self, img: MetaTensor, labels: torch.Tensor, saliency: torch.Tensor | None = None
     ) -> Path:
         from medxai.inference import Prediction
         from medxai.io.readers import load_image

@@ -134,12 +134,10 @@ def train_cmd(
     optionally with _segmentation/_mask/_label) or of 3D volumes (dataset.json in Medical
     Segmentation Decathlon style, imagesTr/ + labelsTr/, or images/ + labels/).
     """
-    sizes = {
-        "spatial_size": parse_ints(spatial_size, "--spatial-size"),
-        "roi_size": parse_ints(roi_size, "--roi-size"),
-        "spacing": parse_floats(spacing, "--spacing"),
-        "flip_axes": _flip_axes(flip_axes),
-    }
+    spatial_sizes = parse_ints(spatial_size, "--spatial-size")
+    roi_sizes = parse_ints(roi_size, "--roi-size")
+    spacings = parse_floats(spacing, "--spacing")
+    flips = _flip_axes(flip_axes)
     check_folder_arg(data, what="training data folder")
     if val_data:
         check_folder_arg(val_data, what="validation data folder")
@@ -161,7 +159,10 @@ def train_cmd(
         val_data=val_data,
         val_fraction=val_fraction,
         intensity=intensity_spec,
-        **sizes,
+        spatial_size=spatial_sizes,
+        roi_size=roi_sizes,
+        spacing=spacings,
+        flip_axes=flips,
         command="medxai " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **kw,  # type: ignore[arg-type]
     )

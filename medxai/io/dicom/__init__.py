@@ -170,9 +170,9 @@ def dicomdir_files(path: str | Path) -> list[Path]:
         if ref is None:
             continue
         parts = [ref] if isinstance(ref, str) else list(ref)
-        candidate: Path | None = root.joinpath(*parts)
-        if not candidate.exists():  # media often upper-cases names
-            candidate = find_case_insensitive(root, parts)
+        exact = root.joinpath(*parts)
+        # media often upper-case names
+        candidate = exact if exact.exists() else find_case_insensitive(root, parts)
         if candidate is not None and candidate.is_file():
             files.append(candidate)
     return files

@@ -139,7 +139,7 @@ def _base(first: Dataset, series_number: int, model: str) -> Dataset:
     ds = Dataset()
     for kw in _PATIENT_STUDY:
         if kw in first:
-            setattr(ds, kw, first.data_element(kw).value)
+            setattr(ds, kw, first[kw].value)
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = hd.UID()
     ds.Modality = "RTSTRUCT"
@@ -194,7 +194,7 @@ def _roi(
     roi.ROIDescription = f"label value {spec.value}"
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = f"{model} via {SOFTWARE_NAME} {SOFTWARE_VERSION}"[:64]
-    contours = []
+    contours: list[Dataset] = []
     for k, ds in enumerate(source.datasets):
         mask = labels[:, :, k] == spec.value
         if not mask.any():
