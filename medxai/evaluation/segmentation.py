@@ -1,8 +1,11 @@
-"""``medxai evaluate``: a model on image/label pairs, or prediction files against truth files.
+"""``medxai evaluate``: a model on image/label pairs, or prediction files against truth files,
+or a prediction (or a model) against a DICOM SEG or RTSTRUCT reference.
 
 Predictions are compared with the truth on the truth's own grid (for ISIC: the 512x512 masks),
 per image and per foreground label; spacing comes from the truth file (mm when it has patient
-geometry, pixels otherwise).
+geometry, pixels otherwise). A DICOM SEG or RTSTRUCT reference is first rasterised onto the grid
+of the series it was drawn on (:func:`medxai.io.dicom.derived.rasterise_reference`); its segment
+(or ROI) numbers are the labels scored, and the prediction must lie on that series' grid.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from medxai.errors import InputError
 from medxai.evaluation.metrics import METRIC_NAMES, binary_metrics, summarise
 from medxai.io.datasets import find_pairs, is_data_file, label_values, mask_key, stem
 
-__all__ = ["EvaluationResult", "evaluate_model", "evaluate_folders", "write_csv"]
+__all__ = [
+    "EvaluationResult",
+    "evaluate_model",
+    "evaluate_folders",
+    "evaluate_against_reference",
+    "evaluate_model_against_reference",
+    "is_dicom_reference",
+    "write_csv",
+]
 
 
 @dataclass
@@ -30,13 +41,17 @@ class EvaluationResult:
     rows: list[dict[str, Any]]
     summary: dict[str, dict[str, dict[str, float]]]
     seconds: float
+    reference: dict[str, Any] | None = None  # a DICOM reference: kind, names, warnings
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "summary": self.summary,
             "n_images": len({r["case"] for r in self.rows}),
             "seconds": round(self.seconds, 2),
         }
+        if self.reference is not None:
+            out["reference"] = self.reference
+        return out
 
 
 def _truth_array(path: Path) -> tuple[np.ndarray, list[float], bool]:
@@ -149,6 +164,104 @@ def evaluate_folders(
         labs = list(labels) if labels else sorted(set(np.unique(truth).tolist()) - {0}) or [1]
         rows += _rows_for(case, pred, truth, spacing if has_geo else None, labs)
     return EvaluationResult(rows, _summary(rows), time.perf_counter() - t0)
+
+
+def is_dicom_reference(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM SEG or RTSTRUCT file (a reference :func:`evaluate_against_
+    reference` takes)."""
+    from medxai.io.detect import sniff_file
+
+    path = Path(path)
+    if not path.is_file() or sniff_file(path) != "dicom":
+        return False
+    from medxai.io.dicom import read_header
+    from medxai.io.dicom.derived import derived_kind
+
+    return derived_kind(read_header(path)) in ("SEG", "RTSTRUCT")
+
+
+def _on_series_grid(path: Path, series: Any) -> np.ndarray:
+    """A prediction file (label map, medxai result folder, or a DICOM SEG/RTSTRUCT) as labels
+    ``(I, J[, K])`` on the grid of ``series`` (a LoadedImage)."""
+    from medxai.io.dicom.derived import rasterise_reference
+    from medxai.io.readers import read_image
+
+    if path.is_dir() and (path / "labels.nii.gz").is_file():  # a medxai result folder
+        path = path / "labels.nii.gz"
+    if is_dicom_reference(path):
+        return rasterise_reference(path, series).labels[0].numpy()
+    img = read_image(path)
+    grid = series.image
+    same = tuple(img.shape[1:]) == tuple(grid.shape[1:]) and np.allclose(
+        img.affine.numpy(), grid.affine.numpy(), atol=1e-3
+    )
+    if not same:
+        raise InputError(
+            f"is not on the grid of the reference's series (shape {list(img.shape[1:])} vs "
+            f"{list(grid.shape[1:])}, or another affine)",
+            path=path,
+            hint="give the label map medxai (or your tool) wrote for that series",
+        )
+    return label_values(img.numpy()[:1])[0]
+
+
+def _score_reference(
+    case: str, pred: np.ndarray, reference: str | Path, series: Any, t0: float
+) -> EvaluationResult:
+    from medxai.io.dicom.derived import rasterise_reference
+
+    ref = rasterise_reference(reference, series)
+    truth = ref.labels[0].numpy()
+    meta = series.image.meta
+    spacing = list(meta.get("spacing", [])) if meta.get("has_patient_geometry") else None
+    labels = sorted(ref.names) or sorted(set(np.unique(truth).tolist()) - {0}) or [1]
+    rows = _rows_for(case, pred, truth, spacing, labels)
+    info = {
+        "kind": str(ref.labels.meta.get("reference_kind", "")),
+        "path": str(reference),
+        "names": {str(k): v for k, v in ref.names.items()},
+        "warnings": list(ref.warnings),
+    }
+    return EvaluationResult(rows, _summary(rows), time.perf_counter() - t0, reference=info)
+
+
+def evaluate_against_reference(
+    prediction: str | Path, reference: str | Path, series: str | Path
+) -> EvaluationResult:
+    """Score a prediction against a DICOM SEG or RTSTRUCT drawn on ``series``.
+
+    Args:
+        prediction: a label map on the series' grid (NIfTI/NRRD/..., as ``medxai segment``
+            writes ``labels.nii.gz``; or its result folder), or itself a SEG/RTSTRUCT.
+        reference: the SEG or RTSTRUCT (the truth); its segment or ROI numbers are the labels
+            scored, each against the prediction's voxels of the same value.
+        series: the image series the reference was drawn on (folder or file).
+
+    Raises:
+        InputError: the prediction is not on the series' grid.
+        SeriesError, UnsupportedInputError: the reference is no SEG/RTSTRUCT of that series.
+    """
+    from medxai.io.readers import load_image
+
+    t0 = time.perf_counter()
+    grid = load_image(series)
+    pred = _on_series_grid(Path(prediction), grid)
+    return _score_reference(stem(Path(prediction)), pred, reference, grid, t0)
+
+
+def evaluate_model_against_reference(
+    bundle: Any, series: str | Path, reference: str | Path, *, device: str = "auto"
+) -> EvaluationResult:
+    """Predict ``series`` with ``bundle`` and score it against a DICOM SEG or RTSTRUCT drawn on
+    it (see :func:`evaluate_against_reference`); the model's label values are compared with the
+    reference's segment (ROI) numbers."""
+    from medxai.inference import predict
+    from medxai.io.readers import load_image
+
+    t0 = time.perf_counter()
+    grid = load_image(series)
+    pred = predict(bundle, grid.image, device=device, source=str(series)).labels[0].numpy()
+    return _score_reference(stem(Path(series)), pred, reference, grid, t0)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
