@@ -6,10 +6,14 @@ tuples and a bad call can be answered before torch is imported.
 __all__ = [
     "SALIENCY_METHODS",
     "EXPLAIN_CHOICES",
+    "METHOD_CHOICES",
+    "SALIENCY_TARGETS",
     "EVALUATION_METHODS",
     "FORMAT_CHOICES",
     "DEVICE_CHOICES",
     "TTA_CHOICES",
+    "SEG_TYPES",
+    "UNCERTAINTY_CHOICES",
     "AUGMENTATIONS",
     "POSTPROCESSING_KEYS",
     "METRIC_NAMES",
@@ -18,8 +22,14 @@ __all__ = [
 #: Saliency methods by the name ``--explain``/``--method`` and :func:`medxai.explain.explain`
 #: accept: the keys of :data:`medxai.explain.methods.METHODS`, in its order (a test checks).
 SALIENCY_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam", "smoothgrad", "occlusion", "ig")
-#: ``--explain``: a saliency method, or ``none`` (no saliency).
-EXPLAIN_CHOICES = (*SALIENCY_METHODS, "none")
+#: ``--explain``: ``auto`` (the model's measured default: its bundle's ``saliency`` section,
+#: :class:`medxai.models.contract.SaliencySpec`), a saliency method, or ``none`` (no saliency).
+EXPLAIN_CHOICES = ("auto", *SALIENCY_METHODS, "none")
+#: ``medxai explain --method``: ``auto`` (the model's default) or a saliency method.
+METHOD_CHOICES = ("auto", *SALIENCY_METHODS)
+#: ``--target``: the named regions a saliency map may explain (``roi`` is a user region given
+#: with ``--roi-box``/``--roi-mask``; :data:`medxai.explain.REGIONS` are these).
+SALIENCY_TARGETS = ("segment", "border", "missed", "image")
 #: The methods ``medxai explain --evaluate`` compares unless ``--methods`` names others.
 EVALUATION_METHODS = ("gradcam", "gradcampp", "occlusion", "ig")
 #: Output formats ``--format`` accepts.
@@ -33,11 +43,17 @@ FORMAT_CHOICES = (
     "png",
     "json",
 )
+#: ``--seg-type``: how the DICOM SEG stores the segments (SegmentationType BINARY, LABELMAP,
+#: FRACTIONAL; see :func:`medxai.io.writers.write_dicom_seg`).
+SEG_TYPES = ("binary", "labelmap", "fractional")
 #: ``--device``: ``cuda:N`` stands for any CUDA device index.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 #: Test-time augmentation of whole-image models (bundle ``inference.tta``, ``--tta``).
 TTA_CHOICES = ("none", "flips", "dihedral")
+#: ``--uncertainty``: from the test-time augmentation views, from Monte-Carlo dropout passes, or
+#: none (:mod:`medxai.uncertainty`). Unset: ``tta`` when the model runs with TTA, else ``none``.
+UNCERTAINTY_CHOICES = ("tta", "mc-dropout", "none")
 #: 2D training augmentation families (``--augment``): ``photo`` for pictures with no up,
 #: ``radiograph`` for upright projection X-rays (see :mod:`medxai.training.trainer`).
 AUGMENTATIONS = ("photo", "radiograph", "volume")

@@ -32,9 +32,9 @@ for every described label.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,22 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from medxai.choices import SEG_TYPES
 from medxai.errors import InputError, ProcessingError, UnsupportedInputError
 from medxai.io.types import DicomSource
-from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import (
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_NAME,
     SOFTWARE_VERSION,
     LabelSpec,
     as_label_array,
+    as_numpy,
+    first_path,
     has_frame_of_reference,
     normalise_labels,
+    save_dicom,
     series_number_for,
+    source_grid,
     source_proxy,
 )
 
@@ -73,10 +77,19 @@ def _uid_name(uid: str) -> str:
     return name or str(uid)
 
 
-__all__ = ["write_dicom_seg", "segment_codes", "DEFAULT_SEG_SERIES_OFFSET"]
+__all__ = [
+    "write_dicom_seg",
+    "segment_codes",
+    "segmentation_type",
+    "SegIdentity",
+    "DEFAULT_SEG_SERIES_OFFSET",
+    "FRACTIONAL_MAX",
+]
 
 #: Series number of a SEG, when not given: the source's series number plus this.
 DEFAULT_SEG_SERIES_OFFSET = 1000
+#: MaximumFractionalValue of a FRACTIONAL SEG: a probability p is stored as round(255 p).
+FRACTIONAL_MAX = 255
 
 _LESION_WORDS = re.compile(
     r"lesion|tumou?r|nodule|cancer|carcinoma|melanoma|naevus|nevus|mass|metasta|neoplasm|polyp"
@@ -187,15 +200,6 @@ def _segment_descriptions(
     return out
 
 
-def _expected_shape(source: DicomSource) -> tuple[int, int, int]:
-    first = source.first
-    if source.is_multiframe:
-        k = len(source.frame_numbers or [])
-    else:
-        k = len(source.datasets)
-    return int(first.Columns), int(first.Rows), k
-
-
 def _check_source(source: DicomSource) -> None:
     if not source.datasets:
         raise InputError("the DICOM source holds no dataset")
@@ -217,7 +221,7 @@ def _check_source(source: DicomSource) -> None:
                     f"holds {nframes} frames but its SOP class ({_uid_name(sop_class)}) is "
                     "a single-frame one; a DICOM SEG cannot reference frames of such a "
                     "non-conformant object",
-                    path=source.paths[0] if source.paths else None,
+                    path=first_path(source),
                     hint="convert it to single-frame files or an enhanced multi-frame object "
                     "(e.g. with dcmtk or emf2sf/sf2emf), or use the NIfTI output",
                 )
@@ -225,7 +229,7 @@ def _check_source(source: DicomSource) -> None:
         if bad:
             raise InputError(
                 f"frame numbers {bad[:5]} are outside 1..{nframes}",
-                path=source.paths[0] if source.paths else None,
+                path=first_path(source),
             )
 
 
@@ -300,9 +304,237 @@ def _remove_placeholder_geometry(seg: hd.seg.Segmentation) -> None:
             del item.PlanePositionSequence
         content = item.FrameContentSequence[0]
         content.TemporalPositionIndex = frame
+        if len(seg.DimensionIndexSequence) == 1:  # LABELMAP: no segment dimension
+            content.DimensionIndexValues = frame
+            continue
         values = list(content.DimensionIndexValues)
         values[dim_position] = frame
         content.DimensionIndexValues = values
+
+
+@dataclass(frozen=True)
+class SegIdentity:
+    """Who made a SEG and where it goes: the model (algorithm name and version of every
+    segment) and the new series and instance."""
+
+    model_name: str
+    model_version: str
+    series_number: int | None = None
+    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}"
+    instance_number: int = 1
+    content_label: str = "MEDXAI"
+
+
+def segmentation_type(seg_type: str) -> hd.seg.SegmentationTypeValues:
+    """highdicom's SegmentationType for ``--seg-type`` (``binary``, ``labelmap``,
+    ``fractional``).
+
+    Raises:
+        InputError: an unknown type.
+        UnsupportedInputError: ``labelmap`` with a highdicom older than 0.24 (the first that
+            writes the Label Map Segmentation SOP class of DICOM 2024c).
+    """
+    if seg_type not in SEG_TYPES:
+        raise InputError(
+            f"unknown SEG type {seg_type!r}", hint=f"use one of {', '.join(SEG_TYPES)}"
+        )
+    value = getattr(hd.seg.SegmentationTypeValues, seg_type.upper(), None)
+    if value is None:
+        raise UnsupportedInputError(
+            f"the installed highdicom {hd.__version__} cannot write a {seg_type.upper()} SEG",
+            hint="install highdicom >= 0.24 (LABELMAP segmentations), or use --seg-type binary",
+        )
+    return value
+
+
+def _checked_labels(labels: Any, source: DicomSource) -> np.ndarray:
+    """The label map as uint8 ``(I, J, K)``, checked against the source grid."""
+    arr = as_label_array(labels)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    expected = source_grid(source)
+    mosaic = not source.is_multiframe and len(source.datasets) == 1 and arr.shape[2] > 1
+    if mosaic and arr.shape[:2] == expected[:2]:
+        raise UnsupportedInputError(
+            f"the labels have {arr.shape[2]} slices but the source is one single-frame image "
+            "(a Siemens mosaic?); a DICOM SEG cannot reference slices inside one frame",
+            path=first_path(source),
+            hint="use the NIfTI output, or convert the mosaic to single-slice files",
+        )
+    if arr.shape != expected:
+        raise InputError(
+            f"the label map has shape {arr.shape} but the DICOM source is {expected} "
+            "(columns, rows, slices/frames)",
+            path=first_path(source),
+            hint="pass the labels on the input grid, in MONAI order (I, J, K)",
+        )
+    return arr
+
+
+def _checked_specs(label_info: Sequence[Mapping[str, Any]], arr: np.ndarray) -> list[LabelSpec]:
+    """The described labels; every value present in ``arr`` must be one of them."""
+    specs = normalise_labels(label_info)
+    if not specs:
+        raise InputError("label_info describes no non-zero label; a SEG needs at least one segment")
+    present = {int(v) for v in np.unique(arr) if v != 0}
+    undescribed = sorted(present - {s.value for s in specs})
+    if undescribed:
+        raise InputError(f"label values {undescribed} are in the mask but not in label_info")
+    return specs
+
+
+def _label_frames(arr: np.ndarray, specs: Sequence[LabelSpec]) -> np.ndarray:
+    """Label values -> segment numbers 1..N (in order of value), as frames (K, rows, columns)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for number, spec in enumerate(specs, start=1):
+        lut[spec.value] = number
+    return lut[np.transpose(arr, (2, 1, 0))]
+
+
+def _fractional_frames(
+    probabilities: Any, arr: np.ndarray, specs: Sequence[LabelSpec]
+) -> np.ndarray:
+    """Per-label probabilities ``(C, I, J[, K])`` (channel = label value) -> stacked segments
+    (K, rows, columns, N) float32 in 0..1."""
+    if probabilities is None:
+        raise InputError(
+            "a FRACTIONAL SEG needs the label probabilities",
+            hint="pass probabilities=prediction.probabilities, or use seg_type='binary'",
+        )
+    prob = as_numpy(probabilities).astype(np.float32, copy=False)
+    if prob.ndim == arr.ndim:  # 2D maps (C, I, J) for a single image
+        prob = prob[..., None]
+    top = max(spec.value for spec in specs)
+    if prob.ndim != 4 or prob.shape[1:] != arr.shape or prob.shape[0] <= top:
+        raise InputError(
+            f"the probabilities have shape {prob.shape}; a FRACTIONAL SEG needs "
+            f"(C, {', '.join(map(str, arr.shape))}) with a channel for each label value "
+            f"0..{top}"
+        )
+    stacked = prob[[spec.value for spec in specs]]  # (N, I, J, K)
+    if not np.all(np.isfinite(stacked)) or stacked.min() < -1e-3 or stacked.max() > 1 + 1e-3:
+        raise InputError("the probabilities must be finite values in 0..1")
+    return np.ascontiguousarray(np.transpose(np.clip(stacked, 0.0, 1.0), (3, 2, 1, 0)))
+
+
+def _seg_pixels(
+    arr: np.ndarray, specs: Sequence[LabelSpec], seg_type: str, probabilities: Any
+) -> np.ndarray:
+    """highdicom's pixel array: a label-map style (K, rows, columns) array of segment numbers
+    (BINARY, LABELMAP), or stacked per-segment probabilities (FRACTIONAL)."""
+    if seg_type == "fractional":
+        return _fractional_frames(probabilities, arr, specs)
+    return _label_frames(arr, specs)
+
+
+def _has_content(pixels: np.ndarray, max_fractional_value: int) -> bool:
+    """Whether any frame holds a non-zero stored value (fractional values after quantisation)."""
+    if pixels.dtype.kind == "f":
+        return bool(np.any(np.rint(pixels * max_fractional_value) > 0))
+    return bool(np.any(pixels))
+
+
+def _all_frames(pixels: np.ndarray, source: DicomSource) -> np.ndarray:
+    """The frames of a multi-frame source in stored order (frames not segmented are empty)."""
+    nframes = int(source.first.get("NumberOfFrames", 1) or 1)
+    full = np.zeros((nframes,) + pixels.shape[1:], dtype=pixels.dtype)
+    for k, frame in enumerate(source.frame_numbers or []):
+        full[int(frame) - 1] = pixels[k]
+    return full
+
+
+def _prepare_sources(
+    source: DicomSource, pixels: np.ndarray
+) -> tuple[list[Dataset], np.ndarray, bool]:
+    """The source headers highdicom gets, the pixels in their frame order, and whether the
+    first header was given a temporary geometry (:func:`_placeholder_geometry`)."""
+    proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
+    first = proxies[0]
+    if source.is_multiframe:
+        pixels = _all_frames(pixels, source)
+        nframes = pixels.shape[0]
+        if nframes <= 1 or get_image_coordinate_system(first) is not None:
+            return proxies, pixels, False
+        if has_frame_of_reference(first):
+            raise UnsupportedInputError(
+                "the multi-frame object has a Frame of Reference but no plane position for "
+                "its frames; a DICOM SEG can neither place its frames in that frame of "
+                "reference nor leave it out",
+                path=first_path(source),
+                hint="use the NIfTI output",
+            )
+        _placeholder_geometry(first)
+        return proxies, pixels, True
+    if len(proxies) > 1 and get_image_coordinate_system(first) is None:
+        raise UnsupportedInputError(
+            f"{len(proxies)} single-frame images without patient geometry (Frame of Reference "
+            "and ImagePositionPatient) cannot share one DICOM SEG: nothing places them relative "
+            "to each other",
+            path=first_path(source),
+            hint="segment and write each image on its own",
+        )
+    _slice_thickness_fix(proxies)
+    return proxies, pixels, False
+
+
+def _build_seg(
+    proxies: list[Dataset],
+    pixels: np.ndarray,
+    specs: Sequence[LabelSpec],
+    kind: hd.seg.SegmentationTypeValues,
+    who: SegIdentity,
+    omit_empty_frames: bool,
+    where: Any = None,
+) -> hd.seg.Segmentation:
+    """highdicom's Segmentation of the prepared sources and pixels (``where``: the source file,
+    for the error message)."""
+    first = proxies[0]
+    extra: dict[str, Any] = {}
+    if kind == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        extra = {"fractional_type": "PROBABILITY", "max_fractional_value": FRACTIONAL_MAX}
+    try:
+        return hd.seg.Segmentation(
+            source_images=proxies,
+            pixel_array=pixels,
+            segmentation_type=kind,
+            segment_descriptions=_segment_descriptions(specs, who.model_name, who.model_version),
+            series_instance_uid=hd.UID(),
+            series_number=series_number_for(who.series_number, first, DEFAULT_SEG_SERIES_OFFSET),
+            sop_instance_uid=hd.UID(),
+            instance_number=int(who.instance_number),
+            manufacturer=SOFTWARE_NAME,
+            manufacturer_model_name=SOFTWARE_NAME,
+            software_versions=SOFTWARE_VERSION,
+            device_serial_number="none",
+            content_label=who.content_label.upper()[:16],
+            content_description=(
+                f"{who.model_name} {who.model_version} via {SOFTWARE_NAME} "
+                f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"
+            )[:64],
+            # all-empty masks keep every frame (highdicom would fall back to that, logging a warning)
+            omit_empty_frames=omit_empty_frames and _has_content(pixels, FRACTIONAL_MAX),
+            series_description=who.series_description[:64],
+            **extra,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ProcessingError(
+            f"highdicom cannot build a DICOM SEG for this source ({exc})",
+            path=where,
+        ) from exc
+
+
+def _without_geometry(seg: hd.seg.Segmentation, source: DicomSource) -> None:
+    """What a SEG without Frame of Reference needs: PatientOrientation, no partial measures."""
+    # General Image: PatientOrientation is type 2C when there is no plane geometry.
+    orientation = source.first.get("PatientOrientation")
+    seg.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+    # highdicom copies a source's PixelSpacing without SliceThickness into a Pixel Measures
+    # item that its own reader (segread) then rejects; without a Frame of Reference the item
+    # is optional, so an incomplete one is dropped.
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if measures is not None and "SliceThickness" not in measures[0]:
+        del shared.PixelMeasuresSequence
 
 
 def write_dicom_seg(
@@ -318,8 +550,10 @@ def write_dicom_seg(
     instance_number: int = 1,
     content_label: str = "MEDXAI",
     omit_empty_frames: bool = True,
+    seg_type: str = "binary",
+    probabilities: Any | None = None,
 ) -> Path:
-    """Write a DICOM SEG (BINARY) of ``labels`` on the grid of ``source``.
+    """Write a DICOM SEG of ``labels`` on the grid of ``source``.
 
     Args:
         labels: label map ``(I, J[, K])`` uint8 (0 background), MONAI order: ``I`` = source
@@ -336,130 +570,40 @@ def write_dicom_seg(
         instance_number: of the SEG instance.
         content_label: ContentLabel (a DICOM code string: upper case, 16 characters).
         omit_empty_frames: leave out frames without any voxel of a segment (smaller files).
+        seg_type: ``binary`` (one bit per pixel and segment; Segmentation Storage),
+            ``labelmap`` (one frame per source frame whose values are the segment numbers;
+            Label Map Segmentation Storage, DICOM 2024c, highdicom >= 0.24) or ``fractional``
+            (``probabilities`` stored as PROBABILITY, 8 bits, MaximumFractionalValue 255).
+        probabilities: for ``fractional``: ``(C, I, J[, K])`` floats in 0..1, channel ``c`` the
+            probability of label value ``c`` (``Prediction.probabilities``). Segment ``n`` holds
+            the channel of the ``n``-th described label; ``labels`` only decide which values must
+            be described.
 
     Returns:
         the path written.
 
     Raises:
         InputError: a shape that does not match the source, undescribed label values, a source
-            header without the UIDs to reference.
+            header without the UIDs to reference, an unknown ``seg_type``, missing or
+            malformed ``probabilities`` for ``fractional``.
         UnsupportedInputError: several single-frame images without patient geometry, frames
             stored in a single-frame SOP class, several slices from one single-frame image
-            (mosaic), a multi-frame object with a Frame of Reference but no frame positions.
+            (mosaic), a multi-frame object with a Frame of Reference but no frame positions,
+            ``labelmap`` with a highdicom that cannot write it.
         ProcessingError: highdicom refuses the input, or the file cannot be written.
     """
-    path = Path(path)
+    kind = segmentation_type(seg_type)
+    who = SegIdentity(
+        model_name, model_version, series_number, series_description, instance_number, content_label
+    )
     _check_source(source)
-    arr = as_label_array(labels)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    expected = _expected_shape(source)
-    if (
-        not source.is_multiframe
-        and len(source.datasets) == 1
-        and arr.shape[2] > 1
-        and arr.shape[:2] == expected[:2]
-    ):
-        raise UnsupportedInputError(
-            f"the labels have {arr.shape[2]} slices but the source is one single-frame image "
-            "(a Siemens mosaic?); a DICOM SEG cannot reference slices inside one frame",
-            path=source.paths[0] if source.paths else None,
-            hint="use the NIfTI output, or convert the mosaic to single-slice files",
-        )
-    if arr.shape != expected:
-        raise InputError(
-            f"the label map has shape {arr.shape} but the DICOM source is {expected} "
-            "(columns, rows, slices/frames)",
-            path=source.paths[0] if source.paths else None,
-            hint="pass the labels on the input grid, in MONAI order (I, J, K)",
-        )
-    specs = normalise_labels(label_info)
-    if not specs:
-        raise InputError("label_info describes no non-zero label; a SEG needs at least one segment")
-    present = {int(v) for v in np.unique(arr) if v != 0}
-    undescribed = sorted(present - {s.value for s in specs})
-    if undescribed:
-        raise InputError(f"label values {undescribed} are in the mask but not in label_info")
-
-    # Label value -> segment number 1..N (BINARY segments must be numbered consecutively).
-    lut = np.zeros(256, dtype=np.uint8)
-    for number, spec in enumerate(specs, start=1):
-        lut[spec.value] = number
-    frames = lut[np.transpose(arr, (2, 1, 0))]  # (K, rows, columns)
-
-    proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
-    first = proxies[0]
-    strip_placeholder = False
-    if source.is_multiframe:
-        nframes = int(first.get("NumberOfFrames", 1) or 1)
-        full = np.zeros((nframes,) + frames.shape[1:], dtype=np.uint8)
-        for k, frame in enumerate(source.frame_numbers or []):
-            full[int(frame) - 1] = frames[k]
-        frames = full
-        if nframes > 1 and get_image_coordinate_system(first) is None:
-            if has_frame_of_reference(first):
-                raise UnsupportedInputError(
-                    "the multi-frame object has a Frame of Reference but no plane position for "
-                    "its frames; a DICOM SEG can neither place its frames in that frame of "
-                    "reference nor leave it out",
-                    path=source.paths[0] if source.paths else None,
-                    hint="use the NIfTI output",
-                )
-            _placeholder_geometry(first)
-            strip_placeholder = True
-    elif len(proxies) > 1 and get_image_coordinate_system(first) is None:
-        raise UnsupportedInputError(
-            f"{len(proxies)} single-frame images without patient geometry (Frame of Reference "
-            "and ImagePositionPatient) cannot share one DICOM SEG: nothing places them relative "
-            "to each other",
-            path=source.paths[0] if source.paths else None,
-            hint="segment and write each image on its own",
-        )
-    else:
-        _slice_thickness_fix(proxies)
-
-    descriptions = _segment_descriptions(specs, model_name, model_version)
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=proxies,
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=series_number_for(series_number, first, DEFAULT_SEG_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(),
-            instance_number=int(instance_number),
-            manufacturer=SOFTWARE_NAME,
-            manufacturer_model_name=SOFTWARE_NAME,
-            software_versions=SOFTWARE_VERSION,
-            device_serial_number="none",
-            content_label=content_label.upper()[:16],
-            content_description=(
-                f"{model_name} {model_version} via {SOFTWARE_NAME} "
-                f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"
-            )[:64],
-            # all-empty masks keep every frame (highdicom would fall back to that, logging a warning)
-            omit_empty_frames=omit_empty_frames and bool(present),
-            series_description=series_description[:64],
-        )
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ProcessingError(
-            f"highdicom cannot build a DICOM SEG for this source ({exc})",
-            path=source.paths[0] if source.paths else None,
-        ) from exc
-    if strip_placeholder:
+    arr = _checked_labels(labels, source)
+    specs = _checked_specs(label_info, arr)
+    pixels = _seg_pixels(arr, specs, seg_type, probabilities)
+    proxies, pixels, placeholder = _prepare_sources(source, pixels)
+    seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
+    if placeholder:
         _remove_placeholder_geometry(seg)
     if not has_frame_of_reference(seg):
-        # General Image: PatientOrientation is type 2C when there is no plane geometry.
-        orientation = source.first.get("PatientOrientation")
-        seg.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
-        # highdicom copies a source's PixelSpacing without SliceThickness into a Pixel Measures
-        # item that its own reader (segread) then rejects; without a Frame of Reference the item
-        # is optional, so an incomplete one is dropped.
-        shared = seg.SharedFunctionalGroupsSequence[0]
-        measures = shared.get("PixelMeasuresSequence")
-        if measures is not None and "SliceThickness" not in measures[0]:
-            del shared.PixelMeasuresSequence
-    buffer = io.BytesIO()
-    seg.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+        _without_geometry(seg, source)
+    return save_dicom(seg, Path(path))
