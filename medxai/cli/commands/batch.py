@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
 
 import click
@@ -18,47 +16,34 @@ from medxai.cli.common import (
     parse_formats,
     parse_ints,
 )
+from medxai.cli.progress import Progress
 
 
-class _ProgressBar:
-    """Progress on stderr: a bar redrawn in place on a terminal, a line every few seconds
-    otherwise (logs)."""
+class _BatchBar:
+    """The run's progress (:class:`medxai.batch.BatchProgress`) as two bars on a terminal: the
+    header scan (files), then the series; nothing otherwise (see :mod:`medxai.cli.progress`)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
         self.phase = ""
+        self.bar: Progress | None = None
 
     def __call__(self, p: Any) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        final = p.done >= p.total
-        if p.phase != self.phase:
-            if self.phase and self.tty:
-                click.echo("", err=True)
-            self.phase = p.phase
-        elif not final and now - self.last < (0.2 if self.tty else 5.0):
-            return
-        self.last = now
-        if p.phase == "scan":
-            line = f"scanning  {p.done}/{p.total} files  {p.rate:.0f} files/s"
-        else:
-            width = 24
-            filled = int(width * p.done / p.total) if p.total else width
-            eta = (p.total - p.done) / p.rate if p.rate > 0 else 0.0
-            c = p.counts
-            line = (
-                f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} series  "
-                f"done {c.get('done', 0)}  skipped {c.get('skipped', 0)}  "
-                f"failed {c.get('failed', 0)}  {p.rate:.2f} series/s"
-                + (f"  ETA {eta:.0f}s" if not final and p.rate > 0 else "")
+        if p.phase != self.phase or self.bar is None:
+            self.close()
+            scan = p.phase == "scan"
+            self.bar = Progress(
+                p.total,
+                unit="files" if scan else "series",
+                label="scanning" if scan else "",
+                enabled=self.enabled,
             )
-        if self.tty:
-            click.echo("\r" + line.ljust(100), err=True, nl=final and p.phase == "process")
-        else:
-            click.echo(line, err=True)
+            self.phase = p.phase
+        self.bar.update(p.done, total=p.total, counts=None if p.phase == "scan" else p.counts)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _table(summary: Any) -> str:
@@ -205,7 +190,7 @@ def batch_cmd(
     opts = SegmentOptions(
         formats=formats_list, explain=explain, device=device, roi_size=roi, overlap=overlap
     )
-    bar = _ProgressBar(enabled=not quiet and not as_json)
+    bar = _BatchBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():
         # per-file problems are recorded in the manifest; pydicom's warnings would drown them
         warnings.simplefilter("ignore")
@@ -221,6 +206,7 @@ def batch_cmd(
             scan_workers=scan_workers,
             progress=bar,
         )
+    bar.close()
     if as_json:
         echo_json(summary.to_dict())
     else:

@@ -10,6 +10,7 @@ import click
 
 from medxai.choices import METRIC_NAMES
 from medxai.cli.common import check_model_arg, check_output_dir, echo_json, guard
+from medxai.cli.progress import Progress
 
 
 def _fmt(value: float) -> str:
@@ -139,15 +140,13 @@ def evaluate_cmd(
         from medxai.models.registry import load_model
 
         bundle = load_model(model)
-        with click.progressbar(
-            length=1, label="evaluating", file=click.get_text_stream("stderr"), hidden=as_json
-        ) as bar:
+        bar = Progress(0, unit="images", label="evaluating", enabled=not as_json)
 
-            def progress(done: int, total: int) -> None:
-                bar.length = total
-                bar.update(1)
+        def progress(done: int, total: int) -> None:
+            bar.update(done, total=total)
 
-            result = evaluate_model(bundle, paths[0], device=device, progress=progress)
+        result = evaluate_model(bundle, paths[0], device=device, progress=progress)
+        bar.close()
     else:
         if len(paths) != 2:
             raise click.UsageError("give PRED_DIR GT_DIR, or --model M DATA")

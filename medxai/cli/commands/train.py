@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -17,6 +19,7 @@ from medxai.cli.common import (
     parse_ints,
     stderr_line,
 )
+from medxai.cli.progress import Progress
 
 
 def _flip_axes(value: str | None) -> list[int] | None:
@@ -29,6 +32,27 @@ def _flip_axes(value: str | None) -> list[int] | None:
     if any(a not in (0, 1, 2) for a in axes):
         raise click.BadParameter(f"axes are 0, 1 or 2, got {value!r}", param_hint="--flip-axes")
     return axes
+
+
+_EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
+
+
+def _epoch_log(epochs: int, *, enabled: bool) -> Callable[[str], None]:
+    """The trainer's log lines on stderr; on a terminal (and without ``--json``) also an epoch
+    bar with the rate and ETA under them, moved on by each ``epoch N/M`` line."""
+    bar = Progress(epochs, unit="epochs", label="training", enabled=enabled, min_interval_s=0)
+    if not bar.tty:
+        return stderr_line
+
+    def log(line: str) -> None:
+        bar.message(line)
+        m = _EPOCH_LINE.match(line)
+        if m:
+            if bar.done == bar.base == 0:  # the first epoch of this run: the earlier ones
+                bar.base = bar.done = int(m.group(1)) - 1  # were resumed, not in the rate
+            bar.update(int(m.group(1)), total=int(m.group(2)))
+
+    return log
 
 
 @click.command("train")
@@ -166,7 +190,7 @@ def train_cmd(
         command="medxai " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         **kw,  # type: ignore[arg-type]
     )
-    result = train(cfg, log=None if quiet else stderr_line)
+    result = train(cfg, log=None if quiet else _epoch_log(cfg.epochs, enabled=not as_json))
     summary = {
         "bundle": str(result.bundle),
         "epochs_done": result.epochs_done,
