@@ -185,3 +185,22 @@ def test_a_model_against_a_seg_reference(ct_bundle, tmp_path: Path) -> None:
     expected = binary_metrics(pred == 1, truth, ct.image.meta["spacing"])
     (row,) = res.rows
     assert row["label"] == 1 and row["dice"] == pytest.approx(expected["dice"], abs=1e-12)
+
+
+def test_segment_on_a_seg_or_parametric_map_says_what_it_is_and_what_to_give(
+        tmp_path: Path) -> None:
+    from medxai.cli.main import cli
+    from medxai.io.writers.dicom_pm import write_dicom_pm
+
+    d = _segs()
+    ct = load_image(d / "ct-3slice")
+    pm = write_dicom_pm(np.random.default_rng(0).random(tuple(ct.image.shape[1:])), ct.dicom,
+                        tmp_path / "pm.dcm", method="gradcam", model_name="m", model_version="0")
+    for path, what, instead in (
+        (d / "liver.dcm", "Segmentation Storage object (1 segment(s): Liver",
+         "medxai evaluate --model M SERIES --reference THIS_SEG"),
+        (pm, "Parametric Map Storage object", "give the image series it was computed from"),
+    ):
+        res = CliRunner().invoke(cli, ["segment", "-o", str(tmp_path / "o"), str(path)])
+        assert res.exit_code == 2, res.output
+        assert what in res.output and instead in res.output, res.output

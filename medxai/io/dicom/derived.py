@@ -174,8 +174,9 @@ def what_to_give_instead(ds: Dataset) -> str:
     if kind in ("SEG", "RTSTRUCT"):
         return (
             f"give medxai the image series this {kind} was drawn on{series}; to score a model "
-            f"against this {kind}, use it as the reference segmentation (medxai.io.dicom."
-            "derived.rasterise_reference puts it on that series' grid)"
+            f"or a label map against this {kind}, use it as the reference segmentation: "
+            f"`medxai evaluate --model M SERIES --reference THIS_{kind}` or `medxai evaluate "
+            f"LABELS THIS_{kind} --series SERIES` (it is rasterised onto that series' grid)"
         )
     if kind == "PM":
         return (
