@@ -25,8 +25,8 @@ images and medxai cannot know).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,18 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from medxai.errors import InputError, ProcessingError
 from medxai.io.types import DicomSource
-from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import (
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_NAME,
     SOFTWARE_VERSION,
     as_numpy,
+    first_path,
     frame_geometry,
     now,
     patient_orientation_letters,
+    save_dicom,
+    series_number_for,
+    source_grid,
     source_proxy,
 )
 
@@ -146,12 +149,6 @@ def _build_sc(
     return sc
 
 
-def _save(ds: Dataset, path: Path) -> Path:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
-
-
 def _placeholder_ref(
     *, patient_name: str, patient_id: str, study_description: str, comment: str
 ) -> Dataset:
@@ -203,6 +200,161 @@ def _laterality(ds: Dataset) -> str:
     return ""
 
 
+@dataclass
+class _OverlaySeries:
+    """What every SC of one overlay series shares."""
+
+    uid: str
+    number: int
+    description: str
+    derivation: str
+    equipment: list[hd.ContributingEquipment]
+    study_ref: Dataset  # patient and study come from here (a full copy of the first source)
+
+
+def _checked_overlay(rgb: Any) -> np.ndarray:
+    arr = as_numpy(rgb)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[0] != 3 or arr.dtype != np.uint8:
+        raise InputError(
+            f"the overlay must be uint8 of shape (3, I, J[, K]); found {arr.dtype} {arr.shape}"
+        )
+    return arr
+
+
+def _is_mosaic(source: DicomSource | None, n: int) -> bool:
+    """Several slices from one single-frame image (a Siemens mosaic): every SC references that
+    image; the slice positions are not in the DICOM header, so no geometry is copied."""
+    return source is not None and not source.is_multiframe and len(source.datasets) == 1 and n > 1
+
+
+def _check_overlay_grid(arr: np.ndarray, source: DicomSource) -> None:
+    if not source.datasets:
+        raise InputError("the DICOM source holds no dataset")
+    columns, rows, k = source_grid(source)
+    expected = (columns, rows, arr.shape[3] if _is_mosaic(source, arr.shape[3]) else k)
+    if arr.shape[1:] != expected:
+        raise InputError(
+            f"the overlay has shape {arr.shape[1:]} but the DICOM source is {expected} "
+            "(columns, rows, slices/frames)",
+            path=first_path(source),
+        )
+
+
+def _overlay_series(
+    source: DicomSource | None,
+    model_name: str,
+    model_version: str,
+    series_description: str,
+    series_number: int | None,
+    derivation_description: str | None,
+) -> _OverlaySeries:
+    derivation = derivation_description or (
+        f"Overlay of the segmentation (contours) and saliency map (heat map) computed by the model "
+        f"{model_name} {model_version} with {SOFTWARE_NAME} {SOFTWARE_VERSION}, burned into the "
+        f"source image. {NOT_FOR_DIAGNOSIS}."
+    )
+    equipment = [_medxai_equipment(f"AI segmentation overlay; model {model_name} {model_version}")]
+    uid = hd.UID()
+    if source is None:
+        study_ref = _placeholder_ref(
+            patient_name=PLACEHOLDER_PATIENT_NAME,
+            patient_id=PLACEHOLDER_PATIENT_ID,
+            study_description="medxai overlay of a picture without DICOM source",
+            comment=_PLACEHOLDER_COMMENT,
+        )
+        number = int(series_number) if series_number is not None else DEFAULT_SC_SERIES_OFFSET
+    else:
+        study_ref = source_proxy(source.first)
+        number = series_number_for(series_number, source.first, DEFAULT_SC_SERIES_OFFSET)
+    return _OverlaySeries(uid, number, series_description, derivation, equipment, study_ref)
+
+
+def _slice_source(
+    source: DicomSource | None, k: int, mosaic: bool, study_ref: Dataset
+) -> tuple[Dataset, int | None, dict[str, Any]]:
+    """The reference dataset, source frame number and plane geometry of overlay slice ``k``:
+    each SC's references, orientation and laterality come from its own source image (a light
+    copy; the first image's full copy is reused)."""
+    if source is None:
+        return study_ref, None, {}
+    ds, frame, geometry = frame_geometry(source, 0 if mosaic else k)
+    ref = study_ref if ds is source.first else source_proxy(ds, light=True)
+    return ref, frame, {} if mosaic else geometry
+
+
+def _first_sc(
+    pixels: np.ndarray, photometric: str, bits: int, series: _OverlaySeries, spacing: Any
+) -> hd.sc.SCImage:
+    sc = _build_sc(
+        pixels,
+        photometric,
+        bits,
+        series.study_ref,
+        series_uid=series.uid,
+        series_number=series.number,
+        instance_number=1,
+        series_description=series.description,
+        equipment=series.equipment,
+        pixel_spacing=spacing,
+    )
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "YES"
+    sc.DerivationDescription = series.derivation[:1024]
+    return sc
+
+
+def _next_sc(sc: hd.sc.SCImage, pixels: np.ndarray, k: int, geometry: dict[str, Any]) -> None:
+    """Turn the SC of the previous slice into the SC of slice ``k``.
+
+    The other slices differ from the first only in what is set here and in
+    :func:`_set_slice_attributes` (every per-slice attribute is set or removed on each pass), so
+    the dataset built for the first slice is reused: several times faster than building each
+    with highdicom.
+    """
+    sc.SOPInstanceUID = hd.UID()
+    sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
+    sc.InstanceNumber = k + 1
+    sc.PixelData = encode_frame(
+        pixels,
+        transfer_syntax_uid=sc.file_meta.TransferSyntaxUID,
+        bits_allocated=sc.BitsAllocated,
+        bits_stored=sc.BitsStored,
+        photometric_interpretation=sc.PhotometricInterpretation,
+        pixel_representation=sc.PixelRepresentation,
+        planar_configuration=sc.get("PlanarConfiguration"),
+    )
+    if "PixelSpacing" in geometry:
+        sc.PixelSpacing = geometry["PixelSpacing"]
+    elif "PixelSpacing" in sc:
+        del sc.PixelSpacing
+
+
+_GEOMETRY_KEYWORDS = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
+
+
+def _set_slice_attributes(
+    sc: hd.sc.SCImage, ref: Dataset, frame: int | None, geometry: dict[str, Any], referenced: bool
+) -> None:
+    """References (when ``referenced``), plane geometry, PatientOrientation and Laterality."""
+    if referenced:
+        source_item, series_item = _reference_items(ref, frame)
+        sc.SourceImageSequence = [source_item]
+        sc.ReferencedSeriesSequence = [series_item]
+    if all(kw in geometry for kw in (*_GEOMETRY_KEYWORDS, "PixelSpacing")):
+        for kw in _GEOMETRY_KEYWORDS:
+            setattr(sc, kw, geometry[kw])
+        sc.PatientOrientation = patient_orientation_letters(geometry["ImageOrientationPatient"])
+    else:
+        for kw in _GEOMETRY_KEYWORDS:
+            if kw in sc:
+                delattr(sc, kw)
+        orientation = ref.get("PatientOrientation") if referenced else None
+        sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+    sc.Laterality = _laterality(ref) if referenced else ""
+
+
 def write_dicom_sc(
     rgb: Any,
     source: DicomSource | None,
@@ -237,141 +389,31 @@ def write_dicom_sc(
         InputError: a shape or dtype that does not fit, or a source header without UIDs.
         ProcessingError: highdicom refuses the input, or a file cannot be written.
     """
-    arr = as_numpy(rgb)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[0] != 3 or arr.dtype != np.uint8:
-        raise InputError(
-            f"the overlay must be uint8 of shape (3, I, J[, K]); found {arr.dtype} {arr.shape}"
-        )
+    arr = _checked_overlay(rgb)
     out_dir = Path(out_dir)
     n = arr.shape[3]
-    # Several slices from one single-frame image (a Siemens mosaic): every SC references that
-    # image; the slice positions are not in the DICOM header, so no geometry is copied.
-    mosaic_like = (
-        source is not None and not source.is_multiframe and len(source.datasets) == 1 and n > 1
-    )
+    mosaic = _is_mosaic(source, n)
     if source is not None:
-        if not source.datasets:
-            raise InputError("the DICOM source holds no dataset")
-        if source.is_multiframe:
-            expected_k = len(source.frame_numbers or [])
-        else:
-            expected_k = len(source.datasets)
-        first = source.first
-        if mosaic_like:
-            expected_k = n
-        expected = (int(first.Columns), int(first.Rows), expected_k)
-        if arr.shape[1:] != expected:
-            raise InputError(
-                f"the overlay has shape {arr.shape[1:]} but the DICOM source is {expected} "
-                "(columns, rows, slices/frames)",
-                path=source.paths[0] if source.paths else None,
-            )
-    derivation = derivation_description or (
-        f"Overlay of the segmentation (contours) and saliency map (heat map) computed by the model "
-        f"{model_name} {model_version} with {SOFTWARE_NAME} {SOFTWARE_VERSION}, burned into the "
-        f"source image. {NOT_FOR_DIAGNOSIS}."
+        _check_overlay_grid(arr, source)
+    series = _overlay_series(
+        source,
+        model_name,
+        model_version,
+        series_description,
+        series_number,
+        derivation_description,
     )
-    equipment = [_medxai_equipment(f"AI segmentation overlay; model {model_name} {model_version}")]
-    series_uid = hd.UID()
-    placeholder = None
-    if source is None:
-        placeholder = _placeholder_ref(
-            patient_name=PLACEHOLDER_PATIENT_NAME,
-            patient_id=PLACEHOLDER_PATIENT_ID,
-            study_description="medxai overlay of a picture without DICOM source",
-            comment=_PLACEHOLDER_COMMENT,
-        )
-        number = int(series_number) if series_number is not None else DEFAULT_SC_SERIES_OFFSET
-    else:
-        try:
-            base = int(source.first.get("SeriesNumber") or 0)
-        except (TypeError, ValueError):
-            base = 0
-        number = (
-            int(series_number) if series_number is not None else base + DEFAULT_SC_SERIES_OFFSET
-        )
-        if not 0 < number < 2**31:
-            number = DEFAULT_SC_SERIES_OFFSET
-    # patient and study come from the first source image (a full copy); each SC's references,
-    # orientation and laterality from its own source image (a light copy)
-    study_ref = placeholder if source is None else source_proxy(source.first)
     paths = []
     sc: hd.sc.SCImage | None = None
     for k in range(n):
         pixels, photometric, bits = _sc_pixels(arr[:, :, :, k])
-        if source is None:
-            ref, frame, geometry = placeholder, None, {}
-        else:
-            ds, frame, geometry = frame_geometry(source, 0 if mosaic_like else k)
-            if mosaic_like:
-                geometry = {}
-            ref = study_ref if ds is source.first else source_proxy(ds, light=True)
-        has_geometry = all(
-            kw in geometry
-            for kw in (
-                "FrameOfReferenceUID",
-                "ImagePositionPatient",
-                "ImageOrientationPatient",
-                "PixelSpacing",
-            )
-        )
+        ref, frame, geometry = _slice_source(source, k, mosaic, series.study_ref)
         if sc is None:
-            sc = _build_sc(
-                pixels,
-                photometric,
-                bits,
-                study_ref,
-                series_uid=series_uid,
-                series_number=number,
-                instance_number=k + 1,
-                series_description=series_description,
-                equipment=equipment,
-                pixel_spacing=geometry.get("PixelSpacing"),
-            )
-            sc.ImageType = ["DERIVED", "SECONDARY"]
-            sc.BurnedInAnnotation = "YES"
-            sc.DerivationDescription = derivation[:1024]
+            sc = _first_sc(pixels, photometric, bits, series, geometry.get("PixelSpacing"))
         else:
-            # The other slices differ from the first only in what is set here and below (every
-            # per-slice attribute is set or removed on each pass), so the dataset built for the
-            # first slice is reused: several times faster than building each with highdicom.
-            sc.SOPInstanceUID = hd.UID()
-            sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
-            sc.InstanceNumber = k + 1
-            sc.PixelData = encode_frame(
-                pixels,
-                transfer_syntax_uid=sc.file_meta.TransferSyntaxUID,
-                bits_allocated=sc.BitsAllocated,
-                bits_stored=sc.BitsStored,
-                photometric_interpretation=sc.PhotometricInterpretation,
-                pixel_representation=sc.PixelRepresentation,
-                planar_configuration=sc.get("PlanarConfiguration"),
-            )
-            if "PixelSpacing" in geometry:
-                sc.PixelSpacing = geometry["PixelSpacing"]
-            elif "PixelSpacing" in sc:
-                del sc.PixelSpacing
-        if source is not None:
-            source_item, series_item = _reference_items(ref, frame)
-            sc.SourceImageSequence = [source_item]
-            sc.ReferencedSeriesSequence = [series_item]
-        if has_geometry:
-            sc.FrameOfReferenceUID = geometry["FrameOfReferenceUID"]
-            sc.ImagePositionPatient = geometry["ImagePositionPatient"]
-            sc.ImageOrientationPatient = geometry["ImageOrientationPatient"]
-            sc.PatientOrientation = patient_orientation_letters(geometry["ImageOrientationPatient"])
-        else:
-            for kw in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient"):
-                if kw in sc:
-                    delattr(sc, kw)
-            orientation = ref.get("PatientOrientation") if source is not None else None
-            sc.PatientOrientation = (
-                list(orientation) if orientation and len(orientation) == 2 else ""
-            )
-        sc.Laterality = _laterality(ref) if source is not None else ""
-        paths.append(_save(sc, out_dir / f"{filename_prefix}{k + 1:04d}.dcm"))
+            _next_sc(sc, pixels, k, geometry)
+        _set_slice_attributes(sc, ref, frame, geometry, referenced=source is not None)
+        paths.append(save_dicom(sc, out_dir / f"{filename_prefix}{k + 1:04d}.dcm"))
     return paths
 
 
@@ -439,6 +481,6 @@ def create_photo_study(
     sc.Laterality = ""
     if source_name:
         sc.ImageComments = f"Imported by {SOFTWARE_NAME} {SOFTWARE_VERSION} from {source_name}"
-    _save(sc, path)
+    save_dicom(sc, path)
     header = pydicom.dcmread(path, stop_before_pixels=True)
     return DicomSource(datasets=[header], paths=[path], frame_numbers=None)
