@@ -10,8 +10,9 @@
         --input '{"modalities": ["MR"], "max_extent_mm": [80, 64, 64]}'
 
 ``--val-list`` takes the ``validation`` list of the folder's Decathlon ``dataset.json``. The
-weights are copied unchanged (their SHA-256 stays the one recorded at training time); the val
-metrics (mean, median, 95 % bootstrap interval per label) go into configs/metadata.json, the
+bundle is written as a MONAI bundle (medxai.models.bundle_form; a run saved in the older form is
+rewritten so); the weights are copied unchanged (their SHA-256 stays the one recorded at training
+time); the val metrics (mean, median, 95 % bootstrap interval per label) go into configs/metadata.json, the
 per-case rows into docs/<name>_val_per_case.csv, and the card (a markdown file written by hand,
 with a ``{{metrics}}`` placeholder filled with the table) into docs/README.md of the bundle.
 """
@@ -33,7 +34,7 @@ import torch
 
 from medxai.evaluation.segmentation import evaluate_model
 from medxai.io.datasets import dataset_json_validation
-from medxai.models.bundle import load_bundle
+from medxai.models.bundle import load_bundle, write_bundle_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "medxai" / "models" / "bundled"
@@ -146,8 +147,9 @@ def main(args: argparse.Namespace) -> None:
     for sub in ("configs", "models", "docs"):
         (target / sub).mkdir(parents=True)
     shutil.copy2(run / "models" / "model.pt", target / "models" / "model.pt")
-    (target / "configs" / "inference.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    (target / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # a MONAI bundle (form 2: MONAI keys + the "medxai" block; MONAI metadata), whichever form
+    # the run was saved in
+    write_bundle_configs(target, cfg, meta)
     csv_path = ROOT / "docs" / f"{meta['name']}_val_per_case.csv"
     with open(csv_path, "w", newline="") as fh:
         fields = list(result.rows[0])

@@ -14,6 +14,11 @@ from medxai.models.bundle import load_bundle
 from medxai.postprocess import postprocess_labels
 
 
+def _settings(cfg: dict) -> dict:
+    """The block of a bundle's inference.json that holds medxai's settings (form 2: "medxai")"""
+    return cfg["medxai"] if isinstance(cfg.get("medxai"), dict) else cfg
+
+
 def _blobs_2d() -> torch.Tensor:
     lab = torch.zeros(1, 40, 30, dtype=torch.uint8)
     lab[0, 5:25, 5:20] = 1          # big square, 300 px
@@ -102,7 +107,7 @@ def test_bundle_with_bad_tta_or_postprocessing_is_refused(rgb_bundle, tmp_path):
         shutil.copytree(rgb_bundle.path, bad)
         cfg_path = bad / "configs" / "inference.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg[key] = value
+        _settings(cfg)[key] = value
         cfg_path.write_text(json.dumps(cfg))
         with pytest.raises(ModelError, match=match):
             load_bundle(bad)
@@ -173,7 +178,7 @@ def test_bad_tta_sizes_are_refused(rgb_bundle, tmp_path):
     shutil.copytree(rgb_bundle.path, bad)
     cfg_path = bad / "configs" / "inference.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["inference"]["tta_sizes"] = [[224]]
+    _settings(cfg)["inference"]["tta_sizes"] = [[224]]
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="tta_sizes"):
         load_bundle(bad)
@@ -205,7 +210,7 @@ def test_bad_thresholds_are_refused(rgb_bundle, tmp_path, value, match):
     shutil.copytree(rgb_bundle.path, bad)
     cfg_path = bad / "configs" / "inference.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["inference"]["threshold"] = value
+    _settings(cfg)["inference"]["threshold"] = value
     if match == "output channels":  # checked before the weights load
         cfg["network_def"]["out_channels"] = 3
     cfg_path.write_text(json.dumps(cfg))

@@ -3,13 +3,16 @@
 Layout::
 
     BUNDLE/
-      configs/metadata.json    card: name, version, task, data, metrics, weights SHA-256, ...
-      configs/inference.json   network_def (MONAI ConfigParser style), input, preprocessing,
-                               inference mode, labels
+      configs/metadata.json    MONAI's metadata (network_data_format with channel_def) plus the
+                               card: name, version, task, data, metrics, weights SHA-256, ...
+      configs/inference.json   a MONAI inference config (network_def, preprocessing, inferer,
+                               postprocessing) with medxai's settings under the key "medxai"
       models/model.pt          the network's state dict (loaded with ``weights_only=True``)
       docs/README.md           the model card in prose (optional)
 
-``inference.json`` keys:
+The on-disk forms (form 2, written since MONAI compatibility; form 1, still read) are described
+in :mod:`medxai.models.bundle_form`. In memory, :attr:`ModelBundle.config` is medxai's view: the
+keys below (form 1's top level, form 2's ``medxai`` block) with ``network_def``:
 
 - ``network_def``: ``{"_target_": "monai.networks.nets.UNet", **kwargs}``; MONAI's
   ``ConfigParser`` instantiates it as it is.
@@ -44,10 +47,25 @@ import torch
 from medxai.choices import POSTPROCESSING_KEYS, TTA_CHOICES
 from medxai.errors import BundleIntegrityError, ModelError
 from medxai.io.atomic import write_bytes_atomic
+from medxai.models.bundle_form import (
+    FORM,
+    medxai_form_of,
+    medxai_view,
+    misplaced_keys,
+    monai_inference_config,
+    monai_metadata,
+)
 from medxai.models.contract import ModelContract, contract_from_medxai_config
 from medxai.models.networks import build_network
 
-__all__ = ["ModelBundle", "load_bundle", "save_bundle", "sha256_file"]
+__all__ = [
+    "ModelBundle",
+    "load_bundle",
+    "save_bundle",
+    "convert_bundle",
+    "write_bundle_configs",
+    "sha256_file",
+]
 
 _TARGET_PREFIX = "monai.networks.nets."
 
@@ -225,8 +243,26 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
             path=root,
             hint="pass a bundled model name (see `medxai models`) or a bundle folder",
         )
-    config = _read_json(root / "configs" / "inference.json")
+    raw = _read_json(root / "configs" / "inference.json")
     metadata = _read_json(root / "configs" / "metadata.json")
+    form = medxai_form_of(raw)
+    if form is None:
+        raise ModelError(
+            "is not a medxai bundle: configs/inference.json has neither a 'medxai' block nor "
+            "an 'input' block",
+            path=root / "configs" / "inference.json",
+            hint="load MONAI model-zoo bundles with medxai.models.registry.load_any_bundle "
+            "(--model PATH does)",
+        )
+    stray = misplaced_keys(raw)
+    if stray:
+        raise ModelError(
+            f"has medxai settings at its top level ({', '.join(f'{k}: {raw[k]!r}' for k in stray)})"
+            f", where medxai does not read them in this form ({FORM})",
+            path=root / "configs" / "inference.json",
+            hint='move them into its "medxai" block (see docs/bundles.md)',
+        )
+    config = medxai_view(raw)
     _check_inference_options(config, root)
     weights = root / "models" / "model.pt"
     if not weights.is_file():
@@ -256,7 +292,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:
             f"weights do not fit the network in inference.json: {exc}", path=weights
         ) from exc
     network.eval()
-    return ModelBundle(config=config, metadata=metadata, network=network, path=root)
+    return ModelBundle(
+        config=config, metadata=metadata, network=network, path=root, extra={"form": form}
+    )
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -264,9 +302,23 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data, durable=True)
 
 
+def _write_configs(root: Path, view: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """``configs/inference.json`` (form 2: MONAI keys + the ``medxai`` block) and
+    ``configs/metadata.json`` (MONAI's form) of medxai's view of a bundle."""
+    _atomic_write_bytes(
+        root / "configs" / "metadata.json",
+        (json.dumps(monai_metadata(view, metadata), indent=2) + "\n").encode(),
+    )
+    _atomic_write_bytes(
+        root / "configs" / "inference.json",
+        (json.dumps(monai_inference_config(view), indent=2) + "\n").encode(),
+    )
+
+
 def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = None) -> Path:
-    """Write ``bundle`` to the folder ``path``; records the weights' SHA-256 in the written
-    metadata (``bundle`` itself is not changed: load the folder to get the saved bundle).
+    """Write ``bundle`` to the folder ``path`` as a MONAI bundle (form 2, see
+    :mod:`medxai.models.bundle_form`); records the weights' SHA-256 in the written metadata
+    (``bundle`` itself is not changed: load the folder to get the saved bundle).
 
     Returns the bundle folder. Each file is written atomically.
     """
@@ -282,12 +334,60 @@ def save_bundle(bundle: ModelBundle, path: str | Path, *, card: str | None = Non
     metadata["weights_sha256"] = sha256_file(weights)
     metadata.setdefault("monai_version", __import__("monai").__version__)
     metadata.setdefault("pytorch_version", torch.__version__.split("+")[0])
-    _atomic_write_bytes(
-        root / "configs" / "metadata.json", (json.dumps(metadata, indent=2) + "\n").encode()
-    )
-    _atomic_write_bytes(
-        root / "configs" / "inference.json", (json.dumps(bundle.config, indent=2) + "\n").encode()
-    )
+    _write_configs(root, bundle.config, metadata)
     if card is not None:
         _atomic_write_bytes(root / "docs" / "README.md", card.encode())
     return root
+
+
+def write_bundle_configs(
+    path: str | Path, config: dict[str, Any], metadata: dict[str, Any]
+) -> None:
+    """Write the two config files of a bundle folder from medxai's view of its config (either
+    form is accepted) and its metadata, in form 2; the weights are not touched (packaging
+    scripts copy them unchanged)."""
+    _write_configs(Path(path), medxai_view(config), dict(metadata))
+
+
+def convert_bundle(src: str | Path, dst: str | Path) -> Path:
+    """Rewrite the medxai bundle ``src`` (either form) as a form-2 MONAI bundle in ``dst``.
+
+    The weights file is copied byte for byte (its SHA-256, checked against the metadata first,
+    stays the recorded one); docs and any other files are copied; only the two configs are
+    rewritten. ``dst`` must not exist or be an empty folder (``src`` itself is never changed).
+
+    Raises:
+        ModelError: ``src`` is not a medxai bundle, or ``dst`` is not empty.
+        BundleIntegrityError: the weights of ``src`` differ from its recorded SHA-256.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    bundle = load_bundle(src)  # checks the configs and the weights' hash
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ModelError(
+            "exists and is not an empty folder",
+            path=dst,
+            hint="give a new folder for the converted bundle",
+        )
+    if dst.resolve() == src.resolve():
+        raise ModelError("is the source bundle itself", path=dst, hint="give a new folder")
+    for item in sorted(src.rglob("*")):
+        rel = item.relative_to(src)
+        if (
+            item.is_dir()
+            or rel.parts[0] == "configs"
+            and rel.name
+            in (
+                "inference.json",
+                "metadata.json",
+            )
+        ):
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item, dst / rel)
+    _write_configs(dst, bundle.config, copy.deepcopy(bundle.metadata))
+    converted = load_bundle(dst)
+    if converted.config != bundle.config or converted.extra.get("form") != FORM:
+        raise ModelError("the converted bundle does not read back as the source", path=dst)
+    return dst

@@ -145,8 +145,11 @@ class FitRules:
 
     @classmethod
     def from_bundle_config(cls, config: Mapping[str, Any]) -> FitRules:
-        """The rules of a medxai bundle's ``configs/inference.json`` (dims and channels default
-        to its ``network_def``)."""
+        """The rules of a medxai bundle's ``configs/inference.json`` (either form, see
+        :mod:`medxai.models.bundle_form`; dims and channels default to its ``network_def``)."""
+        from medxai.models.bundle_form import medxai_view
+
+        config = medxai_view(config)
         net = config.get("network_def") or {}
         return cls.from_input_config(
             config.get("input") or {},

@@ -39,6 +39,7 @@ import torch
 
 from medxai.errors import ModelError, ModelMismatchError
 from medxai.models.bundle import ModelBundle, sha256_file
+from medxai.models.bundle_form import medxai_form_of
 from medxai.models.contract import (
     DEFAULT_OVERLAP,
     InferenceSpec,
@@ -94,8 +95,9 @@ def _config_file(root: Path) -> Path | None:
 def is_monai_bundle(path: str | Path) -> bool:
     """Whether the folder is a MONAI-form bundle (not medxai's own form).
 
-    medxai's own bundles have a JSON ``configs/inference.json`` with an ``input`` block and a
-    plain ``preprocessing`` dict; anything else with an inference config (YAML, a
+    medxai's own bundles have a JSON ``configs/inference.json`` with a ``medxai`` block of form
+    ``medxai-bundle/2`` (or, form 1, an ``input`` block and a plain ``preprocessing`` dict; see
+    :mod:`medxai.models.bundle_form`); anything else with an inference config (YAML, a
     ``preprocessing`` with a ``_target_``, a ``models/model.ts``) is a MONAI bundle.
     """
     root = Path(path)
@@ -110,10 +112,7 @@ def is_monai_bundle(path: str | Path) -> bool:
         return False
     if not isinstance(data, dict):
         return False
-    medxai_form = isinstance(data.get("input"), dict) and not (
-        isinstance(data.get("preprocessing"), dict) and "_target_" in data["preprocessing"]
-    )
-    return not medxai_form
+    return medxai_form_of(data) is None
 
 
 def _targets(node: Any) -> list[str]:

@@ -1,4 +1,5 @@
-"""``medxai models`` (list the bundled models) and ``medxai models describe PATH``."""
+"""``medxai models`` (list the bundled models), ``medxai models describe PATH`` and
+``medxai models convert OLD NEW``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 from medxai.cli.commands.segment import models_cmd as list_models_cmd
 from medxai.cli.common import echo_json, guard
 
-__all__ = ["models_group", "describe_cmd"]
+__all__ = ["models_group", "describe_cmd", "convert_cmd"]
 
 
 @click.group("models", invoke_without_command=True)
@@ -90,3 +91,20 @@ def describe_cmd(path: str, as_json: bool) -> None:
         lines.append("  medxai replaces: " + "; ".join(info["replaced_by_medxai"]))
     lines.append("  saliency methods: " + ", ".join(info["saliency_methods"]))
     click.echo("\n".join(lines))
+
+
+@models_group.command("convert")
+@click.argument("old", type=click.Path(exists=True, file_okay=False))
+@click.argument("new", type=click.Path())
+@guard
+def convert_cmd(old: str, new: str) -> None:
+    """Rewrite the medxai bundle OLD (either form) as a MONAI bundle in the new folder NEW:
+    configs/inference.json that plain MONAI runs (network_def, preprocessing, inferer,
+    postprocessing) with medxai's settings under the key "medxai", and configs/metadata.json in
+    MONAI's form. The weights are copied byte for byte (their SHA-256 is checked first and
+    stays the recorded one); OLD is not changed."""
+    from medxai.models.bundle import convert_bundle, load_bundle
+
+    out = convert_bundle(old, new)
+    b = load_bundle(out)
+    click.echo(f"converted {b.name} {b.version}: {out} (weights SHA-256 {b.weights_sha256})")
