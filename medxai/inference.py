@@ -8,6 +8,7 @@ with the input's affine.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,18 @@ from typing import Any
 import torch
 
 from medxai.choices import DEVICE_CHOICES, TTA_CHOICES
-from medxai.errors import InputError, ModelMismatchError
+from medxai.errors import InputError, ModelError, ModelMismatchError
 from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreorient
 
-__all__ = ["resolve_device", "autocast_context", "Prediction", "predict", "check_input_fits"]
+__all__ = [
+    "resolve_device",
+    "autocast_context",
+    "Prediction",
+    "predict",
+    "predict_batch",
+    "check_input_fits",
+]
+
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -345,10 +354,6 @@ def predict(
     Returns:
         a :class:`Prediction` on the input's grid (same spatial shape and affine).
     """
-    import time
-
-    from monai.inferers import sliding_window_inference
-
     if _is_monai_bundle(bundle):
         return _predict_monai(
             bundle,
@@ -359,38 +364,48 @@ def predict(
             sw_batch_size=sw_batch_size,
             source=source,
         )
+    if bundle.contract.inference.mode == "whole_image":
+        return predict_batch(bundle, [image], device=device, tta=tta, sources=[source])[0]
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
+    tta_mode(bundle.inference, tta)  # an unknown name is refused here too
+    return _predict_sliding_window(bundle, image, dev, roi_size, overlap, sw_batch_size)
+
+
+def _predict_sliding_window(
+    bundle: Any,
+    image: torch.Tensor,
+    dev: torch.device,
+    roi_size: Sequence[int] | None,
+    overlap: float | None,
+    sw_batch_size: int | None,
+) -> Prediction:
+    """:func:`predict` for a sliding-window model (no test-time augmentation)."""
+    from monai.inferers import sliding_window_inference
+
     net = bundle.network
-    t0 = time.perf_counter()
-    inf = bundle.inference
     spec = bundle.contract.inference
-    mode = spec.mode
-    tta = tta_mode(inf, tta)
-    with network_on(net, dev):
-        if mode == "whole_image":
-            prob = whole_image_probabilities(bundle, [image], dev, tta)[0]
-        else:
-            with torch.inference_mode(), autocast_context(dev):
-                x, state = prepare_input(bundle, image)
-                roi = list(roi_size or spec.roi_size or x.shape[2:])
-                if len(roi) != x.ndim - 2:
-                    raise InputError(
-                        f"roi size {roi} has {len(roi)} values; the model is {x.ndim - 2}D",
-                        hint="e.g. --roi-size 96,96,96",
-                    )
-                logits = sliding_window_inference(
-                    x,
-                    roi_size=roi,
-                    sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
-                    predictor=net,
-                    overlap=float(overlap if overlap is not None else spec.overlap),
-                    mode=spec.blend_mode,
-                    sw_device=dev,
-                    device=torch.device("cpu"),
-                    progress=False,
-                )
-            prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
+    t0 = time.perf_counter()
+    with network_on(net, dev), torch.inference_mode(), autocast_context(dev):
+        x, state = prepare_input(bundle, image)
+        roi = list(roi_size or spec.roi_size or x.shape[2:])
+        if len(roi) != x.ndim - 2:
+            raise InputError(
+                f"roi size {roi} has {len(roi)} values; the model is {x.ndim - 2}D",
+                hint="e.g. --roi-size 96,96,96",
+            )
+        logits = sliding_window_inference(
+            x,
+            roi_size=roi,
+            sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+            predictor=net,
+            overlap=float(overlap if overlap is not None else spec.overlap),
+            mode=spec.blend_mode,
+            sw_device=dev,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+    prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(
@@ -398,8 +413,56 @@ def predict(
         labels=labels,
         affine=torch.as_tensor(affine),
         seconds=time.perf_counter() - t0,
-        tta=tta if mode == "whole_image" else "none",
+        tta="none",
     )
+
+
+def predict_batch(
+    bundle: Any,
+    images: Sequence[torch.Tensor],
+    *,
+    device: str | torch.device = "auto",
+    tta: str | None = None,
+    sources: Sequence[str | None] | None = None,
+) -> list[Prediction]:
+    """:func:`predict` for several images of a whole-image model, in one forward pass per
+    test-time augmentation view (and per ``tta_sizes`` size); :func:`predict` itself goes
+    through here with one image.
+
+    Each image is prepared on its own (intensity, resize to the model's ``spatial_size``), the
+    batch ``(N, C, *spatial)`` goes through the network, and each result is brought back onto its
+    own image's grid; ``seconds`` is the batch's time shared equally.
+
+    Raises:
+        ModelError: the bundle is not a whole-image model (sliding-window models take one
+            image at a time: :func:`predict`).
+        ModelMismatchError: an image does not fit the model (checked before any work).
+    """
+    if _is_monai_bundle(bundle) or bundle.contract.inference.mode != "whole_image":
+        raise ModelError(
+            f"model {bundle.name!r} is not a whole-image model; predict one image at a time"
+        )
+    names = list(sources) if sources is not None else [None] * len(images)
+    for img, src in zip(images, names):
+        check_input_fits(bundle, img, src)
+    if not images:
+        return []
+    dev = resolve_device(device)
+    mode = tta_mode(bundle.inference, tta)
+    t0 = time.perf_counter()
+    with network_on(bundle.network, dev):
+        probs = whole_image_probabilities(bundle, images, dev, mode)
+    out = []
+    for img, prob in zip(images, probs):
+        labels = labels_from_probabilities(bundle, prob)
+        affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
+        out.append(
+            Prediction(probabilities=prob, labels=labels, affine=affine, seconds=0.0, tta=mode)
+        )
+    each = (time.perf_counter() - t0) / len(images)
+    for p in out:
+        p.seconds = each
+    return out
 
 
 def _is_monai_bundle(bundle: Any) -> bool:
@@ -427,8 +490,6 @@ def _predict_monai(
     """A MONAI model-zoo bundle's own preprocessing, inferer and postprocessing
     (:meth:`medxai.models.monai_bundle.MonaiBundle.run`). The probabilities are the bundle's
     activations after its ``Invertd`` when it inverts them, else the label map one-hot."""
-    import time
-
     bundle.check_input(image, source)
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
     t0 = time.perf_counter()

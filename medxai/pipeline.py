@@ -46,6 +46,7 @@ __all__ = [
     "output_name",
     "compute_saliency",
     "input_volumes",
+    "saliency_maps",
 ]
 
 #: Output formats ``--format`` accepts.
@@ -176,6 +177,27 @@ def compute_saliency(
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
 
 
+def saliency_maps(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    opts: SegmentOptions,
+    device: torch.device,
+    prediction: Prediction | None = None,
+) -> dict[int, torch.Tensor]:
+    """One saliency map ``(1, *spatial)`` per foreground label of ``bundle`` (``opts.explain``'s
+    method, :func:`compute_saliency`), by label value, on the input's grid; empty when no
+    saliency is asked for. ``prediction`` is the prediction of ``loaded`` (for explanation
+    targets defined by it)."""
+    if not opts.explain:
+        return {}
+    return {
+        int(lab["value"]): compute_saliency(
+            bundle, loaded, opts.explain, int(lab["value"]), device, opts.roi_size, opts.overlap
+        )
+        for lab in bundle.foreground_labels
+    }
+
+
 def _report(
     loaded: LoadedImage,
     bundle: ModelBundle,
@@ -248,10 +270,13 @@ def segment_loaded(
     progress: ProgressFn | None = None,
     prediction: Prediction | None = None,
     choice: ModelChoice | None = None,
+    saliency: dict[int, torch.Tensor] | None = None,
 ) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
     ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
-    predicts 2D images in batches) is used instead of predicting again."""
+    predicts 2D images in batches) is used instead of predicting again, and so are ``saliency``
+    maps made elsewhere (:func:`saliency_maps`; the batch runner explains the next image while
+    this one is written)."""
     opts = options or SegmentOptions()
     say = progress or (lambda _m: None)
     out_root = Path(out_root)
@@ -283,17 +308,17 @@ def segment_loaded(
     else:
         pred = prediction
         timings["predict"] = prediction.seconds
-    saliency: dict[int, torch.Tensor] = {}
+    given_saliency = saliency
+    saliency = {}
     energy: dict[int, float] = {}
     if opts.explain:
         t = time.perf_counter()
-        say(f"{name}: explaining with {opts.explain}")
-        for lab in bundle.foreground_labels:
-            value = int(lab["value"])
-            sal = compute_saliency(
-                bundle, loaded, opts.explain, value, device, opts.roi_size, opts.overlap
-            )
-            saliency[value] = sal
+        if given_saliency is None:
+            say(f"{name}: explaining with {opts.explain}")
+            saliency = saliency_maps(bundle, loaded, opts, device, pred)
+        else:
+            saliency = given_saliency
+        for value, sal in saliency.items():
             mask = pred.labels == value
             total = float(sal.sum())
             energy[value] = float(sal[mask].sum()) / total if total > 0 else 0.0

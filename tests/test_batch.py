@@ -336,6 +336,7 @@ def test_a_series_that_kills_its_worker_is_isolated(tmp_path: Path) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     from medxai.batch.job import drive
+    from medxai.batch.types import Job, Result
 
     files = [_fi(f"p{i}", orientation=None, position=None, channels=3) for i in range(3)]
     stacks = group_stacks(files)
@@ -346,15 +347,17 @@ def test_a_series_that_kills_its_worker_is_isolated(tmp_path: Path) -> None:
 
         def submit(jobs):
             fut = Future()
-            if any(j["id"] == bad for j in jobs):
+            if any(j.id == bad for j in jobs):
                 fut.set_exception(BrokenProcessPool("a worker died"))
             else:
-                fut.set_result([{"id": j["id"], "state": "done", "outputs": [], "timings": {}}
-                                for j in jobs])
+                fut.set_result([Result(j.id, "done", outputs=[]) for j in jobs])
             return fut
 
+        def job_for(r):
+            return Job(r["id"], tuple(r["files"]), str(tmp_path), r["id"], r["output_name"])
+
         crashes = []
-        drive(man, [rows], lambda r: {"id": r["id"], "output_name": r["output_name"]}, submit,
+        drive(man, [rows], job_for, submit,
               wait_any=lambda fs: fs, in_flight=2, worker="test", on_result=man.record,
               on_crash=lambda: crashes.append(1),
               is_crash=lambda e: isinstance(e, BrokenProcessPool))

@@ -5,9 +5,13 @@
 - :mod:`medxai.batch.scan`: header-only parallel scan, grouping into studies, series and stacks,
   fit-to-model selection.
 - :class:`Manifest`: the SQLite job manifest (WAL) in the output folder, with CSV export.
-- :mod:`medxai.batch.runner`: the worker side (model once per worker, batched 2D prediction,
-  decoding and writing overlapped with inference); :mod:`medxai.batch.dask_runner`: the same
-  jobs on a dask.distributed cluster.
+- :class:`Job`, :class:`Result` (:mod:`medxai.batch.types`): one series for a worker, and its
+  outcome.
+- :mod:`medxai.batch.runner`: the worker side (model once per worker; decoding, batched 2D
+  prediction with saliency, and writing overlapped in a bounded pipeline);
+  :mod:`medxai.batch.schedule`: chunks in flight on any executor; :mod:`medxai.batch.dask_runner`:
+  the same jobs on a dask.distributed cluster.
+- :func:`predict_batch` is :func:`medxai.inference.predict_batch` (the one batched prediction).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ __all__ = [
     "BatchProgress",
     "BatchSummary",
     "Manifest",
+    "Job",
+    "Result",
     "scan_export",
     "group_stacks",
     "fit_reason",
@@ -33,6 +39,8 @@ _WHERE = {
     "BatchProgress": "job",
     "BatchSummary": "job",
     "Manifest": "manifest",
+    "Job": "types",
+    "Result": "types",
     "predict_batch": "runner",
     "scan_export": "scan",
     "group_stacks": "scan",

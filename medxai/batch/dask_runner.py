@@ -11,12 +11,12 @@ the same paths (shared storage).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from medxai.batch.manifest import Manifest
 from medxai.batch.runner import WorkerConfig, run_chunk
-from medxai.batch.schedule import drive
+from medxai.batch.schedule import JobsFor, OnResult, drive
 from medxai.errors import InputError
 
 __all__ = ["run_on_dask", "connect"]
@@ -54,9 +54,9 @@ def connect(scheduler: str, workers: int) -> tuple[Any, Any]:
 def run_on_dask(
     man: Manifest,
     chunks: Sequence[Sequence[dict[str, Any]]],
-    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs_for: JobsFor,
     config: WorkerConfig,
-    on_result: Callable[[dict[str, Any]], None],
+    on_result: OnResult,
     *,
     scheduler: str,
     workers: int = 1,

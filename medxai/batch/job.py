@@ -12,6 +12,7 @@ so a ``done`` row means a complete folder, and a folder without a ``done`` row i
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -27,7 +28,8 @@ from typing import Any
 from medxai.batch.manifest import MANIFEST_NAME, Manifest
 from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk, run_chunk
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
-from medxai.batch.schedule import MAX_ATTEMPTS, drive
+from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
+from medxai.batch.types import Job, Result
 from medxai.errors import InputError, ModelMismatchError
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
@@ -189,9 +191,7 @@ def _chunks(
     return out
 
 
-def _job_for(
-    row: dict[str, Any], export: Path, out: Path, folders: dict[str, str]
-) -> dict[str, Any]:
+def _job_for(row: dict[str, Any], export: Path, out: Path, folders: dict[str, str]) -> Job:
     study, series = row["output_name"].split("/", 1)
     files = [str(export / f) for f in row["files"]]
     parent = os.path.dirname(row["files"][0]) if row["files"] else ""
@@ -202,14 +202,14 @@ def _job_for(
         and folders.get(parent) == row["id"]
     ):
         folder = str(export / parent)
-    return {
-        "id": row["id"],
-        "files": files,
-        "folder": folder,
-        "out_root": str(out / study),
-        "name": series,
-        "output_name": row["output_name"],
-    }
+    return Job(
+        id=row["id"],
+        files=tuple(files),
+        out_root=str(out / study),
+        name=series,
+        output_name=row["output_name"],
+        folder=folder,
+    )
 
 
 def _folder_owners(man: Manifest) -> dict[str, str]:
@@ -325,8 +325,27 @@ def run_batch(
             a job with other settings or is in use by another run. Problems with single files or
             series never raise: they are recorded in the manifest.
     """
-    from medxai.models.registry import load_model
+    export, out = _check_folders(export_dir, output)
+    run = _Run(
+        export=export,
+        out=out,
+        bundle=_open_model(model, workers, scheduler),
+        opts=options or SegmentOptions(),
+        say=progress or (lambda _p: None),
+        workers=workers,
+        scheduler=scheduler,
+        batch_size=batch_size,
+    )
+    with _locked(out):
+        man = Manifest(out / MANIFEST_NAME)
+        try:
+            return _run_locked(run, man, retry_failed, scan_workers)
+        finally:
+            man.close()
 
+
+def _check_folders(export_dir: str | Path, output: str | Path) -> tuple[Path, Path]:
+    """The export (an existing folder) and the output folder (created; not the export)."""
     export = Path(export_dir).expanduser().resolve()
     if not export.is_dir():
         raise InputError(
@@ -340,166 +359,182 @@ def run_batch(
             "the output folder must not be the export folder", path=out, hint="use e.g. -o results/"
         )
     out.mkdir(parents=True, exist_ok=True)
-    opts = options or SegmentOptions()
+    return export, out
+
+
+def _open_model(
+    model: str | Path | ModelBundle | None, workers: int, scheduler: str | None
+) -> ModelBundle | None:
+    """The loaded model; None: each series goes to the bundled model whose fit rules accept
+    it."""
+    if model is None:
+        return None
+    if not isinstance(model, ModelBundle):
+        from medxai.models.registry import load_model
+
+        return load_model(model)
+    if model.path is None and (workers > 1 or scheduler):
+        raise InputError(
+            "a model bundle that is not saved to a folder can only run with "
+            "workers=1 and no scheduler",
+            hint="save it with save_bundle",
+        )
+    return model
+
+
+@dataclass
+class _Run:
+    """One run's settings and what its steps found and did."""
+
+    export: Path
+    out: Path
     bundle: ModelBundle | None
-    if isinstance(model, ModelBundle):
-        bundle = model
-        if bundle.path is None and (workers > 1 or scheduler):
-            raise InputError(
-                "a model bundle that is not saved to a folder can only run with "
-                "workers=1 and no scheduler",
-                hint="save it with save_bundle",
-            )
-    elif model is None:
-        bundle = None  # each series goes to the bundled model whose fit rules accept it
-    else:
-        bundle = load_model(model)
-    model_path = str(Path(bundle.path).resolve()) if bundle and bundle.path is not None else ""
+    opts: SegmentOptions
+    say: ProgressFn
+    workers: int
+    scheduler: str | None
+    batch_size: int
+    t_start: float = field(default_factory=time.perf_counter)
     plan: _AutoPlan | None = None
-    settings = _settings(export, bundle, opts)
-    say = progress or (lambda _p: None)
-    t_start = time.perf_counter()
-    with _locked(out):
-        man = Manifest(out / MANIFEST_NAME)
-        try:
-            man.check_settings(settings)
-            run_id = man.start_run(
-                {
-                    **settings,
-                    "workers": workers,
-                    "scheduler": scheduler,
-                    "device": opts.device,
-                    "retry_failed": retry_failed,
-                }
-            )
-            status = "interrupted"
-            try:
-                recovered = man.recover(MAX_ATTEMPTS)
-                _clean_partials(out)
-                # -- scan
-                known = man.known_files()
-                if retry_failed:
-                    known = {k: v for k, v in known.items() if not v.failed}
-                t0 = time.perf_counter()
-                exclude = [out] if export in out.parents else []
-                scan = scan_export(
-                    export,
-                    workers=scan_workers,
-                    exclude=exclude,
-                    known=known,
-                    progress=lambda d, n: say(
-                        BatchProgress("scan", d, n, {}, time.perf_counter() - t0)
-                    ),
-                )
-                if bundle is None:
-                    plan = _AutoPlan.for_stacks(scan.stacks)
-                    fit = plan.fit
-                else:
-                    req = ModelRequirements.from_bundle(bundle)
-                    fit = {s.id: fit_reason(s, req) for s in scan.stacks}
-                man.sync_scan(scan.files, scan.stacks, fit)
-                retried = man.retry_failed() if retry_failed else 0
-                # a done series whose folder was removed runs again
-                missing = [
-                    r["id"] for r in man.series("done") if not (out / r["output_name"]).is_dir()
-                ]
-                man.requeue(missing)
-                pending = man.pending()
-                # -- process
-                t1 = time.perf_counter()
-                run_counts = {"done": 0, "failed": 0, "skipped": 0}
-                total = len(pending)
+    counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
+    process_s: float = 0.0
+    backend: str = "in process"
 
-                def on_result(r: dict[str, Any]) -> None:
-                    man.record(r)
-                    run_counts[r["state"]] = run_counts.get(r["state"], 0) + 1
-                    say(
-                        BatchProgress(
-                            "process",
-                            sum(run_counts.values()),
-                            total,
-                            dict(run_counts),
-                            time.perf_counter() - t1,
-                        )
-                    )
+    @property
+    def model_path(self) -> str:
+        b = self.bundle
+        return str(Path(b.path).resolve()) if b is not None and b.path is not None else ""
 
-                say(BatchProgress("process", 0, total, dict(run_counts), 0.0))
-                groups: list[tuple[ModelBundle, list[dict[str, Any]]]] = (
-                    [(bundle, pending)]
-                    if bundle is not None
-                    else [
-                        (load_model(name, cache=True), rows)
-                        for name, rows in (plan.groups(pending) if plan else [])
-                    ]
-                )
-                backend = "in process"
-                for grp_bundle, rows in groups:
-                    jobs_for = _JobFactory(export, out, man, plan.choices if plan else None)
-                    chunks = _chunks(rows, batch_size, grp_bundle.spatial_dims)
-                    grp_path = (
-                        str(Path(grp_bundle.path).resolve()) if grp_bundle.path is not None else ""
-                    )
-                    config = WorkerConfig(
-                        model=grp_path,
-                        weights_sha256=grp_bundle.weights_sha256,
-                        options=opts,
-                        batch_size=batch_size,
-                    )
-                    backend = _run_backend(
-                        man,
-                        chunks,
-                        jobs_for,
-                        config,
-                        grp_bundle,
-                        opts,
-                        batch_size,
-                        on_result,
-                        scheduler,
-                        workers,
-                    )
-                process_s = time.perf_counter() - t1
-                status = "finished"
-            finally:
-                man.release([r["id"] for r in man.series("running")])
-                csv_paths = man.export_csv(out)
-                if status != "finished":
-                    man.finish_run(run_id, status, {})
-            summary = _summary(
-                man,
-                export,
-                out,
-                csv_paths,
-                bundle,
-                model_path,
-                scan,
-                run_counts
-                | {
-                    "requeued_after_crash": recovered["requeued"],
-                    "retried_failed": retried,
-                    "rerun_missing_output": len(missing),
-                },
-                process_s,
-                sum(run_counts.values()),
-                backend,
-            )
-            man.finish_run(
-                run_id,
-                status,
-                {
-                    "scan": summary.scan,
-                    "process": summary.process,
-                    "this_run": summary.this_run,
-                    "wall_s": round(time.perf_counter() - t_start, 3),
-                },
-            )
-            _write_json_atomic(out / SUMMARY_NAME, summary.to_dict())
-            return summary
-        finally:
-            man.close()
+
+@dataclass
+class _Found:
+    """What the scan step found: the scan, the series it requeued, the series to run."""
+
+    scan: Any
+    recovered: dict[str, int]
+    retried: int
+    missing: list[str]
+    pending: list[dict[str, Any]]
+
+
+def _run_locked(
+    run: _Run, man: Manifest, retry_failed: bool, scan_workers: int | None
+) -> BatchSummary:
+    """The run, holding the output folder's lock: scan, process, summary."""
+    settings = _settings(run.export, run.bundle, run.opts)
+    man.check_settings(settings)
+    run_id = man.start_run(
+        {
+            **settings,
+            "workers": run.workers,
+            "scheduler": run.scheduler,
+            "device": run.opts.device,
+            "retry_failed": retry_failed,
+        }
+    )
+    status = "interrupted"
+    try:
+        found = _scan_step(run, man, retry_failed, scan_workers)
+        _process_step(run, man, found.pending)
+        status = "finished"
+    finally:
+        man.release([r["id"] for r in man.series("running")])
+        csv_paths = man.export_csv(run.out)
+        if status != "finished":
+            man.finish_run(run_id, status, {})
+    summary = _summary(man, run, found, csv_paths)
+    man.finish_run(
+        run_id,
+        status,
+        {
+            "scan": summary.scan,
+            "process": summary.process,
+            "this_run": summary.this_run,
+            "wall_s": round(time.perf_counter() - run.t_start, 3),
+        },
+    )
+    _write_json_atomic(run.out / SUMMARY_NAME, summary.to_dict())
+    return summary
+
+
+def _scan_step(run: _Run, man: Manifest, retry_failed: bool, scan_workers: int | None) -> _Found:
+    """Recover a dead run's claims, scan the export (unchanged files from the manifest), store
+    the scan with each stack's fit, requeue what must run again; the series to run."""
+    recovered = man.recover(MAX_ATTEMPTS)
+    _clean_partials(run.out)
+    known = man.known_files()
+    if retry_failed:
+        known = {k: v for k, v in known.items() if not v.failed}
+    t0 = time.perf_counter()
+    scan = scan_export(
+        run.export,
+        workers=scan_workers,
+        exclude=[run.out] if run.export in run.out.parents else [],
+        known=known,
+        progress=lambda d, n: run.say(BatchProgress("scan", d, n, {}, time.perf_counter() - t0)),
+    )
+    if run.bundle is None:
+        run.plan = _AutoPlan.for_stacks(scan.stacks)
+        fit = run.plan.fit
+    else:
+        req = ModelRequirements.from_bundle(run.bundle)
+        fit = {s.id: fit_reason(s, req) for s in scan.stacks}
+    man.sync_scan(scan.files, scan.stacks, fit)
+    retried = man.retry_failed() if retry_failed else 0
+    # a done series whose folder was removed runs again
+    missing = [r["id"] for r in man.series("done") if not (run.out / r["output_name"]).is_dir()]
+    man.requeue(missing)
+    return _Found(scan, recovered, retried, missing, man.pending())
+
+
+def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> None:
+    """Run the pending series, model by model, on the configured backend; each result is
+    recorded in the manifest as it comes back."""
+    t1 = time.perf_counter()
+    total = len(pending)
+
+    def on_result(r: Result) -> None:
+        man.record(r)
+        run.counts[r.state] = run.counts.get(r.state, 0) + 1
+        done = sum(run.counts.values())
+        run.say(BatchProgress("process", done, total, dict(run.counts), time.perf_counter() - t1))
+
+    run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
+    for grp_bundle, rows in _model_groups(run, pending):
+        jobs_for = _JobFactory(run.export, run.out, man, run.plan.choices if run.plan else None)
+        config = WorkerConfig(
+            model=str(Path(grp_bundle.path).resolve()) if grp_bundle.path is not None else "",
+            weights_sha256=grp_bundle.weights_sha256,
+            options=run.opts,
+            batch_size=run.batch_size,
+        )
+        run.backend = _run_backend(
+            man,
+            _chunks(rows, run.batch_size, grp_bundle.spatial_dims),
+            jobs_for,
+            config,
+            grp_bundle,
+            on_result,
+            run.scheduler,
+            run.workers,
+        )
+    run.process_s = time.perf_counter() - t1
+
+
+def _model_groups(
+    run: _Run, pending: list[dict[str, Any]]
+) -> list[tuple[ModelBundle, list[dict[str, Any]]]]:
+    """The pending rows by model: all with the given model, or by the model chosen for each."""
+    if run.bundle is not None:
+        return [(run.bundle, pending)]
+    from medxai.models.registry import load_model
+
+    groups = run.plan.groups(pending) if run.plan else []
+    return [(load_model(name, cache=True), rows) for name, rows in groups]
 
 
 class _JobFactory:
-    """Turns manifest rows into the job dicts workers take (with the model choice, when the
+    """Turns manifest rows into the :class:`Job` workers take (with the model choice, when the
     model was chosen by the input)."""
 
     def __init__(
@@ -509,22 +544,20 @@ class _JobFactory:
         self.folders = _folder_owners(man)
         self.choices = choices or {}
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, row: dict[str, Any]) -> Job:
         job = _job_for(row, self.export, self.out, self.folders)
         if row["id"] in self.choices:
-            job["model_choice"] = self.choices[row["id"]].to_dict()
+            job = dataclasses.replace(job, model_choice=self.choices[row["id"]].to_dict())
         return job
 
 
 def _run_backend(
     man: Manifest,
     chunks: Sequence[Sequence[dict[str, Any]]],
-    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs_for: JobsFor,
     config: WorkerConfig,
     bundle: ModelBundle,
-    opts: SegmentOptions,
-    batch_size: int,
-    on_result: Callable[[dict[str, Any]], None],
+    on_result: OnResult,
     scheduler: str | None,
     workers: int,
 ) -> str:
@@ -537,23 +570,11 @@ def _run_backend(
     if workers > 1:
         _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
         return f"{workers} local worker processes"
-    _run_inline(man, chunks, jobs_for, bundle, opts, batch_size, on_result)
+    _run_inline(man, chunks, jobs_for, bundle, config, on_result)
     return "in process"
 
 
-def _summary(
-    man: Manifest,
-    export: Path,
-    out: Path,
-    csv_paths: dict[str, Path],
-    bundle: ModelBundle | None,
-    model_path: str,
-    scan: Any,
-    run_counts: dict[str, int],
-    process_s: float,
-    processed: int,
-    backend: str,
-) -> BatchSummary:
+def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]) -> BatchSummary:
     counts = man.counts()
     for table in counts:
         counts[table]["total"] = sum(counts[table].values())
@@ -566,17 +587,18 @@ def _summary(
         for f in man.files("failed")
         if f["kind"] != "image"
     ]
-    images = run_counts.get("done", 0)
+    images = run.counts.get("done", 0)
+    bundle, scan = run.bundle, found.scan
     return BatchSummary(
-        export_dir=str(export),
-        output=str(out),
-        manifest=str(out / MANIFEST_NAME),
+        export_dir=str(run.export),
+        output=str(run.out),
+        manifest=str(run.out / MANIFEST_NAME),
         csv={k: str(v) for k, v in csv_paths.items()},
         model=(
             {
                 "name": bundle.name,
                 "version": bundle.version,
-                "path": model_path,
+                "path": run.model_path,
                 "weights_sha256": bundle.weights_sha256,
             }
             if bundle is not None
@@ -587,7 +609,12 @@ def _summary(
         ),
         files=counts["files"],
         series=counts["series"],
-        this_run=run_counts,
+        this_run=run.counts
+        | {
+            "requeued_after_crash": found.recovered["requeued"],
+            "retried_failed": found.retried,
+            "rerun_missing_output": len(found.missing),
+        },
         scan={
             "files": len(scan.files),
             "headers_read": scan.headers_read,
@@ -595,15 +622,15 @@ def _summary(
             "files_per_s": round(scan.files_per_second, 1),
         },
         process={
-            "series": processed,
+            "series": sum(run.counts.values()),
             "images_done": images,
-            "seconds": round(process_s, 3),
-            "images_per_s": round(images / process_s, 3) if process_s > 0 else 0.0,
+            "seconds": round(run.process_s, 3),
+            "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
         },
         failed=failed,
         skipped_reasons=man.reasons("skipped"),
         file_reasons=man.file_reasons(),
-        backend=backend,
+        backend=run.backend,
     )
 
 
@@ -615,11 +642,10 @@ def _summary(
 def _run_inline(
     man: Manifest,
     chunks: Sequence[Sequence[dict[str, Any]]],
-    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs_for: JobsFor,
     bundle: ModelBundle,
-    opts: SegmentOptions,
-    batch_size: int,
-    on_result: Callable[[dict[str, Any]], None],
+    config: WorkerConfig,
+    on_result: OnResult,
 ) -> None:
     """Workers = 1: this process, the bundle already loaded; each result is recorded as soon as
     it is ready."""
@@ -630,15 +656,17 @@ def _run_inline(
         ids = set(man.claim([r["id"] for r in chunk], me))
         jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
         if jobs:
-            process_chunk(jobs, bundle, opts, batch_size=batch_size, on_result=on_result)
+            process_chunk(
+                jobs, bundle, config.options, batch_size=config.batch_size, on_result=on_result
+            )
 
 
 def _run_process_pool(
     man: Manifest,
     chunks: Sequence[Sequence[dict[str, Any]]],
-    jobs_for: Callable[[dict[str, Any]], dict[str, Any]],
+    jobs_for: JobsFor,
     config: WorkerConfig,
-    on_result: Callable[[dict[str, Any]], None],
+    on_result: OnResult,
     workers: int,
 ) -> None:
     """N local worker processes (``spawn``), each loading the model once; ~2 chunks per worker in

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medxai.batch.scan import FileInfo, Stack
+from medxai.batch.types import Result
 from medxai.errors import InputError
 
 __all__ = ["Manifest", "STATES", "MANIFEST_NAME"]
@@ -90,6 +91,7 @@ CREATE TABLE IF NOT EXISTS series (
     explain_s REAL,
     write_s REAL,
     total_s REAL,
+    quality_score REAL,
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS series_state ON series(state);
@@ -108,6 +110,7 @@ _SERIES_CSV = (
     "state",
     "reason",
     "model",
+    "quality_score",
     "output_name",
     "outputs",
     "modality",
@@ -173,6 +176,8 @@ class Manifest:
                 cols = {r[1] for r in self.conn.execute("PRAGMA table_info(series)")}
                 if "model" not in cols:  # manifests written before the model column
                     self.conn.execute("ALTER TABLE series ADD COLUMN model TEXT")
+                if "quality_score" not in cols:  # manifests written before the quality score
+                    self.conn.execute("ALTER TABLE series ADD COLUMN quality_score REAL")
                 row = self.conn.execute("SELECT value FROM job WHERE key='schema'").fetchone()
                 if row is None:
                     self.conn.execute(
@@ -353,7 +358,6 @@ class Manifest:
         there are removed from the manifest.
         """
         now = time.time()
-        stack_of = {p: s.id for s in stacks for p in s.files}
         stats = {"new": 0, "changed": 0, "kept_done": 0, "kept_failed": 0, "removed": 0}
         with self.transaction() as c:
             old = {
@@ -361,98 +365,34 @@ class Manifest:
             }
             for s in stacks:
                 prev = old.pop(s.id, None)
-                reason = fit.get(s.id)
-                if reason is not None:
-                    state = "skipped"
-                elif prev is None:
-                    state, stats["new"] = "pending", stats["new"] + 1
-                elif prev["fingerprint"] != s.fingerprint:
-                    state, stats["changed"] = "pending", stats["changed"] + 1
-                elif prev["state"] == "done":
-                    state, stats["kept_done"] = "done", stats["kept_done"] + 1
-                elif prev["state"] == "failed":
-                    state, stats["kept_failed"] = "failed", stats["kept_failed"] + 1
-                    reason = prev["reason"]
-                else:
-                    state = "pending"
-                keep_result = state in ("done", "failed") and prev is not None
-                # attempts count claims of the same input (see recover); new input: start over
-                same_input = prev is not None and prev["fingerprint"] == s.fingerprint
+                state, reason, counted = _stack_state(prev, s.fingerprint, fit.get(s.id))
+                if counted:
+                    stats[counted] += 1
                 c.execute(
-                    "INSERT INTO series (id, study_instance_uid, series_instance_uid, modality, "
-                    "series_number, description, form, dims, n_slices, rows, columns, channels, "
-                    "n_files, files, fingerprint, output_name, state, reason, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(id) DO UPDATE SET study_instance_uid=excluded.study_instance_uid,"
-                    " series_instance_uid=excluded.series_instance_uid, modality=excluded.modality,"
-                    " series_number=excluded.series_number, description=excluded.description,"
-                    " form=excluded.form, dims=excluded.dims, n_slices=excluded.n_slices,"
-                    " rows=excluded.rows, columns=excluded.columns, channels=excluded.channels,"
-                    " n_files=excluded.n_files, files=excluded.files,"
-                    " fingerprint=excluded.fingerprint, output_name=excluded.output_name,"
-                    " state=excluded.state, reason=excluded.reason, updated_at=excluded.updated_at"
-                    + ("" if keep_result else ", detail=NULL, outputs=NULL, worker=NULL")
-                    + ("" if same_input else ", attempts=0"),
-                    (
-                        s.id,
-                        s.study_uid,
-                        s.series_uid,
-                        s.modality,
-                        s.series_number,
-                        s.description,
-                        s.form,
-                        s.dims,
-                        s.n_slices,
-                        s.rows,
-                        s.columns,
-                        s.channels,
-                        len(s.files),
-                        json.dumps(s.files),
-                        s.fingerprint,
-                        s.output_name,
-                        state,
-                        reason,
-                        now,
-                    ),
+                    _upsert_series_sql(prev, s.fingerprint, state),
+                    _series_values(s, state, reason, now),
                 )
-            for sid in old:
-                c.execute("DELETE FROM series WHERE id=?", (sid,))
-                stats["removed"] += 1
-            seen = set()
-            for fi in files:
-                seen.add(fi.path)
-                h = fi.header or {}
-                if fi.kind == "image":
-                    state, reason = "pending", None  # follows its series, below
-                else:
-                    state, reason = ("failed" if fi.failed else "skipped"), fi.reason
-                c.execute(
-                    "INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, state, reason, "
-                    "series_id, modality, study_instance_uid, series_instance_uid, "
-                    "sop_instance_uid, failed_scan, header, scan_s, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        fi.path,
-                        fi.size,
-                        fi.mtime_ns,
-                        fi.kind,
-                        state,
-                        reason,
-                        stack_of.get(fi.path),
-                        h.get("modality"),
-                        h.get("study_instance_uid"),
-                        h.get("series_instance_uid"),
-                        h.get("sop_instance_uid"),
-                        int(fi.failed),
-                        json.dumps(fi.header) if fi.header is not None else None,
-                        fi.seconds,
-                        now,
-                    ),
-                )
-            gone = [r[0] for r in c.execute("SELECT path FROM files") if r[0] not in seen]
-            c.executemany("DELETE FROM files WHERE path=?", [(p,) for p in gone])
+            c.executemany("DELETE FROM series WHERE id=?", [(sid,) for sid in old])
+            stats["removed"] = len(old)
+            self._store_files(c, files, {p: s.id for s in stacks for p in s.files}, now)
             self._sync_file_states(c)
         return stats
+
+    @staticmethod
+    def _store_files(
+        c: sqlite3.Connection, files: Sequence[FileInfo], stack_of: Mapping[str, str], now: float
+    ) -> None:
+        """Every scanned file, with its stack; files no longer in the export are removed."""
+        c.executemany(
+            "INSERT OR REPLACE INTO files (path, size, mtime_ns, kind, state, reason, "
+            "series_id, modality, study_instance_uid, series_instance_uid, "
+            "sop_instance_uid, failed_scan, header, scan_s, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [_file_values(fi, stack_of.get(fi.path), now) for fi in files],
+        )
+        seen = {fi.path for fi in files}
+        gone = [r[0] for r in c.execute("SELECT path FROM files") if r[0] not in seen]
+        c.executemany("DELETE FROM files WHERE path=?", [(p,) for p in gone])
 
     @staticmethod
     def _sync_file_states(c: sqlite3.Connection, ids: Sequence[str] | None = None) -> None:
@@ -491,35 +431,34 @@ class Manifest:
             self._sync_file_states(c, claimed)
         return claimed
 
-    def record(self, result: Mapping[str, Any]) -> None:
-        """Store the outcome of one series (a dict made by :mod:`medxai.batch.runner`)."""
-        t = result.get("timings") or {}
+    def record(self, result: Result) -> None:
+        """Store the outcome of one series (a :class:`Result` of :mod:`medxai.batch.runner`)."""
+        t = result.timings
         now = time.time()
         with self.transaction() as c:
             c.execute(
                 "UPDATE series SET state=?, reason=?, detail=?, outputs=?, model=?, worker=?, "
                 "finished_at=?, read_s=?, predict_s=?, explain_s=?, write_s=?, total_s=?, "
-                "updated_at=? WHERE id=?",
+                "quality_score=?, updated_at=? WHERE id=?",
                 (
-                    result["state"],
-                    result.get("reason"),
-                    result.get("detail"),
-                    json.dumps(result.get("outputs"))
-                    if result.get("outputs") is not None
-                    else None,
-                    result.get("model"),
-                    result.get("worker"),
+                    result.state,
+                    result.reason,
+                    result.detail,
+                    json.dumps(result.outputs) if result.outputs is not None else None,
+                    result.model,
+                    result.worker,
                     now,
                     t.get("read"),
                     t.get("predict"),
                     t.get("explain"),
                     t.get("write"),
                     t.get("total"),
+                    result.quality_score,
                     now,
-                    result["id"],
+                    result.id,
                 ),
             )
-            self._sync_file_states(c, [result["id"]])
+            self._sync_file_states(c, [result.id])
 
     # -- queries ------------------------------------------------------------------------------
     @staticmethod
@@ -611,3 +550,121 @@ class Manifest:
                     os.unlink(tmp)
             out[table] = dest
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of Manifest.sync_scan
+# ---------------------------------------------------------------------------------------------
+
+_SERIES_COLUMNS = (
+    "id, study_instance_uid, series_instance_uid, modality, series_number, description, form, "
+    "dims, n_slices, rows, columns, channels, n_files, files, fingerprint, output_name, state, "
+    "reason, updated_at"
+)
+_SERIES_UPDATED = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "modality",
+    "series_number",
+    "description",
+    "form",
+    "dims",
+    "n_slices",
+    "rows",
+    "columns",
+    "channels",
+    "n_files",
+    "files",
+    "fingerprint",
+    "output_name",
+    "state",
+    "reason",
+    "updated_at",
+)
+
+
+def _stack_state(
+    prev: Mapping[str, Any] | None, fingerprint: str, misfit: str | None
+) -> tuple[str, str | None, str | None]:
+    """The state and reason a scanned stack gets, given its previous row, and the statistic it
+    counts towards (``new``, ``changed``, ``kept_done``, ``kept_failed`` or None)."""
+    if misfit is not None:
+        return "skipped", misfit, None
+    if prev is None:
+        return "pending", None, "new"
+    if prev["fingerprint"] != fingerprint:
+        return "pending", None, "changed"
+    if prev["state"] == "done":
+        return "done", None, "kept_done"
+    if prev["state"] == "failed":
+        return "failed", prev["reason"], "kept_failed"
+    return "pending", None, None
+
+
+def _upsert_series_sql(prev: Mapping[str, Any] | None, fingerprint: str, state: str) -> str:
+    """INSERT ... ON CONFLICT UPDATE of one stack's row: a kept result keeps its detail, outputs
+    and worker; attempts count claims of the same input (see :meth:`Manifest.recover`), so new
+    input starts over."""
+    keep_result = state in ("done", "failed") and prev is not None
+    same_input = prev is not None and prev["fingerprint"] == fingerprint
+    updates = [f"{col}=excluded.{col}" for col in _SERIES_UPDATED]
+    if not keep_result:
+        updates += ["detail=NULL", "outputs=NULL", "worker=NULL"]
+    if not same_input:
+        updates.append("attempts=0")
+    marks = ",".join("?" * len(_SERIES_COLUMNS.split(",")))
+    return (
+        f"INSERT INTO series ({_SERIES_COLUMNS}) VALUES ({marks}) "
+        f"ON CONFLICT(id) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+def _series_values(s: Stack, state: str, reason: str | None, now: float) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.study_uid,
+        s.series_uid,
+        s.modality,
+        s.series_number,
+        s.description,
+        s.form,
+        s.dims,
+        s.n_slices,
+        s.rows,
+        s.columns,
+        s.channels,
+        len(s.files),
+        json.dumps(s.files),
+        s.fingerprint,
+        s.output_name,
+        state,
+        reason,
+        now,
+    )
+
+
+def _file_values(fi: FileInfo, series_id: str | None, now: float) -> tuple[Any, ...]:
+    """One ``files`` row: image files follow their series (set after), the others are skipped,
+    or failed when damaged, with the reason."""
+    h = fi.header or {}
+    if fi.kind == "image":
+        state, reason = "pending", None
+    else:
+        state, reason = ("failed" if fi.failed else "skipped"), fi.reason
+    return (
+        fi.path,
+        fi.size,
+        fi.mtime_ns,
+        fi.kind,
+        state,
+        reason,
+        series_id,
+        h.get("modality"),
+        h.get("study_instance_uid"),
+        h.get("series_instance_uid"),
+        h.get("sop_instance_uid"),
+        int(fi.failed),
+        json.dumps(fi.header) if fi.header is not None else None,
+        fi.seconds,
+        now,
+    )

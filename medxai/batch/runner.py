@@ -1,15 +1,20 @@
-"""The worker side of a batch job: read a stack, segment it with the same pipeline function as
-``medxai segment`` (:func:`medxai.pipeline.segment_loaded`), report the outcome as a plain dict.
+"""The worker side of a batch job: read a stack, segment it with the same pipeline functions as
+``medxai segment`` (:func:`medxai.pipeline.segment_loaded`), report the outcome as a
+:class:`~medxai.batch.types.Result`.
 
-One chunk of series runs as a small pipeline inside one worker:
+One chunk of series runs as a three-stage pipeline inside one worker (:class:`ChunkPipeline`):
 
-- a decode thread reads the next stacks (DICOM decoding) while the model works on the current
-  ones;
-- 2D images go through the network in batches (:func:`predict_batch`) when the model takes whole
-  images; volumes go one at a time (sliding window);
-- without saliency, the outputs of a batch are written by a writer thread while the network runs
-  on the next batch (saliency needs the network, so with it writing stays in line).
+1. a decode thread reads the next stacks (DICOM decoding) and checks a chosen model's full fit
+   rules on them, while the network works on the current ones;
+2. this thread runs the network: 2D images go through it in batches
+   (:func:`medxai.inference.predict_batch`) when the model takes whole images, then their
+   saliency maps are computed (saliency needs the network, so it stays here); volumes go one
+   at a time (sliding window) and are written in line;
+3. a writer thread writes each 2D result folder (NIfTI, PNG, DICOM objects, report) while the
+   network runs on the next batch.
 
+Every queue between the stages is bounded (:data:`AHEAD` batches read ahead, at most
+:data:`AHEAD` batches waiting to be written), so memory does not grow with the number of series.
 The model is loaded once per worker process (:func:`worker_bundle`) and used by one chunk at a
 time. Nothing here touches the manifest: results go back to the process that owns it.
 """
@@ -32,14 +37,17 @@ from typing import Any
 
 import torch
 
+from medxai.batch.types import Job, Result
 from medxai.errors import MedxaiError, ModelError, ModelMismatchError
-from medxai.inference import Prediction, check_input_fits, resolve_device
+from medxai.inference import Prediction, check_input_fits, predict_batch, resolve_device
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
-from medxai.pipeline import SegmentOptions, input_facts, segment_loaded
+from medxai.pipeline import SegmentOptions, input_facts, saliency_maps, segment_loaded
 
 __all__ = [
+    "AHEAD",
+    "ChunkPipeline",
     "WorkerConfig",
     "error_result",
     "load_stack",
@@ -50,7 +58,10 @@ __all__ = [
     "worker_name",
 ]
 
-ResultFn = Callable[[dict[str, Any]], None]
+ResultFn = Callable[[Result], None]
+
+#: Batches read ahead of the network, and batches of results waiting for the writer, at most.
+AHEAD = 2
 
 # segment_loaded(prediction=...) lets a prediction made in a batch be used as it is
 _PIPELINE_TAKES_PREDICTION = "prediction" in inspect.signature(segment_loaded).parameters
@@ -115,32 +126,27 @@ def worker_bundle(path: str, weights_sha256: str | None) -> tuple[ModelBundle, t
 # ---------------------------------------------------------------------------------------------
 
 
-def load_stack(job: dict[str, Any]) -> LoadedImage:
+def load_stack(job: Job) -> LoadedImage:
     """Read the stack of ``job``: one file (2D image or multi-frame object) or the given slice
     files of a series, through medxai's reader.
 
-    ``job["files"]`` are absolute paths; ``job["folder"]``, when set, is a folder that holds
-    exactly these files (it becomes the input path the report names and hashes).
+    ``job.files`` are absolute paths; ``job.folder``, when set, is a folder that holds exactly
+    these files (it becomes the input path the report names and hashes).
 
     Raises:
         MedxaiError: the files cannot be read or do not form one image.
     """
     from medxai.io.readers import load_dicom_files, load_image
 
-    files = [Path(f) for f in job["files"]]
+    files = [Path(f) for f in job.files]
     if len(files) == 1:
         return load_image(files[0])
-    folder = Path(job.get("folder") or os.path.commonpath([str(f) for f in files]))
+    folder = Path(job.folder or os.path.commonpath([str(f) for f in files]))
     loaded = load_dicom_files(folder, files)
-    if not job.get("folder"):
+    if not job.folder:
         # the common folder holds other files too: name (and hash) the first slice instead
         loaded.path = files[0]
     return loaded
-
-
-# ---------------------------------------------------------------------------------------------
-# batched prediction
-# ---------------------------------------------------------------------------------------------
 
 
 def can_batch(bundle: ModelBundle) -> bool:
@@ -148,46 +154,55 @@ def can_batch(bundle: ModelBundle) -> bool:
     return bundle.spatial_dims == 2 and bundle.inference.get("mode", "whole_image") == "whole_image"
 
 
-def predict_batch(
-    bundle: ModelBundle, images: Sequence[torch.Tensor], device: str | torch.device = "auto"
-) -> list[Prediction]:
-    """:func:`medxai.inference.predict` for several 2D images in one forward pass per flip.
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
 
-    Each image is prepared as ``predict`` prepares it (intensity, resize to the model's
-    ``spatial_size``), the batch ``(N, C, H, W)`` goes through the network (with the bundle's
-    test-time augmentation), and each result is resized back onto its own image's grid.
-    The labels equal ``predict``'s (up to floating-point ties).
 
-    Raises:
-        ModelMismatchError: an image does not fit the model (checked before any work).
-    """
-    from medxai.inference import (
-        labels_from_probabilities,
-        network_on,
-        tta_mode,
-        whole_image_probabilities,
+def _result(
+    job: Job,
+    state: str,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+    outputs: list[str] | None = None,
+    timings: dict[str, float | None] | None = None,
+    model: str | None = None,
+) -> Result:
+    return Result(
+        id=job.id,
+        state=state,
+        reason=reason,
+        detail=detail,
+        outputs=outputs,
+        timings=timings or {},
+        worker=worker_name(),
+        output_name=job.output_name,
+        model=model,
     )
 
-    if not can_batch(bundle):
-        raise ModelError(
-            f"model {bundle.name!r} is not a 2D whole-image model; predict one image at a time"
-        )
-    for img in images:
-        check_input_fits(bundle, img)
-    if not images:
-        return []
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
-    tta = tta_mode(bundle.inference)
-    with network_on(bundle.network, dev):
-        probs = whole_image_probabilities(bundle, images, dev, tta)
-    each = (time.perf_counter() - t0) / len(images)
-    out = []
-    for img, p in zip(images, probs):
-        labels = labels_from_probabilities(bundle, p)
-        affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
-        out.append(Prediction(probabilities=p, labels=labels, affine=affine, seconds=each, tta=tta))
-    return out
+
+def error_result(
+    job: Job,
+    exc: BaseException,
+    timings: dict[str, float | None] | None = None,
+    model: str | None = None,
+) -> Result:
+    """Skipped when the input does not fit the model; failed for any other error, with the
+    message (and, for an unexpected error, the traceback in ``detail``)."""
+    if isinstance(exc, ModelMismatchError):
+        reason = f"does not fit the model: {exc}"
+        return _result(job, "skipped", reason=reason, timings=timings, model=model)
+    if isinstance(exc, MedxaiError):
+        return _result(job, "failed", reason=str(exc), timings=timings, model=model)
+    return _result(
+        job,
+        "failed",
+        reason=f"internal error: {type(exc).__name__}: {exc}",
+        detail="".join(traceback.format_exception(exc))[-4000:],
+        timings=timings,
+        model=model,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,178 +210,211 @@ def predict_batch(
 # ---------------------------------------------------------------------------------------------
 
 
-def _result(
-    job: dict[str, Any],
-    state: str,
-    *,
-    reason: str | None = None,
-    detail: str | None = None,
-    outputs: list[str] | None = None,
-    timings: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": job["id"],
-        "state": state,
-        "reason": reason,
-        "detail": detail,
-        "outputs": outputs,
-        "timings": timings or {},
-        "worker": worker_name(),
-        "output_name": job.get("output_name"),
-        "model": job.get("model_name"),
-    }
+@dataclass
+class _Item:
+    """A series on its way through the pipeline."""
+
+    job: Job
+    loaded: LoadedImage
+    read_s: float
+    prediction: Prediction | None = None
+    saliency: dict[int, torch.Tensor] | None = None
+    explain_s: float | None = None
 
 
-def error_result(
-    job: dict[str, Any], exc: BaseException, timings: dict[str, float] | None = None
-) -> dict[str, Any]:
-    """Skipped when the input does not fit the model; failed for any other error, with the
-    message (and, for an unexpected error, the traceback in ``detail``)."""
-    if isinstance(exc, ModelMismatchError):
-        return _result(job, "skipped", reason=f"does not fit the model: {exc}", timings=timings)
-    if isinstance(exc, MedxaiError):
-        return _result(job, "failed", reason=str(exc), timings=timings)
-    return _result(
-        job,
-        "failed",
-        reason=f"internal error: {type(exc).__name__}: {exc}",
-        detail="".join(traceback.format_exception(exc))[-4000:],
-        timings=timings,
-    )
-
-
-def _timed_load(job: dict[str, Any]) -> tuple[LoadedImage, float]:
+def _read(job: Job, bundle: ModelBundle) -> _Item:
+    """Stage 1 (decode thread): read the stack; a model chosen from headers has its full fit
+    rules (spacing, extent, body part) checked on the read image, before any prediction."""
     t0 = time.perf_counter()
     loaded = load_stack(job)
-    return loaded, time.perf_counter() - t0
+    if job.model_choice:
+        FitRules.from_bundle_config(bundle.config).check(
+            input_facts(loaded), bundle.name, str(loaded.path)
+        )
+    return _Item(job, loaded, time.perf_counter() - t0)
 
 
-def _segment_one(
-    job: dict[str, Any],
-    loaded: LoadedImage,
-    read_s: float,
-    bundle: ModelBundle,
-    options: SegmentOptions,
-    prediction: Prediction | None,
-) -> dict[str, Any]:
+def _write(item: _Item, bundle: ModelBundle, options: SegmentOptions) -> Result:
+    """Stage 3 (writer thread, or in line): the result folder of one series, through
+    :func:`medxai.pipeline.segment_loaded` (which predicts and explains only what was not done
+    before)."""
     t0 = time.perf_counter()
-    timings = {"read": round(read_s, 4)}
-    job = {**job, "model_name": bundle.name}
+    timings: dict[str, float | None] = {"read": round(item.read_s, 4)}
+    job = item.job
+    kwargs: dict[str, Any] = {}
+    if item.prediction is not None:
+        kwargs["prediction"] = item.prediction
+    if item.saliency is not None:
+        kwargs["saliency"] = item.saliency
+    if job.model_choice:
+        kwargs["choice"] = ModelChoice.from_dict(job.model_choice)
     try:
-        kwargs: dict[str, Any] = {}
-        if prediction is not None:
-            kwargs["prediction"] = prediction
-        if job.get("model_choice"):
-            # chosen from headers: check the full rules (spacing, extent, body part) on the image
-            FitRules.from_bundle_config(bundle.config).check(
-                input_facts(loaded), bundle.name, str(loaded.path)
-            )
-            kwargs["choice"] = ModelChoice.from_dict(job["model_choice"])
-        res = segment_loaded(loaded, bundle, job["out_root"], options, name=job["name"], **kwargs)
+        res = segment_loaded(item.loaded, bundle, job.out_root, options, name=job.name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
-        timings["total"] = round(read_s + time.perf_counter() - t0, 4)
-        return error_result(job, exc, timings)
+        timings["total"] = round(item.read_s + time.perf_counter() - t0, 4)
+        return error_result(job, exc, timings, model=bundle.name)
     rt = res.report.get("timings_s") or {}
-    timings.update(
-        {
-            "predict": rt.get("predict", prediction.seconds if prediction is not None else None),
-            "explain": rt.get("explain"),
-            "write": round(sum(v for k, v in rt.items() if k.startswith("write")), 4),
-            "total": round(read_s + time.perf_counter() - t0, 4),
-        }
-    )
-    return _result(job, "done", outputs=list(res.files), timings=timings)
+    pred = item.prediction
+    timings["predict"] = rt.get("predict", pred.seconds if pred is not None else None)
+    timings["explain"] = item.explain_s if item.explain_s is not None else rt.get("explain")
+    timings["write"] = round(sum(v for k, v in rt.items() if k.startswith("write")), 4)
+    ahead = (item.explain_s or 0.0) + (pred.seconds if pred is not None else 0.0)
+    timings["total"] = round(item.read_s + ahead + time.perf_counter() - t0, 4)
+    done = _result(job, "done", outputs=list(res.files), timings=timings, model=bundle.name)
+    done.quality_score = (res.report.get("quality") or {}).get("score")
+    return done
+
+
+class ChunkPipeline:
+    """The three stages of :func:`process_chunk` (see the module docstring) for one chunk.
+
+    Args:
+        jobs: the series, in order.
+        bundle: the loaded model (this thread alone uses its network).
+        options: output options (``overwrite`` is forced on).
+        batch_size: 2D images per forward pass.
+        emit: called with each :class:`Result`, in this thread, as it is ready.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        bundle: ModelBundle,
+        options: SegmentOptions,
+        batch_size: int,
+        emit: ResultFn,
+    ) -> None:
+        self.bundle = bundle
+        self.options = dataclasses.replace(options, overwrite=True)
+        self.emit = emit
+        self.batched = can_batch(bundle) and _PIPELINE_TAKES_PREDICTION
+        self.group_size = max(1, batch_size) if self.batched else 1
+        self.queue: deque[Job] = deque(jobs)
+        self.reads: deque[tuple[Job, cf.Future[_Item]]] = deque()
+        self.writes: deque[cf.Future[Result]] = deque()
+        self.device = resolve_device(options.device)
+
+    def run(self) -> None:
+        """Process every job; returns when the last result is emitted."""
+        with (
+            cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode") as self.decoder,
+            cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-write") as self.writer,
+        ):
+            self._read_ahead()
+            while self.reads:
+                group = self._next_group()
+                for item in self._predict(group):
+                    self._hand_on(item)
+                self._drain(block=False)
+            self._drain(block=True)
+
+    # -- stage 1: reading ahead ---------------------------------------------------------------
+    def _read_ahead(self) -> None:
+        while self.queue and len(self.reads) < AHEAD * self.group_size:
+            job = self.queue.popleft()
+            self.reads.append((job, self.decoder.submit(_read, job, self.bundle)))
+
+    def _next_group(self) -> list[_Item]:
+        """Up to ``group_size`` read series (the failed reads are emitted)."""
+        group: list[_Item] = []
+        while self.reads and len(group) < self.group_size:
+            job, fut = self.reads.popleft()
+            self._read_ahead()
+            try:
+                group.append(fut.result())
+            except Exception as exc:  # noqa: BLE001 - recorded as the series' failure
+                self.emit(error_result(job, exc, model=self.bundle.name))
+        return group
+
+    # -- stage 2: the network -----------------------------------------------------------------
+    def _predict(self, group: list[_Item]) -> list[_Item]:
+        """Batched prediction and saliency of the fitting items of ``group`` (the others are
+        emitted as skipped). Without batching, items pass through untouched: the pipeline
+        predicts them in line. A batch that fails falls back to one image at a time, which
+        reports the error of the image that caused it."""
+        if not self.batched or not group:
+            return group
+        fitting = []
+        for item in group:
+            try:
+                check_input_fits(self.bundle, item.loaded.image, str(item.loaded.path))
+                fitting.append(item)
+            except ModelMismatchError as exc:
+                self.emit(error_result(item.job, exc, model=self.bundle.name))
+        try:
+            preds = predict_batch(
+                self.bundle,
+                [it.loaded.image for it in fitting],
+                device=self.device,
+                tta=self.options.tta,
+            )
+        except Exception:  # noqa: BLE001 - the single-image path reports it
+            return fitting
+        for item, pred in zip(fitting, preds):
+            item.prediction = pred
+            if self.options.explain:
+                self._explain(item)
+        return fitting
+
+    def _explain(self, item: _Item) -> None:
+        t0 = time.perf_counter()
+        try:
+            item.saliency = saliency_maps(
+                self.bundle, item.loaded, self.options, self.device, item.prediction
+            )
+        except Exception:  # noqa: BLE001 - the writer's segment_loaded explains and reports
+            item.saliency = None
+            return
+        item.explain_s = time.perf_counter() - t0
+
+    # -- stage 3: writing ---------------------------------------------------------------------
+    def _hand_on(self, item: _Item) -> None:
+        """To the writer thread when the network's work on ``item`` is done (bounded: at most
+        :data:`AHEAD` batches wait), else in line."""
+        network_done = item.prediction is not None and (
+            not self.options.explain or item.saliency is not None
+        )
+        if not network_done:
+            self.emit(_write(item, self.bundle, self.options))
+            return
+        while len(self.writes) >= AHEAD * self.group_size:
+            self.emit(self.writes.popleft().result())
+        self.writes.append(self.writer.submit(_write, item, self.bundle, self.options))
+
+    def _drain(self, block: bool) -> None:
+        while self.writes and (block or self.writes[0].done()):
+            self.emit(self.writes.popleft().result())
 
 
 def process_chunk(
-    jobs: Sequence[dict[str, Any]],
+    jobs: Sequence[Job],
     bundle: ModelBundle,
     options: SegmentOptions,
     *,
     batch_size: int = 8,
     on_result: ResultFn | None = None,
-) -> list[dict[str, Any]]:
-    """Segment the series of ``jobs`` (dicts with ``id``, ``files``, ``folder``, ``out_root``,
-    ``name``), one result dict per series, in completion order; ``on_result`` sees each as it
-    is ready. Never raises for a bad series: its result says ``failed`` or ``skipped`` and why.
-    """
-    options = dataclasses.replace(options, overwrite=True)
-    results: list[dict[str, Any]] = []
+) -> list[Result]:
+    """Segment the series of ``jobs``, one :class:`Result` per series, in completion order;
+    ``on_result`` sees each as it is ready. Never raises for a bad series: its result says
+    ``failed`` or ``skipped`` and why."""
+    results: list[Result] = []
 
-    def emit(r: dict[str, Any]) -> None:
+    def emit(r: Result) -> None:
         results.append(r)
         if on_result is not None:
             on_result(r)
 
-    batched = can_batch(bundle) and _PIPELINE_TAKES_PREDICTION
-    group_size = max(1, batch_size) if batched else 1
-    write_behind = batched and not options.explain
     try:
-        device = resolve_device(options.device)
-    except MedxaiError as exc:
+        pipeline = ChunkPipeline(jobs, bundle, options, batch_size, emit)
+    except MedxaiError as exc:  # the device cannot be used: every series fails alike
         for job in jobs:
             emit(error_result(job, exc))
         return results
-    queue = deque(jobs)
-    loads: deque[tuple[dict[str, Any], cf.Future[tuple[LoadedImage, float]]]] = deque()
-    writes: deque[cf.Future[dict[str, Any]]] = deque()
-    with (
-        cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode") as decoder,
-        cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-write") as writer,
-    ):
-
-        def fill() -> None:
-            while queue and len(loads) < 2 * group_size:
-                job = queue.popleft()
-                loads.append((job, decoder.submit(_timed_load, job)))
-
-        def drain(block: bool) -> None:
-            while writes and (block or writes[0].done()):
-                emit(writes.popleft().result())
-
-        fill()
-        while loads:
-            group: list[tuple[dict[str, Any], LoadedImage, float]] = []
-            while loads and len(group) < group_size:
-                job, fut = loads.popleft()
-                fill()
-                try:
-                    loaded, read_s = fut.result()
-                except Exception as exc:  # noqa: BLE001 - recorded as the series' failure
-                    emit(error_result(job, exc))
-                    continue
-                group.append((job, loaded, read_s))
-            preds: list[Prediction | None] = [None] * len(group)
-            if batched and group:
-                fitting = []
-                for i, (job, loaded, _r) in enumerate(group):
-                    try:
-                        check_input_fits(bundle, loaded.image, str(loaded.path))
-                        fitting.append(i)
-                    except ModelMismatchError as exc:
-                        emit(error_result(job, exc))
-                try:
-                    for i, p in zip(
-                        fitting, predict_batch(bundle, [group[i][1].image for i in fitting], device)
-                    ):
-                        preds[i] = p
-                except Exception:  # noqa: BLE001 - fall back to one at a time, which reports
-                    preds = [None] * len(group)
-                group = [g for i, g in enumerate(group) if i in fitting]
-                preds = [preds[i] for i in fitting]
-            for (job, loaded, read_s), pred in zip(group, preds):
-                if write_behind and pred is not None:
-                    writes.append(
-                        writer.submit(_segment_one, job, loaded, read_s, bundle, options, pred)
-                    )
-                else:
-                    emit(_segment_one(job, loaded, read_s, bundle, options, pred))
-            drain(block=False)
-        drain(block=True)
+    pipeline.run()
     return results
 
 
-def run_chunk(jobs: Sequence[dict[str, Any]], config: WorkerConfig) -> list[dict[str, Any]]:
+def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
     """Worker entry point (process pool and dask): the model from this process's cache, then
     :func:`process_chunk`. A model that cannot be loaded fails every series of the chunk."""
     import warnings

@@ -14,6 +14,7 @@ from typing import Any
 
 from medxai.batch.manifest import Manifest
 from medxai.batch.runner import error_result
+from medxai.batch.types import Job, Result
 from medxai.errors import MedxaiError
 
 __all__ = ["MAX_ATTEMPTS", "drive"]
@@ -22,8 +23,9 @@ __all__ = ["MAX_ATTEMPTS", "drive"]
 MAX_ATTEMPTS = 3
 
 Row = dict[str, Any]
-JobsFor = Callable[[Row], dict[str, Any]]
-OnResult = Callable[[dict[str, Any]], None]
+JobsFor = Callable[[Row], Job]
+OnResult = Callable[[Result], None]
+Submit = Callable[[list[Job]], Any]
 
 
 class _Flight:
@@ -41,7 +43,7 @@ def _fill(
     man: Manifest,
     flight: _Flight,
     jobs_for: JobsFor,
-    submit: Callable[[list[dict[str, Any]]], Any],
+    submit: Submit,
     in_flight: int,
     worker: str,
 ) -> None:
@@ -119,7 +121,7 @@ def drive(
     man: Manifest,
     chunks: Sequence[Sequence[Row]],
     jobs_for: JobsFor,
-    submit: Callable[[list[dict[str, Any]]], Any],
+    submit: Submit,
     wait_any: Callable[[list[Any]], Sequence[Any]],
     in_flight: int,
     worker: str,
@@ -134,12 +136,12 @@ def drive(
     Args:
         man: the manifest; series are claimed for ``worker`` and requeued through its methods.
         chunks: manifest rows (:meth:`Manifest.pending`), grouped as the workers take them.
-        jobs_for: a manifest row -> the job a worker takes.
-        submit: jobs -> a future whose result is the list of result dicts.
+        jobs_for: a manifest row -> the :class:`Job` a worker takes.
+        submit: jobs -> a future whose result is the list of :class:`Result`.
         wait_any: futures -> those of them that are done (at least one).
         in_flight: how many chunks to keep submitted.
         worker: the name claims are recorded under.
-        on_result: called with each result dict (it records it in the manifest).
+        on_result: called with each :class:`Result` (it records it in the manifest).
         on_crash: called after a worker died (e.g. to restart a broken pool).
         is_crash: whether a future's exception means its worker died.
     """
