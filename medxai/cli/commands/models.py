@@ -18,7 +18,8 @@ __all__ = ["models_group", "describe_cmd", "convert_cmd"]
 @click.pass_context
 def models_group(ctx: click.Context, as_json: bool) -> None:
     """List the bundled models with their card (task, input, metrics, weights hash);
-    `medxai models describe PATH` shows what medxai understood of a bundle folder."""
+    `medxai models describe PATH` shows what medxai understood of a bundle folder;
+    `medxai models convert OLD NEW` rewrites an older medxai bundle as a MONAI bundle."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_models_cmd, as_json=as_json)
 
