@@ -170,26 +170,7 @@ class Manifest:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             with self.transaction():
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self.conn.execute(stmt)
-                cols = {r[1] for r in self.conn.execute("PRAGMA table_info(series)")}
-                if "model" not in cols:  # manifests written before the model column
-                    self.conn.execute("ALTER TABLE series ADD COLUMN model TEXT")
-                if "quality_score" not in cols:  # manifests written before the quality score
-                    self.conn.execute("ALTER TABLE series ADD COLUMN quality_score REAL")
-                row = self.conn.execute("SELECT value FROM job WHERE key='schema'").fetchone()
-                if row is None:
-                    self.conn.execute(
-                        "INSERT INTO job VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise InputError(
-                        f"manifest schema {row[0]} is newer than this medxai "
-                        f"understands ({SCHEMA_VERSION})",
-                        path=self.path,
-                        hint="upgrade medxai, or use a new output folder",
-                    )
+                self._create_or_migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(
                 f"is not a usable medxai job manifest ({exc})",
@@ -197,6 +178,31 @@ class Manifest:
                 hint="use a new output folder, or delete the damaged manifest "
                 "(its results folders stay valid)",
             ) from exc
+
+    def _create_or_migrate(self) -> None:
+        """The tables (if missing), the columns older manifests lack, the schema version.
+
+        Raises:
+            InputError: the manifest is from a newer medxai.
+        """
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                self.conn.execute(stmt)
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(series)")}
+        if "model" not in cols:  # manifests written before the model column
+            self.conn.execute("ALTER TABLE series ADD COLUMN model TEXT")
+        if "quality_score" not in cols:  # manifests written before the quality score
+            self.conn.execute("ALTER TABLE series ADD COLUMN quality_score REAL")
+        row = self.conn.execute("SELECT value FROM job WHERE key='schema'").fetchone()
+        if row is None:
+            self.conn.execute("INSERT INTO job VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise InputError(
+                f"manifest schema {row[0]} is newer than this medxai understands "
+                f"({SCHEMA_VERSION})",
+                path=self.path,
+                hint="upgrade medxai, or use a new output folder",
+            )
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -534,20 +540,9 @@ class Manifest:
         out = {}
         for table, cols in (("series", _SERIES_CSV), ("files", _FILES_CSV)):
             dest = folder / f"manifest_{table}.csv"
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                    w = csv.writer(fh)
-                    w.writerow(cols)
-                    order = "output_name, id" if table == "series" else "path"
-                    for r in self.conn.execute(
-                        f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
-                    ):
-                        w.writerow(["" if v is None else v for v in r])
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            order = "output_name, id" if table == "series" else "path"
+            rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}")
+            _write_csv_atomic(dest, cols, rows)
             out[table] = dest
         return out
 
@@ -668,3 +663,18 @@ def _file_values(fi: FileInfo, series_id: str | None, now: float) -> tuple[Any, 
         fi.seconds,
         now,
     )
+
+
+def _write_csv_atomic(dest: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """``dest`` written through a temporary file and one rename (``None`` as an empty cell)."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for r in rows:
+                w.writerow(["" if v is None else v for v in r])
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
