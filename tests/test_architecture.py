@@ -146,3 +146,104 @@ def test_the_import_reader_sees_imports_inside_functions():
     # cli/commands/segment.py imports the pipeline inside the command function only
     assert "pipeline" in {t for t, _ in graph["cli"]}
     assert "training" not in {t for t, _ in graph.get("inference", set())}
+
+
+def test_node_instances_are_written_through_the_atomic_helper(tmp_path, monkeypatch):
+    from medxai.io import atomic
+    from medxai.node.store import write_durable
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    dest = tmp_path / "studies" / "s1" / "instances" / "in_1.dcm"
+    seen: list[Path] = []
+
+    def check(path: Path) -> str | None:
+        seen.append(path)
+        assert path.read_bytes() == b"DICM data"  # the whole file, before it is stored
+        return None
+
+    assert write_durable(b"DICM data", dest, tmp_dir, check=check) is None
+    assert dest.read_bytes() == b"DICM data"
+    assert seen[0].parent == tmp_dir and not seen[0].exists()  # made in tmp/, renamed away
+    assert not seen[0].name.startswith(".")  # the check scans it like a received file
+    assert dest.stat().st_mode & 0o777 == 0o600  # received instances stay private
+    assert len(synced) == 2  # the data before the rename, the folder after it
+    assert list(tmp_dir.iterdir()) == [] and list(dest.parent.iterdir()) == [dest]
+
+
+def test_node_refused_or_failed_instance_leaves_nothing(tmp_path):
+    from medxai.node.store import write_durable
+
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    dest = tmp_path / "instances" / "in_2.dcm"
+    assert write_durable(b"junk", dest, tmp_dir, check=lambda p: "not DICOM") == "not DICOM"
+    assert not dest.exists() and list(tmp_dir.iterdir()) == []
+    (tmp_path / "blocked").write_text("a file where the folder should be")
+    # the node answers an OSError with "out of resources": it stays an OSError
+    with pytest.raises(OSError):
+        write_durable(b"DICM", tmp_path / "blocked" / "in_3.dcm", tmp_dir)
+    assert list(tmp_dir.iterdir()) == []
+
+
+def _calls_outside(allowed: set[str], under: str = "") -> list[str]:
+    """``file:line name`` of every call of os.replace, os.rename or Path.rename, shutil.move,
+    tempfile.mkstemp or NamedTemporaryFile in medxai (files under ``under`` only), outside
+    ``allowed``: the ways to write a file atomically by hand."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for f in sorted((root / "medxai" / under).rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            name, owner = node.func.attr, node.func.value
+            owner_name = owner.id if isinstance(owner, ast.Name) else ""
+            if (
+                (owner_name == "os" and name == "replace")
+                or (owner_name == "shutil" and name == "move")
+                or name in ("rename", "mkstemp", "NamedTemporaryFile")
+            ):
+                found.append(f"{rel}:{node.lineno} {name}")
+    return found
+
+
+#: The places that may rename files: the helper itself, and the result folder's one rename.
+ATOMIC_RENAMERS = {"medxai/io/atomic.py", "medxai/outputs.py"}
+
+
+def test_files_are_replaced_only_by_the_atomic_helper():
+    calls = [c for c in _calls_outside(ATOMIC_RENAMERS) if not c.startswith("medxai/batch/")]
+    assert not calls, "write through medxai.io.atomic instead:\n" + "\n".join(calls)
+
+
+@pytest.mark.xfail(strict=False, reason="batch is being reworked in the same session")
+def test_batch_replaces_files_only_through_the_atomic_helper():
+    calls = _calls_outside(ATOMIC_RENAMERS, "batch")
+    assert not calls, "write through medxai.io.atomic instead:\n" + "\n".join(calls)
+
+
+def test_label_colour_tables_live_in_the_palette_module():
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    tables = []
+    for f in sorted((root / "medxai").rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if rel == "medxai/palette.py" or "/bundled/" in rel:
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.List, ast.Tuple)) and len(node.elts) >= 5 and all(
+                isinstance(e, ast.Tuple) and len(e.elts) == 3
+                and all(isinstance(v, ast.Constant) and isinstance(v.value, int) for v in e.elts)
+                for e in node.elts
+            ):
+                tables.append(f"{rel}:{node.lineno}")
+    assert not tables, "RGB tables outside medxai/palette.py:\n" + "\n".join(tables)

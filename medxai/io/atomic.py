@@ -76,12 +76,24 @@ def fsync_dir(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path,
+    *,
+    durable: bool = False,
+    tmp_dir: str | Path | None = None,
+    mode: int = 0o666,
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
     The caller writes the whole file to the yielded path (by name, with any library). When the
     ``with`` block raises, the temporary file is removed and ``path`` is left as it was. With
     ``durable`` the file's data is fsync'd before the rename and the folder after it.
+
+    Args:
+        tmp_dir: where the temporary file is made instead of ``path``'s folder (it must be on the
+            same file system): a folder a reader of ``path``'s folder never looks at, which a
+            restart can empty of what a killed process left. The name is not hidden there.
+        mode: the temporary (and so the final) file's permissions, minus the umask.
 
     Raises:
         ProcessingError: the folder cannot be created or written.
@@ -92,11 +104,14 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise _write_error(path, exc) from exc
     suffix = full_suffix(path)
+    # next to the destination the name is hidden, so that readers of that folder skip it; in a
+    # folder of its own it is not (a check of the temporary file reads it like any file)
+    where, dot = (Path(tmp_dir), "") if tmp_dir is not None else (path.parent, ".")
     tmp = None
     for _ in range(100):
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{suffix}")
+        candidate = where / f"{dot}{path.name}.{secrets.token_hex(6)}.tmp{suffix}"
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
             continue
         except OSError as exc:

@@ -238,30 +238,11 @@ def contract_from_medxai_config(
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """``n`` distinct display colours (a fixed, repeatable list)."""
-    base = [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-        (170, 110, 40),
-        (255, 250, 200),
-        (128, 0, 0),
-        (170, 255, 195),
-        (128, 128, 0),
-        (255, 215, 180),
-        (0, 0, 128),
-        (128, 128, 128),
-    ]
-    return [base[i % len(base)] for i in range(n)]
+    """``n`` distinct display colours (a fixed, repeatable list): the palette module's
+    :func:`medxai.palette.distinct_colors`."""
+    from medxai.palette import distinct_colors
+
+    return distinct_colors(n)
 
 
 def labels_from_names(names: Mapping[int, str] | Sequence[str]) -> tuple[LabelSpec, ...]:

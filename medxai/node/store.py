@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -38,7 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medxai.errors import InputError
+from medxai.errors import InputError, ProcessingError
+from medxai.io.atomic import atomic_path
 
 __all__ = [
     "DB_NAME",
@@ -132,46 +132,44 @@ def is_valid_uid(uid: str) -> bool:
     return 0 < len(uid) <= 64 and bool(_UID.match(uid))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _Refused(Exception):
+    """Aborts a :func:`write_durable` whose check found a problem (nothing is stored)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
 
 
 def write_durable(
     data: bytes, dest: Path, tmp_dir: Path, check: Callable[[Path], str | None] | None = None
 ) -> str | None:
-    """Write ``data`` to ``dest`` atomically and durably: a temporary file in ``tmp_dir`` (same
-    file system), fsync'd, renamed over ``dest``, and the folder fsync'd. A reader (or a crash)
-    sees either the old file or the whole new one.
+    """Write ``data`` to ``dest`` atomically and durably with :func:`medxai.io.atomic.atomic_path`:
+    a temporary file (mode 0600) in ``tmp_dir`` (same file system; :meth:`NodeStore.clean_tmp`
+    empties it on start), fsync'd, renamed over ``dest``, and the folder fsync'd. A reader (or a
+    crash) sees either the old file or the whole new one.
 
     ``check(temporary path)`` may look at the file first: when it returns a problem, nothing is
     stored and the problem is returned. Returns None when the file was stored.
-    """
-    import tempfile
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix="rx-", suffix=".dcm")
+    Raises:
+        OSError: the file cannot be written (disk full, no permission); nothing is stored.
+    """
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if check is not None:
-                problem = check(Path(tmp))
-                if problem:
-                    return problem
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        return None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_path(dest, durable=True, tmp_dir=tmp_dir, mode=0o600) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            problem = check(tmp) if check is not None else None
+            if problem:
+                raise _Refused(problem)
+    except _Refused as refused:
+        return refused.problem
+    except ProcessingError as exc:
+        # atomic_path says which file in a ProcessingError; the node answers an OSError with
+        # "out of resources" and its strerror
+        if isinstance(exc.__cause__, OSError):
+            raise exc.__cause__ from None
+        raise
+    return None
 
 
 class NodeStore:
