@@ -56,33 +56,86 @@ CANDIDATES: list[tuple[str, str | None, str, dict[str, Any]]] = [
 ]
 
 
-def _load(data: Path, limit: int, bundle: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from PIL import Image
+def parse_combos(text: str) -> list[tuple[str, str | None, str, dict[str, Any]]]:
+    """``method@layer:target`` items separated by ``;`` (layer ``-`` or omitted for none;
+    ``method@layer:target+key=value`` adds a method option), e.g.
+    ``hirescam@encoder.2:segment;smoothgrad:segment+samples=4``."""
+    out = []
+    for item in filter(None, (i.strip() for i in text.split(";"))):
+        head, _, opts = item.partition("+")
+        spec, _, region = head.partition(":")
+        method, _, layer = spec.partition("@")
+        options: dict[str, Any] = {}
+        for kv in filter(None, opts.split("+")):
+            k, _, v = kv.partition("=")
+            options[k] = int(v) if v.isdigit() else float(v)
+        out.append((method, layer if layer and layer != "-" else None, region or "segment",
+                    options))
+    return out
 
+
+def _pad(bundle: Any, x: torch.Tensor) -> torch.Tensor:
+    from medxai.evaluation.saliency import pad_for_network
+
+    return pad_for_network(bundle, x)
+
+
+def _load(data: Path, limit: int, bundle: Any, label: int
+          ) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+    """``(x, true mask of label, name)`` on the model grid for the first ``limit`` cases of
+    ``data``: its ``dataset.json`` validation list (3D Decathlon data), else its image/mask pairs
+    (``images/`` + ``masks/`` or ``X.png`` + ``X_mask.png``). Sliding-window (3D) models see the
+    whole crop, reoriented as ``predict`` does and zero-padded to the window and the network's
+    stride (as ``explain --evaluate``)."""
     from medxai.inference import prepare_input
+    from medxai.io.datasets import dataset_json_validation, find_pairs
     from medxai.io.readers import read_image
+    from medxai.preprocessing.orientation import reorient
 
-    images = sorted((data / "images").iterdir())[:limit]
-    xs, masks = [], []
-    for path in images:
-        x, _ = prepare_input(bundle, read_image(path))
-        xs.append(x.as_subclass(torch.Tensor))
-        mpath = next((data / "masks").glob(f"{path.stem}*"))
-        m = torch.from_numpy(np.asarray(Image.open(mpath).convert("L")) > 127)[None, None]
-        masks.append(torch.nn.functional.interpolate(m.float(), size=tuple(x.shape[2:]),
-                                                     mode="nearest") > 0.5)
-    return torch.cat(xs), torch.cat(masks), [p.name for p in images]
+    pairs = (dataset_json_validation(data) or find_pairs(data))[:limit]
+    out = []
+    for pair in pairs:
+        x, state = prepare_input(bundle, read_image(pair.image))
+        x = x.as_subclass(torch.Tensor)
+        lab = read_image(pair.label).as_subclass(torch.Tensor)
+        if lab.shape[0] > 1:  # an RGB(A) mask picture
+            lab = lab[:1]
+        if bundle.spatial_dims == 3:
+            truth = (reorient(lab, state["ornt"]) == label)[None] if "ornt" in state else \
+                (lab == label)[None]
+            if tuple(truth.shape[2:]) != tuple(x.shape[2:]):
+                truth = torch.nn.functional.interpolate(
+                    truth.float(), size=tuple(x.shape[2:]), mode="nearest") > 0.5
+            x = _pad(bundle, x)
+            truth = _pad(bundle, truth.float()) > 0.5
+        else:
+            m = (lab > (127 if float(lab.max()) > 1 else 0)).float()
+            if m.ndim == 4:
+                m = m[..., 0]
+            truth = torch.nn.functional.interpolate(
+                m[None], size=tuple(x.shape[2:]), mode="nearest") > 0.5
+        out.append((x, truth, pair.image.name))
+    return out
 
 
-def _cost(net: torch.nn.Module, x: torch.Tensor, method: str, target: Any,
+def _groups(cases: list[tuple[torch.Tensor, torch.Tensor, str]]
+            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cases of one shape stacked into batches (2D: one batch; 3D crops: one per shape)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (x, _, _) in enumerate(cases):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    return [(torch.cat([cases[i][0] for i in idx]), torch.cat([cases[i][1] for i in idx]))
+            for idx in by_shape.values()]
+
+
+def _cost(net: torch.nn.Module, xs: list[torch.Tensor], method: str, target: Any,
           options: dict[str, Any], n: int) -> float:
     """Median time of one map (target region computed by the method, as in use) over one
     TTA-less forward pass, interleaved per image."""
     from medxai.explain import explain
 
     ratios = []
-    for i in range(min(n, x.shape[0])):
-        xi = x[i : i + 1]
+    for xi in xs[:n]:
         with torch.inference_mode():
             net(xi)  # warm
             t = time.perf_counter()
@@ -107,35 +160,49 @@ def measure(bundle: Any, data: Path, limit: int, label: int, steps: int, timing_
 
     net = bundle.network.eval()
     threshold = bundle.inference.get("threshold")
-    x, truth, names = _load(data, limit, bundle)
+    cases = _load(data, limit, bundle, label)
+    groups = _groups(cases)
     with torch.no_grad():
-        logits = net(x)
+        logits = [net(x) for x, _ in groups]
     rows = []
     for method, layer, region, options in candidates:
         t0 = time.perf_counter()
         target = SegmentationTarget(label, region, threshold=threshold)
-        pred = target.predicted(logits)
-        prob = target.probability(logits)
-        keep = pred.flatten(1).any(1) & target.mask(logits).flatten(1).any(1)
-        idx = torch.nonzero(keep).flatten()
-        xs, fixed = x[idx], target.frozen(logits[idx])
         layer_opt = {"layer": layer} if layer else {}
-        sal = explain(net, xs, method, target=fixed, **layer_opt, **options)
-        info = informativeness(sal, prob[idx], pred[idx], truth[idx])
-        di = deletion_insertion(net, xs, sal, steps=steps, baseline="mean", target=fixed,
-                                insertion=False)
-        sanity = randomisation_sanity(net, xs, method, target=fixed, **layer_opt, **options)
-        cost = _cost(net, x, method, target, {**layer_opt, **options}, timing_images)
-        med = lambda v: float(np.nanmedian(v))  # noqa: E731
+        cols: dict[str, list[float]] = {k: [] for k in (
+            "corr_mask", "corr_probability", "context_share", "lesion_energy_ratio",
+            "sparseness", "deletion_auc", "random_deletion_auc", "spearman")}
+        for (x, truth), lg in zip(groups, logits):
+            pred = target.predicted(lg)
+            prob = target.probability(lg)
+            keep = pred.flatten(1).any(1) & target.mask(lg).flatten(1).any(1)
+            idx = torch.nonzero(keep).flatten()
+            if not len(idx):
+                continue
+            xs, fixed = x[idx], target.frozen(lg[idx])
+            sal = explain(net, xs, method, target=fixed, **layer_opt, **options)
+            info = informativeness(sal, prob[idx], pred[idx], truth[idx])
+            di = deletion_insertion(net, xs, sal, steps=steps, baseline="mean", target=fixed,
+                                    insertion=False)
+            sanity = randomisation_sanity(net, xs, method, target=fixed, **layer_opt, **options)
+            for k in ("corr_mask", "corr_probability", "context_share", "lesion_energy_ratio",
+                      "sparseness"):
+                cols[k] += list(np.asarray(info[k]).reshape(-1))
+            cols["deletion_auc"] += list(np.asarray(di["deletion_auc"]).reshape(-1))
+            cols["random_deletion_auc"] += list(np.asarray(di["random_deletion_auc"]).reshape(-1))
+            cols["spearman"] += list(np.asarray(sanity["spearman"]).reshape(-1))
+        cost = _cost(net, [x for x, _, _ in cases], method, target, {**layer_opt, **options},
+                     timing_images)
+        med = lambda v: float(np.nanmedian(v)) if len(v) else float("nan")  # noqa: E731
         row = {"method": method, "layer": layer or "-", "target": region,
-               "options": options, "n": int(len(idx)),
-               "corr_mask": med(info["corr_mask"]), "corr_prob": med(info["corr_probability"]),
-               "context": med(info["context_share"]),
-               "lesion_x": med(info["lesion_energy_ratio"]),
-               "sparse": med(info["sparseness"]),
-               "del": float(np.mean(di["deletion_auc"])),
-               "del_rand": float(np.mean(di["random_deletion_auc"])),
-               "rand_rho": med(sanity["spearman"]), "cost": cost}
+               "options": options, "n": len(cols["corr_mask"]),
+               "corr_mask": med(cols["corr_mask"]), "corr_prob": med(cols["corr_probability"]),
+               "context": med(cols["context_share"]),
+               "lesion_x": med(cols["lesion_energy_ratio"]),
+               "sparse": med(cols["sparseness"]),
+               "del": float(np.mean(cols["deletion_auc"])),
+               "del_rand": float(np.mean(cols["random_deletion_auc"])),
+               "rand_rho": med(cols["spearman"]), "cost": cost}
         row["passes"] = bool(row["corr_mask"] <= 0.6 and row["lesion_x"] >= 1.5
                              and row["del"] < row["del_rand"] and row["rand_rho"] < 0.5
                              and row["cost"] <= 3)
@@ -143,8 +210,9 @@ def measure(bundle: Any, data: Path, limit: int, label: int, steps: int, timing_
         rows.append(row)
         if log:
             log(format_row(row))
-    return {"model": f"{bundle.name} {bundle.version}", "data": str(data), "images": names,
-            "label": label, "threshold": threshold, "deletion_steps": steps, "rows": rows}
+    return {"model": f"{bundle.name} {bundle.version}", "data": str(data),
+            "images": [name for _, _, name in cases], "label": label, "threshold": threshold,
+            "deletion_steps": steps, "rows": rows}
 
 
 HEAD = ("| method | layer | target | n | corr mask | corr prob | context | in true lesion (x uniform) "
@@ -171,17 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated method names to keep")
     parser.add_argument("--pick", default=None,
                         help="comma-separated indices into CANDIDATES to run (e.g. 7,8)")
+    parser.add_argument("--combos", default=None,
+                        help="candidates as 'method@layer:target;...' (see parse_combos), "
+                        "instead of CANDIDATES")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     from medxai.models.registry import load_model
 
-    if not (args.data / "images").is_dir():
-        print(f"{args.data}: no images/ folder (data absent?)", file=sys.stderr)
+    if not args.data.is_dir():
+        print(f"{args.data}: not a folder (data absent?)", file=sys.stderr)
         return 2
     bundle = load_model(args.model)
     cands = [c for c in CANDIDATES if not args.only or c[0] in args.only.split(",")]
     if args.pick:
         cands = [CANDIDATES[int(i)] for i in args.pick.split(",")]
+    if args.combos:
+        cands = parse_combos(args.combos)
     print(HEAD)
     print("|" + "---|" * 14)
     result = measure(bundle, args.data, args.limit, args.label, args.steps, args.timing_images,

@@ -20,7 +20,7 @@ import torch
 
 from medxai._version import __version__
 from medxai.choices import FORMAT_CHOICES
-from medxai.errors import InputError, OutputExistsError
+from medxai.errors import ExplainError, InputError, OutputExistsError
 from medxai.inference import (
     Prediction,
     network_on,
@@ -45,6 +45,11 @@ __all__ = [
     "default_formats",
     "output_name",
     "compute_saliency",
+    "ExplainSettings",
+    "resolve_explain",
+    "left_out_region",
+    "region_from_box",
+    "region_from_mask_file",
     "input_volumes",
     "saliency_maps",
 ]
@@ -60,7 +65,17 @@ class SegmentOptions:
     """Options of one ``segment`` run (CLI flags of the same names)."""
 
     formats: Sequence[str] | None = None
-    explain: str | None = "gradcam"
+    #: ``auto``: the model's default explanation (its bundle's ``saliency`` section); a method
+    #: name; or None / ``none`` for no saliency.
+    explain: str | None = "auto"
+    #: CAM layer(s) (``encoder.2``, ``skip.0``, a module name...); None: the model's / method's.
+    explain_layer: str | None = None
+    #: ``segment``, ``border``, ``missed``, ``image`` or ``roi``; None: the model's (``auto``) or
+    #: ``segment``.
+    explain_target: str | None = None
+    #: a user region: a box ``(x0, y0, x1, y1[, z0, z1])`` in pixels (voxels) of the input's
+    #: array (stops exclusive), or the path of a mask file on the input's grid.
+    explain_roi: Sequence[int] | str | Path | None = None
     device: str = "auto"
     roi_size: Sequence[int] | None = None
     overlap: float | None = None
@@ -123,6 +138,183 @@ def _digest(loaded: LoadedImage) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class ExplainSettings:
+    """The explanation one run computes, resolved from :class:`SegmentOptions` and the model.
+
+    Attributes:
+        method: a saliency method name.
+        layer: CAM layer(s) or None (the method's default layer).
+        target: ``segment``, ``border``, ``missed``, ``image`` or ``roi``.
+        options: further method options (the model's, e.g. SmoothGrad's ``samples``).
+        chosen_by: ``model default`` (``--explain auto``: the bundle's ``saliency`` section) or
+            ``given`` (a method named by the caller); with the reason for a fallback, if any.
+        roi: the user region as given (a box or a mask file), for the report; None otherwise.
+    """
+
+    method: str
+    layer: str | None = None
+    target: str = "segment"
+    options: dict[str, Any] | None = None
+    chosen_by: str = "given"
+    roi: Sequence[int] | str | Path | None = None
+
+    def describe(self) -> str:
+        at = f" at {self.layer}" if self.layer else ""
+        return f"{self.method}{at}, target {self.target}"
+
+
+def resolve_explain(bundle: Any, opts: SegmentOptions) -> ExplainSettings | None:
+    """What to explain with: ``opts.explain == "auto"`` takes the model's default method, layer,
+    target and options (:class:`medxai.models.contract.SaliencySpec`); a named method takes its
+    own default layer and the ``segment`` target. ``explain_layer``/``explain_target``/
+    ``explain_roi`` override either. None when no saliency is asked for.
+
+    A model whose network offers no layer hooks (TorchScript) and whose default needs them falls
+    back to ``smoothgrad`` (the report says so).
+
+    Raises:
+        ExplainError: a layer for a method that reads none, ``roi`` without a region, or a
+            region together with another named target.
+    """
+    from medxai.models.contract import HOOK_METHODS
+
+    if not opts.explain:
+        return None
+    contract = bundle.contract
+    if opts.explain == "auto":
+        spec = contract.saliency
+        method, layer, target = spec.method, spec.layer, spec.target
+        options = dict(spec.options)
+        chosen = "model default"
+        if method in HOOK_METHODS and not contract.layer_hooks:
+            method, layer, options = "smoothgrad", None, {}
+            chosen = f"model default {spec.method} needs layer hooks; smoothgrad on TorchScript"
+    else:
+        method, layer, target, options, chosen = opts.explain, None, "segment", {}, "given"
+    if opts.explain_layer:
+        layer = opts.explain_layer
+    if opts.explain_target:
+        target = opts.explain_target
+    if opts.explain_roi is not None:
+        if opts.explain_target not in (None, "roi"):
+            raise ExplainError(
+                f"--target {opts.explain_target} and a user region (--roi-box/--roi-mask) were "
+                "both given",
+                hint="a user region is the region explained (--target roi); drop one of them",
+            )
+        target = "roi"
+    elif target == "roi":
+        raise ExplainError(
+            "--target roi needs a region",
+            hint="give --roi-box x0,y0,x1,y1[,z0,z1] or --roi-mask FILE",
+        )
+    if layer and method not in HOOK_METHODS:
+        raise ExplainError(
+            f"saliency method {method!r} reads no layer, but layer {layer!r} was given",
+            hint=f"a layer applies to {', '.join(HOOK_METHODS)}",
+        )
+    return ExplainSettings(method, layer, target, options, chosen, opts.explain_roi)
+
+
+def region_from_box(spatial: Sequence[int], box: Sequence[int]) -> torch.Tensor:
+    """A boolean region ``(1, *spatial)`` on the input's grid from a box
+    ``(x0, y0, x1, y1[, z0, z1])``: pixel (voxel) indices of the input's array axes (medxai reads
+    pictures and DICOM as ``(C, column, row[, slice])``, so x is the column, y the row), starts
+    inclusive, stops exclusive. A 2D box on a one-slice volume covers its slice.
+
+    Raises:
+        ExplainError: wrong number of values, or an empty box / one outside the image.
+    """
+    from medxai.explain import box_region
+
+    values = [int(v) for v in box]
+    nd = len(spatial)
+    if nd == 3 and len(values) == 4 and spatial[2] == 1:
+        values = values + [0, 1]
+    if len(values) != 2 * nd:
+        raise ExplainError(
+            f"a box on this {nd}D image needs {2 * nd} values, got {len(values)}: {list(box)}",
+            hint="x0,y0,x1,y1 for a picture, x0,y0,x1,y1,z0,z1 for a volume",
+        )
+    if nd == 2:
+        x0, y0, x1, y1 = values
+        starts, stops = [x0, y0], [x1, y1]
+    else:
+        x0, y0, x1, y1, z0, z1 = values
+        starts, stops = [x0, y0, z0], [x1, y1, z1]
+    return box_region(tuple(spatial), starts + stops)[None]
+
+
+def region_from_mask_file(path: str | Path, spatial: Sequence[int]) -> torch.Tensor:
+    """A boolean region ``(1, *spatial)`` from a mask file (picture, NIfTI, ...; non-zero is
+    inside) on the input's grid.
+
+    Raises:
+        InputError: the file cannot be read, or its grid differs from the input's.
+    """
+    from medxai.io.readers import read_image
+
+    mask = read_image(path).as_subclass(torch.Tensor)
+    if mask.shape[0] > 1:  # an RGB(A) picture
+        mask = mask[:1]
+    if tuple(mask.shape[1:]) != tuple(spatial):
+        raise InputError(
+            f"region mask has grid {tuple(mask.shape[1:])}, the input {tuple(spatial)}",
+            path=path,
+            hint="give a mask on the input's grid (same size as the image)",
+        )
+    region = mask != 0
+    if not region.any():
+        raise InputError("region mask is empty (no non-zero pixel)", path=path)
+    return region
+
+
+def left_out_region(
+    bundle: Any, pred: Prediction, label: int, low: float = 0.1
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """What the segmentation left out of ``label``, on the input's grid: the components that
+    post-processing removed (kept by the threshold/argmax, dropped by e.g. largest-component
+    clean-up) and the pixels whose probability is at least ``low`` but below the cut.
+
+    Returns:
+        ``(region (1, *spatial) bool, {"removed_by_postprocessing": n, "below_threshold": m})``.
+    """
+    prob = pred.probabilities[label]
+    final = pred.labels[0] == label
+    threshold = bundle.contract.inference.threshold
+    if threshold is not None and pred.probabilities.shape[0] == 2:
+        raw = prob > threshold
+    else:
+        raw = pred.probabilities.argmax(dim=0) == label
+    removed = raw & ~final
+    below = (prob >= low) & ~raw & ~final
+    counts = {"removed_by_postprocessing": int(removed.sum()), "below_threshold": int(below.sum())}
+    return (removed | below)[None], counts
+
+
+def _region_on_model_grid(
+    bundle: Any, image: torch.Tensor, region: torch.Tensor, shape: Sequence[int]
+) -> torch.Tensor:
+    """A boolean input-grid region ``(1, *spatial)`` brought onto the model grid ``shape`` as
+    :func:`medxai.inference.prepare_input` brings the image (2D model on a one-slice volume:
+    the slice; 3D: reoriented to RAS; then resized), ``(*shape)`` bool."""
+    from medxai.preprocessing.orientation import orientation_to_ras, reorient
+    from medxai.preprocessing.spatial import resize_image
+
+    r = region.float()
+    if bundle.spatial_dims == 2 and r.ndim == 4:
+        r = r[..., 0]
+    if bundle.spatial_dims == 3 and bundle.contract.inference.mode != "whole_image":
+        r = reorient(r, orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3))
+    r = resize_image(r, shape)
+    out = r[0] >= 0.5
+    if not out.any():  # a region smaller than a model pixel: keep its nearest pixel
+        flat = int(r[0].flatten().argmax())
+        out.view(-1)[flat] = True
+    return out
+
+
 def compute_saliency(
     bundle: ModelBundle,
     loaded: LoadedImage,
@@ -131,21 +323,47 @@ def compute_saliency(
     device: torch.device,
     roi_size: Sequence[int] | None = None,
     overlap: float | None = None,
+    *,
+    layer: str | None = None,
+    target: str = "segment",
+    region: torch.Tensor | None = None,
+    sign: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Saliency ``(1, I, J[, K])`` of ``label`` on the input's grid, in [0, 1].
 
     Whole-image models are explained on the model's input grid and the map is resized back like
     the prediction; sliding-window models are explained window by window and blended
     (:func:`medxai.explain.sliding_window_saliency`).
-    """
-    from medxai.explain import explain as run_explain
-    from medxai.explain import sliding_window_saliency
 
+    Args:
+        layer: CAM layer(s) (None: the method's default).
+        target: a named region (``segment``, ``border``, ``missed``: the network's pixels just
+            below the cut, ``image``) or ``roi`` with ``region``.
+        region: a boolean ``(1, *spatial)`` region on the *input's* grid (a user box or mask,
+            or :func:`left_out_region`), brought onto the model grid here.
+        sign: +1 evidence for the label, -1 against (None: -1 for ``missed``, else +1).
+        options: further method options.
+    """
+    from medxai.explain import SegmentationTarget, sliding_window_saliency
+    from medxai.explain import explain as run_explain
+
+    extra = dict(options or {})
+    if layer:
+        extra["layer"] = layer
+    threshold = bundle.contract.inference.threshold
     contract = getattr(bundle, "contract", None)
     if contract is not None and contract.form == "monai":
         # a MONAI bundle: its own preprocessing onto the model grid, MONAI's inverse back
         contract.check_saliency_method(method)
+        if region is not None:
+            raise ExplainError(
+                f"a user or left-out region is not supported for MONAI bundles yet "
+                f"(model {bundle.name!r})",
+                hint="use --target segment, border or image with this model",
+            )
         x, data = bundle.model_input(loaded.image)
+        question = SegmentationTarget(label, target, sign=sign)
         roi = list(roi_size or contract.inference.roi_size or x.shape[2:])
         with network_on(bundle.network, device) as net:
             if contract.inference.inferer == "SlidingWindowInferer":
@@ -155,26 +373,43 @@ def compute_saliency(
                     method,
                     roi_size=roi,
                     overlap=float(overlap if overlap is not None else contract.inference.overlap),
-                    target_label=label,
+                    target=question,
+                    **extra,
                 )
             else:
-                sal = run_explain(net, x.to(device), method=method, target_label=label)
+                sal = run_explain(net, x.to(device), method=method, target=question, **extra)
         return bundle.to_input_grid(sal[0].detach().float().cpu(), data).clamp(0, 1)
     x, state = prepare_input(bundle, loaded.image)
+    if region is not None:
+        model_region = _region_on_model_grid(bundle, loaded.image, region, x.shape[2:])
+        question = SegmentationTarget(label, model_region.to(device), sign=sign)
+    else:
+        question = SegmentationTarget(label, target, threshold=threshold, sign=sign)
     spec = bundle.contract.inference
     with network_on(bundle.network, device) as net:
         if spec.mode == "whole_image":
-            sal = run_explain(net, x.to(device), method=method, target_label=label)
+            sal = run_explain(net, x.to(device), method=method, target=question, **extra)
         else:
+            if region is not None:
+                question = SegmentationTarget(label, model_region, sign=sign)
             sal = sliding_window_saliency(
                 net,
                 x.to(device),
                 method,
                 roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
                 overlap=float(overlap if overlap is not None else spec.overlap),
-                target_label=label,
+                target=question,
+                **extra,
             )
     return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
+
+
+def _user_region(loaded: LoadedImage, roi: Sequence[int] | str | Path) -> torch.Tensor:
+    """The user's region ``(1, *spatial)`` on the input's grid: a box or a mask file."""
+    spatial = tuple(loaded.image.shape[1:])
+    if isinstance(roi, (str, Path)):
+        return region_from_mask_file(roi, spatial)
+    return region_from_box(spatial, roi)
 
 
 def saliency_maps(
@@ -184,18 +419,131 @@ def saliency_maps(
     device: torch.device,
     prediction: Prediction | None = None,
 ) -> dict[int, torch.Tensor]:
-    """One saliency map ``(1, *spatial)`` per foreground label of ``bundle`` (``opts.explain``'s
-    method, :func:`compute_saliency`), by label value, on the input's grid; empty when no
-    saliency is asked for. ``prediction`` is the prediction of ``loaded`` (for explanation
-    targets defined by it)."""
-    if not opts.explain:
+    """One saliency map ``(1, *spatial)`` per foreground label, on the input's grid, as
+    ``opts`` and the model say (:func:`resolve_explain`); empty when no saliency is asked for.
+
+    The ``missed`` target needs ``prediction``: its region is what the segmentation left out
+    (:func:`left_out_region`: components removed by post-processing and pixels just below the
+    cut); a label with nothing left out gets no map.
+
+    Raises:
+        ExplainError: the settings do not fit (see :func:`resolve_explain`), ``missed`` without
+            a prediction, or nothing was left out of any label.
+    """
+    settings = resolve_explain(bundle, opts)
+    if settings is None:
         return {}
-    return {
-        int(lab["value"]): compute_saliency(
-            bundle, loaded, opts.explain, int(lab["value"]), device, opts.roi_size, opts.overlap
+    user = _user_region(loaded, settings.roi) if settings.roi is not None else None
+    if settings.target == "missed" and prediction is None:
+        raise ExplainError("the missed target needs the prediction (what it left out)")
+    maps: dict[int, torch.Tensor] = {}
+    nothing: list[str] = []
+    for lab in bundle.foreground_labels:
+        value = int(lab["value"])
+        region, sign = user, None
+        if settings.target == "missed":
+            assert prediction is not None
+            region, counts = left_out_region(bundle, prediction, value)
+            sign = -1
+            if not region.any():
+                nothing.append(f"{lab.get('name', value)} ({value})")
+                continue
+        maps[value] = compute_saliency(
+            bundle,
+            loaded,
+            settings.method,
+            value,
+            device,
+            opts.roi_size,
+            opts.overlap,
+            layer=settings.layer,
+            target=settings.target,
+            region=region,
+            sign=sign,
+            options=settings.options,
         )
-        for lab in bundle.foreground_labels
+    if not maps and nothing:
+        raise ExplainError(
+            f"nothing was left out of {', '.join(nothing)}: no component was removed by "
+            "post-processing and no pixel is just below the threshold (probability >= 0.1)",
+            hint="there is no 'why not here?' to explain for this image; use --target segment "
+            "or border, or a --roi-box",
+        )
+    return maps
+
+
+def _informativeness(
+    sal: torch.Tensor, pred: Prediction, value: int, region: torch.Tensor | None
+) -> dict[str, Any]:
+    """How much the written map says beyond the mask, on the input grid (report.json)."""
+    from medxai.explain import context_share, energy_in_mask, redundancy, sparseness
+
+    s = sal[None].float()
+    mask = (pred.labels == value)[None]
+    out: dict[str, Any] = {
+        "energy_in_mask": float(energy_in_mask(s, mask)[0]),
+        "corr_mask": float(redundancy(s, mask.float())[0]),
+        "corr_probability": float(redundancy(s, pred.probabilities[value][None, None])[0]),
+        "context_share": float(context_share(s, mask)[0]),
+        "sparseness": float(sparseness(s)[0]),
     }
+    if region is not None:
+        out["energy_in_region"] = float(energy_in_mask(s, region[None])[0])
+        out["region_share"] = float(region.float().mean())
+    return {k: (round(v, 4) if v == v else None) for k, v in out.items()}
+
+
+def _saliency_report(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    pred: Prediction,
+    settings: ExplainSettings | None,
+    maps: dict[int, torch.Tensor],
+) -> dict[str, Any]:
+    """report.json's ``saliency``: what was explained (method, layer, target, region, who chose
+    it) and, per label, how much the written map says beyond the mask (:func:`_informativeness`:
+    correlation with the mask and the probability, context share outside the mask, sparseness,
+    energy in the mask and in the region)."""
+    if settings is None:
+        return {"method": None}
+    from medxai.explain import default_target_layer
+
+    layer = settings.layer
+    if layer is None and settings.method in ("gradcam", "gradcampp", "hirescam", "layercam"):
+        layer = f"{default_target_layer(bundle.network)} (default)"
+    info: dict[str, Any] = {
+        "method": settings.method,
+        "layer": layer,
+        "target": settings.target,
+        "options": dict(settings.options or {}),
+        "chosen_by": settings.chosen_by,
+        "region": None,
+        "labels": {},
+    }
+    if settings.roi is not None:
+        roi = settings.roi
+        info["region"] = (
+            {"mask_file": str(roi)} if isinstance(roi, (str, Path)) else {"box": list(roi)}
+        )
+    user = _user_region(loaded, settings.roi) if settings.roi is not None else None
+    for lab in bundle.foreground_labels:
+        value = int(lab["value"])
+        region = user
+        entry: dict[str, Any] = {}
+        if settings.target == "missed":
+            region, counts = left_out_region(bundle, pred, value)
+            entry["left_out_pixels"] = counts
+        if value in maps:
+            entry.update(_informativeness(maps[value], pred, value, region))
+        else:
+            entry["map"] = None
+            entry["reason"] = "nothing was left out of this label"
+        info["labels"][str(value)] = entry
+    # kept for readers of the earlier report layout
+    info["energy_in_mask"] = {
+        k: v.get("energy_in_mask") for k, v in info["labels"].items() if "energy_in_mask" in v
+    }
+    return info
 
 
 def _report(
@@ -203,8 +551,7 @@ def _report(
     bundle: ModelBundle,
     pred: Prediction,
     device: torch.device,
-    method: str | None,
-    energy: dict[int, float],
+    saliency_info: dict[str, Any],
     timings: dict[str, float],
     files: list[str],
     digest: str,
@@ -251,10 +598,7 @@ def _report(
             bool(meta.get("has_patient_geometry")) or bool(meta.get("pixel_spacing_source")),
         ),
         "pixel_spacing_source": meta.get("pixel_spacing_source"),
-        "saliency": {
-            "method": method,
-            "energy_in_mask": {str(k): round(v, 4) for k, v in energy.items()},
-        },
+        "saliency": saliency_info,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "files": files,
     }
@@ -310,19 +654,16 @@ def segment_loaded(
         timings["predict"] = prediction.seconds
     given_saliency = saliency
     saliency = {}
-    energy: dict[int, float] = {}
-    if opts.explain:
+    settings = resolve_explain(bundle, opts)
+    if settings is not None:
         t = time.perf_counter()
         if given_saliency is None:
-            say(f"{name}: explaining with {opts.explain}")
+            say(f"{name}: explaining with {settings.describe()}")
             saliency = saliency_maps(bundle, loaded, opts, device, pred)
         else:
             saliency = given_saliency
-        for value, sal in saliency.items():
-            mask = pred.labels == value
-            total = float(sal.sum())
-            energy[value] = float(sal[mask].sum()) / total if total > 0 else 0.0
         timings["explain"] = time.perf_counter() - t
+    saliency_info = _saliency_report(bundle, loaded, pred, settings, saliency)
     report: dict[str, Any] = {}
 
     def finish(tmp: Path, written: ResultFolder) -> None:
@@ -333,8 +674,7 @@ def segment_loaded(
                 bundle,
                 pred,
                 device,
-                opts.explain,
-                energy,
+                saliency_info,
                 timings,
                 written.files,
                 _digest(loaded),
@@ -363,7 +703,7 @@ def segment_loaded(
         formats,
         overwrite=opts.overwrite,
         finish=finish,
-        method=opts.explain,
+        method=settings.method if settings is not None else None,
     )
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")

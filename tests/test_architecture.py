@@ -71,17 +71,24 @@ def test_cli_registers_exactly_the_command_list():
 def test_saliency_choices_match_the_explain_registry():
     import click
 
-    from medxai.choices import EVALUATION_METHODS, EXPLAIN_CHOICES, SALIENCY_METHODS
+    from medxai.choices import (
+        EVALUATION_METHODS,
+        EXPLAIN_CHOICES,
+        METHOD_CHOICES,
+        SALIENCY_METHODS,
+    )
     from medxai.cli.commands import COMMANDS
     from medxai.explain.methods import METHODS
 
     assert SALIENCY_METHODS == tuple(METHODS), "update medxai/choices.py with the registry"
     assert set(EVALUATION_METHODS) <= set(METHODS)
-    assert EXPLAIN_CHOICES == (*SALIENCY_METHODS, "none")
+    assert EXPLAIN_CHOICES == ("auto", *SALIENCY_METHODS, "none")
+    assert METHOD_CHOICES == ("auto", *SALIENCY_METHODS)
     by_name = {c.name: c for c in COMMANDS}
     for command, option, want in (("segment", "explain", EXPLAIN_CHOICES),
                                   ("batch", "explain", EXPLAIN_CHOICES),
-                                  ("explain", "method", SALIENCY_METHODS)):
+                                  ("listen", "explain", EXPLAIN_CHOICES),
+                                  ("explain", "method", METHOD_CHOICES)):
         param = next(p for p in by_name[command].params if p.name == option)
         assert isinstance(param.type, click.Choice)
         assert tuple(param.type.choices) == want, (command, option)

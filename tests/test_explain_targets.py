@@ -105,8 +105,6 @@ def test_unet_layers_have_role_names() -> None:
 @pytest.mark.parametrize("target", ["segment", "border", "missed", "image"])
 def test_methods_and_targets_2d_3d(dims: int, method: str, layer: str | None,
                                    options: dict, target: str) -> None:
-    if dims == 3 and target in ("missed", "image") and method != "hirescam":
-        pytest.skip("3D: one method per target is enough for these")
     net = _unet(dims)
     spatial = (16, 16) if dims == 2 else (16, 16, 8)
     x = torch.rand((1, 1, *spatial), generator=torch.Generator().manual_seed(0))

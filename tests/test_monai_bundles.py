@@ -495,7 +495,7 @@ def test_torchscript_equals_module_and_refuses_gradcam(tiny_pair, ct_crop: Path,
     a, aff_a, b_pt = _medxai_labels(pt_dir, ct_crop)
     b, aff_b, b_ts = _medxai_labels(ts_dir, ct_crop)
     assert b_ts.contract.weights == "torchscript" and not b_ts.contract.layer_hooks
-    assert b_ts.saliency_methods == ("occlusion", "ig")
+    assert b_ts.saliency_methods == ("smoothgrad", "occlusion", "ig")
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(aff_a, aff_b)
     code, out = run_cli("segment", str(ct_crop), "--model", str(ts_dir), "-o",
@@ -538,7 +538,8 @@ def test_models_describe(spleen: Path, tiny_pair) -> None:
     assert info["inferer"]["class"] == "SlidingWindowInferer"
     assert info["preprocessing"][2].startswith("Spacingd(pixdim=[1.5, 1.5, 2.0]")
     assert any(r.startswith("LoadImaged") for r in info["replaced_by_medxai"])
-    assert info["saliency_methods"] == ["gradcam", "gradcampp", "occlusion", "ig"]
+    assert info["saliency_methods"] == ["gradcam", "gradcampp", "hirescam", "layercam",
+                                        "smoothgrad", "occlusion", "ig"]
     code, out = run_cli("models", "describe", str(tiny_pair[1]))
     assert code == 0, out
     assert "torchscript" in out and "occlusion, ig" in out

@@ -21,6 +21,8 @@ from medxai.io.detect import sniff_folder, sniff_form
 
 __all__ = [
     "EXPLAIN_CHOICES",
+    "explain_options",
+    "explain_settings",
     "FORMAT_CHOICES",
     "guard",
     "run_guarded",
@@ -373,3 +375,62 @@ class InputProgress:
             f"in {elapsed:.1f} s{rate}",
             err=True,
         )
+
+
+def explain_options(fn: Any) -> Any:
+    """``--layer``, ``--target``, ``--roi-box``, ``--roi-mask``: what the saliency map explains
+    (``segment`` and ``explain``)."""
+    from medxai.choices import SALIENCY_TARGETS
+
+    for option in reversed(
+        [
+            click.option(
+                "--layer",
+                default=None,
+                help="CAM layer(s): a role (encoder.2, bottleneck, skip.0, encoder...) or a "
+                "module name. [default: the model's, with --explain auto; else the method's]",
+            ),
+            click.option(
+                "--target",
+                "target_region",
+                default=None,
+                type=click.Choice((*SALIENCY_TARGETS, "roi")),
+                help="The question the map answers: segment (why here?), border (why is the "
+                "edge here?), missed (why not here? what post-processing removed or the "
+                "threshold just left out), image, roi (--roi-box/--roi-mask). "
+                "[default: the model's, with --explain auto; else segment]",
+            ),
+            click.option(
+                "--roi-box",
+                default=None,
+                help="A region to explain: x0,y0,x1,y1[,z0,z1] in pixels (voxels) of the "
+                "input, x the column, y the row, stops exclusive.",
+            ),
+            click.option(
+                "--roi-mask",
+                default=None,
+                type=click.Path(exists=True, dir_okay=False),
+                help="A region to explain: a mask file on the input's grid (non-zero inside).",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def explain_settings(
+    layer: str | None, target: str | None, roi_box: str | None, roi_mask: str | None
+) -> dict[str, Any]:
+    """The :class:`medxai.pipeline.SegmentOptions` fields of :func:`explain_options`."""
+    if roi_box and roi_mask:
+        raise click.BadParameter("give --roi-box or --roi-mask, not both", param_hint="--roi-box")
+    box = parse_ints(roi_box, "--roi-box")
+    if box is not None and len(box) not in (4, 6):
+        raise click.BadParameter(
+            f"expected x0,y0,x1,y1 or x0,y0,x1,y1,z0,z1, got {roi_box!r}", param_hint="--roi-box"
+        )
+    return {
+        "explain_layer": layer,
+        "explain_target": target,
+        "explain_roi": box if box is not None else roi_mask,
+    }

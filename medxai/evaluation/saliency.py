@@ -22,7 +22,7 @@ import torch
 from medxai.choices import EVALUATION_METHODS
 from medxai.errors import ExplainError, InputError
 
-__all__ = ["evaluate_saliency", "list_images", "format_table", "DEFAULT_METHODS"]
+__all__ = ["evaluate_saliency", "list_images", "format_table", "pad_for_network", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = EVALUATION_METHODS
 
@@ -143,7 +143,7 @@ def _model_grid_mask(bundle: Any, logits: torch.Tensor, label: int) -> torch.Ten
     return (labels == label)[None].to(logits.device)
 
 
-def _pad_for_network(bundle: Any, x: torch.Tensor) -> torch.Tensor:
+def pad_for_network(bundle: Any, x: torch.Tensor) -> torch.Tensor:
     """Sliding-window (3D) models see the whole model grid in one pass here: zero-pad it (as
     MONAI's sliding window pads) to at least the window and to a multiple of the network's total
     stride, so that a crop smaller than the window, or of odd size, goes through the U-Net."""
@@ -183,7 +183,7 @@ def _image_rows(
     from medxai.io.readers import read_image
 
     x, _ = prepare_input(bundle, read_image(path))
-    x = _pad_for_network(bundle, x).to(dev)
+    x = pad_for_network(bundle, x).to(dev)
     with torch.no_grad():
         t = time.perf_counter()
         logits = net(x)

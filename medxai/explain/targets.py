@@ -37,12 +37,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from medxai.choices import SALIENCY_TARGETS
 from medxai.errors import ExplainError
 
 __all__ = ["SegmentationTarget", "REGIONS", "as_target", "box_region", "make_target"]
 
 #: Named regions a :class:`SegmentationTarget` may sum over ("predicted" is "segment").
-REGIONS = ("segment", "border", "missed", "image")
+REGIONS = SALIENCY_TARGETS
 _ALIASES = {
     "predicted": "segment",
     "mask": "segment",

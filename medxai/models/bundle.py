@@ -55,7 +55,11 @@ from medxai.models.bundle_form import (
     monai_inference_config,
     monai_metadata,
 )
-from medxai.models.contract import ModelContract, contract_from_medxai_config
+from medxai.models.contract import (
+    ModelContract,
+    contract_from_medxai_config,
+    saliency_spec_from_config,
+)
 from medxai.models.networks import build_network
 
 __all__ = [
@@ -223,6 +227,12 @@ def _check_inference_options(config: dict[str, Any], root: Path) -> None:
             path=root / "configs" / "inference.json",
             hint=f"known steps: {', '.join(POSTPROCESSING_KEYS)}",
         )
+    try:
+        saliency_spec_from_config(config.get("saliency"))
+    except ModelError as exc:
+        raise ModelError(
+            exc.detail, path=root / "configs" / "inference.json", hint=exc.hint
+        ) from exc
 
 
 def load_bundle(path: str | Path, *, verify: bool = True) -> ModelBundle:

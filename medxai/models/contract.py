@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medxai.errors import ExplainError
+from medxai.choices import SALIENCY_METHODS, SALIENCY_TARGETS
+from medxai.errors import ExplainError, ModelError
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -26,6 +27,8 @@ __all__ = [
     "LabelSpec",
     "InputSpec",
     "InferenceSpec",
+    "SaliencySpec",
+    "saliency_spec_from_config",
     "ModelContract",
     "contract_from_medxai_config",
 ]
@@ -39,9 +42,9 @@ DEFAULT_BLEND_MODE = "gaussian"
 #: preprocessing, inferer and postprocessing (MONAI model-zoo bundles).
 INFERENCE_MODES = ("whole_image", "sliding_window", "monai")
 #: Saliency methods that need forward/backward hooks on a named layer (not on TorchScript).
-HOOK_METHODS = ("gradcam", "gradcampp")
+HOOK_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
 #: Saliency methods that need only the network's input and output.
-HOOK_FREE_METHODS = ("occlusion", "ig")
+HOOK_FREE_METHODS = ("smoothgrad", "occlusion", "ig")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,87 @@ class InferenceSpec:
 
 
 @dataclass(frozen=True)
+class SaliencySpec:
+    """The model's default explanation: what ``--explain auto`` (the CLI default of ``segment``,
+    ``explain``, ``batch`` and ``listen``) computes.
+
+    Read from the bundle config's ``saliency`` section (``configs/inference.json``), e.g.
+    ``{"method": "hirescam", "layer": "encoder.2", "target": "segment"}``; a bundle without one
+    gets Seg-Grad-CAM at the default layer on the segment. The bundled models' values were chosen
+    by measurement on their validation data (docs/explainability.md, benchmarks/saliency_choice.py).
+
+    Attributes:
+        method: a name of :data:`medxai.choices.SALIENCY_METHODS`.
+        layer: CAM layer name or role alias (``encoder.2``, ``skip.0``...); None: the method's
+            default (:func:`medxai.explain.default_target_layer`).
+        target: a region of :data:`medxai.choices.SALIENCY_TARGETS`.
+        options: further method options (e.g. ``{"samples": 4}`` for ``smoothgrad``).
+        measured: where the choice was measured (free text for reports), ``""`` when it was not.
+    """
+
+    method: str = "gradcam"
+    layer: str | None = None
+    target: str = "segment"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    measured: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "layer": self.layer,
+            "target": self.target,
+            "options": dict(self.options),
+            "measured": self.measured,
+        }
+
+
+def saliency_spec_from_config(section: Any, where: str = "saliency") -> SaliencySpec:
+    """Parse and check a bundle's ``saliency`` section (``None``: the plain default).
+
+    Raises:
+        ModelError: not an object, an unknown key, method or target, or a layer that is not text.
+    """
+    if section is None:
+        return SaliencySpec()
+    if not isinstance(section, Mapping):
+        raise ModelError(f"{where} must be an object, got {type(section).__name__}")
+    known = {"method", "layer", "target", "options", "measured"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ModelError(
+            f"{where} has unknown key(s) {unknown}", hint=f"known keys: {', '.join(sorted(known))}"
+        )
+    method = section.get("method", "gradcam")
+    if method not in SALIENCY_METHODS:
+        raise ModelError(
+            f"{where}.method is {method!r}", hint=f"use one of {', '.join(SALIENCY_METHODS)}"
+        )
+    target = section.get("target", "segment")
+    if target not in SALIENCY_TARGETS:
+        raise ModelError(
+            f"{where}.target is {target!r}", hint=f"use one of {', '.join(SALIENCY_TARGETS)}"
+        )
+    layer = section.get("layer")
+    if layer is not None and (not isinstance(layer, str) or not layer.strip()):
+        raise ModelError(f"{where}.layer is {layer!r}", hint="a layer name or role, e.g. encoder.2")
+    if layer is not None and method not in HOOK_METHODS:
+        raise ModelError(
+            f"{where}.layer is set but {method!r} reads no layer",
+            hint=f"a layer applies to {', '.join(HOOK_METHODS)}; remove it",
+        )
+    options = section.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ModelError(f"{where}.options must be an object, got {options!r}")
+    return SaliencySpec(
+        method=str(method),
+        layer=layer,
+        target=str(target),
+        options=dict(options),
+        measured=str(section.get("measured", "")),
+    )
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """A frozen, typed description of a model bundle.
 
@@ -121,6 +205,7 @@ class ModelContract:
         replaced: what medxai does instead of the bundle (e.g. ``LoadImaged -> medxai reader``).
         layer_hooks: whether layer hooks work on the network (False for TorchScript), which
             Grad-CAM-type saliency needs.
+        saliency: the model's default explanation (:class:`SaliencySpec`).
     """
 
     name: str
@@ -136,6 +221,7 @@ class ModelContract:
     replaced: tuple[str, ...] = ()
     layer_hooks: bool = True
     extras: Mapping[str, Any] = field(default_factory=dict)
+    saliency: SaliencySpec = field(default_factory=SaliencySpec)
 
     @property
     def foreground_labels(self) -> tuple[LabelSpec, ...]:
@@ -234,6 +320,7 @@ def contract_from_medxai_config(
         preprocessing=tuple(steps),
         postprocessing=tuple(post_steps),
         extras={"postprocessing": dict(post)},
+        saliency=saliency_spec_from_config(config.get("saliency")),
     )
 
 

@@ -47,6 +47,7 @@ from medxai.models.contract import (
     LabelSpec,
     ModelContract,
     labels_from_names,
+    saliency_spec_from_config,
 )
 
 __all__ = [
@@ -800,6 +801,8 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
         postprocessing=tuple(_describe_transform(t) for t in post.transforms),
         replaced=tuple(replaced),
         layer_hooks=not scripted,
+        # medxai's own key (plain MONAI ignores it): the default explanation of this model
+        saliency=saliency_spec_from_config(raw.get("saliency")),
     )
     # a medxai-style view of the config, for code that reads ModelBundle.config
     view = {

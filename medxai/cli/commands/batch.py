@@ -101,10 +101,11 @@ def _table(summary: Any) -> str:
 )
 @click.option(
     "--explain",
-    default="gradcam",
+    default="auto",
     show_default=True,
     type=click.Choice(EXPLAIN_CHOICES),
-    help="Saliency method, or none.",
+    help="Saliency method, or none; auto: each model's measured default (its bundle's "
+    "saliency section).",
 )
 @click.option(
     "--format",

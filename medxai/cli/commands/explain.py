@@ -6,7 +6,7 @@ import os
 
 import click
 
-from medxai.choices import EVALUATION_METHODS, SALIENCY_METHODS
+from medxai.choices import EVALUATION_METHODS, METHOD_CHOICES, SALIENCY_METHODS
 from medxai.cli.common import (
     check_model_arg,
     check_output_dir,
@@ -14,13 +14,13 @@ from medxai.cli.common import (
     echo_json,
     error_entry,
     exit_code_for,
+    explain_options,
+    explain_settings,
     guard,
     require_inputs,
     stderr_line,
 )
 from medxai.errors import InputError, MedxaiError
-
-METHOD_CHOICES = SALIENCY_METHODS
 
 
 @click.command("explain")
@@ -29,7 +29,14 @@ METHOD_CHOICES = SALIENCY_METHODS
 @click.option(
     "-o", "--output", default="medxai-results", show_default=True, type=click.Path(file_okay=False)
 )
-@click.option("--method", default="gradcam", show_default=True, type=click.Choice(METHOD_CHOICES))
+@click.option(
+    "--method",
+    default="auto",
+    show_default=True,
+    type=click.Choice(METHOD_CHOICES),
+    help="Saliency method of the maps; auto: the model's measured default (its bundle's "
+    "saliency section: method, layer and target).",
+)
 @click.option(
     "--methods",
     default=",".join(EVALUATION_METHODS),
@@ -51,21 +58,7 @@ METHOD_CHOICES = SALIENCY_METHODS
     type=click.Choice(["mean", "blur", "zero"]),
     help="With --evaluate: what deleted pixels become.",
 )
-@click.option(
-    "--target",
-    "target_region",
-    default="segment",
-    show_default=True,
-    type=click.Choice(["segment", "border", "missed", "image"]),
-    help="With --evaluate: the question each map answers (the segment, its border, "
-    "pixels left just below the threshold, the whole image).",
-)
-@click.option(
-    "--layer",
-    default=None,
-    help="With --evaluate: CAM layer(s): a module name or role (skip.0, bottleneck, "
-    "encoder.2, encoder...); default: the method's default.",
-)
+@explain_options
 @click.option("--device", default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -81,8 +74,10 @@ def explain_cmd(
     limit: int | None,
     label: int,
     baseline: str,
-    target_region: str,
     layer: str | None,
+    target_region: str | None,
+    roi_box: str | None,
+    roi_mask: str | None,
     device: str,
     overwrite: bool,
     as_json: bool,
@@ -99,11 +94,17 @@ def explain_cmd(
     seconds per image and cost relative to one inference, and how much the map says beyond the
     mask: its correlation with the mask, the share outside it (context) and its sparseness.
     """
+    region_opts = explain_settings(layer, target_region, roi_box, roi_mask)
+    if evaluate and (roi_box or roi_mask or target_region == "roi"):
+        raise click.BadParameter(
+            "--evaluate measures named targets; a user region applies to maps",
+            param_hint="--roi-box",
+        )
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    bad_methods = [m for m in chosen if m not in METHOD_CHOICES]
+    bad_methods = [m for m in chosen if m not in SALIENCY_METHODS]
     if evaluate and bad_methods:
         raise click.BadParameter(
-            f"unknown method(s) {bad_methods}; choose from {', '.join(METHOD_CHOICES)}",
+            f"unknown method(s) {bad_methods}; choose from {', '.join(SALIENCY_METHODS)}",
             param_hint="--methods",
         )
     check_model_arg(model)
@@ -129,7 +130,7 @@ def explain_cmd(
         from medxai.evaluation.saliency import evaluate_saliency, format_table, list_images
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()]
-        bad = [m for m in chosen if m not in METHOD_CHOICES]
+        bad = [m for m in chosen if m not in SALIENCY_METHODS]
         if bad:
             raise click.BadParameter(f"unknown method(s) {bad}", param_hint="--methods")
         images = [p for inp in inputs for p in list_images(inp, limit)][: limit or None]
@@ -140,7 +141,7 @@ def explain_cmd(
             label=label,
             device=device,
             baseline=baseline,
-            target=target_region,
+            target=target_region or bundle.contract.saliency.target,
             layer=layer,
             progress=say,
         )
@@ -161,7 +162,11 @@ def explain_cmd(
                 loaded = load_image(path)
             formats = ["nifti", "png", "json"] + (["dicom-sc"] if loaded.dicom is not None else [])
             opts = SegmentOptions(
-                formats=formats, explain=method, device=device, overwrite=overwrite
+                formats=formats,
+                explain=method,
+                device=device,
+                overwrite=overwrite,
+                **region_opts,
             )
             res = segment_loaded(loaded, bundle, output, opts, name=name, progress=say)
             results.append(res.to_dict())

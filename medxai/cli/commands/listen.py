@@ -102,10 +102,11 @@ def _status_text(st: dict[str, Any]) -> str:
 )
 @click.option(
     "--explain",
-    default="gradcam",
+    default="auto",
     show_default=True,
     type=click.Choice(EXPLAIN_CHOICES),
-    help="Saliency method, or none.",
+    help="Saliency method, or none; auto: each model's measured default (its bundle's "
+    "saliency section).",
 )
 @click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda[:N]|mps.")
 @click.option(

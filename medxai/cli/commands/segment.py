@@ -7,14 +7,14 @@ import click
 from medxai.choices import TTA_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
-    explain_options,
-    explain_settings,
     check_model_arg,
     check_output_dir,
     dicom_warnings_as_lines,
     echo_json,
     error_entry,
     exit_code_for,
+    explain_options,
+    explain_settings,
     guard,
     parse_formats,
     parse_ints,
