@@ -101,6 +101,8 @@ def write_outputs(
     name: str,
     *,
     method: str | None = None,
+    seg_type: str = "binary",
+    split_labels: bool = False,
 ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
     one saliency map per label, the PNG preview, DICOM SEG, Parametric Map (one per saliency
@@ -108,6 +110,10 @@ def write_outputs(
     then written too), RT Structure Set (``rtstruct.dcm``, series with patient geometry) and
     Secondary Capture (for pictures on a placeholder study made from the picture). ``method`` is
     the saliency method, recorded in the PM and SR.
+
+    ``seg_type`` is the DICOM SEG's type (``binary``, ``labelmap``, ``fractional``: the
+    prediction's probabilities); ``split_labels`` adds one ``mask_<label>.nii.gz`` per
+    foreground label (with ``nifti``).
 
     Returns:
         the files written (relative to ``tmp``), seconds per writer, and the formats skipped
@@ -144,6 +150,8 @@ def write_outputs(
             files.append(
                 w.write_nifti_map(sal[0].numpy(), affine, tmp / f"saliency_{lab_name}.nii.gz").name
             )
+        if split_labels:
+            files += _write_split_masks(tmp, labels, affine, info)
         times["write_nifti"] = time.perf_counter() - t
     if "png" in formats:
         t = time.perf_counter()
@@ -154,7 +162,19 @@ def write_outputs(
     if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
         try:
-            files += _write_dicom(tmp, loaded, bundle, labels, first_sal, formats, info, colors)
+            probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
+            files += _write_dicom(
+                tmp,
+                loaded,
+                bundle,
+                labels,
+                first_sal,
+                formats,
+                info,
+                colors,
+                seg_type,
+                probabilities,
+            )
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
             skipped.append(
@@ -187,6 +207,8 @@ def _write_dicom(
     formats: Sequence[str],
     info: list[dict[str, Any]],
     colors: dict[int, Any],
+    seg_type: str = "binary",
+    probabilities: np.ndarray | None = None,
 ) -> list[str]:
     """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
     from medxai.io import writers as w
@@ -212,7 +234,14 @@ def _write_dicom(
     if "dicom-seg" in formats or "dicom-sr" in formats:
         files.append(
             w.write_dicom_seg(
-                labels, source, info, bundle.name, bundle.version, tmp / "seg.dcm"
+                labels,
+                source,
+                info,
+                bundle.name,
+                bundle.version,
+                tmp / "seg.dcm",
+                seg_type=seg_type,
+                probabilities=probabilities,
             ).name
         )
     if "dicom-sc" in formats:
@@ -302,6 +331,24 @@ def _write_dicom_maps(
     return files
 
 
+def _write_split_masks(
+    tmp: Path, labels: np.ndarray, affine: np.ndarray, info: list[dict[str, Any]]
+) -> list[str]:
+    """``mask_<label>.nii.gz``: one uint8 0/1 mask per foreground label of the model (present
+    or not), on the input grid (``--split-labels``)."""
+    from medxai.io import writers as w
+
+    files = []
+    for lab in info:
+        value = int(lab["value"])
+        if value == 0:
+            continue
+        name = str(lab.get("name") or f"label{value}")
+        path = tmp / f"mask_{output_name(name)}.nii.gz"
+        files.append(w.write_nifti_mask(labels, value, affine, path, name=name).name)
+    return files
+
+
 def commit_folder(tmp: Path, final: Path, overwrite: bool) -> None:
     """Move the finished temporary folder into place (replacing ``final`` if asked to)."""
     if final.exists():
@@ -327,6 +374,8 @@ def write_result_folder(
     overwrite: bool = False,
     finish: Callable[[Path, ResultFolder], None] | None = None,
     method: str | None = None,
+    seg_type: str = "binary",
+    split_labels: bool = False,
 ) -> ResultFolder:
     """Write ``out_root/<name>/`` atomically: :func:`write_outputs` into a hidden temporary
     folder, then ``finish(tmp, result)`` (e.g. the JSON report, which may append to
@@ -339,6 +388,7 @@ def write_result_folder(
         formats: any of :data:`medxai.choices.FORMAT_CHOICES` (``json`` is the caller's, in
             ``finish``).
         method: the saliency method that made ``saliency`` (recorded in the DICOM PM and SR).
+        seg_type, split_labels: see :func:`write_outputs`.
     """
     out_root = Path(out_root)
     final = out_root / name
@@ -349,7 +399,16 @@ def write_result_folder(
     tmp.mkdir()
     try:
         files, timings, skipped = write_outputs(
-            tmp, loaded, bundle, pred, saliency, formats, name, method=method
+            tmp,
+            loaded,
+            bundle,
+            pred,
+            saliency,
+            formats,
+            name,
+            method=method,
+            seg_type=seg_type,
+            split_labels=split_labels,
         )
         result = ResultFolder(final, files, timings, skipped)
         if finish is not None:

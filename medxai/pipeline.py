@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from medxai._version import __version__
-from medxai.choices import FORMAT_CHOICES
+from medxai.choices import FORMAT_CHOICES, SEG_TYPES
 from medxai.errors import ExplainError, InputError, OutputExistsError
 from medxai.inference import (
     Prediction,
@@ -82,8 +82,16 @@ class SegmentOptions:
     sw_batch_size: int | None = None
     tta: str | None = None
     overwrite: bool = False
+    #: the DICOM SEG's type: ``binary``, ``labelmap`` or ``fractional`` (the probabilities).
+    seg_type: str = "binary"
+    #: also one ``mask_<label>.nii.gz`` per foreground label (with the ``nifti`` format).
+    split_labels: bool = False
 
     def __post_init__(self) -> None:
+        if self.seg_type not in SEG_TYPES:
+            raise InputError(
+                f"unknown SEG type {self.seg_type!r}", hint=f"use one of: {', '.join(SEG_TYPES)}"
+            )
         if self.formats is not None:
             bad = [f for f in self.formats if f not in FORMATS]
             if bad:
@@ -703,6 +711,8 @@ def segment_loaded(
         formats,
         overwrite=opts.overwrite,
         finish=finish,
+        seg_type=opts.seg_type,
+        split_labels=opts.split_labels,
         method=settings.method if settings is not None else None,
     )
     files = written.files

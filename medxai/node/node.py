@@ -107,6 +107,9 @@ class NodeConfig:
     formats: Sequence[str] | None = ("dicom-seg", "dicom-pm", "dicom-sr", "json")
     explain: str | None = "auto"
     device: str = "auto"
+    #: the DICOM SEG's type and ``mask_<label>.nii.gz`` per label (:class:`SegmentOptions`).
+    seg_type: str = "binary"
+    split_labels: bool = False
     max_associations: int = 10
     max_instance_bytes: int = 2 * 1024**3
     min_free_bytes: int = 1024**3
@@ -202,7 +205,11 @@ class DicomNode:
 
         c = self.config
         self.options = SegmentOptions(
-            formats=list(c.formats) if c.formats else None, explain=c.explain, device=c.device
+            formats=list(c.formats) if c.formats else None,
+            explain=c.explain,
+            device=c.device,
+            seg_type=c.seg_type,
+            split_labels=c.split_labels,
         )
         rec = self.store.recover()
         self._bundle = c.model if isinstance(c.model, ModelBundle) else load_model(c.model)

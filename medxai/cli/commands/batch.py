@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from medxai.choices import SEG_TYPES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_folder_arg,
@@ -113,6 +114,20 @@ def _table(summary: Any) -> str:
     help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
 )
 @click.option(
+    "--seg-type",
+    default="binary",
+    show_default=True,
+    type=click.Choice(SEG_TYPES),
+    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
+    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
+    "model's probabilities, 8 bits).",
+)
+@click.option(
+    "--split-labels",
+    is_flag=True,
+    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
+)
+@click.option(
     "--workers",
     default=1,
     show_default=True,
@@ -153,6 +168,8 @@ def batch_cmd(
     model: str | None,
     explain: str,
     formats: str | None,
+    seg_type: str,
+    split_labels: bool,
     workers: int,
     batch_size: int,
     scan_workers: int | None,
@@ -189,7 +206,13 @@ def batch_cmd(
     from medxai.pipeline import SegmentOptions
 
     opts = SegmentOptions(
-        formats=formats_list, explain=explain, device=device, roi_size=roi, overlap=overlap
+        formats=formats_list,
+        explain=explain,
+        device=device,
+        roi_size=roi,
+        overlap=overlap,
+        seg_type=seg_type,
+        split_labels=split_labels,
     )
     bar = _BatchBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():

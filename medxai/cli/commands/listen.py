@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from medxai.choices import SEG_TYPES
 from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats
 
 
@@ -101,6 +102,20 @@ def _status_text(st: dict[str, Any]) -> str:
     help="Comma-separated outputs (the DICOM ones are sent; dicom-pm needs --explain).",
 )
 @click.option(
+    "--seg-type",
+    default="binary",
+    show_default=True,
+    type=click.Choice(SEG_TYPES),
+    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
+    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
+    "model's probabilities, 8 bits).",
+)
+@click.option(
+    "--split-labels",
+    is_flag=True,
+    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
+)
+@click.option(
     "--explain",
     default="auto",
     show_default=True,
@@ -177,6 +192,8 @@ def listen_cmd(
     idle_seconds: float,
     model: str | None,
     formats: str,
+    seg_type: str,
+    split_labels: bool,
     explain: str,
     device: str,
     max_associations: int,
@@ -246,6 +263,8 @@ def listen_cmd(
         idle_s=idle_seconds,
         model=model,
         formats=parse_formats(formats),
+        seg_type=seg_type,
+        split_labels=split_labels,
         explain=explain,
         device=device,
         max_associations=max_associations,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medxai.choices import TTA_CHOICES
+from medxai.choices import SEG_TYPES, TTA_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_model_arg,
@@ -83,6 +83,20 @@ def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
     "series only); nifti,png,json for pictures and NIfTI/NRRD.",
 )
 @click.option(
+    "--seg-type",
+    default="binary",
+    show_default=True,
+    type=click.Choice(SEG_TYPES),
+    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
+    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
+    "model's probabilities, 8 bits).",
+)
+@click.option(
+    "--split-labels",
+    is_flag=True,
+    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
+)
+@click.option(
     "--explain",
     default="auto",
     show_default=True,
@@ -113,6 +127,8 @@ def segment_cmd(
     sw_batch_size: int | None,
     tta: str | None,
     formats: str | None,
+    seg_type: str,
+    split_labels: bool,
     explain: str,
     layer: str | None,
     target_region: str | None,
@@ -157,6 +173,8 @@ def segment_cmd(
         overlap=overlap,
         sw_batch_size=sw_batch_size,
         tta=tta,
+        seg_type=seg_type,
+        split_labels=split_labels,
         overwrite=overwrite,
     )
     results = []

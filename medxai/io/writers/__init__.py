@@ -18,13 +18,19 @@ from medxai.io.writers.dicom_sc import (
 )
 from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
 from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
-from medxai.io.writers.nifti import sidecar_path, write_nifti_labels, write_nifti_map
+from medxai.io.writers.nifti import (
+    sidecar_path,
+    write_nifti_labels,
+    write_nifti_map,
+    write_nifti_mask,
+)
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
 from medxai.io.writers.report import label_statistics, to_plain, write_report_json
 
 __all__ = [
     "write_nifti_labels",
     "write_nifti_map",
+    "write_nifti_mask",
     "sidecar_path",
     "write_dicom_seg",
     "segment_codes",

@@ -26,7 +26,7 @@ from medxai.io.writers._common import (
     normalise_labels,
 )
 
-__all__ = ["write_nifti_labels", "write_nifti_map", "sidecar_path"]
+__all__ = ["write_nifti_labels", "write_nifti_mask", "write_nifti_map", "sidecar_path"]
 
 _SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT
 
@@ -129,6 +129,29 @@ def write_nifti_labels(
     _save(img, path)
     write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def write_nifti_mask(
+    labels: Any, value: int, affine: Any, path: str | Path, *, name: str | None = None
+) -> Path:
+    """Write the mask of one label, ``labels == value``, as a uint8 0/1 NIfTI file (no sidecar).
+
+    One file per label (``--split-labels``) is what TotalSegmentator users expect; the grid and
+    affine are those of ``labels`` (the input's).
+
+    Raises:
+        InputError: wrong shape, values or affine; a path without a NIfTI extension.
+    """
+    path = _check_path(path)
+    arr = as_label_array(labels)
+    aff = _check_affine(affine)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    mask = np.ascontiguousarray(arr == int(value), dtype=np.uint8)
+    what = f"{name} (label {int(value)})" if name else f"label {int(value)}"
+    img = _make_image(mask, aff, "label", f"{SOFTWARE_NAME} {SOFTWARE_VERSION} mask {what}")
+    img.set_data_dtype(np.uint8)
+    return _save(img, path)
 
 
 def write_nifti_map(
