@@ -254,3 +254,66 @@ def test_label_colour_tables_live_in_the_palette_module():
             ):
                 tables.append(f"{rel}:{node.lineno}")
     assert not tables, "RGB tables outside medxai/palette.py:\n" + "\n".join(tables)
+
+
+def _function_sizes():
+    """scripts/function_sizes.py, loaded by path (scripts/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "function_sizes.py"
+    spec = importlib.util.spec_from_file_location("function_sizes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["function_sizes"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+_SPLITTING = pytest.mark.xfail(strict=False, reason="being split in the same session")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "medxai/training/trainer.py",
+        "medxai/batch/runner.py",
+        "medxai/batch/schedule.py",
+        "medxai/batch/manifest.py",
+        "medxai/node/node.py",
+        "medxai/node/store.py",
+        "medxai/node/sender.py",
+        pytest.param("medxai/io/writers/dicom_seg.py", marks=_SPLITTING),
+        pytest.param("medxai/io/writers/dicom_sc.py", marks=_SPLITTING),
+    ],
+)
+def test_risky_modules_have_short_shallow_functions(module):
+    sizes = _function_sizes()
+    root = Path(__file__).resolve().parents[1]
+    over = [str(s) for s in sizes.measure_file(root / module, module) if s.over(60, 3)]
+    assert not over, "split these into named steps (scripts/function_sizes.py):\n" + "\n".join(
+        over
+    )
+
+
+def test_function_sizes_measures_length_and_depth(tmp_path):
+    sizes = _function_sizes()
+    src = tmp_path / "m.py"
+    src.write_text(
+        "def f(x):\n"  # 1
+        "    for i in x:\n"  # depth 1
+        "        if i:\n"  # 2
+        "            with open(i) as fh:\n"  # 3
+        "                try:\n"  # 4
+        "                    pass\n"
+        "                except OSError:\n"
+        "                    pass\n"
+        "    if x:\n"
+        "        pass\n"
+        "    elif not x:\n"  # an elif is as deep as its if
+        "        pass\n"
+        "    def g():\n"  # measured on its own, not as depth of f
+        "        if x:\n"
+        "            pass\n"
+        "    return g\n"
+    )
+    got = {s.name: (s.lines, s.depth) for s in sizes.measure_file(src)}
+    assert got == {"f": (16, 4), "f.g": (3, 1)}

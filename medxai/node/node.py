@@ -349,31 +349,11 @@ class DicomNode:
 
     def _on_store(self, event: Any) -> Any:
         """Check, store durably, record; then (and only then) success."""
-        c = self.config
-        calling = _calling(event)
         if self._stop.is_set():
             return self._refuse(event, STATUS["out_of_resources"], "the node is stopping")
-        try:
-            raw = event.request.DataSet
-            size = raw.getbuffer().nbytes if isinstance(raw, io.BytesIO) else None
-        except Exception:  # noqa: BLE001
-            size = None
-        if size is not None and size > c.max_instance_bytes:
-            return self._refuse(
-                event,
-                STATUS["out_of_resources"],
-                f"instance of {size} bytes is larger than the limit ({c.max_instance_bytes} bytes)",
-            )
-        try:
-            free = self.store.free_bytes()
-        except OSError:
-            free = None
-        if free is not None and free - (size or 0) < c.min_free_bytes:
-            return self._refuse(
-                event,
-                STATUS["out_of_resources"],
-                f"only {free} bytes free in the WORKDIR (minimum {c.min_free_bytes})",
-            )
+        refusal = self._refuse_for_space(event)
+        if refusal is not None:
+            return refusal
         try:
             ds = event.dataset
             sop = str(ds.get("SOPInstanceUID", "") or "").strip()
@@ -397,8 +377,42 @@ class DicomNode:
         if self.store.has_instance(sop):
             # the same instance again (a resend): already durable; never rewrite it, so
             # processed results stay valid
-            self.emit("duplicate", calling_ae=calling, sop_instance_uid=sop)
+            self.emit("duplicate", calling_ae=_calling(event), sop_instance_uid=sop)
             return 0x0000
+        return self._store_instance(event, data, sop, study, series, sop_class)
+
+    def _refuse_for_space(self, event: Any) -> Any:
+        """The refusal of an instance over the size limit or of one the disk has no room for
+        (keeping the minimum free), else None."""
+        c = self.config
+        try:
+            raw = event.request.DataSet
+            size = raw.getbuffer().nbytes if isinstance(raw, io.BytesIO) else None
+        except Exception:  # noqa: BLE001
+            size = None
+        if size is not None and size > c.max_instance_bytes:
+            return self._refuse(
+                event,
+                STATUS["out_of_resources"],
+                f"instance of {size} bytes is larger than the limit ({c.max_instance_bytes} bytes)",
+            )
+        try:
+            free = self.store.free_bytes()
+        except OSError:
+            free = None
+        if free is not None and free - (size or 0) < c.min_free_bytes:
+            return self._refuse(
+                event,
+                STATUS["out_of_resources"],
+                f"only {free} bytes free in the WORKDIR (minimum {c.min_free_bytes})",
+            )
+        return None
+
+    def _store_instance(
+        self, event: Any, data: bytes, sop: str, study: str, series: str, sop_class: str
+    ) -> Any:
+        """Write a new instance durably and record it; success, or the refusal."""
+        calling = _calling(event)
         skey = study_key(study)
         dest = self.store.study_dir(skey) / "instances" / f"{instance_key(sop)}.dcm"
         try:
@@ -453,61 +467,21 @@ class DicomNode:
                 self._busy_study = None
 
     def _process_study(self, row: dict[str, Any]) -> None:
-        from medxai.batch import Manifest, run_batch
-        from medxai.errors import MedxaiError
-
+        """Run the batch over one complete study, queue its DICOM results to send, record it."""
         key = row["key"]
         folder = self.store.study_dir(key)
         started = time.time()
         self.emit("processing", study=key, instances=row["n_instances"])
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                summary = run_batch(
-                    folder / "instances",
-                    folder / "results",
-                    model=self._bundle,
-                    options=self.options,
-                    workers=1,
-                    scan_workers=1,
-                )
-        except MedxaiError as exc:
-            state = self.store.finish_study(
-                key, "failed", reason=str(exc), summary={}, started_at=started
-            )
-            self.emit("study_failed", study=key, reason=str(exc), state=state)
+        summary = self._run_study(key, folder, started)
+        if summary is None:
             return
-        except Exception as exc:
-            failure = f"internal error: {type(exc).__name__}: {exc}"
-            log.exception("processing study %s failed", key)
-            state = self.store.finish_study(
-                key, "failed", reason=failure, summary={}, started_at=started
-            )
-            self.emit("study_failed", study=key, reason=failure, state=state)
-            return
-        results: list[tuple[Path, str, str]] = []
-        out = folder / "results"
-        with Manifest(out / "manifest.sqlite") as man:
-            for s in man.series("done"):
-                for name in s.get("outputs") or []:
-                    p = out / s["output_name"] / name
-                    if p.suffix.lower() == ".dcm" and p.is_file():
-                        meta = _file_uids(p)
-                        if meta is not None:
-                            results.append((p, meta[1], meta[0]))
+        results = _dicom_results(folder / "results")
         queued = 0
         if self.dest is not None and results:
             queued = self.store.enqueue(key, results, self.dest.key)
             self._wake_sender.set()
         series = summary.series
-        reason: str | None = None
-        if not series.get("done"):
-            reasons = list(summary.skipped_reasons) + [str(f.get("reason")) for f in summary.failed]
-            reason = (
-                ("no series fits the model: " + "; ".join(reasons[:3]))
-                if reasons and not series.get("failed")
-                else ("; ".join(reasons[:3]) or "no image to process")
-            )
+        reason = _study_reason(summary)
         info = {
             "series": {k: v for k, v in series.items() if v},
             "results": len(results),
@@ -525,6 +499,38 @@ class DicomNode:
             reason=reason,
             **info,
         )
+
+    def _run_study(self, key: str, folder: Path, started: float) -> Any:
+        """The batch summary of a study's instances, or None when the run failed (recorded)."""
+        from medxai.batch import run_batch
+        from medxai.errors import MedxaiError
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                summary = run_batch(
+                    folder / "instances",
+                    folder / "results",
+                    model=self._bundle,
+                    options=self.options,
+                    workers=1,
+                    scan_workers=1,
+                )
+        except MedxaiError as exc:
+            state = self.store.finish_study(
+                key, "failed", reason=str(exc), summary={}, started_at=started
+            )
+            self.emit("study_failed", study=key, reason=str(exc), state=state)
+            return None
+        except Exception as exc:
+            failure = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("processing study %s failed", key)
+            state = self.store.finish_study(
+                key, "failed", reason=failure, summary={}, started_at=started
+            )
+            self.emit("study_failed", study=key, reason=failure, state=state)
+            return None
+        return summary
 
     # -- sending ------------------------------------------------------------------------------
     def _send_loop(self) -> None:
@@ -584,6 +590,12 @@ class DicomNode:
                 [r["id"] for r in paths.values()], str(exc), base_s=0, max_s=0, max_attempts=1
             )
             return
+        self._record_outcome(dest, paths, outcome, c)
+
+    def _record_outcome(
+        self, dest: Destination, paths: dict[str, dict[str, Any]], outcome: Any, c: NodeConfig
+    ) -> None:
+        """Mark what was sent, schedule retries for what was refused or not sent."""
         if outcome.sent:
             self.store.mark_sent([paths[p]["id"] for p in outcome.sent])
             self.emit(
@@ -675,6 +687,35 @@ def _check_instance(path: Path) -> str | None:
     if info.failed or info.kind == "corrupt":
         return str(info.reason)
     return None
+
+
+def _dicom_results(out: Path) -> list[tuple[Path, str, str]]:
+    """(path, SOP Instance UID, SOP Class UID) of every DICOM file the batch in ``out`` wrote
+    for the series it did."""
+    from medxai.batch import Manifest
+
+    with Manifest(out / "manifest.sqlite") as man:
+        written = [
+            out / s["output_name"] / name
+            for s in man.series("done")
+            for name in s.get("outputs") or []
+        ]
+    results: list[tuple[Path, str, str]] = []
+    for p in written:
+        meta = _file_uids(p) if p.suffix.lower() == ".dcm" and p.is_file() else None
+        if meta is not None:
+            results.append((p, meta[1], meta[0]))
+    return results
+
+
+def _study_reason(summary: Any) -> str | None:
+    """Why a study's batch did no series (None when it did some)."""
+    if summary.series.get("done"):
+        return None
+    reasons = list(summary.skipped_reasons) + [str(f.get("reason")) for f in summary.failed]
+    if reasons and not summary.series.get("failed"):
+        return "no series fits the model: " + "; ".join(reasons[:3])
+    return "; ".join(reasons[:3]) or "no image to process"
 
 
 def _abstract_syntaxes(contexts: Sequence[Any]) -> list[str]:

@@ -184,9 +184,8 @@ def _read_meta(path: str) -> tuple[str, str, str]:
         ) from exc
 
 
-def _send_dimse(
-    files: list[str], dest: Destination, calling_ae: str, tls: TlsConfig | None, timeout_s: float
-) -> SendOutcome:
+def _client_ae(files: list[str], calling_ae: str, timeout_s: float) -> Any:
+    """A pynetdicom AE that requests a context per SOP class of ``files`` (at most 126)."""
     from pynetdicom import AE
 
     metas = {f: _read_meta(f) for f in files}
@@ -200,6 +199,13 @@ def _send_dimse(
     for cls, tss in list(wanted.items())[:126]:
         # the file's own syntax, and explicit VR little endian as a fallback
         ae.add_requested_context(cls, sorted(tss | {"1.2.840.10008.1.2.1"}))
+    return ae
+
+
+def _send_dimse(
+    files: list[str], dest: Destination, calling_ae: str, tls: TlsConfig | None, timeout_s: float
+) -> SendOutcome:
+    ae = _client_ae(files, calling_ae, timeout_s)
     out = SendOutcome()
     tls_args = (tls.client_context(), dest.host) if tls is not None and tls.enabled else None
     try:

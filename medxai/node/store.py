@@ -201,26 +201,30 @@ class NodeStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed row survives a power cut, not only a process kill
             self.conn.execute("PRAGMA synchronous=FULL")
-            with self.transaction() as c:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                row = c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    c.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) > SCHEMA_VERSION:
-                    raise InputError(
-                        f"node database schema {row[0]} is newer than this medxai "
-                        f"understands ({SCHEMA_VERSION})",
-                        path=path,
-                        hint="upgrade medxai, or use a new WORKDIR",
-                    )
+            self._create_schema(path)
         except sqlite3.DatabaseError as exc:
             raise InputError(
                 f"is not a usable medxai node database ({exc})",
                 path=path,
                 hint="use a new WORKDIR (-o)",
             ) from exc
+
+    def _create_schema(self, path: Path) -> None:
+        """Create the tables (if missing) and record the schema version; refuse a newer one."""
+        with self.transaction() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            row = c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise InputError(
+                    f"node database schema {row[0]} is newer than this medxai "
+                    f"understands ({SCHEMA_VERSION})",
+                    path=path,
+                    hint="upgrade medxai, or use a new WORKDIR",
+                )
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
