@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from medxai.cli.commands.batch import batch_cmd
+from medxai.cli.commands.channels import channels_cmd
 from medxai.cli.commands.evaluate import evaluate_cmd
 from medxai.cli.commands.explain import explain_cmd
 from medxai.cli.commands.info import info_cmd
@@ -32,4 +33,5 @@ COMMANDS: tuple[click.Command, ...] = (
     batch_cmd,
     listen_cmd,
     send_cmd,
+    channels_cmd,
 )
