@@ -21,7 +21,15 @@ from pathlib import Path
 
 from medxai.errors import CorruptInputError, InputError, UnsupportedInputError
 
-__all__ = ["FORMS", "PICTURE_MAGIC", "sniff_form", "sniff_file", "FolderContents", "sniff_folder"]
+__all__ = [
+    "FORMS",
+    "PICTURE_MAGIC",
+    "sniff_form",
+    "sniff_file",
+    "FolderContents",
+    "sniff_folder",
+    "foreign_file_error",
+]
 
 #: Forms :func:`sniff_form` can report.
 FORMS = ("picture", "dicom", "dicomdir", "dicom-folder", "picture-folder", "nifti", "itk")
@@ -175,11 +183,66 @@ def sniff_form(path: str | Path) -> str:
         return contents.form
     form = sniff_file(path)
     if form is None:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        raise UnsupportedInputError(
-            f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head!r})",
-            path=path,
-            hint=_SUPPORTED_HINT,
-        )
+        raise foreign_file_error(path)
     return form
+
+
+def _stray_bytes_before_dicom(head: bytes) -> int:
+    """How many stray bytes (1..3) precede what reads as a DICOM data set without preamble
+    (group 0x0008, element 0x0000..0x0020 with an explicit VR), else 0."""
+    for off in (1, 2, 3):
+        chunk = head[off : off + 6]
+        if len(chunk) == 6 and chunk[:2] == b"\x08\x00" and chunk[3] == 0:
+            if chunk[2] <= 0x20 and chunk[4:6].isalpha() and chunk[4:6].isupper():
+                return off
+    return 0
+
+
+def foreign_file_error(path: str | Path) -> UnsupportedInputError:
+    """The refusal of a file of no form medxai reads, naming what it is where that can be told
+    from its first bytes: a ZIP archive, gzip data that holds DICOM (or something else), a DICOM
+    data set behind stray bytes, a PDF, a text file."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return UnsupportedInputError(
+            "is a ZIP archive", path=path, hint="unpack it and give medxai the files inside"
+        )
+    if head.startswith(b"%PDF"):
+        return UnsupportedInputError("is a PDF document, not an image", path=path)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as gz:
+                inner = gz.read(132)
+        except (OSError, EOFError):
+            inner = b""
+        if len(inner) >= 132 and inner[128:132] == b"DICM":
+            return UnsupportedInputError(
+                "is a gzip-compressed DICOM file",
+                path=path,
+                hint=f"decompress it first (gunzip -c {path.name} > {path.stem or 'image'}.dcm)",
+            )
+        return UnsupportedInputError(
+            f"is gzip-compressed but holds no NIfTI image (it starts with {inner[:8]!r})",
+            path=path,
+            hint="decompress it and look at what it holds; " + _SUPPORTED_HINT,
+        )
+    off = _stray_bytes_before_dicom(head)
+    if off:
+        return UnsupportedInputError(
+            f"looks like a DICOM data set without preamble behind {off} stray byte(s) "
+            f"({head[:off]!r}), which pydicom cannot parse",
+            path=path,
+            hint=f"the file is damaged; remove the stray byte(s) (tail -c +{off + 1} "
+            f"{path.name} > fixed.dcm) and give medxai the result",
+        )
+    text = head.lstrip()[:1] in (b"{", b"[", b"<", b"#") or (
+        bool(head) and all(32 <= c < 127 or c in (9, 10, 13) for c in head[:256])
+    )
+    what = "a text file" if text else "a file of unknown form"
+    return UnsupportedInputError(
+        f"is {what}, not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head[:8]!r})",
+        path=path,
+        hint=_SUPPORTED_HINT,
+    )

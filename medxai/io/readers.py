@@ -25,7 +25,7 @@ from medxai.errors import (
     UnsupportedInputError,
 )
 from medxai.io import dicom as dcm
-from medxai.io.detect import sniff_file
+from medxai.io.detect import foreign_file_error, sniff_file
 from medxai.io.dicom.derived import describe_derived, what_to_give_instead
 from medxai.io.dicom.display import (
     display_image,
@@ -66,15 +66,7 @@ def detect_form(path: str | Path) -> str:
     form = sniff_file(path)  # the one content check (medxai.io.detect, torch-free)
     if form is not None:
         return form
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:2] == b"\x1f\x8b":
-        raise UnsupportedInputError("is gzip-compressed but holds no NIfTI image", path=path)
-    raise UnsupportedInputError(
-        f"is not a picture, DICOM, NIfTI, NRRD or MHA file (starts with {head[:8]!r})",
-        path=path,
-        hint="medxai reads JPEG/PNG/TIFF/BMP, DICOM, NIfTI (.nii/.nii.gz), NRRD, MHA/MHD",
-    )
+    raise foreign_file_error(path)  # what it is, where its first bytes tell
 
 
 def read_image(path: str | Path) -> MetaTensor:
@@ -410,11 +402,22 @@ def _load_dicom_file(
     path: Path, display: bool | None = None, volume: int | None = None
 ) -> LoadedImage:
     ds = dcm.read_header(path)
-    sop = str(ds.get("SOPClassUID", ""))
+    meta_sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    sop = str(ds.get("SOPClassUID", "") or "") or meta_sop  # DICOMDIRs have it in the meta only
     if sop == "1.2.840.10008.1.3.10":
+        listed = dcm.dicomdir_files(path)
+        if not listed:
+            n = _dicomdir_records(ds)
+            raise SeriesError(
+                f"is a DICOMDIR listing {n} file(s), none of which is under {path.parent}"
+                if n
+                else "is a DICOMDIR that lists no files",
+                path=path,
+                hint="copy the whole medium: the DICOMDIR together with the folders it lists",
+            )
         return _load_dicom_folder(
             path.parent,
-            dcm.dicomdir_files(path),
+            listed,
             "dicomdir",
             shown=path,
             display=display,
@@ -428,11 +431,7 @@ def _load_dicom_file(
             hint=what_to_give_instead(ds),
         )
     if "PixelData" not in ds:
-        raise UnsupportedInputError(
-            f"is DICOM ({ds.get('Modality', 'unknown modality')}) but holds no pixel data",
-            path=path,
-            hint="give medxai an image object",
-        )
+        raise _no_pixel_data(ds, path, sop)
     if "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return _load_siemens_mosaic(ds, path)
     as_displayed = is_display_candidate(ds) if display is None else bool(display)
@@ -510,6 +509,38 @@ def _load_dicom_file(
             meta["patient_plane_spacing"] = list(xray.patient_plane_spacing)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path], frame_numbers=frame_numbers)
     return _make(arr, lps_to_ras_affine(affine_lps), path, form, meta, source)
+
+
+def _dicomdir_records(ds: Any) -> int:
+    return sum(1 for r in ds.get("DirectoryRecordSequence") or [] if r.get("ReferencedFileID"))
+
+
+def _no_pixel_data(ds: Any, path: Path, sop: str) -> UnsupportedInputError:
+    """The refusal of a DICOM file without Pixel Data, naming what it is: an empty or unreadable
+    data set, a header-only image object, or an object that holds no image."""
+    from pydicom.uid import UID
+
+    name = UID(sop).name if sop else ""
+    what = f"a DICOM {name} object" if name and name != sop else "DICOM"
+    modality = str(ds.get("Modality", "") or "") or "unknown modality"
+    if len(ds) == 0:
+        return UnsupportedInputError(
+            f"is DICOM ({name or 'no SOP class'} in its file meta) but its data set holds no "
+            f"element pydicom can read ({path.stat().st_size} bytes)",
+            path=path,
+            hint="the file is damaged or cut short; export it again from the source",
+        )
+    if "Image Storage" in name:
+        return UnsupportedInputError(
+            f"is {what} ({modality}) but holds no pixel data: a header without its image",
+            path=path,
+            hint="the pixel data was removed or never written; export the complete image",
+        )
+    return UnsupportedInputError(
+        f"is {what} ({modality}) but holds no pixel data",
+        path=path,
+        hint="it holds no image; give medxai an image object (CT, MR, CR/DX, US, a picture, ...)",
+    )
 
 
 def _derived_summary(ds: Any) -> str:

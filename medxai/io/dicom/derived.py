@@ -185,6 +185,16 @@ def what_to_give_instead(ds: Dataset) -> str:
         )
     if kind == "SR":
         return f"an SR holds measurements, not pixels; give the image series it reports on{series}"
+    if kind == "RTDOSE":
+        return (
+            "an RT Dose holds a dose grid computed by a treatment planning system, not an image "
+            f"to segment; give the image series the plan was made on{series}"
+        )
+    if kind == "RTPLAN":
+        return (
+            "an RT Plan holds treatment beams and doses, no pixels; give the image series the "
+            f"plan was made on{series}"
+        )
     return f"give medxai the image series this object refers to{series}"
 
 
