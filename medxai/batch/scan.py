@@ -527,9 +527,8 @@ def group_stacks(files: Sequence[FileInfo]) -> list[Stack]:
     by_series: dict[tuple[str, str], list[FileInfo]] = defaultdict(list)
     for fi in files:
         if fi.kind == "image" and fi.header is not None:
-            h = fi.header
-            series = h["series_instance_uid"] or f"no-series-uid:{fi.path}"
-            by_series[(h["study_instance_uid"], series)].append(fi)
+            series = fi.header["series_instance_uid"] or f"no-series-uid:{fi.path}"
+            by_series[(fi.header["study_instance_uid"], series)].append(fi)
     stacks: list[Stack] = []
     for (study, series), items in by_series.items():
         volume_groups: dict[tuple[Any, ...], list[FileInfo]] = defaultdict(list)

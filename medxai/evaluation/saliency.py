@@ -199,7 +199,7 @@ def _image_rows(
     prob = question.probability(logits)
     rows = {}
     for m in methods:
-        options = {"layer": layer} if layer and m in CAM_METHODS else {}
+        options: dict[str, Any] = {"layer": layer} if layer and m in CAM_METHODS else {}
         t = time.perf_counter()
         sal = explain(net, x, method=m, target=question, **options)
         secs = time.perf_counter() - t

@@ -58,7 +58,7 @@ def stack_channels(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]
             affine, first_affine, atol=AFFINE_TOLERANCE_MM
         ):
             raise InputError(
-                f"is not on the grid of {paths[0].name}: {shape} voxels with affine "
+                f"is not on the grid of {Path(paths[0]).name}: {shape} voxels with affine "
                 f"{np.round(affine, 3).tolist()}, there {first_shape} with "
                 f"{np.round(first_affine, 3).tolist()}",
                 path=path,

@@ -189,10 +189,10 @@ def monai_inference_config(view: Mapping[str, Any]) -> dict[str, Any]:
     interpolation) and argmax.
     """
     view = medxai_view(view)
-    inp = view.get("input") or {}
-    pre = view.get("preprocessing") or {}
-    inf = view.get("inference") or {}
-    net = dict(view.get("network_def") or {})
+    inp: dict[str, Any] = view.get("input") or {}
+    pre: dict[str, Any] = view.get("preprocessing") or {}
+    inf: dict[str, Any] = view.get("inference") or {}
+    net: dict[str, Any] = dict(view.get("network_def") or {})
     dims = int(inp.get("spatial_dims", net.get("spatial_dims", 2)))
     mode = str(inf.get("mode", "whole_image"))
     transforms: list[dict[str, Any]] = [
@@ -274,16 +274,16 @@ def monai_metadata(view: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict
     as they are."""
     view = medxai_view(view)
     out = copy.deepcopy(dict(metadata))
-    inp = view.get("input") or {}
-    net = view.get("network_def") or {}
-    pre = view.get("preprocessing") or {}
-    inf = view.get("inference") or {}
+    inp: dict[str, Any] = view.get("input") or {}
+    net: dict[str, Any] = view.get("network_def") or {}
+    pre: dict[str, Any] = view.get("preprocessing") or {}
+    inf: dict[str, Any] = view.get("inference") or {}
     dims = int(inp.get("spatial_dims", net.get("spatial_dims", 2)))
     channels = int(inp.get("channels", net.get("in_channels", 1)))
     labels = sorted(view.get("labels") or [], key=lambda lab: int(lab["value"]))
     n_out = int(net.get("out_channels", len(labels) or 2))
     names = {int(lab["value"]): str(lab.get("name", f"label {lab['value']}")) for lab in labels}
-    shape = (
+    shape: list[int | str] = (
         [int(v) for v in pre["spatial_size"]]
         if inf.get("mode", "whole_image") == "whole_image" and pre.get("spatial_size")
         else [int(v) for v in inf.get("roi_size") or []] or ["*"] * dims

@@ -312,7 +312,8 @@ def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
 def _labels(
     config: dict[str, Any], metadata: dict[str, Any], out_channels: int | None, path: Path
 ) -> tuple[LabelSpec, ...]:
-    extra = config.get("medxai") if isinstance(config.get("medxai"), dict) else {}
+    given = config.get("medxai")
+    extra: dict[str, Any] = given if isinstance(given, dict) else {}
     if extra.get("labels"):
         try:
             return tuple(
@@ -320,7 +321,7 @@ def _labels(
                     int(lab["value"]),
                     str(lab["name"]),
                     tuple(lab["color"]) if lab.get("color") else None,
-                )  # type: ignore[arg-type]
+                )
                 for lab in extra["labels"]
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -358,7 +359,9 @@ class MonaiBundle(ModelBundle):
         scripted: the network is TorchScript (``models/model.ts``).
     """
 
-    contract: ModelContract | None = None
+    # always given by load_monai_bundle; None only as the dataclass default (fields after
+    # ModelBundle's defaulted ones need one), shadowing the base class's computed property
+    contract: ModelContract | None = None  # type: ignore[assignment]
     monai_config: dict[str, Any] = field(default_factory=dict)
     pre: Any = None
     inferer: Any = None
@@ -452,7 +455,7 @@ class MonaiBundle(ModelBundle):
                     path=self.path,
                     hint=_package_hint(missing),
                 ) from exc
-            cause = exc
+            cause: BaseException = exc
             while cause.__cause__ is not None:
                 cause = cause.__cause__
             raise ModelError(
@@ -518,13 +521,14 @@ class MonaiBundle(ModelBundle):
         batch = list_data_collate([data])
         x = batch[self.image_key].to(device)
         inferer = copy.copy(self.inferer)
-        for attr, value in (
-            ("roi_size", roi_size),
-            ("overlap", overlap),
-            ("sw_batch_size", sw_batch_size),
-        ):
+        settings = {
+            "roi_size": list(roi_size) if roi_size is not None else None,
+            "overlap": overlap,
+            "sw_batch_size": sw_batch_size,
+        }
+        for attr, value in settings.items():
             if value is not None and hasattr(inferer, attr):
-                setattr(inferer, attr, list(value) if attr == "roi_size" else value)
+                setattr(inferer, attr, value)
         net = self.network
         was_training = net.training
         amp = (

@@ -39,7 +39,9 @@ def channels_cmd(files: tuple[str, ...], output: str, model: str | None) -> None
     The files must share one grid (voxel shape and affine); nothing is resampled."""
     from medxai.io.channels import write_channel_stack
 
-    expected, names, name = None, (), ""
+    expected: int | None = None
+    names: tuple[str, ...] = ()
+    name = ""
     if model:
         from medxai.models.registry import load_model
 
