@@ -231,6 +231,8 @@ def _load_nifti(path: Path) -> LoadedImage:
 
     try:
         img = nib.load(str(path))
+        # detect_form found a NIfTI header: nibabel gives a NIfTI-1/2 image or pair
+        assert isinstance(img, nib.Nifti1Pair)
         arr = np.asanyarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError) as exc:
         raise CorruptInputError(
@@ -481,7 +483,7 @@ def _load_dicom_file(
         slopes, inters = zip(*(dcm._rescale(ds, i if nframes > 1 else None) for i in order))
         affine_lps = stack.affine_lps
         warnings = stack.warnings
-        volume, has_geom = True, True
+        is_volume, has_geom = True, True
     else:
         if nframes > 1 and frame_numbers is not None:
             warnings.append("no patient geometry: frames kept in stored order, 1 unit apart")
@@ -489,9 +491,9 @@ def _load_dicom_file(
             *(dcm._rescale(ds, i if nframes > 1 else None) for i in range(nframes))
         )
         affine_lps = dcm.lps_identity(spacing)
-        volume, has_geom = nframes > 1, False
+        is_volume, has_geom = nframes > 1, False
     values = frames if as_displayed else dcm.apply_modality_lut(frames, slopes, inters)
-    arr = _frames_to_array(values, volume)
+    arr = _frames_to_array(values, is_volume)
     form = "dicom-multiframe" if nframes > 1 else "dicom"
     if xray is None and not has_geom and as_displayed:
         warnings.append("no usable Pixel Spacing or Imager Pixel Spacing: sizes are in pixels")
@@ -602,9 +604,9 @@ def _load_siemens_mosaic(ds: Any, path: Path) -> LoadedImage:
         arr = dcm._shrink_int(arr.astype(np.int64))
     else:
         arr = arr.astype(np.float32)
-    warnings: list[str] = []
-    _repair_identity([ds], warnings)
-    meta = _dicom_meta(ds, "dicom-mosaic", 1, True, warnings)
+    notes: list[str] = []
+    _repair_identity([ds], notes)
+    meta = _dicom_meta(ds, "dicom-mosaic", 1, True, notes)
     source = DicomSource(datasets=[_strip_pixels(ds)], paths=[path])
     return _make(arr, lps_to_ras_affine(affine_lps), path, "dicom-mosaic", meta, source)
 
