@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from medxai.choices import DEVICE_CHOICES, TTA_CHOICES
@@ -29,6 +28,10 @@ __all__ = [
     "check_input_fits",
 ]
 
+
+#: ``each_view(i, prob)``: sees the ``(K, *spatial)`` probabilities of one test-time
+#: augmentation view of image ``i`` on its own grid.
+EachView = Callable[[int, torch.Tensor], None]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -178,9 +181,7 @@ def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torc
 
 
 def model_input_shape(
-    spatial: Sequence[int],
-    spacing: Sequence[float] | np.ndarray,
-    target_spacing: Sequence[float] | None,
+    spatial: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float] | None
 ) -> tuple[int, ...]:
     """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
     if not target_spacing:
@@ -190,13 +191,21 @@ def model_input_shape(
     )
 
 
-def _forward_tta(net: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+def _forward_tta(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    mode: str,
+    each: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Softmax of ``net(x)`` averaged over the test-time augmentation views of ``mode``
-    (see :func:`_tta_views`); ``x`` is ``(N, C, *spatial)``."""
+    (see :func:`_tta_views`); ``x`` is ``(N, C, *spatial)``. ``each`` sees every view's
+    softmax, brought back to ``x``'s orientation."""
     total = None
     views = _tta_views(x.ndim - 2, mode)
     for view in views:
         prob = _unview(torch.softmax(net(_view(x, *view)).float(), dim=1), *view)
+        if each is not None:
+            each(prob)
         total = prob if total is None else total + prob
     assert total is not None
     return total / len(views)
@@ -291,14 +300,19 @@ def network_on(net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.
 
 
 def whole_image_probabilities(
-    bundle: Any, images: Sequence[torch.Tensor], device: torch.device, tta: str
+    bundle: Any,
+    images: Sequence[torch.Tensor],
+    device: torch.device,
+    tta: str,
+    each_view: EachView | None = None,
 ) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
     The images go through the network together (one batch per input size), with the ``tta``
     views; with the bundle's ``tta_sizes`` (multi-scale TTA) each size's probabilities are
     brought back to the image's grid and averaged there. The network must already be in eval
-    mode on ``device`` (:func:`network_on`).
+    mode on ``device`` (:func:`network_on`). ``each_view(i, prob)``, when given, sees every
+    view (every size and augmentation) of image ``i`` on its grid (the uncertainty samples).
     """
     net = bundle.network
     passes = []  # per input size: (probabilities (N, K, ...), undo states)
@@ -306,9 +320,15 @@ def whole_image_probabilities(
         for size in tta_sizes(bundle, tta):
             prepared = [prepare_input(bundle, img, size) for img in images]
             x = torch.cat([p[0] for p in prepared])
-            passes.append(
-                (_forward_tta(net, x.to(device), tta).float().cpu(), [p[1] for p in prepared])
-            )
+            states = [p[1] for p in prepared]
+            hook = None
+            if each_view is not None:
+
+                def hook(prob: torch.Tensor, states: list[dict[str, Any]] = states) -> None:
+                    for i, state in enumerate(states):
+                        each_view(i, restore_output(prob[i].float().cpu(), state))
+
+            passes.append((_forward_tta(net, x.to(device), tta, hook).float().cpu(), states))
     out = []
     for i in range(len(images)):
         prob = restore_output(passes[0][0][i], passes[0][1][i])
@@ -343,6 +363,7 @@ def predict(
     sw_batch_size: int | None = None,
     tta: str | None = None,
     source: str | None = None,
+    each_view: EachView | None = None,
 ) -> Prediction:
     """Segment ``image`` (``(C, I, J[, K])`` from :func:`medxai.read_image`) with ``bundle``.
 
@@ -353,6 +374,8 @@ def predict(
     roi size, overlap, batch size and test-time augmentation (``tta``: ``none``, ``flips`` or
     ``dihedral``, whole-image mode) are used unless given here. The label map gets the bundle's
     ``postprocessing`` (:mod:`medxai.postprocess`); the probabilities are the network's.
+    ``each_view(0, prob)`` sees each test-time augmentation view on the input grid
+    (whole-image models; :mod:`medxai.uncertainty`).
 
     Returns:
         a :class:`Prediction` on the input's grid (same spatial shape and affine).
@@ -368,7 +391,9 @@ def predict(
             source=source,
         )
     if bundle.contract.inference.mode == "whole_image":
-        return predict_batch(bundle, [image], device=device, tta=tta, sources=[source])[0]
+        return predict_batch(
+            bundle, [image], device=device, tta=tta, sources=[source], each_view=each_view
+        )[0]
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
     tta_mode(bundle.inference, tta)  # an unknown name is refused here too
@@ -408,8 +433,6 @@ def _predict_sliding_window(
             device=torch.device("cpu"),
             progress=False,
         )
-    # a segmentation network has one output head: MONAI gives back a tensor
-    assert isinstance(logits, torch.Tensor)
     prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
@@ -429,6 +452,7 @@ def predict_batch(
     device: str | torch.device = "auto",
     tta: str | None = None,
     sources: Sequence[str | None] | None = None,
+    each_view: EachView | None = None,
 ) -> list[Prediction]:
     """:func:`predict` for several images of a whole-image model, in one forward pass per
     test-time augmentation view (and per ``tta_sizes`` size); :func:`predict` itself goes
@@ -436,7 +460,8 @@ def predict_batch(
 
     Each image is prepared on its own (intensity, resize to the model's ``spatial_size``), the
     batch ``(N, C, *spatial)`` goes through the network, and each result is brought back onto its
-    own image's grid; ``seconds`` is the batch's time shared equally.
+    own image's grid; ``seconds`` is the batch's time shared equally. ``each_view(i, prob)``
+    sees every test-time augmentation view of image ``i`` on its grid.
 
     Raises:
         ModelError: the bundle is not a whole-image model (sliding-window models take one
@@ -456,7 +481,7 @@ def predict_batch(
     mode = tta_mode(bundle.inference, tta)
     t0 = time.perf_counter()
     with network_on(bundle.network, dev):
-        probs = whole_image_probabilities(bundle, images, dev, mode)
+        probs = whole_image_probabilities(bundle, images, dev, mode, each_view)
     out = []
     for img, prob in zip(images, probs):
         labels = labels_from_probabilities(bundle, prob)

@@ -27,6 +27,7 @@ from medxai.errors import InputError, MedxaiError, OutputExistsError
 from medxai.inference import Prediction
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
+from medxai.uncertainty import Uncertainty
 
 __all__ = [
     "ResultFolder",
@@ -101,6 +102,7 @@ def write_outputs(
     name: str,
     *,
     method: str | None = None,
+    uncertainty: Uncertainty | None = None,
     seg_type: str = "binary",
     split_labels: bool = False,
 ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
@@ -109,7 +111,9 @@ def write_outputs(
     map, ``pm_saliency_<label>.dcm``), TID 1500 SR (``sr.dcm``; it references the SEG, which is
     then written too), RT Structure Set (``rtstruct.dcm``, series with patient geometry) and
     Secondary Capture (for pictures on a placeholder study made from the picture). ``method`` is
-    the saliency method, recorded in the PM and SR.
+    the saliency method, recorded in the PM and SR. ``uncertainty``, when given, adds
+    ``uncertainty.nii.gz`` and ``uncertainty_variance.nii.gz`` (NIfTI), ``pm_uncertainty.dcm``
+    (Parametric Map of the entropy) and the quality score in the SR.
 
     ``seg_type`` is the DICOM SEG's type (``binary``, ``labelmap``, ``fractional``: the
     prediction's probabilities); ``split_labels`` adds one ``mask_<label>.nii.gz`` per
@@ -150,6 +154,8 @@ def write_outputs(
             files.append(
                 w.write_nifti_map(sal[0].numpy(), affine, tmp / f"saliency_{lab_name}.nii.gz").name
             )
+        if uncertainty is not None:
+            files += _write_uncertainty_nifti(tmp, uncertainty, affine)
         if split_labels:
             files += _write_split_masks(tmp, labels, affine, info)
         times["write_nifti"] = time.perf_counter() - t
@@ -183,7 +189,7 @@ def write_outputs(
         else:
             try:
                 files += _write_dicom_maps(
-                    tmp, loaded, bundle, labels, saliency, formats, info, method
+                    tmp, loaded, bundle, labels, saliency, formats, info, method, uncertainty
                 )
             except MedxaiError as exc:
                 skipped.append(
@@ -273,8 +279,10 @@ def _write_dicom_maps(
     formats: Sequence[str],
     info: list[dict[str, Any]],
     method: str | None,
+    uncertainty: Uncertainty | None = None,
 ) -> list[str]:
-    """Parametric Maps of the saliency maps and the TID 1500 SR (after :func:`_write_dicom`)."""
+    """Parametric Maps of the saliency maps (and of the uncertainty map) and the TID 1500 SR
+    (after :func:`_write_dicom`)."""
     from medxai.io import writers as w
 
     files: list[str] = []
@@ -299,6 +307,21 @@ def _write_dicom_maps(
                     + index,
                 ).name
             )
+    if "dicom-pm" in formats and uncertainty is not None:
+        files.append(
+            w.write_dicom_pm(
+                uncertainty.entropy[0].numpy(),
+                source,
+                tmp / "pm_uncertainty.dcm",
+                model_name=bundle.name,
+                model_version=bundle.version,
+                weights_sha256=bundle.weights_sha256,
+                method=f"{uncertainty.method}-entropy",
+                quantity="uncertainty",
+                series_number=w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
+                + len(maps),
+            ).name
+        )
     if "dicom-rtstruct" in formats:
         files.append(
             w.write_dicom_rtstruct(
@@ -326,9 +349,30 @@ def _write_dicom_maps(
                 spacing=spacing,
                 saliency=maps,
                 method=method,
+                quality_score=uncertainty.quality_score if uncertainty is not None else None,
             ).name
         )
     return files
+
+
+def _write_uncertainty_nifti(tmp: Path, uncertainty: Uncertainty, affine: np.ndarray) -> list[str]:
+    """``uncertainty.nii.gz`` (normalised entropy, 0..1) and ``uncertainty_variance.nii.gz``."""
+    from medxai.io import writers as w
+
+    return [
+        w.write_nifti_map(
+            uncertainty.entropy[0].numpy(),
+            affine,
+            tmp / "uncertainty.nii.gz",
+            description=f"uncertainty {uncertainty.method} entropy/log(K)",
+        ).name,
+        w.write_nifti_map(
+            uncertainty.variance[0].numpy(),
+            affine,
+            tmp / "uncertainty_variance.nii.gz",
+            description=f"uncertainty {uncertainty.method} variance",
+        ).name,
+    ]
 
 
 def _write_split_masks(
@@ -374,6 +418,7 @@ def write_result_folder(
     overwrite: bool = False,
     finish: Callable[[Path, ResultFolder], None] | None = None,
     method: str | None = None,
+    uncertainty: Uncertainty | None = None,
     seg_type: str = "binary",
     split_labels: bool = False,
 ) -> ResultFolder:
@@ -389,6 +434,7 @@ def write_result_folder(
             ``finish``).
         method: the saliency method that made ``saliency`` (recorded in the DICOM PM and SR).
         seg_type, split_labels: see :func:`write_outputs`.
+        uncertainty: the uncertainty map and quality score (:mod:`medxai.uncertainty`), or None.
     """
     out_root = Path(out_root)
     final = out_root / name
@@ -407,6 +453,7 @@ def write_result_folder(
             formats,
             name,
             method=method,
+            uncertainty=uncertainty,
             seg_type=seg_type,
             split_labels=split_labels,
         )

@@ -76,6 +76,10 @@ class SegmentOptions:
     #: a user region: a box ``(x0, y0, x1, y1[, z0, z1])`` in pixels (voxels) of the input's
     #: array (stops exclusive), or the path of a mask file on the input's grid.
     explain_roi: Sequence[int] | str | Path | None = None
+    #: what runs instead of a method that needs layer hooks (Grad-CAM family) on a network
+    #: without them (TorchScript): a hook-free method (``smoothgrad``, ``occlusion``, ``ig``) or
+    #: ``none``. None: ``smoothgrad`` for ``explain="auto"``; a named method is refused.
+    explain_fallback: str | None = None
     device: str = "auto"
     roi_size: Sequence[int] | None = None
     overlap: float | None = None
@@ -158,6 +162,8 @@ class ExplainSettings:
         chosen_by: ``model default`` (``--explain auto``: the bundle's ``saliency`` section) or
             ``given`` (a method named by the caller); with the reason for a fallback, if any.
         roi: the user region as given (a box or a mask file), for the report; None otherwise.
+        fallback: why the asked method was replaced (it needs layer hooks that a TorchScript
+            network lacks) and by what, naming the methods that work; ``""`` when it was not.
     """
 
     method: str
@@ -166,6 +172,7 @@ class ExplainSettings:
     options: dict[str, Any] | None = None
     chosen_by: str = "given"
     roi: Sequence[int] | str | Path | None = None
+    fallback: str = ""
 
     def describe(self) -> str:
         at = f" at {self.layer}" if self.layer else ""
@@ -179,13 +186,17 @@ def resolve_explain(bundle: Any, opts: SegmentOptions) -> ExplainSettings | None
     ``explain_roi`` override either. None when no saliency is asked for.
 
     A model whose network offers no layer hooks (TorchScript) and whose default needs them falls
-    back to ``smoothgrad`` (the report says so).
+    back to ``smoothgrad``, or to ``opts.explain_fallback`` (which also applies to a named
+    Grad-CAM-family method; ``none``: no saliency); the report's saliency section says so
+    (``fallback``, naming the methods that work).
 
     Raises:
-        ExplainError: a layer for a method that reads none, ``roi`` without a region, or a
-            region together with another named target.
+        ExplainError: a layer for a method that reads none, ``roi`` without a region, a
+            region together with another named target, or a named Grad-CAM-family method on a
+            TorchScript network without ``explain_fallback`` (the message names the methods that
+            work).
     """
-    from medxai.models.contract import HOOK_METHODS
+    from medxai.models.contract import HOOK_FREE_METHODS, HOOK_METHODS
 
     if not opts.explain:
         return None
@@ -195,13 +206,30 @@ def resolve_explain(bundle: Any, opts: SegmentOptions) -> ExplainSettings | None
         method, layer, target = spec.method, spec.layer, spec.target
         options = dict(spec.options)
         chosen = "model default"
-        if method in HOOK_METHODS and not contract.layer_hooks:
-            method, layer, options = "smoothgrad", None, {}
-            chosen = f"model default {spec.method} needs layer hooks; smoothgrad on TorchScript"
     else:
         method, layer, target, options, chosen = opts.explain, None, "segment", {}, "given"
     if opts.explain_layer:
         layer = opts.explain_layer
+    fallback = ""
+    if method in HOOK_METHODS and not contract.layer_hooks:
+        instead = opts.explain_fallback or ("smoothgrad" if opts.explain == "auto" else None)
+        if instead is None:
+            contract.check_saliency_method(method)  # raises, naming the methods that work
+        if instead not in (*HOOK_FREE_METHODS, "none"):
+            raise ExplainError(
+                f"explain fallback {instead!r} is not a method that works without layer hooks",
+                hint=f"use one of {', '.join((*HOOK_FREE_METHODS, 'none'))}",
+            )
+        fallback = (
+            f"{'the model default ' if opts.explain == 'auto' else ''}{method} needs layer hooks, "
+            f"which the TorchScript network does not offer (methods that work: "
+            f"{', '.join(contract.saliency_methods)}); "
+            + ("no saliency" if instead == "none" else f"{instead} instead")
+        )
+        if instead == "none":
+            return None
+        method, layer, options = str(instead), None, {}
+        chosen = f"{chosen}; {fallback}"
     if opts.explain_target:
         target = opts.explain_target
     if opts.explain_roi is not None:
@@ -222,7 +250,7 @@ def resolve_explain(bundle: Any, opts: SegmentOptions) -> ExplainSettings | None
             f"saliency method {method!r} reads no layer, but layer {layer!r} was given",
             hint=f"a layer applies to {', '.join(HOOK_METHODS)}",
         )
-    return ExplainSettings(method, layer, target, options, chosen, opts.explain_roi)
+    return ExplainSettings(method, layer, target, options, chosen, opts.explain_roi, fallback)
 
 
 def region_from_box(spatial: Sequence[int], box: Sequence[int]) -> torch.Tensor:
@@ -525,6 +553,7 @@ def _saliency_report(
         "target": settings.target,
         "options": dict(settings.options or {}),
         "chosen_by": settings.chosen_by,
+        **({"fallback": settings.fallback} if settings.fallback else {}),
         "region": None,
         "labels": {},
     }

@@ -109,6 +109,14 @@ def _table(summary: Any) -> str:
     "saliency section).",
 )
 @click.option(
+    "--explain-fallback",
+    default="smoothgrad",
+    show_default=True,
+    type=click.Choice(("smoothgrad", "occlusion", "ig", "none")),
+    help="What runs instead of a Grad-CAM-family method on a TorchScript network (no layer "
+    "hooks): a method that works without them, or none. The report says which ran and why.",
+)
+@click.option(
     "--format",
     "formats",
     help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
@@ -167,6 +175,7 @@ def batch_cmd(
     output: str,
     model: str | None,
     explain: str,
+    explain_fallback: str,
     formats: str | None,
     seg_type: str,
     split_labels: bool,
@@ -208,6 +217,7 @@ def batch_cmd(
     opts = SegmentOptions(
         formats=formats_list,
         explain=explain,
+        explain_fallback=explain_fallback,
         device=device,
         roi_size=roi,
         overlap=overlap,

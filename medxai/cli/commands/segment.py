@@ -204,6 +204,9 @@ def segment_cmd(
                             f"{path}{suffix and ' ' + suffix[1:]} -> {res.output_dir}  ({labels})",
                             err=False,
                         )
+                    fallback = (res.report.get("saliency") or {}).get("fallback")
+                    if fallback and not quiet:
+                        bar.message(f"warning: {path}: {fallback}")
                     for skip in res.report.get("skipped_outputs", []):
                         bar.message(
                             f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}"

@@ -1,0 +1,518 @@
+"""Where a segmentation is unsure, and how much to trust it as a whole.
+
+Two sources of samples of the class probabilities ``(K, *spatial)`` on the input grid:
+
+- ``tta``: the test-time augmentation views the prediction already runs (flips, the dihedral
+  group, ``tta_sizes``), each brought back onto the input grid: the same passes as the
+  prediction, collected through the ``each_view`` hook of :func:`medxai.inference.predict`.
+- ``mc-dropout``: N extra passes with the network's dropout layers in train mode and everything
+  else (batch norm) in eval mode (Gal and Ghahramani 2016), the identity view only, with a fixed
+  seed, so the same input gives the same map.
+
+From the samples:
+
+- the **uncertainty map**: the predictive entropy of the mean probability,
+  ``H(p) = -sum_k p_k log p_k``, divided by ``log K`` so that it lies in [0, 1] (1: every class
+  equally likely); for ``tta`` the mean is the prediction's own probabilities;
+- the **variance map**: the variance across samples of the foreground probability (for K > 2
+  the mean of the foreground classes' variances), in [0, 0.25];
+- the **quality scores** of the case (:func:`quality_scores`); the one in report.json, the SR
+  and the batch manifest is ``quality_score``, the expected (soft) Dice of the mean probability
+  against the delivered label map (:data:`QUALITY_DEFINITION`), chosen by measurement on ISIC
+  2018 val (``scripts/quality_auroc.py``, docs/uncertainty.md).
+
+Layer: above :mod:`medxai.inference` (it uses its public preparation and restoration), below
+:mod:`medxai.outputs` and the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medxai.choices import UNCERTAINTY_CHOICES
+from medxai.errors import InputError
+from medxai.inference import (
+    Prediction,
+    autocast_context,
+    labels_from_probabilities,
+    network_on,
+    predict,
+    prepare_input,
+    resolve_device,
+    restore_output,
+    tta_mode,
+)
+
+__all__ = [
+    "UNCERTAINTY_CHOICES",
+    "QUALITY_DEFINITION",
+    "DEFAULT_MC_SAMPLES",
+    "SampleAccumulator",
+    "Uncertainty",
+    "uncertainty_method",
+    "dropout_layers",
+    "mc_dropout_samples",
+    "normalised_entropy",
+    "quality_scores",
+    "summarise",
+    "estimate",
+    "tta_accumulator",
+    "border_band",
+]
+
+#: Half-width (pixels/voxels of the input grid) of the band around the predicted border
+#: (``border_uncertainty``; on ISIC val wider bands ranked bad cases better, none as well as
+#: ``expected_dice``: docs/uncertainty.md).
+BORDER_WIDTH = 1.0
+#: Monte-Carlo dropout passes when not given (``--mc-samples``).
+DEFAULT_MC_SAMPLES = 8
+
+#: What ``quality_score`` is, as report.json states it.
+QUALITY_DEFINITION = (
+    "expected Dice: the soft Dice of the mean class probability against the delivered label "
+    "map, 2 sum(p_l * [y = l]) / (sum p_l + sum [y = l]), averaged over the foreground labels "
+    "present (0..1, higher = better; it is the Dice the segmentation would have if the "
+    "probabilities were calibrated). Nothing segmented: 1 - the mean normalised entropy over "
+    "the image. Chosen among 13 candidates by the AUROC for 'case Dice < 0.8' on ISIC 2018 val "
+    "(docs/uncertainty.md)"
+)
+
+_DROPOUT_TYPES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# which method
+# ---------------------------------------------------------------------------------------------
+
+
+def dropout_layers(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The dropout layers of ``net`` with a drop probability above 0."""
+    return [
+        m for m in net.modules() if isinstance(m, _DROPOUT_TYPES) and float(getattr(m, "p", 0)) > 0
+    ]
+
+
+def _is_monai_zoo(bundle: Any) -> bool:
+    contract = getattr(bundle, "contract", None)
+    return contract is not None and contract.form == "monai"
+
+
+def uncertainty_method(
+    bundle: Any, requested: str | None = None, tta: str | None = None
+) -> tuple[str | None, str]:
+    """The uncertainty method for ``bundle`` (``tta``, ``mc-dropout`` or None) and why.
+
+    ``requested`` None (the default) means ``tta`` when the model runs with test-time
+    augmentation (its own, or ``tta`` given here) and none otherwise. A method that cannot be
+    used for this model gives None with the reason, never an error: the segmentation stands
+    without an uncertainty map.
+
+    Raises:
+        InputError: ``requested`` is not one of :data:`UNCERTAINTY_CHOICES`.
+    """
+    if requested is not None and requested not in UNCERTAINTY_CHOICES:
+        raise InputError(
+            f"unknown uncertainty method {requested!r}",
+            hint=f"use one of {', '.join(UNCERTAINTY_CHOICES)}",
+        )
+    if requested == "none":
+        return None, "not asked for (--uncertainty none)"
+    if _is_monai_zoo(bundle):
+        return None, (
+            "a MONAI model-zoo bundle runs its own inferer: medxai takes no test-time "
+            "augmentation views or dropout passes of it"
+        )
+    whole_image = bundle.contract.inference.mode == "whole_image"
+    mode = tta_mode(bundle.inference, tta) if whole_image else "none"
+    dropout = bool(dropout_layers(bundle.network))
+    if requested is None:
+        if mode != "none":
+            return "tta", f"the model runs with {mode} test-time augmentation"
+        hint = " (--uncertainty mc-dropout: its network has dropout)" if dropout else ""
+        return None, (
+            f"the model runs without test-time augmentation{hint}"
+            if dropout
+            else "the model runs without test-time augmentation and its network has no dropout"
+        )
+    if requested == "tta":
+        if mode != "none":
+            return "tta", f"asked for; the model runs with {mode} test-time augmentation"
+        return None, (
+            "--uncertainty tta asked for, but the model runs without test-time augmentation"
+            + (
+                " (give --tta flips or dihedral with it)"
+                if whole_image
+                else " (a sliding-window model)"
+            )
+        )
+    if not dropout:
+        return None, "--uncertainty mc-dropout asked for, but the network has no dropout layer"
+    return "mc-dropout", "asked for; the network has dropout"
+
+
+# ---------------------------------------------------------------------------------------------
+# samples
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    """What the passes left: the mean and variance of the class probabilities over ``n``
+    samples, and each sample's label map (after the bundle's post-processing)."""
+
+    method: str
+    n: int
+    mean: torch.Tensor  # (K, *spatial) float32
+    variance: torch.Tensor  # (K, *spatial) float32
+    labels: torch.Tensor  # (n, *spatial) uint8
+
+
+class SampleAccumulator:
+    """Collects probability samples ``(K, *spatial)`` of one image, keeping only running sums
+    and each sample's label map (a few bytes per pixel, whatever the number of samples).
+
+    ``to_labels`` turns one sample into its ``(1, *spatial)`` label map (the bundle's argmax or
+    threshold, and post-processing: :func:`medxai.inference.labels_from_probabilities`).
+    """
+
+    def __init__(self, to_labels: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._to_labels = to_labels
+        self._sum: torch.Tensor | None = None
+        self._sq: torch.Tensor | None = None
+        self._labels: list[torch.Tensor] = []
+
+    def add(self, prob: torch.Tensor) -> None:
+        p = prob.detach().float().cpu()
+        if self._sum is None or self._sq is None:
+            self._sum, self._sq = p.clone(), p * p
+        else:
+            self._sum += p
+            self._sq.addcmul_(p, p)
+        self._labels.append(self._to_labels(p)[0].to(torch.uint8))
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def finish(self, method: str) -> Samples:
+        if self._sum is None or self._sq is None:
+            raise InputError("no samples were collected for the uncertainty map")
+        n = len(self._labels)
+        mean = self._sum / n
+        variance = (self._sq / n - mean * mean).clamp_min(0)
+        return Samples(
+            method=method,
+            n=n,
+            mean=mean.float(),
+            variance=variance.float(),
+            labels=torch.stack(self._labels),
+        )
+
+
+@contextlib.contextmanager
+def _dropout_on(net: torch.nn.Module) -> Iterator[None]:
+    """Dropout layers in train mode (everything else as it is: eval) for the block."""
+    layers = dropout_layers(net)
+    before = [m.training for m in layers]
+    try:
+        for m in layers:
+            m.train()
+        yield
+    finally:
+        for m, was in zip(layers, before):
+            m.train(was)
+
+
+def mc_dropout_samples(
+    bundle: Any,
+    image: torch.Tensor,
+    device: str | torch.device = "auto",
+    *,
+    samples: int = DEFAULT_MC_SAMPLES,
+    seed: int = 0,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+) -> Samples:
+    """``samples`` stochastic passes of ``bundle`` over ``image`` with dropout on (batch norm in
+    eval mode), each brought back onto the input grid. The dropout masks come from a generator
+    seeded with ``seed`` (the global torch RNG is left as it was): the same seed gives the same
+    samples on the same device.
+
+    Whole-image models: the identity view at the model's ``spatial_size``, all samples in one
+    batch. Sliding-window models: ``samples`` sliding-window passes.
+
+    Raises:
+        InputError: ``samples`` < 2, or the network has no dropout layer.
+    """
+    if samples < 2:
+        raise InputError(f"MC dropout needs at least 2 samples, got {samples}")
+    net = bundle.network
+    if not dropout_layers(net):
+        raise InputError(f"model {bundle.name!r} has no dropout layer for MC dropout")
+    dev = resolve_device(device)
+    acc = SampleAccumulator(lambda p: labels_from_probabilities(bundle, p))
+    spec = bundle.contract.inference
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with (
+        network_on(net, dev),
+        _dropout_on(net),
+        torch.random.fork_rng(devices=devices),
+        torch.inference_mode(),
+        autocast_context(dev),
+    ):
+        torch.manual_seed(seed)
+        x, state = prepare_input(bundle, image)
+        x = x.to(dev)
+        if spec.mode == "whole_image":
+            for start in range(0, samples, 8):
+                count = min(8, samples - start)
+                prob = torch.softmax(net(x.expand(count, *x.shape[1:])).float(), dim=1).cpu()
+                for p in prob:
+                    acc.add(restore_output(p, state))
+        else:
+            from monai.inferers import sliding_window_inference
+
+            roi = list(roi_size or spec.roi_size or x.shape[2:])
+            for _ in range(samples):
+                logits = sliding_window_inference(
+                    x,
+                    roi_size=roi,
+                    sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+                    predictor=net,
+                    overlap=float(overlap if overlap is not None else spec.overlap),
+                    mode=spec.blend_mode,
+                    sw_device=dev,
+                    device=torch.device("cpu"),
+                    progress=False,
+                )
+                acc.add(restore_output(torch.softmax(logits.float(), dim=1)[0], state))
+    return acc.finish("mc-dropout")
+
+
+def tta_accumulator(bundle: Any) -> SampleAccumulator:
+    """An accumulator for the test-time augmentation views of one image of ``bundle``; pass
+    ``lambda i, p: acc.add(p)`` as :func:`medxai.inference.predict`'s ``each_view``."""
+    return SampleAccumulator(lambda p: labels_from_probabilities(bundle, p))
+
+
+# ---------------------------------------------------------------------------------------------
+# maps and scores
+# ---------------------------------------------------------------------------------------------
+
+
+def normalised_entropy(prob: torch.Tensor) -> torch.Tensor:
+    """``(1, *spatial)`` predictive entropy of ``(K, *spatial)`` probabilities divided by
+    ``log K``: 0 where one class has probability 1, 1 where all K are equally likely."""
+    k = prob.shape[0]
+    if k < 2:
+        return torch.zeros((1, *prob.shape[1:]), dtype=torch.float32)
+    p = prob.double().clamp(0, 1)
+    p = p / p.sum(0, keepdim=True).clamp_min(1e-12)
+    h = -(torch.where(p > 0, p * torch.log(p.clamp_min(1e-300)), torch.zeros_like(p))).sum(0)
+    return (h / math.log(k)).clamp(0, 1).float()[None]
+
+
+def _foreground_variance(variance: torch.Tensor) -> torch.Tensor:
+    """``(1, *spatial)``: the foreground probability's variance (mean over foreground classes)."""
+    if variance.shape[0] < 2:
+        return variance[:1].clone()
+    return variance[1:].mean(0, keepdim=True)
+
+
+def border_band(labels: np.ndarray, width: float = 1.0) -> np.ndarray:
+    """The pixels/voxels closer than ``width`` (in pixels) to a boundary between labels; width
+    1: those with a face neighbour of another label (both sides of every boundary)."""
+    fp = ndimage.generate_binary_structure(labels.ndim, 1)
+    ring = ndimage.grey_dilation(labels, footprint=fp) != ndimage.grey_erosion(labels, footprint=fp)
+    if width <= 1 or not ring.any():
+        return ring
+    return ndimage.distance_transform_edt(~ring) < width
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    total = int(a.sum()) + int(b.sum())
+    return None if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _mean_dice(sample: np.ndarray, final: np.ndarray, values: Sequence[int]) -> float:
+    """Mean Dice over the foreground labels present in either map; 1 when neither has any."""
+    scores = [d for v in values if (d := _dice(sample == v, final == v)) is not None]
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def quality_scores(
+    entropy: torch.Tensor,
+    labels: torch.Tensor,
+    probabilities: torch.Tensor,
+    sample_labels: torch.Tensor | None = None,
+    *,
+    border_width: float = BORDER_WIDTH,
+) -> dict[str, float | None]:
+    """The per-case scores of a segmentation and its uncertainty map.
+
+    Args:
+        entropy: ``(1, *spatial)`` normalised predictive entropy (:func:`normalised_entropy`).
+        labels: ``(1, *spatial)`` the delivered label map.
+        probabilities: ``(K, *spatial)`` the mean class probabilities.
+        sample_labels: ``(n, *spatial)`` each sample's label map (TTA view or dropout pass).
+        border_width: half-width in pixels of the band around the predicted border.
+
+    Returns:
+        ``border_uncertainty`` (mean entropy on the predicted border; None without a border),
+        ``mean_uncertainty`` (over the image), ``uncertainty_per_area`` (sum of entropy over
+        the number of foreground pixels; None without foreground), ``expected_dice`` (soft Dice
+        of the mean probabilities against the label map, mean over the foreground labels
+        present), ``view_agreement`` (mean Dice of each sample's label map against the
+        delivered one; None without samples), and ``quality_score`` (``expected_dice``, or
+        1 - ``mean_uncertainty`` when nothing is segmented: :data:`QUALITY_DEFINITION`).
+    """
+    h = entropy[0].double().numpy()
+    lab = labels[0].numpy()
+    border = border_band(lab, border_width)
+    fg = lab > 0
+    present = sorted(int(v) for v in np.unique(lab) if v != 0)
+    mean_u = float(h.mean())
+    border_u = float(h[border].mean()) if border.any() else None
+    per_area = float(h.sum() / fg.sum()) if fg.any() else None
+    soft = []
+    for v in present:
+        if v < probabilities.shape[0]:
+            p = probabilities[v].double().numpy()
+            m = lab == v
+            soft.append(2.0 * float(p[m].sum()) / (float(p.sum()) + float(m.sum())))
+    expected_dice = float(np.mean(soft)) if soft else None
+    agreement = None
+    if sample_labels is not None and len(sample_labels):
+        values = sorted(set(present) | {int(v) for v in torch.unique(sample_labels) if v != 0})
+        agreement = float(np.mean([_mean_dice(s.numpy(), lab, values) for s in sample_labels]))
+    quality = expected_dice if expected_dice is not None else 1.0 - mean_u
+    return {
+        "quality_score": round(quality, 6),
+        "border_uncertainty": border_u,
+        "mean_uncertainty": mean_u,
+        "uncertainty_per_area": per_area,
+        "expected_dice": expected_dice,
+        "view_agreement": agreement,
+    }
+
+
+@dataclass
+class Uncertainty:
+    """The uncertainty of one segmentation.
+
+    Attributes:
+        method: ``tta`` or ``mc-dropout``.
+        samples: the number of samples (views or dropout passes).
+        entropy: ``(1, *spatial)`` float32 normalised predictive entropy in [0, 1].
+        variance: ``(1, *spatial)`` float32 variance of the foreground probability in [0, 0.25].
+        scores: :func:`quality_scores`.
+        seed: the MC dropout seed (None for ``tta``).
+    """
+
+    method: str
+    samples: int
+    entropy: torch.Tensor
+    variance: torch.Tensor
+    scores: dict[str, float | None] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def quality_score(self) -> float | None:
+        return self.scores.get("quality_score")
+
+    def report(self) -> dict[str, Any]:
+        """The ``uncertainty`` section of report.json (maps summarised, not listed)."""
+        return {
+            "method": self.method,
+            "samples": self.samples,
+            "seed": self.seed,
+            "map": "normalised predictive entropy of the mean probability, H(p)/log(K), 0..1",
+            "variance_map": "variance of the foreground probability across the samples",
+            "entropy_max": round(float(self.entropy.max()), 6),
+            "entropy_mean": round(float(self.entropy.mean()), 6),
+        }
+
+
+def summarise(samples: Samples, prediction: Prediction, *, seed: int | None = None) -> Uncertainty:
+    """The :class:`Uncertainty` of ``prediction`` from ``samples``: for ``tta`` the entropy of
+    the prediction's own (mean) probabilities, for ``mc-dropout`` of the dropout passes' mean;
+    the scores against the delivered label map."""
+    mean = prediction.probabilities if samples.method == "tta" else samples.mean
+    if tuple(mean.shape[1:]) != tuple(prediction.labels.shape[1:]):
+        raise InputError(
+            f"the samples' grid {tuple(mean.shape[1:])} is not the prediction's "
+            f"{tuple(prediction.labels.shape[1:])}"
+        )
+    entropy = normalised_entropy(mean)
+    scores = quality_scores(entropy, prediction.labels, mean, samples.labels)
+    return Uncertainty(
+        method=samples.method,
+        samples=samples.n,
+        entropy=entropy,
+        variance=_foreground_variance(samples.variance),
+        scores=scores,
+        seed=seed,
+    )
+
+
+def estimate(
+    bundle: Any,
+    image: torch.Tensor,
+    prediction: Prediction,
+    method: str,
+    device: str | torch.device = "auto",
+    *,
+    views: SampleAccumulator | None = None,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
+    seed: int = 0,
+    tta: str | None = None,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+) -> Uncertainty:
+    """The :class:`Uncertainty` of ``prediction`` (of ``image`` by ``bundle``) by ``method``.
+
+    ``tta``: the views ``views`` collected while predicting (``predict(..., each_view=...)``);
+    without them (a prediction made elsewhere) the views are run again, which costs one more
+    prediction. ``mc-dropout``: :func:`mc_dropout_samples` with ``mc_samples`` and ``seed``.
+
+    Raises:
+        InputError: an unknown method, or MC dropout on a network without dropout.
+    """
+    if method == "tta":
+        if views is None or len(views) == 0:
+            views = tta_accumulator(bundle)
+            collector = views
+            predict(bundle, image, device=device, tta=tta, each_view=lambda _i, p: collector.add(p))
+        return summarise(views.finish("tta"), prediction)
+    if method == "mc-dropout":
+        samples = mc_dropout_samples(
+            bundle,
+            image,
+            device,
+            samples=mc_samples,
+            seed=seed,
+            roi_size=roi_size,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+        )
+        return summarise(samples, prediction, seed=seed)
+    raise InputError(
+        f"unknown uncertainty method {method!r}",
+        hint=f"use one of {', '.join(m for m in UNCERTAINTY_CHOICES if m != 'none')}",
+    )

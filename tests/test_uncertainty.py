@@ -1,0 +1,277 @@
+"""Uncertainty map and quality score (medxai.uncertainty): on the input grid, in [0, 1], high at
+the predicted border of a real ISIC image; MC dropout reproducible with a seed; the Parametric Map
+validates and holds the NIfTI's values; the score reaches report.json and the batch manifest; a
+model without TTA and without dropout gets no map and a reason."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from scipy import ndimage
+
+from medxai.inference import predict
+from medxai.io.readers import load_image
+from medxai.models.bundle import ModelBundle, network_from_config
+from medxai.pipeline import SegmentOptions, segment_path
+from medxai.uncertainty import (
+    border_band,
+    mc_dropout_samples,
+    normalised_entropy,
+    quality_scores,
+    summarise,
+    tta_accumulator,
+    uncertainty_method,
+)
+from tests.conftest import shared_path
+from tests.helpers_dicom import assert_dciodvfy_clean, find_tool
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+ISIC_IMAGE = ("isic2018", "val", "images", "ISIC_0000006.jpg")
+
+
+@pytest.fixture(scope="module")
+def isic_bundle():
+    from medxai.models.registry import load_model
+
+    return load_model("isic2018-lesion-unet")
+
+
+@pytest.fixture(scope="module")
+def isic_result(isic_bundle, tmp_path_factory):
+    """``medxai segment`` of one real ISIC val photo with the bundled model (dihedral TTA)."""
+    image = shared_path(*ISIC_IMAGE)
+    out = tmp_path_factory.mktemp("isic_unc")
+    opts = SegmentOptions(formats=["nifti", "json", "dicom-seg", "dicom-pm", "dicom-sr"],
+                          explain="none", device="cpu")
+    return segment_path(image, isic_bundle, out, opts)
+
+
+def test_entropy_is_normalised_and_zero_where_certain():
+    prob = torch.tensor([[1.0, 0.5, 0.9], [0.0, 0.5, 0.1]]).reshape(2, 3, 1)
+    h = normalised_entropy(prob)[0, :, 0]
+    assert h[0] == 0 and h[1] == pytest.approx(1.0)
+    assert h[2] == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2), rel=1e-6)
+    three = torch.full((3, 2, 2), 1 / 3)
+    assert torch.allclose(normalised_entropy(three), torch.ones(1, 2, 2))
+
+
+def test_uncertainty_map_on_the_input_grid_and_high_at_the_border(isic_result):
+    folder = isic_result.output_dir
+    assert {"uncertainty.nii.gz", "uncertainty_variance.nii.gz"} <= set(isic_result.files)
+    unc = nib.load(folder / "uncertainty.nii.gz")
+    labels = nib.load(folder / "labels.nii.gz")
+    assert unc.shape == labels.shape and unc.shape[:2] == (512, 512)
+    np.testing.assert_array_equal(unc.affine, labels.affine)
+    h = np.asarray(unc.dataobj, dtype=np.float32)[..., 0]
+    assert h.dtype == np.float32 and h.min() >= 0 and h.max() <= 1
+    lab = np.asarray(labels.dataobj)[..., 0]
+    assert 0 < (lab > 0).mean() < 1
+    near = border_band(lab, 3)
+    dist_out = ndimage.distance_transform_edt(lab == 0)
+    dist_in = ndimage.distance_transform_edt(lab > 0)
+    far_out, far_in = dist_out > 30, dist_in > 30
+    assert far_out.any() and far_in.any()
+    assert h[near].mean() > 0.5
+    assert h[near].mean() > 5 * h[far_out].mean()
+    assert h[near].mean() > 5 * h[far_in].mean()
+    variance = np.asarray(nib.load(folder / "uncertainty_variance.nii.gz").dataobj)
+    assert variance.min() >= 0 and variance.max() <= 0.25
+
+
+def test_report_holds_the_quality_score_and_its_definition(isic_result):
+    report = json.loads((isic_result.output_dir / "report.json").read_text())
+    unc, quality = report["uncertainty"], report["quality"]
+    assert unc["method"] == "tta" and unc["samples"] == 8 and "dihedral" in unc["reason"]
+    assert 0 <= quality["score"] <= 1
+    assert "soft Dice" in quality["definition"] and "AUROC" in quality["definition"]
+    assert quality["score"] == quality["scores"]["expected_dice"]
+    assert 0 < quality["scores"]["view_agreement"] <= 1
+    assert "uncertainty" in report["timings_s"]
+
+
+def test_uncertainty_parametric_map_validates_and_equals_the_nifti(isic_result, tmp_path):
+    folder = isic_result.output_dir
+    pm_path = folder / "pm_uncertainty.dcm"
+    assert_dciodvfy_clean(pm_path)
+    ds = pydicom.dcmread(pm_path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    concept = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    value = concept.get("CodeValue") or concept.get("LongCodeValue")  # > 16 characters: long
+    assert (value, concept.CodingSchemeDesignator) == ("predictive-entropy", "99MEDXAI")
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+    assert "tta-entropy" in " ".join(str(e.ContributionDescription)
+                                     for e in ds.ContributingEquipmentSequence)
+    photo = pydicom.dcmread(folder / "source_photo.dcm")
+    ref = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert ref.SourceImageSequence[0].ReferencedSOPInstanceUID == photo.SOPInstanceUID
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = hd.imread(str(pm_path))
+    assert image.SOPInstanceUID == ds.SOPInstanceUID
+    frames = np.frombuffer(ds.FloatPixelData, dtype="<f4").reshape(ds.Rows, ds.Columns)
+    nifti = np.asarray(nib.load(folder / "uncertainty.nii.gz").dataobj)[..., 0]
+    np.testing.assert_array_equal(frames.T, nifti)  # float32 both: exactly equal
+    tool = find_tool("paramap2itkimage")
+    if tool is not None:  # dcmqi reads the same values back
+        import subprocess
+
+        import SimpleITK as sitk
+
+        run = subprocess.run([tool, "--inputDICOM", str(pm_path), "--outputDirectory",
+                              str(tmp_path)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pmap.nrrd")))
+        np.testing.assert_array_equal(np.transpose(back, (2, 1, 0))[..., 0], nifti)
+    # the SR carries the same quality score
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    assert "quality-score" in str(sr)
+
+
+def test_mc_dropout_is_reproducible_and_differs_from_tta(isic_bundle):
+    image = load_image(shared_path(*ISIC_IMAGE)).image
+    net = isic_bundle.network
+    state = copy.deepcopy(net.state_dict())
+    rng_before = torch.random.get_rng_state()
+    a = mc_dropout_samples(isic_bundle, image, "cpu", samples=4, seed=0)
+    b = mc_dropout_samples(isic_bundle, image, "cpu", samples=4, seed=0)
+    c = mc_dropout_samples(isic_bundle, image, "cpu", samples=4, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the global RNG is untouched
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.mean, c.mean)
+    assert a.n == 4 and a.variance.max() > 0  # the passes differ: dropout was on
+    # batch norm stayed in eval mode (running statistics unchanged), every module is back in eval
+    after = net.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert not any(m.training for m in net.modules())
+    acc = tta_accumulator(isic_bundle)
+    pred = predict(isic_bundle, image, device="cpu", each_view=lambda _i, p: acc.add(p))
+    tta = summarise(acc.finish("tta"), pred)
+    mc = summarise(a, pred, seed=0)
+    assert mc.entropy.shape == tta.entropy.shape == (1, *image.shape[1:])
+    assert not torch.equal(mc.entropy, tta.entropy)
+    assert 0 <= float(mc.entropy.min()) and float(mc.entropy.max()) <= 1
+
+
+def test_tta_views_do_not_change_the_prediction(isic_bundle):
+    image = load_image(shared_path(*ISIC_IMAGE)).image
+    plain = predict(isic_bundle, image, device="cpu")
+    acc = tta_accumulator(isic_bundle)
+    seen = predict(isic_bundle, image, device="cpu", each_view=lambda _i, p: acc.add(p))
+    assert torch.equal(plain.labels, seen.labels)
+    assert torch.equal(plain.probabilities, seen.probabilities)
+    samples = acc.finish("tta")
+    assert samples.n == 8  # the dihedral group
+    torch.testing.assert_close(samples.mean, plain.probabilities, atol=1e-5, rtol=0)
+
+
+def test_quality_scores_on_a_known_case():
+    labels = torch.zeros(1, 20, 20, dtype=torch.uint8)
+    labels[0, 5:15, 5:15] = 1
+    prob = torch.stack([1 - labels[0].float(), labels[0].float()])
+    h = normalised_entropy(prob)
+    views = torch.stack([labels[0], labels[0]])
+    s = quality_scores(h, labels, prob, views)
+    assert s["quality_score"] == 1.0 and s["view_agreement"] == 1.0
+    assert s["expected_dice"] == pytest.approx(1.0) and s["border_uncertainty"] == 0.0
+    h2 = h.clone()
+    h2[0][torch.from_numpy(border_band(labels[0].numpy()))] = 0.5
+    shifted = torch.roll(labels[0], 2, 0)
+    s2 = quality_scores(h2, labels, prob, torch.stack([labels[0], shifted]))
+    assert s2["border_uncertainty"] == pytest.approx(0.5)
+    assert s2["quality_score"] == s2["expected_dice"] == pytest.approx(1.0)
+    soft = prob.clone()
+    soft[1][labels[0] > 0] = 0.5  # half sure inside: soft Dice 2*50/(50+100)
+    soft[0] = 1 - soft[1]
+    s3 = quality_scores(normalised_entropy(soft), labels, soft)
+    assert s3["quality_score"] == pytest.approx(2 / 3)
+    assert s2["view_agreement"] == pytest.approx((1 + 0.8) / 2)
+    empty = quality_scores(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.uint8),
+                           torch.stack([torch.ones(4, 4), torch.zeros(4, 4)]))
+    assert empty["quality_score"] == 1.0 and empty["border_uncertainty"] is None
+
+
+def _without_tta_and_dropout(bundle: ModelBundle) -> ModelBundle:
+    config = copy.deepcopy(bundle.config)
+    config["inference"]["tta"] = "none"
+    config["inference"].pop("tta_flips", None)
+    config["network_def"]["dropout"] = 0.0
+    net = network_from_config(config)
+    net.load_state_dict(bundle.network.state_dict())
+    net.eval()
+    return ModelBundle(config=config, metadata=dict(bundle.metadata), network=net)
+
+
+def test_no_tta_and_no_dropout_gives_a_reason_not_a_crash(rgb_bundle, tmp_path):
+    plain = _without_tta_and_dropout(rgb_bundle)
+    method, reason = uncertainty_method(plain)
+    assert method is None and "no dropout" in reason and "without test-time" in reason
+    assert uncertainty_method(plain, "mc-dropout")[0] is None
+    assert "no dropout layer" in uncertainty_method(plain, "mc-dropout")[1]
+    assert "--tta" in uncertainty_method(plain, "tta")[1]
+    assert uncertainty_method(rgb_bundle)[0] == "tta"  # trained with flips TTA
+    assert uncertainty_method(rgb_bundle, "mc-dropout")[0] == "mc-dropout"
+    assert uncertainty_method(rgb_bundle, "none")[0] is None
+    from medxai.samples import make_dermoscopy_photo
+    from PIL import Image
+
+    rgb, _ = make_dermoscopy_photo(64, 48, seed=3)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    for requested in (None, "mc-dropout", "tta"):
+        out = tmp_path / f"out_{requested}"
+        res = segment_path(tmp_path / "photo.png", plain, out,
+                           SegmentOptions(formats=["nifti", "json"], explain="none",
+                                          device="cpu", uncertainty=requested))
+        assert not any("uncertainty" in f for f in res.files)
+        report = json.loads((res.output_dir / "report.json").read_text())
+        assert report["uncertainty"]["method"] is None and report["uncertainty"]["reason"]
+        assert report["quality"]["score"] is None and report["quality"]["reason"]
+    # the same model with its dropout: MC dropout on request
+    res = segment_path(tmp_path / "photo.png", rgb_bundle, tmp_path / "mc",
+                       SegmentOptions(formats=["nifti", "json"], explain="none", device="cpu",
+                                      uncertainty="mc-dropout", mc_samples=3))
+    report = json.loads((res.output_dir / "report.json").read_text())
+    assert report["uncertainty"]["method"] == "mc-dropout"
+    assert report["uncertainty"]["samples"] == 3 and report["uncertainty"]["seed"] == 0
+    assert "uncertainty.nii.gz" in res.files
+
+
+def test_quality_score_in_the_batch_manifest(tmp_path):
+    from medxai.batch import Manifest, run_batch
+    from medxai.samples import make_dermoscopy_photo
+    from tests.fixtures_pacs import make_test_bundle, write_photo_dicom
+
+    export = tmp_path / "export"
+    for i in range(2):
+        rgb, _ = make_dermoscopy_photo(48, 40, seed=10 + i)
+        (export / f"S{i}").mkdir(parents=True)
+        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.10.1.{i}",
+                          series=f"1.2.826.0.1.3680043.10.2.{i}",
+                          sop=f"1.2.826.0.1.3680043.10.3.{i}", series_number=1, instance=1)
+    bundle = make_test_bundle(tmp_path / "model")  # flips TTA: uncertainty by default
+    out = tmp_path / "out"
+    summary = run_batch(export, out, model=bundle,
+                        options=SegmentOptions(formats=["nifti", "json"], explain=None,
+                                               device="cpu"))
+    assert summary.series["done"] == 2
+    with open(out / "manifest_series.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "quality_score" in rows[0]
+    with Manifest(out / "manifest.sqlite") as man:
+        stored = {r["output_name"]: r["quality_score"] for r in man.series()}
+    for row in rows:
+        report = json.loads((out / row["output_name"] / "report.json").read_text())
+        assert float(row["quality_score"]) == pytest.approx(report["quality"]["score"])
+        assert stored[row["output_name"]] == pytest.approx(report["quality"]["score"])
+        assert (out / row["output_name"] / "uncertainty.nii.gz").is_file()
