@@ -34,6 +34,14 @@ from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice, facts_from_meta
 from medxai.outputs import ResultFolder, label_info, output_name, write_result_folder
+from medxai.uncertainty import (
+    QUALITY_DEFINITION,
+    SampleAccumulator,
+    Uncertainty,
+    tta_accumulator,
+    uncertainty_method,
+)
+from medxai.uncertainty import estimate as estimate_uncertainty
 
 __all__ = [
     "FORMATS",
@@ -85,6 +93,12 @@ class SegmentOptions:
     overlap: float | None = None
     sw_batch_size: int | None = None
     tta: str | None = None
+    #: ``tta``, ``mc-dropout`` or ``none``; None: ``tta`` when the model runs with TTA
+    #: (:func:`medxai.uncertainty.uncertainty_method`).
+    uncertainty: str | None = None
+    #: MC dropout passes (``uncertainty="mc-dropout"``), drawn with ``mc_seed``.
+    mc_samples: int = 8
+    mc_seed: int = 0
     overwrite: bool = False
     #: the DICOM SEG's type: ``binary``, ``labelmap`` or ``fractional`` (the probabilities).
     seg_type: str = "binary"
@@ -673,6 +687,8 @@ def segment_loaded(
     device = resolve_device(opts.device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    unc_method, unc_reason = uncertainty_method(bundle, opts.uncertainty, opts.tta)
+    views = tta_accumulator(bundle) if unc_method == "tta" and prediction is None else None
     if prediction is None:
         say(f"{name}: predicting on {device}")
         pred = predict(
@@ -684,11 +700,13 @@ def segment_loaded(
             sw_batch_size=opts.sw_batch_size,
             tta=opts.tta,
             source=str(loaded.path),
+            each_view=(lambda _i, p: views.add(p)) if views is not None else None,
         )
         timings["predict"] = time.perf_counter() - t
     else:
         pred = prediction
         timings["predict"] = prediction.seconds
+    uncertainty = _uncertainty(bundle, loaded, pred, unc_method, device, views, opts, timings)
     given_saliency = saliency
     saliency = {}
     settings = resolve_explain(bundle, opts)
@@ -718,6 +736,7 @@ def segment_loaded(
             )
         )
         report["skipped_outputs"] = written.skipped
+        report.update(_uncertainty_report(uncertainty, unc_reason))
         report["model"]["choice"] = (
             choice.to_dict()
             if choice is not None
@@ -743,10 +762,64 @@ def segment_loaded(
         seg_type=opts.seg_type,
         split_labels=opts.split_labels,
         method=settings.method if settings is not None else None,
+        uncertainty=uncertainty,
     )
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
+
+
+def _uncertainty(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    pred: Prediction,
+    method: str | None,
+    device: torch.device,
+    views: SampleAccumulator | None,
+    opts: SegmentOptions,
+    timings: dict[str, float],
+) -> Uncertainty | None:
+    """The uncertainty map and quality scores by ``method`` (None: none), timed."""
+    if method is None:
+        return None
+    t = time.perf_counter()
+    result = estimate_uncertainty(
+        bundle,
+        loaded.image,
+        pred,
+        method,
+        device,
+        views=views,
+        mc_samples=opts.mc_samples,
+        seed=opts.mc_seed,
+        tta=opts.tta,
+        roi_size=opts.roi_size,
+        overlap=opts.overlap,
+        sw_batch_size=opts.sw_batch_size,
+    )
+    timings["uncertainty"] = time.perf_counter() - t
+    return result
+
+
+def _uncertainty_report(uncertainty: Uncertainty | None, reason: str) -> dict[str, Any]:
+    """report.json's ``uncertainty`` and ``quality`` sections (with the reason when none)."""
+    if uncertainty is None:
+        return {
+            "uncertainty": {"method": None, "reason": reason},
+            "quality": {"score": None, "reason": f"no uncertainty map: {reason}"},
+        }
+    return {
+        "uncertainty": {**uncertainty.report(), "reason": reason},
+        "quality": {
+            "score": uncertainty.quality_score,
+            "definition": QUALITY_DEFINITION,
+            "scores": {
+                k: (round(v, 6) if v is not None else None)
+                for k, v in uncertainty.scores.items()
+                if k != "quality_score"
+            },
+        },
+    }
 
 
 def input_facts(loaded: LoadedImage) -> InputFacts:

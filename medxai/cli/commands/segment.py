@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from medxai.choices import SEG_TYPES, TTA_CHOICES
+from medxai.choices import SEG_TYPES, TTA_CHOICES, UNCERTAINTY_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_model_arg,
@@ -76,6 +76,20 @@ def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
     help="Test-time augmentation of whole-image models (default: the model's).",
 )
 @click.option(
+    "--uncertainty",
+    type=click.Choice(UNCERTAINTY_CHOICES),
+    help="Uncertainty map (uncertainty.nii.gz, pm_uncertainty.dcm) and quality score from the "
+    "TTA views, from MC dropout passes, or none. [default: tta when the model runs with TTA, "
+    "else none]",
+)
+@click.option(
+    "--mc-samples",
+    default=8,
+    show_default=True,
+    type=click.IntRange(2),
+    help="MC dropout passes (--uncertainty mc-dropout; seed 0).",
+)
+@click.option(
     "--format",
     "formats",
     help="Comma-separated outputs: nifti,dicom-seg,dicom-pm,dicom-sr,dicom-rtstruct,"
@@ -126,6 +140,8 @@ def segment_cmd(
     overlap: float | None,
     sw_batch_size: int | None,
     tta: str | None,
+    uncertainty: str | None,
+    mc_samples: int,
     formats: str | None,
     seg_type: str,
     split_labels: bool,
@@ -173,6 +189,8 @@ def segment_cmd(
         overlap=overlap,
         sw_batch_size=sw_batch_size,
         tta=tta,
+        uncertainty=uncertainty,
+        mc_samples=mc_samples,
         seg_type=seg_type,
         split_labels=split_labels,
         overwrite=overwrite,
