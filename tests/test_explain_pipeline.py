@@ -198,3 +198,22 @@ def test_mask_file_must_be_on_the_input_grid(tmp_path: Path) -> None:
     assert r.shape == (1, 20, 10) and int(r.sum()) == 8 and r[0, 5, 2]
     with pytest.raises(InputError, match="grid"):
         region_from_mask_file(tmp_path / "m.png", (10, 20))
+
+
+@pytest.mark.parametrize("name,method,layer", [
+    ("isic2018-lesion-unet", "hirescam", "encoder.2"),
+    ("cxr-lungs-unet", "hirescam", "bottleneck"),
+    ("hippocampus-unet", "gradcam", "bottleneck"),
+])
+def test_every_bundled_model_names_a_default_its_network_has(name: str, method: str,
+                                                             layer: str) -> None:
+    # the values measured in docs/explainability.md; the layer must exist in the network
+    from medxai.explain import resolve_layer
+    from medxai.models.registry import load_model
+
+    bundle = load_model(name)
+    spec = bundle.contract.saliency
+    assert (spec.method, spec.layer, spec.target) == (method, layer, "segment")
+    assert spec.measured.startswith("benchmarks/saliency_choice.py")
+    resolved, _ = resolve_layer(bundle.network, spec.layer)
+    assert resolved.startswith("model.")
