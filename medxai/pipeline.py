@@ -405,6 +405,9 @@ def compute_saliency(
     contract = getattr(bundle, "contract", None)
     if contract is not None and contract.form == "monai":
         # a MONAI bundle: its own preprocessing onto the model grid, MONAI's inverse back
+        from medxai.models.monai_bundle import MonaiBundle
+
+        assert isinstance(bundle, MonaiBundle)  # the loader of the "monai" form
         contract.check_saliency_method(method)
         if region is not None:
             raise ExplainError(

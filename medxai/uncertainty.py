@@ -300,6 +300,8 @@ def mc_dropout_samples(
                     device=torch.device("cpu"),
                     progress=False,
                 )
+                # a segmentation network has one output head: MONAI gives back a tensor
+                assert isinstance(logits, torch.Tensor)
                 acc.add(restore_output(torch.softmax(logits.float(), dim=1)[0], state))
     return acc.finish("mc-dropout")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from medxai.choices import SEG_TYPES, TTA_CHOICES, UNCERTAINTY_CHOICES
@@ -252,7 +254,7 @@ def models_cmd(as_json: bool) -> None:
     """List the bundled models with their card (task, input, metrics, weights hash)."""
     from medxai.models.registry import DEFAULT_MODEL, list_models
 
-    cards = []
+    cards: list[dict[str, Any]] = []
     for m in list_models():
         card = m.card()
         cards.append(
