@@ -317,3 +317,14 @@ def test_function_sizes_measures_length_and_depth(tmp_path):
     )
     got = {s.name: (s.lines, s.depth) for s in sizes.measure_file(src)}
     assert got == {"f": (16, 4), "f.g": (3, 1)}
+
+
+def test_evaluation_csv_is_replaced_whole_or_not_at_all(tmp_path):
+    from medxai.evaluation.segmentation import write_csv
+
+    path = write_csv([{"case": "a", "label": 1, "dice": 0.5}], tmp_path / "scores.csv")
+    before = path.read_text()
+    with pytest.raises(ValueError):  # a column the CSV does not have, after a good row
+        write_csv([{"case": "b", "label": 1}, {"case": "c", "bogus": 1}], path)
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]

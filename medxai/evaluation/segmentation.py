@@ -265,10 +265,11 @@ def evaluate_model_against_reference(
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """One row per image and label: case, label and every metric."""
+    """One row per image and label: case, label and every metric; written atomically."""
+    from medxai.io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case", "label", *METRIC_NAMES])
         w.writeheader()
         for r in rows:

@@ -38,7 +38,7 @@ from medxai._version import __version__
 from medxai.choices import AUGMENTATIONS
 from medxai.errors import InputError, MedxaiError
 from medxai.inference import autocast_context, resolve_device
-from medxai.io.atomic import atomic_path
+from medxai.io.atomic import atomic_path, write_text_atomic
 from medxai.io.datasets import (
     Pair,
     dataset_json_validation,
@@ -361,7 +361,9 @@ def train(cfg: TrainConfig, log: LogFn | None = None) -> TrainResult:
     pairs, val_pairs = _split_pairs(cfg, say)
     data = _load_data(cfg, pairs, val_pairs, say)
     config = _bundle_config(cfg, data.is2d, data.in_channels, data.num_classes, data.intensity)
-    (tdir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str) + "\n")
+    write_text_atomic(
+        tdir / "train_config.json", json.dumps(asdict(cfg), indent=2, default=str) + "\n"
+    )
     run = _build_run(cfg, config, data, device, ckpt_path, say)
     finished, done = _train_epochs(cfg, run, data, tdir, ckpt_path, t_start, say)
     return TrainResult(
