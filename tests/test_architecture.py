@@ -99,7 +99,7 @@ def test_saliency_choices_match_the_explain_registry():
 LAYERS = {
     "_version": 0, "errors": 0, "choices": 0, "palette": 0, "pipeline_formats": 0,
     "io": 1, "models": 2, "samples": 2, "preprocessing": 3, "postprocess": 3, "inference": 4,
-    "explain": 5, "outputs": 6, "pipeline": 7,
+    "explain": 5, "uncertainty": 5, "outputs": 6, "pipeline": 7,
     "batch": 8, "evaluation": 8, "transforms": 8, "node": 9, "training": 9, "cli": 10,
 }
 
@@ -317,6 +317,27 @@ def test_function_sizes_measures_length_and_depth(tmp_path):
     )
     got = {s.name: (s.lines, s.depth) for s in sizes.measure_file(src)}
     assert got == {"f": (16, 4), "f.g": (3, 1)}
+
+
+def test_architecture_page_draws_the_layers_of_the_code():
+    """docs/architecture.md's picture gives every unit of LAYERS its layer (the number at the
+    left of the first unit of a layer; the foundation's units named in its description)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    block = text.split("```\n10  cli", 1)[1].split("```", 1)[0]
+    drawn: dict[str, int] = {"cli": 10}
+    layer, foundation = 10, ""
+    for line in block.splitlines()[1:]:
+        number, name = line[:4].strip(), line[4:20].strip()
+        layer = int(number) if number else layer
+        if name:
+            drawn[name] = layer
+        if layer == 0:
+            foundation += line
+    for unit, want in LAYERS.items():
+        if want == 0:
+            assert unit in foundation, f"{unit} is not in the foundation of the picture"
+        else:
+            assert drawn.get(unit) == want, f"{unit}: layer {drawn.get(unit)} drawn, {want} in code"
 
 
 def test_evaluation_csv_is_replaced_whole_or_not_at_all(tmp_path):
