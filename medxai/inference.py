@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from medxai.choices import DEVICE_CHOICES, TTA_CHOICES
@@ -181,7 +182,9 @@ def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torc
 
 
 def model_input_shape(
-    spatial: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float] | None
+    spatial: Sequence[int],
+    spacing: Sequence[float] | np.ndarray,
+    target_spacing: Sequence[float] | None,
 ) -> tuple[int, ...]:
     """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
     if not target_spacing:
@@ -433,6 +436,8 @@ def _predict_sliding_window(
             device=torch.device("cpu"),
             progress=False,
         )
+    # a segmentation network has one output head: MONAI gives back a tensor
+    assert isinstance(logits, torch.Tensor)
     prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
