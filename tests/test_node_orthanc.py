@@ -111,11 +111,16 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             srs = wait_until(lambda: [t for t in orthanc.study_instances(derm["ParentStudy"])
                                       if t.get("Modality") == "SR"], 60)
             assert len(srs) == 1 and srs[0]["StudyInstanceUID"] == str(src.StudyInstanceUID)
-            # and the saliency as a Parametric Map (SOP class 1.2.840.10008.5.1.4.1.1.30)
+            # and the saliency and the uncertainty (the model runs with TTA) as Parametric Maps
+            # (SOP class 1.2.840.10008.5.1.4.1.1.30)
             pms = wait_until(lambda: [t for t in orthanc.study_instances(derm["ParentStudy"])
                                       if t.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.30"],
                              60)
-            assert len(pms) == 1 and pms[0]["StudyInstanceUID"] == str(src.StudyInstanceUID)
+            pms = wait_until(lambda: len(p := [t for t in orthanc.study_instances(
+                derm["ParentStudy"]) if t.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.30"])
+                == 2 and p, 60)
+            assert pms and len(pms) == 2
+            assert {p["StudyInstanceUID"] for p in pms} == {str(src.StudyInstanceUID)}
             # the CT study went through the same selection as `medxai batch`: recorded, no crash
             row = wait_until(lambda: (r := _study_row(node, ct_uid)) and
                              r["state"] == "processed" and r, 300)
@@ -125,12 +130,12 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             assert row["summary"]["results"] == 0
             assert orthanc.segs_of(ct[0]["ParentStudy"]) == []
             st = node.store.status()
-            assert st["outbox"]["sent"] == 3 and st["outbox"]["pending"] == 0
+            assert st["outbox"]["sent"] == 4 and st["outbox"]["pending"] == 0  # SEG, 2 PM, SR
             assert st["instances_received"] == 21
             # the same study routed again: the node already has it; nothing new is made or sent
             orthanc.store_to_medxai([derm["ParentStudy"]])
             time.sleep(3)
-            assert node.store.status()["outbox"]["sent"] == 3
+            assert node.store.status()["outbox"]["sent"] == 4
             assert len(orthanc.segs_of(derm["ParentStudy"])) == 1
         finally:
             node.stop()

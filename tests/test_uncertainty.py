@@ -275,3 +275,26 @@ def test_quality_score_in_the_batch_manifest(tmp_path):
         assert float(row["quality_score"]) == pytest.approx(report["quality"]["score"])
         assert stored[row["output_name"]] == pytest.approx(report["quality"]["score"])
         assert (out / row["output_name"] / "uncertainty.nii.gz").is_file()
+
+
+def test_mc_dropout_of_a_sliding_window_3d_model(tmp_path):
+    """The bundled hippocampus model (sliding window, no TTA, dropout 0.1) on a real MR crop:
+    no map by default (with the reason), an MC dropout map on the volume's grid on request."""
+    from medxai.models.registry import load_model
+
+    image = shared_path("hippocampus", "imagesTr", "hippocampus_004.nii.gz")
+    bundle = load_model("hippocampus-unet")
+    method, reason = uncertainty_method(bundle)
+    assert method is None and "mc-dropout" in reason
+    res = segment_path(image, bundle, tmp_path, SegmentOptions(
+        formats=["nifti", "json"], explain="none", device="cpu", uncertainty="mc-dropout",
+        mc_samples=2))
+    unc = nib.load(res.output_dir / "uncertainty.nii.gz")
+    labels = nib.load(res.output_dir / "labels.nii.gz")
+    assert unc.shape == labels.shape == nib.load(image).shape
+    np.testing.assert_allclose(unc.affine, labels.affine)
+    h = np.asarray(unc.dataobj)
+    assert h.min() >= 0 and h.max() <= 1 and h.max() > 0
+    report = json.loads((res.output_dir / "report.json").read_text())
+    assert report["uncertainty"]["method"] == "mc-dropout"
+    assert 0 <= report["quality"]["score"] <= 1
