@@ -110,17 +110,22 @@ def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
     return mode
 
 
-def _tta_views(spatial_dims: int, mode: str) -> list[tuple[int, tuple[int, ...], bool]]:
+def _tta_views(
+    spatial_dims: int, mode: str, axes: Sequence[int] | None = None
+) -> list[tuple[int, tuple[int, ...], bool]]:
     """The views as ``(quarter turns in the first two spatial axes, flipped axes, transposed)``.
 
-    ``flips``: the identity and one flip per spatial axis. ``dihedral`` (2D only): the 8 symmetries
-    of the square (4 quarter turns, with and without a transpose) - for models trained with
-    90-degree turns and flips, as medxai trains pictures.
+    ``flips``: the identity and one flip per spatial axis (only the model-grid axes in ``axes``
+    when given: e.g. ``(0,)``, left-right in RAS, for a model whose labels mean anterior and
+    posterior). ``dihedral`` (2D only): the 8 symmetries of the square (4 quarter turns, with
+    and without a transpose) - for models trained with 90-degree turns and flips, as medxai
+    trains pictures.
     """
     if mode == "none":
         return [(0, (), False)]
     if mode == "flips" or spatial_dims != 2:
-        return [(0, (), False)] + [(0, (2 + d,), False) for d in range(spatial_dims)]
+        flipped = range(spatial_dims) if axes is None else axes
+        return [(0, (), False)] + [(0, (2 + int(d),), False) for d in flipped]
     return [(k, (), t) for t in (False, True) for k in range(4)]
 
 
@@ -195,16 +200,17 @@ def model_input_shape(
 
 
 def _forward_tta(
-    net: torch.nn.Module,
+    net: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     mode: str,
     each: Callable[[torch.Tensor], None] | None = None,
+    axes: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Softmax of ``net(x)`` averaged over the test-time augmentation views of ``mode``
     (see :func:`_tta_views`); ``x`` is ``(N, C, *spatial)``. ``each`` sees every view's
     softmax, brought back to ``x``'s orientation."""
     total = None
-    views = _tta_views(x.ndim - 2, mode)
+    views = _tta_views(x.ndim - 2, mode, axes)
     for view in views:
         prob = _unview(torch.softmax(net(_view(x, *view)).float(), dim=1), *view)
         if each is not None:
@@ -331,7 +337,9 @@ def whole_image_probabilities(
                     for i, state in enumerate(states):
                         each_view(i, restore_output(prob[i].float().cpu(), state))
 
-            passes.append((_forward_tta(net, x.to(device), tta, hook).float().cpu(), states))
+            axes = bundle.contract.inference.tta_axes
+            probs = _forward_tta(net, x.to(device), tta, hook, axes).float().cpu()
+            passes.append((probs, states))
     out = []
     for i in range(len(images)):
         prob = restore_output(passes[0][0][i], passes[0][1][i])
@@ -399,21 +407,27 @@ def predict(
         )[0]
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
-    tta_mode(bundle.inference, tta)  # an unknown name is refused here too
-    return _predict_sliding_window(bundle, image, dev, roi_size, overlap, sw_batch_size)
+    mode = tta_mode(bundle.inference, tta)
+    return _predict_sliding_window(
+        bundle, image, dev, (roi_size, overlap, sw_batch_size), mode, each_view
+    )
 
 
 def _predict_sliding_window(
     bundle: Any,
     image: torch.Tensor,
     dev: torch.device,
-    roi_size: Sequence[int] | None,
-    overlap: float | None,
-    sw_batch_size: int | None,
+    window: tuple[Sequence[int] | None, float | None, int | None],
+    tta: str = "none",
+    each_view: EachView | None = None,
 ) -> Prediction:
-    """:func:`predict` for a sliding-window model (no test-time augmentation)."""
+    """:func:`predict` for a sliding-window model: ``window`` is (roi size, overlap, windows
+    per pass), each None for the bundle's own. With test-time augmentation (``flips``, over
+    the bundle's ``tta_axes`` of the model grid when it names them) the whole sliding-window
+    pass runs once per view and the softmax is averaged on the model grid."""
     from monai.inferers import sliding_window_inference
 
+    roi_size, overlap, sw_batch_size = window
     net = bundle.network
     spec = bundle.contract.inference
     t0 = time.perf_counter()
@@ -425,20 +439,31 @@ def _predict_sliding_window(
                 f"roi size {roi} has {len(roi)} values; the model is {x.ndim - 2}D",
                 hint="e.g. --roi-size 96,96,96",
             )
-        logits = sliding_window_inference(
-            x,
-            roi_size=roi,
-            sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
-            predictor=net,
-            overlap=float(overlap if overlap is not None else spec.overlap),
-            mode=spec.blend_mode,
-            sw_device=dev,
-            device=torch.device("cpu"),
-            progress=False,
-        )
-    # a segmentation network has one output head: MONAI gives back a tensor
-    assert isinstance(logits, torch.Tensor)
-    prob = restore_output(torch.softmax(logits.float(), dim=1)[0], state)
+
+        def windows(v: torch.Tensor) -> torch.Tensor:
+            logits = sliding_window_inference(
+                v,
+                roi_size=roi,
+                sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+                predictor=net,
+                overlap=float(overlap if overlap is not None else spec.overlap),
+                mode=spec.blend_mode,
+                sw_device=dev,
+                device=torch.device("cpu"),
+                progress=False,
+            )
+            # a segmentation network has one output head: MONAI gives back a tensor
+            assert isinstance(logits, torch.Tensor)
+            return logits
+
+        hook = None
+        if each_view is not None:
+
+            def hook(p: torch.Tensor) -> None:
+                each_view(0, restore_output(p[0].float().cpu(), state))
+
+        mean = _forward_tta(windows, x, tta, hook, spec.tta_axes)
+    prob = restore_output(mean[0].float(), state)
     labels = labels_from_probabilities(bundle, prob)
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(
@@ -446,7 +471,7 @@ def _predict_sliding_window(
         labels=labels,
         affine=torch.as_tensor(affine),
         seconds=time.perf_counter() - t0,
-        tta="none",
+        tta=tta,
     )
 
 

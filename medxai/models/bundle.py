@@ -201,6 +201,17 @@ def _check_inference_options(config: dict[str, Any], root: Path) -> None:
             path=root / "configs" / "inference.json",
             hint=f"a list of input sizes with {dims} positive integers each, e.g. [[224, 224]]",
         )
+    axes = config.get("inference", {}).get("tta_axes")
+    if axes is not None and (
+        not isinstance(axes, list)
+        or not axes
+        or not all(isinstance(a, int) and 0 <= a < int(dims or 3) for a in axes)
+    ):
+        raise ModelError(
+            f"inference.tta_axes is {axes!r}",
+            path=root / "configs" / "inference.json",
+            hint=f"a list of model-grid axes below {dims} to mirror, e.g. [0] (left-right in RAS)",
+        )
     threshold = config.get("inference", {}).get("threshold")
     if threshold is not None:
         classes = config.get("network_def", {}).get("out_channels")

@@ -88,7 +88,10 @@ class InferenceSpec:
         overlap: sliding-window overlap fraction.
         sw_batch_size: windows per forward pass.
         blend_mode: window blending (``gaussian`` or ``constant``).
-        tta: test-time augmentation of whole-image models (``none``, ``flips``, ``dihedral``).
+        tta: test-time augmentation (``none``, ``flips``, ``dihedral``; sliding-window
+            models: ``flips``).
+        tta_axes: the model-grid axes ``flips`` mirrors (None: every axis), e.g. ``(0,)``
+            (left-right in RAS) for labels that mean anterior/posterior.
         tta_sizes: extra input sizes of multi-scale TTA.
         threshold: foreground probability cut of binary models (None: argmax).
         inferer: the MONAI inferer class name (MONAI bundles), else ``""``.
@@ -101,6 +104,7 @@ class InferenceSpec:
     sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
     blend_mode: str = DEFAULT_BLEND_MODE
     tta: str = "none"
+    tta_axes: tuple[int, ...] | None = None
     tta_sizes: tuple[tuple[int, ...], ...] = ()
     threshold: float | None = None
     inferer: str = ""
@@ -306,6 +310,7 @@ def contract_from_medxai_config(
             sw_batch_size=int(inf.get("sw_batch_size", DEFAULT_SW_BATCH_SIZE)),
             blend_mode=str(inf.get("blend_mode", DEFAULT_BLEND_MODE)),
             tta=_tta(inf),
+            tta_axes=_ints(inf.get("tta_axes")),
             tta_sizes=tuple(tuple(int(v) for v in s) for s in inf.get("tta_sizes") or []),
             threshold=(float(inf["threshold"]) if inf.get("threshold") is not None else None),
         ),
