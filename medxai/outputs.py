@@ -128,7 +128,6 @@ def write_outputs(
     files: list[str] = []
     times: dict[str, float] = {}
     skipped: list[dict[str, Any]] = []
-    image = loaded.image
     labels = pred.labels[0].numpy()
     affine = pred.affine.numpy()
     info = label_info(bundle)
@@ -161,9 +160,7 @@ def write_outputs(
         times["write_nifti"] = time.perf_counter() - t
     if "png" in formats:
         t = time.perf_counter()
-        files.append(
-            w.write_preview_png(image.numpy(), labels, first_sal, tmp / "preview.png", colors).name
-        )
+        files.append(_write_preview(tmp, loaded, bundle, labels, saliency, info, method))
         times["write_png"] = time.perf_counter() - t
     if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
@@ -373,6 +370,30 @@ def _write_uncertainty_nifti(tmp: Path, uncertainty: Uncertainty, affine: np.nda
             description=f"uncertainty {uncertainty.method} variance",
         ).name,
     ]
+
+
+def _write_preview(
+    tmp: Path,
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    labels: np.ndarray,
+    saliency: dict[int, torch.Tensor],
+    info: list[dict[str, Any]],
+    method: str | None,
+) -> str:
+    """``preview.png``: titled panels, one row per label, sizes in mm (where the input has a
+    spacing), the heat map's colour bar and meaning, the model (:mod:`medxai.io.writers.preview`)."""
+    from medxai.io import writers as w
+
+    meta = loaded.image.meta
+    known = bool(meta.get("has_patient_geometry")) or bool(meta.get("pixel_spacing_source"))
+    spacing = list(meta.get("spacing", [])) if known else None
+    preview = w.PreviewInfo(bundle.name, bundle.version, method, None, spacing or None)
+    maps = {value: sal[0].numpy() for value, sal in saliency.items()}
+    path, _ = w.write_clinical_preview(
+        loaded.image.numpy(), labels, maps, tmp / "preview.png", info, preview
+    )
+    return path.name
 
 
 def _write_split_masks(

@@ -25,6 +25,7 @@ from medxai.io.writers.nifti import (
     write_nifti_mask,
 )
 from medxai.io.writers.png import overlay_rgb, window_to_uint8, write_preview_png
+from medxai.io.writers.preview import PreviewInfo, write_clinical_preview
 from medxai.io.writers.report import label_statistics, to_plain, write_report_json
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "overlay_rgb",
     "window_to_uint8",
     "write_preview_png",
+    "write_clinical_preview",
+    "PreviewInfo",
     "write_report_json",
     "label_statistics",
     "to_plain",

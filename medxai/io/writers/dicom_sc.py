@@ -417,6 +417,15 @@ def write_dicom_sc(
     return paths
 
 
+def _photo_pixels(picture: Any) -> tuple[np.ndarray, str, int]:
+    arr = as_numpy(picture)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InputError(f"a photo must be (C, I, J); found shape {arr.shape}")
+    return _sc_pixels(arr)
+
+
 def create_photo_study(
     picture: Any,
     path: str | Path,
@@ -450,12 +459,7 @@ def create_photo_study(
         InputError: a picture of the wrong shape or dtype.
         ProcessingError: the file cannot be written.
     """
-    arr = as_numpy(picture)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise InputError(f"a photo must be (C, I, J); found shape {arr.shape}")
-    pixels, photometric, bits = _sc_pixels(arr)
+    pixels, photometric, bits = _photo_pixels(picture)
     path = Path(path)
     ref = _placeholder_ref(
         patient_name=patient_name,
@@ -465,16 +469,9 @@ def create_photo_study(
     )
     equipment = [_medxai_equipment("Conversion of a picture file to DICOM")]
     sc = _build_sc(
-        pixels,
-        photometric,
-        bits,
-        ref,
-        series_uid=hd.UID(),
-        series_number=int(series_number),
-        instance_number=1,
-        series_description=series_description,
-        equipment=equipment,
-    )
+        pixels, photometric, bits, ref, series_uid=hd.UID(), series_number=int(series_number),
+        instance_number=1, series_description=series_description, equipment=equipment,
+    )  # fmt: skip
     sc.ImageType = ["ORIGINAL", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
     sc.PatientOrientation = ""

@@ -553,43 +553,32 @@ def write_dicom_seg(
     seg_type: str = "binary",
     probabilities: Any | None = None,
 ) -> Path:
-    """Write a DICOM SEG of ``labels`` on the grid of ``source``.
+    """Write a DICOM SEG of ``labels`` on the grid of ``source``; returns the path written.
 
     Args:
         labels: label map ``(I, J[, K])`` uint8 (0 background), MONAI order: ``I`` = source
-            Columns, ``J`` = source Rows, ``K`` = number of source slices (``len(datasets)``) or
-            frames (``len(frame_numbers)``); a 2D map for a single image.
+            Columns, ``J`` = Rows, ``K`` = source slices or frames; 2D for a single image.
         source: the DICOM images the labels were computed on.
         label_info: ``[{"value", "name", "color", ["category", "type"]}, ...]``; every non-zero
-            value becomes one segment, whether present in the mask or not. Values present in
-            ``labels`` must all be described.
+            value is one segment, present or not; values in ``labels`` must all be described.
         model_name, model_version: recorded as the segments' algorithm name and version.
         path: the file to write (any name; ``.dcm`` is usual).
-        series_number: of the new series (default: source series number + 1000).
-        series_description: of the new series; says it is an AI result.
-        instance_number: of the SEG instance.
-        content_label: ContentLabel (a DICOM code string: upper case, 16 characters).
+        series_number, series_description, instance_number, content_label: of the new series
+            and instance (:class:`SegIdentity`; series number default: the source's + 1000).
         omit_empty_frames: leave out frames without any voxel of a segment (smaller files).
-        seg_type: ``binary`` (one bit per pixel and segment; Segmentation Storage),
-            ``labelmap`` (one frame per source frame whose values are the segment numbers;
-            Label Map Segmentation Storage, DICOM 2024c, highdicom >= 0.24) or ``fractional``
-            (``probabilities`` stored as PROBABILITY, 8 bits, MaximumFractionalValue 255).
-        probabilities: for ``fractional``: ``(C, I, J[, K])`` floats in 0..1, channel ``c`` the
-            probability of label value ``c`` (``Prediction.probabilities``). Segment ``n`` holds
-            the channel of the ``n``-th described label; ``labels`` only decide which values must
-            be described.
-
-    Returns:
-        the path written.
+        seg_type: ``binary`` (a bit per pixel and segment), ``labelmap`` (a frame per source frame
+            of segment numbers; Label Map Segmentation, DICOM 2024c) or ``fractional``
+            (``probabilities`` as PROBABILITY, 8 bits, MaximumFractionalValue 255).
+        probabilities: for ``fractional``: ``(C, I, J[, K])`` floats in 0..1, channel ``c`` that
+            of label value ``c`` (``Prediction.probabilities``); segment ``n`` holds the channel
+            of the ``n``-th described label.
 
     Raises:
-        InputError: a shape that does not match the source, undescribed label values, a source
-            header without the UIDs to reference, an unknown ``seg_type``, missing or
-            malformed ``probabilities`` for ``fractional``.
-        UnsupportedInputError: several single-frame images without patient geometry, frames
-            stored in a single-frame SOP class, several slices from one single-frame image
-            (mosaic), a multi-frame object with a Frame of Reference but no frame positions,
-            ``labelmap`` with a highdicom that cannot write it.
+        InputError: a shape that does not match the source, undescribed label values, missing
+            UIDs, an unknown ``seg_type``, missing or malformed ``probabilities``.
+        UnsupportedInputError: what a SEG cannot reference (several pictures without geometry,
+            frames in a single-frame SOP class, a mosaic, frames without positions in a Frame
+            of Reference), ``labelmap`` with a highdicom that cannot write it.
         ProcessingError: highdicom refuses the input, or the file cannot be written.
     """
     kind = segmentation_type(seg_type)

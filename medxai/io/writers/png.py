@@ -21,7 +21,15 @@ from medxai.errors import InputError
 from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import PALETTE, as_label_array, as_numpy, label_colors_map
 
-__all__ = ["overlay_rgb", "write_preview_png", "window_to_uint8", "jet", "label_contours"]
+__all__ = [
+    "normalise_saliency",
+    "overlay_rgb",
+    "write_preview_png",
+    "window_to_uint8",
+    "jet",
+    "label_contours",
+    "shrink_picture",
+]
 
 
 def window_to_uint8(image: Any, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -59,7 +67,7 @@ def jet(values: Any) -> np.ndarray:
     return (np.stack([r, g, b]) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _normalise_saliency(saliency: np.ndarray) -> np.ndarray:
+def normalise_saliency(saliency: np.ndarray) -> np.ndarray:
     data = np.nan_to_num(saliency.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo = float(data.min()) if data.size else 0.0
     hi = float(np.percentile(data, 99.5)) if data.size else 0.0
@@ -102,6 +110,7 @@ def overlay_rgb(
     contours: bool = True,
     heat_alpha: float = 0.6,
     contour_thickness: int | None = None,
+    scaled: bool = False,
 ) -> np.ndarray:
     """The overlay picture: windowed image, saliency heat map blended in, label contours on top.
 
@@ -114,6 +123,8 @@ def overlay_rgb(
             default palette colour.
         contours: draw label contours (otherwise filled labels, half transparent).
         contour_thickness: in pixels; default grows with the picture (1 px per 256).
+        scaled: ``saliency`` is already scaled to 0..1 (e.g. over a whole volume, of which this
+            is one slice): it is used as it is.
 
     Returns:
         uint8 ``(3, I, J[, K])``.
@@ -134,7 +145,7 @@ def overlay_rgb(
             raise InputError(
                 f"saliency {sal.shape} and image {spatial} have different spatial shapes"
             )
-        norm = _normalise_saliency(sal)
+        norm = np.clip(sal.astype(np.float32), 0, 1) if scaled else normalise_saliency(sal)
         alpha = (heat_alpha * norm)[None]
         out = out * (1.0 - alpha) + jet(norm).astype(np.float32) * alpha
     colors = label_colors_map(label_colors)
@@ -165,7 +176,7 @@ def _pick_slice(labels: np.ndarray, saliency: np.ndarray | None) -> int:
     return labels.shape[-1] // 2
 
 
-def _shrink(
+def shrink_picture(
     img: np.ndarray, lab: np.ndarray, sal: np.ndarray | None, max_side: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Downscale a uint8 ``(C, I, J)`` picture (area), its ``(I, J)`` labels (nearest) and
@@ -242,7 +253,7 @@ def write_preview_png(
         )
     plain = window_to_uint8(img)
     if max_side:
-        plain, lab, sal = _shrink(plain, lab, sal, int(max_side))
+        plain, lab, sal = shrink_picture(plain, lab, sal, int(max_side))
     if plain.shape[0] == 1:
         plain = np.repeat(plain, 3, axis=0)
     panels = [plain, overlay_rgb(plain, lab, None, label_colors)]
