@@ -2,6 +2,7 @@
 
     python benchmarks/bench_batch.py                 # defaults: 1200 files, 32 images
     python benchmarks/bench_batch.py --files 5000 --images 96 --workers 1,2,4
+    python benchmarks/bench_batch.py --ratio --ratio-images 40   # sections 4-5 only
 
 Builds a synthetic export in a temporary folder (CT series of 64x64 int16 slices, 256x192 RGB
 dermoscopy-like photos as DICOM, some non-DICOM files), and an untrained 2D RGB U-Net bundle of the
@@ -14,13 +15,24 @@ size of the shipped skin-lesion model (width 16, depth 5, 160x160). Prints three
 3. end to end: images/s of ``run_batch`` (read, predict, write NIfTI + JSON; with or without
    Grad-CAM), in this process and with local worker processes. Worker-process rows include
    starting the workers (importing torch, loading the model).
+
+With ``--ratio`` (sections 4 and 5 only): the bundled ``isic2018-lesion-unet`` over ISIC 2018 val
+photos (../shared/data; synthetic photos without it), as a DICOM export through ``medxai batch``
+and as a folder of JPEGs through ``medxai segment``, default outputs and ``--explain gradcam``,
+each as a fresh CLI process; their images/s against the model-bound rate (the same network and
+test-time augmentation in plain torch on the pre-resized photos), measured before and after each
+in the same run; and the per-stage milliseconds per image from the manifest and the reports.
+The batch rate is ``summary.json``'s (processing only, after the scan); the segment rate is
+between the first and the last result folder written (start-up left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -193,6 +205,207 @@ def bench_end_to_end(export: Path, bundle_dir: Path, work: Path, workers: list[i
            "wall s"], rows)
 
 
+# ---------------------------------------------------------------------------------------------
+# --ratio: the real bundled model, end to end against the model-bound rate (issue 17 item 2)
+# ---------------------------------------------------------------------------------------------
+
+_CLI = ("import sys, warnings; warnings.simplefilter('ignore'); "
+        "from medxai.cli.main import main; sys.exit(main())")
+RATIO_MODEL = "isic2018-lesion-unet"
+
+
+def _photos(n: int, folder: Path) -> list[Path]:
+    """``n`` ISIC 2018 val photos (512x512 JPEG) from ../shared/data, else synthetic ones."""
+    from _bench_utils import SHARED
+
+    src = sorted((SHARED / "isic2018" / "val" / "images").glob("*.jpg"))[:n]
+    folder.mkdir(parents=True)
+    if len(src) == n:
+        for p in src:
+            shutil.copy(p, folder / p.name)
+        return sorted(folder.iterdir())
+    from PIL import Image
+
+    from medxai.samples import make_dermoscopy_photo
+
+    print("(../shared/data/isic2018 not found: synthetic 512x512 photos)")
+    for i in range(n):
+        rgb, _ = make_dermoscopy_photo(512, 512, seed=i)
+        Image.fromarray(rgb).save(folder / f"synthetic_{i:04d}.jpg", quality=92)
+    return sorted(folder.iterdir())
+
+
+def build_photo_export(photos: list[Path], root: Path) -> None:
+    """One dermoscopy DICOM (Secondary Capture, XC) per photo, 8 per series, as a PACS would
+    export them: ``PHOTOS/SERxxx/IMxxxxx.dcm``."""
+    import pydicom
+    from PIL import Image
+
+    from medxai.samples import write_dermoscopy_dicom
+
+    root.mkdir(parents=True)
+    template = root / "_template.dcm"
+    first = np.asarray(Image.open(photos[0]).convert("RGB"))
+    write_dermoscopy_dicom(first, template)
+    base = pydicom.dcmread(template)
+    template.unlink()
+    for i, photo in enumerate(photos):
+        rgb = np.asarray(Image.open(photo).convert("RGB"))
+        ds = base.copy()
+        uid = f"1.2.826.0.1.3680043.10.1476.17.{i // 8}"
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{uid}.{i}"
+        ds.InstanceNumber = i + 1
+        ds.Rows, ds.Columns = rgb.shape[:2]
+        ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+        p = root / f"PHOTOS/SER{i // 8:03d}/IM{i:05d}.dcm"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(p, enforce_file_format=True)
+
+
+def _views(mode: str) -> list[tuple[int, bool]]:
+    if mode == "dihedral":
+        return [(k, t) for t in (False, True) for k in range(4)]
+    if mode == "flips":
+        return [(0, False), (-1, False), (-2, False)]  # identity, flip H, flip W
+    return [(0, False)]
+
+
+def model_bound_rate(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[float, str]:
+    """Images/s of the bundled model's network with its test-time augmentation in plain torch:
+    the photos already resized to the model's input and scaled (not timed), ``batch_size``
+    images per forward pass, softmax of every view turned back and averaged. Nothing else."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from medxai.inference import tta_mode
+    from medxai.models.registry import load_model
+
+    bundle = load_model(RATIO_MODEL)
+    net = bundle.network.eval()
+    size = list(bundle.preprocessing["spatial_size"])
+    mode = tta_mode(bundle.inference)
+    xs = []
+    for p in photos:
+        rgb = torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy())
+        x = rgb.permute(2, 1, 0).float()[None] / 255.0
+        xs.append(F.interpolate(x, size=size, mode="area"))
+    views = _views(mode)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for i in range(0, len(xs), batch_size):
+                x = torch.cat(xs[i:i + batch_size])
+                total = None
+                for k, t in views:
+                    v = x.transpose(2, 3) if t else x
+                    if k > 0:
+                        v = torch.rot90(v, k, (2, 3))
+                    elif k < 0:
+                        v = v.flip(-k + 1)
+                    y = torch.softmax(net(v), dim=1)
+                    if k > 0:
+                        y = torch.rot90(y, -k, (2, 3))
+                    elif k < 0:
+                        y = y.flip(-k + 1)
+                    y = y.transpose(2, 3) if t else y
+                    total = y if total is None else total + y
+
+    run()  # warm-up
+    best = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run()
+        best.append(len(xs) / (time.perf_counter() - t))
+    return max(best), f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}"
+
+
+def _cli(args: list[str], env: dict[str, str]) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CLI, *args], env=env, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-3000:])
+        raise SystemExit(f"{args[0]} failed with exit code {proc.returncode}")
+    return time.perf_counter() - t
+
+
+def _stage_sums(reports: list[Path]) -> dict[str, float]:
+    """Seconds per stage, summed over the reports (report.json ``timings_s``)."""
+    import json
+
+    sums: dict[str, float] = {}
+    for r in reports:
+        for k, v in (json.loads(r.read_text()).get("timings_s") or {}).items():
+            sums[k] = sums.get(k, 0.0) + float(v or 0.0)
+    return sums
+
+
+def _steady_rate(reports: list[Path]) -> float:
+    """Images/s between the first and the last result folder written (start-up excluded)."""
+    times = sorted(r.stat().st_mtime for r in reports)
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] \
+        else 0.0
+
+
+def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | None) -> None:
+    """``medxai batch`` over a DICOM export and ``medxai segment`` over a folder of the same
+    photos as JPEGs (default outputs, ``--explain`` given), each against the model-bound rate
+    measured just before and after it in the same run."""
+    import sqlite3
+
+    env = dict(os.environ)
+    if base_root:
+        env["PYTHONPATH"] = base_root + os.pathsep + env.get("PYTHONPATH", "")
+    with tempfile.TemporaryDirectory(prefix="medxai-bench-ratio-") as tmp:
+        work = Path(tmp)
+        photos = _photos(n_images, work / "jpegs")
+        build_photo_export(photos, work / "export")
+        rates = [model_bound_rate(photos, batch_size)]
+        print(f"model-bound: {rates[0][1]}")
+        out_b = work / "out_batch"
+        _cli(["batch", str(work / "export"), "-o", str(out_b), "-m", RATIO_MODEL, "--device",
+              "cpu", "--explain", explain, "--batch-size", str(batch_size), "-q"], env)
+        summary = json.loads((out_b / "summary.json").read_text())
+        batch_rate = float(summary["process"]["images_per_s"])
+        con = sqlite3.connect(out_b / "manifest.sqlite")
+        stages_b = dict(zip(("read", "predict", "explain", "write", "total"), con.execute(
+            "SELECT SUM(read_s), SUM(predict_s), SUM(explain_s), SUM(write_s), SUM(total_s) "
+            "FROM series WHERE state='done'").fetchone()))
+        done_b = con.execute("SELECT COUNT(*) FROM series WHERE state='done'").fetchone()[0]
+        con.close()
+        reports_b = sorted(out_b.glob("*/*/report.json"))
+        writes_b = {k: v for k, v in _stage_sums(reports_b).items() if k.startswith("write")}
+        rates.append(model_bound_rate(photos, batch_size))
+        out_s = work / "out_segment"
+        wall_s = _cli(["segment", str(work / "jpegs"), "-o", str(out_s), "-m", RATIO_MODEL,
+                       "--device", "cpu", "--explain", explain, "-q"], env)
+        reports_s = sorted(out_s.glob("*/report.json"))
+        seg_rate = _steady_rate(reports_s)
+        stages_s = _stage_sums(reports_s)
+        rates.append(model_bound_rate(photos, batch_size))
+    mb = [r for r, _ in rates]
+    load = os.getloadavg()
+    print(f"\n{'base: ' + base_root if base_root else 'this checkout'}; {n_images} photos "
+          f"512x512, --explain {explain}, default outputs; load average at the end "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    table("4. images/s vs the model-bound rate (same network and TTA, same run)",
+          ["run", "images", "images/s", "model-bound before", "model-bound after", "ratio"],
+          [["medxai batch (DICOM export)", done_b, f"{batch_rate:.2f}", f"{mb[0]:.2f}",
+            f"{mb[1]:.2f}", f"{batch_rate / ((mb[0] + mb[1]) / 2):.2f}"],
+           ["medxai segment (folder of JPEGs)", len(reports_s), f"{seg_rate:.2f}",
+            f"{mb[1]:.2f}", f"{mb[2]:.2f}", f"{seg_rate / ((mb[1] + mb[2]) / 2):.2f}"]])
+    per = lambda v, n: f"{1000 * (v or 0.0) / max(n, 1):.0f}"  # noqa: E731
+    rows = [["batch", k, per(v, done_b)] for k, v in stages_b.items()]
+    rows += [["batch", f"  {k}", per(v, done_b)] for k, v in sorted(writes_b.items())]
+    rows += [["segment", k, per(v, len(reports_s))] for k, v in sorted(stages_s.items())]
+    rows += [["segment", "wall per image (incl. start-up)", per(wall_s, len(reports_s))]]
+    table("5. where the time goes: ms per image, summed over stages (stages overlap in the "
+          "pipelined batch, so they add up to more than 1000 / images/s)",
+          ["command", "stage", "ms/image"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1200, help="files in the export")
@@ -201,6 +414,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip", default="", help="sections to skip: scan,model,e2e")
     ap.add_argument("--torch-threads", type=int, help="torch threads of this process")
+    ap.add_argument("--ratio", action="store_true",
+                    help="only section 4/5: the bundled model over real photos, batch and "
+                         "segment against the model-bound rate")
+    ap.add_argument("--ratio-images", type=int, default=40, help="photos for --ratio")
+    ap.add_argument("--explain", default="gradcam", help="saliency method for --ratio")
+    ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
+                                        "(e.g. an unpacked `git archive` of an older commit)")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -211,6 +431,9 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     print(f"medxai batch benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"{args.files} files ({args.images} photos 256x192 RGB)")
+    if args.ratio:
+        bench_ratio(args.ratio_images, args.batch_size, args.explain, args.base_root)
+        return
     with tempfile.TemporaryDirectory(prefix="medxai-bench-") as tmp:
         work = Path(tmp)
         t = time.perf_counter()
