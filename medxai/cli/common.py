@@ -40,7 +40,6 @@ __all__ = [
     "exit_code_for",
     "error_entry",
     "dicom_warnings_as_lines",
-    "InputProgress",
 ]
 
 # Everything in this module runs before torch/MONAI are imported: a bad call is answered in a
@@ -334,47 +333,6 @@ def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None)
             yield
         finally:
             warnings.showwarning = previous
-
-
-class InputProgress:
-    """Progress over a command's inputs on stderr: ``[3/40] 1.52 inputs/s  ETA 24s`` redrawn in
-    place on a terminal; nothing when quiet, with ``--json`` or when stderr is not a terminal
-    (logs then get the final :meth:`summary` only). One input: silent."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        import time
-
-        self._clock = time.monotonic
-        self.total = total
-        self.start = self._clock()
-        self.done = 0
-        self.enabled = enabled and total > 1
-        self.tty = self.enabled and sys.stderr.isatty()
-
-    def step(self, what: str = "") -> None:
-        """One more input finished (whatever its outcome)."""
-        self.done += 1
-        if not self.tty:
-            return
-        elapsed = self._clock() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        line = f"[{self.done}/{self.total}] {rate:.2f} inputs/s"
-        if self.done < self.total:
-            line += f"  ETA {eta:.0f}s"
-        click.echo(("\r" + line).ljust(60), err=True, nl=self.done >= self.total)
-
-    def summary(self, done: int, failed: int, skipped: int = 0) -> None:
-        """The closing line: what was done, skipped and failed, and the rate."""
-        if not self.enabled:
-            return
-        elapsed = self._clock() - self.start
-        rate = f", {self.done / elapsed:.2f} inputs/s" if elapsed > 0 else ""
-        click.echo(
-            f"{done} done, {skipped} skipped, {failed} failed of {self.total} input(s) "
-            f"in {elapsed:.1f} s{rate}",
-            err=True,
-        )
 
 
 def explain_options(fn: Any) -> Any:
