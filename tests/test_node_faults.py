@@ -130,9 +130,10 @@ def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: P
         assert len(segs) == 2, [seg_sources(s) for s in segs]
         assert sorted(seg_sources(s).pop() for s in segs) == sorted(sources)
         assert all(len(seg_sources(s)) == 1 for s in segs)
-        # the default outputs: a Parametric Map and an SR per image too, each exactly once
+        # the default outputs: two Parametric Maps (saliency, uncertainty) and an SR per image
+        # too, each exactly once
         tags = orthanc.study_instances(study)
-        assert sum(t.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.30" for t in tags) == 2
+        assert sum(t.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.30" for t in tags) == 4
         assert sum(t.get("Modality") == "SR" for t in tags) == 2
         # 4. SIGTERM: stops accepting, exits cleanly
         assert third.terminate() == 0
@@ -142,7 +143,7 @@ def test_sigkill_restart_destination_down_exactly_one_seg_per_source(tmp_path: P
                                 cwd=ROOT, timeout=300)
         assert status.returncode == 0, status.stderr
         st = json.loads(status.stdout)
-        assert st["outbox"] == {"pending": 0, "sent": 6, "failed": 0}  # SEG + PM + SR, x2
+        assert st["outbox"] == {"pending": 0, "sent": 8, "failed": 0}  # SEG + 2 PM + SR, x2
         assert st["studies"]["processed"] == 1 and st["instances_received"] == 2
     finally:
         for li in listeners:
