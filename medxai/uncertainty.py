@@ -137,8 +137,8 @@ def uncertainty_method(
             "a MONAI model-zoo bundle runs its own inferer: medxai takes no test-time "
             "augmentation views or dropout passes of it"
         )
-    whole_image = bundle.contract.inference.mode == "whole_image"
-    mode = tta_mode(bundle.inference, tta) if whole_image else "none"
+    # whole-image and sliding-window predictions both hand their TTA views to each_view
+    mode = tta_mode(bundle.inference, tta)
     dropout = bool(dropout_layers(bundle.network))
     if requested is None:
         if mode != "none":
@@ -154,11 +154,7 @@ def uncertainty_method(
             return "tta", f"asked for; the model runs with {mode} test-time augmentation"
         return None, (
             "--uncertainty tta asked for, but the model runs without test-time augmentation"
-            + (
-                " (give --tta flips or dihedral with it)"
-                if whole_image
-                else " (a sliding-window model)"
-            )
+            " (give --tta flips with it, or use --uncertainty mc-dropout)"
         )
     if not dropout:
         return None, "--uncertainty mc-dropout asked for, but the network has no dropout layer"
