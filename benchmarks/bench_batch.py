@@ -321,10 +321,13 @@ def model_bound_rate(photos: list[Path], batch_size: int, reps: int = 2) -> tupl
     return max(best), f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}"
 
 
-def _cli(args: list[str], env: dict[str, str]) -> float:
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Wall seconds of one CLI process, run in ``cwd`` (not the checkout: ``python -c`` puts the
+    current folder first on ``sys.path``, before ``PYTHONPATH``, so --base-root would be
+    ignored in the checkout)."""
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CLI, *args], env=env, capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-3000:])
         raise SystemExit(f"{args[0]} failed with exit code {proc.returncode}")
@@ -357,6 +360,7 @@ def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | N
 
     env = dict(os.environ)
     if base_root:
+        base_root = str(Path(base_root).resolve())
         env["PYTHONPATH"] = base_root + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="medxai-bench-ratio-") as tmp:
         work = Path(tmp)
@@ -366,7 +370,7 @@ def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | N
         print(f"model-bound: {rates[0][1]}")
         out_b = work / "out_batch"
         _cli(["batch", str(work / "export"), "-o", str(out_b), "-m", RATIO_MODEL, "--device",
-              "cpu", "--explain", explain, "--batch-size", str(batch_size), "-q"], env)
+              "cpu", "--explain", explain, "--batch-size", str(batch_size), "-q"], env, work)
         summary = json.loads((out_b / "summary.json").read_text())
         batch_rate = float(summary["process"]["images_per_s"])
         con = sqlite3.connect(out_b / "manifest.sqlite")
@@ -380,7 +384,7 @@ def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | N
         rates.append(model_bound_rate(photos, batch_size))
         out_s = work / "out_segment"
         wall_s = _cli(["segment", str(work / "jpegs"), "-o", str(out_s), "-m", RATIO_MODEL,
-                       "--device", "cpu", "--explain", explain, "-q"], env)
+                       "--device", "cpu", "--explain", explain, "-q"], env, work)
         reports_s = sorted(out_s.glob("*/report.json"))
         seg_rate = _steady_rate(reports_s)
         stages_s = _stage_sums(reports_s)
