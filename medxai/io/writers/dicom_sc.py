@@ -132,7 +132,8 @@ def _build_sc(
             manufacturer=SOFTWARE_NAME,
             # replaced below by the real value (SCImage accepts single letters only)
             patient_orientation=("L", "P"),
-            pixel_spacing=tuple(pixel_spacing) if pixel_spacing is not None else None,
+            # highdicom annotates pixel_spacing as ints; the standard's (and its code's) are floats
+            pixel_spacing=tuple(pixel_spacing) if pixel_spacing is not None else None,  # type: ignore[arg-type]
             transfer_syntax_uid=ExplicitVRLittleEndian,
             contributing_equipment=list(equipment),
             series_description=series_description[:64],
@@ -351,7 +352,9 @@ def _set_slice_attributes(
             if kw in sc:
                 delattr(sc, kw)
         orientation = ref.get("PatientOrientation") if referenced else None
-        sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else ""
+        # pydicom types the keyword as a list; an empty value is what the standard wants here
+        value = list(orientation) if orientation and len(orientation) == 2 else ""
+        sc.PatientOrientation = value  # type: ignore[assignment]
     sc.Laterality = _laterality(ref) if referenced else ""
 
 
@@ -474,7 +477,8 @@ def create_photo_study(
     )  # fmt: skip
     sc.ImageType = ["ORIGINAL", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
-    sc.PatientOrientation = ""
+    # empty (type 2); pydicom types the keyword as a list
+    sc.PatientOrientation = ""  # type: ignore[assignment]
     sc.Laterality = ""
     if source_name:
         sc.ImageComments = f"Imported by {SOFTWARE_NAME} {SOFTWARE_VERSION} from {source_name}"

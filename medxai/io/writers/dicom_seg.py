@@ -33,7 +33,7 @@ for every described label.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from medxai.io.writers._common import (
     source_proxy,
 )
 
+_is_multiframe_iod: Callable[[Any], Any] | None
 try:  # private helper of highdicom: whether the SOP class's IOD allows several frames
     from highdicom._standard_utils import is_multiframe_image as _is_multiframe_iod
 except ImportError:  # pragma: no cover - other highdicom versions

@@ -196,9 +196,9 @@ def _rows(
                 (f"input, slice {picks[len(picks) // 2] + 1}", plain[..., picks[len(picks) // 2]])
             ]
             for k in picks:
-                heat = None if sal is None else sal[..., k]
+                slice_sal = None if sal is None else sal[..., k]
                 panel = overlay_rgb(
-                    plain[..., k], only[..., k], heat, colors, heat_alpha=_HEAT_ALPHA
+                    plain[..., k], only[..., k], slice_sal, colors, heat_alpha=_HEAT_ALPHA
                 )
                 panels.append((f"slice {k + 1}/{labels.shape[-1]}", panel))
         rows.append(_Row(title, panels, legend))
@@ -287,6 +287,7 @@ def _shrunk(
             continue
         same = [v for v, other in maps.items() if other is sal]
         small_img, small_lab, small = shrink_picture(img, lab, sal, max_side)
+        assert small is not None  # a map in, a map out
         small_maps.update({v: small for v in same})
     if not maps:
         small_img, small_lab, _ = shrink_picture(img, lab, None, max_side)
