@@ -268,9 +268,6 @@ def _function_sizes():
     return module
 
 
-_SPLITTING = pytest.mark.xfail(strict=False, reason="being split in the same session")
-
-
 @pytest.mark.parametrize(
     "module",
     [
@@ -281,8 +278,8 @@ _SPLITTING = pytest.mark.xfail(strict=False, reason="being split in the same ses
         "medxai/node/node.py",
         "medxai/node/store.py",
         "medxai/node/sender.py",
-        pytest.param("medxai/io/writers/dicom_seg.py", marks=_SPLITTING),
-        pytest.param("medxai/io/writers/dicom_sc.py", marks=_SPLITTING),
+        "medxai/io/writers/dicom_seg.py",
+        "medxai/io/writers/dicom_sc.py",
     ],
 )
 def test_risky_modules_have_short_shallow_functions(module):
