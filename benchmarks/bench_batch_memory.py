@@ -17,6 +17,7 @@ images processed (nothing, if the pipeline's queues are bounded).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -47,7 +48,7 @@ def build_export(root: Path, n_files: int, n_images: int) -> None:
     write_ct_series(vol, tmpl_dir)
     slices = [pydicom.dcmread(p) for p in sorted(tmpl_dir.iterdir())]
     rng = np.random.default_rng(0)
-    pic = slices[0].copy()
+    pic = copy.deepcopy(slices[0])  # Dataset.copy() is shallow: it would turn slice 0 into OT
     pic.Modality = "OT"
     pic.SOPClassUID = pic.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     for kw in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
