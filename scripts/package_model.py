@@ -112,28 +112,45 @@ def main(args: argparse.Namespace) -> None:
     cfg["input"] = {**cfg.get("input", {}), **json.loads(args.input or "{}")}
     if args.tta:
         cfg["inference"]["tta"] = args.tta
+    if args.tta_axes is not None:
+        cfg["inference"]["tta_axes"] = [int(a) for a in args.tta_axes.split(",")]
+    target = BUNDLED / args.dest
+    # the measured saliency default of the model being replaced (docs/explainability.md),
+    # unless --saliency gives one
+    if args.saliency is not None:
+        cfg["saliency"] = json.loads(args.saliency)
+    elif target.exists() and "saliency" in load_bundle(target).config:
+        cfg["saliency"] = load_bundle(target).config["saliency"]
     if args.postprocess is not None:
         cfg["postprocessing"] = json.loads(args.postprocess)
     if args.threshold is not None:
         cfg["inference"]["threshold"] = args.threshold
     meta = json.loads((run / "configs" / "metadata.json").read_text())
     names = {int(lab["value"]): lab["name"] for lab in bundle.foreground_labels}
+    if target.exists():
+        shutil.rmtree(target)
+    for sub in ("configs", "models", "docs"):
+        (target / sub).mkdir(parents=True)
+    shutil.copy2(run / "models" / "model.pt", target / "models" / "model.pt")
+    # a MONAI bundle (form 2: MONAI keys + the "medxai" block; MONAI metadata), whichever form
+    # the run was saved in; evaluated as packaged (its contract parsed from what was written)
+    write_bundle_configs(target, cfg, meta)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = _val_folder(args.val, Path(tmp)) if args.val_list else args.val
-        result = evaluate_model(bundle, data, device="cpu")
+        result = evaluate_model(load_bundle(target), data, device="cpu")
     seconds = time.perf_counter() - t0
     metrics = _metrics(result.rows, names)
     hist = _history(run)
     meta["metrics"] = _flat(metrics)
     meta["training"]["epochs_run"] = len(hist)
     meta["training"]["total_seconds"] = round(sum(float(h["seconds"]) for h in hist), 1)
-    target = BUNDLED / args.dest
     meta["evaluation"] = {
         "data": args.data_note or str(args.val),
         "command": f"medxai evaluate --model {meta['name']} {args.val}"
                    + (" (dataset.json validation list)" if args.val_list else ""),
         "inference": {"tta": cfg["inference"].get("tta"),
+                      "tta_axes": cfg["inference"].get("tta_axes"),
                       "threshold": cfg["inference"].get("threshold"),
                       "postprocessing": cfg.get("postprocessing") or {}},
         "seconds": round(seconds, 1),
@@ -142,13 +159,6 @@ def main(args: argparse.Namespace) -> None:
         meta["license"] = args.license
     if args.intended_use:
         meta["intended_use"] = args.intended_use
-    if target.exists():
-        shutil.rmtree(target)
-    for sub in ("configs", "models", "docs"):
-        (target / sub).mkdir(parents=True)
-    shutil.copy2(run / "models" / "model.pt", target / "models" / "model.pt")
-    # a MONAI bundle (form 2: MONAI keys + the "medxai" block; MONAI metadata), whichever form
-    # the run was saved in
     write_bundle_configs(target, cfg, meta)
     csv_path = ROOT / "docs" / f"{meta['name']}_val_per_case.csv"
     with open(csv_path, "w", newline="") as fh:
@@ -181,6 +191,9 @@ if __name__ == "__main__":
     ap.add_argument("--postprocess", help="JSON postprocessing block, e.g. "
                                           "'{\"fill_holes\": true}'")
     ap.add_argument("--threshold", type=float)
+    ap.add_argument("--tta-axes", help="model-grid axes that flips TTA mirrors, e.g. 0")
+    ap.add_argument("--saliency", help="JSON saliency default block (default: the replaced "
+                                       "bundle's)")
     ap.add_argument("--card", type=Path, help="model card markdown ({{metrics}} is replaced)")
     ap.add_argument("--data-note", help="what the validation data is, for the card")
     ap.add_argument("--license")

@@ -247,7 +247,8 @@ def test_package_model_writes_form_2(rgb_bundle, tmp_path):
     val = make_picture_dataset(tmp_path / "val", n=2)
     args = argparse.Namespace(run=run, val=val, val_list=False, dest="pkg", input='{"modalities": ["XC"]}',
                               tta="flips", postprocess='{"fill_holes": true}', threshold=None, card=None,
-                              data_note="two synthetic pictures", license=None, intended_use=None)
+                              data_note="two synthetic pictures", license=None, intended_use=None,
+                              tta_axes="0", saliency='{"method": "hirescam", "layer": "encoder.1"}')
     mod.main(args)
     out = tmp_path / "bundled" / "pkg"
     b = load_bundle(out)
@@ -257,3 +258,5 @@ def test_package_model_writes_form_2(rgb_bundle, tmp_path):
     assert b.config["input"]["modalities"] == ["XC"]
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert "network_data_format" in meta and meta["evaluation"]["inference"]["tta"] == "flips"
+    assert b.contract.inference.tta_axes == (0,) and meta["evaluation"]["inference"]["tta_axes"] == [0]
+    assert b.config["saliency"]["method"] == "hirescam"

@@ -278,14 +278,20 @@ def test_quality_score_in_the_batch_manifest(tmp_path):
 
 
 def test_mc_dropout_of_a_sliding_window_3d_model(tmp_path):
-    """The bundled hippocampus model (sliding window, no TTA, dropout 0.1) on a real MR crop:
-    no map by default (with the reason), an MC dropout map on the volume's grid on request."""
+    """The bundled hippocampus model (sliding window, left-right mirror TTA, dropout 0.1) on a
+    real MR crop: by default a map from its two TTA views, an MC dropout map on request, both
+    on the volume's grid."""
     from medxai.models.registry import load_model
 
     image = shared_path("hippocampus", "imagesTr", "hippocampus_004.nii.gz")
     bundle = load_model("hippocampus-unet")
-    method, reason = uncertainty_method(bundle)
-    assert method is None and "mc-dropout" in reason
+    method, _reason = uncertainty_method(bundle)
+    assert method == "tta"
+    tta = segment_path(image, bundle, tmp_path / "tta", SegmentOptions(
+        formats=["nifti", "json"], explain="none", device="cpu"))
+    report = json.loads((tta.output_dir / "report.json").read_text())
+    assert report["uncertainty"]["method"] == "tta" and report["uncertainty"]["samples"] == 2
+    assert nib.load(tta.output_dir / "uncertainty.nii.gz").shape == nib.load(image).shape
     res = segment_path(image, bundle, tmp_path, SegmentOptions(
         formats=["nifti", "json"], explain="none", device="cpu", uncertainty="mc-dropout",
         mc_samples=2))
