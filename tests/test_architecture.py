@@ -231,7 +231,6 @@ def test_files_are_replaced_only_by_the_atomic_helper():
     assert not calls, "write through medxai.io.atomic instead:\n" + "\n".join(calls)
 
 
-@pytest.mark.xfail(strict=False, reason="batch is being reworked in the same session")
 def test_batch_replaces_files_only_through_the_atomic_helper():
     calls = _calls_outside(ATOMIC_RENAMERS, "batch")
     assert not calls, "write through medxai.io.atomic instead:\n" + "\n".join(calls)

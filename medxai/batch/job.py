@@ -17,7 +17,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
 from medxai.batch.types import Job, Result
 from medxai.errors import InputError, ModelMismatchError
+from medxai.io.atomic import write_text_atomic
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
@@ -135,15 +135,7 @@ def _clean_partials(out: Path) -> int:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from typing import Any
 from medxai.batch.scan import FileInfo, Stack
 from medxai.batch.types import Result
 from medxai.errors import InputError
+from medxai.io.atomic import atomic_path
 
 __all__ = ["Manifest", "STATES", "MANIFEST_NAME"]
 
@@ -667,14 +666,8 @@ def _file_values(fi: FileInfo, series_id: str | None, now: float) -> tuple[Any, 
 
 def _write_csv_atomic(dest: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """``dest`` written through a temporary file and one rename (``None`` as an empty cell)."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            for r in rows:
-                w.writerow(["" if v is None else v for v in r])
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if v is None else v for v in r])
