@@ -669,12 +669,15 @@ def segment_loaded(
     prediction: Prediction | None = None,
     choice: ModelChoice | None = None,
     saliency: dict[int, torch.Tensor] | None = None,
+    views: SampleAccumulator | None = None,
 ) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
     ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
     predicts 2D images in batches) is used instead of predicting again, and so are ``saliency``
     maps made elsewhere (:func:`saliency_maps`; the batch runner explains the next image while
-    this one is written)."""
+    this one is written) and the test-time augmentation ``views`` that prediction collected
+    (:func:`medxai.uncertainty.tta_accumulator`; without them a given prediction's TTA
+    uncertainty runs the views again)."""
     opts = options or SegmentOptions()
     say = progress or (lambda _m: None)
     out_root = Path(out_root)
@@ -691,7 +694,8 @@ def segment_loaded(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     unc_method, unc_reason = uncertainty_method(bundle, opts.uncertainty, opts.tta)
-    views = tta_accumulator(bundle) if unc_method == "tta" and prediction is None else None
+    if views is None and unc_method == "tta" and prediction is None:
+        views = tta_accumulator(bundle)
     if prediction is None:
         say(f"{name}: predicting on {device}")
         pred = predict(

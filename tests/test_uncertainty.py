@@ -304,3 +304,38 @@ def test_mc_dropout_of_a_sliding_window_3d_model(tmp_path):
     report = json.loads((res.output_dir / "report.json").read_text())
     assert report["uncertainty"]["method"] == "mc-dropout"
     assert 0 <= report["quality"]["score"] <= 1
+
+
+def test_batch_reuses_the_batched_predictions_tta_views(tmp_path, monkeypatch):
+    """The batch runner predicts in batches with the TTA views collected per image, so the
+    uncertainty map costs no second prediction: with the re-prediction path disabled the batch
+    still writes every map, equal to what medxai segment writes for the same input."""
+    import medxai.uncertainty as unc_mod
+    from medxai.batch import run_batch
+    from medxai.samples import make_dermoscopy_photo
+    from tests.fixtures_pacs import make_test_bundle, write_photo_dicom
+
+    export = tmp_path / "export"
+    for i in range(2):
+        rgb, _ = make_dermoscopy_photo(48, 40, seed=20 + i)
+        (export / f"S{i}").mkdir(parents=True)
+        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.11.1.{i}",
+                          series=f"1.2.826.0.1.3680043.11.2.{i}",
+                          sop=f"1.2.826.0.1.3680043.11.3.{i}", series_number=1, instance=1)
+    bundle = make_test_bundle(tmp_path / "model")
+    opts = SegmentOptions(formats=["nifti", "json"], explain=None, device="cpu")
+    from medxai.models.bundle import load_bundle
+
+    single = segment_path(export / "S0" / "photo.dcm", load_bundle(bundle), tmp_path / "single",
+                          opts)
+
+    def no_second_prediction(*_a, **_k):
+        raise AssertionError("the TTA views were predicted a second time")
+
+    monkeypatch.setattr(unc_mod, "predict", no_second_prediction)
+    summary = run_batch(export, tmp_path / "out", model=bundle, options=opts)
+    assert summary.series["done"] == 2
+    maps = sorted((tmp_path / "out").rglob("uncertainty.nii.gz"))
+    assert len(maps) == 2
+    reference = nib.load(single.output_dir / "uncertainty.nii.gz").get_fdata()
+    assert any(np.allclose(nib.load(m).get_fdata(), reference, atol=1e-5) for m in maps)

@@ -44,6 +44,7 @@ from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
 from medxai.pipeline import SegmentOptions, input_facts, saliency_maps, segment_loaded
+from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
 
 __all__ = [
     "AHEAD",
@@ -220,6 +221,8 @@ class _Item:
     prediction: Prediction | None = None
     saliency: dict[int, torch.Tensor] | None = None
     explain_s: float | None = None
+    #: the TTA views of the batched prediction, for the uncertainty map (not predicted again)
+    views: SampleAccumulator | None = None
 
 
 def _read(job: Job, bundle: ModelBundle) -> _Item:
@@ -246,6 +249,8 @@ def _write(item: _Item, bundle: ModelBundle, options: SegmentOptions) -> Result:
         kwargs["prediction"] = item.prediction
     if item.saliency is not None:
         kwargs["saliency"] = item.saliency
+    if item.views is not None:
+        kwargs["views"] = item.views
     if job.model_choice:
         kwargs["choice"] = ModelChoice.from_dict(job.model_choice)
     try:
@@ -341,17 +346,21 @@ class ChunkPipeline:
                 fitting.append(item)
             except ModelMismatchError as exc:
                 self.emit(error_result(item.job, exc, model=self.bundle.name))
+        method, _ = uncertainty_method(self.bundle, self.options.uncertainty, self.options.tta)
+        views = [tta_accumulator(self.bundle) for _ in fitting] if method == "tta" else None
         try:
             preds = predict_batch(
                 self.bundle,
                 [it.loaded.image for it in fitting],
                 device=self.device,
                 tta=self.options.tta,
+                each_view=(lambda i, p: views[i].add(p)) if views is not None else None,
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it
             return fitting
-        for item, pred in zip(fitting, preds):
+        for k, (item, pred) in enumerate(zip(fitting, preds)):
             item.prediction = pred
+            item.views = views[k] if views is not None else None
             if self.options.explain:
                 self._explain(item)
         return fitting
