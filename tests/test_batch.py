@@ -447,11 +447,11 @@ def test_batched_path_gives_each_image_its_own_prediction(monkeypatch: pytest.Mo
     seen = []
 
     def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, progress=None,
-                       prediction=None):
+                       prediction=None, views=None):
         assert prediction is not None
         assert prediction.labels.shape[1:] == loaded.image.shape[1:]
         seen.append(name)
-        extra = {"prediction": prediction} if takes else {}
+        extra = {"prediction": prediction, "views": views} if takes else {}
         return real(loaded, bundle, out_root, options, name=name, progress=progress, **extra)
 
     monkeypatch.setattr(runner, "segment_loaded", segment_loaded)
