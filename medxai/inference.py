@@ -26,6 +26,7 @@ __all__ = [
     "Prediction",
     "predict",
     "predict_batch",
+    "sliding_window_logits",
     "check_input_fits",
 ]
 
@@ -413,6 +414,36 @@ def predict(
     )
 
 
+def sliding_window_logits(
+    bundle: Any,
+    net: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    dev: torch.device,
+    window: tuple[Sequence[int], float | None, int | None],
+) -> torch.Tensor:
+    """Logits of ``net`` over ``x`` (``(1, C, *spatial)`` on the model grid) by MONAI's
+    ``sliding_window_inference``: ``window`` is (roi size, overlap, windows per pass; None for
+    the bundle's own), the bundle's blending, windows on ``dev``, stitched on the CPU."""
+    from monai.inferers import sliding_window_inference
+
+    roi, overlap, sw_batch_size = window
+    spec = bundle.contract.inference
+    logits = sliding_window_inference(
+        x,
+        roi_size=list(roi),
+        sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
+        predictor=net,
+        overlap=float(overlap if overlap is not None else spec.overlap),
+        mode=spec.blend_mode,
+        sw_device=dev,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    # a segmentation network has one output head: MONAI gives back a tensor
+    assert isinstance(logits, torch.Tensor)
+    return logits
+
+
 def _predict_sliding_window(
     bundle: Any,
     image: torch.Tensor,
@@ -425,8 +456,6 @@ def _predict_sliding_window(
     per pass), each None for the bundle's own. With test-time augmentation (``flips``, over
     the bundle's ``tta_axes`` of the model grid when it names them) the whole sliding-window
     pass runs once per view and the softmax is averaged on the model grid."""
-    from monai.inferers import sliding_window_inference
-
     roi_size, overlap, sw_batch_size = window
     net = bundle.network
     spec = bundle.contract.inference
@@ -441,20 +470,7 @@ def _predict_sliding_window(
             )
 
         def windows(v: torch.Tensor) -> torch.Tensor:
-            logits = sliding_window_inference(
-                v,
-                roi_size=roi,
-                sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
-                predictor=net,
-                overlap=float(overlap if overlap is not None else spec.overlap),
-                mode=spec.blend_mode,
-                sw_device=dev,
-                device=torch.device("cpu"),
-                progress=False,
-            )
-            # a segmentation network has one output head: MONAI gives back a tensor
-            assert isinstance(logits, torch.Tensor)
-            return logits
+            return sliding_window_logits(bundle, net, v, dev, (roi, overlap, sw_batch_size))
 
         hook = None
         if each_view is not None:

@@ -48,6 +48,7 @@ from medxai.inference import (
     prepare_input,
     resolve_device,
     restore_output,
+    sliding_window_logits,
     tta_mode,
 )
 
@@ -281,23 +282,9 @@ def mc_dropout_samples(
                 for p in prob:
                     acc.add(restore_output(p, state))
         else:
-            from monai.inferers import sliding_window_inference
-
             roi = list(roi_size or spec.roi_size or x.shape[2:])
             for _ in range(samples):
-                logits = sliding_window_inference(
-                    x,
-                    roi_size=roi,
-                    sw_batch_size=int(sw_batch_size or spec.sw_batch_size),
-                    predictor=net,
-                    overlap=float(overlap if overlap is not None else spec.overlap),
-                    mode=spec.blend_mode,
-                    sw_device=dev,
-                    device=torch.device("cpu"),
-                    progress=False,
-                )
-                # a segmentation network has one output head: MONAI gives back a tensor
-                assert isinstance(logits, torch.Tensor)
+                logits = sliding_window_logits(bundle, net, x, dev, (roi, overlap, sw_batch_size))
                 acc.add(restore_output(torch.softmax(logits.float(), dim=1)[0], state))
     return acc.finish("mc-dropout")
 

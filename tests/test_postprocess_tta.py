@@ -238,7 +238,7 @@ def test_sliding_window_tta_over_named_axes_is_equivariant(tmp_path):
 
     from medxai.inference import predict
 
-    plain = load_bundle(_hippocampus_with(tmp_path / "a"))
+    plain = load_bundle(_hippocampus_with(tmp_path / "a", tta="none"))
     lr = load_bundle(_hippocampus_with(tmp_path / "b", tta="flips", tta_axes=[0]))
     assert lr.contract.inference.tta_axes == (0,) and plain.contract.inference.tta == "none"
     gen = torch.Generator().manual_seed(0)

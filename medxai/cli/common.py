@@ -335,6 +335,27 @@ def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None)
             warnings.showwarning = previous
 
 
+def seg_options(fn: Any) -> Any:
+    """``--seg-type`` and ``--split-labels``: how the label map is written (``segment``,
+    ``batch``, ``listen``)."""
+    from medxai.choices import SEG_TYPES
+
+    fn = click.option(
+        "--split-labels",
+        is_flag=True,
+        help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
+    )(fn)
+    return click.option(
+        "--seg-type",
+        default="binary",
+        show_default=True,
+        type=click.Choice(SEG_TYPES),
+        help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
+        "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
+        "model's probabilities, 8 bits).",
+    )(fn)
+
+
 def explain_options(fn: Any) -> Any:
     """``--layer``, ``--target``, ``--roi-box``, ``--roi-mask``: what the saliency map explains
     (``segment`` and ``explain``)."""

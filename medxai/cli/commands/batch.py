@@ -6,7 +6,6 @@ from typing import Any
 
 import click
 
-from medxai.choices import SEG_TYPES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_folder_arg,
@@ -16,6 +15,7 @@ from medxai.cli.common import (
     guard,
     parse_formats,
     parse_ints,
+    seg_options,
 )
 from medxai.cli.progress import Progress
 
@@ -121,20 +121,7 @@ def _table(summary: Any) -> str:
     "formats",
     help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
 )
-@click.option(
-    "--seg-type",
-    default="binary",
-    show_default=True,
-    type=click.Choice(SEG_TYPES),
-    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
-    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
-    "model's probabilities, 8 bits).",
-)
-@click.option(
-    "--split-labels",
-    is_flag=True,
-    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
-)
+@seg_options
 @click.option(
     "--workers",
     default=1,

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from medxai.choices import SEG_TYPES
-from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats
+from medxai.cli.common import EXPLAIN_CHOICES, echo_json, guard, parse_formats, seg_options
 
 
 def _parse_size(value: str | None, name: str) -> int | None:
@@ -101,20 +100,7 @@ def _status_text(st: dict[str, Any]) -> str:
     show_default=True,
     help="Comma-separated outputs (the DICOM ones are sent; dicom-pm needs --explain).",
 )
-@click.option(
-    "--seg-type",
-    default="binary",
-    show_default=True,
-    type=click.Choice(SEG_TYPES),
-    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
-    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
-    "model's probabilities, 8 bits).",
-)
-@click.option(
-    "--split-labels",
-    is_flag=True,
-    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
-)
+@seg_options
 @click.option(
     "--explain",
     default="auto",

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from medxai.choices import SEG_TYPES, TTA_CHOICES, UNCERTAINTY_CHOICES
+from medxai.choices import TTA_CHOICES, UNCERTAINTY_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_model_arg,
@@ -21,6 +21,7 @@ from medxai.cli.common import (
     parse_formats,
     parse_ints,
     require_inputs,
+    seg_options,
     stderr_line,
 )
 from medxai.cli.progress import Progress, summary_table
@@ -98,20 +99,7 @@ def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
     "dicom-sc,png,json. Default: all for DICOM inputs (dicom-rtstruct for "
     "series only); nifti,png,json for pictures and NIfTI/NRRD.",
 )
-@click.option(
-    "--seg-type",
-    default="binary",
-    show_default=True,
-    type=click.Choice(SEG_TYPES),
-    help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
-    "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
-    "model's probabilities, 8 bits).",
-)
-@click.option(
-    "--split-labels",
-    is_flag=True,
-    help="Also one mask_<label>.nii.gz (0/1) per label, beside labels.nii.gz.",
-)
+@seg_options
 @click.option(
     "--explain",
     default="auto",
