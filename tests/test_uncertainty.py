@@ -339,3 +339,33 @@ def test_batch_reuses_the_batched_predictions_tta_views(tmp_path, monkeypatch):
     assert len(maps) == 2
     reference = nib.load(single.output_dir / "uncertainty.nii.gz").get_fdata()
     assert any(np.allclose(nib.load(m).get_fdata(), reference, atol=1e-5) for m in maps)
+
+
+def test_batch_uncertainty_option_and_resume_check(tmp_path):
+    """`medxai batch --uncertainty none` writes no map (report.json says why), and resuming the
+    job with another --uncertainty is refused with the setting named; the default resumes."""
+    from click.testing import CliRunner
+
+    from medxai.cli.main import cli
+    from medxai.samples import make_dermoscopy_photo
+    from tests.fixtures_pacs import make_test_bundle, write_photo_dicom
+
+    export = tmp_path / "export"
+    rgb, _ = make_dermoscopy_photo(48, 40, seed=30)
+    (export / "S0").mkdir(parents=True)
+    write_photo_dicom(rgb, export / "S0" / "photo.dcm", study="1.2.826.0.1.3680043.12.1.0",
+                      series="1.2.826.0.1.3680043.12.2.0", sop="1.2.826.0.1.3680043.12.3.0",
+                      series_number=1, instance=1)
+    model = make_test_bundle(tmp_path / "model")  # flips TTA: a map by default
+    out = tmp_path / "out"
+    base = ["batch", str(export), "-o", str(out), "--model", str(model), "--explain", "none",
+            "--format", "nifti,json", "--device", "cpu", "-q"]
+    res = CliRunner().invoke(cli, [*base, "--uncertainty", "none"])
+    assert res.exit_code == 0, res.output
+    reports = list(out.rglob("report.json"))
+    assert len(reports) == 1 and not list(out.rglob("uncertainty.nii.gz"))
+    assert json.loads(reports[0].read_text())["uncertainty"]["method"] is None
+    again = CliRunner().invoke(cli, [*base, "--uncertainty", "tta"])
+    assert again.exit_code == 2 and "uncertainty" in again.output
+    same = CliRunner().invoke(cli, [*base, "--uncertainty", "none"])
+    assert same.exit_code == 0, same.output

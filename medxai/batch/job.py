@@ -166,6 +166,9 @@ def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions)
         "explain": options.explain or None,
         "roi_size": list(options.roi_size) if options.roi_size else None,
         "overlap": options.overlap,
+        # None (the model's default) reads as before for manifests written without these keys
+        "uncertainty": options.uncertainty,
+        "mc_samples": options.mc_samples if options.uncertainty == "mc-dropout" else None,
     }
 
 

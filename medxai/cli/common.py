@@ -335,6 +335,27 @@ def dicom_warnings_as_lines(path: str | None, say: Callable[[str], None] | None)
             warnings.showwarning = previous
 
 
+def uncertainty_options(fn: Any) -> Any:
+    """``--uncertainty`` and ``--mc-samples``: the uncertainty map and quality score
+    (``segment``, ``batch``)."""
+    from medxai.choices import UNCERTAINTY_CHOICES
+
+    fn = click.option(
+        "--mc-samples",
+        default=8,
+        show_default=True,
+        type=click.IntRange(2),
+        help="MC dropout passes (--uncertainty mc-dropout; seed 0).",
+    )(fn)
+    return click.option(
+        "--uncertainty",
+        type=click.Choice(UNCERTAINTY_CHOICES),
+        help="Uncertainty map (uncertainty.nii.gz, pm_uncertainty.dcm) and quality score from "
+        "the TTA views, from MC dropout passes, or none. [default: tta when the model runs "
+        "with TTA, else none]",
+    )(fn)
+
+
 def seg_options(fn: Any) -> Any:
     """``--seg-type`` and ``--split-labels``: how the label map is written (``segment``,
     ``batch``, ``listen``)."""

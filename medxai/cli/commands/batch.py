@@ -16,6 +16,7 @@ from medxai.cli.common import (
     parse_formats,
     parse_ints,
     seg_options,
+    uncertainty_options,
 )
 from medxai.cli.progress import Progress
 
@@ -122,6 +123,7 @@ def _table(summary: Any) -> str:
     help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
 )
 @seg_options
+@uncertainty_options
 @click.option(
     "--workers",
     default=1,
@@ -166,6 +168,8 @@ def batch_cmd(
     formats: str | None,
     seg_type: str,
     split_labels: bool,
+    uncertainty: str | None,
+    mc_samples: int,
     workers: int,
     batch_size: int,
     scan_workers: int | None,
@@ -210,6 +214,8 @@ def batch_cmd(
         overlap=overlap,
         seg_type=seg_type,
         split_labels=split_labels,
+        uncertainty=uncertainty,
+        mc_samples=mc_samples,
     )
     bar = _BatchBar(enabled=not quiet and not as_json)
     with warnings.catch_warnings():

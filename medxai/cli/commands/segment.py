@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from medxai.choices import TTA_CHOICES, UNCERTAINTY_CHOICES
+from medxai.choices import TTA_CHOICES
 from medxai.cli.common import (
     EXPLAIN_CHOICES,
     check_model_arg,
@@ -23,6 +23,7 @@ from medxai.cli.common import (
     require_inputs,
     seg_options,
     stderr_line,
+    uncertainty_options,
 )
 from medxai.cli.progress import Progress, summary_table
 from medxai.errors import MedxaiError
@@ -78,20 +79,7 @@ def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
     type=click.Choice(TTA_CHOICES),
     help="Test-time augmentation of whole-image models (default: the model's).",
 )
-@click.option(
-    "--uncertainty",
-    type=click.Choice(UNCERTAINTY_CHOICES),
-    help="Uncertainty map (uncertainty.nii.gz, pm_uncertainty.dcm) and quality score from the "
-    "TTA views, from MC dropout passes, or none. [default: tta when the model runs with TTA, "
-    "else none]",
-)
-@click.option(
-    "--mc-samples",
-    default=8,
-    show_default=True,
-    type=click.IntRange(2),
-    help="MC dropout passes (--uncertainty mc-dropout; seed 0).",
-)
+@uncertainty_options
 @click.option(
     "--format",
     "formats",
