@@ -90,19 +90,21 @@ def _load(data: Path, limit: int, bundle: Any, label: int
     from medxai.inference import prepare_input
     from medxai.io.datasets import dataset_json_validation, find_pairs
     from medxai.io.readers import read_image
-    from medxai.preprocessing.orientation import reorient
+    from medxai.preprocessing.model_grid import bundle_model_grid, to_model_grid
 
     pairs = (dataset_json_validation(data) or find_pairs(data))[:limit]
     out = []
     for pair in pairs:
-        x, state = prepare_input(bundle, read_image(pair.image))
+        x, _ = prepare_input(bundle, read_image(pair.image))
         x = x.as_subclass(torch.Tensor)
-        lab = read_image(pair.label).as_subclass(torch.Tensor)
+        lab_image = read_image(pair.label)
+        lab = lab_image.as_subclass(torch.Tensor)
         if lab.shape[0] > 1:  # an RGB(A) mask picture
             lab = lab[:1]
         if bundle.spatial_dims == 3:
-            truth = (reorient(lab, state["ornt"]) == label)[None] if "ornt" in state else \
-                (lab == label)[None]
+            # the label map on the model grid by the chain that brings the image there
+            on_grid, _ = to_model_grid(bundle_model_grid(bundle, kind="label"), lab_image[:1].long())
+            truth = (on_grid == label)[None]
             if tuple(truth.shape[2:]) != tuple(x.shape[2:]):
                 truth = torch.nn.functional.interpolate(
                     truth.float(), size=tuple(x.shape[2:]), mode="nearest") > 0.5

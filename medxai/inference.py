@@ -13,12 +13,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from medxai.choices import DEVICE_CHOICES, TTA_CHOICES
 from medxai.errors import InputError, ModelError, ModelMismatchError
-from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreorient
+from medxai.preprocessing.model_grid import (
+    ModelGrid,
+    bundle_model_grid,
+    from_model_grid,
+    to_model_grid,
+)
 
 __all__ = [
     "resolve_device",
@@ -187,19 +191,6 @@ def _squeeze_to_model_dims(image: torch.Tensor, spatial_dims: int) -> tuple[torc
     return image, False
 
 
-def model_input_shape(
-    spatial: Sequence[int],
-    spacing: Sequence[float] | np.ndarray,
-    target_spacing: Sequence[float] | None,
-) -> tuple[int, ...]:
-    """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
-    if not target_spacing:
-        return tuple(int(s) for s in spatial)
-    return tuple(
-        max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing)
-    )
-
-
 def _forward_tta(
     net: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -232,52 +223,27 @@ def tta_sizes(bundle: Any, tta: str) -> list[Sequence[int] | None]:
 
 def prepare_input(
     bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and what is needed to undo it.
+) -> tuple[torch.Tensor, ModelGrid]:
+    """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and the
+    :class:`~medxai.preprocessing.model_grid.ModelGrid` that :func:`restore_output` inverts.
 
-    Whole-image models: resized to ``preprocessing.spatial_size`` (or ``size``). Sliding-window
-    models (3D):
-    reoriented to RAS and resampled to ``preprocessing.spacing`` when the bundle gives one.
-    Intensity normalised as ``preprocessing.intensity`` says.
+    Intensity normalised as ``preprocessing.intensity`` says, then the bundle's model-grid chain
+    of MONAI invertible transforms (:func:`medxai.preprocessing.bundle_model_grid`):
+    whole-image models resized to ``preprocessing.spatial_size`` (or ``size``); sliding-window
+    models (3D) reoriented to RAS and resampled to ``preprocessing.spacing`` when the bundle
+    gives one.
     """
     from medxai.preprocessing.intensity import ScaleIntensityFromBundle
-    from medxai.preprocessing.spatial import resize_image
 
-    pre = bundle.preprocessing
-    x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
-    x = x.as_tensor() if hasattr(x, "as_tensor") else x
-    state: dict[str, Any] = {"squeezed": squeezed, "grid": tuple(x.shape[1:])}
-    x = ScaleIntensityFromBundle(pre.get("intensity"))(x.float())
-    mode = bundle.contract.inference.mode
-    if mode == "whole_image":
-        x = resize_image(x, size or pre["spatial_size"])
-    else:
-        if bundle.spatial_dims == 3:
-            ornt = orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3)
-            state["ornt"] = ornt
-            x = reorient(x, ornt)
-            state["oriented_grid"] = tuple(x.shape[1:])
-            if pre.get("spacing"):
-                import numpy as np
-
-                spacing = np.asarray(getattr(image, "meta", {}).get("spacing", [1.0, 1.0, 1.0]))
-                spacing = spacing[[int(a) for a in ornt[:, 0]]]
-                x = resize_image(x, model_input_shape(x.shape[1:], spacing, pre["spacing"]))
-    return x[None], state
+    intensity = ScaleIntensityFromBundle(bundle.preprocessing.get("intensity"))
+    x, grid = to_model_grid(bundle_model_grid(bundle, size), image, intensity)
+    return x[None].float(), grid
 
 
-def restore_output(prob: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
-    """Bring ``(K, *model_spatial)`` class probabilities back onto the input's grid."""
-    from medxai.preprocessing.spatial import resize_probabilities
-
-    if "ornt" in state:
-        prob = resize_probabilities(prob, state["oriented_grid"])
-        prob = unreorient(prob, state["ornt"])
-    else:
-        prob = resize_probabilities(prob, state["grid"])
-    if state["squeezed"]:
-        prob = prob[..., None]
-    return prob
+def restore_output(prob: torch.Tensor, state: ModelGrid) -> torch.Tensor:
+    """Bring ``(K, *model_spatial)`` class scores back onto the input's grid (MONAI's inverse of
+    the model-grid chain that :func:`prepare_input` ran)."""
+    return from_model_grid(prob, state)
 
 
 def _argmax_channels(prob: torch.Tensor) -> torch.Tensor:
@@ -334,7 +300,7 @@ def whole_image_probabilities(
             hook = None
             if each_view is not None:
 
-                def hook(prob: torch.Tensor, states: list[dict[str, Any]] = states) -> None:
+                def hook(prob: torch.Tensor, states: list[ModelGrid] = states) -> None:
                     for i, state in enumerate(states):
                         each_view(i, restore_output(prob[i].float().cpu(), state))
 

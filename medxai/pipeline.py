@@ -346,18 +346,19 @@ def left_out_region(
 def _region_on_model_grid(
     bundle: Any, image: torch.Tensor, region: torch.Tensor, shape: Sequence[int]
 ) -> torch.Tensor:
-    """A boolean input-grid region ``(1, *spatial)`` brought onto the model grid ``shape`` as
-    :func:`medxai.inference.prepare_input` brings the image (2D model on a one-slice volume:
-    the slice; 3D: reoriented to RAS; then resized), ``(*shape)`` bool."""
-    from medxai.preprocessing.orientation import orientation_to_ras, reorient
-    from medxai.preprocessing.spatial import resize_image
+    """A boolean input-grid region ``(1, *spatial)`` brought onto the model grid ``shape`` by the
+    chain that brings the image there (:func:`medxai.preprocessing.bundle_model_grid`: 2D model
+    on a one-slice volume: the slice; 3D: reoriented to RAS; then resized), ``(*shape)`` bool."""
+    from monai.data import MetaTensor
 
-    r = region.float()
-    if bundle.spatial_dims == 2 and r.ndim == 4:
-        r = r[..., 0]
-    if bundle.spatial_dims == 3 and bundle.contract.inference.mode != "whole_image":
-        r = reorient(r, orientation_to_ras(getattr(image, "affine", torch.eye(4)), 3))
-    r = resize_image(r, shape)
+    from medxai.preprocessing.model_grid import bundle_model_grid, to_model_grid
+
+    like = MetaTensor(region.float(), affine=getattr(image, "affine", torch.eye(4)))
+    r, _ = to_model_grid(bundle_model_grid(bundle, shape, kind="region"), like)
+    if tuple(r.shape[1:]) != tuple(shape):  # a sliding-window grid: the region's own size
+        from medxai.preprocessing.spatial import resize_image
+
+        r = resize_image(r, shape)
     out = r[0] >= 0.5
     if not out.any():  # a region smaller than a model pixel: keep its nearest pixel
         flat = int(r[0].flatten().argmax())

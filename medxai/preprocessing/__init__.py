@@ -10,7 +10,14 @@ from medxai.preprocessing.intensity import (
     ScaleIntensityFromBundle,
     ScaleIntensityFromBundled,
 )
-from medxai.preprocessing.orientation import orientation_to_ras, reorient, unreorient
+from medxai.preprocessing.model_grid import (
+    ModelGrid,
+    bundle_model_grid,
+    from_model_grid,
+    model_grid_transform,
+    model_input_shape,
+    to_model_grid,
+)
 from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
 
 __all__ = [
@@ -18,9 +25,12 @@ __all__ = [
     "ScaleIntensityFromBundled",
     "RandColorJitter",
     "RandColorJitterd",
-    "orientation_to_ras",
-    "reorient",
-    "unreorient",
+    "ModelGrid",
+    "bundle_model_grid",
+    "from_model_grid",
+    "model_grid_transform",
+    "model_input_shape",
+    "to_model_grid",
     "resize_image",
     "resize_label",
     "resize_probabilities",

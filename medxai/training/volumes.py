@@ -1,6 +1,7 @@
 """3D training data: volumes read with medxai's reader, brought to the model grid exactly as
-:func:`medxai.inference.prepare_input` does at inference (RAS orientation, optional resampling
-to ``spacing``, bundle intensity normalisation), then sampled as random patches."""
+:func:`medxai.inference.prepare_input` does at inference, through the same chain of MONAI
+invertible transforms (bundle intensity normalisation, MONAI's RAS ``Orientation``, optional
+resampling to ``spacing``), then sampled as random patches."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import numpy as np
 import torch
 
 from medxai.errors import InputError
-from medxai.inference import model_input_shape
 from medxai.io.datasets import Pair
 from medxai.preprocessing.intensity import ScaleIntensityFromBundle
-from medxai.preprocessing.orientation import orientation_to_ras, reorient
-from medxai.preprocessing.spatial import resize_image, resize_label
+from medxai.preprocessing.model_grid import Kind, model_grid_transform, to_model_grid
 from medxai.training.validation import dice_per_case
 
 __all__ = ["VolumeData"]
@@ -119,15 +118,15 @@ class VolumeData:
             )
         if img.ndim != 4:
             raise InputError("is not a 3D volume", path=pair.image)
-        ornt = orientation_to_ras(img.affine, 3)
-        x = reorient(self._scale(img.as_tensor().float()), ornt)
-        y = reorient(lab.as_tensor()[:1].long(), ornt)
-        if spacing:
-            sp = np.asarray(img.meta.get("spacing", [1.0, 1.0, 1.0]))[[int(a) for a in ornt[:, 0]]]
-            shape = model_input_shape(x.shape[1:], sp, spacing)
-            x = resize_image(x, shape)
-            y = resize_label(y, shape)
+        x, _ = to_model_grid(self._grid(spacing, "image"), img, self._scale)
+        y, _ = to_model_grid(self._grid(spacing, "label"), lab[:1].long())
         return x.contiguous(), y.to(torch.uint8).contiguous()
+
+    @staticmethod
+    def _grid(spacing: Sequence[float] | None, kind: Kind) -> Any:
+        """The model-grid chain inference uses for a 3D sliding-window model
+        (:func:`medxai.preprocessing.model_grid_transform`), for images or label maps."""
+        return model_grid_transform(3, "sliding_window", spacing=spacing, kind=kind)
 
     def _patch(
         self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
