@@ -624,6 +624,8 @@ def _report(
             "modality": meta.get("modality"),
             "shape": list(loaded.image.shape[1:]),
             "channels": int(loaded.image.shape[0]),
+            # segment --channels: one file per channel, in order (path and sha256: the first)
+            "channel_files": loaded.extra.get("channels"),
             "spacing": spacing,
             "orientation": meta.get("axis_codes"),
             "has_patient_geometry": bool(meta.get("has_patient_geometry")),

@@ -92,3 +92,35 @@ def test_files_on_different_grids_or_with_several_channels_are_refused(tmp_path:
     assert code == 2 and "needs two or more" in text
     code, text = run_cli("channels", *files[:2], "-o", str(tmp_path / "case.png"))
     assert code == 2 and "not a NIfTI file name" in text
+
+
+def test_segment_channels_in_memory_equals_plain_monai(tmp_path: Path) -> None:
+    """`medxai segment --channels A B C D --model M`: the four files as one case, stacked in
+    memory, give plain MONAI's labels (four files through LoadImaged); the report names the
+    files; a wrong count or a missing --model is refused before anything is read or written."""
+    import json
+
+    files = _files(tmp_path)
+    bundle = _brats(tmp_path)
+    res = tmp_path / "results"
+    code, text = run_cli("segment", "--channels", *files, "--model", str(bundle), "-o", str(res),
+                         "--device", "cpu", "--explain", "none", "--format", "nifti,json")
+    assert code == 0, text
+    folder = res / "brats_t1c"
+    ref = plain_monai(bundle, files, tmp_path / "plain")
+    ours = nib.load(str(folder / "labels.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(ours.dataobj).squeeze(),
+                                  np.asarray(ref.dataobj).squeeze())
+    np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-5)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["input"]["channels"] == 4
+    assert report["input"]["channel_files"] == files
+
+    other = tmp_path / "other"
+    code, text = run_cli("segment", "--channels", *files[:3], "--model", str(bundle), "-o",
+                         str(other), "--device", "cpu", "--explain", "none")
+    assert code == 2, text
+    assert "expects 4 input channel(s) (T1c, T1, T2, FLAIR), 3 file(s) given" in text
+    assert "Traceback" not in text and not other.exists()
+    code, text = run_cli("segment", "--channels", *files, "-o", str(other))
+    assert code == 2 and "--channels needs --model" in text and not other.exists()

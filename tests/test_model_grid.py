@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Invertd, Orientation
+from monai.transforms import Invertd, Orientation, Spacing
 
 from medxai.inference import predict, prepare_input, restore_output
 from medxai.preprocessing.intensity import ScaleIntensityFromBundle
@@ -16,7 +16,6 @@ from medxai.preprocessing.model_grid import (
     ModelGridd,
     from_model_grid,
     model_grid_transform,
-    model_input_shape,
     to_model_grid,
 )
 from medxai.preprocessing.spatial import resize_image
@@ -77,18 +76,19 @@ def test_invertd_equals_from_model_grid() -> None:
     assert torch.allclose(torch.as_tensor(inverted["pred"]), ours, atol=1e-6)
 
 
-def test_spacing_grid_shape_affine_and_inverse() -> None:
-    """Resampling to ``spacing``: the grid has model_input_shape's size, its affine the target
-    voxel size, and the inverse comes back to the input's size."""
-    aff = torch.tensor(AFFINES["lps"])  # 0.8 x 0.8 x 2.5 mm
-    image = MetaTensor(_volume((20, 30, 6)), affine=aff)
+def test_spacing_grid_is_monai_spacing_and_inverts() -> None:
+    """Resampling to ``spacing`` is MONAI's Spacing after its Orientation (as the generated
+    MONAI config's Orientationd + Spacingd): the same grid and values, the target voxel size in
+    the affine, and the inverse comes back to the input's size."""
+    aff = torch.tensor(AFFINES["swap_flip"])  # 1.2 x 1.0 x 2.0 mm, axes swapped
+    x = torch.rand(1, 20, 30, 6)
     chain = model_grid_transform(3, "sliding_window", spacing=[1.6, 1.6, 2.5])
-    on_grid, grid = to_model_grid(chain, image)
-    assert (
-        tuple(on_grid.shape[1:])
-        == model_input_shape((20, 30, 6), (0.8, 0.8, 2.5), (1.6, 1.6, 2.5))
-        == (10, 15, 6)
+    on_grid, grid = to_model_grid(chain, MetaTensor(x, affine=aff))
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(
+        MetaTensor(x.clone(), affine=aff)
     )
+    want = Spacing(pixdim=[1.6, 1.6, 2.5], mode="bilinear")(ras)
+    assert torch.equal(on_grid, want.as_tensor())
     voxel = np.sqrt((np.asarray(grid.affine)[:3, :3] ** 2).sum(axis=0))
     assert np.allclose(voxel, [1.6, 1.6, 2.5])
     assert tuple(from_model_grid(on_grid, grid).shape) == (1, 20, 30, 6)

@@ -23,8 +23,9 @@ __all__ = ["PHOTO_AFFINE", "read_photo_array", "read_photo"]
 #: RAS affine of a pixel grid with LPS identity directions, spacing 1 and origin 0.
 PHOTO_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-# Pillow decoders for all formats are registered lazily; warm them now, not per file.
-Image.init()
+# Pillow registers JPEG, PNG, BMP, GIF and PPM first and loads its other plugins (about 50
+# modules, ~0.2-0.4 s) on the first picture of another format, once per process: not at import
+# (benchmarks/bench_startup.py).
 
 
 def read_photo_array(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

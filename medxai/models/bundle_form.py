@@ -26,8 +26,8 @@ key ``"medxai"``, which MONAI ignores::
 medxai runs the ``"medxai"`` block (its readers with DICOM display/VOI handling, TTA, the
 foreground threshold, component clean-up) and never the MONAI keys, which are generated from it
 by :func:`monai_inference_config`, so that the two always describe the same model. Without the
-extras (TTA ``none``, no threshold, no postprocessing) both give the same label map (see
-docs/bundles.md for the one stated tolerance: a ``spacing`` resample).
+extras (TTA ``none``, no threshold, no postprocessing) both give the same label map, also with
+a ``spacing`` (medxai's model grid is MONAI's ``Orientation`` + ``Spacing``; docs/bundles.md).
 
 The older form 1 (``medxai-bundle/1``: the block's keys at the top level of
 ``inference.json``, next to ``network_def``) is still read; ``medxai models convert`` rewrites

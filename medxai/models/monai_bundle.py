@@ -408,8 +408,9 @@ class MonaiBundle(ModelBundle):
             )
         if int(image.shape[0]) != spec.channels:
             how = (
-                " as one 4D NIfTI with the channels in its 4th axis, in this order (`medxai "
-                "channels FILE... -o case.nii.gz` stacks one file per channel)"
+                " as one file per channel with `medxai segment --channels FILE...`, or as one 4D "
+                "NIfTI with the channels in its 4th axis, in this order (`medxai channels "
+                "FILE... -o case.nii.gz` stacks one file per channel)"
                 if spec.channels > 1
                 else ""
             )

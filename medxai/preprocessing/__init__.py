@@ -15,7 +15,6 @@ from medxai.preprocessing.model_grid import (
     bundle_model_grid,
     from_model_grid,
     model_grid_transform,
-    model_input_shape,
     to_model_grid,
 )
 from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
@@ -29,7 +28,6 @@ __all__ = [
     "bundle_model_grid",
     "from_model_grid",
     "model_grid_transform",
-    "model_input_shape",
     "to_model_grid",
     "resize_image",
     "resize_label",

@@ -8,10 +8,13 @@ in the image's ``applied_operations`` (MONAI's trace); :func:`from_model_grid` b
 back onto the input's grid with MONAI's own inversion (``Compose.inverse``, as ``Invertd`` does),
 not with hand-kept state. Inference, saliency, uncertainty and training all go through it.
 
-Reorientation is MONAI's :class:`~monai.transforms.Orientation`; resizing keeps medxai's
-anti-aliased resize (:func:`medxai.preprocessing.spatial.resize_image`, what the models were
-trained with), wrapped as invertible transforms whose inverse resizes class scores linearly
-(:func:`~medxai.preprocessing.spatial.resize_probabilities`).
+Reorientation is MONAI's :class:`~monai.transforms.Orientation` and resampling to a spacing
+MONAI's :class:`~monai.transforms.Spacing` (bilinear; nearest for label maps), so that a
+bundle's generated MONAI config (``Orientationd``, ``Spacingd``) gives the same grid. The
+whole-image resize keeps medxai's anti-aliased resize
+(:func:`medxai.preprocessing.spatial.resize_image`, what the shipped 2D models were trained
+with, which MONAI's ``Resize`` does not offer), wrapped as an invertible transform whose inverse
+resizes class scores linearly (:func:`~medxai.preprocessing.spatial.resize_probabilities`).
 
 Images are channel-first ``(C, *spatial)``; what goes in is made a
 :class:`~monai.data.MetaTensor` carrying the input's affine (RAS, MONAI's convention).
@@ -24,11 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, InvertibleTransform, MapTransform, Orientation
+from monai.transforms import Compose, InvertibleTransform, MapTransform, Orientation, Spacing
 from monai.utils import TraceKeys
 
 from medxai.preprocessing.spatial import resize_image, resize_label, resize_probabilities
@@ -38,12 +40,10 @@ __all__ = [
     "ModelGrid",
     "ModelGridd",
     "ResizeToShape",
-    "ResampleToSpacing",
     "SqueezeSlice",
     "bundle_model_grid",
     "from_model_grid",
     "model_grid_transform",
-    "model_input_shape",
     "to_model_grid",
 ]
 
@@ -55,19 +55,6 @@ Kind = Literal["image", "label", "region"]
 #: MONAI's axis letters for its RAS convention (given explicitly: MONAI 1.6 warns that the
 #: default will follow the MetaTensor's ``space``)
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-
-
-def model_input_shape(
-    spatial: Sequence[int],
-    spacing: Sequence[float] | np.ndarray,
-    target_spacing: Sequence[float] | None,
-) -> tuple[int, ...]:
-    """Grid size after resampling ``spatial`` voxels of ``spacing`` mm to ``target_spacing``."""
-    if not target_spacing:
-        return tuple(int(s) for s in spatial)
-    return tuple(
-        max(1, int(round(n * sp / t))) for n, sp, t in zip(spatial, spacing, target_spacing)
-    )
 
 
 def _as_meta(x: torch.Tensor, like: Any = None) -> MetaTensor:
@@ -149,37 +136,6 @@ class ResizeToShape(InvertibleTransform):
         return _resize_back(data, info[TraceKeys.ORIG_SIZE])
 
 
-class ResampleToSpacing(InvertibleTransform):
-    """Resample to ``spacing`` mm (voxel sizes read from the image's affine, as the reader gives
-    them); no-op without a spacing. The inverse resizes class scores back."""
-
-    def __init__(self, spacing: Sequence[float] | None, kind: Kind = "image") -> None:
-        self.spacing = [float(s) for s in spacing] if spacing else None
-        self.kind = kind
-
-    def __call__(self, img: torch.Tensor) -> MetaTensor:
-        img = _as_meta(img)
-        old = tuple(int(s) for s in img.shape[1:])
-        if self.spacing:
-            nd = len(old)
-            aff = np.asarray(img.affine, dtype=np.float64)[:nd, :nd]
-            voxel = [round(float(v), 6) for v in np.sqrt((aff**2).sum(axis=0))]
-            new = model_input_shape(old, voxel, self.spacing)
-        else:
-            new = old
-        if new == old:
-            out = img
-        else:
-            out = _like(img, _resize(img, new, self.kind), _scaled_affine(img.affine, old, new))
-        self.push_transform(out, orig_size=old)
-        return out
-
-    def inverse(self, data: torch.Tensor) -> MetaTensor:
-        data = _as_meta(data)
-        info = self.pop_transform(data)
-        return _resize_back(data, info[TraceKeys.ORIG_SIZE])
-
-
 def _resize_back(data: MetaTensor, size: Sequence[int]) -> MetaTensor:
     size = tuple(int(s) for s in size)
     old = tuple(int(s) for s in data.shape[1:])
@@ -210,7 +166,10 @@ def model_grid_transform(
         steps.append(ResizeToShape(spatial_size, kind))
     elif spatial_dims == 3:
         steps.append(Orientation(axcodes="RAS", labels=_RAS_LABELS))
-        steps.append(ResampleToSpacing(spacing, kind))
+        if spacing:
+            # MONAI's own resampling, as the bundle's generated MONAI config (Spacingd) does it
+            mode = "nearest" if kind == "label" else "bilinear"
+            steps.append(Spacing(pixdim=[float(v) for v in spacing], mode=mode))
     return Compose(steps)
 
 

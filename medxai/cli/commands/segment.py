@@ -105,6 +105,13 @@ def _outcomes(results: list[dict], failures: list[dict]) -> dict[str, int]:
     "temporal positions; `medxai info` lists them): N (1-based) or all, each into its own "
     "result folder <name>_<label> (e.g. <name>_echo2).",
 )
+@click.option(
+    "--channels",
+    is_flag=True,
+    help="The INPUTS are one case: one co-registered file per input channel, in the model's "
+    "channel order (e.g. BraTS T1c T1 T2 FLAIR), stacked in memory; needs --model. Results go "
+    "to OUTPUT/<first input's name>.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing result folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
@@ -129,6 +136,7 @@ def segment_cmd(
     roi_box: str | None,
     roi_mask: str | None,
     volume: str,
+    channels: bool,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -153,7 +161,13 @@ def segment_cmd(
     roi = parse_ints(roi_size, "--roi-size")
     check_output_dir(output)
     check_model_arg(model)
+    if channels and not model:
+        raise click.UsageError(
+            "--channels needs --model: the model says how many channels it takes, in which order"
+        )
     items, failures = require_inputs(inputs, as_json=as_json)
+    if channels and failures:
+        raise SystemExit(exit_code_for(failures))
 
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, input_volumes, segment_path, unique_names
@@ -186,6 +200,14 @@ def segment_cmd(
     bundle = load_model(model) if model else None
     if say and bundle is not None:
         say(f"model {bundle.name} {bundle.version}")
+    if channels:
+        assert bundle is not None
+        res = _segment_channels(paths, bundle, output, opts, say)
+        if as_json:
+            echo_json({"results": [res.to_dict()], "failures": []})
+        elif not quiet:
+            click.echo(f"{', '.join(paths)} -> {res.output_dir}")
+        return
     for path, name in zip(paths, unique_names(paths)):
         try:
             with dicom_warnings_as_lines(path, None if as_json else stderr_line):
@@ -221,6 +243,20 @@ def segment_cmd(
         echo_json({"results": results, "failures": failures})
     if failures:
         raise SystemExit(exit_code_for(failures))
+
+
+def _segment_channels(paths: list[Any], bundle: Any, output: str, opts: Any, say: Any) -> Any:
+    """``--channels``: the files as one multi-channel case (:func:`medxai.io.channels.load_channels`),
+    their count checked against the model before any is read."""
+    from medxai.io.channels import check_channel_count, load_channels
+    from medxai.pipeline import segment_loaded, unique_names
+
+    spec = bundle.contract.input
+    check_channel_count(len(paths), spec.channels, spec.channel_names, bundle.name)
+    loaded = load_channels(paths)
+    return segment_loaded(
+        loaded, bundle, output, opts, name=unique_names(paths[:1])[0], progress=say
+    )
 
 
 @click.command("models")

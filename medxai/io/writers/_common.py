@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from highdicom.valuerep import _check_specific_character_set
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from medxai._version import __version__
@@ -349,6 +348,8 @@ def _fix_character_set(ds: Dataset) -> None:
         del ds.SpecificCharacterSet
         return
     try:
+        from highdicom.valuerep import _check_specific_character_set
+
         _check_specific_character_set(values if len(values) > 1 else values[0])
     except (ValueError, TypeError):
         ds.SpecificCharacterSet = "ISO_IR 192"
