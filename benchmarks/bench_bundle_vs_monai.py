@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -107,10 +108,37 @@ def child(kind: str, bundle: Path, image: Path, out: Path) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
 
 
+#: children run with bytecode caching on, as on a user's machine (an environment with
+#: PYTHONDONTWRITEBYTECODE recompiles medxai's modules in every medxai run, not MONAI's)
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def generated_ct(folder: Path, shape: tuple[int, ...]) -> Path:
+    """A synthetic CT of ``shape`` voxels at 0.8 x 0.8 x 2.5 mm (int16 HU: air, a body cylinder
+    of soft tissue with noise, a denser 'spleen' ellipsoid), as NIfTI."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    r = np.hypot((i - shape[0] / 2) / (0.42 * shape[0]), (j - shape[1] / 2) / (0.35 * shape[1]))
+    vol = np.full(shape, -1000, dtype=np.int16)
+    body = r < 1.0
+    for k in range(shape[2]):
+        sl = vol[..., k]
+        sl[body] = (40 + rng.normal(0, 20, int(body.sum()))).astype(np.int16)
+        e = (((i - 0.62 * shape[0]) / 40) ** 2 + ((j - 0.4 * shape[1]) / 30) ** 2
+             + ((k - shape[2] / 2) / (0.2 * shape[2])) ** 2) < 1
+        sl[e] = 110
+    path = folder / f"generated_ct_{'x'.join(map(str, shape))}.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([-0.8, -0.8, 2.5, 1.0])), str(path))
+    return path
+
+
 def measure(kind: str, bundle: Path, image: Path, out: Path) -> dict[str, float]:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, "--bundle-dir", str(bundle),
                            "--input", str(image), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=CHILD_ENV)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -122,6 +150,8 @@ def main() -> None:
     ap.add_argument("--input", nargs="*", default=None)
     ap.add_argument("--roi", default=None, help="override the inferer's roi_size, e.g. 64,64,64")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--generate", default=None,
+                    help="also a generated CT of this many voxels, e.g. 512,512,200")
     ap.add_argument("--child", choices=("plain", "medxai"))
     ap.add_argument("--bundle-dir")
     ap.add_argument("--out")
@@ -134,6 +164,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(args.bundle, Path(tmp), roi)
+        if args.generate:
+            shape = tuple(int(v) for v in args.generate.split(","))
+            inputs.append(generated_ct(Path(tmp), shape))
         for image in inputs:
             res: dict[str, list[dict[str, float]]] = {"plain": [], "medxai": []}
             for r in range(args.repeat):

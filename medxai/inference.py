@@ -235,7 +235,7 @@ def prepare_input(
     """
     from medxai.preprocessing.intensity import ScaleIntensityFromBundle
 
-    intensity = ScaleIntensityFromBundle(bundle.preprocessing.get("intensity"))
+    intensity = ScaleIntensityFromBundle(bundle.contract.grid.intensity)
     x, grid = to_model_grid(bundle_model_grid(bundle, size), image, intensity)
     return x[None].float(), grid
 
@@ -328,7 +328,7 @@ def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
         labels = (prob[1] > threshold).to(torch.uint8)[None]
     else:
         labels = _argmax_channels(prob)
-    return postprocess_labels(labels, bundle.config.get("postprocessing"))
+    return postprocess_labels(labels, dict(bundle.contract.clean_up))
 
 
 def predict(

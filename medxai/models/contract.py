@@ -27,6 +27,7 @@ __all__ = [
     "LabelSpec",
     "InputSpec",
     "InferenceSpec",
+    "GridSpec",
     "SaliencySpec",
     "saliency_spec_from_config",
     "ModelContract",
@@ -193,6 +194,22 @@ def saliency_spec_from_config(section: Any, where: str = "saliency") -> Saliency
 
 
 @dataclass(frozen=True)
+class GridSpec:
+    """How medxai brings an input onto a medxai-form model's grid
+    (:func:`medxai.preprocessing.bundle_model_grid`; MONAI bundles run their own chain):
+
+    Attributes:
+        spatial_size: a whole-image model's input size.
+        spacing: a sliding-window model's voxel size in mm (None: the input's voxels).
+        intensity: ``preprocessing.intensity`` (``kind`` ``scale``/``zscore``/``none``, ...).
+    """
+
+    spatial_size: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    intensity: Mapping[str, Any] = field(default_factory=lambda: {"kind": "none"})
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """A frozen, typed description of a model bundle.
 
@@ -210,6 +227,9 @@ class ModelContract:
         layer_hooks: whether layer hooks work on the network (False for TorchScript), which
             Grad-CAM-type saliency needs.
         saliency: the model's default explanation (:class:`SaliencySpec`).
+        grid: onto the model grid (:class:`GridSpec`; medxai-form bundles).
+        clean_up: the label clean-up steps after the argmax (``keep_largest_component``,
+            ``keep_components``, ``fill_holes``; :func:`medxai.postprocess.postprocess_labels`).
     """
 
     name: str
@@ -226,6 +246,11 @@ class ModelContract:
     layer_hooks: bool = True
     extras: Mapping[str, Any] = field(default_factory=dict)
     saliency: SaliencySpec = field(default_factory=SaliencySpec)
+    grid: GridSpec = field(default_factory=GridSpec)
+
+    @property
+    def clean_up(self) -> Mapping[str, Any]:
+        return dict(self.extras.get("postprocessing") or {})
 
     @property
     def foreground_labels(self) -> tuple[LabelSpec, ...]:
@@ -326,6 +351,11 @@ def contract_from_medxai_config(
         postprocessing=tuple(post_steps),
         extras={"postprocessing": dict(post)},
         saliency=saliency_spec_from_config(config.get("saliency")),
+        grid=GridSpec(
+            spatial_size=_ints(pre.get("spatial_size")),
+            spacing=tuple(float(v) for v in pre["spacing"]) if pre.get("spacing") else None,
+            intensity=dict(pre.get("intensity") or {"kind": "none"}),
+        ),
     )
 
 

@@ -176,15 +176,15 @@ def model_grid_transform(
 def bundle_model_grid(
     bundle: Any, size: Sequence[int] | None = None, kind: Kind = "image"
 ) -> Compose:
-    """:func:`model_grid_transform` of a :class:`medxai.models.ModelBundle` (its spatial dims,
-    inference mode and ``preprocessing`` ``spatial_size``/``spacing``); ``size`` replaces the
-    spatial size (multi-scale test-time augmentation)."""
-    pre = bundle.preprocessing
+    """:func:`model_grid_transform` of a :class:`medxai.models.ModelBundle`, from its typed
+    contract (input dims, inference mode, :class:`medxai.models.contract.GridSpec`); ``size``
+    replaces the spatial size (multi-scale test-time augmentation)."""
+    contract = bundle.contract
     return model_grid_transform(
-        bundle.spatial_dims,
-        bundle.contract.inference.mode,
-        spatial_size=size or pre.get("spatial_size"),
-        spacing=pre.get("spacing"),
+        contract.input.spatial_dims,
+        contract.inference.mode,
+        spatial_size=size or contract.grid.spatial_size,
+        spacing=contract.grid.spacing,
         kind=kind,
     )
 
