@@ -87,6 +87,8 @@ def _load(data: Path, limit: int, bundle: Any, label: int
     (``images/`` + ``masks/`` or ``X.png`` + ``X_mask.png``). Sliding-window (3D) models see the
     whole crop, reoriented as ``predict`` does and zero-padded to the window and the network's
     stride (as ``explain --evaluate``)."""
+    from monai.data import MetaTensor
+
     from medxai.inference import prepare_input
     from medxai.io.datasets import dataset_json_validation, find_pairs
     from medxai.io.readers import read_image
@@ -95,7 +97,8 @@ def _load(data: Path, limit: int, bundle: Any, label: int
     pairs = (dataset_json_validation(data) or find_pairs(data))[:limit]
     out = []
     for pair in pairs:
-        x, _ = prepare_input(bundle, read_image(pair.image))
+        image = read_image(pair.image)
+        x, _ = prepare_input(bundle, image)
         x = x.as_subclass(torch.Tensor)
         lab_image = read_image(pair.label)
         lab = lab_image.as_subclass(torch.Tensor)
@@ -103,7 +106,9 @@ def _load(data: Path, limit: int, bundle: Any, label: int
             lab = lab[:1]
         if bundle.spatial_dims == 3:
             # the label map on the model grid by the chain that brings the image there
-            on_grid, _ = to_model_grid(bundle_model_grid(bundle, kind="label"), lab_image[:1].long())
+            # on the image's grid, with the image's affine (as training does)
+            lab_on_image = MetaTensor(lab_image.as_tensor()[:1].long(), affine=image.affine)
+            on_grid, _ = to_model_grid(bundle_model_grid(bundle, kind="label"), lab_on_image)
             truth = (on_grid == label)[None]
             if tuple(truth.shape[2:]) != tuple(x.shape[2:]):
                 truth = torch.nn.functional.interpolate(

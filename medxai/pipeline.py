@@ -624,8 +624,6 @@ def _report(
             "modality": meta.get("modality"),
             "shape": list(loaded.image.shape[1:]),
             "channels": int(loaded.image.shape[0]),
-            # segment --channels: one file per channel, in order (path and sha256: the first)
-            "channel_files": loaded.extra.get("channels"),
             "spacing": spacing,
             "orientation": meta.get("axis_codes"),
             "has_patient_geometry": bool(meta.get("has_patient_geometry")),
@@ -634,6 +632,8 @@ def _report(
             "warnings": list(meta.get("geometry_warnings", [])),
             # which volume of a multi-volume DICOM input (index, count, label, split key)
             "volume": meta.get("volume"),
+            # segment --channels: one file per channel, in order (path and sha256: the first)
+            **({"channel_files": loaded.extra["channels"]} if "channels" in loaded.extra else {}),
         },
         "model": {
             "name": bundle.name,

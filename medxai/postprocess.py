@@ -66,8 +66,9 @@ def _largest(mask: np.ndarray, keep: int = 1) -> np.ndarray:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes(mask)`` (face connectivity), by labelling the
     background once: the background regions that touch no face of the array are holes. The
-    same result, about 5-10x faster than scipy's iterative propagation on a photo-sized mask
-    (it runs once per test-time augmentation view for the uncertainty report)."""
+    same result, about 4x faster than scipy's iterative propagation on a photo-sized mask (it
+    runs once per test-time augmentation view for the uncertainty report)."""
+    mask = np.asarray(mask, dtype=bool)
     comp, n = ndimage.label(~mask)
     if n == 0:
         return mask.copy()

@@ -124,3 +124,26 @@ def test_segment_channels_in_memory_equals_plain_monai(tmp_path: Path) -> None:
     assert "Traceback" not in text and not other.exists()
     code, text = run_cli("segment", "--channels", *files, "-o", str(other))
     assert code == 2 and "--channels needs --model" in text and not other.exists()
+
+
+def test_segment_channels_refuses_folders_and_reports_bad_files_as_json(tmp_path: Path) -> None:
+    """--channels takes the files as named: a folder of volumes (whose name order is not the
+    channel order) is refused, and with --json a missing file is reported in the JSON."""
+    import json
+
+    files = _files(tmp_path)
+    bundle = _brats(tmp_path)
+    folder = tmp_path / "seqs"
+    folder.mkdir()
+    for f in files:
+        (folder / Path(f).name).write_bytes(Path(f).read_bytes())
+    out = tmp_path / "r"
+    code, text = run_cli("segment", "--channels", str(folder), "--model", str(bundle), "-o",
+                         str(out))
+    assert code == 2 and "is a folder of files: name each file" in text and not out.exists()
+    code, text = run_cli("segment", "--channels", *files[:3], str(tmp_path / "missing.nii.gz"),
+                         "--model", str(bundle), "-o", str(out), "--json")
+    assert code == 2, text
+    payload = json.loads(text[text.index("{"):])
+    assert payload["results"] == [] and "missing.nii.gz" in payload["failures"][0]["input"]
+    assert not out.exists()

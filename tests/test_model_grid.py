@@ -122,7 +122,8 @@ def test_training_and_inference_share_the_grid(ct_bundle, tmp_path) -> None:
     lab = (rng.random((24, 28, 20)) > 0.7).astype(np.uint8)
     aff = np.array([[0, 0, 2.0, 0], [2.0, 0, 0, 0], [0, -2.0, 0, 0], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(data, aff), tmp_path / "img.nii.gz")
-    nib.save(nib.Nifti1Image(lab, aff), tmp_path / "lab.nii.gz")
+    # an exported mask with no orientation in its header: the image's affine places it
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), tmp_path / "lab.nii.gz")
     pair = Pair(image=tmp_path / "img.nii.gz", label=tmp_path / "lab.nii.gz")
 
     class Cfg:
@@ -136,6 +137,10 @@ def test_training_and_inference_share_the_grid(ct_bundle, tmp_path) -> None:
     x_infer, _ = prepare_input(ct_bundle, read_image(pair.image))
     assert torch.equal(x_train, x_infer[0])
     assert y_train.shape == x_train.shape and y_train.dtype == torch.uint8
+    labels_as_image = MetaTensor(torch.from_numpy(lab[None].astype(np.float32)), affine=aff)
+    want, _ = to_model_grid(model_grid_transform(3, "sliding_window", spacing=Cfg.spacing,
+                                                 kind="label"), labels_as_image)
+    assert torch.equal(y_train, want.to(torch.uint8))
 
 
 def test_same_volume_in_another_voxel_order_gives_the_same_labels(ct_bundle) -> None:
@@ -153,3 +158,23 @@ def test_same_volume_in_another_voxel_order_gives_the_same_labels(ct_bundle) -> 
     b = predict(ct_bundle, MetaTensor(stored, affine=stored_aff), device="cpu", tta="none")
     mapped = b.labels[0].flip(1).permute(2, 0, 1)
     assert torch.equal(a.labels[0], mapped)
+
+
+def test_resize_affine_matches_monai_resize_and_caller_trace_untouched() -> None:
+    """ResizeToShape's affine is MONAI Resize's (also a 2D picture's 4x4 affine, every world
+    row), and running a chain never appends to the caller's own trace."""
+    from monai.transforms import Resize
+
+    from medxai.preprocessing.model_grid import ResizeToShape
+
+    aff = torch.tensor([[0, 0, -1.0, 5], [1.0, 0, 0, 2], [0, 2.0, 0, 3], [0, 0, 0, 1]],
+                       dtype=torch.float64)
+    ours = ResizeToShape((5, 5))(MetaTensor(torch.rand(1, 10, 20), affine=aff)).affine
+    monai = Resize((5, 5), mode="bilinear")(MetaTensor(torch.rand(1, 10, 20), affine=aff)).affine
+    assert torch.allclose(ours.double(), monai.double(), atol=1e-6)
+    image = MetaTensor(torch.rand(1, 4, 4))
+    grid = ModelGridd("image", model_grid_transform(2, "whole_image", spatial_size=(8, 8)))
+    first = grid({"image": image})["image"]
+    second = grid({"image": image})["image"]
+    assert len(image.applied_operations) == 0
+    assert len(first.applied_operations) == len(second.applied_operations) == 2

@@ -84,10 +84,11 @@ def _scaled_affine(affine: torch.Tensor, old: Sequence[int], new: Sequence[int])
     ``align_corners=False``)."""
     aff = torch.as_tensor(affine, dtype=torch.float64).clone()
     nd = len(old)
+    rows = aff.shape[0] - 1  # every world axis (a 2D picture's 4x4 affine has three)
     scale = torch.tensor([o / n for o, n in zip(old, new)], dtype=torch.float64)
     shift = (scale - 1.0) / 2.0
-    aff[:nd, -1] = aff[:nd, -1] + aff[:nd, :nd] @ shift
-    aff[:nd, :nd] = aff[:nd, :nd] * scale[None, :]
+    aff[:rows, -1] = aff[:rows, -1] + aff[:rows, :nd] @ shift
+    aff[:rows, :nd] = aff[:rows, :nd] * scale[None, :]
     return aff
 
 
@@ -101,7 +102,8 @@ class SqueezeSlice(InvertibleTransform):
     def __call__(self, img: torch.Tensor) -> MetaTensor:
         img = _as_meta(img)
         squeeze = self.spatial_dims == 2 and img.ndim == 4
-        out = _as_meta(img[..., 0], img) if squeeze else img
+        # a new MetaTensor either way: the caller's trace is never appended to
+        out = _like(img, img.as_tensor()[..., 0] if squeeze else img.as_tensor(), img.affine)
         self.push_transform(out, orig_size=tuple(img.shape[1:]), extra_info={"squeezed": squeeze})
         return out
 
@@ -255,7 +257,7 @@ def from_model_grid(scores: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
     chain (``Compose.inverse`` on the recorded trace), as a plain tensor."""
     data = MetaTensor(
         scores.as_tensor() if isinstance(scores, MetaTensor) else scores,
-        affine=grid.affine,
+        affine=grid.affine.clone(),
         applied_operations=copy.deepcopy(grid.applied_operations),
     )
     out = grid.transform.inverse(data)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 
 from medxai.errors import InputError
 from medxai.io.datasets import Pair
@@ -119,7 +120,11 @@ class VolumeData:
         if img.ndim != 4:
             raise InputError("is not a 3D volume", path=pair.image)
         x, _ = to_model_grid(self._grid(spacing, "image"), img, self._scale)
-        y, _ = to_model_grid(self._grid(spacing, "label"), lab[:1].long())
+        # the label map on the image's grid (same voxels, checked above): the image's affine,
+        # whatever the label file's header says (exported masks often have none)
+        y, _ = to_model_grid(
+            self._grid(spacing, "label"), MetaTensor(lab.as_tensor()[:1].long(), affine=img.affine)
+        )
         return x.contiguous(), y.to(torch.uint8).contiguous()
 
     @staticmethod

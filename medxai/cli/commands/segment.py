@@ -166,8 +166,8 @@ def segment_cmd(
             "--channels needs --model: the model says how many channels it takes, in which order"
         )
     items, failures = require_inputs(inputs, as_json=as_json)
-    if channels and failures:
-        raise SystemExit(exit_code_for(failures))
+    if channels:
+        _check_channel_inputs(items, failures, volume, as_json)
 
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, input_volumes, segment_path, unique_names
@@ -202,11 +202,15 @@ def segment_cmd(
         say(f"model {bundle.name} {bundle.version}")
     if channels:
         assert bundle is not None
-        res = _segment_channels(paths, bundle, output, opts, say)
+        with dicom_warnings_as_lines(paths[0], None if as_json else stderr_line):
+            res = _segment_channels(paths, bundle, output, opts, say)
         if as_json:
             echo_json({"results": [res.to_dict()], "failures": []})
-        elif not quiet:
-            click.echo(f"{', '.join(paths)} -> {res.output_dir}")
+            return
+        if not quiet:
+            labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
+            click.echo(f"{', '.join(paths)} -> {res.output_dir}  ({labels})")
+            _report_warnings(paths[0], res.report, stderr_line)
         return
     for path, name in zip(paths, unique_names(paths)):
         try:
@@ -222,13 +226,8 @@ def segment_cmd(
                             f"{path}{suffix and ' ' + suffix[1:]} -> {res.output_dir}  ({labels})",
                             err=False,
                         )
-                    fallback = (res.report.get("saliency") or {}).get("fallback")
-                    if fallback and not quiet:
-                        bar.message(f"warning: {path}: {fallback}")
-                    for skip in res.report.get("skipped_outputs", []):
-                        bar.message(
-                            f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}"
-                        )
+                    if not quiet:
+                        _report_warnings(path, res.report, bar.message)
             bar.update()
         except MedxaiError as err:
             failures.append(error_entry(path, err))
@@ -243,6 +242,35 @@ def segment_cmd(
         echo_json({"results": results, "failures": failures})
     if failures:
         raise SystemExit(exit_code_for(failures))
+
+
+def _report_warnings(path: str, report: dict, say: Any) -> None:
+    """The warnings of one result: a saliency fallback, outputs that were not written."""
+    fallback = (report.get("saliency") or {}).get("fallback")
+    if fallback:
+        say(f"warning: {path}: {fallback}")
+    for skip in report.get("skipped_outputs", []):
+        say(f"warning: no {'/'.join(skip['formats'])} for {path}: {skip['reason']}")
+
+
+def _check_channel_inputs(
+    items: list[Any], failures: list[dict], volume: str, as_json: bool
+) -> None:
+    """``--channels`` takes exactly the files given, in their order: an unusable one ends the
+    command (exit 2, with the failures as JSON under ``--json``); so does a folder of pictures
+    or volumes (its files' name order is not the model's channel order) and ``--volume N``."""
+    if failures:
+        if as_json:
+            echo_json({"results": [], "failures": failures})
+        raise SystemExit(exit_code_for(failures))
+    folders = sorted({it.given for it in items if it.given != it.path})
+    if folders:
+        raise click.UsageError(
+            f"--channels takes one file per channel, in the model's channel order; "
+            f"{folders[0]} is a folder of files: name each file"
+        )
+    if volume != "all":
+        raise click.UsageError("--channels does not take --volume: give each channel's file")
 
 
 def _segment_channels(paths: list[Any], bundle: Any, output: str, opts: Any, say: Any) -> Any:
