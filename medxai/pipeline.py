@@ -355,10 +355,6 @@ def _region_on_model_grid(
 
     like = MetaTensor(region.float(), affine=getattr(image, "affine", torch.eye(4)))
     r, _ = to_model_grid(bundle_model_grid(bundle, shape, kind="region"), like)
-    if tuple(r.shape[1:]) != tuple(shape):  # a sliding-window grid: the region's own size
-        from medxai.preprocessing.spatial import resize_image
-
-        r = resize_image(r, shape)
     out = r[0] >= 0.5
     if not out.any():  # a region smaller than a model pixel: keep its nearest pixel
         flat = int(r[0].flatten().argmax())

@@ -227,7 +227,6 @@ class ModelGrid:
     transform: Compose
     applied_operations: list[Any]
     affine: torch.Tensor
-    shape: tuple[int, ...]
 
 
 def to_model_grid(
@@ -247,7 +246,6 @@ def to_model_grid(
         transform=chain,
         applied_operations=copy.deepcopy(out.applied_operations),
         affine=torch.as_tensor(out.affine).clone(),
-        shape=tuple(int(s) for s in out.shape[1:]),
     )
     return out.as_tensor(), grid
 
