@@ -153,8 +153,21 @@ def test_nifti_2d_is_written_as_one_slice_and_maps_are_float(tmp_path):
     assert np.array_equal(img.affine, affine)
     sal = np.random.default_rng(0).random((6, 4)).astype(np.float64)
     img = nib.load(write_nifti_map(sal, affine, tmp_path / "s.nii.gz"))
-    assert img.get_data_dtype() == np.float32 and img.shape == (6, 4, 1)
-    assert np.allclose(np.asarray(img.dataobj)[..., 0], sal, atol=1e-7)
+    # default: 16-bit integers with scl_slope/scl_inter spanning the map, half a step at most
+    assert img.get_data_dtype() == np.uint16 and img.shape == (6, 4, 1)
+    step = (sal.max() - sal.min()) / 65535
+    assert np.abs(np.asarray(img.dataobj)[..., 0] - sal).max() <= step / 2 + 1e-9
+    exact = nib.load(write_nifti_map(sal, affine, tmp_path / "e.nii.gz", exact=True))
+    assert exact.get_data_dtype() == np.float32
+    assert np.array_equal(np.asarray(exact.dataobj)[..., 0], sal.astype(np.float32))
+    # never outside the map's range (a 0..1 map reads back in 0..1), signed maps too
+    rng = np.random.default_rng(1)
+    for k, signed in enumerate(rng.normal(size=(20, 30, 40)).astype(np.float32) * 7):
+        back = np.asarray(nib.load(write_nifti_map(signed, affine, tmp_path / f"n{k}.nii.gz")).dataobj)
+        assert signed.min() <= back.min() and back.max() <= signed.max()
+        assert np.abs(back[..., 0] - signed).max() <= (signed.max() - signed.min()) / 65535 / 2 * 1.001
+    flat = nib.load(write_nifti_map(np.full((3, 3), 0.25), affine, tmp_path / "f.nii.gz"))
+    assert np.array_equal(np.asarray(flat.dataobj), np.full((3, 3, 1), 0.25))
     # a sheared grid (gantry tilt): the sform keeps it, the qform (which cannot) is switched off
     tilted = np.array([[0.5, 0, 0, 0], [0, 0.5, 0.25, 0], [0, 0, 2.0, 0], [0, 0, 0, 1.0]])
     img = nib.load(write_nifti_map(sal, tilted, tmp_path / "t.nii.gz"))

@@ -40,8 +40,11 @@ def _dcmqi_map(path: Path, out: Path):
 
 
 def _nifti_values(values: np.ndarray, tmp_path: Path) -> np.ndarray:
-    path = write_nifti_map(values, np.eye(4), tmp_path / "saliency.nii.gz")
-    return np.asarray(nib.load(path).dataobj)
+    """The map as float32 (what the PM holds), through the NIfTI writer's exact mode."""
+    path = write_nifti_map(values, np.eye(4), tmp_path / "saliency.nii.gz", exact=True)
+    img = nib.load(path)
+    assert img.get_data_dtype() == np.float32
+    return np.asarray(img.dataobj)
 
 
 def _check_pm(path: Path, source, values: np.ndarray, tmp_path: Path):
