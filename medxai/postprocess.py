@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from medxai.choices import POSTPROCESSING_KEYS
 from medxai.errors import ModelError
+from medxai.labelmaps import present_values
 
 __all__ = ["POSTPROCESSING_KEYS", "postprocess_labels", "check_postprocessing"]
 
@@ -105,7 +106,7 @@ def postprocess_labels(labels: torch.Tensor, spec: dict[str, Any] | None) -> tor
     if not any(spec.values()):
         return labels
     arr = labels[0].cpu().numpy().copy()
-    present = [int(v) for v in np.unique(arr)]
+    present = present_values(arr)
     for value in _applied(spec.get("keep_largest_component"), present):
         mask = arr == value
         arr[mask & ~_largest(mask)] = 0

@@ -51,6 +51,7 @@ from medxai.inference import (
     sliding_window_logits,
     tta_mode,
 )
+from medxai.labelmaps import present_values
 
 __all__ = [
     "UNCERTAINTY_CHOICES",
@@ -370,7 +371,7 @@ def quality_scores(
     lab = labels[0].numpy()
     border = border_band(lab, border_width)
     fg = lab > 0
-    present = sorted(int(v) for v in np.unique(lab) if v != 0)
+    present = present_values(lab, background=False)
     mean_u = float(h.mean())
     border_u = float(h[border].mean()) if border.any() else None
     per_area = float(h.sum() / fg.sum()) if fg.any() else None
@@ -383,7 +384,7 @@ def quality_scores(
     expected_dice = float(np.mean(soft)) if soft else None
     agreement = None
     if sample_labels is not None and len(sample_labels):
-        values = sorted(set(present) | {int(v) for v in torch.unique(sample_labels) if v != 0})
+        values = sorted(set(present) | set(present_values(sample_labels, background=False)))
         agreement = float(np.mean([_mean_dice(s.numpy(), lab, values) for s in sample_labels]))
     quality = expected_dice if expected_dice is not None else 1.0 - mean_u
     return {

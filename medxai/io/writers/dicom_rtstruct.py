@@ -48,6 +48,7 @@ from medxai.io.writers._common import (
     series_number_for,
     source_proxy,
 )
+from medxai.labelmaps import present_values
 
 __all__ = ["write_dicom_rtstruct", "label_contours_lps", "DEFAULT_RTSTRUCT_SERIES_OFFSET"]
 
@@ -251,7 +252,7 @@ def write_dicom_rtstruct(
     specs = normalise_labels(label_info)
     if not specs:
         raise InputError("label_info describes no non-zero label; an RTSTRUCT needs an ROI")
-    undescribed = sorted({int(v) for v in np.unique(arr) if v} - {s.value for s in specs})
+    undescribed = sorted(set(present_values(arr, background=False)) - {s.value for s in specs})
     if undescribed:
         raise InputError(f"label values {undescribed} are in the mask but not in label_info")
     first = source_proxy(source.first)

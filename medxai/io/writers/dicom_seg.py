@@ -65,6 +65,7 @@ from medxai.io.writers._common import (
     source_grid,
     source_proxy,
 )
+from medxai.labelmaps import present_values
 
 _is_multiframe_iod: Callable[[Any], Any] | None
 try:  # private helper of highdicom: whether the SOP class's IOD allows several frames
@@ -377,7 +378,7 @@ def _checked_specs(label_info: Sequence[Mapping[str, Any]], arr: np.ndarray) -> 
     specs = normalise_labels(label_info)
     if not specs:
         raise InputError("label_info describes no non-zero label; a SEG needs at least one segment")
-    present = {int(v) for v in np.unique(arr) if v != 0}
+    present = set(present_values(arr, background=False))
     undescribed = sorted(present - {s.value for s in specs})
     if undescribed:
         raise InputError(f"label values {undescribed} are in the mask but not in label_info")

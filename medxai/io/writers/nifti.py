@@ -25,6 +25,7 @@ from medxai.io.writers._common import (
     as_numpy,
     normalise_labels,
 )
+from medxai.labelmaps import present_values
 
 __all__ = ["write_nifti_labels", "write_nifti_mask", "write_nifti_map", "sidecar_path"]
 
@@ -123,7 +124,7 @@ def write_nifti_labels(
         "model": {"name": model_name, "version": model_version},
         "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]}]
         + [{"value": s.value, "name": s.name, "color": list(s.color)} for s in specs],
-        "present": sorted(int(v) for v in np.unique(arr) if v != 0),
+        "present": present_values(arr, background=False),
         "note": "AI result, not for diagnostic use",
     }
     _save(img, path)

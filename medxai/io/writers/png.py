@@ -20,6 +20,7 @@ from PIL import Image
 from medxai.errors import InputError
 from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import PALETTE, as_label_array, as_numpy, label_colors_map
+from medxai.labelmaps import present_values
 
 __all__ = [
     "normalise_saliency",
@@ -149,7 +150,7 @@ def overlay_rgb(
         alpha = (heat_alpha * norm)[None]
         out = out * (1.0 - alpha) + jet(norm).astype(np.float32) * alpha
     colors = label_colors_map(label_colors)
-    values = [int(v) for v in np.unique(lab) if v != 0]
+    values = present_values(lab, background=False)
     if values:
         if contours:
             thickness = contour_thickness or max(1, round(min(spatial[:2]) / 256))

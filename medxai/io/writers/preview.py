@@ -54,6 +54,7 @@ from medxai.io.writers.png import (
     shrink_picture,
     window_to_uint8,
 )
+from medxai.labelmaps import present_values, value_counts
 
 __all__ = ["PreviewInfo", "render_preview", "write_clinical_preview", "segment_size_text"]
 
@@ -320,12 +321,10 @@ def render_preview(
     if label_info is None:
         label_info = [
             {"value": int(v), "color": PALETTE[(int(v) - 1) % len(PALETTE)]}
-            for v in np.unique(lab)
-            if v
+            for v in present_values(lab, background=False)
         ]
     maps = _saliency_maps(saliency, lab)
-    values, found = np.unique(lab, return_counts=True)
-    counts = {int(v): int(c) for v, c in zip(values, found)}  # on the full grid
+    counts = value_counts(lab)  # on the full grid
     if lab.ndim == 2 and max(lab.shape) > info.max_side:
         # a large photo: shrink the picture, labels and maps once, before any overlay
         img, lab, maps = _shrunk(window_to_uint8(img), lab, maps, info.max_side)
