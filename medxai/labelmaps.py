@@ -14,6 +14,17 @@ __all__ = ["present_values", "value_counts"]
 
 #: Above this value a histogram costs more memory than the sort it avoids.
 _HISTOGRAM_LIMIT = 1 << 16
+#: Voxels counted at a time: ``np.bincount`` works on a machine-integer copy (8 bytes a voxel),
+#: so a large uint8 volume is counted in pieces of at most 32 MiB of copy.
+_CHUNK = 1 << 22
+
+
+def _histogram(flat: np.ndarray, high: int) -> np.ndarray:
+    counts = np.zeros(high + 1, dtype=np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start : start + _CHUNK].astype(np.intp, copy=False)
+        counts += np.bincount(part, minlength=high + 1)
+    return counts
 
 
 def present_values(labels: Any, *, background: bool = True) -> list[int]:
@@ -34,8 +45,7 @@ def present_values(labels: Any, *, background: bool = True) -> list[int]:
     if np.issubdtype(arr.dtype, np.integer):
         low, high = int(flat.min()), int(flat.max())
         if low >= 0 and high < _HISTOGRAM_LIMIT:
-            counts = np.bincount(flat.astype(np.intp, copy=False), minlength=high + 1)
-            values = np.flatnonzero(counts).tolist()
+            values = np.flatnonzero(_histogram(flat, high)).tolist()
             return [v for v in values if v != 0] if not background else values
     values = sorted({int(v) for v in np.unique(flat)})
     return [v for v in values if v != 0] if not background else values
@@ -53,7 +63,7 @@ def value_counts(labels: Any) -> dict[int, int]:
     if flat.size and np.issubdtype(arr.dtype, np.integer):
         low, high = int(flat.min()), int(flat.max())
         if low >= 0 and high < _HISTOGRAM_LIMIT:
-            counts = np.bincount(flat.astype(np.intp, copy=False), minlength=high + 1)
+            counts = _histogram(flat, high)
             return {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
     values, found = np.unique(flat, return_counts=True)
     return {int(v): int(c) for v, c in zip(values, found)}

@@ -29,3 +29,14 @@ def test_other_maps_fall_back_to_unique() -> None:
     assert value_counts(np.array([0, 70000, 70000])) == {0: 1, 70000: 2}
     assert present_values(np.zeros((0, 3), np.uint8)) == []
     assert present_values(np.zeros((4, 4), np.uint8), background=False) == []
+
+
+def test_counted_in_pieces(monkeypatch) -> None:
+    """Large maps are counted a piece at a time: the same counts."""
+    import medxai.labelmaps as lm
+
+    monkeypatch.setattr(lm, "_CHUNK", 7)
+    arr = np.random.default_rng(2).choice([0, 2, 5], size=(9, 10)).astype(np.uint8)
+    values, counts = np.unique(arr, return_counts=True)
+    assert value_counts(arr) == {int(v): int(c) for v, c in zip(values, counts)}
+    assert present_values(arr) == [int(v) for v in values]

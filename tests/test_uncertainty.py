@@ -372,3 +372,41 @@ def test_batch_uncertainty_option_and_resume_check(tmp_path):
     assert again.exit_code == 2 and "uncertainty" in again.output
     same = CliRunner().invoke(cli, [*base, "--uncertainty", "none"])
     assert same.exit_code == 0, same.output
+
+
+def test_batch_runs_mc_dropout_in_line_not_in_a_writer_thread(rgb_bundle, tmp_path, monkeypatch):
+    """MC dropout switches the shared network's dropout on and seeds torch's RNG: the batch
+    runs it in the network's thread, never in a writer thread (where it would race with the next
+    prediction or another writer), and each map equals what medxai segment writes."""
+    import threading
+
+    import medxai.uncertainty as unc_mod
+    from medxai.batch import run_batch
+    from medxai.samples import make_dermoscopy_photo
+    from tests.fixtures_pacs import write_photo_dicom
+
+    export = tmp_path / "export"
+    for i in range(3):
+        rgb, _ = make_dermoscopy_photo(48, 40, seed=30 + i)
+        (export / f"S{i}").mkdir(parents=True)
+        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.12.1.{i}",
+                          series=f"1.2.826.0.1.3680043.12.2.{i}",
+                          sop=f"1.2.826.0.1.3680043.12.3.{i}", series_number=1, instance=1)
+    opts = SegmentOptions(formats=["nifti", "json"], explain="none", device="cpu",
+                          uncertainty="mc-dropout", mc_samples=3)
+    single = segment_path(export / "S1" / "photo.dcm", rgb_bundle, tmp_path / "single", opts)
+    threads = []
+    real = unc_mod.mc_dropout_samples
+
+    def recording(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(unc_mod, "mc_dropout_samples", recording)
+    summary = run_batch(export, tmp_path / "out", model=rgb_bundle, options=opts)
+    assert summary.series["done"] == 3
+    assert len(threads) == 3 and not any(t.startswith("medxai-write") for t in threads), threads
+    reference = nib.load(single.output_dir / "uncertainty_variance.nii.gz").get_fdata()
+    maps = sorted((tmp_path / "out").rglob("uncertainty_variance.nii.gz"))
+    assert len(maps) == 3
+    assert any(np.allclose(nib.load(m).get_fdata(), reference, atol=1e-6) for m in maps)

@@ -168,6 +168,12 @@ def test_nifti_2d_is_written_as_one_slice_and_maps_are_float(tmp_path):
         assert np.abs(back[..., 0] - signed).max() <= (signed.max() - signed.min()) / 65535 / 2 * 1.001
     flat = nib.load(write_nifti_map(np.full((3, 3), 0.25), affine, tmp_path / "f.nii.gz"))
     assert np.array_equal(np.asarray(flat.dataobj), np.full((3, 3, 1), 0.25))
+    # constant maps and ranges too small for a float32 slope stay float32, exactly
+    assert flat.get_data_dtype() == np.float32
+    tiny = np.array([[0.0, 1e-41], [1e-38, 0.0]], np.float32)
+    back = nib.load(write_nifti_map(tiny, affine, tmp_path / "tiny.nii.gz"))
+    assert back.get_data_dtype() == np.float32
+    assert np.array_equal(np.asarray(back.dataobj)[..., 0], tiny)
     # a sheared grid (gantry tilt): the sform keeps it, the qform (which cannot) is switched off
     tilted = np.array([[0.5, 0, 0, 0], [0, 0.5, 0.25, 0], [0, 0, 2.0, 0], [0, 0, 0, 1.0]])
     img = nib.load(write_nifti_map(sal, tilted, tmp_path / "t.nii.gz"))

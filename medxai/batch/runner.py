@@ -383,10 +383,17 @@ class ChunkPipeline:
 
     # -- stage 3: writing ---------------------------------------------------------------------
     def _hand_on(self, item: _Item) -> None:
-        """To the writer thread when the network's work on ``item`` is done (bounded: at most
-        :data:`AHEAD` batches wait), else in line."""
-        network_done = item.prediction is not None and (
-            not self.options.explain or item.saliency is not None
+        """To the writer threads when the network's work on ``item`` is done (prediction,
+        saliency, uncertainty samples; bounded: at most :data:`AHEAD` batches wait), else in
+        line."""
+        method, _ = uncertainty_method(self.bundle, self.options.uncertainty, self.options.tta)
+        # MC dropout (and TTA views not collected) run the network while writing: in line, so
+        # that no other thread uses the network (dropout switched on, the RNG seeded) meanwhile
+        uncertainty_done = method is None or (method == "tta" and item.views is not None)
+        network_done = (
+            item.prediction is not None
+            and (not self.options.explain or item.saliency is not None)
+            and uncertainty_done
         )
         if not network_done:
             self.emit(_write(item, self.bundle, self.options))

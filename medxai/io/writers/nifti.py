@@ -169,7 +169,8 @@ def write_nifti_map(
     ``scl_inter`` spanning its range (nibabel, ITK/3D Slicer, SimpleITK and FSL apply them on
     reading): the values read back are within ``(max - min) / 131070`` of the map's, and the
     file is written several times faster than float32, whose low bits of a noisy map (a TTA
-    variance) do not compress. ``exact=True`` writes float32 instead.
+    variance) do not compress. ``exact=True`` writes float32 instead, and so does a constant
+    map or one whose range is below about 1e-33.
 
     Args:
         saliency: the map, MONAI axis order, any real dtype.
@@ -196,11 +197,12 @@ def write_nifti_map(
     if arr.ndim == 2:
         arr = arr[:, :, None]
     descrip = f"{SOFTWARE_NAME} {SOFTWARE_VERSION} {description}"
-    if exact:
+    scaled = None if exact else _to_uint16(arr)
+    if scaled is None:
         img = _make_image(np.ascontiguousarray(arr), aff, "none", descrip)
         img.set_data_dtype(np.float32)
         return _save(img, path)
-    quantised, slope, inter = _to_uint16(arr)
+    quantised, slope, inter = scaled
     img = _make_image(quantised, aff, "none", descrip)
     img.set_data_dtype(np.uint16)
     img.header.set_slope_inter(slope, inter)
@@ -210,15 +212,21 @@ def write_nifti_map(
 _U16 = 65535
 
 
-def _to_uint16(arr: np.ndarray) -> tuple[np.ndarray, float, float]:
+def _to_uint16(arr: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """``arr`` (float32) as uint16 ``q`` with ``inter + q * slope`` within half a step of it and
     inside ``[arr.min(), arr.max()]`` (slope and intercept are float32 in the header; the
-    slope is rounded down so that the largest code does not read back above the maximum)."""
+    slope is rounded down so that the largest code does not read back above the maximum).
+
+    None, to be written as float32, for a constant map (it compresses to almost nothing, and
+    readers get a float map whatever its content) and for a range too small for a normal
+    float32 slope."""
     lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:  # a constant map: every code 0, read back as the constant itself
-        return np.zeros(arr.shape, np.uint16), 1.0, lo
     slope = np.float32((hi - lo) / _U16)
+    if not hi > lo or not np.isfinite(slope) or slope < np.finfo(np.float32).tiny:
+        return None
     while float(lo) + _U16 * float(slope) > hi:
         slope = np.nextafter(slope, np.float32(0))
+    if slope < np.finfo(np.float32).tiny:
+        return None
     codes = np.rint((arr.astype(np.float64) - lo) / float(slope))
     return np.clip(codes, 0, _U16).astype(np.uint16), float(slope), lo
