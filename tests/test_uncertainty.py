@@ -9,7 +9,6 @@ import copy
 import csv
 import json
 import warnings
-from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
@@ -250,18 +249,26 @@ def test_no_tta_and_no_dropout_gives_a_reason_not_a_crash(rgb_bundle, tmp_path):
     assert "uncertainty.nii.gz" in res.files
 
 
+
+def _photo_export(export, count: int, *, seed: int, uid: int):
+    """``count`` small dermoscopy-like photos as DICOM, one study and series each."""
+    from medxai.samples import make_dermoscopy_photo
+    from tests.fixtures_pacs import write_photo_dicom
+
+    for i in range(count):
+        rgb, _ = make_dermoscopy_photo(48, 40, seed=seed + i)
+        (export / f"S{i}").mkdir(parents=True)
+        root = f"1.2.826.0.1.3680043.{uid}"
+        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"{root}.1.{i}",
+                          series=f"{root}.2.{i}", sop=f"{root}.3.{i}", series_number=1,
+                          instance=1)
+    return export
+
 def test_quality_score_in_the_batch_manifest(tmp_path):
     from medxai.batch import Manifest, run_batch
-    from medxai.samples import make_dermoscopy_photo
-    from tests.fixtures_pacs import make_test_bundle, write_photo_dicom
+    from tests.fixtures_pacs import make_test_bundle
 
-    export = tmp_path / "export"
-    for i in range(2):
-        rgb, _ = make_dermoscopy_photo(48, 40, seed=10 + i)
-        (export / f"S{i}").mkdir(parents=True)
-        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.10.1.{i}",
-                          series=f"1.2.826.0.1.3680043.10.2.{i}",
-                          sop=f"1.2.826.0.1.3680043.10.3.{i}", series_number=1, instance=1)
+    export = _photo_export(tmp_path / "export", 2, seed=10, uid=10)
     bundle = make_test_bundle(tmp_path / "model")  # flips TTA: uncertainty by default
     out = tmp_path / "out"
     summary = run_batch(export, out, model=bundle,
@@ -315,16 +322,9 @@ def test_batch_reuses_the_batched_predictions_tta_views(tmp_path, monkeypatch):
     still writes every map, equal to what medxai segment writes for the same input."""
     import medxai.uncertainty as unc_mod
     from medxai.batch import run_batch
-    from medxai.samples import make_dermoscopy_photo
-    from tests.fixtures_pacs import make_test_bundle, write_photo_dicom
+    from tests.fixtures_pacs import make_test_bundle
 
-    export = tmp_path / "export"
-    for i in range(2):
-        rgb, _ = make_dermoscopy_photo(48, 40, seed=20 + i)
-        (export / f"S{i}").mkdir(parents=True)
-        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.11.1.{i}",
-                          series=f"1.2.826.0.1.3680043.11.2.{i}",
-                          sop=f"1.2.826.0.1.3680043.11.3.{i}", series_number=1, instance=1)
+    export = _photo_export(tmp_path / "export", 2, seed=20, uid=11)
     bundle = make_test_bundle(tmp_path / "model")
     opts = SegmentOptions(formats=["nifti", "json"], explain=None, device="cpu")
     from medxai.models.bundle import load_bundle
@@ -382,16 +382,8 @@ def test_batch_runs_mc_dropout_in_line_not_in_a_writer_thread(rgb_bundle, tmp_pa
 
     import medxai.uncertainty as unc_mod
     from medxai.batch import run_batch
-    from medxai.samples import make_dermoscopy_photo
-    from tests.fixtures_pacs import write_photo_dicom
 
-    export = tmp_path / "export"
-    for i in range(3):
-        rgb, _ = make_dermoscopy_photo(48, 40, seed=30 + i)
-        (export / f"S{i}").mkdir(parents=True)
-        write_photo_dicom(rgb, export / f"S{i}" / "photo.dcm", study=f"1.2.826.0.1.3680043.12.1.{i}",
-                          series=f"1.2.826.0.1.3680043.12.2.{i}",
-                          sop=f"1.2.826.0.1.3680043.12.3.{i}", series_number=1, instance=1)
+    export = _photo_export(tmp_path / "export", 3, seed=30, uid=12)
     opts = SegmentOptions(formats=["nifti", "json"], explain="none", device="cpu",
                           uncertainty="mc-dropout", mc_samples=3)
     single = segment_path(export / "S1" / "photo.dcm", rgb_bundle, tmp_path / "single", opts)
