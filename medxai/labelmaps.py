@@ -29,32 +29,18 @@ def _histogram(flat: np.ndarray, high: int) -> np.ndarray:
 
 def present_values(labels: Any, *, background: bool = True) -> list[int]:
     """The sorted values present in an integer or boolean label map (numpy array or torch
-    tensor, any shape); ``background=False`` leaves 0 out.
+    tensor, any shape); ``background=False`` leaves 0 out (:func:`value_counts`' keys)."""
+    values = sorted(value_counts(labels))
+    return values if background else [v for v in values if v != 0]
+
+
+def value_counts(labels: Any) -> dict[int, int]:
+    """``{value: number of pixels/voxels}`` of every value present in a label map.
 
     Integer maps with values in ``0 .. 65535`` are counted with a histogram; others (negative
     or larger values, floats) fall back to ``np.unique``.
     """
     if hasattr(labels, "detach"):  # a torch tensor, on any device
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.size == 0:
-        return []
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    flat = arr.ravel()
-    if np.issubdtype(arr.dtype, np.integer):
-        low, high = int(flat.min()), int(flat.max())
-        if low >= 0 and high < _HISTOGRAM_LIMIT:
-            values = np.flatnonzero(_histogram(flat, high)).tolist()
-            return [v for v in values if v != 0] if not background else values
-    values = sorted({int(v) for v in np.unique(flat)})
-    return [v for v in values if v != 0] if not background else values
-
-
-def value_counts(labels: Any) -> dict[int, int]:
-    """``{value: number of pixels/voxels}`` of every value present in an integer label map
-    (:func:`present_values`' histogram, or ``np.unique`` with counts for other maps)."""
-    if hasattr(labels, "detach"):
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels)
     if arr.dtype == np.bool_:

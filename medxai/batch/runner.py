@@ -303,6 +303,7 @@ class ChunkPipeline:
         self.reads: deque[tuple[Job, cf.Future[_Item]]] = deque()
         self.writes: deque[cf.Future[Result]] = deque()
         self.device = resolve_device(options.device)
+        self.uncertainty, _ = uncertainty_method(bundle, options.uncertainty, options.tta)
 
     def run(self) -> None:
         """Process every job; returns when the last result is emitted."""
@@ -351,8 +352,9 @@ class ChunkPipeline:
                 fitting.append(item)
             except ModelMismatchError as exc:
                 self.emit(error_result(item.job, exc, model=self.bundle.name))
-        method, _ = uncertainty_method(self.bundle, self.options.uncertainty, self.options.tta)
-        views = [tta_accumulator(self.bundle) for _ in fitting] if method == "tta" else None
+        views = (
+            [tta_accumulator(self.bundle) for _ in fitting] if self.uncertainty == "tta" else None
+        )
         try:
             preds = predict_batch(
                 self.bundle,
@@ -386,9 +388,9 @@ class ChunkPipeline:
         """To the writer threads when the network's work on ``item`` is done (prediction,
         saliency, uncertainty samples; bounded: at most :data:`AHEAD` batches wait), else in
         line."""
-        method, _ = uncertainty_method(self.bundle, self.options.uncertainty, self.options.tta)
         # MC dropout (and TTA views not collected) run the network while writing: in line, so
         # that no other thread uses the network (dropout switched on, the RNG seeded) meanwhile
+        method = self.uncertainty
         uncertainty_done = method is None or (method == "tta" and item.views is not None)
         network_done = (
             item.prediction is not None

@@ -221,12 +221,12 @@ def _to_uint16(arr: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     readers get a float map whatever its content) and for a range too small for a normal
     float32 slope."""
     lo, hi = float(arr.min()), float(arr.max())
-    slope = np.float32((hi - lo) / _U16)
-    if not hi > lo or not np.isfinite(slope) or slope < np.finfo(np.float32).tiny:
+    if not hi > lo:
         return None
+    slope = np.float32((hi - lo) / _U16)
     while float(lo) + _U16 * float(slope) > hi:
         slope = np.nextafter(slope, np.float32(0))
-    if slope < np.finfo(np.float32).tiny:
+    if not np.isfinite(slope) or slope < np.finfo(np.float32).tiny:
         return None
     codes = np.rint((arr.astype(np.float64) - lo) / float(slope))
     return np.clip(codes, 0, _U16).astype(np.uint16), float(slope), lo
