@@ -105,6 +105,7 @@ def write_outputs(
     uncertainty: Uncertainty | None = None,
     seg_type: str = "binary",
     split_labels: bool = False,
+    uid_seed: str | None = None,
 ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
     one saliency map per label, the PNG preview, DICOM SEG, Parametric Map (one per saliency
@@ -118,6 +119,11 @@ def write_outputs(
     ``seg_type`` is the DICOM SEG's type (``binary``, ``labelmap``, ``fractional``: the
     prediction's probabilities); ``split_labels`` adds one ``mask_<label>.nii.gz`` per
     foreground label (with ``nifti``).
+
+    ``uid_seed``: the DICOM objects' new UIDs (SOP instance, series, ...) are derived from it
+    (:func:`medxai.io.writers.derived_uids`) instead of drawn at random, so the same result
+    written again carries the same UIDs; it must name the source instances, the model and the
+    settings (:func:`medxai.pipeline.result_uid_seed`).
 
     Returns:
         the files written (relative to ``tmp``), seconds per writer, and the formats skipped
@@ -166,18 +172,19 @@ def write_outputs(
         t = time.perf_counter()
         try:
             probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
-            files += _write_dicom(
-                tmp,
-                loaded,
-                bundle,
-                labels,
-                first_sal,
-                formats,
-                info,
-                colors,
-                seg_type,
-                probabilities,
-            )
+            with w.derived_uids(uid_seed):
+                files += _write_dicom(
+                    tmp,
+                    loaded,
+                    bundle,
+                    labels,
+                    first_sal,
+                    formats,
+                    info,
+                    colors,
+                    seg_type,
+                    probabilities,
+                )
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
             skipped.append(
@@ -185,9 +192,10 @@ def write_outputs(
             )
         else:
             try:
-                files += _write_dicom_maps(
-                    tmp, loaded, bundle, labels, saliency, formats, info, method, uncertainty
-                )
+                with w.derived_uids(uid_seed and uid_seed + " maps"):
+                    files += _write_dicom_maps(
+                        tmp, loaded, bundle, labels, saliency, formats, info, method, uncertainty
+                    )
             except MedxaiError as exc:
                 skipped.append(
                     {
@@ -442,6 +450,7 @@ def write_result_folder(
     uncertainty: Uncertainty | None = None,
     seg_type: str = "binary",
     split_labels: bool = False,
+    uid_seed: str | None = None,
 ) -> ResultFolder:
     """Write ``out_root/<name>/`` atomically: :func:`write_outputs` into a hidden temporary
     folder, then ``finish(tmp, result)`` (e.g. the JSON report, which may append to
@@ -454,7 +463,7 @@ def write_result_folder(
         formats: any of :data:`medxai.choices.FORMAT_CHOICES` (``json`` is the caller's, in
             ``finish``).
         method: the saliency method that made ``saliency`` (recorded in the DICOM PM and SR).
-        seg_type, split_labels: see :func:`write_outputs`.
+        seg_type, split_labels, uid_seed: see :func:`write_outputs`.
         uncertainty: the uncertainty map and quality score (:mod:`medxai.uncertainty`), or None.
     """
     out_root = Path(out_root)
@@ -477,6 +486,7 @@ def write_result_folder(
             uncertainty=uncertainty,
             seg_type=seg_type,
             split_labels=split_labels,
+            uid_seed=uid_seed,
         )
         result = ResultFolder(final, files, timings, skipped)
         if finish is not None:

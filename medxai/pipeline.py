@@ -9,7 +9,9 @@ written, so an interrupted run never leaves a half-written result folder behind 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ __all__ = [
     "region_from_mask_file",
     "input_volumes",
     "saliency_maps",
+    "result_uid_seed",
 ]
 
 #: Output formats ``--format`` accepts.
@@ -104,6 +107,10 @@ class SegmentOptions:
     seg_type: str = "binary"
     #: also one ``mask_<label>.nii.gz`` per foreground label (with the ``nifti`` format).
     split_labels: bool = False
+    #: the DICOM results' UIDs derived from the source instances, the model and these options
+    #: (:func:`result_uid_seed`) instead of random: the same result made again (a crashed
+    #: ``medxai listen`` rebuilding it) is the same instance to a PACS. DICOM inputs only.
+    derived_uids: bool = False
 
     def __post_init__(self) -> None:
         if self.seg_type not in SEG_TYPES:
@@ -763,6 +770,7 @@ def segment_loaded(
         pred,
         saliency,
         formats,
+        uid_seed=result_uid_seed(loaded, bundle, opts, formats) if opts.derived_uids else None,
         overwrite=opts.overwrite,
         finish=finish,
         seg_type=opts.seg_type,
@@ -773,6 +781,39 @@ def segment_loaded(
     files = written.files
     say(f"{name}: wrote {len(files)} file(s) to {final}")
     return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
+
+
+#: options that do not change what a result holds (left out of :func:`result_uid_seed`)
+_NOT_IN_RESULT = ("device", "sw_batch_size", "overwrite", "derived_uids")
+
+
+def result_uid_seed(
+    loaded: LoadedImage, bundle: ModelBundle, opts: SegmentOptions, formats: Sequence[str]
+) -> str | None:
+    """What a result's derived UIDs are made from: the SOP Instance UIDs of its DICOM source,
+    the model (name, version, weights hash), medxai's version, the output formats and every
+    option that changes the result (not the device, the window batch size or ``overwrite``: a
+    result rebuilt on another device keeps its UIDs). None for an input that is not DICOM (its
+    placeholder study gets new UIDs each run, so nothing stable names it)."""
+    if loaded.dicom is None:
+        return None
+    options = {
+        f.name: getattr(opts, f.name)
+        for f in dataclasses.fields(opts)
+        if f.name not in _NOT_IN_RESULT and f.name != "formats"
+    }
+    return json.dumps(
+        {
+            "sources": sorted(str(ds.get("SOPInstanceUID", "")) for ds in loaded.dicom.datasets),
+            "frames": list(loaded.dicom.frame_numbers or []),
+            "model": [bundle.name, str(bundle.version), bundle.weights_sha256],
+            "medxai": __version__,
+            "formats": sorted(formats),
+            "options": options,
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _uncertainty(

@@ -17,7 +17,13 @@ Three threads share one :class:`~medxai.node.store.NodeStore`:
 A restart on the same WORKDIR carries on: half-written files are removed, a study being processed
 is queued again (``run_batch`` resumes: finished series are kept), unsent results are sent.
 Results keep their SOP Instance UIDs, so a result whose delivery was cut short by a kill and
-sent again is the same instance to the receiver (a PACS keeps one copy).
+sent again is the same instance to the receiver (a PACS keeps one copy). A result made again
+(its study processed again after a kill, or on a new WORKDIR) gets the same UIDs too: they are
+derived from the source instances, the model and the settings
+(:attr:`medxai.pipeline.SegmentOptions.derived_uids`), not drawn at random.
+
+For the fault tests only, :data:`SIGKILL_AT_ENV` names a point of :data:`SIGKILL_POINTS` where the
+node kills itself with SIGKILL (after a ``test_sigkill`` event); unset, it does nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import signal
 import threading
 import time
 import warnings
@@ -45,7 +53,7 @@ from medxai.node.store import (
     write_durable,
 )
 
-__all__ = ["STATUS", "DicomNode", "NodeConfig", "NodeEvent"]
+__all__ = ["SIGKILL_AT_ENV", "SIGKILL_POINTS", "STATUS", "DicomNode", "NodeConfig", "NodeEvent"]
 
 log = logging.getLogger("medxai.node")
 
@@ -59,6 +67,16 @@ STATUS = {
 }
 
 EventFn = Callable[["NodeEvent"], None]
+
+#: Test-only fault injection (tests/test_node_faults.py): with this environment variable set to
+#: one of :data:`SIGKILL_POINTS`, the node SIGKILLs itself the first time it reaches that point.
+SIGKILL_AT_ENV = "MEDXAI_NODE_TEST_SIGKILL_AT"
+#: The points, in the order a study passes them: an instance ``received`` (parsed, nothing
+#: stored) and ``stored`` (durable and recorded, the success status not yet sent); a study
+#: ``processing`` (claimed, nothing run), ``written`` (results written, not queued) and
+#: ``queued`` (in the outbox, not sent); ``mid_send`` (the receiver kept the first file of a
+#: send, the others not sent) and ``sent`` (the receiver kept them all, not recorded).
+SIGKILL_POINTS = ("received", "stored", "processing", "written", "queued", "mid_send", "sent")
 
 
 @dataclass
@@ -180,6 +198,12 @@ class DicomNode:
         self._busy_study: str | None = None
         self._stopped = False
         self.options: Any = None
+        self._sigkill_at = os.environ.get(SIGKILL_AT_ENV) or None
+        if self._sigkill_at is not None and self._sigkill_at not in SIGKILL_POINTS:
+            raise InputError(
+                f"{SIGKILL_AT_ENV}={self._sigkill_at!r} is not a fault point",
+                hint=f"unset it (it is for tests), or use one of: {', '.join(SIGKILL_POINTS)}",
+            )
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, event: str, **data: Any) -> None:
@@ -196,6 +220,12 @@ class DicomNode:
             except Exception:
                 log.exception("event callback failed")
 
+    def _fault_point(self, point: str) -> None:
+        """Test-only: SIGKILL this process at ``point`` when :data:`SIGKILL_AT_ENV` names it."""
+        if self._sigkill_at == point:
+            self.emit("test_sigkill", point=point)
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Recover the WORKDIR, load the model, start receiving, processing and sending."""
@@ -210,6 +240,8 @@ class DicomNode:
             device=c.device,
             seg_type=c.seg_type,
             split_labels=c.split_labels,
+            # a result made again after a crash keeps its UIDs: the PACS keeps one copy
+            derived_uids=True,
         )
         rec = self.store.recover()
         self._bundle = c.model if isinstance(c.model, ModelBundle) else load_model(c.model)
@@ -379,6 +411,7 @@ class DicomNode:
             # processed results stay valid
             self.emit("duplicate", calling_ae=_calling(event), sop_instance_uid=sop)
             return 0x0000
+        self._fault_point("received")
         return self._store_instance(event, data, sop, study, series, sop_class)
 
     def _refuse_for_space(self, event: Any) -> Any:
@@ -445,6 +478,7 @@ class DicomNode:
             sop_instance_uid=sop,
             bytes=len(data),
         )
+        self._fault_point("stored")
         return 0x0000
 
     # -- processing ---------------------------------------------------------------------------
@@ -472,13 +506,16 @@ class DicomNode:
         folder = self.store.study_dir(key)
         started = time.time()
         self.emit("processing", study=key, instances=row["n_instances"])
+        self._fault_point("processing")
         summary = self._run_study(key, folder, started)
         if summary is None:
             return
+        self._fault_point("written")
         results = _dicom_results(folder / "results")
         queued = 0
         if self.dest is not None and results:
             queued = self.store.enqueue(key, results, self.dest.key)
+            self._fault_point("queued")
             self._wake_sender.set()
         series = summary.series
         reason = _study_reason(summary)
@@ -584,6 +621,7 @@ class DicomNode:
                 dest,
                 calling_ae=self.ae_title,
                 tls=c.tls if dest.kind == "dimse" else None,
+                on_sent=lambda _path: self._fault_point("mid_send"),
             )
         except InputError as exc:
             self.store.mark_retry(
@@ -597,6 +635,7 @@ class DicomNode:
     ) -> None:
         """Mark what was sent, schedule retries for what was refused or not sent."""
         if outcome.sent:
+            self._fault_point("sent")
             self.store.mark_sent([paths[p]["id"] for p in outcome.sent])
             self.emit(
                 "sent",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,9 +150,11 @@ def send_files(
     calling_ae: str = "MEDXAI",
     tls: TlsConfig | None = None,
     timeout_s: float = 30.0,
+    on_sent: Callable[[str], None] | None = None,
 ) -> SendOutcome:
     """Send ``paths`` (DICOM files) to ``dest`` once. Never raises for the receiver's answer or
-    an unreachable receiver: see :class:`SendOutcome`.
+    an unreachable receiver: see :class:`SendOutcome`. ``on_sent(path)`` is called as soon as
+    the receiver has kept a file (by C-STORE: after each file; by STOW-RS: after the request).
 
     Raises:
         InputError: a file is not DICOM (nothing is sent).
@@ -161,8 +163,11 @@ def send_files(
     if not files:
         return SendOutcome()
     if dest.kind == "stow":
-        return _send_stow(files, dest, timeout_s)
-    return _send_dimse(files, dest, calling_ae, tls, timeout_s)
+        out = _send_stow(files, dest, timeout_s)
+        for f in out.sent if on_sent is not None else []:
+            on_sent(f)
+        return out
+    return _send_dimse(files, dest, calling_ae, tls, timeout_s, on_sent)
 
 
 def _read_meta(path: str) -> tuple[str, str, str]:
@@ -203,7 +208,12 @@ def _client_ae(files: list[str], calling_ae: str, timeout_s: float) -> Any:
 
 
 def _send_dimse(
-    files: list[str], dest: Destination, calling_ae: str, tls: TlsConfig | None, timeout_s: float
+    files: list[str],
+    dest: Destination,
+    calling_ae: str,
+    tls: TlsConfig | None,
+    timeout_s: float,
+    on_sent: Callable[[str], None] | None = None,
 ) -> SendOutcome:
     ae = _client_ae(files, calling_ae, timeout_s)
     out = SendOutcome()
@@ -245,6 +255,8 @@ def _send_dimse(
                 break
             if int(code) in _STORED:
                 out.sent.append(f)
+                if on_sent is not None:
+                    on_sent(f)
             else:
                 comment = getattr(status, "ErrorComment", "") or ""
                 out.refused[f] = f"{dest} refused it with status 0x{int(code):04X} {comment}"

@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medxai.io.writers._common import series_number_for
+    from medxai.io.writers._common import derived_uids, series_number_for
     from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
     from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
     from medxai.io.writers.dicom_sc import (
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # highdicom, which the DICOM writers need (benchmarks/bench_startup.py)
 _HOMES = {
     "series_number_for": "medxai.io.writers._common",
+    "derived_uids": "medxai.io.writers._common",
     "DEFAULT_PM_SERIES_OFFSET": "medxai.io.writers.dicom_pm",
     "quantity_code": "medxai.io.writers.dicom_pm",
     "write_dicom_pm": "medxai.io.writers.dicom_pm",
@@ -90,6 +91,7 @@ __all__ = [
     "quantity_code",
     "DEFAULT_PM_SERIES_OFFSET",
     "series_number_for",
+    "derived_uids",
     "write_dicom_sr",
     "write_dicom_rtstruct",
     "segment_measurements",

@@ -6,7 +6,9 @@ import copy
 import datetime
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,8 @@ __all__ = [
     "first_path",
     "source_grid",
     "save_dicom",
+    "new_uid",
+    "derived_uids",
 ]
 
 SOFTWARE_NAME = "medxai"
@@ -72,6 +76,50 @@ _REQUIRED = (
 def now() -> datetime.datetime:
     """The current local time (one place, so that tests could pin it)."""
     return datetime.datetime.now()
+
+
+class _DerivedUids:
+    """The UIDs of one :func:`derived_uids` block: the n-th is a hash of the seed and n."""
+
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+        self.count = 0
+
+    def next(self) -> str:
+        from pydicom.uid import generate_uid
+
+        self.count += 1
+        return str(generate_uid(entropy_srcs=["medxai derived UID", self.seed, str(self.count)]))
+
+
+_UID_SCOPE: ContextVar[_DerivedUids | None] = ContextVar("medxai_uid_scope", default=None)
+
+
+def new_uid() -> Any:
+    """The UID of a new object (SOP instance, series, frame of reference, tracking UID) a writer
+    makes: a random UID (highdicom's root), or inside :func:`derived_uids` the next UID derived
+    from its seed."""
+    import highdicom as hd
+
+    scope = _UID_SCOPE.get()
+    return hd.UID() if scope is None else hd.UID(scope.next())
+
+
+@contextmanager
+def derived_uids(seed: str | None) -> Iterator[None]:
+    """Inside this block (in this thread), :func:`new_uid` derives the n-th UID from ``seed``
+    and n instead of drawing it at random: the writers called in the same order with the same
+    seed make the same UIDs, so a result made again (after a crash) is the same instance to a
+    receiver. ``seed`` must name everything the result depends on (source instances, model,
+    settings); None or empty: random UIDs as outside the block."""
+    if not seed:
+        yield
+        return
+    token = _UID_SCOPE.set(_DerivedUids(seed))
+    try:
+        yield
+    finally:
+        _UID_SCOPE.reset(token)
 
 
 def series_number_for(series_number: int | None, first: Dataset, offset: int) -> int:

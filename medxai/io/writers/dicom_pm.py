@@ -54,6 +54,7 @@ from medxai.io.writers._common import (
     SOFTWARE_VERSION,
     as_numpy,
     has_frame_of_reference,
+    new_uid,
     now,
     series_number_for,
     source_proxy,
@@ -132,7 +133,7 @@ def _frames(arr: np.ndarray, source: DicomSource) -> np.ndarray:
 
 def _own_geometry(proxies: list[Dataset]) -> None:
     """Give source headers without a Frame of Reference the PM's own pixel-grid geometry."""
-    uid = hd.UID()
+    uid = new_uid()
     for k, proxy in enumerate(proxies):
         spacing = next(
             (
@@ -304,9 +305,9 @@ def write_dicom_pm(
         pm = hd.pm.ParametricMap(
             source_images=proxies,
             pixel_array=frames,
-            series_instance_uid=hd.UID(),
+            series_instance_uid=new_uid(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_PM_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=new_uid(),
             instance_number=int(instance_number),
             manufacturer=SOFTWARE_NAME,
             manufacturer_model_name=SOFTWARE_NAME,

@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
@@ -43,6 +42,7 @@ from medxai.io.writers._common import (
     SOFTWARE_VERSION,
     LabelSpec,
     as_label_array,
+    new_uid,
     normalise_labels,
     now,
     series_number_for,
@@ -142,9 +142,9 @@ def _base(first: Dataset, series_number: int, model: str) -> Dataset:
         if kw in first:
             setattr(ds, kw, first[kw].value)
     ds.SOPClassUID = RTStructureSetStorage
-    ds.SOPInstanceUID = hd.UID()
+    ds.SOPInstanceUID = new_uid()
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = hd.UID()
+    ds.SeriesInstanceUID = new_uid()
     ds.SeriesNumber = series_number
     ds.SeriesDescription = f"medxai contours - {NOT_FOR_DIAGNOSIS}"[:64]
     ds.OperatorsName = ""

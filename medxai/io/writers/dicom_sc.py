@@ -47,6 +47,7 @@ from medxai.io.writers._common import (
     as_numpy,
     first_path,
     frame_geometry,
+    new_uid,
     now,
     patient_orientation_letters,
     save_dicom,
@@ -127,7 +128,7 @@ def _build_sc(
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=series_uid,
             series_number=series_number,
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=new_uid(),
             instance_number=instance_number,
             manufacturer=SOFTWARE_NAME,
             # replaced below by the real value (SCImage accepts single letters only)
@@ -257,7 +258,7 @@ def _overlay_series(
         f"source image. {NOT_FOR_DIAGNOSIS}."
     )
     equipment = [_medxai_equipment(f"AI segmentation overlay; model {model_name} {model_version}")]
-    uid = hd.UID()
+    uid = new_uid()
     if source is None:
         study_ref = _placeholder_ref(
             patient_name=PLACEHOLDER_PATIENT_NAME,
@@ -314,7 +315,7 @@ def _next_sc(sc: hd.sc.SCImage, pixels: np.ndarray, k: int, geometry: dict[str, 
     the dataset built for the first slice is reused: several times faster than building each
     with highdicom.
     """
-    sc.SOPInstanceUID = hd.UID()
+    sc.SOPInstanceUID = new_uid()
     sc.file_meta.MediaStorageSOPInstanceUID = sc.SOPInstanceUID
     sc.InstanceNumber = k + 1
     sc.PixelData = encode_frame(
@@ -472,7 +473,7 @@ def create_photo_study(
     )
     equipment = [_medxai_equipment("Conversion of a picture file to DICOM")]
     sc = _build_sc(
-        pixels, photometric, bits, ref, series_uid=hd.UID(), series_number=int(series_number),
+        pixels, photometric, bits, ref, series_uid=new_uid(), series_number=int(series_number),
         instance_number=1, series_description=series_description, equipment=equipment,
     )  # fmt: skip
     sc.ImageType = ["ORIGINAL", "SECONDARY"]

@@ -59,6 +59,7 @@ from medxai.io.writers._common import (
     as_numpy,
     first_path,
     has_frame_of_reference,
+    new_uid,
     normalise_labels,
     save_dicom,
     series_number_for,
@@ -258,7 +259,7 @@ def _slice_thickness_fix(proxies: list[Dataset]) -> None:
 def _placeholder_geometry(proxy: Dataset) -> None:
     """Give a multi-frame header without Frame of Reference a temporary frame-index geometry."""
     nframes = int(proxy.get("NumberOfFrames", 1) or 1)
-    proxy.FrameOfReferenceUID = hd.UID()
+    proxy.FrameOfReferenceUID = new_uid()
     shared = Dataset()
     orientation = Dataset()
     orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -500,9 +501,9 @@ def _build_seg(
             pixel_array=pixels,
             segmentation_type=kind,
             segment_descriptions=_segment_descriptions(specs, who.model_name, who.model_version),
-            series_instance_uid=hd.UID(),
+            series_instance_uid=new_uid(),
             series_number=series_number_for(who.series_number, first, DEFAULT_SEG_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=new_uid(),
             instance_number=int(who.instance_number),
             manufacturer=SOFTWARE_NAME,
             manufacturer_model_name=SOFTWARE_NAME,

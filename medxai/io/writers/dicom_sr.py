@@ -42,6 +42,7 @@ from medxai.io.writers._common import (
     SOFTWARE_VERSION,
     as_label_array,
     as_numpy,
+    new_uid,
     normalise_labels,
     series_number_for,
     source_proxy,
@@ -186,7 +187,7 @@ def _referenced_segment(seg: Dataset, number: int, source: DicomSource) -> hd.sr
 
 def _observer() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=hd.UID(),
+        uid=new_uid(),
         name=SOFTWARE_NAME,
         manufacturer_name=SOFTWARE_NAME,
         model_name=f"{SOFTWARE_NAME} {SOFTWARE_VERSION}",
@@ -258,7 +259,7 @@ def write_dicom_sr(
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=hd.UID(), identifier=f"segment {number} {spec.name}"[:64]
+                    uid=new_uid(), identifier=f"segment {number} {spec.name}"[:64]
                 ),
                 referenced_segment=_referenced_segment(seg_ds, number, source),
                 finding_type=prop_type,
@@ -277,9 +278,9 @@ def write_dicom_sr(
         sr = hd.sr.Comprehensive3DSR(
             evidence=[proxies[0], *proxies[1:], seg_ds],
             content=report,
-            series_instance_uid=hd.UID(),
+            series_instance_uid=new_uid(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_SR_SERIES_OFFSET),
-            sop_instance_uid=hd.UID(),
+            sop_instance_uid=new_uid(),
             instance_number=1,
             manufacturer=SOFTWARE_NAME,
             is_complete=True,
