@@ -280,3 +280,73 @@ def test_send_command(node_factory, tmp_path: Path):
     assert r.exit_code == 1
     r = CliRunner().invoke(cli, ["send", str(files[0])])
     assert r.exit_code == 2
+
+
+# -- results made again keep their UIDs -----------------------------------------------------------
+
+
+def test_derived_uids_repeat_per_seed_and_stay_in_their_block():
+    import threading
+
+    from medxai.io.writers._common import derived_uids, new_uid
+    from medxai.node.store import is_valid_uid
+
+    with derived_uids("seed a"):
+        a = [new_uid() for _ in range(3)]
+    with derived_uids("seed a"):
+        again = [new_uid() for _ in range(3)]
+    with derived_uids("seed b"):
+        b = [new_uid() for _ in range(3)]
+    assert a == again
+    assert len(set(a) | set(b)) == 6
+    assert all(is_valid_uid(u) for u in a + b)
+    # outside a block (and with no seed), and in another thread during a block: random
+    outside = [new_uid(), new_uid()]
+    with derived_uids(None):
+        outside.append(new_uid())
+    in_thread: list[str] = []
+    with derived_uids("seed a"):
+        t = threading.Thread(target=lambda: in_thread.append(new_uid()))
+        t.start()
+        t.join()
+    assert len(set(outside + in_thread) | set(a)) == len(outside) + 1 + len(a)
+    assert all(u.startswith("1.2.826.0.1.3680043.10.511.3.") for u in outside + in_thread)
+
+
+def test_result_uid_seed_names_sources_model_and_settings(lesion_model, tmp_path: Path):
+    """Two results share their UIDs only when source, model and result settings agree: the
+    device and the window batch size do not count; formats, SEG type and saliency do; a picture
+    (no DICOM source) gets none."""
+    import dataclasses
+
+    from medxai.io.readers import load_image
+    from medxai.pipeline import SegmentOptions, result_uid_seed
+
+    loaded = load_image(DERMOSCOPY)
+    fmts = ["dicom-seg", "dicom-sr"]
+    base = SegmentOptions(formats=fmts, derived_uids=True)
+    seed = result_uid_seed(loaded, lesion_model, base, fmts)
+    assert seed and str(loaded.dicom.first.SOPInstanceUID) in seed
+    same = SegmentOptions(formats=fmts, derived_uids=True, device="cpu", sw_batch_size=8,
+                          overwrite=True)
+    assert result_uid_seed(loaded, lesion_model, same, fmts) == seed
+    others = [
+        result_uid_seed(loaded, lesion_model, dataclasses.replace(base, seg_type="labelmap"),
+                        fmts),
+        result_uid_seed(loaded, lesion_model, dataclasses.replace(base, explain="none"), fmts),
+        result_uid_seed(loaded, lesion_model, dataclasses.replace(base, tta="none"), fmts),
+        result_uid_seed(loaded, lesion_model, base, [*fmts, "dicom-pm"]),
+    ]
+    for key, value in (("version", "9.9"), ("weights_sha256", "0" * 64)):
+        other_model = dataclasses.replace(lesion_model,
+                                          metadata={**lesion_model.metadata, key: value})
+        others.append(result_uid_seed(loaded, other_model, base, fmts))
+    restamped = tmp_path / "other.dcm"
+    ds = pydicom.dcmread(DERMOSCOPY)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(restamped, enforce_file_format=True)
+    others.append(result_uid_seed(load_image(restamped), lesion_model, base, fmts))
+    assert len({seed, *others}) == len(others) + 1
+    photo = load_image(ROOT / "sample_data" / "dermoscopy.jpg")
+    assert result_uid_seed(photo, lesion_model, base, fmts) is None

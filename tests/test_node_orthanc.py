@@ -132,9 +132,21 @@ def test_orthanc_routes_studies_and_gets_seg_back_by_cstore(tmp_path: Path, lesi
             st = node.store.status()
             assert st["outbox"]["sent"] == 4 and st["outbox"]["pending"] == 0  # SEG, 2 PM, SR
             assert st["instances_received"] == 21
-            # the same study routed again: the node already has it; nothing new is made or sent
+            # the same study routed again, now with the node's own 4 results in it: the node
+            # has them all (a `duplicate` event each, emitted before the C-STORE answer, so
+            # they are there when Orthanc's synchronous job ends); the study is not re-opened,
+            # so nothing new is made or sent
+            derm_row = _study_row(node, str(src.StudyInstanceUID))
+            own = {r["sop_instance_uid"] for r in node.store.query(
+                "SELECT sop_instance_uid FROM outbox")}
+            assert len(own) == 4
             orthanc.store_to_medxai([derm["ParentStudy"]])
-            time.sleep(3)
+            dups = [e for e in node.store.events(500) if e["event"] == "duplicate"]
+            assert sorted((e["sop_instance_uid"], e["own_result"]) for e in dups) == sorted(
+                [(str(src.SOPInstanceUID), False)] + [(uid, True) for uid in own])
+            assert {e["calling_ae"] for e in dups} == {"ORTHANC"}
+            assert _study_row(node, str(src.StudyInstanceUID)) == derm_row
+            assert node.store.status()["instances_received"] == 21
             assert node.store.status()["outbox"]["sent"] == 4
             assert len(orthanc.segs_of(derm["ParentStudy"])) == 1
         finally:

@@ -406,10 +406,12 @@ class DicomNode:
                     STATUS["cannot_understand"],
                     f"{what} missing or not a valid UID ({uid[:70]!r})",
                 )
-        if self.store.has_instance(sop):
+        own = self.store.is_result(sop)
+        if own or self.store.has_instance(sop):
             # the same instance again (a resend): already durable; never rewrite it, so
-            # processed results stay valid
-            self.emit("duplicate", calling_ae=_calling(event), sop_instance_uid=sop)
+            # processed results stay valid. One of the node's own results, routed back with
+            # its study: never stored, so the study is not re-opened and processed again
+            self.emit("duplicate", calling_ae=_calling(event), sop_instance_uid=sop, own_result=own)
             return 0x0000
         self._fault_point("received")
         return self._store_instance(event, data, sop, study, series, sop_class)

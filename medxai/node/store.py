@@ -283,6 +283,10 @@ class NodeStore:
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self.query("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_uid,)))
 
+    def is_result(self, sop_uid: str) -> bool:
+        """Whether ``sop_uid`` is one of the node's own results (queued or sent)."""
+        return bool(self.query("SELECT 1 FROM outbox WHERE sop_instance_uid=? LIMIT 1", (sop_uid,)))
+
     def add_instance(
         self,
         *,
