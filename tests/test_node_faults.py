@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.conftest import ROOT
 from medxai.node.node import SIGKILL_AT_ENV, SIGKILL_POINTS
+from tests.conftest import ROOT
 from tests.orthanc_server import Orthanc, free_port, orthanc_exe, seg_sources
 
 DERMOSCOPY = ROOT / "sample_data" / "dermoscopy.dcm"

@@ -164,8 +164,9 @@ def send_files(
         return SendOutcome()
     if dest.kind == "stow":
         out = _send_stow(files, dest, timeout_s)
-        for f in out.sent if on_sent is not None else []:
-            on_sent(f)
+        if on_sent is not None:
+            for f in out.sent:
+                on_sent(f)
         return out
     return _send_dimse(files, dest, calling_ae, tls, timeout_s, on_sent)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 
 from medxai._version import __version__
 from medxai.errors import InputError
@@ -95,7 +96,7 @@ class _DerivedUids:
 _UID_SCOPE: ContextVar[_DerivedUids | None] = ContextVar("medxai_uid_scope", default=None)
 
 
-def new_uid() -> Any:
+def new_uid() -> UID:
     """The UID of a new object (SOP instance, series, frame of reference, tracking UID) a writer
     makes: a random UID (highdicom's root), or inside :func:`derived_uids` the next UID derived
     from its seed."""
