@@ -50,10 +50,10 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from scipy import ndimage
-from skimage.measure import find_contours
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from scipy import ndimage
+from skimage.measure import find_contours
 
 from medxai.errors import InputError, ProcessingError
 from medxai.io.types import DicomSource
