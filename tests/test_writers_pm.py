@@ -17,8 +17,13 @@ from medxai.errors import InputError
 from medxai.io.writers import create_photo_study, write_nifti_map
 from medxai.io.writers.dicom_pm import quantity_code, write_dicom_pm
 from tests.conftest import shared_path
-from tests.helpers_dicom import (assert_dciodvfy_clean, find_tool, load_series, load_single,
-                                 shared_file)
+from tests.helpers_dicom import (
+    assert_dciodvfy_clean,
+    find_tool,
+    load_series,
+    load_single,
+    shared_file,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
