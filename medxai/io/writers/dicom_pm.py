@@ -324,11 +324,11 @@ def write_dicom_pm(
         _own_geometry(proxies)
     what = f"{code.meaning.lower()}{f' of {label_name}' if label_name else ''}"
     pixels: np.ndarray = frames
-    value_range: tuple[float, float] = (float(frames.min()), float(frames.max()))
+    value_range: tuple[float, float] | tuple[int, int] = (float(frames.min()), float(frames.max()))
     slope, intercept = 1.0, 0.0
     if encoding == "uint16":
         pixels, slope, intercept = _quantise(frames)
-        value_range = (int(pixels.min()), int(pixels.max()))  # type: ignore[assignment]
+        value_range = (int(pixels.min()), int(pixels.max()))
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=quantity.upper()[:16],
         lut_explanation=f"{what} ({method or quantity}), no unit"[:64],
