@@ -204,7 +204,13 @@ def test_sr_of_the_mr_crop_series_outlines_each_segment_on_each_slice(tmp_path):
         1: float((labels == 1).sum()), 2: float((labels == 2).sum())}
 
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source.paths]
-    outlines = _outlines(pydicom.dcmread(path), sources)
+    ds = pydicom.dcmread(path)
+    outlines = _outlines(ds, sources)
+    # the Image Library (TID 1600) lists the source images (older OHIF 3.x releases need it)
+    (library,) = _content(ds, "111028")
+    (library_group,) = _content(library, "126200")
+    assert [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for item in library_group.ContentSequence] == [d.SOPInstanceUID for d in sources]
     for value in (1, 2):
         mine = [o for o in outlines if o["name"].startswith(f"segment {value} ")]
         slices = [o["image"] for o in mine]

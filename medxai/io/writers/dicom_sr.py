@@ -35,7 +35,8 @@ measurement and reads its coordinates from the first SCOORD; a group without any
 (``Cannot read properties of undefined (reading 'ReferencedSOPSequence')``). For the same reason a
 segment without any voxel gets no group at all (the SEG says it is empty).
 
-Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the source images.
+The Image Library (TID 1600) lists the source images (older OHIF 3.x releases stop without
+one). Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the source images.
 """
 
 from __future__ import annotations
@@ -416,6 +417,7 @@ def write_dicom_sr(
             observation_context=_observer(),
             procedure_reported=Code("363679005", "SCT", "Imaging procedure"),
             imaging_measurements=groups,
+            referenced_images=list(source.datasets),
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[proxies[0], *proxies[1:], seg_ds],
