@@ -20,8 +20,9 @@ Image coordinates (what OHIF 3.x needs to show a measurement): besides the segme
 group, every outline of the segment on a slice (on the picture, for a 2D image) gets a "Planar ROI
 measurements" group (TID 1410) whose Image Region is a closed POLYLINE SCOORD in the pixel
 columns/rows of that source image (SELECTED FROM the image, with its frame number for a
-multi-frame source), and whose measurement is the area of the pixels that outline encloses. The
-outline is the iso-line at 0.5 of the zero-padded mask of one 4-connected component
+multi-frame source), and whose measurement is the area of the pixels that outline encloses
+(the finding type is repeated; the algorithm and finding category are in the volumetric group).
+The outline is the iso-line at 0.5 of the zero-padded mask of one 4-connected component
 (``skimage.measure.find_contours``), so each vertex is the midpoint of two neighbouring pixel
 centres, one inside the segment and one outside, in DICOM's pixel convention (the centre of the
 top-left pixel is ``(0.5, 0.5)``). Holes are not drawn (a SCOORD has no holes; the SEG has them).
@@ -282,10 +283,10 @@ def _planar_group(
     source: DicomSource,
     spacing: Sequence[float] | None,
     finding_type: Code,
-    category: Code,
-    algorithm: hd.sr.AlgorithmIdentification,
 ) -> tuple[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, str]:
-    """TID 1410 group of one outline (its area) and its tracking UID."""
+    """TID 1410 group of one outline and its tracking UID: tracking identifier, finding type,
+    the outline as Image Region, its area (the algorithm and the finding category are in the
+    segment's volumetric group, not repeated per outline)."""
     if spacing is not None:
         value = outline.count * float(spacing[0]) * float(spacing[1])
         unit = codes.UCUM.SquareMillimeter
@@ -302,15 +303,51 @@ def _planar_group(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"{name}{where}"[:64]),
         referenced_region=region,
         finding_type=finding_type,
-        finding_category=category,
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.SCT.Area, value=float(value), unit=unit, algorithm_id=algorithm
-            )
-        ],
+        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)],
     )
     return group, str(uid)
+
+
+_SOURCE = Code("260753009", "SCT", "Source")
+
+
+def _image_library(source: DicomSource) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group listing the source images (no descriptors)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=contains)
+    group.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.ImageContentItem(
+                name=_SOURCE,
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=contains,
+            )
+            for ds in source.datasets
+        ]
+    )
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=contains)
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
+def _add_content(sr: hd.sr.Comprehensive3DSR, library: Dataset, groups: Sequence[Any]) -> None:
+    """Put the Image Library before the Imaging Measurements container (TID 1500 order) and
+    append the planar groups to that container.
+
+    Both are added to the built object rather than given to highdicom's SR constructor, which
+    deep-copies and re-parses the whole content tree: with hundreds of outlines (and
+    highdicom's per-image library descriptors) that took most of the time of writing the
+    report. Each group was built, and validated, by highdicom's TID 1410 template.
+    """
+    content = list(sr.ContentSequence)
+    (index,) = [
+        n
+        for n, item in enumerate(content)
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"  # Imaging Measurements
+    ]
+    content[index].ContentSequence.extend(item for group in groups for item in group)
+    sr.ContentSequence = [*content[:index], library, *content[index:]]
 
 
 def _observer() -> hd.sr.ObservationContext:
@@ -386,6 +423,7 @@ def write_dicom_sr(
         name=model_name[:64], version=model_version[:64], parameters=parameters
     )
     groups: list[Any] = []
+    outline_groups: list[Any] = []
     for number, spec in enumerate(specs, start=1):
         outlines = segment_outlines(arr, spec.value)
         if not outlines:
@@ -393,10 +431,7 @@ def write_dicom_sr(
         stats = segment_measurements(arr, spec.value, spacing, (saliency or {}).get(spec.value))
         category, prop_type = segment_codes(spec)
         name = f"segment {number} {spec.name}"
-        planar = [
-            _planar_group(o, name, arr.ndim, source, spacing, prop_type, category, algorithm)
-            for o in outlines
-        ]
+        planar = [_planar_group(o, name, arr.ndim, source, spacing, prop_type) for o in outlines]
         largest = max(range(len(outlines)), key=lambda n: outlines[n].count)
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -410,14 +445,13 @@ def write_dicom_sr(
                 measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm),
             )
         )
-        groups += [group for group, _ in planar]
+        outline_groups += [group for group, _ in planar]
     proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     try:
         report = hd.sr.MeasurementReport(
             observation_context=_observer(),
             procedure_reported=Code("363679005", "SCT", "Imaging procedure"),
             imaging_measurements=groups,
-            referenced_images=list(source.datasets),
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[proxies[0], *proxies[1:], seg_ds],
@@ -435,6 +469,7 @@ def write_dicom_sr(
             f"highdicom cannot build the measurement report ({exc})",
             path=source.paths[0] if source.paths else None,
         ) from exc
+    _add_content(sr, _image_library(source), outline_groups)
     sr.SoftwareVersions = SOFTWARE_VERSION
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
