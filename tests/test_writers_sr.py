@@ -236,3 +236,26 @@ def test_an_empty_segment_gets_no_group(tmp_path):
     assert_dciodvfy_clean(path)
     report = _tid1500(path, tmp_path / "sr.json")
     assert [g.get("ReferencedSegment") for g in report["Measurements"]] == [2, None]
+
+
+def test_sr_of_an_enhanced_multiframe_object_references_frames(tmp_path):
+    """One multi-frame MR object (23 x 38, 3 frames): each outline is SELECTED FROM the object
+    and the frame its slice is, and lies on the label map's boundary there."""
+    from tests.helpers_dicom import load_multiframe
+
+    source, volume = load_multiframe(
+        shared_file("dcmqi_data", "data", "segmentations", "23x38x3", "multiframe", "mf.dcm"))
+    labels = np.zeros(volume.shape[1:], dtype=np.uint8)
+    labels[3:9, 5:12, 0] = 1
+    labels[10:20, 30:35, 2] = 2
+    seg = write_dicom_seg(labels, source, LABELS, "test-unet", "1.2.3", tmp_path / "seg.dcm")
+    path = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "sr.dcm", **MODEL)
+    assert_dciodvfy_clean(path)
+    _tid1500(path, tmp_path / "sr.json")
+    outlines = _outlines(pydicom.dcmread(path), [pydicom.dcmread(source.paths[0])])
+    assert [(o["name"], o["image"], o["frame"]) for o in outlines] == [
+        ("segment 1 lesion slice 1", 0, source.frame_numbers[0]),
+        ("segment 2 liver slice 3", 0, source.frame_numbers[2]),
+    ]
+    for o, (value, k) in zip(outlines, [(1, 0), (2, 2)]):
+        _assert_on_boundary(o["points"], labels[:, :, k] == value)
