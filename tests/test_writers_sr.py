@@ -224,6 +224,15 @@ def test_sr_of_the_mr_crop_series_outlines_each_segment_on_each_slice(tmp_path):
         # the volumetric group shares the tracking UID of the segment's largest outline
         largest = max(mine, key=lambda o: o["area"])
         assert volumetric[value]["TrackingUniqueIdentifier"] == largest["uid"]
+    # what OHIF 3.x needs to load the report at all: the groups of every tracking UID (OHIF
+    # merges them into one measurement) hold at least one SCOORD
+    (imaging,) = _content(ds, "126010")
+    with_scoord: dict[str, bool] = {}
+    for group in _content(imaging, "125007"):
+        uid = _content(group, "112040")[0].UID
+        has = any(item.ValueType in ("SCOORD", "SCOORD3D") for item in group.ContentSequence)
+        with_scoord[uid] = with_scoord.get(uid, False) or has
+    assert with_scoord and all(with_scoord.values())
 
 
 def test_an_empty_segment_gets_no_group(tmp_path):
