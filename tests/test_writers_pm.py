@@ -16,8 +16,14 @@ import pytest
 from medxai.errors import InputError
 from medxai.io.writers import create_photo_study, write_nifti_map
 from medxai.io.writers.dicom_pm import quantity_code, write_dicom_pm
-from tests.helpers_dicom import (assert_dciodvfy_clean, find_tool, load_series, load_single,
-                                 shared_file)
+from tests.conftest import shared_path
+from tests.helpers_dicom import (
+    assert_dciodvfy_clean,
+    find_tool,
+    load_series,
+    load_single,
+    shared_file,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -119,3 +125,62 @@ def test_pm_quantities_and_bad_input(tmp_path):
     path = write_dicom_pm(np.full((8, 6), 0.25), source, tmp_path / "u.dcm", quantity="uncertainty",
                           method="tta-entropy", **MODEL)
     assert_dciodvfy_clean(path)
+
+
+def _real_world(ds) -> np.ndarray:
+    """Stored frames through the Real World Value Mapping, as (I, J, K) in stored frame order."""
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    frames = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns).astype(np.float64)
+    values = frames * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
+    return np.transpose(values, (2, 1, 0))
+
+
+def test_uint16_pm_of_the_mr_crop_keeps_the_values_within_half_a_step(tmp_path):
+    """35 x 51 frames (1785 pixels, odd): unsigned 16-bit PixelData, the mapping's slope and
+    intercept give back every value within half a step; highdicom applies the same mapping."""
+    folder = shared_path("hippocampus", "dicom_study1", "13_HCropVolume")
+    source, volume = load_series(sorted(folder.glob("*.dcm")))
+    values = (np.random.default_rng(3).random(volume.shape) * 3 - 1).astype(np.float32)
+    path = write_dicom_pm(values, source, tmp_path / "pm.dcm", method="gradcam",
+                          encoding="uint16", **MODEL)
+    assert_dciodvfy_clean(path)
+    ds = pydicom.dcmread(path)
+    assert "FloatPixelData" not in ds and ds.BitsAllocated == 16 and ds.PixelRepresentation == 0
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope = float(mapping.RealWorldValueSlope)
+    assert slope == pytest.approx((values.max() - values.min()) / 65535, rel=1e-12)
+    assert float(mapping.RealWorldValueIntercept) == float(values.min())
+    assert (mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped) == (
+        0, 65535)
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "130403"
+    # frames are stored in source order (ascending along the normal) and reference their slice
+    refs = [item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for item in ds.PerFrameFunctionalGroupsSequence]
+    assert refs == [d.SOPInstanceUID for d in source.datasets]
+    error = np.abs(_real_world(ds) - values.astype(np.float64))
+    assert error.max() <= slope / 2 * (1 + 1e-9)
+    assert error.max() > slope / 4  # quantised, not a float copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = hd.imread(path)
+        frame = image.get_frame(1, apply_real_world_transform=True)
+    assert np.abs(frame.T - values[:, :, 0]).max() <= slope / 2 * (1 + 1e-9)
+
+
+def test_uint16_pm_of_a_photo_and_a_constant_map(tmp_path):
+    picture = (np.random.default_rng(4).random((3, 33, 45)) * 255).astype(np.uint8)
+    source = create_photo_study(picture, tmp_path / "photo.dcm")
+    values = np.random.default_rng(5).random((33, 45))
+    path = write_dicom_pm(values, source, tmp_path / "pm.dcm", encoding="uint16", **MODEL)
+    assert_dciodvfy_clean(path)
+    ds = pydicom.dcmread(path)
+    slope = float(ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+                  .RealWorldValueSlope)
+    recovered = _real_world(ds)[:, :, 0]
+    assert np.abs(recovered - values.astype(np.float32)).max() <= slope / 2 * (1 + 1e-9)
+    constant = write_dicom_pm(np.full((33, 45), 0.25), source, tmp_path / "c.dcm",
+                              encoding="uint16", **MODEL)
+    assert_dciodvfy_clean(constant)
+    assert np.all(_real_world(pydicom.dcmread(constant)) == 0.25)
+    with pytest.raises(InputError, match="encoding"):
+        write_dicom_pm(values, source, tmp_path / "x.dcm", encoding="uint8", **MODEL)

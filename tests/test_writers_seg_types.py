@@ -268,3 +268,34 @@ def test_labelmap_needs_a_highdicom_that_writes_it(monkeypatch):
     with pytest.raises(UnsupportedInputError, match="highdicom >= 0.24"):
         dicom_seg.segmentation_type("labelmap")
     assert dicom_seg.segmentation_type("binary") == Old.BINARY
+
+
+def test_binary_frames_that_do_not_start_on_a_byte_are_packed_as_the_standard_says(tmp_path):
+    """The hippocampus crop series: 35 x 51 = 1785 pixels a frame, so frame n of a BINARY SEG
+    starts at bit 1785 n, inside a byte (PS3.5 8.1.1: no padding between 1-bit frames; OHIF 3.x
+    mis-reads such frames, see docs/viewers.md). Unpacked by hand, bit by bit, LSB first, every
+    frame equals the label map's slice for its segment; pydicom agrees."""
+    from tests.conftest import shared_path
+
+    folder = shared_path("hippocampus", "dicom_study1", "13_HCropVolume")
+    source, volume = load_series(sorted(folder.glob("*.dcm")))
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[5:20, 5:30, 3:9] = 1
+    labels[20:31, 30:47, 10:14] = 2
+    labels[7, 9, 5] = 0  # a single pixel off, to catch an off-by-one bit
+    path = write_dicom_seg(labels, source, LABELS, *MODEL, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(path)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    assert (rows * cols) % 8 == 1  # frames after the first start inside a byte
+    nframes = int(ds.NumberOfFrames)
+    assert nframes == 6 + 4
+    bits = np.unpackbits(np.frombuffer(ds.PixelData, np.uint8), bitorder="little")
+    packed = -(-nframes * rows * cols // 8)  # bytes, rounded up; then padded to an even length
+    assert len(ds.PixelData) == packed + packed % 2
+    frames = bits[: nframes * rows * cols].reshape(nframes, rows, cols)
+    np.testing.assert_array_equal(ds.pixel_array, frames)
+    index = {d.SOPInstanceUID: k for k, d in enumerate(source.datasets)}
+    for n, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        k = index[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        np.testing.assert_array_equal(frames[n].T, labels[:, :, k] == number)

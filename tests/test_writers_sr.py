@@ -1,5 +1,7 @@
 """TID 1500 Measurement Report writer: dcmqi's tid1500reader reads it, the volume is the label
-count times the voxel volume, highdicom parses it, dciodvfy finds no error."""
+count times the voxel volume, highdicom parses it, dciodvfy finds no error; every outline of a
+segment on a slice is a TID 1410 group with a closed POLYLINE SCOORD on that image whose
+vertices lie exactly on the label map's boundary (what OHIF 3.x needs to show it)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pydicom.sr.codedict import codes
 from medxai.errors import InputError
 from medxai.io.writers import create_photo_study, write_dicom_seg
 from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
+from tests.conftest import shared_path
 from tests.helpers_dicom import assert_dciodvfy_clean, find_tool, load_series, shared_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -47,8 +50,11 @@ def _items(group: dict) -> dict[tuple[str, str], float]:
 def test_sr_of_ct_series_reports_volume_and_saliency(tmp_path):
     folder = shared_file("dcmqi_data", "data", "segmentations", "ct-3slice")
     source, volume = load_series(sorted(folder.glob("*.dcm")))
-    labels = (volume > np.percentile(volume, 80)).astype(np.uint8)
-    labels[: volume.shape[0] // 3] *= 2
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[100:300, 150:260, :] = 1
+    labels[120:140, 170:200, 1] = 0  # a hole
+    labels[350:420, 300:330, :2] = 2
+    labels[450:460, 300:330, 0] = 2  # a second component on slice 0
     seg = write_dicom_seg(labels, source, LABELS, MODEL["model_name"], MODEL["model_version"],
                           tmp_path / "seg.dcm")
     saliency = np.random.default_rng(0).random(volume.shape)
@@ -70,8 +76,10 @@ def test_sr_of_ct_series_reports_volume_and_saliency(tmp_path):
     assert evidence == {d.SOPInstanceUID for d in source.datasets} | {seg_uid}
 
     report = _tid1500(path, tmp_path / "sr.json")
-    groups = {g["ReferencedSegment"]: g for g in report["Measurements"]}
+    groups = {g["ReferencedSegment"]: g for g in report["Measurements"] if "ReferencedSegment" in g}
     assert set(groups) == {1, 2}
+    # one planar group per outline: lesion 3 slices, liver 2 slices + its second component
+    assert len(report["Measurements"]) == 2 + 3 + 3
     voxel = float(np.prod(spacing))
     lesion = _items(groups[1])
     assert lesion[("118565006", "")] == pytest.approx(int((labels == 1).sum()) * voxel, rel=1e-9)
@@ -90,6 +98,7 @@ def test_sr_of_ct_series_reports_volume_and_saliency(tmp_path):
         sr = hd.sr.srread(path)
     parsed = sr.content.get_volumetric_roi_measurement_groups()
     assert len(parsed) == 2
+    assert len(sr.content.get_planar_roi_measurement_groups()) == 6
     (size,) = parsed[0].get_measurements(name=codes.SCT.Volume)
     assert size.value == pytest.approx(int((labels == 1).sum()) * voxel, rel=1e-9)
 
@@ -103,9 +112,15 @@ def test_sr_of_a_photo_reports_area_in_pixels(tmp_path):
     path = write_dicom_sr(labels, source, seg, LABELS[:1], tmp_path / "sr.dcm", **MODEL)
     assert_dciodvfy_clean(path)
     report = _tid1500(path, tmp_path / "sr.json")
-    (group,) = report["Measurements"]
-    area = next(i for i in group["measurementItems"] if i["quantity"]["CodeValue"] == "42798000")
-    assert float(area["value"]) == 36 and area["units"]["CodeValue"] == "{pixels}"
+    volumetric, planar = report["Measurements"]
+    for group in (volumetric, planar):
+        area = next(i for i in group["measurementItems"]
+                    if i["quantity"]["CodeValue"] == "42798000")
+        assert float(area["value"]) == 36 and area["units"]["CodeValue"] == "{pixels}"
+    assert volumetric["TrackingUniqueIdentifier"] == planar["TrackingUniqueIdentifier"]
+    (outline,) = _outlines(pydicom.dcmread(path), [pydicom.dcmread(source.paths[0])])
+    assert outline["image"] == 0 and outline["frame"] is None
+    _assert_on_boundary(outline["points"], labels == 1)
     with pytest.raises(InputError, match="segments"):
         write_dicom_sr(labels, source, seg, LABELS, tmp_path / "x.dcm", **MODEL)
 
@@ -114,3 +129,142 @@ def test_segment_measurements_of_an_empty_segment():
     stats = segment_measurements(np.zeros((4, 4, 2), np.uint8), 1, [1, 1, 2], np.ones((4, 4, 2)))
     assert stats == {"count": 0, "volume_mm3": 0.0, "saliency_mean": 0.0, "saliency_max": 0.0,
                      "energy_share": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# image coordinates
+# ---------------------------------------------------------------------------------------------
+
+def _content(item, code: str):
+    return [c for c in item.get("ContentSequence", [])
+            if "ConceptNameCodeSequence" in c and c.ConceptNameCodeSequence[0].CodeValue == code]
+
+
+def _outlines(ds, sources) -> list[dict]:
+    """Every TID 1410 group's Image Region: tracking UID, image index, frame, (n, 2) points,
+    area (NUM Area) and the group's tracking identifier."""
+    index = {d.SOPInstanceUID: k for k, d in enumerate(sources)}
+    (imaging,) = _content(ds, "126010")
+    out = []
+    for group in _content(imaging, "125007"):
+        if group.ContentTemplateSequence[0].TemplateIdentifier != "1410":
+            continue
+        (region,) = _content(group, "111030")
+        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+        assert region.RelationshipType == "CONTAINS"
+        (selected,) = region.ContentSequence
+        assert selected.RelationshipType == "SELECTED FROM" and selected.ValueType == "IMAGE"
+        ref = selected.ReferencedSOPSequence[0]
+        (area,) = _content(group, "42798000")
+        out.append({
+            "uid": _content(group, "112040")[0].UID,
+            "name": _content(group, "112039")[0].TextValue,
+            "image": index[ref.ReferencedSOPInstanceUID],
+            "frame": ref.get("ReferencedFrameNumber"),
+            "points": np.asarray(region.GraphicData, dtype=float).reshape(-1, 2),
+            "area": float(area.MeasuredValueSequence[0].NumericValue),
+        })
+    return out
+
+
+def _assert_on_boundary(points: np.ndarray, mask: np.ndarray) -> None:
+    """Closed, and each vertex (column, row; pixel centres at +0.5) the midpoint of a pixel of
+    ``mask`` ``(I, J)`` and a 4-neighbour outside it (outside the image counts as outside)."""
+    assert len(points) >= 4 and np.array_equal(points[0], points[-1])
+    padded = np.pad(mask, 1)
+    for x, y in points:
+        i, j = x - 0.5 + 1, y - 0.5 + 1  # padded index
+        if float(i).is_integer():
+            a, b = (int(i), int(np.floor(j))), (int(i), int(np.ceil(j)))
+        else:
+            assert float(j).is_integer(), (x, y)
+            a, b = (int(np.floor(i)), int(j)), (int(np.ceil(i)), int(j))
+        assert a != b and padded[a] != padded[b], (x, y)
+
+
+def test_sr_of_the_mr_crop_series_outlines_each_segment_on_each_slice(tmp_path):
+    """The hippocampus crop series (35 columns x 51 rows x 32 slices): one SCOORD per segment
+    per slice, on the slice's own image, every vertex on the label map's boundary."""
+    folder = shared_path("hippocampus", "dicom_study1", "13_HCropVolume")
+    source, volume = load_series(sorted(folder.glob("*.dcm")))
+    assert volume.shape == (35, 51, 32)
+    i, j, k = np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[((i - 17) / 9.0) ** 2 + ((j - 20) / 12.0) ** 2 + ((k - 12) / 6.0) ** 2 <= 1] = 1
+    labels[((i - 15) / 6.0) ** 2 + ((j - 38) / 8.0) ** 2 + ((k - 20) / 7.0) ** 2 <= 1] = 2
+    seg = write_dicom_seg(labels, source, LABELS, "test-unet", "1.2.3", tmp_path / "seg.dcm")
+    spacing = [1.0, 1.0, 1.0]
+    path = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "sr.dcm", spacing=spacing,
+                          **MODEL)
+    assert_dciodvfy_clean(path)
+    report = _tid1500(path, tmp_path / "sr.json")
+    volumetric = {g["ReferencedSegment"]: g for g in report["Measurements"]
+                  if "ReferencedSegment" in g}
+    assert {n: _items(g)[("118565006", "")] for n, g in volumetric.items()} == {
+        1: float((labels == 1).sum()), 2: float((labels == 2).sum())}
+
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in source.paths]
+    ds = pydicom.dcmread(path)
+    outlines = _outlines(ds, sources)
+    # the Image Library (TID 1600) lists the source images (older OHIF 3.x releases need it)
+    (library,) = _content(ds, "111028")
+    (library_group,) = _content(library, "126200")
+    assert [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for item in library_group.ContentSequence] == [d.SOPInstanceUID for d in sources]
+    for value in (1, 2):
+        mine = [o for o in outlines if o["name"].startswith(f"segment {value} ")]
+        slices = [o["image"] for o in mine]
+        assert slices == sorted(set(slices))  # one SCOORD per slice
+        assert slices == [s for s in range(32) if (labels[..., s] == value).any()]
+        for o in mine:
+            assert o["frame"] is None
+            assert o["name"] == f"segment {value} {LABELS[value - 1]['name']} slice {o['image'] + 1}"
+            assert o["area"] == float((labels[..., o["image"]] == value).sum())
+            _assert_on_boundary(o["points"], labels[..., o["image"]] == value)
+        # the volumetric group shares the tracking UID of the segment's largest outline
+        largest = max(mine, key=lambda o: o["area"])
+        assert volumetric[value]["TrackingUniqueIdentifier"] == largest["uid"]
+    # what OHIF 3.x needs to load the report at all: the groups of every tracking UID (OHIF
+    # merges them into one measurement) hold at least one SCOORD
+    (imaging,) = _content(ds, "126010")
+    with_scoord: dict[str, bool] = {}
+    for group in _content(imaging, "125007"):
+        uid = _content(group, "112040")[0].UID
+        has = any(item.ValueType in ("SCOORD", "SCOORD3D") for item in group.ContentSequence)
+        with_scoord[uid] = with_scoord.get(uid, False) or has
+    assert with_scoord and all(with_scoord.values())
+
+
+def test_an_empty_segment_gets_no_group(tmp_path):
+    picture = (np.random.default_rng(2).random((3, 12, 10)) * 255).astype(np.uint8)
+    source = create_photo_study(picture, tmp_path / "photo.dcm")
+    labels = np.zeros((12, 10), np.uint8)
+    labels[2:5, 2:4] = 2
+    seg = write_dicom_seg(labels, source, LABELS, "test-unet", "1.2.3", tmp_path / "seg.dcm")
+    path = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "sr.dcm", **MODEL)
+    assert_dciodvfy_clean(path)
+    report = _tid1500(path, tmp_path / "sr.json")
+    assert [g.get("ReferencedSegment") for g in report["Measurements"]] == [2, None]
+
+
+def test_sr_of_an_enhanced_multiframe_object_references_frames(tmp_path):
+    """One multi-frame MR object (23 x 38, 3 frames): each outline is SELECTED FROM the object
+    and the frame its slice is, and lies on the label map's boundary there."""
+    from tests.helpers_dicom import load_multiframe
+
+    source, volume = load_multiframe(
+        shared_file("dcmqi_data", "data", "segmentations", "23x38x3", "multiframe", "mf.dcm"))
+    labels = np.zeros(volume.shape[1:], dtype=np.uint8)
+    labels[3:9, 5:12, 0] = 1
+    labels[10:20, 30:35, 2] = 2
+    seg = write_dicom_seg(labels, source, LABELS, "test-unet", "1.2.3", tmp_path / "seg.dcm")
+    path = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "sr.dcm", **MODEL)
+    assert_dciodvfy_clean(path)
+    _tid1500(path, tmp_path / "sr.json")
+    outlines = _outlines(pydicom.dcmread(path), [pydicom.dcmread(source.paths[0])])
+    assert [(o["name"], o["image"], o["frame"]) for o in outlines] == [
+        ("segment 1 lesion slice 1", 0, source.frame_numbers[0]),
+        ("segment 2 liver slice 3", 0, source.frame_numbers[2]),
+    ]
+    for o, (value, k) in zip(outlines, [(1, 0), (2, 2)]):
+        _assert_on_boundary(o["points"], labels[:, :, k] == value)

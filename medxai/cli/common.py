@@ -371,9 +371,11 @@ def seg_options(fn: Any) -> Any:
         default="binary",
         show_default=True,
         type=click.Choice(SEG_TYPES),
-        help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment), "
-        "labelmap (segment numbers, one frame per slice; DICOM 2024c) or fractional (the "
-        "model's probabilities, 8 bits).",
+        help="How the DICOM SEG stores the segments: binary (one bit per pixel and segment; "
+        "read by every SEG reader, but OHIF 3.x mis-reads frames whose pixel count is not a "
+        "multiple of 8), labelmap (segment numbers, one frame per slice; DICOM 2024c: OHIF, "
+        "dcmqi 1.5 and highdicom read it, older validators and PACS may not know it) or "
+        "fractional (the model's probabilities, 8 bits). See docs/viewers.md.",
     )(fn)
 
 

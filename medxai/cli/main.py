@@ -19,8 +19,9 @@ def cli() -> None:
     """medxai: segment medical images and explain the segmentation.
 
     Reads JPEG/PNG/TIFF, DICOM (files, multi-frame, series folders, DICOMDIR) and NIfTI/NRRD/MHA;
-    segments with a MONAI U-Net bundle; explains with saliency maps; writes DICOM SEG, DICOM
-    Secondary Capture, NIfTI, PNG and JSON.
+    segments with a MONAI U-Net bundle; explains with saliency and uncertainty maps; writes
+    DICOM SEG, Parametric Map (saliency, uncertainty), TID 1500 SR measurements, RT Structure
+    Set and Secondary Capture overlays, NIfTI, a PNG preview and a JSON report.
 
     \b
     Examples:

@@ -1,8 +1,24 @@
 """DICOM Parametric Map of a float map (saliency, uncertainty) on the grid of its source images.
 
 One Parametric Map (highdicom ``hd.pm.ParametricMap``, SOP class 1.2.840.10008.5.1.4.1.1.30) per
-map: float32 pixel values (FloatPixelData) that *are* the map's values, with a Real World Value
-Mapping (identity: slope 1, intercept 0) that names the coded quantity (DCM 130403
+map, in one of two pixel encodings (``encoding``):
+
+- ``float32`` (the default): FloatPixelData that *are* the map's values, with an identity Real
+  World Value Mapping (slope 1, intercept 0);
+- ``uint16``: unsigned 16-bit PixelData ``q`` with a Real World Value Mapping of slope
+  ``(max - min) / 65535`` and intercept ``min`` (both FD, float64), so that ``q * slope +
+  intercept`` is within half a step of the map's value (a constant map: slope 1, all zero). The
+  PM IOD allows integer pixel data with a linear mapping; readers without float pixel data
+  support (Orthanc's own preview, older viewers) show it.
+
+Neither encoding makes OHIF 3.x (up to 3.13.2) show a multi-frame map: its Parametric Map loader
+(``@cornerstonejs/adapters`` ``ParametricMap.insertPixelDataPlanar``) takes frame ``i`` at *byte*
+offset ``i * rows * columns`` of a 2- or 4-byte typed array (``RangeError: start offset of
+Float32Array should be a multiple of 4`` when ``rows * columns`` is not a multiple of the element
+size, the wrong pixels otherwise), and it multiplies the values by 100 in an array of the pixel
+data's own type (a uint16 code above 655 wraps). See docs/viewers.md.
+
+In both encodings the mapping names the coded quantity (DCM 130403
 "Gradient-weighted class activation" for Grad-CAM / Grad-CAM++, DCM 130404 "Saliency" for other
 saliency methods, medxai's own code ``99MEDXAI`` / ``predictive-entropy`` for the TTA uncertainty)
 and its unit (UCUM ``1``, no unit). Frame Anatomy (required by the IOD, and by dcmqi) copies the
@@ -61,12 +77,21 @@ from medxai.io.writers._common import (
     usable_spacing,
 )
 
-__all__ = ["write_dicom_pm", "quantity_code", "DEFAULT_PM_SERIES_OFFSET", "MEDXAI_SCHEME"]
+__all__ = [
+    "write_dicom_pm",
+    "quantity_code",
+    "PM_ENCODINGS",
+    "DEFAULT_PM_SERIES_OFFSET",
+    "MEDXAI_SCHEME",
+]
 
 #: Series number of a Parametric Map, when not given: the source's series number plus this.
 DEFAULT_PM_SERIES_OFFSET = 3000
 #: Coding scheme designator of medxai's own codes (private, "99" prefix as PS3.16 8.2 allows).
 MEDXAI_SCHEME = "99MEDXAI"
+#: Pixel encodings of :func:`write_dicom_pm`: float32 values, or uint16 codes with a linear mapping.
+PM_ENCODINGS = ("float32", "uint16")
+_U16 = 65535
 
 _ANATOMY_FALLBACK = Code("91723000", "SCT", "Anatomical structure")
 _ENTROPY = Code("predictive-entropy", MEDXAI_SCHEME, "Predictive entropy")
@@ -189,6 +214,17 @@ def _frame_anatomy(first: Dataset) -> Dataset:
     return item
 
 
+def _quantise(frames: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """float frames -> (uint16 codes, slope, intercept): ``codes * slope + intercept`` is within
+    half a step (``slope / 2``) of ``frames``; a constant map gets slope 1 and codes 0."""
+    lo, hi = float(frames.min()), float(frames.max())
+    slope = (hi - lo) / _U16 if hi > lo else 1.0
+    if not (np.isfinite(slope) and slope > 0):
+        slope = 1.0
+    codes = np.rint((frames.astype(np.float64) - lo) / slope)
+    return np.clip(codes, 0, _U16).astype(np.uint16), slope, lo
+
+
 def _window(frames: np.ndarray) -> hd.VOILUTTransformation:
     lo, hi = float(frames.min()), float(frames.max())
     width = hi - lo if hi > lo else 1.0
@@ -225,8 +261,9 @@ def _store_frames_along_normal(pm: hd.pm.ParametricMap) -> None:
     if np.array_equal(order, np.arange(len(order))):
         return
     rows, cols = int(pm.Rows), int(pm.Columns)
-    pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(per_frame), rows, cols)
-    pm.FloatPixelData = np.ascontiguousarray(pixels[order]).tobytes()
+    keyword, dtype = ("FloatPixelData", "<f4") if "FloatPixelData" in pm else ("PixelData", "<u2")
+    pixels = np.frombuffer(pm[keyword].value, dtype=dtype).reshape(len(per_frame), rows, cols)
+    setattr(pm, keyword, np.ascontiguousarray(pixels[order]).tobytes())
     pm.PerFrameFunctionalGroupsSequence = [per_frame[i] for i in order]
 
 
@@ -244,12 +281,14 @@ def write_dicom_pm(
     series_number: int | None = None,
     series_description: str | None = None,
     instance_number: int = 1,
+    encoding: str = "float32",
 ) -> Path:
-    """Write ``values`` as a float32 DICOM Parametric Map on the grid of ``source``.
+    """Write ``values`` as a DICOM Parametric Map on the grid of ``source``.
 
     Args:
         values: the map ``(I, J[, K])`` (a leading channel of 1 is dropped), any real dtype;
-            written as float32, unscaled (the stored value is the map's value).
+            written as float32, unscaled (the stored value is the map's value), or as uint16
+            codes with a Real World Value Mapping (see ``encoding``).
         source: the DICOM images the map was computed on (for a photo, the placeholder study
             :func:`~medxai.io.writers.dicom_sc.create_photo_study` returned).
         path: the file to write.
@@ -262,6 +301,8 @@ def write_dicom_pm(
         series_description: of the new series (default names the map and says it is an AI
             result not for diagnostic use).
         instance_number: of the instance.
+        encoding: ``"float32"`` (FloatPixelData, exact) or ``"uint16"`` (PixelData, the mapping's
+            slope and intercept give the values within half a step); see the module docstring.
 
     Returns:
         the path written.
@@ -272,6 +313,10 @@ def write_dicom_pm(
         ProcessingError: highdicom refuses the input, or the file cannot be written.
     """
     code = quantity_code(quantity, method)
+    if encoding not in PM_ENCODINGS:
+        raise InputError(
+            f"unknown Parametric Map encoding {encoding!r}", hint=f"use one of {PM_ENCODINGS}"
+        )
     if not source.datasets:
         raise InputError("the DICOM source holds no dataset")
     frames = _frames(_as_map(values), source)
@@ -279,13 +324,19 @@ def write_dicom_pm(
     if not has_frame_of_reference(proxies[0]):
         _own_geometry(proxies)
     what = f"{code.meaning.lower()}{f' of {label_name}' if label_name else ''}"
+    pixels: np.ndarray = frames
+    value_range: tuple[float, float] | tuple[int, int] = (float(frames.min()), float(frames.max()))
+    slope, intercept = 1.0, 0.0
+    if encoding == "uint16":
+        pixels, slope, intercept = _quantise(frames)
+        value_range = (int(pixels.min()), int(pixels.max()))
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=quantity.upper()[:16],
         lut_explanation=f"{what} ({method or quantity}), no unit"[:64],
         unit=codes.UCUM.NoUnits,
-        value_range=(float(frames.min()), float(frames.max())),
-        slope=1,
-        intercept=0,
+        value_range=value_range,
+        slope=slope,
+        intercept=intercept,
         quantity_definition=code,
     )
     identity = (
@@ -304,7 +355,7 @@ def write_dicom_pm(
     try:
         pm = hd.pm.ParametricMap(
             source_images=proxies,
-            pixel_array=frames,
+            pixel_array=pixels,
             series_instance_uid=new_uid(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_PM_SERIES_OFFSET),
             sop_instance_uid=new_uid(),
@@ -315,7 +366,7 @@ def write_dicom_pm(
             device_serial_number="none",
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[_window(frames)],
+            voi_lut_transformations=[_window(pixels)],
             content_label=quantity.upper()[:16],
             content_description=f"{model_name} {model_version} {method or quantity}"[:64],
             content_creator_name=f"{SOFTWARE_NAME.upper()}^",

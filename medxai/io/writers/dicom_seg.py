@@ -28,6 +28,15 @@ Sources, and what is done for each:
 Empty masks: segments without any voxel get no frames (``omit_empty_frames``); when the whole mask
 is empty highdicom keeps every frame (all zero), so the SEG is still valid and says "nothing found"
 for every described label.
+
+Default type: BINARY (``seg_type="binary"``), measured against LABELMAP (docs/viewers.md,
+``scripts/measure_viewer_objects.py``). dcmqi 1.5.7, highdicom and pydicom decode both exactly,
+including 1-bit frames that do not start on a byte (a 35 x 51 frame is 1785 bits; the standard
+packs frames without padding). OHIF 3.x mis-reads those frames and draws LABELMAP correctly, but
+LABELMAP is a DICOM 2024c SOP class that older validators (Debian 12's dciodvfy), PACS and readers
+do not know, so it stays an option (``--seg-type labelmap``) rather than the default. A SEG of a
+picture (no Frame of Reference) is valid but OHIF 3.x cannot show it (it needs plane geometry);
+the SC overlay is the way to see it there.
 """
 
 from __future__ import annotations

@@ -16,13 +16,35 @@ identifier, finding category and type (the SEG segment's codes), the algorithm i
   ``99MEDXAI`` / ``saliency-energy-share``, unit ``1`` (0..1);
 - the per-case quality score when one is given (``99MEDXAI`` / ``quality-score``, unit ``1``).
 
-Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the source images.
+Image coordinates (what OHIF 3.x needs to show a measurement): besides the segment's volumetric
+group, every outline of the segment on a slice (on the picture, for a 2D image) gets a "Planar ROI
+measurements" group (TID 1410) whose Image Region is a closed POLYLINE SCOORD in the pixel
+columns/rows of that source image (SELECTED FROM the image, with its frame number for a
+multi-frame source), and whose measurement is the area of the pixels that outline encloses
+(the finding type is repeated; the algorithm and finding category are in the volumetric group).
+The outline is the iso-line at 0.5 of the zero-padded mask of one 4-connected component
+(``skimage.measure.find_contours``), so each vertex is the midpoint of two neighbouring pixel
+centres, one inside the segment and one outside, in DICOM's pixel convention (the centre of the
+top-left pixel is ``(0.5, 0.5)``). Holes are not drawn (a SCOORD has no holes; the SEG has them).
+SCOORD (2D, on the image) rather than SCOORD3D is used for all inputs: pictures and radiographs
+have no Frame of Reference, and OHIF looks SCOORDs up by the referenced image.
+
+Tracking UIDs: each planar group has its own; the segment's volumetric group shares the UID of
+the planar group with the segment's largest outline. OHIF merges groups with one UID into one
+measurement and reads its coordinates from the first SCOORD; a group without any (a plain TID
+1411 group) makes OHIF 3.x stop loading the whole report
+(``Cannot read properties of undefined (reading 'ReferencedSOPSequence')``). For the same reason a
+segment without any voxel gets no group at all (the SEG says it is empty).
+
+The Image Library (TID 1600) lists the source images (older OHIF 3.x releases stop without
+one). Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the source images.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +54,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from scipy import ndimage
+from skimage.measure import find_contours
 
 from medxai.errors import InputError, ProcessingError
 from medxai.io.types import DicomSource
@@ -53,6 +77,8 @@ from medxai.io.writers.dicom_seg import segment_codes
 __all__ = [
     "write_dicom_sr",
     "segment_measurements",
+    "segment_outlines",
+    "SegmentOutline",
     "DEFAULT_SR_SERIES_OFFSET",
     "ENERGY_SHARE",
     "QUALITY_SCORE",
@@ -101,6 +127,59 @@ def segment_measurements(
         out["saliency_mean"] = float(inside.mean()) if count else 0.0
         out["saliency_max"] = float(inside.max()) if count else 0.0
         out["energy_share"] = float(inside.sum()) / total if total > 0 else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentOutline:
+    """One closed outline of a segment on one slice.
+
+    Attributes:
+        slice_index: ``k`` of the label map (0 for a 2D image).
+        points: ``(n, 2)`` DICOM pixel coordinates (column, row; the centre of the top-left pixel
+            is ``(0.5, 0.5)``), closed: the last point repeats the first.
+        count: the number of pixels of the component the outline encloses (holes excluded).
+    """
+
+    slice_index: int
+    points: np.ndarray
+    count: int
+
+
+def _shoelace(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def segment_outlines(labels: Any, value: int) -> list[SegmentOutline]:
+    """The outer outline of every 4-connected component of label ``value``, slice by slice.
+
+    Args:
+        labels: label map ``(I, J[, K])``, MONAI order (``I`` along columns, ``J`` along rows).
+        value: the label.
+
+    Returns:
+        outlines in slice order, then in the order of the components' first pixel; each one the
+        iso-line at 0.5 of the component's zero-padded mask (every vertex is the midpoint of a
+        pixel of the component and a 4-neighbour outside it).
+    """
+    arr = as_label_array(labels)
+    volume = arr[:, :, None] if arr.ndim == 2 else arr
+    out = []
+    for k in range(volume.shape[2]):
+        mask = volume[:, :, k] == value
+        if not mask.any():
+            continue
+        components, n = ndimage.label(mask)
+        for c in range(1, n + 1):
+            component = components == c
+            padded = np.pad(component, 1).astype(np.float32)
+            # (i, j) = (column, row) index of the unpadded mask; DICOM's pixel centres are +0.5
+            contours = [ij - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
+            outer = max(contours, key=_shoelace)
+            if not np.array_equal(outer[0], outer[-1]):
+                outer = np.vstack([outer, outer[:1]])
+            out.append(SegmentOutline(k, outer, int(component.sum())))
     return out
 
 
@@ -185,6 +264,93 @@ def _referenced_segment(seg: Dataset, number: int, source: DicomSource) -> hd.sr
     )
 
 
+def _region_source(source: DicomSource, k: int) -> hd.sr.SourceImageForRegion:
+    """The image (and frame) that slice ``k`` of the label map lies on."""
+    if source.is_multiframe:
+        ds, frames = source.first, [int((source.frame_numbers or [])[k])]
+    else:
+        ds, frames = source.datasets[k], None
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=ds.SOPClassUID,
+        referenced_sop_instance_uid=ds.SOPInstanceUID,
+        referenced_frame_numbers=frames,
+    )
+
+
+def _planar_group(
+    outline: SegmentOutline,
+    name: str,
+    ndim: int,
+    source: DicomSource,
+    spacing: Sequence[float] | None,
+    finding_type: Code,
+) -> tuple[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations, str]:
+    """TID 1410 group of one outline and its tracking UID: tracking identifier, finding type,
+    the outline as Image Region, its area (the algorithm and the finding category are in the
+    segment's volumetric group, not repeated per outline)."""
+    if spacing is not None:
+        value = outline.count * float(spacing[0]) * float(spacing[1])
+        unit = codes.UCUM.SquareMillimeter
+    else:
+        value, unit = float(outline.count), _PIXELS
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline.points.astype(np.float32),
+        source_image=_region_source(source, outline.slice_index),
+    )
+    where = f" slice {outline.slice_index + 1}" if ndim == 3 else ""
+    uid = new_uid()
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"{name}{where}"[:64]),
+        referenced_region=region,
+        finding_type=finding_type,
+        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)],
+    )
+    return group, str(uid)
+
+
+_SOURCE = Code("260753009", "SCT", "Source")
+
+
+def _image_library(source: DicomSource) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library: one group listing the source images (no descriptors)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=contains)
+    group.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.ImageContentItem(
+                name=_SOURCE,
+                referenced_sop_class_uid=ds.SOPClassUID,
+                referenced_sop_instance_uid=ds.SOPInstanceUID,
+                relationship_type=contains,
+            )
+            for ds in source.datasets
+        ]
+    )
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=contains)
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
+def _add_content(sr: hd.sr.Comprehensive3DSR, library: Dataset, groups: Sequence[Any]) -> None:
+    """Put the Image Library before the Imaging Measurements container (TID 1500 order) and
+    append the planar groups to that container.
+
+    Both are added to the built object rather than given to highdicom's SR constructor, which
+    deep-copies and re-parses the whole content tree: with hundreds of outlines (and
+    highdicom's per-image library descriptors) that took most of the time of writing the
+    report. Each group was built, and validated, by highdicom's TID 1410 template.
+    """
+    content = list(sr.ContentSequence)
+    (index,) = [
+        n
+        for n, item in enumerate(content)
+        if item.ConceptNameCodeSequence[0].CodeValue == "126010"  # Imaging Measurements
+    ]
+    content[index].ContentSequence.extend(item for group in groups for item in group)
+    sr.ContentSequence = [*content[:index], library, *content[index:]]
+
+
 def _observer() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=new_uid(),
@@ -216,6 +382,11 @@ def write_dicom_sr(
     series_number: int | None = None,
 ) -> Path:
     """Write a TID 1500 Measurement Report of ``labels`` (as written in ``seg``).
+
+    Per non-empty segment: one volumetric group (TID 1411, referencing the SEG's segment) with
+    the size, saliency and quality measurements, and one planar group (TID 1410) per outline
+    on a slice, with the outline as a SCOORD on that source image and its area (see the module
+    docstring).
 
     Args:
         labels: the label map ``(I, J[, K])`` the SEG was written from (MONAI order).
@@ -252,14 +423,21 @@ def write_dicom_sr(
     algorithm = hd.sr.AlgorithmIdentification(
         name=model_name[:64], version=model_version[:64], parameters=parameters
     )
-    groups = []
+    groups: list[Any] = []
+    outline_groups: list[Any] = []
     for number, spec in enumerate(specs, start=1):
+        outlines = segment_outlines(arr, spec.value)
+        if not outlines:
+            continue  # nothing to draw: OHIF cannot load a group without image coordinates
         stats = segment_measurements(arr, spec.value, spacing, (saliency or {}).get(spec.value))
         category, prop_type = segment_codes(spec)
+        name = f"segment {number} {spec.name}"
+        planar = [_planar_group(o, name, arr.ndim, source, spacing, prop_type) for o in outlines]
+        largest = max(range(len(outlines)), key=lambda n: outlines[n].count)
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=new_uid(), identifier=f"segment {number} {spec.name}"[:64]
+                    uid=planar[largest][1], identifier=name[:64]
                 ),
                 referenced_segment=_referenced_segment(seg_ds, number, source),
                 finding_type=prop_type,
@@ -268,6 +446,7 @@ def write_dicom_sr(
                 measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm),
             )
         )
+        outline_groups += [group for group, _ in planar]
     proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     try:
         report = hd.sr.MeasurementReport(
@@ -291,6 +470,7 @@ def write_dicom_sr(
             f"highdicom cannot build the measurement report ({exc})",
             path=source.paths[0] if source.paths else None,
         ) from exc
+    _add_content(sr, _image_library(source), outline_groups)
     sr.SoftwareVersions = SOFTWARE_VERSION
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
