@@ -9,10 +9,7 @@ reading of the files.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,9 @@ import pytest
 
 from medxai.io.types import DicomSource
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, find_tool
+
+__all__ = ["find_tool"]  # re-exported: the tests import it from here too
 
 SHARED_DICOM = SHARED / "dicom"
 
@@ -49,15 +48,6 @@ def shared_file(*parts: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # tools
 # ---------------------------------------------------------------------------------------------
-
-def find_tool(name: str) -> str | None:
-    """An executable on PATH or next to the running Python (the virtualenv's bin)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() and os.access(candidate, os.X_OK) else None
-
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str], str]:
     """Run dciodvfy: (error lines, warning lines, whole output); skips when not installed."""
