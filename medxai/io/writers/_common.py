@@ -216,6 +216,7 @@ _LIGHT_KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
     "Modality",
     "Rows",
     "Columns",
