@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,9 +31,20 @@ def shared() -> Path:
     return SHARED
 
 
+def find_tool(name: str) -> str | None:
+    """An executable on PATH or next to the running Python (the virtualenv's bin, where pip puts
+    dcmqi's tools: found even when pytest was started without the venv's bin on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() and os.access(candidate, os.X_OK) else None
+
+
 def require_tool(name: str) -> str:
-    """Path of an external program; the test is skipped (with the install hint) without it."""
-    exe = shutil.which(name)
+    """Path of an external program (see :func:`find_tool`); the test is skipped (with the
+    install hint) without it."""
+    exe = find_tool(name)
     if exe is None:
         pytest.skip(f"{name} is not installed (apt-get install dicom3tools dcm2niix / pip install dcmqi)")
     return exe

@@ -5,7 +5,9 @@ a CT series, multi-frame objects, a DICOMDIR with its media folders (pydicom's d
 non-image DICOM (RTSTRUCT, RTDOSE, SR), non-DICOM files, a truncated file, a damaged compressed
 file, an empty file, a hidden file and duplicate copies. Pydicom's files are taken from its
 installed ``test_files`` folder only (never downloaded). When ../shared/data is there, ISIC 2018
-photos (as DICOM) and a few more real files are added.
+photos (as DICOM) and a few more real files are added. The generated and ISIC photos differ in
+size and content, and the model labels dark pixels (a known answer), so that every photo gets a
+non-empty label map and saliency map of its own: a result given to the wrong image shows.
 """
 
 from __future__ import annotations
@@ -45,15 +47,17 @@ def pydicom_test_file(name: str) -> Path | None:
 
 def make_test_bundle(path: Path, *, seed: int = 0,
                      modalities: tuple[str, ...] = ("XC", "OT", "US")) -> Path:
-    """Save an untrained 2D RGB two-class U-Net bundle (whole-image mode, 32x32) to ``path``.
+    """Save a 2D RGB two-class U-Net bundle with a known answer (whole-image mode, 32x32).
 
-    Its predictions are meaningless but deterministic, which is all the batch tests need.
+    The network labels what is darker than :data:`DARK_THRESHOLD`: its weights are set by hand
+    (see :func:`darkness_unet`), so every image gets a non-empty label map of its own and a
+    saliency map (Grad-CAM at the default layer sees the darkness feature) that follows its
+    content. The answer does not depend on ``seed`` (kept for callers).
     """
-    import torch
-
-    from medxai.models.bundle import ModelBundle, network_from_config, save_bundle
+    from medxai.models.bundle import ModelBundle, save_bundle
     from medxai.models.networks import default_unet_args
 
+    del seed
     config = {
         "network_def": {"_target_": "monai.networks.nets.UNet",
                         **default_unet_args(2, 3, 2, width=4, depth=3, num_res_units=1)},
@@ -64,12 +68,56 @@ def make_test_bundle(path: Path, *, seed: int = 0,
         "labels": [{"value": 0, "name": "background", "color": [0, 0, 0]},
                    {"value": 1, "name": "lesion", "color": [255, 64, 64]}],
     }
-    torch.manual_seed(seed)
-    net = network_from_config(config)
-    net.eval()
+    net = darkness_unet(config)
     metadata = {"name": "batch-test-2d-rgb", "version": "0.0.1",
-                "description": "untrained network for medxai's batch tests"}
+                "description": "hand-set network for medxai's batch tests: labels dark pixels"}
     return save_bundle(ModelBundle(config=config, metadata=metadata, network=net), path)
+
+
+#: the mean of R, G, B (scaled to [0, 1]) below which :func:`darkness_unet` says "lesion"
+DARK_THRESHOLD = 0.4
+
+
+def darkness_unet(config: dict):
+    """The MONAI U-Net of ``config`` (2D, 3 channels in, 2 out, ``num_res_units=1``) with weights
+    set so that it computes, in eval mode:
+
+    * first encoder block (``model.0``, stride 2): channel 0 is
+      ``f = DARK_THRESHOLD - mean_3x3(mean_RGB)`` (its PReLU's slope is 1); its other channels
+      are 0;
+    * the deeper path gives 0 (all its convolutions are 0), so the skip connection ``model.1``
+      (Grad-CAM's default layer) holds ``f`` and zeros;
+    * the last transposed convolution upsamples ``f`` bilinearly (kernel ``[.5, 1, .5]`` on
+      each axis) into the lesion logit, times :data:`GAIN` (PReLU slope 1 again; batch norms are
+      at their initial identity statistics); the background logit is 0.
+
+    So the lesion is where the picture, smoothed, is darker than the threshold, and Grad-CAM's
+    map is ``relu(f)`` upsampled (its channel weight is positive): both follow the image.
+    """
+    import torch
+
+    from medxai.models.bundle import network_from_config
+
+    net = network_from_config(config)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
+        first = net.model[0].conv.unit0.conv
+        first.weight[0].fill_(-1.0 / 27.0)  # minus the mean of 3 channels x 3x3 pixels
+        first.bias[0] = DARK_THRESHOLD
+        net.model[0].conv.unit0.adn.A.weight.fill_(1.0)  # PReLU slope 1: linear
+        last = net.model[2][0].conv  # ConvTranspose2d(in 8 = 4 skip + 4 deep, out 2)
+        k = torch.tensor([0.5, 1.0, 0.5])
+        last.weight[0, 1] = GAIN * torch.outer(k, k)
+        net.model[2][0].adn.A.weight.fill_(1.0)
+    return net.eval()
+
+
+#: scale of the lesion logit: probabilities go from about 0.2 (skin) to 0.99 (lesion core)
+GAIN = 20.0
 
 
 def _set_uids(ds: pydicom.Dataset, study: str, series: str, sop: str) -> None:
@@ -98,6 +146,25 @@ def write_photo_dicom(rgb: np.ndarray, path: Path, *, study: str, series: str, s
     return path
 
 
+#: (width, height) of the export's generated photos, in turn: all different
+PHOTO_SIZES = [(64, 48), (48, 64), (72, 40), (44, 44), (80, 56), (40, 60)]
+#: (width, height) the ISIC photos are resized to (none of PHOTO_SIZES)
+ISIC_SIZES = [(60, 52), (56, 72), (84, 60)]
+
+
+def varied_photo(i: int) -> np.ndarray:
+    """Generated photo ``i`` ``(H, W, 3)``: size ``PHOTO_SIZES[i % 6]``, cut from a larger photo
+    at an offset of its own and mirrored for odd ``i``, so that the lesion (and the dark corners of
+    the dermoscope's vignetting) sit elsewhere in each."""
+    from medxai.samples import make_dermoscopy_photo
+
+    w, h = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+    big, _mask = make_dermoscopy_photo(w + 24, h + 24, seed=100 + i)
+    dx, dy = (7 * i) % 25, (11 * i + 3) % 25
+    rgb = big[dy:dy + h, dx:dx + w]
+    return np.ascontiguousarray(rgb[:, ::-1] if i % 2 else rgb)
+
+
 @dataclass
 class PacsExport:
     """The export and what the tests expect of it (relative POSIX paths)."""
@@ -115,17 +182,15 @@ def build_pacs_export(root: Path, shared: Path | None = None, *, n_photos: int =
     """Write the export under ``root`` (see the module docstring) and say what to expect."""
     from PIL import Image
 
-    from medxai.samples import make_ct_volume, make_dermoscopy_photo, write_ct_series
+    from medxai.samples import make_ct_volume, write_ct_series
 
     root.mkdir(parents=True, exist_ok=True)
     exp = PacsExport(root=root, shared=shared is not None)
 
-    # study 1 (patient A): dermoscopy photos, two series, 64x48
+    # study 1 (patient A): dermoscopy photos, two series, each photo of its own size and with
+    # its lesion elsewhere (a mix-up between images changes a result's shape or content)
     study1 = _uid("study1")
-    photos = []
-    for i in range(n_photos):
-        rgb, _mask = make_dermoscopy_photo(64, 48, seed=100 + i)
-        photos.append(rgb)
+    photos = [varied_photo(i) for i in range(n_photos)]
     series_sizes = [n_photos - 1, 1]
     k = 0
     for s, size in enumerate(series_sizes, start=1):
@@ -205,7 +270,7 @@ def build_pacs_export(root: Path, shared: Path | None = None, *, n_photos: int =
         isic = sorted((shared / "isic2018" / "val" / "images").glob("*.jpg"))[:3]
         study3 = _uid("study-isic")
         for i, jpg in enumerate(isic):
-            rgb = np.asarray(Image.open(jpg).convert("RGB").resize((64, 48)))
+            rgb = np.asarray(Image.open(jpg).convert("RGB").resize(ISIC_SIZES[i]))
             rel = f"PAT_D/ISIC/SER_{i + 1:02d}/{jpg.stem}.dcm"
             write_photo_dicom(rgb, root / rel, study=study3, series=_uid("isic", i),
                               sop=_uid("isic", i, 0), series_number=i + 1, instance=1,

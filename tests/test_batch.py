@@ -98,20 +98,68 @@ def _series_states(out: Path) -> dict[str, tuple[str, str | None]]:
         return {r["output_name"]: (r["state"], r["reason"]) for r in man.series()}
 
 
+def _maps(out: Path, folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The label map, the saliency map and the labels' affine of one series' output folder."""
+    lab = nib.load(out / folder / "labels.nii.gz")
+    sal = nib.load(out / folder / "saliency_lesion.nii.gz")
+    np.testing.assert_array_equal(sal.affine, lab.affine)
+    return np.asarray(lab.dataobj), np.asarray(sal.get_fdata()), lab.affine
+
+
+def _done_folders(out: Path) -> list[str]:
+    return sorted(str(Path(p).parent) for p in _outputs(out) if p.endswith("/labels.nii.gz"))
+
+
+def _photo_folders(out: Path) -> list[str]:
+    """The output folders of the export's generated and ISIC photos (content and size of their
+    own each: see tests/fixtures_pacs.py)."""
+    with Manifest(out / "manifest.sqlite") as man:
+        names = {s["id"]: s["output_name"] for s in man.series("done")}
+        return sorted(names[f["series_id"]] for f in man.files()
+                      if f["state"] == "done" and f["path"].startswith(("PAT_A/ST_1/", "PAT_D/")))
+
+
+def _assert_maps_informative(out: Path) -> None:
+    """The guard of every comparison below: the reference's maps hold something, and something
+    of each image's own (else "equal to the reference" would also hold for a run that wrote
+    empty maps, or gave one image's result to another)."""
+    folders = _done_folders(out)
+    assert len(folders) >= 9
+    for folder in folders:
+        labels, saliency, _ = _maps(out, folder)
+        assert 0.02 < labels.mean() < 0.6, (folder, labels.mean())  # lesion and background
+        assert saliency.max() > 0.5 and 0.02 < np.mean(saliency > 0.05) < 0.7, folder
+    photos = [_maps(out, f) for f in _photo_folders(out)]
+    assert len(photos) >= 6
+    assert len({m[0].shape for m in photos}) == len(photos)  # sizes of their own
+    for i, (a, sa, _) in enumerate(photos):  # contents of their own: compared on one grid
+        for b, sb, _ in photos[i + 1:]:
+            w, h = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+            assert np.mean(a[:w, :h] != b[:w, :h]) > 0.05
+            assert np.abs(sa[:w, :h] - sb[:w, :h]).max() > 0.2
+
+
 def _assert_same_results(out: Path, ref: Path, *, exact: bool = True) -> None:
+    """``out`` holds the reference's files and states, and the same label and saliency maps:
+    equal (saliency within the 16-bit NIfTI quantum), or, for other worker thread counts,
+    equal up to rare floating-point ties."""
     assert _outputs(out) == _outputs(ref)
     assert _series_states(out) == _series_states(ref)
-    labels = [p for p in _outputs(ref) if p.endswith("labels.nii.gz")]
-    assert labels
-    for rel in labels:
-        a = np.asarray(nib.load(out / rel).dataobj)
-        b = np.asarray(nib.load(ref / rel).dataobj)
-        assert a.shape == b.shape
-        np.testing.assert_array_equal(nib.load(out / rel).affine, nib.load(ref / rel).affine)
+    _assert_maps_informative(ref)
+    folders = _done_folders(ref)
+    assert folders == _done_folders(out)
+    for folder in folders:
+        labels, saliency, affine = _maps(out, folder)
+        ref_labels, ref_saliency, ref_affine = _maps(ref, folder)
+        assert labels.shape == ref_labels.shape and saliency.shape == ref_saliency.shape
+        np.testing.assert_array_equal(affine, ref_affine)
         if exact:
-            np.testing.assert_array_equal(a, b)
-        else:  # other worker thread counts: identical up to rare floating-point ties
-            assert np.mean(a == b) > 0.999, rel
+            np.testing.assert_array_equal(labels, ref_labels, err_msg=folder)
+            np.testing.assert_allclose(saliency, ref_saliency, atol=1e-4, rtol=0,
+                                       err_msg=folder)
+        else:
+            assert np.mean(labels == ref_labels) > 0.999, folder
+            assert np.mean(np.abs(saliency - ref_saliency) < 1e-3) > 0.999, folder
 
 
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
@@ -258,6 +306,7 @@ def test_manifest_accounts_for_every_file_and_series(reference, export: PacsExpo
         if s["state"] != "done":
             assert s["reason"] and not (out / s["output_name"]).exists()
     assert not [p for p in out.rglob("*") if ".partial-" in p.name]
+    _assert_maps_informative(out)
     # summary, exit code, progress
     assert summary.exit_code == 1  # the truncated files and the damaged RLE image
     assert summary.series["done"] == len(done) and summary.series["failed"] == 1
@@ -435,35 +484,27 @@ def test_batched_path_gives_each_image_its_own_prediction(monkeypatch: pytest.Mo
                                                          reference, export: PacsExport,
                                                          bundle_dir: Path, tmp_path: Path
                                                          ) -> None:
-    """2D images go through the network in batches and each prediction reaches
-    ``segment_loaded`` with its own image (without saliency, written by the writer thread)."""
-    import inspect
-
+    """2D images go through the network in batches of 4, their saliency maps are made in the
+    network's thread, and each prediction and saliency map reaches ``segment_loaded`` (the
+    writer thread) with its own image: every image's maps equal the reference run's."""
     import medxai.batch.runner as runner
-    from medxai import pipeline
 
-    real = pipeline.segment_loaded
-    takes = "prediction" in inspect.signature(real).parameters
+    real = runner.segment_loaded
     seen = []
 
-    def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, progress=None,
-                       prediction=None, views=None):
-        assert prediction is not None
+    def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, **kw):
+        prediction = kw.get("prediction")
+        assert prediction is not None and kw.get("saliency") is not None
         assert prediction.labels.shape[1:] == loaded.image.shape[1:]
+        assert all(s.shape[1:] == loaded.image.shape[1:] for s in kw["saliency"].values())
         seen.append(name)
-        extra = {"prediction": prediction, "views": views} if takes else {}
-        return real(loaded, bundle, out_root, options, name=name, progress=progress, **extra)
+        return real(loaded, bundle, out_root, options, name=name, **kw)
 
     monkeypatch.setattr(runner, "segment_loaded", segment_loaded)
-    monkeypatch.setattr(runner, "_PIPELINE_TAKES_PREDICTION", True)
     out = tmp_path / "out"
-    summary = run_batch(export.root, out, model=bundle_dir, batch_size=4,
-                        options=SegmentOptions(formats=FORMATS, explain=None, device="cpu"))
+    summary = run_batch(export.root, out, model=bundle_dir, batch_size=4, options=_options())
     assert len(seen) == summary.series["done"] == len(export.fit_done)
-    ref = reference[0]
-    for rel in [p for p in _outputs(ref) if p.endswith("labels.nii.gz")]:
-        a = np.asarray(nib.load(out / rel).dataobj)
-        assert np.mean(a == np.asarray(nib.load(ref / rel).dataobj)) > 0.999
+    _assert_same_results(out, reference[0], exact=False)
 
 
 # ---------------------------------------------------------------------------------------------

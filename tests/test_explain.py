@@ -313,15 +313,20 @@ def test_explain_with_roi_changes_the_target():
     assert not torch.allclose(a, b)
 
 
-def test_metatensor_input_and_cuda_when_available():
+def test_metatensor_input():
     from monai.data import MetaTensor
 
     net = small_unet(2)
     x = torch.randn(1, 1, 16, 16)
     cpu = explain(net, MetaTensor(x), "gradcam")
     assert type(cpu) is torch.Tensor and torch.equal(cpu, explain(net, x, "gradcam"))
-    if not torch.cuda.is_available():
-        return
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device (torch.cuda.is_available() is False)")
+def test_every_method_on_cuda_matches_the_cpu():
+    net = small_unet(2)
+    x = torch.randn(1, 1, 16, 16)
     gpu_net = small_unet(2).cuda()
     for method in METHODS:
         options = {"patch_size": 4, "stride": 4} if method == "occlusion" else FAST[method]

@@ -1,7 +1,9 @@
 """medxai's saliency methods and metrics agree with the field's reference implementations.
 
 * Grad-CAM, Grad-CAM++, HiResCAM and LayerCAM against pytorch-grad-cam (``grad-cam`` package) with
-  its ``SemanticSegmentationTarget`` on the same 2D MONAI UNet, layer and target region. Both maps
+  its ``SemanticSegmentationTarget`` on the same 2D MONAI UNet, layer and target region
+  (Grad-CAM++: at layers whose activations are >= 0, where both must agree, and at layers whose
+  activations go negative, where they differ by medxai's documented rule and by that rule only). Both maps
   are min-max normalised the same way before comparing (pytorch-grad-cam scales each map to [0, 1]
   and resizes it with OpenCV; medxai resizes with torch and divides by the maximum: bilinear
   resizing commutes with the affine rescaling, so after the same min-max they must agree).
@@ -88,39 +90,109 @@ def pgc() -> types.ModuleType:
     return pytest.importorskip("pytorch_grad_cam")
 
 
-CAMS = [("gradcam", "GradCAM"), ("hirescam", "HiResCAM"), ("gradcampp", "GradCAMPlusPlus"),
-        ("layercam", "LayerCAM")]
+CAMS = [("gradcam", "GradCAM"), ("hirescam", "HiResCAM"), ("layercam", "LayerCAM")]
+
+
+def _reference_cam(pgc_class: type, net: torch.nn.Module, layer: str, x: torch.Tensor,
+                   roi: torch.Tensor) -> np.ndarray:
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    with pgc_class(model=net, target_layers=[resolve_layer(net, layer)[1]]) as cam:
+        return cam(input_tensor=x.clone(),
+                   targets=[SemanticSegmentationTarget(1, roi.numpy().astype(np.float32))])[0]
+
+
+def _activations(net: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    handle = resolve_layer(net, layer)[1].register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        net(x)
+    handle.remove()
+    return seen[0]
 
 
 @pytest.mark.parametrize("layer", ["skip.0", "bottleneck", "encoder.1"])
 @pytest.mark.parametrize("ours,theirs", CAMS)
 def test_cams_match_pytorch_grad_cam(pgc: types.ModuleType, ours: str, theirs: str,
                                      layer: str) -> None:
-    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
-
-    # ReLU network: Grad-CAM++'s coefficients are defined for non-negative activations; with
-    # PReLU medxai zeroes coefficients whose denominator turns negative (documented), where
-    # pytorch-grad-cam keeps them.
     net = _tiny_unet("RELU")
     x = _input()
     roi = _box()
-    _, module = resolve_layer(net, layer)
-    if ours == "gradcampp":
-        with torch.no_grad():
-            seen: list[torch.Tensor] = []
-            handle = module.register_forward_hook(lambda m, i, o: seen.append(o))
-            net(x)
-            handle.remove()
-        if float(seen[0].min()) < 0:
-            pytest.skip("this layer's activations go negative (a residual sum): medxai then zeroes "
-                        "Grad-CAM++ coefficients whose denominator is negative, pytorch-grad-cam "
-                        "keeps them (documented difference)")
-    with getattr(pgc, theirs)(model=net, target_layers=[module]) as cam:
-        ref = cam(input_tensor=x.clone(),
-                  targets=[SemanticSegmentationTarget(1, roi.numpy().astype(np.float32))])[0]
+    ref = _reference_cam(getattr(pgc, theirs), net, layer, x, roi)
     mine = explain(net, x, ours, layer=layer, roi=roi)[0, 0].numpy()
     assert ref.shape == mine.shape
     assert np.abs(_minmax(mine) - _minmax(ref)).max() < 1e-4
+
+
+def _relu_unet_without_residuals() -> torch.nn.Module:
+    """A 2D UNet whose blocks end in a ReLU (no residual units): every encoder, skip and
+    bottleneck output is >= 0, as Grad-CAM++'s derivation assumes. Its last layer is scaled by
+    100, so that the gradients are large against the ``eps = 1e-6`` that pytorch-grad-cam adds to
+    the coefficients' denominator (at scale 1 that eps alone moved the maps by up to 4e-4)."""
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+               num_res_units=0, act="RELU").eval()
+    with torch.no_grad():
+        net.model[2].conv.weight.mul_(100.0)
+        net.model[2].conv.bias.mul_(100.0)
+    return net
+
+
+@pytest.mark.parametrize("layer", ["encoder.0", "encoder.1", "skip.0", "skip.1", "bottleneck",
+                                   "decoder.1"])
+def test_gradcampp_matches_pytorch_grad_cam_where_activations_are_non_negative(
+        pgc: types.ModuleType, layer: str) -> None:
+    net = _relu_unet_without_residuals()
+    x = _input()
+    roi = _box()
+    acts = _activations(net, layer, x)
+    assert float(acts.min()) == 0.0 and float(acts.max()) > 0  # after a ReLU, not all zero
+    ref = _reference_cam(pgc.GradCAMPlusPlus, net, layer, x, roi)
+    mine = explain(net, x, "gradcampp", layer=layer, roi=roi)[0, 0].numpy()
+    assert ref.shape == mine.shape and float(np.ptp(ref)) > 0
+    assert np.abs(_minmax(mine) - _minmax(ref)).max() < 1e-4
+
+
+@pytest.mark.parametrize("layer,differs", [("bottleneck", True), ("skip.1", True),
+                                           ("skip.0", False), ("encoder.1", False)])
+def test_gradcampp_where_activations_go_negative_differs_as_documented(
+        pgc: types.ModuleType, layer: str, differs: bool) -> None:
+    """MONAI's default UNet (PReLU, residual units) has negative activations at every layer.
+    Where a positive gradient meets a negative denominator ``2 g^2 + sum(A) g^3`` (bottleneck,
+    skip.1 here), medxai sets that coefficient to 0 and pytorch-grad-cam keeps it: the maps
+    differ, and agree once that one rule is applied to pytorch-grad-cam's own coefficients (its
+    Grad-CAM++ class otherwise unchanged). Where no denominator turns negative (skip.0,
+    encoder.1) negative activations alone change nothing: the maps agree."""
+    net = _tiny_unet("PRELU")
+    with torch.no_grad():  # large gradients, as above: pytorch-grad-cam's eps plays no part
+        net.model[2][0].conv.weight.mul_(100.0)
+        net.model[2][1].conv.unit0.conv.weight.mul_(100.0)
+        net.model[2][1].conv.unit0.conv.bias.mul_(100.0)
+    x = _input()
+    roi = _box()
+    assert float(_activations(net, layer, x).min()) < 0
+    ruled_out: list[int] = []
+
+    class ZeroNegativeDenominators(pgc.GradCAMPlusPlus):  # type: ignore[name-defined]
+        def get_cam_weights(self, input_tensor, target_layers, target_category, activations,
+                            grads):
+            axes = tuple(range(2, activations.ndim))
+            sum_a = activations.sum(axis=axes, keepdims=True)
+            denom = 2 * grads**2 + sum_a * grads**3
+            ruled_out.append(int(((denom <= 0) & (grads > 0)).sum()))
+            grads = np.where(denom > 0, grads, 0)  # its alpha is 0 where grads == 0
+            return super().get_cam_weights(input_tensor, target_layers, target_category,
+                                           activations, grads)
+
+    mine = _minmax(explain(net, x, "gradcampp", layer=layer, roi=roi)[0, 0].numpy())
+    ref = _minmax(_reference_cam(pgc.GradCAMPlusPlus, net, layer, x, roi))
+    ruled = _minmax(_reference_cam(ZeroNegativeDenominators, net, layer, x, roi))
+    assert np.abs(mine - ruled).max() < 1e-4
+    assert (ruled_out[0] > 0) == differs
+    if differs:
+        assert np.abs(mine - ref).max() > 0.5  # measured 1.0 at both layers
+    else:
+        assert np.abs(mine - ref).max() < 1e-4
 
 
 def test_layer_aggregation_matches_pytorch_grad_cam(pgc: types.ModuleType) -> None:

@@ -525,7 +525,22 @@ def test_gradcam_on_state_dict_bundle(tiny_pair, ct_crop: Path, tmp_path: Path) 
     code, out = run_cli("segment", str(ct_crop), "--model", str(pt_dir), "-o", str(tmp_path),
                         "--device", "cpu", "--explain", "gradcam")
     assert code == 0, out
-    assert (tmp_path / "ct_crop" / "saliency_spleen.nii.gz").is_file()
+    folder = tmp_path / "ct_crop"
+    report = json.loads((folder / "report.json").read_text())["saliency"]
+    assert report["method"] == "gradcam" and report["layer"] == "model.1 (default)"
+    sal = nib.load(str(folder / "saliency_spleen.nii.gz"))
+    src = nib.load(str(ct_crop))
+    assert sal.shape == src.shape
+    np.testing.assert_allclose(sal.affine, src.affine, atol=1e-5)
+    arr = np.asarray(sal.get_fdata())
+    # scaled to 1 on the model grid, resampled to the input's: measured max 0.978
+    assert np.isfinite(arr).all() and arr.min() >= 0 and 0.9 < arr.max() <= 1
+    assert np.mean(arr > 0.05) > 0.01  # not empty, not one hot voxel
+    # the file is the map the report measured: its share of saliency inside the spleen label
+    labels = np.asarray(nib.load(str(folder / "labels.nii.gz")).dataobj)
+    assert labels.any()
+    share = float(arr[labels == 1].sum() / arr.sum())
+    assert abs(share - report["energy_in_mask"]["1"]) < 0.02, (share, report["energy_in_mask"])
 
 
 def test_models_describe(spleen: Path, tiny_pair) -> None:

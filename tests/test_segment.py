@@ -23,15 +23,15 @@ from medxai.cli.main import cli
 from medxai.io.readers import load_image
 from medxai.pipeline import SegmentOptions, segment_path
 from tests.conftest import SHARED, require_tool
+from tests.helpers_dicom import dciodvfy
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_data"
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    exe = require_tool("dciodvfy")
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+    """dciodvfy's Error lines (the tests' dciodvfy: see tests/helpers_dicom.dciodvfy_tool)."""
+    return dciodvfy(path)[0]
 
 
 def check_dicom_outputs(folder: Path, source_uids: set[str], study_uid: str | None) -> None:

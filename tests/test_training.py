@@ -240,3 +240,56 @@ def test_volume_augmentation_is_rigid_keeps_labels_and_refuses_2d(tmp_path: Path
                             epochs=1, warmup_epochs=0, batch_size=2, width=4, depth=3,
                             val_fraction=0.34, augment="volume", flip_axes=[0]))
     assert math.isfinite(res.history[-1]["train_loss"])
+
+
+class _Killed(Exception):
+    """Stands for a kill right after an epoch's checkpoint was written."""
+
+
+def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    """A run stopped after epoch 2 of 3 (its checkpoint written) and resumed gives the same
+    epoch 3 as a run that was never stopped: same loss, Dice, learning rate, weights,
+    optimiser state, schedule and best score, bit for bit (one process, CPU, same seed).
+    Restoring the weights, AdamW's moments, the schedule's step, the best score or the random
+    state of dropout wrongly would each change epoch 3."""
+    from tests.models import make_picture_dataset
+
+    data = make_picture_dataset(tmp_path / "data", n=8)
+    cfg = dict(data=str(data), spatial_size=[32, 32], epochs=3, batch_size=3, width=4, depth=3,
+               val_fraction=0.25, warmup_epochs=1, dropout=0.2, lr=5e-3, seed=3)
+    whole = train(TrainConfig(output=str(tmp_path / "whole"), **cfg))
+    # the best score is from before the stop: a resume that lost it would call epoch 3 the best
+    assert whole.best_epoch < 3 and whole.best_metric > 0
+
+    def stop_after_epoch_2(line: str) -> None:
+        if line.startswith("epoch 2/3"):
+            raise _Killed(line)
+
+    with pytest.raises(_Killed):
+        train(TrainConfig(output=str(tmp_path / "cut"), **cfg), log=stop_after_epoch_2)
+    said: list[str] = []
+    resumed = train(TrainConfig(output=str(tmp_path / "cut"), resume=True, **cfg), log=said.append)
+    assert any(line.startswith("resuming after epoch 2") for line in said), said
+    assert [h["epoch"] for h in resumed.history] == [3]
+
+    def without_seconds(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "seconds"}
+
+    assert without_seconds(resumed.history[0]) == without_seconds(whole.history[2])
+    assert (resumed.best_epoch, resumed.best_metric) == (whole.best_epoch, whole.best_metric)
+    a = torch.load(tmp_path / "whole" / "training" / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "training" / "checkpoint_last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"] == b["scheduler"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][name], sb[k][name]), (k, name)
+    assert (a["best_metric"], a["best_epoch"]) == (b["best_metric"], b["best_epoch"])
+    # the bundle holds the same best weights
+    assert load_bundle(tmp_path / "whole").weights_sha256 == \
+        load_bundle(tmp_path / "cut").weights_sha256

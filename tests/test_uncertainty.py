@@ -264,6 +264,15 @@ def _photo_export(export, count: int, *, seed: int, uid: int):
                           instance=1)
     return export
 
+def _maps_by_series(out, name: str) -> dict[str, np.ndarray]:
+    """Series Instance UID -> the map ``name`` of that series' batch output folder."""
+    maps = {}
+    for path in sorted(out.rglob(name)):
+        report = json.loads((path.parent / "report.json").read_text())
+        maps[report["input"]["series_instance_uid"]] = nib.load(path).get_fdata()
+    return maps
+
+
 def test_quality_score_in_the_batch_manifest(tmp_path):
     from medxai.batch import Manifest, run_batch
     from tests.fixtures_pacs import make_test_bundle
@@ -338,10 +347,15 @@ def test_batch_reuses_the_batched_predictions_tta_views(tmp_path, monkeypatch):
     monkeypatch.setattr(unc_mod, "predict", no_second_prediction)
     summary = run_batch(export, tmp_path / "out", model=bundle, options=opts)
     assert summary.series["done"] == 2
-    maps = sorted((tmp_path / "out").rglob("uncertainty.nii.gz"))
+    maps = _maps_by_series(tmp_path / "out", "uncertainty.nii.gz")
     assert len(maps) == 2
     reference = nib.load(single.output_dir / "uncertainty.nii.gz").get_fdata()
-    assert any(np.allclose(nib.load(m).get_fdata(), reference, atol=1e-5) for m in maps)
+    # S0's map equals segment's for S0 (each file is within (max - min) / 131070 of the map: its
+    # 16-bit NIfTI quantum); S1's map is another image's (and differs)
+    quantum = float(np.ptp(reference)) / 131070
+    np.testing.assert_allclose(maps["1.2.826.0.1.3680043.11.2.0"], reference,
+                               atol=2 * quantum + 1e-6, rtol=0)
+    assert np.abs(maps["1.2.826.0.1.3680043.11.2.1"] - reference).max() > 1e-2
 
 
 def test_batch_uncertainty_option_and_resume_check(tmp_path):
@@ -399,6 +413,9 @@ def test_batch_runs_mc_dropout_in_line_not_in_a_writer_thread(rgb_bundle, tmp_pa
     assert summary.series["done"] == 3
     assert len(threads) == 3 and not any(t.startswith("medxai-write") for t in threads), threads
     reference = nib.load(single.output_dir / "uncertainty_variance.nii.gz").get_fdata()
-    maps = sorted((tmp_path / "out").rglob("uncertainty_variance.nii.gz"))
+    maps = _maps_by_series(tmp_path / "out", "uncertainty_variance.nii.gz")
     assert len(maps) == 3
-    assert any(np.allclose(nib.load(m).get_fdata(), reference, atol=1e-6) for m in maps)
+    # S1's map equals segment's for S1; S0's and S2's are other images' (and differ)
+    np.testing.assert_allclose(maps["1.2.826.0.1.3680043.12.2.1"], reference, atol=1e-6, rtol=0)
+    for other in ("1.2.826.0.1.3680043.12.2.0", "1.2.826.0.1.3680043.12.2.2"):
+        assert np.abs(maps[other] - reference).max() > 1e-4, other

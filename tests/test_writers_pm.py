@@ -106,8 +106,21 @@ def test_pm_of_pictures_without_frame_of_reference(tmp_path, kind):
     values = np.random.default_rng(2).random(shape)
     path = write_dicom_pm(values, source, tmp_path / "pm.dcm", method="gradcam", **MODEL)
     ds, img = _check_pm(path, source, values, tmp_path)
-    # the IOD requires a Frame of Reference: the map gets its own, shared with nothing
-    assert ds.FrameOfReferenceUID and ds.FrameOfReferenceUID != source.first.get("StudyInstanceUID")
+    # the IOD requires a Frame of Reference: the map gets its own, shared with nothing: a valid
+    # UID that no source attribute holds, new for each map written, with the pixel grid's own
+    # geometry (origin 0, identity orientation)
+    for_uid = pydicom.uid.UID(ds.FrameOfReferenceUID)
+    assert for_uid.is_valid
+    source_uids = {str(e.value) for e in source.first.iterall() if e.VR == "UI" and e.value}
+    assert for_uid not in source_uids
+    again = pydicom.dcmread(write_dicom_pm(values, source, tmp_path / "pm2.dcm", method="gradcam",
+                                           **MODEL))
+    assert again.FrameOfReferenceUID != for_uid
+    frame = ds.PerFrameFunctionalGroupsSequence[0]
+    assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == \
+        [1, 0, 0, 0, 1, 0]
     assert img.GetSize()[:2] == (int(source.first.Columns), int(source.first.Rows))
 
 

@@ -515,7 +515,9 @@ def _build_run(
 
 
 def _resume(run: _Run, ckpt_path: Path, say: LogFn) -> None:
-    """Load the last checkpoint into ``run``."""
+    """Load the last checkpoint into ``run``: weights, optimiser, schedule, AMP scaler, SWA
+    average, epoch, best score and torch's random state (so that the next epoch is the one the
+    uninterrupted run would have trained)."""
     ck = torch.load(ckpt_path, map_location=run.device, weights_only=True)
     run.net.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
@@ -529,6 +531,10 @@ def _resume(run: _Run, ckpt_path: Path, say: LogFn) -> None:
         ck["best_epoch"],
     )
     run.init_sha = ck.get("init_sha256")
+    if "rng_cpu" in ck:  # checkpoints of earlier versions do not have it
+        torch.set_rng_state(ck["rng_cpu"].cpu())
+        if ck["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([state.cpu() for state in ck["rng_cuda"]])
     say(
         f"resuming after epoch {run.start_epoch} (best Dice {run.best_metric:.4f} at "
         f"{run.best_epoch})"
@@ -729,6 +735,11 @@ def _save_checkpoint(run: _Run, epoch: int, ckpt_path: Path) -> None:
         "best_metric": run.best_metric,
         "best_epoch": run.best_epoch,
         "init_sha256": run.init_sha,
+        # torch's global generator drives dropout: without it a resumed epoch would draw other
+        # dropout masks than the uninterrupted run (the batches and augmentations are seeded
+        # per epoch)
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     if run.swa_net is not None:
         state["swa_model"] = run.swa_net.state_dict()

@@ -265,6 +265,7 @@ _LIGHT_KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
     "Modality",
     "Rows",
     "Columns",

