@@ -29,6 +29,7 @@ from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
 from medxai.batch.types import Job, Result
+from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
 from medxai.io.atomic import write_text_atomic
 from medxai.models.bundle import ModelBundle
@@ -155,6 +156,14 @@ def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
             ]
         }
     return {"name": bundle.name, "version": bundle.version, "weights_sha256": bundle.weights_sha256}
+
+
+def batch_options(options: SegmentOptions) -> SegmentOptions:
+    """``options`` with :data:`medxai.choices.BATCH_DEFAULT_FORMATS` when they name no formats
+    (the job's settings keep None: "the batch defaults")."""
+    if options.formats:
+        return options
+    return dataclasses.replace(options, formats=list(BATCH_DEFAULT_FORMATS))
 
 
 def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions) -> dict[str, Any]:
@@ -500,7 +509,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
         config = WorkerConfig(
             model=str(Path(grp_bundle.path).resolve()) if grp_bundle.path is not None else "",
             weights_sha256=grp_bundle.weights_sha256,
-            options=run.opts,
+            options=batch_options(run.opts),
             batch_size=run.batch_size,
         )
         run.backend = _run_backend(
