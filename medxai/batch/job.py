@@ -16,6 +16,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -156,6 +157,21 @@ def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
             ]
         }
     return {"name": bundle.name, "version": bundle.version, "weights_sha256": bundle.weights_sha256}
+
+
+#: what differs between series refused for the same rule: the input's own values
+#: (medxai.models.fit.FitRules.problems: "..., this is 240x240x170 mm")
+_INPUT_VALUES = re.compile(r", this (?:is|has|one's) [^;\n]*")
+
+
+def group_reasons(reasons: dict[str, int]) -> dict[str, int]:
+    """Skip reasons with the input's own values left out (a field of view, a spacing: the
+    manifest keeps them per series), counted together, most common first."""
+    grouped: dict[str, int] = {}
+    for reason, n in reasons.items():
+        key = _INPUT_VALUES.sub("", reason)
+        grouped[key] = grouped.get(key, 0) + n
+    return dict(sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def batch_options(options: SegmentOptions) -> SegmentOptions:
@@ -632,7 +648,7 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
         },
         failed=failed,
-        skipped_reasons=man.reasons("skipped"),
+        skipped_reasons=group_reasons(man.reasons("skipped")),
         file_reasons=man.file_reasons(),
         backend=run.backend,
     )

@@ -46,6 +46,14 @@ from medxai.models.fit import FitRules, ModelChoice
 from medxai.pipeline import SegmentOptions, input_facts, saliency_maps, segment_loaded
 from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
 
+#: The hint of a series that the header scan gave to a model (no --model) and that the model's
+#: fit rules refuse once the image is read (spacing, field of view, body part).
+REFUSED_AFTER_SCAN_HINT = (
+    "the headers alone did not show it (spacing, field of view, body part); "
+    "`medxai models` lists each model's fit rules: no bundled model takes these series. "
+    "To run one on them anyway, name it with --model"
+)
+
 __all__ = [
     "AHEAD",
     "WRITERS",
@@ -236,9 +244,15 @@ def _read(job: Job, bundle: ModelBundle) -> _Item:
     t0 = time.perf_counter()
     loaded = load_stack(job)
     if job.model_choice:
-        FitRules.from_bundle_config(bundle.config).check(
-            input_facts(loaded), bundle.name, str(loaded.path)
-        )
+        problems = FitRules.from_bundle_config(bundle.config).problems(input_facts(loaded))
+        if problems:
+            # no path (the manifest row names the series) and no --model hint (none was given):
+            # series refused alike read alike, so that the summary counts them together
+            raise ModelMismatchError(
+                f"{bundle.name} was chosen by the series' headers, but the image read does not "
+                f"fit it: {'; '.join(problems)}",
+                hint=REFUSED_AFTER_SCAN_HINT,
+            )
     return _Item(job, loaded, time.perf_counter() - t0)
 
 
