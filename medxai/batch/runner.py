@@ -43,7 +43,13 @@ from medxai.inference import Prediction, check_input_fits, predict_batch, resolv
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
-from medxai.pipeline import SegmentOptions, input_facts, saliency_maps, segment_loaded
+from medxai.pipeline import (
+    SegmentOptions,
+    input_facts,
+    saliency_forward,
+    saliency_maps,
+    segment_loaded,
+)
 from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
 
 #: The hint of a series that the header scan gave to a model (no --model) and that the model's
@@ -369,6 +375,12 @@ class ChunkPipeline:
         views = (
             [tta_accumulator(self.bundle) for _ in fitting] if self.uncertainty == "tta" else None
         )
+        # the saliency's forward pass is the batch's identity view: only backward passes remain
+        kept = (
+            saliency_forward(self.bundle, self.options, self.device)
+            if self.options.explain
+            else None
+        )
         try:
             preds = predict_batch(
                 self.bundle,
@@ -376,6 +388,7 @@ class ChunkPipeline:
                 device=self.device,
                 tta=self.options.tta,
                 each_view=(lambda i, p: views[i].add(p)) if views is not None else None,
+                identity_forward=kept,
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it
             return fitting
@@ -383,14 +396,16 @@ class ChunkPipeline:
             item.prediction = pred
             item.views = views[k] if views is not None else None
             if self.options.explain:
-                self._explain(item)
+                self._explain(item, kept, k)
+        if kept is not None:
+            kept.release()
         return fitting
 
-    def _explain(self, item: _Item) -> None:
+    def _explain(self, item: _Item, kept: Any = None, index: int = 0) -> None:
         t0 = time.perf_counter()
         try:
             item.saliency = saliency_maps(
-                self.bundle, item.loaded, self.options, self.device, item.prediction
+                self.bundle, item.loaded, self.options, self.device, item.prediction, kept, index
             )
         except Exception:  # noqa: BLE001 - the writer's segment_loaded explains and reports
             item.saliency = None
