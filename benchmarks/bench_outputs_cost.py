@@ -85,8 +85,13 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     from medxai.io.readers import load_image
     from medxai.models.registry import load_model
     from medxai.outputs import write_outputs
-    from medxai.pipeline import SegmentOptions, saliency_maps, segment_loaded
+    from medxai.pipeline import SegmentOptions, resolve_explain, saliency_maps, segment_loaded
     from medxai.uncertainty import tta_accumulator
+
+    try:
+        from medxai.pipeline import saliency_forward
+    except ImportError:  # before the saliency reused the identity view
+        saliency_forward = None
 
     photos = _photos(n, work / "jpegs")
     build_photo_export(photos, work / "export")
@@ -95,6 +100,8 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     bundle.network.eval()
     device = torch.device("cpu")
     opts = SegmentOptions(device="cpu")
+    settings = resolve_explain(bundle, opts)
+    saliency_method = settings.method if settings else "none"
     runs: list[dict[str, float]] = []
     for rep in range(repeats + 1):
         sums: dict[str, float] = {}
@@ -108,20 +115,24 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             x, _ = prepare_input(bundle, loaded.image)
             add("network (TTA views, plain torch)", _proc(lambda: _network_views(bundle, x))[0])
             views = tta_accumulator(bundle)
+            # the saliency's forward pass is the identity view's, where medxai has that
+            kept = saliency_forward(bundle, opts, device) if saliency_forward else None
+            extra = {"identity_forward": kept} if kept is not None else {}
             s, pred = _proc(
-                lambda loaded=loaded, views=views: predict(
-                    bundle, loaded.image, device=device, each_view=lambda _i, p: views.add(p)
-                )
+                lambda loaded=loaded, views=views, extra=extra: predict(
+                    bundle, loaded.image, device=device, each_view=lambda _i, p: views.add(p),
+                    **extra)
             )
             add("predict() (prep + network + back)", s)
-            s, maps = _proc(lambda loaded=loaded, pred=pred: saliency_maps(
-                bundle, loaded, opts, device, pred))
-            add("saliency (Grad-CAM)", s)
+            extra = {"kept": kept} if kept is not None else {}
+            s, maps = _proc(lambda loaded=loaded, pred=pred, extra=extra: saliency_maps(
+                bundle, loaded, opts, device, pred, **extra))
+            add(f"saliency ({saliency_method})", s)
             out = work / f"out_{rep}_{i}"
             out.mkdir()
             cpu: dict[str, float] = {}
             s, _ = _cpu(lambda out=out, loaded=loaded, pred=pred, maps=maps, cpu=cpu: write_outputs(
-                out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x", method="gradcam",
+                out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x", method=saliency_method,
                 object_cpu=cpu))
             for k, v in cpu.items():
                 add(k, v)
@@ -133,8 +144,15 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             add("report.json (+ uncertainty, scores, sha256)", s)
         if rep > 0:  # the first run warms up (fonts, imports, caches)
             runs.append({k: 1000 * v / len(files) for k, v in sums.items()})
-    return {"images": len(files), "source": str(photos[0].parent), "runs": runs,
+    return {"images": len(files), "source": _source(photos), "runs": runs,
             "torch_threads": torch.get_num_threads()}
+
+
+def _source(photos: list[Path]) -> str:
+    from _bench_utils import SHARED
+
+    real = (SHARED / "isic2018" / "val" / "images").is_dir()
+    return "ISIC 2018 val, 512x512" if real and "synthetic" not in photos[0].name else "synthetic"
 
 
 def series_costs(repeats: int, work: Path) -> dict[str, Any]:
@@ -217,7 +235,7 @@ XX
     med = _medians(photo["runs"])
     net = med["network (TTA views, plain torch)"]
     defaults = _default_keys()
-    print(f"CPU ms per photo: {photo['images']} ISIC photos as DICOM ({photo['source']}), "
+    print(f"CPU ms per photo: {photo['images']} photos as DICOM ({photo['source']}), "
           f"median of {args.repeats} runs, torch threads {photo['torch_threads']}")
     print("| step / object | CPU ms per image | x network | batch default |")
     print("|---|---|---|---|")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import torch
 
 from medxai.errors import InputError, MedxaiError, OutputExistsError
@@ -195,7 +194,7 @@ def write_outputs(
         t = time.perf_counter()
         try:
             probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
-            files += _write_dicom(
+            written, source = _write_dicom(
                 tmp,
                 loaded,
                 bundle,
@@ -208,6 +207,7 @@ def write_outputs(
                 probabilities,
                 clock,
             )
+            files += written
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
             skipped.append(
@@ -216,7 +216,17 @@ def write_outputs(
         else:
             try:
                 files += _write_dicom_maps(
-                    tmp, loaded, bundle, labels, saliency, formats, info, method, uncertainty, clock
+                    tmp,
+                    loaded,
+                    bundle,
+                    labels,
+                    saliency,
+                    formats,
+                    info,
+                    method,
+                    uncertainty,
+                    clock,
+                    source,
                 )
             except MedxaiError as exc:
                 skipped.append(
@@ -243,8 +253,9 @@ def _write_dicom(
     seg_type: str = "binary",
     probabilities: np.ndarray | None = None,
     clock: _ObjectClock | None = None,
-) -> list[str]:
-    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
+) -> tuple[list[str], Any]:
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures), and the
+    DICOM source they reference (the input's, or the placeholder study's header)."""
     clock = clock or _ObjectClock(None)
     from medxai.io import writers as w
 
@@ -285,20 +296,7 @@ def _write_dicom(
             rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
             paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
         files += [f"overlay_sc/{p.name}" for p in paths]
-    return files
-
-
-def _dicom_source(tmp: Path, loaded: LoadedImage) -> Any:
-    """The DICOM source of the input, or the placeholder study :func:`_write_dicom` wrote."""
-    if loaded.dicom is not None:
-        return loaded.dicom
-    from medxai.io.types import DicomSource
-
-    return DicomSource(
-        datasets=[pydicom.dcmread(tmp / "source_photo.dcm", stop_before_pixels=True)],
-        paths=[tmp / "source_photo.dcm"],
-        frame_numbers=None,
-    )
+    return files, source
 
 
 def _write_dicom_maps(
@@ -312,14 +310,15 @@ def _write_dicom_maps(
     method: str | None,
     uncertainty: Uncertainty | None = None,
     clock: _ObjectClock | None = None,
+    source: Any = None,
 ) -> list[str]:
     """Parametric Maps of the saliency maps (and of the uncertainty map) and the TID 1500 SR
-    (after :func:`_write_dicom`)."""
+    (after :func:`_write_dicom`, whose DICOM source they reference: ``source``)."""
     from medxai.io import writers as w
 
     clock = clock or _ObjectClock(None)
     files: list[str] = []
-    source = _dicom_source(tmp, loaded)
+    source = source if source is not None else loaded.dicom
     names = {int(lab["value"]): str(lab.get("name") or f"label{lab['value']}") for lab in info}
     maps = {value: sal[0].numpy() for value, sal in saliency.items()}
     if "dicom-pm" in formats:
