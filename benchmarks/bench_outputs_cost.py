@@ -12,7 +12,10 @@ Secondary Capture XC: ``bench_batch.build_photo_export``), and read back with
   already prepared model input (``process_time``: all torch threads);
 - ``predict()``: medxai's prediction (preparation, the same views, back onto the photo's grid,
   label map);
-- ``saliency``: the default explanation (Grad-CAM) of every foreground label;
+- ``saliency``: the model's default explanation (HiResCAM for this model) of every foreground
+  label; where medxai reuses the prediction's identity view for it
+  (``medxai.pipeline.saliency_forward``), its forward pass is in ``predict()`` and this row is
+  the backward pass;
 - each output object of the default batch formats and of the ones on request, with the CPU
   time of the writing thread (``time.thread_time``), recorded per object by
   ``medxai.outputs.write_outputs(object_cpu=...)``;
@@ -220,7 +223,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=8, help="ISIC val photos (one per series)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs (after one warm-up)")
-XX
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads (default 1: CPU time without idle-spinning threads)")
     ap.add_argument("--no-series", action="store_true", help="skip the CT series table")
     ap.add_argument("--json", action="store_true", help="print the medians as JSON too")
     args = ap.parse_args()
