@@ -19,8 +19,11 @@ Secondary Capture XC: ``bench_batch.build_photo_export``), and read back with
 - each output object of the default batch formats and of the ones on request, with the CPU
   time of the writing thread (``time.thread_time``), recorded per object by
   ``medxai.outputs.write_outputs(object_cpu=...)``;
-- ``report.json``: the report (uncertainty from the collected views, saliency scores, input
-  digest, label statistics) and its file, via ``segment_loaded`` with the prediction given.
+- ``uncertainty``: the uncertainty maps and quality scores from the collected views (what the
+  NIfTI copies, the uncertainty PM and the report take);
+- ``report.json``: the report (the uncertainty again, saliency scores, input digest, label
+  statistics) and its file, via ``segment_loaded`` with the prediction given: subtract the
+  ``uncertainty`` row for the report alone.
 
 Then a synthetic CT series (64x56x24, oblique) gets the series objects (RTSTRUCT among them)
 from a fixed label map and a smooth map: CPU ms per *series*.
@@ -89,7 +92,7 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     from medxai.models.registry import load_model
     from medxai.outputs import write_outputs
     from medxai.pipeline import SegmentOptions, resolve_explain, saliency_maps, segment_loaded
-    from medxai.uncertainty import tta_accumulator
+    from medxai.uncertainty import estimate, tta_accumulator
 
     try:
         from medxai.pipeline import saliency_forward
@@ -131,12 +134,15 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             s, maps = _proc(lambda loaded=loaded, pred=pred, extra=extra: saliency_maps(
                 bundle, loaded, opts, device, pred, **extra))
             add(f"saliency ({saliency_method})", s)
+            s, unc = _proc(lambda loaded=loaded, pred=pred, views=views: estimate(
+                bundle, loaded.image, pred, "tta", device, views=views))
+            add("uncertainty (maps and scores from the TTA views)", s)
             out = work / f"out_{rep}_{i}"
             out.mkdir()
             cpu: dict[str, float] = {}
-            s, _ = _cpu(lambda out=out, loaded=loaded, pred=pred, maps=maps, cpu=cpu: write_outputs(
-                out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x", method=saliency_method,
-                object_cpu=cpu))
+            s, _ = _cpu(lambda out=out, loaded=loaded, pred=pred, maps=maps, cpu=cpu, unc=unc:
+                        write_outputs(out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x",
+                                      method=saliency_method, uncertainty=unc, object_cpu=cpu))
             for k, v in cpu.items():
                 add(k, v)
             add("all objects but report.json (write_outputs)", s)
@@ -144,7 +150,7 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             s, _ = _cpu(lambda loaded=loaded, pred=pred, maps=maps, views=views, i=i, rep=rep:
                         segment_loaded(loaded, bundle, work / f"json_{rep}", json_opts,
                                        name=f"p{i}", prediction=pred, saliency=maps, views=views))
-            add("report.json (+ uncertainty, scores, sha256)", s)
+            add("report.json (+ the uncertainty again, scores, sha256)", s)
         if rep > 0:  # the first run warms up (fonts, imports, caches)
             runs.append({k: 1000 * v / len(files) for k, v in sums.items()})
     return {"images": len(files), "source": _source(photos), "runs": runs,
