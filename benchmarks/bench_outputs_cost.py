@@ -255,7 +255,7 @@ def main() -> None:
         if is_default:
             default_total += v
         mark = "" if is_default is None or k.startswith(("read", "network", "predict",
-                                                           "saliency", "all ")) \
+                                                           "saliency", "uncertainty", "all ")) \
             else ("yes" if is_default else "on request")
         print(f"| {k} | {v:.1f} | {v / net:.2f} | {mark} |")
     if defaults:
