@@ -85,8 +85,8 @@ def _network_views(bundle: Any, x: Any) -> None:
 def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     """Per photo, CPU ms of the network, predict(), saliency and every output object."""
     import torch
-
     from bench_batch import _photos, build_photo_export
+
     from medxai.inference import predict, prepare_input
     from medxai.io.readers import load_image
     from medxai.models.registry import load_model
@@ -119,7 +119,7 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             s, loaded = _cpu(lambda f=f: load_image(f))
             add("read (load_image)", s)
             x, _ = prepare_input(bundle, loaded.image)
-            add("network (TTA views, plain torch)", _proc(lambda: _network_views(bundle, x))[0])
+            add("network (TTA views, plain torch)", _proc(lambda x=x: _network_views(bundle, x))[0])
             views = tta_accumulator(bundle)
             # the saliency's forward pass is the identity view's, where medxai has that
             kept = saliency_forward(bundle, opts, device) if saliency_forward else None
@@ -147,7 +147,8 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
                 add(k, v)
             add("all objects but report.json (write_outputs)", s)
             json_opts = SegmentOptions(device="cpu", formats=["json"])
-            s, _ = _cpu(lambda loaded=loaded, pred=pred, maps=maps, views=views, i=i, rep=rep:
+            s, _ = _cpu(lambda loaded=loaded, pred=pred, maps=maps, views=views, i=i, rep=rep,
+                        json_opts=json_opts:
                         segment_loaded(loaded, bundle, work / f"json_{rep}", json_opts,
                                        name=f"p{i}", prediction=pred, saliency=maps, views=views))
             add("report.json (+ the uncertainty again, scores, sha256)", s)

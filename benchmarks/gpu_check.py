@@ -104,8 +104,14 @@ def model_bound(bundle: Any, photos: list[Path], device: Any, batch: int) -> dic
     """The network and its TTA views in plain torch on prepared inputs (autocast on CUDA)."""
     import torch
 
-    from medxai.inference import _tta_views, _unview, _view, autocast_context, prepare_input
-    from medxai.inference import tta_mode
+    from medxai.inference import (
+        _tta_views,
+        _unview,
+        _view,
+        autocast_context,
+        prepare_input,
+        tta_mode,
+    )
     from medxai.io.readers import load_image
 
     net = bundle.network.eval().to(device)
@@ -185,8 +191,9 @@ def check_train(work: Path, device: str, n: int, size: int) -> dict[str, Any]:
     src = SHARED / "isic2018" / "train"
     images = sorted((src / "images").glob("*.jpg"))[:n]
     if not images:
-        from medxai.samples import make_dermoscopy_photo
         from PIL import Image
+
+        from medxai.samples import make_dermoscopy_photo
 
         (work / "data" / "images").mkdir(parents=True)
         (work / "data" / "masks").mkdir(parents=True)
