@@ -10,6 +10,7 @@ __all__ = [
     "SALIENCY_TARGETS",
     "EVALUATION_METHODS",
     "FORMAT_CHOICES",
+    "BATCH_DEFAULT_FORMATS",
     "DEVICE_CHOICES",
     "TTA_CHOICES",
     "SEG_TYPES",
@@ -43,6 +44,11 @@ FORMAT_CHOICES = (
     "png",
     "json",
 )
+#: What ``medxai batch`` writes when ``--format`` is not given: the objects a PACS takes back
+#: and its viewers show (SEG, the saliency and uncertainty Parametric Maps, the TID 1500 SR
+#: that ties them together) and report.json for scripts. NIfTI copies, the PNG preview, the
+#: Secondary Capture overlay and the RT Structure Set are on request (docs/outputs.md says why).
+BATCH_DEFAULT_FORMATS = ("dicom-seg", "dicom-pm", "dicom-sr", "json")
 #: ``--seg-type``: how the DICOM SEG stores the segments (SegmentationType BINARY, LABELMAP,
 #: FRACTIONAL; see :func:`medxai.io.writers.write_dicom_seg`).
 SEG_TYPES = ("binary", "labelmap", "fractional")

@@ -38,6 +38,10 @@ __all__ = [
 #: ``each_view(i, prob)``: sees the ``(K, *spatial)`` probabilities of one test-time
 #: augmentation view of image ``i`` on its own grid.
 EachView = Callable[[int, torch.Tensor], None]
+#: ``identity_forward(x)``: the logits of the network for the identity view ``x``
+#: ``(N, C, *spatial)`` of the model's own input size, run in place of the network (e.g.
+#: :class:`medxai.explain.KeptForward`, which keeps the pass for the saliency's backward pass).
+IdentityForward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -197,14 +201,17 @@ def _forward_tta(
     mode: str,
     each: Callable[[torch.Tensor], None] | None = None,
     axes: Sequence[int] | None = None,
+    identity: IdentityForward | None = None,
 ) -> torch.Tensor:
     """Softmax of ``net(x)`` averaged over the test-time augmentation views of ``mode``
     (see :func:`_tta_views`); ``x`` is ``(N, C, *spatial)``. ``each`` sees every view's
-    softmax, brought back to ``x``'s orientation."""
+    softmax, brought back to ``x``'s orientation; ``identity``, when given, runs the identity
+    view instead of ``net``."""
     total = None
     views = _tta_views(x.ndim - 2, mode, axes)
     for view in views:
-        prob = _unview(torch.softmax(net(_view(x, *view)).float(), dim=1), *view)
+        run = identity if identity is not None and view == (0, (), False) else net
+        prob = _unview(torch.softmax(run(_view(x, *view)).float(), dim=1), *view)
         if each is not None:
             each(prob)
         total = prob if total is None else total + prob
@@ -281,6 +288,7 @@ def whole_image_probabilities(
     device: torch.device,
     tta: str,
     each_view: EachView | None = None,
+    identity_forward: IdentityForward | None = None,
 ) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
@@ -289,6 +297,8 @@ def whole_image_probabilities(
     brought back to the image's grid and averaged there. The network must already be in eval
     mode on ``device`` (:func:`network_on`). ``each_view(i, prob)``, when given, sees every
     view (every size and augmentation) of image ``i`` on its grid (the uncertainty samples).
+    ``identity_forward``, when given, runs the identity view of the model's own size (the
+    batch of all images) in place of the network.
     """
     net = bundle.network
     passes = []  # per input size: (probabilities (N, K, ...), undo states)
@@ -305,7 +315,8 @@ def whole_image_probabilities(
                         each_view(i, restore_output(prob[i].float().cpu(), state))
 
             axes = bundle.contract.inference.tta_axes
-            probs = _forward_tta(net, x.to(device), tta, hook, axes).float().cpu()
+            identity = identity_forward if size is None else None
+            probs = _forward_tta(net, x.to(device), tta, hook, axes, identity).float().cpu()
             passes.append((probs, states))
     out = []
     for i in range(len(images)):
@@ -342,6 +353,7 @@ def predict(
     tta: str | None = None,
     source: str | None = None,
     each_view: EachView | None = None,
+    identity_forward: IdentityForward | None = None,
 ) -> Prediction:
     """Segment ``image`` (``(C, I, J[, K])`` from :func:`medxai.read_image`) with ``bundle``.
 
@@ -353,7 +365,8 @@ def predict(
     ``dihedral``, whole-image mode) are used unless given here. The label map gets the bundle's
     ``postprocessing`` (:mod:`medxai.postprocess`); the probabilities are the network's.
     ``each_view(0, prob)`` sees each test-time augmentation view on the input grid
-    (whole-image models; :mod:`medxai.uncertainty`).
+    (whole-image models; :mod:`medxai.uncertainty`). ``identity_forward`` runs the identity
+    view of a whole-image model in place of the network (see :func:`predict_batch`).
 
     Returns:
         a :class:`Prediction` on the input's grid (same spatial shape and affine).
@@ -370,7 +383,13 @@ def predict(
         )
     if bundle.contract.inference.mode == "whole_image":
         return predict_batch(
-            bundle, [image], device=device, tta=tta, sources=[source], each_view=each_view
+            bundle,
+            [image],
+            device=device,
+            tta=tta,
+            sources=[source],
+            each_view=each_view,
+            identity_forward=identity_forward,
         )[0]
     check_input_fits(bundle, image, source)
     dev = resolve_device(device)
@@ -465,6 +484,7 @@ def predict_batch(
     tta: str | None = None,
     sources: Sequence[str | None] | None = None,
     each_view: EachView | None = None,
+    identity_forward: IdentityForward | None = None,
 ) -> list[Prediction]:
     """:func:`predict` for several images of a whole-image model, in one forward pass per
     test-time augmentation view (and per ``tta_sizes`` size); :func:`predict` itself goes
@@ -473,7 +493,9 @@ def predict_batch(
     Each image is prepared on its own (intensity, resize to the model's ``spatial_size``), the
     batch ``(N, C, *spatial)`` goes through the network, and each result is brought back onto its
     own image's grid; ``seconds`` is the batch's time shared equally. ``each_view(i, prob)``
-    sees every test-time augmentation view of image ``i`` on its grid.
+    sees every test-time augmentation view of image ``i`` on its grid. ``identity_forward``
+    (e.g. :class:`medxai.explain.KeptForward`) runs the identity view of the model's own input
+    size, the batch of all images, in place of the network (``tta`` none: the only view).
 
     Raises:
         ModelError: the bundle is not a whole-image model (sliding-window models take one
@@ -493,7 +515,7 @@ def predict_batch(
     mode = tta_mode(bundle.inference, tta)
     t0 = time.perf_counter()
     with network_on(bundle.network, dev):
-        probs = whole_image_probabilities(bundle, images, dev, mode, each_view)
+        probs = whole_image_probabilities(bundle, images, dev, mode, each_view, identity_forward)
     out = []
     for img, prob in zip(images, probs):
         labels = labels_from_probabilities(bundle, prob)

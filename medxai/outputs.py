@@ -10,17 +10,17 @@ call it. Layer: above :mod:`medxai.inference` and :mod:`medxai.io.writers`, belo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import torch
 
 from medxai.errors import InputError, MedxaiError, OutputExistsError
@@ -87,6 +87,24 @@ def output_name(path: str | Path) -> str:
     return name
 
 
+class _ObjectClock:
+    """CPU seconds of this thread per object written, into ``into`` (nothing when None)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        if self.into is None:
+            yield
+            return
+        c = time.thread_time()
+        try:
+            yield
+        finally:
+            self.into[key] = self.into.get(key, 0.0) + time.thread_time() - c
+
+
 def label_info(bundle: ModelBundle) -> list[dict[str, Any]]:
     """The bundle's labels (value, name, colour, ...) as fresh dicts."""
     return [dict(lab) for lab in bundle.labels]
@@ -106,6 +124,7 @@ def write_outputs(
     seg_type: str = "binary",
     split_labels: bool = False,
     uid_seed: str | None = None,
+    object_cpu: dict[str, float] | None = None,
 ) -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
     """Write ``formats`` of one result into the folder ``tmp``: NIfTI labels (+ labels.json) and
     one saliency map per label, the PNG preview, DICOM SEG, Parametric Map (one per saliency
@@ -118,7 +137,9 @@ def write_outputs(
 
     ``seg_type`` is the DICOM SEG's type (``binary``, ``labelmap``, ``fractional``: the
     prediction's probabilities); ``split_labels`` adds one ``mask_<label>.nii.gz`` per
-    foreground label (with ``nifti``).
+    foreground label (with ``nifti``). ``object_cpu``, when given, gets the CPU seconds of this
+    thread per object written (``nifti_labels``, ``nifti_saliency_<label>``, ``preview``,
+    ``seg``, ``sc``, ``pm_saliency_<label>``, ``sr``, ...: benchmarks/bench_outputs_cost.py).
 
     ``uid_seed``: the DICOM objects' new UIDs (SOP instance, series, ...) are derived from it
     (:func:`medxai.io.writers.derived_uids`) instead of drawn at random, so the same result
@@ -139,41 +160,48 @@ def write_outputs(
     info = label_info(bundle)
     colors = {int(lab["value"]): lab.get("color") for lab in info}
     first_sal = next(iter(saliency.values()))[0].numpy() if saliency else None
+    clock = _ObjectClock(object_cpu)
     t = time.perf_counter()
     if "nifti" in formats:
-        files.append(
-            w.write_nifti_labels(
-                labels,
-                affine,
-                tmp / "labels.nii.gz",
-                info,
-                model_name=bundle.name,
-                model_version=bundle.version,
-            ).name
-        )
-        files.append("labels.json")
+        with clock("nifti_labels"):
+            files.append(
+                w.write_nifti_labels(
+                    labels,
+                    affine,
+                    tmp / "labels.nii.gz",
+                    info,
+                    model_name=bundle.name,
+                    model_version=bundle.version,
+                ).name
+            )
+            files.append("labels.json")
         for value, sal in saliency.items():
             lab_name = output_name(
                 next((lab["name"] for lab in info if lab["value"] == value), f"label{value}")
             )
-            files.append(
-                w.write_nifti_map(sal[0].numpy(), affine, tmp / f"saliency_{lab_name}.nii.gz").name
-            )
+            with clock(f"nifti_saliency_{lab_name}"):
+                path = w.write_nifti_map(
+                    sal[0].numpy(), affine, tmp / f"saliency_{lab_name}.nii.gz"
+                )
+            files.append(path.name)
         if uncertainty is not None:
-            files += _write_uncertainty_nifti(tmp, uncertainty, affine)
+            with clock("nifti_uncertainty"):
+                files += _write_uncertainty_nifti(tmp, uncertainty, affine)
         if split_labels:
-            files += _write_split_masks(tmp, labels, affine, info)
+            with clock("nifti_split_masks"):
+                files += _write_split_masks(tmp, labels, affine, info)
         times["write_nifti"] = time.perf_counter() - t
     if "png" in formats:
         t = time.perf_counter()
-        files.append(_write_preview(tmp, loaded, bundle, labels, saliency, info, method))
+        with clock("preview"):
+            files.append(_write_preview(tmp, loaded, bundle, labels, saliency, info, method))
         times["write_png"] = time.perf_counter() - t
     if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
         try:
             probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
             with w.derived_uids(uid_seed):
-                files += _write_dicom(
+                written, source = _write_dicom(
                     tmp,
                     loaded,
                     bundle,
@@ -184,7 +212,9 @@ def write_outputs(
                     colors,
                     seg_type,
                     probabilities,
+                    clock,
                 )
+            files += written
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
             skipped.append(
@@ -194,7 +224,17 @@ def write_outputs(
             try:
                 with w.derived_uids(uid_seed and uid_seed + " maps"):
                     files += _write_dicom_maps(
-                        tmp, loaded, bundle, labels, saliency, formats, info, method, uncertainty
+                        tmp,
+                        loaded,
+                        bundle,
+                        labels,
+                        saliency,
+                        formats,
+                        info,
+                        method,
+                        uncertainty,
+                        clock,
+                        source,
                     )
             except MedxaiError as exc:
                 skipped.append(
@@ -220,8 +260,11 @@ def _write_dicom(
     colors: dict[int, Any],
     seg_type: str = "binary",
     probabilities: np.ndarray | None = None,
-) -> list[str]:
-    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
+    clock: _ObjectClock | None = None,
+) -> tuple[list[str], Any]:
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures), and the
+    DICOM source they reference (the input's, or the placeholder study's header)."""
+    clock = clock or _ObjectClock(None)
     from medxai.io import writers as w
 
     files: list[str] = []
@@ -238,13 +281,14 @@ def _write_dicom(
         picture = image.numpy()
         if picture.dtype != np.uint8 and picture.shape[0] == 3:
             picture = np.clip(picture, 0, 255).astype(np.uint8)
-        source = w.create_photo_study(
-            picture, tmp / "source_photo.dcm", source_name=Path(loaded.path).name
-        )
+        with clock("source_photo"):
+            source = w.create_photo_study(
+                picture, tmp / "source_photo.dcm", source_name=Path(loaded.path).name
+            )
         files.append("source_photo.dcm")
     if "dicom-seg" in formats or "dicom-sr" in formats:
-        files.append(
-            w.write_dicom_seg(
+        with clock("seg"):
+            path = w.write_dicom_seg(
                 labels,
                 source,
                 info,
@@ -253,26 +297,14 @@ def _write_dicom(
                 tmp / "seg.dcm",
                 seg_type=seg_type,
                 probabilities=probabilities,
-            ).name
-        )
+            )
+        files.append(path.name)
     if "dicom-sc" in formats:
-        rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
-        paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
+        with clock("sc"):
+            rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
+            paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
         files += [f"overlay_sc/{p.name}" for p in paths]
-    return files
-
-
-def _dicom_source(tmp: Path, loaded: LoadedImage) -> Any:
-    """The DICOM source of the input, or the placeholder study :func:`_write_dicom` wrote."""
-    if loaded.dicom is not None:
-        return loaded.dicom
-    from medxai.io.types import DicomSource
-
-    return DicomSource(
-        datasets=[pydicom.dcmread(tmp / "source_photo.dcm", stop_before_pixels=True)],
-        paths=[tmp / "source_photo.dcm"],
-        frame_numbers=None,
-    )
+    return files, source
 
 
 def _write_dicom_maps(
@@ -285,22 +317,26 @@ def _write_dicom_maps(
     info: list[dict[str, Any]],
     method: str | None,
     uncertainty: Uncertainty | None = None,
+    clock: _ObjectClock | None = None,
+    source: Any = None,
 ) -> list[str]:
     """Parametric Maps of the saliency maps (and of the uncertainty map) and the TID 1500 SR
-    (after :func:`_write_dicom`)."""
+    (after :func:`_write_dicom`, whose DICOM source they reference: ``source``)."""
     from medxai.io import writers as w
 
+    clock = clock or _ObjectClock(None)
     files: list[str] = []
-    source = _dicom_source(tmp, loaded)
+    source = source if source is not None else loaded.dicom
     names = {int(lab["value"]): str(lab.get("name") or f"label{lab['value']}") for lab in info}
     maps = {value: sal[0].numpy() for value, sal in saliency.items()}
     if "dicom-pm" in formats:
         for index, (value, sal) in enumerate(maps.items()):
-            files.append(
-                w.write_dicom_pm(
+            pm_name = output_name(names.get(value, str(value)))
+            with clock(f"pm_saliency_{pm_name}"):
+                path = w.write_dicom_pm(
                     sal,
                     source,
-                    tmp / f"pm_saliency_{output_name(names.get(value, str(value)))}.dcm",
+                    tmp / f"pm_saliency_{pm_name}.dcm",
                     model_name=bundle.name,
                     model_version=bundle.version,
                     weights_sha256=bundle.weights_sha256,
@@ -310,11 +346,11 @@ def _write_dicom_maps(
                     if index == 0
                     else w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
                     + index,
-                ).name
-            )
+                )
+            files.append(path.name)
     if "dicom-pm" in formats and uncertainty is not None:
-        files.append(
-            w.write_dicom_pm(
+        with clock("pm_uncertainty"):
+            path = w.write_dicom_pm(
                 uncertainty.entropy[0].numpy(),
                 source,
                 tmp / "pm_uncertainty.dcm",
@@ -325,24 +361,24 @@ def _write_dicom_maps(
                 quantity="uncertainty",
                 series_number=w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
                 + len(maps),
-            ).name
-        )
+            )
+        files.append(path.name)
     if "dicom-rtstruct" in formats:
-        files.append(
-            w.write_dicom_rtstruct(
+        with clock("rtstruct"):
+            path = w.write_dicom_rtstruct(
                 labels,
                 source,
                 info,
                 tmp / "rtstruct.dcm",
                 model_name=bundle.name,
                 model_version=bundle.version,
-            ).name
-        )
+            )
+        files.append(path.name)
     if "dicom-sr" in formats:
         meta = loaded.image.meta
         spacing = list(meta.get("spacing", [])) if meta.get("has_patient_geometry") else None
-        files.append(
-            w.write_dicom_sr(
+        with clock("sr"):
+            path = w.write_dicom_sr(
                 labels,
                 source,
                 tmp / "seg.dcm",
@@ -355,8 +391,8 @@ def _write_dicom_maps(
                 saliency=maps,
                 method=method,
                 quality_score=uncertainty.quality_score if uncertainty is not None else None,
-            ).name
-        )
+            )
+        files.append(path.name)
     return files
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "input_volumes",
     "saliency_maps",
     "result_uid_seed",
+    "saliency_forward",
 ]
 
 #: Output formats ``--format`` accepts.
@@ -469,15 +470,67 @@ def _user_region(loaded: LoadedImage, roi: Sequence[int] | str | Path) -> torch.
     return region_from_box(spatial, roi)
 
 
+def saliency_forward(bundle: ModelBundle, opts: SegmentOptions, device: torch.device) -> Any:
+    """A :class:`medxai.explain.KeptForward` for ``predict(identity_forward=...)`` when the
+    saliency that ``opts`` ask for can come from the prediction's own identity view: a CAM method
+    (Grad-CAM family) of a medxai whole-image model, target ``segment``, ``border`` or ``image``
+    (no user region), on a device without mixed precision (the saliency's pass runs in float32
+    as on its own). Then the saliency costs its backward pass only. None otherwise."""
+    from medxai.explain import CAM_METHODS, KeptForward
+
+    settings = resolve_explain(bundle, opts)
+    contract = getattr(bundle, "contract", None)
+    if (
+        settings is None
+        or settings.method not in CAM_METHODS
+        or settings.target not in ("segment", "border", "image")
+        or settings.roi is not None
+        or set(settings.options or {}) - {"normalize"}
+        or contract is None
+        or contract.form == "monai"
+        or contract.inference.mode != "whole_image"
+        or device.type == "cuda"
+    ):
+        return None
+    return KeptForward(bundle.network, settings.layer)
+
+
+def _kept_saliency(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    kept: Any,
+    index: int,
+    settings: ExplainSettings,
+    label: int,
+) -> torch.Tensor:
+    """:func:`compute_saliency` of image ``index`` of the kept forward pass ``kept``: the same
+    map, from a backward pass (one per label for the whole batch, kept for its other images)."""
+    if label not in kept.maps:
+        from medxai.explain import SegmentationTarget
+
+        threshold = bundle.contract.inference.threshold
+        question = SegmentationTarget(label, settings.target, threshold=threshold)
+        normalize = bool((settings.options or {}).get("normalize", True))
+        kept.maps[label] = kept.saliency(settings.method, question, normalize)
+    _, state = prepare_input(bundle, loaded.image)
+    return restore_output(kept.maps[label][index].detach().float().cpu(), state).clamp(0, 1)
+
+
 def saliency_maps(
     bundle: ModelBundle,
     loaded: LoadedImage,
     opts: SegmentOptions,
     device: torch.device,
     prediction: Prediction | None = None,
+    kept: Any = None,
+    index: int = 0,
 ) -> dict[int, torch.Tensor]:
     """One saliency map ``(1, *spatial)`` per foreground label, on the input's grid, as
     ``opts`` and the model say (:func:`resolve_explain`); empty when no saliency is asked for.
+
+    ``kept``: the :func:`saliency_forward` that ran as the prediction's identity view (of a
+    batch of images, this one at ``index``): the maps come from its backward passes, the same
+    maps as without it.
 
     The ``missed`` target needs ``prediction``: its region is what the segmentation left out
     (:func:`left_out_region`: components removed by post-processing and pixels just below the
@@ -505,6 +558,9 @@ def saliency_maps(
             if not region.any():
                 nothing.append(f"{lab.get('name', value)} ({value})")
                 continue
+        if kept is not None and kept.ran:
+            maps[value] = _kept_saliency(bundle, loaded, kept, index, settings, value)
+            continue
         maps[value] = compute_saliency(
             bundle,
             loaded,
@@ -702,6 +758,10 @@ def segment_loaded(
     unc_method, unc_reason = uncertainty_method(bundle, opts.uncertainty, opts.tta)
     if views is None and unc_method == "tta" and prediction is None:
         views = tta_accumulator(bundle)
+    # the saliency's forward pass is the prediction's identity view (then only its backward runs)
+    kept = (
+        saliency_forward(bundle, opts, device) if prediction is None and saliency is None else None
+    )
     if prediction is None:
         say(f"{name}: predicting on {device}")
         pred = predict(
@@ -714,6 +774,7 @@ def segment_loaded(
             tta=opts.tta,
             source=str(loaded.path),
             each_view=(lambda _i, p: views.add(p)) if views is not None else None,
+            identity_forward=kept,
         )
         timings["predict"] = time.perf_counter() - t
     else:
@@ -727,7 +788,9 @@ def segment_loaded(
         t = time.perf_counter()
         if given_saliency is None:
             say(f"{name}: explaining with {settings.describe()}")
-            saliency = saliency_maps(bundle, loaded, opts, device, pred)
+            saliency = saliency_maps(bundle, loaded, opts, device, pred, kept)
+            if kept is not None:
+                kept.release()
         else:
             saliency = given_saliency
         timings["explain"] = time.perf_counter() - t

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
 from medxai.batch.types import Job, Result
+from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
 from medxai.io.atomic import write_text_atomic
 from medxai.models.bundle import ModelBundle
@@ -155,6 +157,29 @@ def _model_settings(bundle: ModelBundle | None) -> dict[str, Any]:
             ]
         }
     return {"name": bundle.name, "version": bundle.version, "weights_sha256": bundle.weights_sha256}
+
+
+#: what differs between series refused for the same rule: the input's own values
+#: (medxai.models.fit.FitRules.problems: "..., this is 240x240x170 mm")
+_INPUT_VALUES = re.compile(r", this (?:is|has|one's) [^;\n]*")
+
+
+def group_reasons(reasons: dict[str, int]) -> dict[str, int]:
+    """Skip reasons with the input's own values left out (a field of view, a spacing: the
+    manifest keeps them per series), counted together, most common first."""
+    grouped: dict[str, int] = {}
+    for reason, n in reasons.items():
+        key = _INPUT_VALUES.sub("", reason)
+        grouped[key] = grouped.get(key, 0) + n
+    return dict(sorted(grouped.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def batch_options(options: SegmentOptions) -> SegmentOptions:
+    """``options`` with :data:`medxai.choices.BATCH_DEFAULT_FORMATS` when they name no formats
+    (the job's settings keep None: "the batch defaults")."""
+    if options.formats:
+        return options
+    return dataclasses.replace(options, formats=list(BATCH_DEFAULT_FORMATS))
 
 
 def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions) -> dict[str, Any]:
@@ -500,7 +525,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
         config = WorkerConfig(
             model=str(Path(grp_bundle.path).resolve()) if grp_bundle.path is not None else "",
             weights_sha256=grp_bundle.weights_sha256,
-            options=run.opts,
+            options=batch_options(run.opts),
             batch_size=run.batch_size,
         )
         run.backend = _run_backend(
@@ -623,7 +648,7 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
         },
         failed=failed,
-        skipped_reasons=man.reasons("skipped"),
+        skipped_reasons=group_reasons(man.reasons("skipped")),
         file_reasons=man.file_reasons(),
         backend=run.backend,
     )

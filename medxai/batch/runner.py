@@ -43,8 +43,22 @@ from medxai.inference import Prediction, check_input_fits, predict_batch, resolv
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
-from medxai.pipeline import SegmentOptions, input_facts, saliency_maps, segment_loaded
+from medxai.pipeline import (
+    SegmentOptions,
+    input_facts,
+    saliency_forward,
+    saliency_maps,
+    segment_loaded,
+)
 from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
+
+#: The hint of a series that the header scan gave to a model (no --model) and that the model's
+#: fit rules refuse once the image is read (spacing, field of view, body part).
+REFUSED_AFTER_SCAN_HINT = (
+    "the headers alone did not show it (spacing, field of view, body part); "
+    "`medxai models` lists each model's fit rules: no bundled model takes these series. "
+    "To run one on them anyway, name it with --model"
+)
 
 __all__ = [
     "AHEAD",
@@ -236,9 +250,15 @@ def _read(job: Job, bundle: ModelBundle) -> _Item:
     t0 = time.perf_counter()
     loaded = load_stack(job)
     if job.model_choice:
-        FitRules.from_bundle_config(bundle.config).check(
-            input_facts(loaded), bundle.name, str(loaded.path)
-        )
+        problems = FitRules.from_bundle_config(bundle.config).problems(input_facts(loaded))
+        if problems:
+            # no path (the manifest row names the series) and no --model hint (none was given):
+            # series refused alike read alike, so that the summary counts them together
+            raise ModelMismatchError(
+                f"{bundle.name} was chosen by the series' headers, but the image read does not "
+                f"fit it: {'; '.join(problems)}",
+                hint=REFUSED_AFTER_SCAN_HINT,
+            )
     return _Item(job, loaded, time.perf_counter() - t0)
 
 
@@ -355,6 +375,12 @@ class ChunkPipeline:
         views = (
             [tta_accumulator(self.bundle) for _ in fitting] if self.uncertainty == "tta" else None
         )
+        # the saliency's forward pass is the batch's identity view: only backward passes remain
+        kept = (
+            saliency_forward(self.bundle, self.options, self.device)
+            if self.options.explain
+            else None
+        )
         try:
             preds = predict_batch(
                 self.bundle,
@@ -362,6 +388,7 @@ class ChunkPipeline:
                 device=self.device,
                 tta=self.options.tta,
                 each_view=(lambda i, p: views[i].add(p)) if views is not None else None,
+                identity_forward=kept,
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it
             return fitting
@@ -369,14 +396,16 @@ class ChunkPipeline:
             item.prediction = pred
             item.views = views[k] if views is not None else None
             if self.options.explain:
-                self._explain(item)
+                self._explain(item, kept, k)
+        if kept is not None:
+            kept.release()
         return fitting
 
-    def _explain(self, item: _Item) -> None:
+    def _explain(self, item: _Item, kept: Any = None, index: int = 0) -> None:
         t0 = time.perf_counter()
         try:
             item.saliency = saliency_maps(
-                self.bundle, item.loaded, self.options, self.device, item.prediction
+                self.bundle, item.loaded, self.options, self.device, item.prediction, kept, index
             )
         except Exception:  # noqa: BLE001 - the writer's segment_loaded explains and reports
             item.saliency = None

@@ -48,6 +48,7 @@ from medxai.explain.layers import (
 from medxai.explain.methods import (
     CAM_METHODS,
     METHODS,
+    KeptForward,
     SaliencyMethod,
     get_method,
     grad_cam_pp,
@@ -70,6 +71,7 @@ __all__ = [
     "make_target",
     "METHODS",
     "CAM_METHODS",
+    "KeptForward",
     "get_method",
     "run_method",
     "seg_grad_cam",

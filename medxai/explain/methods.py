@@ -48,6 +48,7 @@ __all__ = [
     "smooth_grad",
     "occlusion",
     "integrated_gradients",
+    "KeptForward",
     "METHODS",
     "get_method",
     "run_method",
@@ -141,20 +142,108 @@ def _cam(
         gradients = [g.detach() for g in layer_gradients(captures, score)]
         activations = [c.activations.detach() for c in captures]  # type: ignore[union-attr]
         names = [c.name for c in captures]
+    return _cam_maps(x.shape, names, activations, gradients, combine, normalize)
+
+
+def _cam_maps(
+    shape: Sequence[int],
+    names: list[str],
+    activations: list[torch.Tensor],
+    gradients: list[torch.Tensor],
+    combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    normalize: bool,
+) -> torch.Tensor:
+    """The CAM maps of :func:`_cam` from the layers' activations and gradients, for an input of
+    ``shape`` ``(N, C, *spatial)``."""
+    shape = tuple(int(v) for v in shape)
+    spatial = shape[2:]
     maps = []
     for name, act, grad in zip(names, activations, gradients):
-        if act.ndim != x.ndim or act.shape[0] != x.shape[0]:
+        if act.ndim != len(shape) or act.shape[0] != shape[0]:
             raise ExplainError(
                 f"layer {name!r} outputs shape {tuple(act.shape)}, not a feature "
-                f"map (N, C, *spatial) for input {tuple(x.shape)}",
+                f"map (N, C, *spatial) for input {shape}",
                 hint="choose a convolution or a block of convolutions",
             )
         cam = torch.relu(combine(act.float(), grad.float()))
         if len(names) > 1:
             cam = _minmax(cam)
-        maps.append(upsample(cam, x.shape[2:]))
+        maps.append(upsample(cam, spatial))
     cam = maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0)
     return normalise(cam) if normalize else cam
+
+
+class KeptForward:
+    """One forward pass of a network with the CAM layers' activations kept, so that the CAM maps
+    of any label and target come from backward passes alone.
+
+    Called as the network (``kept(x)`` gives the logits, detached), it runs ``net`` once on
+    ``x`` with gradients on, outside any ``torch.inference_mode()`` of the caller, the layers
+    hooked as :func:`seg_grad_cam` hooks them: the prediction's identity test-time augmentation
+    view (:func:`medxai.inference.predict`, ``identity_forward=``) then serves the saliency
+    too. :meth:`saliency` gives the same maps as the method run on the same ``x``.
+    """
+
+    def __init__(self, net: nn.Module, layer: Any = None) -> None:
+        self.net = net
+        self.layer = layer
+        self.shape: tuple[int, ...] | None = None
+        self._logits: torch.Tensor | None = None
+        self._names: list[str] = []
+        self._activations: list[torch.Tensor] = []
+        #: maps already computed from this pass, by the caller's key (e.g. the label)
+        self.maps: dict[Any, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(False):
+            x = prepare_input(x.clone())  # a tensor made in inference mode cannot enter a graph
+            with capture_layers(self.net, self.layer) as captures, torch.enable_grad():
+                self._logits = forward(self.net, x.clone().requires_grad_(True))
+                self._names = [c.name for c in captures]
+                self._activations = [c.activations for c in captures]  # type: ignore[misc]
+        self.shape = tuple(x.shape)
+        return self._logits.detach()
+
+    @property
+    def ran(self) -> bool:
+        """Whether the forward pass ran (and its graph is still kept)."""
+        return self._logits is not None
+
+    def saliency(
+        self, method: str, target: SegmentationTarget | int, normalize: bool = True
+    ) -> torch.Tensor:
+        """``(N, 1, *spatial)`` maps of ``method`` (a name of :data:`CAM_METHODS`) for ``target``,
+        from the kept forward pass: one backward pass (the graph is kept for the next call)."""
+        if self._logits is None or self.shape is None:
+            raise ExplainError("the kept forward pass has not run (or was released)")
+        combine = _CAM_COMBINE[method]
+        with torch.enable_grad():
+            score = as_target(target)(self._logits)
+            for name, act in zip(self._names, self._activations):
+                if act is None or not act.requires_grad:
+                    raise ExplainError(
+                        f"cannot differentiate the target with respect to layer {name!r}",
+                        hint="choose a layer on the path to the output",
+                    )
+            grads = torch.autograd.grad(
+                score.sum(), self._activations, retain_graph=True, allow_unused=True
+            )
+        for name, g in zip(self._names, grads):
+            if g is None:
+                raise ExplainError(
+                    f"the target does not depend on layer {name!r}",
+                    hint="choose a layer on the path to the output",
+                )
+        acts = [a.detach() for a in self._activations]
+        return _cam_maps(
+            self.shape, self._names, acts, [g.detach() for g in grads], combine, normalize
+        )
+
+    def release(self) -> None:
+        """Drop the kept graph (activations and logits)."""
+        self._logits = None
+        self._activations = []
+        self.maps = {}
 
 
 _CAM_ARGS = """
@@ -472,6 +561,14 @@ METHODS: dict[str, SaliencyMethod] = {
 
 #: Methods that read a layer (take ``layer=``; refused by networks without module structure).
 CAM_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
+
+#: how each CAM method combines a layer's activations and gradients (:func:`_cam`)
+_CAM_COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": _weighted(_gradcam_weights),
+    "gradcampp": _weighted(_gradcampp_weights),
+    "hirescam": _hirescam,
+    "layercam": _layercam,
+}
 
 
 def get_method(name: str | SaliencyMethod) -> SaliencyMethod:

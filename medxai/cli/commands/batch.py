@@ -120,7 +120,9 @@ def _table(summary: Any) -> str:
 @click.option(
     "--format",
     "formats",
-    help="Comma-separated outputs: nifti,dicom-seg,dicom-sc,png,json (default: all).",
+    help="Comma-separated outputs: nifti,dicom-seg,dicom-pm,dicom-sr,dicom-rtstruct,dicom-sc,"
+    "png,json. [default: dicom-seg,dicom-pm,dicom-sr,json: what a PACS takes back, and the "
+    "report; see docs/outputs.md]",
 )
 @seg_options
 @uncertainty_options
