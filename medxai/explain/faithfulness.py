@@ -36,6 +36,7 @@ from medxai.explain.hooks import frozen_model
 from medxai.explain.layers import resolve_layer
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
 from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
+from medxai.overlap import dice
 
 __all__ = [
     "deletion_insertion",
@@ -66,13 +67,6 @@ def _check_saliency(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         found = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
         raise ExplainError(f"saliency must have shape {expected} to match the input, got {found}")
     return saliency.detach().as_subclass(torch.Tensor).float()
-
-
-def _dice(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample Dice of boolean ``(N, 1, *spatial)`` masks; 1 when both are empty."""
-    inter = (pred & ref).flatten(1).sum(1).float()
-    sizes = pred.flatten(1).sum(1).float() + ref.flatten(1).sum(1).float()
-    return torch.where(sizes > 0, 2 * inter / sizes.clamp_min(1), torch.ones_like(sizes))
 
 
 def deletion_insertion(
@@ -159,7 +153,7 @@ def deletion_insertion(
             else:
                 values = out[:, target_label : target_label + 1] * fixed.polarity
             pred = question.predicted(out)
-            return (values * region).flatten(1).sum(1).float(), _dice(pred, reference_mask)
+            return (values * region).flatten(1).sum(1).float(), dice(pred, reference_mask)[:, 0]
 
         reference, _ = measure(x)
         bad = [i for i in range(n) if not reference[i] > 0]
