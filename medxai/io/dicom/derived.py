@@ -326,27 +326,13 @@ def _rasterise_seg(
 
 def _fill_polygon(ij: np.ndarray, width: int, height: int) -> np.ndarray:
     """Boolean ``(width, height)`` mask of the voxels whose centres lie inside a closed polygon
-    given in continuous (i, j) voxel indices (even-odd rule; voxel centres at integers)."""
-    mask = np.zeros((width, height), dtype=bool)
+    given in continuous (i, j) voxel indices: ``skimage.draw.polygon2mask`` (even-odd rule on
+    voxel centres at integers; a centre exactly on the contour counts as inside)."""
+    from skimage.draw import polygon2mask
+
     if len(ij) < 3:
-        return mask
-    lo = np.maximum(np.floor(ij.min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.ceil(ij.max(axis=0)).astype(int), [width - 1, height - 1])
-    if np.any(hi < lo):
-        return mask
-    gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-    x, y = gi.astype(np.float64), gj.astype(np.float64)
-    inside = np.zeros(gi.shape, dtype=bool)
-    xs, ys = ij[:, 0], ij[:, 1]
-    for a in range(len(ij)):  # crossing test per edge (a, a+1)
-        x0, y0, x1, y1 = xs[a], ys[a], xs[(a + 1) % len(ij)], ys[(a + 1) % len(ij)]
-        if y0 == y1:
-            continue
-        crosses = (y0 > y) != (y1 > y)
-        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= crosses & (x < x_at)
-    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = inside
-    return mask
+        return np.zeros((width, height), dtype=bool)
+    return polygon2mask((width, height), ij)
 
 
 def _rasterise_rtstruct(
