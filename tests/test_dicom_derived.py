@@ -238,3 +238,15 @@ def test_seg_types_written_on_an_oblique_series_come_back_on_its_grid(tmp_path: 
     left_out = {n: int(np.count_nonzero(expected[..., 3:] == n)) for n in (1, 2)}
     assert fewer.warnings == [f"{left_out[n]} voxel(s) of segment {n} lie outside the series "
                               "grid; left out" for n in (1, 2) if left_out[n]]
+
+
+def test_seg_frames_between_voxels_are_refused() -> None:
+    from medxai.errors import SeriesError
+
+    d = _seg_dir()
+    ds = pydicom.dcmread(str(d / "liver.dcm"))
+    for item in ds.PerFrameFunctionalGroupsSequence:  # 0.3 mm off the series' voxel centres
+        pos = item.PlanePositionSequence[0].ImagePositionPatient
+        item.PlanePositionSequence[0].ImagePositionPatient = [float(pos[0]) + 0.3, pos[1], pos[2]]
+    with pytest.raises(SeriesError, match="cannot be placed on the series' voxel grid"):
+        rasterise_reference(ds, load_image(d / "ct-3slice"))

@@ -299,10 +299,11 @@ def _segment_on_grid(
             rescale_fractional=False,
         )
         placed = volume.match_geometry(grid)
-    except RuntimeError as exc:  # highdicom: the frames are not on the series grid
+    except (RuntimeError, ValueError) as exc:  # highdicom: no volume, or not on the series grid
         raise SeriesError(
-            f"the SEG's frames are not on the series' voxel grid ({exc}): different "
-            "orientation or pixel spacing, or positions between voxels",
+            f"segment {number}'s frames cannot be placed on the series' voxel grid without "
+            f"resampling (highdicom: {exc}): different orientation or pixel spacing, positions "
+            "between voxels, or frames that form no regular volume",
             path=where,
             hint="medxai places SEG frames on the series grid without resampling; give the "
             "series the SEG was made on",
