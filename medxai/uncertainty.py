@@ -323,7 +323,12 @@ def _foreground_variance(variance: torch.Tensor) -> torch.Tensor:
 
 def border_band(labels: np.ndarray, width: float = 1.0) -> np.ndarray:
     """The pixels/voxels closer than ``width`` (in pixels) to a boundary between labels; width
-    1: those with a face neighbour of another label (both sides of every boundary)."""
+    1: those with a face neighbour of another label (both sides of every boundary).
+
+    Not :func:`medxai.explain.targets.border_band` (a cube dilation minus erosion of one binary
+    mask, the saliency target): this band follows every boundary between labels, by Euclidean
+    distance, and the border scores of docs/uncertainty.md were measured with it.
+    """
     fp = ndimage.generate_binary_structure(labels.ndim, 1)
     ring = ndimage.grey_dilation(labels, footprint=fp) != ndimage.grey_erosion(labels, footprint=fp)
     if width <= 1 or not ring.any():
