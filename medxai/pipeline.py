@@ -431,6 +431,7 @@ def compute_saliency(
                     method,
                     roi_size=roi,
                     overlap=float(overlap if overlap is not None else contract.inference.overlap),
+                    mode=contract.inference.blend_mode,  # blended as the inference blends
                     target=question,
                     **extra,
                 )
@@ -456,6 +457,7 @@ def compute_saliency(
                 method,
                 roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
                 overlap=float(overlap if overlap is not None else spec.overlap),
+                mode=spec.blend_mode,  # blended as the inference blends
                 target=question,
                 **extra,
             )

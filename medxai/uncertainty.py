@@ -52,6 +52,7 @@ from medxai.inference import (
     tta_mode,
 )
 from medxai.labelmaps import present_values
+from medxai.overlap import dice
 
 __all__ = [
     "UNCERTAINTY_CHOICES",
@@ -322,7 +323,12 @@ def _foreground_variance(variance: torch.Tensor) -> torch.Tensor:
 
 def border_band(labels: np.ndarray, width: float = 1.0) -> np.ndarray:
     """The pixels/voxels closer than ``width`` (in pixels) to a boundary between labels; width
-    1: those with a face neighbour of another label (both sides of every boundary)."""
+    1: those with a face neighbour of another label (both sides of every boundary).
+
+    Not :func:`medxai.explain.targets.border_band` (a cube dilation minus erosion of one binary
+    mask, the saliency target): this band follows every boundary between labels, by Euclidean
+    distance, and the border scores of docs/uncertainty.md were measured with it.
+    """
     fp = ndimage.generate_binary_structure(labels.ndim, 1)
     ring = ndimage.grey_dilation(labels, footprint=fp) != ndimage.grey_erosion(labels, footprint=fp)
     if width <= 1 or not ring.any():
@@ -330,15 +336,21 @@ def border_band(labels: np.ndarray, width: float = 1.0) -> np.ndarray:
     return ndimage.distance_transform_edt(~ring) < width
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def _mean_dice(sample: np.ndarray, final: np.ndarray, values: Sequence[int]) -> float:
-    """Mean Dice over the foreground labels present in either map; 1 when neither has any."""
-    scores = [d for v in values if (d := _dice(sample == v, final == v)) is not None]
-    return float(np.mean(scores)) if scores else 1.0
+    """Mean Dice (:func:`medxai.overlap.dice`) over the foreground labels of ``values`` present
+    in either map; 1 when neither has any."""
+    present = set(present_values(sample, background=False))
+    present |= set(present_values(final, background=False))
+    wanted = [v for v in values if v in present]
+    if not wanted:
+        return 1.0
+    scores = dice(
+        torch.from_numpy(sample)[None, None],
+        torch.from_numpy(final)[None, None],
+        num_classes=max(wanted) + 1,
+        include_background=False,
+    )[0]
+    return float(scores[[v - 1 for v in wanted]].double().mean())
 
 
 def quality_scores(

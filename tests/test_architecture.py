@@ -97,7 +97,8 @@ def test_saliency_choices_match_the_explain_registry():
 #: The layers of docs/architecture.md, bottom (0) to top: a unit may import units of lower
 #: layers only (foundation modules may also import each other).
 LAYERS = {
-    "_version": 0, "errors": 0, "choices": 0, "palette": 0, "labelmaps": 0, "pipeline_formats": 0,
+    "_version": 0, "errors": 0, "choices": 0, "palette": 0, "labelmaps": 0, "overlap": 0,
+    "pipeline_formats": 0,
     "io": 1, "models": 2, "samples": 2, "preprocessing": 3, "postprocess": 3, "inference": 4,
     "explain": 5, "uncertainty": 5, "outputs": 6, "pipeline": 7,
     "batch": 8, "evaluation": 8, "transforms": 8, "node": 9, "training": 9, "cli": 10,

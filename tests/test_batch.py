@@ -436,9 +436,14 @@ def test_a_series_that_keeps_killing_the_run_fails(tmp_path: Path) -> None:
 
 def test_output_folder_in_use_is_refused(reference, export: PacsExport, bundle_dir: Path,
                                          tmp_path: Path) -> None:
-    fcntl = pytest.importorskip("fcntl")
+    from filelock import FileLock
+
     out = tmp_path / "out"
     out.mkdir()
+    with FileLock(str(out / LOCK_NAME), timeout=0):  # another run (flock / LockFileEx)
+        with pytest.raises(InputError, match="another medxai batch run"):
+            run_batch(export.root, out, model=bundle_dir, options=_options())
+    fcntl = pytest.importorskip("fcntl")  # POSIX: a plain flock by another program counts too
     with open(out / LOCK_NAME, "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(InputError, match="another medxai batch run"):

@@ -1,4 +1,4 @@
-"""Progress bars and closing summaries (medxai.cli.progress): a bar with rate and ETA only on a
+"""Progress bars and closing summaries (medxai.cli.progress): a tqdm bar with rate and ETA only on a
 terminal, nothing in logs, pipes or --json; the done/skipped/failed table at the end."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from medxai.cli.progress import Progress, format_eta, summary_table
+from medxai.cli.progress import Progress, summary_table
 
 from tests.conftest import ROOT
 
@@ -31,6 +31,7 @@ def test_no_terminal_no_output() -> None:
         bar.close()
     silent = io.StringIO()
     bar = Progress(3, stream=silent, min_interval_s=0)
+    assert bar.bar is None  # tqdm is not even made
     for _ in range(3):
         bar.update()
     bar.message("a line")
@@ -39,33 +40,50 @@ def test_no_terminal_no_output() -> None:
     quiet_tty = _Terminal()
     bar = Progress(3, stream=quiet_tty, enabled=False)
     bar.update()
+    bar.message("a line")
     bar.close()
-    assert quiet_tty.getvalue() == ""  # --json / -q on a terminal
+    assert quiet_tty.getvalue() == "a line\n"  # --json / -q on a terminal: no bar
 
 
-def test_terminal_bar_has_count_rate_and_eta() -> None:
+def _ten_seconds_ago(bar: Progress) -> None:
+    bar.bar.start_t -= 10.0
+    bar.bar.last_print_t -= 10.0
+
+
+def test_terminal_bar_has_count_rate_eta_and_outcomes() -> None:
     tty = _Terminal()
-    bar = Progress(4, unit="series", stream=tty, min_interval_s=0)
-    bar.start -= 10.0  # 10 s ago: 2 done -> 0.2 series/s, 2 left -> ETA 10s
-    bar.update(2, counts={"done": 1, "failed": 1})
-    text = tty.getvalue()
-    assert text.startswith("\r[") and "2/4 series" in text
-    assert "0.20 series/s" in text and "ETA 10s" in text and "(done 1, failed 1)" in text
-    bar.message("between")  # the bar line is cleared before a message
-    assert tty.getvalue().endswith("\r" + " " * 100 + "\rbetween\n")
-    bar.update(4)
-    assert tty.getvalue().endswith("\n") and "4/4 series" in tty.getvalue().splitlines()[-1]
-    assert "ETA" not in tty.getvalue().splitlines()[-1]
+    bar = Progress(8, unit="series", stream=tty, min_interval_s=0)
+    _ten_seconds_ago(bar)  # 4 done in 10 s -> 2.5 s a series, 4 left -> ETA 10 s
+    bar.update(4, counts={"done": 3, "failed": 1})
+    last = tty.getvalue().split("\r")[-1]
+    assert " 50%|" in last and "4/8 series" in last and "[00:10<00:10," in last
+    assert "2.50s/series" in last and last.endswith(", done 3, failed 1]")
+    bar.message("between")  # the bar line is cleared, the message written, the bar redrawn
+    assert "\rbetween\n\r" in tty.getvalue()
+    assert tty.getvalue().split("\r")[-1] == last
+    bar.update(8)  # the last item closes the bar: its final state on its own line
+    last = tty.getvalue().rstrip("\n").split("\r")[-1]
+    assert tty.getvalue().endswith("\n") and "100%|" in last and "8/8 series" in last
+    assert "00:00," in last  # no time left
 
 
 def test_rate_leaves_out_what_was_done_before() -> None:
-    bar = Progress(10, done=4, stream=io.StringIO())
-    bar.start -= 2.0
-    bar.update(6)
-    assert abs(bar.rate - 1.0) < 0.05  # (6 - 4) / 2 s
+    tty = _Terminal()
+    bar = Progress(10, done=4, stream=tty, min_interval_s=0)
+    _ten_seconds_ago(bar)
+    bar.update(6)  # (6 - 4) / 10 s, shown as seconds per input below 1 a second
+    assert "6/10 inputs" in tty.getvalue() and "5.00s/inputs" in tty.getvalue()
 
 
-def test_summary_table_and_eta_format() -> None:
+def test_total_known_later_and_outcome_counts_table() -> None:
+    tty = _Terminal()
+    bar = Progress(0, unit="images", label="evaluating", stream=tty, min_interval_s=0)
+    bar.update(2, total=5)
+    assert "evaluating:  40%|" in tty.getvalue() and "2/5 images" in tty.getvalue()
+    bar.close()
+
+
+def test_summary_table() -> None:
     table = summary_table({"done": 38, "skipped": 1, "failed": 1}, unit="inputs", seconds=25.0)
     lines = table.splitlines()
     assert lines[0].split() == ["inputs", "n"]
@@ -73,7 +91,6 @@ def test_summary_table_and_eta_format() -> None:
                                                    ["failed", "1"]]
     assert lines[4].split()[:2] == ["total", "40"] and "1.52 inputs/s" in lines[4]
     assert summary_table({}).splitlines()[-1].split() == ["total", "0"]
-    assert [format_eta(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
 
 
 def test_batch_bar_is_silent_off_a_terminal(monkeypatch) -> None:
@@ -104,7 +121,8 @@ def test_train_log_off_a_terminal_is_plain_lines(monkeypatch) -> None:
     log("epoch 3/5 loss 0.5000 val Dice 0.5000 1s")  # resumed after epoch 2
     log("epoch 4/5 loss 0.4000 val Dice 0.6000 1s")
     text = tty.getvalue()
-    assert "epoch 3/5 loss" in text and "training [" in text and "4/5 epochs" in text
+    assert "epoch 3/5 loss" in text and "epoch 4/5 loss" in text
+    assert "training:  80%|" in text and "4/5 epochs" in text  # epochs 1-2 count, not in the rate
 
 
 def test_segment_many_inputs_summary_and_quiet_json(rgb_bundle, tmp_path: Path) -> None:

@@ -200,3 +200,53 @@ def test_info_text_lists_segments() -> None:
     res = CliRunner().invoke(cli, ["info", str(path)])
     assert res.exit_code == 0 and "segment   1    Liver" in res.output
     assert describe_derived(pydicom.dcmread(str(path), stop_before_pixels=True))["kind"] == "SEG"
+
+
+@pytest.mark.parametrize("seg_type", ["binary", "labelmap", "fractional"])
+def test_seg_types_written_on_an_oblique_series_come_back_on_its_grid(tmp_path: Path,
+                                                                      seg_type: str) -> None:
+    """medxai's SEG writer on the oblique CT sample, read back by rasterise_reference (highdicom's
+    get_volume + match_geometry): the label map itself (binary, label map) or the probabilities
+    cut at half the maximum fractional value (fractional); on a series of fewer slices, the
+    frames beyond it are left out with a warning."""
+    import shutil
+
+    from medxai.io.writers import write_dicom_seg
+    from tests.helpers_dicom import load_series
+    from tests.test_writers import _ct_series
+    from tests.test_writers_seg_types import LABELS, MODEL, _probabilities
+
+    files = _ct_series("sample-oblique")
+    source, volume = load_series(files)
+    prob, labels = _probabilities(volume.shape)
+    path = write_dicom_seg(labels, source, LABELS, *MODEL, tmp_path / "seg.dcm",
+                           seg_type=seg_type, probabilities=prob)
+    expected = labels.astype(np.int16)
+    if seg_type == "fractional":
+        stored = np.rint(prob * 255)
+        expected = np.select([stored[2] > 127.5, stored[1] > 127.5], [2, 1], 0).astype(np.int16)
+    ref = rasterise_reference(path, load_image(files[0].parent))
+    background = {0: "Background"} if seg_type == "labelmap" else {}  # the label map's segment 0
+    assert ref.names == {**background, 1: "lesion", 2: "liver"} and not ref.warnings
+    np.testing.assert_array_equal(ref.labels[0].numpy(), expected)
+    part = tmp_path / "three-slices"
+    part.mkdir()
+    for ds, f in zip(source.datasets[:3], source.paths[:3]):
+        shutil.copy(f, part / f.name)
+    fewer = rasterise_reference(path, load_image(part))
+    np.testing.assert_array_equal(fewer.labels[0].numpy(), expected[..., :3])
+    left_out = {n: int(np.count_nonzero(expected[..., 3:] == n)) for n in (1, 2)}
+    assert fewer.warnings == [f"{left_out[n]} voxel(s) of segment {n} lie outside the series "
+                              "grid; left out" for n in (1, 2) if left_out[n]]
+
+
+def test_seg_frames_between_voxels_are_refused() -> None:
+    from medxai.errors import SeriesError
+
+    d = _seg_dir()
+    ds = pydicom.dcmread(str(d / "liver.dcm"))
+    for item in ds.PerFrameFunctionalGroupsSequence:  # 0.3 mm off the series' voxel centres
+        pos = item.PlanePositionSequence[0].ImagePositionPatient
+        item.PlanePositionSequence[0].ImagePositionPatient = [float(pos[0]) + 0.3, pos[1], pos[2]]
+    with pytest.raises(SeriesError, match="cannot be placed on the series' voxel grid"):
+        rasterise_reference(ds, load_image(d / "ct-3slice"))

@@ -199,3 +199,35 @@ def test_colour_is_refused_with_the_reason() -> None:
 
     with pytest.raises(UnsupportedInputError, match="RGB.*MONOCHROME1/2 only"):
         display_image(pydicom.dcmread(str(_pydicom_file("SC_rgb.dcm"))))
+
+
+@pytest.mark.parametrize(
+    ("name", "signed"),
+    [("RG3_UNCR.dcm", False), ("CT_small.dcm", True)],
+)
+def test_monochrome1_raw_values_match_highdicom(name: str, signed: bool, tmp_path: Path) -> None:
+    """MONOCHROME1 read without the display pipeline: inverted within the stored range, then
+    rescaled, exactly as highdicom's presentation LUT (no VOI) gives it.
+
+    No signed MONOCHROME1 file ships with pydicom or pydicom-data, so the signed case is pydicom's
+    real CT_small.dcm (signed 16-bit, intercept -1024) relabelled MONOCHROME1.
+    """
+    import highdicom as hd
+
+    from medxai.io.dicom import apply_modality_lut, decode_frames
+
+    path = _pydicom_file(name)
+    if signed:
+        ds = pydicom.dcmread(str(path))
+        assert ds.PixelRepresentation == 1 and ds.PhotometricInterpretation == "MONOCHROME2"
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        path = tmp_path / "signed_monochrome1.dcm"
+        ds.save_as(path)
+    ds = pydicom.dcmread(str(path))
+    slope, inter = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+    ours = apply_modality_lut(decode_frames(ds, path), [slope], [inter])[0, ..., 0]
+    ref = hd.imread(str(path)).get_frame(1, apply_voi_transform=False, apply_presentation_lut=True)
+    np.testing.assert_array_equal(ours.astype(np.float64), ref)
+    stored = ds.pixel_array.astype(np.int64)
+    lo_hi = -1 if signed else 2 ** int(ds.BitsStored) - 1
+    np.testing.assert_array_equal(ours, (lo_hi - stored) * slope + inter)

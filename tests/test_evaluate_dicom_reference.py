@@ -78,7 +78,8 @@ def test_dcmqi_seg_against_an_eroded_map_gives_the_known_dice(tmp_path: Path) ->
     pred = _save(eroded, truth.affine.numpy(), tmp_path / "eroded.nii.gz")
     code, out = _evaluate(str(pred), str(d / "liver.dcm"), "--series", str(d / "ct-3slice"))
     assert code == 0, out
-    assert out["summary"]["1"]["dice"]["mean"] == pytest.approx(expected, abs=1e-12)
+    # MONAI's Dice: exact counts, one float32 division (within 2e-7 of the exact ratio)
+    assert out["summary"]["1"]["dice"]["mean"] == pytest.approx(expected, abs=2e-7)
     assert out["summary"]["1"]["sensitivity"]["mean"] == pytest.approx(
         np.count_nonzero(eroded) / np.count_nonzero(t), abs=1e-12)
 
@@ -147,7 +148,8 @@ def test_rtstruct_against_a_map_less_one_column_gives_the_known_dice(rt_series,
     code, out = _evaluate(str(pred), str(rt), "--series", str(series))
     assert code == 0, out
     expected = 2 * (n_all - n_col) / (2 * n_all - n_col)
-    assert out["summary"]["1"]["dice"]["mean"] == pytest.approx(expected, abs=1e-12)
+    # MONAI's Dice: exact counts, one float32 division (within 2e-7 of the exact ratio)
+    assert out["summary"]["1"]["dice"]["mean"] == pytest.approx(expected, abs=2e-7)
     assert _dice(cut, mask) == pytest.approx(expected, abs=1e-12)
 
 

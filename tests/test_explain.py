@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -25,7 +24,6 @@ from medxai.explain import (
     sliding_window_saliency,
     spearman,
 )
-from medxai.explain.sliding import window_slices
 
 # Small options so that every method runs in well under a second on a CPU.
 FAST = {
@@ -339,17 +337,74 @@ def test_every_method_on_cuda_matches_the_cpu():
 
 # --- sliding windows -----------------------------------------------------------------------------
 
-def test_window_layout_is_monai_sliding_window_layout():
-    seen = []
+def _old_sliding_window_saliency(net, x, method, roi_size, overlap=0.25, mode="gaussian",
+                                 sw_batch_size=1, *, roi=None, target="segment",
+                                 padding_mode="constant", **options):
+    """Today's hand-written window layout and blending (before MONAI's sliding_window_inference
+    ran it), kept as the reference: MONAI's scan interval, centred padding, dense_patch_slices,
+    compute_importance_map, raw maps blended on the CPU, divided by the summed weights, cropped."""
+    import torch.nn.functional as F
+    from monai.data.utils import compute_importance_map, dense_patch_slices
 
-    def record(patch, coords):
-        seen.extend(tuple((s.start, s.stop) for s in c[2:]) for c in coords)
-        return patch
+    from medxai.explain import SegmentationTarget
+    from medxai.explain.methods import run_method
 
-    x = torch.zeros(1, 1, 40, 40, 24)
-    sliding_window_inference(x, (24, 24, 16), 3, record, overlap=0.25, with_coord=True)
-    ours = [tuple((s.start, s.stop) for s in w) for w in window_slices((40, 40, 24), (24, 24, 16))]
-    assert ours == seen
+    n, size = x.shape[0], tuple(x.shape[2:])
+    before = [max(r - s, 0) // 2 for r, s in zip(roi_size, size)]
+    after = [max(r - s, 0) - b for r, s, b in zip(roi_size, size, before)]
+    pad = [p for d in reversed(range(len(size))) for p in (before[d], after[d])]
+    mask = None if roi is None else roi.expand(n, 1, *size)
+    if any(pad):
+        x = F.pad(x, pad, mode=padding_mode)
+        mask = None if mask is None else F.pad(mask.to(torch.uint8), pad).bool()
+    padded = tuple(x.shape[2:])
+    interval = [r if r == s else max(1, int(r * (1 - overlap))) for s, r in zip(padded, roi_size)]
+    windows = dense_patch_slices(padded, roi_size, interval, return_slice=True)
+    weight_map = compute_importance_map(roi_size, mode=mode, sigma_scale=0.125, device="cpu",
+                                        dtype=torch.float32).as_subclass(torch.Tensor)
+    total = torch.zeros((n, 1, *padded))
+    weight = torch.zeros((1, 1, *padded))
+    for w in windows:
+        weight[(slice(None), slice(None), *w)] += weight_map
+    for i in range(n):
+        for start in range(0, len(windows), sw_batch_size):
+            part = windows[start:start + sw_batch_size]
+            batch = torch.cat([x[(slice(i, i + 1), slice(None), *w)] for w in part])
+            question = SegmentationTarget(1, target) if mask is None else SegmentationTarget(
+                1, torch.cat([mask[(slice(i, i + 1), slice(None), *w)] for w in part]))
+            sal = run_method(method, net, batch, question, normalize=False, **options).detach()
+            for j, w in enumerate(part):
+                total[(slice(i, i + 1), slice(None), *w)] += sal[j:j + 1].float() * weight_map
+    total = total / weight
+    crop = tuple(slice(b, b + s) for b, s in zip(before, size))
+    total = total[(slice(None), slice(None), *crop)].contiguous()
+    return total / total.flatten(1).amax(1).clamp_min(1e-38).view(-1, *[1] * (total.ndim - 1))
+
+
+@pytest.mark.parametrize(
+    ("case", "shape", "roi_size", "kw"),
+    [
+        ("2d tiles, gaussian, 3 windows a pass", (1, 1, 40, 36), (16, 16),
+         {"sw_batch_size": 3}),
+        ("2d, two images smaller than the window, a roi", (2, 1, 14, 20), (16, 16),
+         {"roi": "box", "mode": "constant"}),
+        ("2d, reflect padding, border target, overlap 0.5", (1, 1, 12, 30), (16, 16),
+         {"padding_mode": "reflect", "target": "border", "overlap": 0.5}),
+        ("3d volume, gaussian, constant padding", (1, 1, 40, 20, 24), (24, 24, 16), {}),
+    ],
+)
+def test_sliding_window_saliency_equals_the_hand_written_blend(case, shape, roi_size, kw):
+    net = small_unet(len(shape) - 2)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    if kw.get("roi") == "box":
+        box = torch.zeros(shape[2:], dtype=torch.bool)
+        box[4:10, 4:12] = True
+        kw = {**kw, "roi": box[None, None]}
+    ref = _old_sliding_window_saliency(net, x, "gradcam", roi_size, **kw)
+    ours = sliding_window_saliency(net, x, "gradcam", roi_size, **kw)
+    assert ours.shape == (*shape[:1], 1, *shape[2:]), case
+    assert float(ref.max()) > 0, case
+    assert torch.equal(ours, ref), case  # to the bit: the same windows, weights and sums
 
 
 def test_sliding_window_3d_large_volume():

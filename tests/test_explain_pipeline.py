@@ -217,3 +217,33 @@ def test_every_bundled_model_names_a_default_its_network_has(name: str, method: 
     assert spec.measured.startswith("benchmarks/saliency_choice.py")
     resolved, _ = resolve_layer(bundle.network, spec.layer)
     assert resolved.startswith("model.")
+
+
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_sliding_window_saliency_blends_as_the_inference_does(blend: str, monkeypatch) -> None:
+    """The hippocampus model predicts by sliding windows: its saliency goes through MONAI's
+    sliding_window_inference with the bundle's own blend mode (not always Gaussian)."""
+    import medxai.explain as explain_pkg
+    from medxai.io.readers import load_image
+    from medxai.models.registry import BUNDLED_MODELS, load_model
+    from medxai.pipeline import compute_saliency
+
+    if not BUNDLED_MODELS["hippocampus-unet"].available:
+        pytest.skip("bundled model hippocampus-unet is not installed in this checkout")
+    root = shared_path("hippocampus")
+    case = json.loads((root / "dataset.json").read_text())["validation"][0]
+    bundle = load_model("hippocampus-unet")
+    monkeypatch.setitem(bundle.config["inference"], "blend_mode", blend)  # medxai-form: editable
+    assert bundle.contract.inference.blend_mode == blend
+    seen: list[str] = []
+    real = explain_pkg.sliding_window_saliency
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["mode"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain_pkg, "sliding_window_saliency", spy)
+    sal = compute_saliency(bundle, load_image(root / case["image"]), "gradcam", 1,
+                           torch.device("cpu"))
+    assert seen == [blend]
+    assert torch.isfinite(sal).all() and float(sal.max()) == pytest.approx(1.0, abs=1e-6)

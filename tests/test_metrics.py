@@ -57,3 +57,35 @@ def test_isic_threshold_and_summary() -> None:
     assert isic_thresholded_jaccard(0.64) == 0 and isic_thresholded_jaccard(0.65) == 0.65
     s = summarise([{"dice": 1.0, "hd95": math.nan}, {"dice": 0.5, "hd95": 2.0}])
     assert s["dice"]["mean"] == 0.75 and s["hd95"]["n"] == 1 and s["hd95"]["mean"] == 2.0
+
+
+def test_the_one_dice_and_its_rule_for_empty_masks() -> None:
+    """medxai.overlap.dice: MONAI's compute_dice; a class absent from both maps scores 1, a
+    class predicted where the truth has none 0. Training validation, evaluation, the uncertainty
+    view agreement and the faithfulness curves all call it."""
+    import torch
+    from monai.metrics import compute_dice
+
+    from medxai.overlap import dice
+    from medxai.training.validation import dice_per_case
+
+    empty = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    some = empty.clone()
+    some[0, 0, :2, :2] = True  # 4 px
+    other = empty.clone()
+    other[0, 0, 1:3, :2] = True  # 4 px, 2 shared
+    assert dice(empty, empty).tolist() == [[1.0]]
+    assert dice(some, empty).tolist() == [[0.0]] and dice(empty, some).tolist() == [[0.0]]
+    assert dice(some, other).tolist() == [[0.5]]
+    # class maps: 0 background, 1 in both, 2 nowhere, 3 predicted only
+    pred = torch.tensor([[[[0, 1, 1, 3]]]])
+    truth = torch.tensor([[[[0, 1, 0, 0]]]])
+    scores = dice(pred, truth, num_classes=4, include_background=False)
+    assert scores.tolist() == [[pytest.approx(2 / 3), 1.0, 0.0]]
+    assert dice_per_case(pred, truth, 4).tolist() == [pytest.approx((2 / 3 + 1 + 0) / 3)]
+    # MONAI's own: the same numbers with ignore_empty=False (with True the empty class is NaN)
+    ref = compute_dice(pred, truth, include_background=False, ignore_empty=False, num_classes=4)
+    assert torch.equal(scores, ref)
+    assert torch.isnan(compute_dice(pred, truth, include_background=False, num_classes=4)[0, 1])
+    # evaluation scores a pair of numpy masks with the same rule
+    assert binary_metrics(np.zeros((3, 3)), np.zeros((3, 3)))["dice"] == 1.0

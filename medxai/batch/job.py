@@ -102,26 +102,24 @@ class BatchSummary:
 
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the output folder for the run (POSIX ``flock``; the OS releases
-    it when the process dies, so a killed run never blocks the next)."""
+    """Hold an exclusive lock on the output folder for the run (``filelock``: ``flock`` on POSIX,
+    ``LockFileEx`` on Windows; the OS releases it when the process dies, so a killed run never
+    blocks the next)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / LOCK_NAME), timeout=0)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, one run at a time is on the user
-        yield
-        return
-    fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole run
+        lock.acquire()
+    except Timeout as exc:
+        raise InputError(
+            "another medxai batch run is writing to this output folder",
+            path=out,
+            hint="wait for it to finish, or use another -o",
+        ) from exc
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise InputError(
-                "another medxai batch run is writing to this output folder",
-                path=out,
-                hint="wait for it to finish, or use another -o",
-            ) from exc
         yield
     finally:
-        fh.close()
+        lock.release()
 
 
 def _clean_partials(out: Path) -> int:

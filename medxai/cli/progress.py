@@ -1,14 +1,14 @@
 """Progress bars and closing summaries of the long commands (``segment`` over many inputs,
 ``batch``, ``train``, ``evaluate``), one rule for all:
 
-- a bar with the count, the rate and the ETA is redrawn in place on stderr **only when stderr is
-  a terminal** and the command is neither ``--json`` nor ``-q``; logs, pipes and ``--json`` get
-  no progress at all;
+- a tqdm bar with the count, the rate and the ETA is redrawn in place on stderr **only when
+  stderr is a terminal** and the command is neither ``--json`` nor ``-q``; logs, pipes and
+  ``--json`` get no progress at all;
 - the closing :func:`summary_table` (done / skipped / failed) goes to stderr whenever the bar
   was allowed (terminal or not: a log should say what happened), never with ``--json`` (the JSON
   carries the same counts) or ``-q``.
 
-Torch-free: the CLI imports it before any check.
+Torch-free, and tqdm is imported only when a bar is drawn: the CLI imports this before any check.
 """
 
 from __future__ import annotations
@@ -16,38 +16,33 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 import click
 
-__all__ = ["Progress", "format_eta", "summary_table"]
+__all__ = ["Progress", "is_terminal", "summary_table"]
 
 
-def format_eta(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h07m``."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+#: tqdm's default bar with the unit after the count: ``scanning  40%|####      | 4/10 files
+#: [00:02<00:03, 1.95files/s]``; the outcome counts follow the rate (``, done 3, failed 1``)
+_BAR_FORMAT = (
+    "{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 
 class Progress:
-    """A progress bar over ``total`` items of ``unit`` on a terminal.
+    """A tqdm progress bar over ``total`` items of ``unit``, drawn only on a terminal.
 
     Args:
-        total: items expected (may be changed later with :meth:`update`).
+        total: items expected (may be changed later with :meth:`update`; 0: not known yet).
         unit: what is counted (``inputs``, ``series``, ``epochs``, ``images``).
         label: a word before the bar (``scanning``).
         done: items done already (answered before the work began, or resumed): counted, but
-            not in the rate.
+            not in the rate (tqdm's ``initial``).
         enabled: False with ``--json`` or ``-q``.
         stream: where to draw (stderr); the bar is drawn only if it is a terminal.
         min_interval_s: redraws at most this often (the last one always).
     """
-
-    width = 24
 
     def __init__(
         self,
@@ -60,44 +55,29 @@ class Progress:
         stream: IO[str] | None = None,
         min_interval_s: float = 0.2,
     ) -> None:
-        self.total = total
-        self.unit = unit
-        self.label = label
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(enabled and _isatty(self.stream))
-        self.done = self.base = done
-        self.counts: dict[str, int] = {}
+        self.tty = bool(enabled and is_terminal(self.stream))
         self.start = time.monotonic()
-        self.min_interval_s = min_interval_s
-        self._last = 0.0
-        self._drawn = False
+        self.bar: Any = None  # the tqdm bar, on a terminal
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit=unit,
+                bar_format=_BAR_FORMAT,
+                desc=label or None,
+                file=self.stream,
+                mininterval=min_interval_s,
+                smoothing=0,  # the rate since the bar began, not a moving average
+                dynamic_ncols=True,
+            )
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self.start
-
-    @property
-    def rate(self) -> float:
-        """Items per second so far (of those done since the bar began)."""
-        e = self.elapsed_s
-        return (self.done - self.base) / e if e > 0 else 0.0
-
-    def line(self) -> str:
-        """The bar as text: ``[#####...] 3/40 inputs  1.52 inputs/s  ETA 24s  (done 3)``."""
-        total = max(self.total, self.done)
-        filled = int(self.width * self.done / total) if total else self.width
-        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{total} {self.unit}"
-        if self.label:
-            text = f"{self.label} {text}"
-        rate = self.rate
-        if rate > 0:
-            text += f"  {_rate_text(rate, self.unit)}"
-            if self.done < total:
-                text += f"  ETA {format_eta((total - self.done) / rate)}"
-        if self.counts:
-            text += "  (" + ", ".join(f"{k} {v}" for k, v in self.counts.items()) + ")"
-        return text
 
     def update(
         self,
@@ -107,56 +87,43 @@ class Progress:
         counts: Mapping[str, int] | None = None,
     ) -> None:
         """Set the count (default: one more), the total or the outcome counts, and redraw."""
-        self.done = self.done + 1 if done is None else done
-        if total is not None:
-            self.total = total
+        bar = self.bar
+        if bar is None or bar.disable:
+            return
+        if total is not None and total != bar.total:
+            bar.total = total
         if counts is not None:
-            self.counts = dict(counts)
-        if not self.tty:
-            return
-        now = time.monotonic()
-        final = self.done >= self.total
-        if not final and now - self._last < self.min_interval_s:
-            return
-        self._last = now
-        self.stream.write("\r" + self.line().ljust(100))
-        self._drawn = True
-        if final:
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in counts.items()), refresh=False)
+        bar.update(1 if done is None else done - bar.n)
+        if bar.total and bar.n >= bar.total:
             self.close()
-        else:
-            self.stream.flush()
 
     def message(self, text: str, *, err: bool = True) -> None:
-        """A line of text above the bar, on stderr (or stdout with ``err=False``); the bar is
-        redrawn on the next update."""
-        if self._drawn:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
-            self._drawn = False
-        if err:
-            click.echo(text, file=self.stream)
-        else:
-            click.echo(text)
+        """A line of text above the bar, on stderr (or stdout with ``err=False``)."""
+        if self.bar is None or self.bar.disable:
+            click.echo(text, err=err, file=self.stream if err else None)
+            return
+        with self.bar.external_write_mode(file=self.stream):
+            click.echo(text, err=err, file=self.stream if err else None)
 
     def close(self) -> None:
-        """End the bar's line (once)."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        """Draw the bar's last state and end its line (once)."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def is_terminal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (where a bar may be drawn)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _rate_text(rate: float, unit: str) -> str:
     if rate >= 0.1:
         return f"{rate:.2f} {unit}/s"
     return f"{1 / rate:.1f} s per {unit.rstrip('s')}"
-
-
-def _isatty(stream: IO[str]) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def summary_table(

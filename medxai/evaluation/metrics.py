@@ -2,7 +2,9 @@
 
 Definitions (binary masks ``p`` predicted, ``t`` truth):
 
-- Dice ``2|p∩t| / (|p|+|t|)``; IoU (Jaccard) ``|p∩t| / |p∪t|``; both 1 when both masks are empty.
+- Dice ``2|p∩t| / (|p|+|t|)`` (:func:`medxai.overlap.dice`, MONAI's); IoU (Jaccard)
+  ``|p∩t| / |p∪t|``; both 1 when both masks are empty (the package's rule, see
+  :mod:`medxai.overlap`).
 - pixel accuracy ``(TP+TN)/N``; sensitivity ``TP/(TP+FN)``; specificity ``TN/(TN+FP)``
   (NaN when the denominator is 0).
 - HD95: 95th percentile of the symmetric surface distances (medpy), in mm when the voxel
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medxai.choices import METRIC_NAMES
+from medxai.overlap import dice
 
 __all__ = ["binary_metrics", "isic_thresholded_jaccard", "summarise", "METRIC_NAMES"]
 
@@ -42,6 +45,8 @@ def binary_metrics(
     pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
 ) -> dict[str, float]:
     """All metrics of :data:`METRIC_NAMES` for two boolean masks of the same shape."""
+    import torch  # here: the module stays torch-free (the metric names are read without it)
+
     p = np.asarray(pred).astype(bool)
     t = np.asarray(truth).astype(bool)
     if p.shape != t.shape:
@@ -50,11 +55,9 @@ def binary_metrics(
     fp = float(np.logical_and(p, ~t).sum())
     fn = float(np.logical_and(~p, t).sum())
     tn = float(p.size) - tp - fp - fn
-    both_empty = tp + fp + fn == 0
-    dice = 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn)
-    iou = 1.0 if both_empty else tp / (tp + fp + fn)
+    iou = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
     return {
-        "dice": dice,
+        "dice": float(dice(torch.from_numpy(p)[None, None], torch.from_numpy(t)[None, None])),
         "iou": iou,
         "pixel_accuracy": (tp + tn) / p.size,
         "sensitivity": tp / (tp + fn) if tp + fn else math.nan,

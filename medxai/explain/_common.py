@@ -96,29 +96,21 @@ def chunks(n: int, size: int) -> Iterator[range]:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, *spatial)`` with edge replication, per channel.
+    """Separable Gaussian blur of ``(N, C, *spatial)`` with edge replication, per channel
+    (MONAI's ``separable_filtering`` with a normalised Gaussian kernel of radius ``ceil(3 sigma)``).
 
     Args:
         sigma: standard deviation in pixels (voxels), the same along every spatial axis.
     """
     if sigma <= 0:
         return x.clone()
-    nd = x.ndim - 2
+    from monai.networks.layers import separable_filtering
+
     radius = max(1, math.ceil(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(x.dtype)
-    conv = F.conv2d if nd == 2 else F.conv3d
-    c = x.shape[1]
-    out = x
-    for d in range(nd):
-        shape = [1, 1] + [1] * nd
-        shape[2 + d] = kernel.numel()
-        weight = kernel.view(shape).expand(c, *shape[1:])
-        pad = [0, 0] * nd
-        pad[2 * (nd - 1 - d)] = pad[2 * (nd - 1 - d) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), weight, groups=c)
-    return out
+    return separable_filtering(x, [kernel] * (x.ndim - 2), mode="replicate")
 
 
 def default_blur_sigma(spatial: Sequence[int]) -> float:

@@ -24,10 +24,13 @@ Informativeness (does the map say more than the mask?):
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
+from scipy.integrate import trapezoid
 from torch import nn
 
 from medxai.errors import ExplainError
@@ -36,6 +39,7 @@ from medxai.explain.hooks import frozen_model
 from medxai.explain.layers import resolve_layer
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
 from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
+from medxai.overlap import dice
 
 __all__ = [
     "deletion_insertion",
@@ -56,8 +60,7 @@ SCORES = ("probability", "logit")
 
 def auc(fractions: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Trapezoid area under ``values`` (``(..., T)``) over ``fractions`` (``(T,)``)."""
-    widths = np.diff(fractions)
-    return ((values[..., 1:] + values[..., :-1]) / 2 * widths).sum(axis=-1)
+    return np.asarray(trapezoid(values, fractions, axis=-1))
 
 
 def _check_saliency(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -66,13 +69,6 @@ def _check_saliency(saliency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         found = tuple(saliency.shape) if isinstance(saliency, torch.Tensor) else type(saliency)
         raise ExplainError(f"saliency must have shape {expected} to match the input, got {found}")
     return saliency.detach().as_subclass(torch.Tensor).float()
-
-
-def _dice(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample Dice of boolean ``(N, 1, *spatial)`` masks; 1 when both are empty."""
-    inter = (pred & ref).flatten(1).sum(1).float()
-    sizes = pred.flatten(1).sum(1).float() + ref.flatten(1).sum(1).float()
-    return torch.where(sizes > 0, 2 * inter / sizes.clamp_min(1), torch.ones_like(sizes))
 
 
 def deletion_insertion(
@@ -159,7 +155,7 @@ def deletion_insertion(
             else:
                 values = out[:, target_label : target_label + 1] * fixed.polarity
             pred = question.predicted(out)
-            return (values * region).flatten(1).sum(1).float(), _dice(pred, reference_mask)
+            return (values * region).flatten(1).sum(1).float(), dice(pred, reference_mask)[:, 0]
 
         reference, _ = measure(x)
         bad = [i for i in range(n) if not reference[i] > 0]
@@ -214,29 +210,16 @@ def energy_in_mask(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _rank(values: np.ndarray) -> np.ndarray:
-    """Ranks from 1 with ties given their average rank (as ``scipy.stats.rankdata``)."""
-    sorter = np.argsort(values, kind="mergesort")
-    inverse = np.empty(sorter.size, dtype=np.intp)
-    inverse[sorter] = np.arange(sorter.size)
-    ordered = values[sorter]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    dense = first.cumsum()[inverse]
-    bounds = np.r_[np.nonzero(first)[0], len(first)]
-    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
-
-
 def spearman(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    """Spearman rank correlation of two maps (flattened); NaN when one of them is constant."""
+    """Spearman rank correlation of two maps (flattened, ``scipy.stats.spearmanr``); NaN when one
+    of them is constant."""
     a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).ravel()
     b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).ravel()
     if a.shape != b.shape:
         raise ExplainError(f"maps of different sizes: {a.size} and {b.size} values")
-    ra, rb = _rank(a), _rank(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)  # NaN says it
+        return float(stats.spearmanr(a, b).statistic)
 
 
 def _randomised_copy(net: nn.Module, seed: int, device: torch.device) -> nn.Module:
@@ -329,17 +312,16 @@ def redundancy(saliency: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
         saliency: ``(N, 1, *spatial)``.
         reference: the label's probability or (boolean) mask, ``(N, 1, *spatial)``.
 
-    NaN where either is constant. Near 1: the map repeats the output.
+    NaN where either is constant (``scipy.stats.pearsonr`` row by row). Near 1: the map repeats
+    the output.
     """
     a = _flat(saliency)
     b = _flat(reference, a.shape[0])
     if a.shape != b.shape:
         raise ExplainError(f"map and reference differ in size: {a.shape} vs {b.shape}")
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)  # NaN says it
+        return np.asarray(stats.pearsonr(a, b, axis=1).statistic, dtype=np.float64)
 
 
 def context_share(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -180,23 +180,6 @@ def capture_layer(net: nn.Module, layer: str | nn.Module | None = None) -> Itera
         ExplainError: the layer is unknown (see :func:`resolve_layer`) or outputs no tensor.
     """
     _refuse_scripted(net)
-    name, module = resolve_layer(net, layer)
-    capture = LayerCapture(name=name, module=module)
-
-    def keep_output(mod: nn.Module, inputs: tuple[object, ...], output: object) -> None:
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            raise ExplainError(
-                f"layer {name!r} outputs {type(output).__name__}, not a tensor",
-                hint="choose a convolution or a block of convolutions",
-            )
-        capture.activations = output
-
-    with frozen_model(net):
-        handle = module.register_forward_hook(keep_output)
-        try:
-            yield capture
-        finally:
-            handle.remove()
-            capture.activations = None
+    _name, module = resolve_layer(net, layer)  # one layer (a group alias is refused here)
+    with capture_layers(net, module) as captures:
+        yield captures[0]

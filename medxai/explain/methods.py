@@ -465,6 +465,8 @@ def integrated_gradients(
     Returns:
         ``(N, 1, *spatial)`` float32.
     """
+    # Kept here, not captum's IntegratedGradients: captum is a test extra, not a runtime
+    # dependency; tests/test_explain_reference.py checks this against captum (to 1e-4).
     x = prepare_input(x)
     target = as_target(target)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -1,13 +1,14 @@
 """Saliency for images and volumes too large for one forward pass, window by window.
 
-Windows are laid out exactly as MONAI's ``sliding_window_inference`` lays them out (same padding
-when the input is smaller than the window, same scan interval, ``dense_patch_slices`` and
-``compute_importance_map``), so each window is the very input the network saw when the
-segmentation was predicted. Each window is explained on its own, as the network saw it: its target
-region is the window's own prediction (or the part of the user's ROI inside it). Raw
-(unnormalised) window maps are blended with the importance weights into a CPU buffer and the
-blend is normalised once at the end, so a window with a weak, small prediction does not shine as
-brightly as one with a large, confident one.
+MONAI's own ``sliding_window_inference`` (``with_coord=True``) lays the windows out, pads, batches
+and blends: the predictor it calls runs the saliency method on each batch of windows, so each
+window is the very input the network saw when the segmentation was predicted (same padding, scan
+interval and importance weights as the inference path). Each window is explained on its own, as the
+network saw it: its target region is the window's own prediction (or the part of the user's ROI
+inside it, cut with the window coordinates MONAI passes along). Raw (unnormalised) window maps are
+blended with the importance weights into a CPU buffer and the blend is normalised once at the
+end, so a window with a weak, small prediction does not shine as brightly as one with a large,
+confident one.
 """
 
 from __future__ import annotations
@@ -17,44 +18,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers import sliding_window_inference
 from monai.utils import fall_back_tuple
 from torch import nn
 
 from medxai.errors import ExplainError
-from medxai.explain._common import chunks, normalise, prepare_input
+from medxai.explain._common import normalise, prepare_input
 from medxai.explain.methods import SaliencyMethod, get_method, run_method
 from medxai.explain.targets import SegmentationTarget, _broadcast_roi, make_target
 
-__all__ = ["sliding_window_saliency", "window_slices"]
+__all__ = ["sliding_window_saliency"]
 
 BLEND_MODES = ("constant", "gaussian")
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
-
-
-def _scan_interval(
-    image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]
-) -> tuple[int, ...]:
-    """MONAI's scan interval: ``int(roi * (1 - overlap))`` (at least 1), ``roi`` if it fills."""
-    out = []
-    for size, roi, o in zip(image_size, roi_size, overlap):
-        out.append(int(roi) if roi == size else max(1, int(roi * (1 - o))))
-    return tuple(out)
-
-
-def window_slices(
-    image_size: Sequence[int], roi_size: Sequence[int], overlap: float | Sequence[float] = 0.25
-) -> list[tuple[slice, ...]]:
-    """The spatial slices of the windows over a (padded) image at least ``roi_size`` large."""
-    nd = len(image_size)
-    overlaps = (overlap,) * nd if isinstance(overlap, (int, float)) else tuple(overlap)
-    if len(overlaps) != nd or not all(0 <= o < 1 for o in overlaps):
-        raise ExplainError(f"overlap must be in [0, 1) (one value or {nd}), got {overlap!r}")
-    interval = _scan_interval(image_size, roi_size, overlaps)
-    return [
-        tuple(slice(int(s.start), int(s.stop)) for s in window)
-        for window in dense_patch_slices(image_size, roi_size, interval, return_slice=True)
-    ]
 
 
 def sliding_window_saliency(
@@ -111,6 +87,51 @@ def sliding_window_saliency(
     """
     x = prepare_input(x)
     fn = get_method(method)
+    _check_options(mode, padding_mode, sw_batch_size, overlap, x.ndim - 2, options)
+    n = x.shape[0]
+    image_size = tuple(int(s) for s in x.shape[2:])
+    roi_size = _roi_size(roi_size, image_size)
+    device = torch.device(sw_device) if sw_device is not None else x.device
+    base_target, roi = _base_target(target, target_label, roi)
+    roi_mask = (
+        _padded_roi(_broadcast_roi(roi, n, image_size), roi_size) if roi is not None else None
+    )
+
+    def explain_windows(windows: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
+        window_target = base_target
+        if roi_mask is not None:  # the ROI inside each window (MONAI's coordinates, padded grid)
+            region = torch.cat([roi_mask[tuple(c)] for c in coords]).to(device)
+            window_target = base_target.with_region(region)
+        saliency = run_method(fn, net, windows, window_target, normalize=False, **options)
+        return saliency.detach().to(device, torch.float32)
+
+    total = sliding_window_inference(
+        x,
+        roi_size=roi_size,
+        sw_batch_size=sw_batch_size,
+        predictor=explain_windows,
+        overlap=overlap,
+        mode=mode,
+        sigma_scale=sigma_scale,
+        padding_mode=padding_mode,
+        cval=cval,
+        sw_device=device,
+        device=torch.device("cpu"),
+        with_coord=True,
+    )
+    assert isinstance(total, torch.Tensor)  # one output: the map
+    total = total.as_subclass(torch.Tensor).float()
+    return normalise(total) if normalize else total
+
+
+def _check_options(
+    mode: str,
+    padding_mode: str,
+    sw_batch_size: int,
+    overlap: float | Sequence[float],
+    nd: int,
+    options: dict[str, Any],
+) -> None:
     if mode not in BLEND_MODES:
         raise ExplainError(f"unknown blend mode {mode!r}", hint=f"use one of {BLEND_MODES}")
     if padding_mode not in PAD_MODES:
@@ -119,8 +140,12 @@ def sliding_window_saliency(
         raise ExplainError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}")
     if "normalize" in options:
         raise ExplainError("pass normalize to sliding_window_saliency, not to the method")
-    n = x.shape[0]
-    image_size = tuple(int(s) for s in x.shape[2:])
+    overlaps = (overlap,) * nd if isinstance(overlap, (int, float)) else tuple(overlap)
+    if len(overlaps) != nd or not all(0 <= o < 1 for o in overlaps):
+        raise ExplainError(f"overlap must be in [0, 1) (one value or {nd}), got {overlap!r}")
+
+
+def _roi_size(roi_size: int | Sequence[int], image_size: tuple[int, ...]) -> tuple[int, ...]:
     nd = len(image_size)
     if isinstance(roi_size, int):
         roi_size = (roi_size,) * nd
@@ -128,65 +153,32 @@ def sliding_window_saliency(
         raise ExplainError(
             f"roi_size {tuple(roi_size)} has {len(roi_size)} axes, the input has {nd} spatial axes"
         )
-    roi_size = tuple(int(r) for r in fall_back_tuple(roi_size, image_size))
-    device = torch.device(sw_device) if sw_device is not None else x.device
+    return tuple(int(r) for r in fall_back_tuple(roi_size, image_size))
 
-    # Pad (centred) up to the window size where the image is smaller, like MONAI.
-    before = [max(r - s, 0) // 2 for r, s in zip(roi_size, image_size)]
-    after = [max(r - s, 0) - b for r, s, b in zip(roi_size, image_size, before)]
-    pad = [p for d in reversed(range(nd)) for p in (before[d], after[d])]
+
+def _base_target(
+    target: str | SegmentationTarget | None, target_label: int, roi: torch.Tensor | None
+) -> tuple[SegmentationTarget, torch.Tensor | None]:
+    """The question asked of every window, and the ROI on the input grid (if any)."""
     if isinstance(target, SegmentationTarget):
-        base_target = target
+        base = target
     else:
         if roi is not None:
             make_target(target_label, target, roi)  # refuses a named region together with a roi
-        base_target = make_target(target_label, target)
-    if isinstance(base_target.region, torch.Tensor):
+        base = make_target(target_label, target)
+    if isinstance(base.region, torch.Tensor):
         if roi is not None:
             raise ExplainError("give the region either as roi or as the target's region")
-        roi = base_target.region
-    roi_mask = _broadcast_roi(roi, n, image_size) if roi is not None else None
-    if any(pad):
-        x = (
-            F.pad(x, pad, mode=padding_mode, value=cval)
-            if padding_mode == "constant"
-            else F.pad(x, pad, mode=padding_mode)
-        )
-        if roi_mask is not None:
-            roi_mask = F.pad(roi_mask.to(torch.uint8), pad).bool()
-    padded_size = tuple(int(s) for s in x.shape[2:])
+        roi = base.region
+    return base, roi
 
-    windows = window_slices(padded_size, roi_size, overlap)
-    importance = compute_importance_map(
-        roi_size, mode=mode, sigma_scale=sigma_scale, device="cpu", dtype=torch.float32
-    )
-    importance = importance.as_subclass(torch.Tensor).reshape(1, 1, *roi_size)
 
-    total = torch.zeros((n, 1, *padded_size), dtype=torch.float32)
-    weight = torch.zeros((1, 1, *padded_size), dtype=torch.float32)
-    for window in windows:
-        weight[(slice(None), slice(None)) + window] += importance
-    for i in range(n):
-        for part in chunks(len(windows), sw_batch_size):
-            batch = torch.cat([x[(slice(i, i + 1), slice(None)) + windows[w]] for w in part])
-            if roi_mask is not None:
-                window_target = base_target.with_region(
-                    torch.cat(
-                        [roi_mask[(slice(i, i + 1), slice(None)) + windows[w]] for w in part]
-                    ).to(device)
-                )
-            else:
-                window_target = base_target
-            saliency = run_method(
-                fn, net, batch.to(device), window_target, normalize=False, **options
-            )
-            saliency = saliency.detach().to("cpu", torch.float32)
-            for j, w in enumerate(part):
-                where = (slice(i, i + 1), slice(None)) + windows[w]
-                total[where] += saliency[j : j + 1] * importance
-            del saliency, batch
-
-    total = total / weight
-    crop = tuple(slice(b, b + s) for b, s in zip(before, image_size))
-    total = total[(slice(None), slice(None)) + crop].contiguous()
-    return normalise(total) if normalize else total
+def _padded_roi(mask: torch.Tensor, roi_size: tuple[int, ...]) -> torch.Tensor:
+    """The ROI padded with False as MONAI pads the input (centred, up to the window size), so
+    the window coordinates MONAI gives index it."""
+    size = mask.shape[2:]
+    pad: list[int] = []
+    for r, s in zip(reversed(roi_size), reversed(size)):
+        diff = max(r - s, 0)
+        pad += [diff // 2, diff - diff // 2]
+    return F.pad(mask.to(torch.uint8), pad).bool() if any(pad) else mask

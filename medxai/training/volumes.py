@@ -45,6 +45,9 @@ def augment_patch(
     neighbour; then intensity scale (0.9-1.1) and shift (+-0.1 SD), gamma (0.7-1.5, on the
     patch's own range) and Gaussian noise (SD up to 0.05), each with probability 0.3-0.5.
     Labels keep their meaning: no axis is mirrored here (that is ``flip_axes``)."""
+    # Kept, not MONAI's RandAffined + intensity transforms: every draw comes from the run's seeded
+    # ``rng`` (MONAI's take their own RandomState), so the seeded 3D runs (the hippocampus card's)
+    # stay reproducible; image and label share one grid in one grid_sample each.
     if rng.random() < 0.7:
         angles = rng.uniform(-np.pi / 12, np.pi / 12, size=3)
         scale = float(rng.uniform(0.85, 1.15))

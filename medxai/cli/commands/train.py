@@ -19,7 +19,7 @@ from medxai.cli.common import (
     parse_ints,
     stderr_line,
 )
-from medxai.cli.progress import Progress
+from medxai.cli.progress import Progress, is_terminal
 
 
 def _flip_axes(value: str | None) -> list[int] | None:
@@ -40,16 +40,26 @@ _EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) ")
 def _epoch_log(epochs: int, *, enabled: bool) -> Callable[[str], None]:
     """The trainer's log lines on stderr; on a terminal (and without ``--json``) also an epoch
     bar with the rate and ETA under them, moved on by each ``epoch N/M`` line."""
-    bar = Progress(epochs, unit="epochs", label="training", enabled=enabled, min_interval_s=0)
-    if not bar.tty:
+    if not (enabled and is_terminal(sys.stderr)):
         return stderr_line
+    bar: Progress | None = None
 
     def log(line: str) -> None:
-        bar.message(line)
+        nonlocal bar
         m = _EPOCH_LINE.match(line)
+        if m and bar is None:  # the first epoch of this run: the earlier ones were resumed,
+            bar = Progress(  # counted but not in the rate
+                epochs,
+                unit="epochs",
+                label="training",
+                done=int(m.group(1)) - 1,
+                min_interval_s=0,
+            )
+        if bar is None:
+            stderr_line(line)
+            return
+        bar.message(line)
         if m:
-            if bar.done == bar.base == 0:  # the first epoch of this run: the earlier ones
-                bar.base = bar.done = int(m.group(1)) - 1  # were resumed, not in the rate
             bar.update(int(m.group(1)), total=int(m.group(2)))
 
     return log

@@ -413,7 +413,10 @@ def decode_frames(ds: Dataset, path: str | Path) -> np.ndarray:
     """Decode all frames of one data set to ``(frames, rows, cols, samples)``, stored values.
 
     Colour (YBR_*) becomes RGB and palette colour is expanded to RGB; MONOCHROME1 is inverted to
-    MONOCHROME2 sense. Modality LUT (rescale) is not applied here.
+    MONOCHROME2 sense within the stored range (``lo + hi - v``: ``2**BitsStored - 1 - v`` unsigned,
+    ``-1 - v`` signed). Modality LUT (rescale) is not applied here; inverting the stored value
+    before a linear rescale is the same as inverting within the rescaled range, which is what
+    highdicom's ``Image.get_frame(apply_presentation_lut=True)`` gives.
 
     Raises:
         UnsupportedInputError: no installed decoder decodes it (the message names the transfer
@@ -443,7 +446,7 @@ def decode_frames(ds: Dataset, path: str | Path) -> np.ndarray:
         if int(ds.get("PixelRepresentation", 0) or 0) == 0:
             arr = (2**bits - 1) - arr.astype(np.int64)
         else:
-            arr = -arr.astype(np.int64)
+            arr = -1 - arr.astype(np.int64)  # the signed range -2**(b-1) .. 2**(b-1)-1 reversed
     return arr
 
 

@@ -8,8 +8,11 @@ or RTSTRUCT rasterised onto the grid of the image series it refers to.
   RTSTRUCT (closed planar contours, filled) into a label map on the grid of the referenced series
   as :func:`medxai.io.readers.load_image` reads it: ``(1, I, J, K)``, the same RAS affine, each
   voxel holding the segment (or ROI) number, 0 for background. SEG frames are placed by their
-  Plane Position (projected on the series' grid), never by frame order; where segments overlap,
-  the higher number wins and a warning says so.
+  Plane Position, never by frame order: highdicom builds each segment's volume
+  (``Segmentation.get_volume``) and matches it to the series geometry without resampling
+  (``Volume.match_geometry``); where segments overlap, the higher number wins and a warning says
+  so. RTSTRUCT contours are filled by ``skimage.draw.polygon2mask`` (even-odd rule on voxel
+  centres).
 """
 
 from __future__ import annotations
@@ -234,88 +237,35 @@ def _to_index(inv_lps: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def _rasterise_seg(
     ds: Dataset, image: Any, where: Any
 ) -> tuple[np.ndarray, dict[int, str], list[str]]:
-    from medxai.io.dicom import frame_item
-    from medxai.io.dicom.pixels import decode_stored
+    """The SEG's segments on the series grid: highdicom decodes each segment's frames into a
+    volume (binary, fractional or label map) and matches it to the series geometry (axes
+    permuted, flipped, cropped or padded, never resampled); where segments overlap the higher
+    segment number is kept, with a warning."""
+    import highdicom as hd
 
     shape = tuple(int(s) for s in image.shape[1:])
     if len(shape) == 2:
         shape = shape + (1,)
-    out = np.zeros(shape, dtype=np.int16)
     names = {
         int(s.SegmentNumber): str(s.get("SegmentLabel", "") or "")
         for s in ds.get("SegmentSequence") or []
     }
-    seg_type = str(ds.get("SegmentationType", "BINARY") or "BINARY").upper()
-    frames = np.asarray(decode_stored(ds, where))
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
-    if nframes == 1 and frames.ndim == 2:
-        frames = frames[None]
-    inv = np.linalg.inv(_series_lps(image))
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    seg = _highdicom_seg(ds, where)
+    grid = hd.VolumeGeometry(_series_lps(image), shape, coordinate_system="PATIENT")
+    cut = 0.0
+    if str(ds.get("SegmentationType", "BINARY") or "BINARY").upper() == "FRACTIONAL":
+        cut = 0.5 * float(ds.get("MaximumFractionalValue", 255))
+    out = np.zeros(shape, dtype=np.int16)
     warnings: list[str] = []
     overlaps = 0
-    for f in range(nframes):
-        pp = frame_item(ds, f, "PlanePositionSequence")
-        po = frame_item(ds, f, "PlaneOrientationSequence")
-        pm = frame_item(ds, f, "PixelMeasuresSequence")
-        if pp is None or po is None or pm is None:
-            raise UnsupportedInputError(
-                f"frame {f + 1} of the SEG has no plane position/orientation/pixel spacing",
-                path=where,
-                hint="only SEGs with patient geometry can be put on a series grid",
+    for number in sorted(n for n in seg.segment_numbers if n > 0):  # 0: a label map's background
+        on, outside = _segment_on_grid(seg, number, grid, cut, where)
+        if outside:
+            warnings.append(
+                f"{outside} voxel(s) of segment {number} lie outside the series grid; left out"
             )
-        iop = np.asarray([float(v) for v in po.ImageOrientationPatient])
-        dr, dc = (float(v) for v in pm.PixelSpacing)
-        origin = np.asarray([float(v) for v in pp.ImagePositionPatient])
-        corners = np.stack(
-            [origin, origin + iop[:3] * dc * (cols - 1), origin + iop[3:] * dr * (rows - 1)]
-        )
-        idx = _to_index(inv, corners)
-        i0, j0, k = (float(v) for v in idx[0])
-        di = idx[1] - idx[0]
-        dj = idx[2] - idx[0]
-        want_i = np.array([cols - 1, 0, 0], dtype=float)
-        want_j = np.array([0, rows - 1, 0], dtype=float)
-        if not (np.allclose(di, want_i, atol=0.05) and np.allclose(dj, want_j, atol=0.05)):
-            raise SeriesError(
-                "the SEG's frames are not on the series' pixel grid (different orientation or "
-                "pixel spacing)",
-                path=where,
-                hint="medxai places SEG frames on the series grid without resampling; give the "
-                "series the SEG was made on",
-            )
-        ii, jj, kk = round(i0), round(j0), round(k)
-        if max(abs(ii - i0), abs(jj - j0), abs(kk - k)) > 0.05:
-            raise SeriesError(
-                f"SEG frame {f + 1} lies between voxels of the series grid "
-                f"(index {i0:.2f}, {j0:.2f}, {k:.2f})",
-                path=where,
-                hint="give the series the SEG was made on",
-            )
-        if (
-            not (0 <= kk < shape[2])
-            or ii + cols > shape[0]
-            or jj + rows > shape[1]
-            or ii < 0
-            or jj < 0
-        ):
-            warnings.append(f"SEG frame {f + 1} lies outside the series grid; left out")
-            continue
-        px = frames[f]  # (rows, cols)
-        if seg_type == "LABELMAP":
-            lab = px.astype(np.int16)
-        else:
-            if seg_type == "FRACTIONAL":
-                on = px.astype(np.float64) > 0.5 * float(ds.get("MaximumFractionalValue", 255))
-            else:
-                on = px > 0
-            seg = frame_item(ds, f, "SegmentIdentificationSequence")
-            number = int(seg.ReferencedSegmentNumber) if seg is not None else 1
-            lab = np.where(on, number, 0).astype(np.int16)
-        dest = out[ii : ii + cols, jj : jj + rows, kk]
-        hit = lab.T > 0
-        overlaps += int(np.count_nonzero(hit & (dest > 0) & (dest != lab.T)))
-        np.copyto(dest, np.maximum(dest, lab.T), where=hit)
+        overlaps += int(np.count_nonzero(on & (out > 0)))
+        out[on] = number  # in increasing order: the higher number wins
     if overlaps:
         warnings.append(
             f"{overlaps} voxel(s) belong to more than one segment; the higher "
@@ -324,29 +274,53 @@ def _rasterise_seg(
     return out, names, warnings
 
 
+def _highdicom_seg(ds: Dataset, where: Any) -> Any:
+    import highdicom as hd
+
+    try:
+        return hd.seg.Segmentation.from_dataset(ds)
+    except (AttributeError, KeyError, ValueError, TypeError) as exc:
+        raise UnsupportedInputError(
+            f"is a SEG highdicom cannot read ({type(exc).__name__}: {exc})",
+            path=where,
+            hint="check it with dciodvfy; medxai reads SEGs through highdicom",
+        ) from exc
+
+
+def _segment_on_grid(
+    seg: Any, number: int, grid: Any, cut: float, where: Any
+) -> tuple[np.ndarray, int]:
+    """One segment's mask on the series grid and how many of its voxels fall outside it."""
+    try:
+        volume = seg.get_volume(
+            segment_numbers=[number],
+            combine_segments=False,
+            allow_missing_positions=True,
+            rescale_fractional=False,
+        )
+        placed = volume.match_geometry(grid)
+    except (RuntimeError, ValueError) as exc:  # highdicom: no volume, or not on the series grid
+        raise SeriesError(
+            f"segment {number}'s frames cannot be placed on the series' voxel grid without "
+            f"resampling (highdicom: {exc}): different orientation or pixel spacing, positions "
+            "between voxels, or frames that form no regular volume",
+            path=where,
+            hint="medxai places SEG frames on the series grid without resampling; give the "
+            "series the SEG was made on",
+        ) from exc
+    on = np.asarray(placed.array)[..., 0] > cut
+    return on, int(np.count_nonzero(np.asarray(volume.array) > cut)) - int(on.sum())
+
+
 def _fill_polygon(ij: np.ndarray, width: int, height: int) -> np.ndarray:
     """Boolean ``(width, height)`` mask of the voxels whose centres lie inside a closed polygon
-    given in continuous (i, j) voxel indices (even-odd rule; voxel centres at integers)."""
-    mask = np.zeros((width, height), dtype=bool)
+    given in continuous (i, j) voxel indices: ``skimage.draw.polygon2mask`` (even-odd rule on
+    voxel centres at integers; a centre exactly on the contour counts as inside)."""
+    from skimage.draw import polygon2mask
+
     if len(ij) < 3:
-        return mask
-    lo = np.maximum(np.floor(ij.min(axis=0)).astype(int), 0)
-    hi = np.minimum(np.ceil(ij.max(axis=0)).astype(int), [width - 1, height - 1])
-    if np.any(hi < lo):
-        return mask
-    gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
-    x, y = gi.astype(np.float64), gj.astype(np.float64)
-    inside = np.zeros(gi.shape, dtype=bool)
-    xs, ys = ij[:, 0], ij[:, 1]
-    for a in range(len(ij)):  # crossing test per edge (a, a+1)
-        x0, y0, x1, y1 = xs[a], ys[a], xs[(a + 1) % len(ij)], ys[(a + 1) % len(ij)]
-        if y0 == y1:
-            continue
-        crosses = (y0 > y) != (y1 > y)
-        x_at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= crosses & (x < x_at)
-    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = inside
-    return mask
+        return np.zeros((width, height), dtype=bool)
+    return polygon2mask((width, height), ij)
 
 
 def _rasterise_rtstruct(

@@ -433,19 +433,12 @@ def has_frame_of_reference(ds: Dataset) -> bool:
 
 
 def _fg_value(ds: Dataset, frame_index: int | None, group: str, keyword: str) -> Any:
-    """Value of ``keyword`` in functional group ``group`` for a frame (per-frame, then shared)."""
-    if frame_index is not None:
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-        if per_frame is not None and frame_index < len(per_frame):
-            item = per_frame[frame_index]
-            if group in item and len(item[group].value) and keyword in item[group].value[0]:
-                return item[group].value[0][keyword].value
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        item = shared[0]
-        if group in item and len(item[group].value) and keyword in item[group].value[0]:
-            return item[group].value[0][keyword].value
-    return None
+    """Value of ``keyword`` in functional group ``group`` for a frame (per-frame, then shared:
+    :func:`medxai.io.dicom.frame_item`)."""
+    from medxai.io.dicom import frame_item
+
+    item = frame_item(ds, frame_index or 0, group)
+    return None if item is None else item.get(keyword)
 
 
 def usable_spacing(spacing: Any) -> bool:

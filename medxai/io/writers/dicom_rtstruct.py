@@ -22,7 +22,6 @@ Sets reference slices, not frames, and need patient coordinates.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from skimage.measure import find_contours
 from medxai.errors import InputError, UnsupportedInputError
 from medxai.io.geometry import dicom_affine_lps
 from medxai.io.types import DicomSource
-from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import (
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_NAME,
@@ -45,6 +43,7 @@ from medxai.io.writers._common import (
     new_uid,
     normalise_labels,
     now,
+    save_dicom,
     series_number_for,
     source_proxy,
 )
@@ -274,6 +273,4 @@ def write_dicom_rtstruct(
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return save_dicom(ds, path)

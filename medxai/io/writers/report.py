@@ -15,6 +15,7 @@ import numpy as np
 from medxai.errors import InputError
 from medxai.io.writers._atomic import write_text_atomic
 from medxai.io.writers._common import as_label_array, normalise_labels
+from medxai.labelmaps import value_counts
 
 __all__ = ["write_report_json", "label_statistics", "to_plain"]
 
@@ -91,8 +92,8 @@ def label_statistics(
     """
     arr = as_label_array(labels)
     names = {s.value: s.name for s in normalise_labels(label_info)}
-    counts = np.bincount(arr.ravel(), minlength=256)
-    values = sorted(set(names) | {int(v) for v in np.nonzero(counts)[0] if v != 0})
+    counts = value_counts(arr)
+    values = sorted(set(names) | {v for v in counts if v != 0})
     size = None
     if has_patient_geometry:
         if spacing is None or len(spacing) < arr.ndim:
@@ -103,7 +104,7 @@ def label_statistics(
         size = float(np.prod([float(s) for s in list(spacing)[: arr.ndim]]))
     out = []
     for value in values:
-        count = int(counts[value])
+        count = counts.get(value, 0)
         entry: dict[str, Any] = {
             "value": value,
             "name": names.get(value, f"label_{value}"),
