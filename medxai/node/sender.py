@@ -208,6 +208,43 @@ def _client_ae(files: list[str], calling_ae: str, timeout_s: float) -> Any:
     return ae
 
 
+def _associate(ae: Any, dest: Destination, tls: TlsConfig | None) -> tuple[Any, str | None]:
+    """An association with ``dest``, or ``(None, why not)``."""
+    tls_args = (tls.client_context(), dest.host) if tls is not None and tls.enabled else None
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    except Exception as exc:  # noqa: BLE001 - socket/TLS errors of many kinds
+        return None, f"cannot connect to {dest}: {type(exc).__name__}: {exc}"
+    if not assoc.is_established:
+        why = (
+            "rejected the association"
+            if assoc.is_rejected
+            else ("aborted the association" if assoc.is_aborted else "could not be reached")
+        )
+        return None, f"{dest} {why}"
+    return assoc, None
+
+
+def _store_one(assoc: Any, f: str, dest: Destination) -> tuple[bool | None, str]:
+    """C-STORE one file: ``(True, "")`` stored, ``(False, why)`` refused by the destination,
+    ``(None, why)`` the association failed (this file and the rest are unsent)."""
+    if not assoc.is_established:
+        return None, f"the association with {dest} ended early"
+    try:
+        status = assoc.send_c_store(f)
+    except ValueError as exc:  # no accepted presentation context for it
+        return False, f"{dest} accepts no presentation context for it ({exc})"
+    except Exception as exc:  # noqa: BLE001 - transport failure mid-association
+        return None, f"sending to {dest} failed: {type(exc).__name__}: {exc}"
+    code = getattr(status, "Status", None) if status else None
+    if code is None:
+        return None, f"{dest} did not answer the C-STORE (timeout or abort)"
+    if int(code) in _STORED:
+        return True, ""
+    comment = getattr(status, "ErrorComment", "") or ""
+    return False, f"{dest} refused it with status 0x{int(code):04X} {comment}"
+
+
 def _send_dimse(
     files: list[str],
     dest: Destination,
@@ -216,51 +253,23 @@ def _send_dimse(
     timeout_s: float,
     on_sent: Callable[[str], None] | None = None,
 ) -> SendOutcome:
-    ae = _client_ae(files, calling_ae, timeout_s)
     out = SendOutcome()
-    tls_args = (tls.client_context(), dest.host) if tls is not None and tls.enabled else None
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
-    except Exception as exc:  # noqa: BLE001 - socket/TLS errors of many kinds
-        out.error = f"cannot connect to {dest}: {type(exc).__name__}: {exc}"
-        out.unsent = files
-        return out
-    if not assoc.is_established:
-        why = (
-            "rejected the association"
-            if assoc.is_rejected
-            else ("aborted the association" if assoc.is_aborted else "could not be reached")
-        )
-        out.error = f"{dest} {why}"
-        out.unsent = files
+    assoc, error = _associate(_client_ae(files, calling_ae, timeout_s), dest, tls)
+    if assoc is None:
+        out.error, out.unsent = error, files
         return out
     try:
         for i, f in enumerate(files):
-            if not assoc.is_established:
-                out.error = f"the association with {dest} ended early"
-                out.unsent = files[i:]
+            stored, why = _store_one(assoc, f, dest)
+            if stored is None:
+                out.error, out.unsent = why, files[i:]
                 break
-            try:
-                status = assoc.send_c_store(f)
-            except ValueError as exc:  # no accepted presentation context for it
-                out.refused[f] = f"{dest} accepts no presentation context for it ({exc})"
+            if not stored:
+                out.refused[f] = why
                 continue
-            except Exception as exc:  # noqa: BLE001 - transport failure mid-association
-                out.error = f"sending to {dest} failed: {type(exc).__name__}: {exc}"
-                out.unsent = files[i:]
-                break
-            code = getattr(status, "Status", None) if status else None
-            if code is None:
-                out.error = f"{dest} did not answer the C-STORE (timeout or abort)"
-                out.unsent = files[i:]
-                break
-            if int(code) in _STORED:
-                out.sent.append(f)
-                if on_sent is not None:
-                    on_sent(f)
-            else:
-                comment = getattr(status, "ErrorComment", "") or ""
-                out.refused[f] = f"{dest} refused it with status 0x{int(code):04X} {comment}"
+            out.sent.append(f)
+            if on_sent is not None:
+                on_sent(f)
     finally:
         if assoc.is_established:
             assoc.release()
