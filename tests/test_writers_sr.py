@@ -268,3 +268,32 @@ def test_sr_of_an_enhanced_multiframe_object_references_frames(tmp_path):
     ]
     for o, (value, k) in zip(outlines, [(1, 0), (2, 2)]):
         _assert_on_boundary(o["points"], labels[:, :, k] == value)
+
+
+def test_derived_sr_uids_do_not_move_with_the_number_of_outlines(tmp_path):
+    """A result made again with the same UID seed keeps its SR's SOP and series UIDs even when
+    one more outline appears (a float difference on another device can add one): the outlines'
+    tracking UIDs are derived apart from the object's own UIDs."""
+    from medxai.io.readers import load_image
+    from medxai.io.writers import derived_uids
+
+    loaded = load_image(shared_path("hippocampus", "dicom_study1", "13_HCropVolume"))
+    info = [{"value": 1, "name": "anterior"}]
+    uids = []
+    for extra in (False, True):
+        lab = np.zeros(tuple(loaded.image.shape[1:]), np.uint8)
+        lab[10:20, 10:20, 5:8] = 1
+        if extra:
+            lab[30:34, 5:9, 5] = 1  # one more outline on one slice
+        seg, sr = tmp_path / f"seg{extra}.dcm", tmp_path / f"sr{extra}.dcm"
+        with derived_uids("one seed"):
+            write_dicom_seg(lab, loaded.dicom, info, "m", "1", seg)
+        with derived_uids("one seed maps"):
+            write_dicom_sr(lab, loaded.dicom, seg, info, sr, model_name="m", model_version="1")
+        ds = pydicom.dcmread(sr)
+        outlines = [
+            i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"
+        ][0].ContentSequence
+        uids.append((ds.SOPInstanceUID, ds.SeriesInstanceUID, len(outlines)))
+    assert uids[0][2] < uids[1][2]  # the second report has more groups
+    assert uids[0][:2] == uids[1][:2]

@@ -80,30 +80,33 @@ def now() -> datetime.datetime:
 
 
 class _DerivedUids:
-    """The UIDs of one :func:`derived_uids` block: the n-th is a hash of the seed and n."""
+    """The UIDs of one :func:`derived_uids` block: the n-th UID of a role is a hash of the seed,
+    the role and n. Each role counts on its own, so a role whose number of UIDs depends on the
+    content (an SR's outline tracking UIDs) cannot shift the UIDs of the others."""
 
     def __init__(self, seed: str) -> None:
         self.seed = seed
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
-    def next(self) -> str:
+    def next(self, role: str) -> str:
         from pydicom.uid import generate_uid
 
-        self.count += 1
-        return str(generate_uid(entropy_srcs=["medxai derived UID", self.seed, str(self.count)]))
+        n = self.counts[role] = self.counts.get(role, 0) + 1
+        return str(generate_uid(entropy_srcs=["medxai derived UID", self.seed, role, str(n)]))
 
 
 _UID_SCOPE: ContextVar[_DerivedUids | None] = ContextVar("medxai_uid_scope", default=None)
 
 
-def new_uid() -> UID:
+def new_uid(role: str = "") -> UID:
     """The UID of a new object (SOP instance, series, frame of reference, tracking UID) a writer
-    makes: a random UID (highdicom's root), or inside :func:`derived_uids` the next UID derived
-    from its seed."""
+    makes: a random UID (highdicom's root), or inside :func:`derived_uids` the next UID of
+    ``role`` derived from its seed. UIDs whose number depends on the content (one per outline)
+    take a role of their own, so that the object's own UIDs do not move with that number."""
     import highdicom as hd
 
     scope = _UID_SCOPE.get()
-    return hd.UID() if scope is None else hd.UID(scope.next())
+    return hd.UID() if scope is None else hd.UID(scope.next(role))
 
 
 @contextmanager

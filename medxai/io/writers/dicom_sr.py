@@ -299,7 +299,7 @@ def _planar_group(
         source_image=_region_source(source, outline.slice_index),
     )
     where = f" slice {outline.slice_index + 1}" if ndim == 3 else ""
-    uid = new_uid()
+    uid = new_uid("sr outline tracking")
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"{name}{where}"[:64]),
         referenced_region=region,
