@@ -116,3 +116,29 @@ def test_series_refused_after_the_scan_are_grouped_with_a_hint_that_fits(tmp_pat
     assert "leave --model out" not in reason and str(export) not in reason
     assert "no bundled model takes these series" in reason
     shutil.rmtree(tmp_path / "out")
+
+
+def test_a_job_of_other_default_formats_is_refused_on_resume(small_export, tmp_path) -> None:
+    """A job whose settings say "the defaults" (None: before the batch defaults changed, when
+    that meant every format) must not resume with today's defaults for its remaining series."""
+    import json
+    import sqlite3
+
+    from medxai.batch import run_batch
+    from medxai.batch.manifest import MANIFEST_NAME
+    from medxai.errors import InputError
+    from medxai.pipeline import SegmentOptions
+
+    export, bundle = small_export
+    out = tmp_path / "out"
+    opts = SegmentOptions(explain="gradcam", device="cpu")
+    run_batch(export, out, model=bundle, options=opts)
+    manifest = out / MANIFEST_NAME
+    with sqlite3.connect(manifest) as c:
+        (raw,) = c.execute("SELECT value FROM job WHERE key='settings'").fetchone()
+        settings = json.loads(raw)
+        assert settings["formats"] == sorted(BATCH_DEFAULT_FORMATS)
+        settings["formats"] = None  # what an older release recorded for "no --format"
+        c.execute("UPDATE job SET value=? WHERE key='settings'", (json.dumps(settings),))
+    with pytest.raises(InputError, match="formats: None before"):
+        run_batch(export, out, model=bundle, options=opts)

@@ -174,7 +174,7 @@ def group_reasons(reasons: dict[str, int]) -> dict[str, int]:
 
 def batch_options(options: SegmentOptions) -> SegmentOptions:
     """``options`` with :data:`medxai.choices.BATCH_DEFAULT_FORMATS` when they name no formats
-    (the job's settings keep None: "the batch defaults")."""
+    (the job's settings record the formats themselves)."""
     if options.formats:
         return options
     return dataclasses.replace(options, formats=list(BATCH_DEFAULT_FORMATS))
@@ -185,7 +185,9 @@ def _settings(export: Path, bundle: ModelBundle | None, options: SegmentOptions)
     return {
         "export_dir": str(export),
         "model": _model_settings(bundle),
-        "formats": sorted(options.formats) if options.formats else None,
+        # the formats themselves, not "the defaults": a job that a release with other default
+        # formats started is refused on resume instead of switching formats part-way
+        "formats": sorted(batch_options(options).formats or []),
         "explain": options.explain or None,
         "roi_size": list(options.roi_size) if options.roi_size else None,
         "overlap": options.overlap,

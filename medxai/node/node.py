@@ -102,8 +102,8 @@ class NodeConfig:
         send_to / stow: where results go (at most one; none: results stay in WORKDIR).
         idle_s: seconds without a new instance after which a study is complete.
         model: bundled model name or bundle folder (or a loaded bundle).
-        formats / explain / device: the pipeline options (default: DICOM SEG + JSON report, no
-            saliency).
+        formats / explain / device: the pipeline options (default: DICOM SEG, Parametric Map,
+            SR and the JSON report, saliency by the model's measured choice).
         max_associations: concurrent associations; ``max_instance_bytes``: larger instances are
             refused (out of resources); ``min_free_bytes``: refuse instances when the WORKDIR's
             disk has less free space.

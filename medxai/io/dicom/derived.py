@@ -246,9 +246,11 @@ def _rasterise_seg(
     shape = tuple(int(s) for s in image.shape[1:])
     if len(shape) == 2:
         shape = shape + (1,)
+    # a label-map SEG's segment 0 is its background (highdicom writes one): not a label
     names = {
         int(s.SegmentNumber): str(s.get("SegmentLabel", "") or "")
         for s in ds.get("SegmentSequence") or []
+        if int(s.SegmentNumber) != 0
     }
     seg = _highdicom_seg(ds, where)
     grid = hd.VolumeGeometry(_series_lps(image), shape, coordinate_system="PATIENT")
