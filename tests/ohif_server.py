@@ -72,9 +72,9 @@ def app_config(dicomweb_root: str = "/dicom-web") -> str:
       configuration: {
         friendlyName: 'Orthanc (medxai test)',
         name: 'orthanc',
-        wadoUriRoot: '%(root)s',
-        qidoRoot: '%(root)s',
-        wadoRoot: '%(root)s',
+        wadoUriRoot: '@ROOT@',
+        qidoRoot: '@ROOT@',
+        wadoRoot: '@ROOT@',
         qidoSupportsIncludeField: false,
         imageRendering: 'wadors',
         thumbnailRendering: 'wadors',
@@ -87,7 +87,7 @@ def app_config(dicomweb_root: str = "/dicom-web") -> str:
     },
   ],
 };
-""" % {"root": dicomweb_root}
+""".replace("@ROOT@", dicomweb_root)
 
 
 class _Handler(BaseHTTPRequestHandler):
