@@ -44,6 +44,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 VIEWPORT = {"width": 1280, "height": 800}
 #: a pixel "changed" when its summed RGB difference exceeds this (screenshots are lossless PNG)
 CHANGE_THRESHOLD = 40
+#: a pixel took an overlay's colour when its chroma rose by more than this
+CHROMA_THRESHOLD = 60
 #: settle time after the viewer went quiet (swiftshader renders slowly on 2 cores)
 SETTLE_S = 1.5
 
@@ -306,9 +308,20 @@ _ALL_VIEWPORTS = """() => cornerstone.getRenderingEngines()[0].getViewports().ma
   id: v.id, type: v.type, actors: v.getActors().map(a => a.uid),
   imageId: v.getCurrentImageId ? v.getCurrentImageId() : null}))"""
 
-_ERROR_TOASTS = """() => [...document.querySelectorAll('[data-sonner-toast]')]
-  .filter(t => t.getAttribute('data-type') === 'error' || /error|fail/i.test(t.textContent))
-  .map(t => t.textContent)"""
+#: OHIF's notifications go away after a few seconds: every one shown is recorded as it shows
+_RECORD_TOASTS = """
+window.__medxaiToasts = [];
+setInterval(() => {
+  for (const t of document.querySelectorAll('[data-sonner-toast]')) {
+    const entry = (t.getAttribute('data-type') || '') + '|' + t.textContent;
+    if (!window.__medxaiToasts.includes(entry)) window.__medxaiToasts.push(entry);
+  }
+}, 100);
+"""
+
+_ERROR_TOASTS = """() => (window.__medxaiToasts || [])
+  .filter(e => e.startsWith('error|') || /error|fail|wrong/i.test(e))
+  .map(e => e.slice(e.indexOf('|') + 1))"""
 
 
 @dataclass
@@ -329,7 +342,7 @@ class Session:
         from PIL import Image
 
         png = self.folder / f"{name}.png"
-        # notifications (read by viewer_errors from the DOM) would cover part of the image
+        # notifications (recorded by _RECORD_TOASTS) would cover part of the image
         self.page.add_style_tag(content="[data-sonner-toaster], [data-sonner-toast] "
                                      "{visibility: hidden !important}")
         self.page.screenshot(path=str(png))
@@ -371,6 +384,7 @@ def open_study(stack: Stack, case: Case, label: str) -> Session:
     page = stack.browser.new_page(viewport=VIEWPORT)
     # OHIF's first-visit tour would cover the study browser
     page.add_init_script("localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))")
+    page.add_init_script(_RECORD_TOASTS)
     errors: list[str] = []
     console: list[str] = []
 
@@ -478,6 +492,10 @@ def changed(before: Shot, after: Shot, rect: tuple[float, float, float, float]) 
     return diff & keep
 
 
+def chroma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.max(axis=-1) - rgb.min(axis=-1)
+
+
 def box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
@@ -521,12 +539,20 @@ def check_placement(kind: str, case_name: str, labels: np.ndarray, before: Shot,
     else:
         # a saliency map or overlay picture: what changed is centred on the label's region and
         # changed more inside it than outside (a shifted or flipped map fails one or the other)
+        # what they add is colour: the rise in chroma (max - min of RGB) is the overlay, not
+        # the SC's own contrast or a new window
         x0, y0, x1, y1 = (int(round(v)) for v in rect)
-        mag = np.abs(after.pixels - before.pixels).sum(axis=-1)[y0:y1, x0:x1]
+        mag = np.clip(chroma(after.pixels) - chroma(before.pixels), 0, None)[y0:y1, x0:x1]
         inside = want[y0:y1, x0:x1]
+        coloured = np.zeros_like(want)
+        coloured[y0:y1, x0:x1] = mag > CHROMA_THRESHOLD
+        if coloured.sum() < 0.002 * rect_area:
+            raise PlacementError(f"{report}; no colour was added")
+        col_c = centroid(coloured)
         ratio = mag[inside].mean() / max(mag[~inside].mean(), 1e-6)
-        report += f"; mean change inside the label / outside {ratio:.2f}"
-        if not (wx0 <= got_c[0] <= wx1 and wy0 <= got_c[1] <= wy1) or ratio < 1.5:
+        report += (f"; colour added: centroid {col_c.round(1)}, mean inside the label / "
+                   f"outside {ratio:.2f}")
+        if not (wx0 <= col_c[0] <= wx1 and wy0 <= col_c[1] <= wy1) or ratio < 2.0:
             raise PlacementError(report)
     print(report)
 
