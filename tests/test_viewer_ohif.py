@@ -80,6 +80,10 @@ class ViewerError(AssertionError):
 
 class PlacementError(AssertionError):
     """The overlay is not where medxai's label map says (or nothing was drawn)."""
+SEG_MR_LABELMAP = ("OHIF 3.13.2: LABELMAP SEG in place, but segment 1 is drawn black (invisible on "
+                   "the MR): OHIF takes segment colours by position in SegmentSequence, and the "
+                   "SEG lists a 'Background' segment number 0 (L*=0) first, so segment k gets "
+                   "segment k-1's colour")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +256,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             out = res.output_dir
             study = pydicom.dcmread(inputs[name][0], stop_before_pixels=True).StudyInstanceUID
             case = Case(name, study, inputs[name], out, _objects(out))
+            if name == "mr":
+                # the same result as a LABELMAP SEG (--seg-type labelmap): frames of whole bytes
+                lm = segment_path(target, None, work / "out" / "mr_labelmap",
+                                  SegmentOptions(formats=["dicom-seg"], explain="none",
+                                                 seg_type="labelmap"))
+                case.objects["SEG-labelmap"] = [lm.output_dir / "seg.dcm"]
             for p in case.sources + [q for v in case.objects.values() for q in v]:
                 orthanc.upload(p)
             cases[name] = case
@@ -525,13 +535,13 @@ def check_placement(kind: str, case_name: str, labels: np.ndarray, before: Shot,
     report = (f"{kind} of {case_name}: changed pixels centroid {got_c.round(1)} box "
               f"{(gx0, gy0, gx1, gy1)}; label map centroid {want_c.round(1)} box "
               f"{(wx0, wy0, wx1, wy1)}")
-    if kind in ("SEG", "RTSTRUCT", "SR"):
+    if kind.startswith("SEG") or kind in ("RTSTRUCT", "SR"):
         # the overlay is the label's region (fill or outline): same box, same centre
         tol = max(0.1 * size, 6.0)
         off = max(abs(gx0 - wx0), abs(gy0 - wy0), abs(gx1 - wx1), abs(gy1 - wy1))
         if np.linalg.norm(got_c - want_c) >= tol or off >= tol:
             raise PlacementError(f"{report} (tolerance {tol:.0f} px)")
-        if kind == "SEG":
+        if kind.startswith("SEG"):
             inter = (moved & want).sum()
             if inter / max(want.sum(), 1) < 0.8 or inter / moved.sum() < 0.8:
                 raise PlacementError(f"{report}: overlap {inter} px of {int(want.sum())} "
@@ -577,6 +587,7 @@ CASES = [
     pytest.param("dx", "SR", marks=_xfail(SR_NO_SCOORD)),
     pytest.param("dx", "SC"),
     pytest.param("mr", "SEG", marks=_xfail(SEG_MR_BINARY, PlacementError)),
+    pytest.param("mr", "SEG-labelmap", marks=_xfail(SEG_MR_LABELMAP, PlacementError)),
     pytest.param("mr", "PM", marks=_xfail(PM_FLOAT_MULTIFRAME)),
     pytest.param("mr", "SR", marks=_xfail(SR_NO_SCOORD)),
     pytest.param("mr", "RTSTRUCT"),
