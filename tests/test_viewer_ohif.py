@@ -39,8 +39,6 @@ from tests.conftest import ROOT, shared_path
 from tests.ohif_server import OhifServer, ohif_dist
 from tests.orthanc_server import Orthanc, dicomweb_plugin, free_port, orthanc_exe
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
-
 VIEWPORT = {"width": 1280, "height": 800}
 #: a pixel "changed" when its summed RGB difference exceeds this (screenshots are lossless PNG)
 CHANGE_THRESHOLD = 40
@@ -363,16 +361,25 @@ class Session:
         """A screenshot once the viewport stopped changing (the fused and hydrated views render
         a few seconds after the network went quiet on a software GPU)."""
         x, y, w, h = (int(v) for v in (before.viewport or {"rect": [0, 0, 99999, 99999]})["rect"])
-        end = time.monotonic() + timeout_s
+        start = time.monotonic()
         last = -1
+        forced = False
         time.sleep(SETTLE_S)
         while True:
             shot = self.shot(name, viewport=False)
             diff = np.abs(shot.pixels[y:y + h, x:x + w] - before.pixels[y:y + h, x:x + w])
             count = int((diff.sum(axis=-1) > CHANGE_THRESHOLD).sum())
             if (count > 0.002 * w * h and abs(count - last) <= 0.002 * w * h) \
-                    or time.monotonic() > end:
+                    or time.monotonic() > start + timeout_s:
                 return self.shot(name)
+            if not forced and count <= 0.002 * w * h and time.monotonic() > start + 8:
+                # a fused PM sometimes loads after the viewport's last render on a busy machine
+                # and shows at the next one (any mouse move over it); render once, and say so
+                forced = True
+                self.page.evaluate("() => cornerstone.getRenderingEngines()[0].render()")
+                (self.folder / "forced_render.txt").write_text(
+                    f"{name}: nothing had changed {time.monotonic() - start:.1f} s after "
+                    "loading; the rendering engine was asked to render once\n")
             last = count
             time.sleep(1.0)
 
@@ -535,20 +542,37 @@ def check_placement(kind: str, case_name: str, labels: np.ndarray, before: Shot,
     report = (f"{kind} of {case_name}: changed pixels centroid {got_c.round(1)} box "
               f"{(gx0, gy0, gx1, gy1)}; label map centroid {want_c.round(1)} box "
               f"{(wx0, wy0, wx1, wy1)}")
-    if kind.startswith("SEG") or kind in ("RTSTRUCT", "SR"):
-        # the overlay is the label's region (fill or outline): same box, same centre
+    scale = float(np.linalg.norm(m[:, 0]))  # page pixels per image pixel
+    if kind.startswith("SEG"):
+        # a filled region: same box, same centre, and the same pixels
         tol = max(0.1 * size, 6.0)
         off = max(abs(gx0 - wx0), abs(gy0 - wy0), abs(gx1 - wx1), abs(gy1 - wy1))
         if np.linalg.norm(got_c - want_c) >= tol or off >= tol:
             raise PlacementError(f"{report} (tolerance {tol:.0f} px)")
-        if kind.startswith("SEG"):
-            inter = (moved & want).sum()
-            if inter / max(want.sum(), 1) < 0.8 or inter / moved.sum() < 0.8:
-                raise PlacementError(f"{report}: overlap {inter} px of {int(want.sum())} "
-                                     f"labelled, {int(moved.sum())} changed")
+        inter = (moved & want).sum()
+        if inter / max(want.sum(), 1) < 0.8 or inter / moved.sum() < 0.8:
+            raise PlacementError(f"{report}: overlap {inter} px of {int(want.sum())} "
+                                 f"labelled, {int(moved.sum())} changed")
+    elif kind in ("RTSTRUCT", "SR"):
+        # an outline (with, for SR, text boxes that may lie anywhere, even inside the label's
+        # box): every pixel of the label's outline has a changed pixel near it, and what changed
+        # is lines, not the whole region (a black or repainted viewport is not an outline)
+        from scipy import ndimage
+
+        line_tol = max(4.0, scale)
+        edge = want & ~ndimage.binary_erosion(want)
+        to_moved = ndimage.distance_transform_edt(~moved)
+        recall = float((to_moved[edge] <= line_tol).mean())
+        to_edge = ndimage.distance_transform_edt(~edge)
+        on_edge = float((to_edge[moved] <= line_tol).mean())
+        filled = float(moved[wy0:wy1 + 1, wx0:wx1 + 1].mean())
+        report += (f"; outline drawn {recall:.2f} (within {line_tol:.0f} px), changed pixels on "
+                   f"the outline {on_edge:.2f}, share of the label's box changed {filled:.2f}")
+        if recall < 0.8 or filled > 0.5:
+            raise PlacementError(report)
     else:
-        # a saliency map or overlay picture: what changed is centred on the label's region and
-        # changed more inside it than outside (a shifted or flipped map fails one or the other)
+        # a saliency map or overlay picture: the colour it adds is centred near the label's
+        # region and is stronger inside it than outside (a shifted or flipped map fails)
         # what they add is colour: the rise in chroma (max - min of RGB) is the overlay, not
         # the SC's own contrast or a new window
         x0, y0, x1, y1 = (int(round(v)) for v in rect)
@@ -562,8 +586,9 @@ def check_placement(kind: str, case_name: str, labels: np.ndarray, before: Shot,
         ratio = mag[inside].mean() / max(mag[~inside].mean(), 1e-6)
         report += (f"; colour added: centroid {col_c.round(1)}, mean inside the label / "
                    f"outside {ratio:.2f}")
-        if not (wx0 <= col_c[0] <= wx1 and wy0 <= col_c[1] <= wy1) or ratio < 2.0:
-            raise PlacementError(report)
+        # (a saliency map need not be centred on the label: a quarter of its size)
+        if np.linalg.norm(col_c - want_c) > 0.25 * size or ratio < 2.0:
+            raise PlacementError(f"{report} (tolerance {0.25 * size:.0f} px)")
     print(report)
 
 
@@ -595,6 +620,8 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 @pytest.mark.parametrize(("case_name", "kind"), CASES)
 def test_object_displays_in_place(stack: Stack, case_name: str, kind: str) -> None:
     case = stack.cases[case_name]
@@ -644,3 +671,37 @@ def test_object_displays_in_place(stack: Stack, case_name: str, kind: str) -> No
         check_placement(kind, case_name, labels, before, after)
     finally:
         session.page.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the placement check itself, on drawn screenshots (no browser): it must fail a misplaced overlay
+# ---------------------------------------------------------------------------------------------
+
+def _drawn(kind: str, shift: int) -> tuple[np.ndarray, Shot, Shot]:
+    from scipy import ndimage
+
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:30, 15:45] = 1
+    labels[18:26, 40:52] = 2
+    vp = {"pts": [[100.0, 50.0], [105.0, 50.0], [100.0, 55.0]]}  # 5 page px a pixel
+    grey = np.full((400, 500, 3), 60)
+    want = expected_mask(labels, to_page(vp), (400, 500))
+    after = grey.copy()
+    if kind == "SEG":
+        after[want] = (200, 40, 40)
+    elif kind == "RTSTRUCT":
+        after[want & ~ndimage.binary_erosion(want, iterations=2)] = (40, 220, 40)
+    else:  # a heat map over the region, fading outside it
+        heat = ndimage.gaussian_filter(want.astype(float), 8)
+        after = (grey * (1 - heat[..., None]) + np.array([255, 60, 0]) * heat[..., None])
+    after = np.roll(after.astype(int), shift, axis=1)
+    return labels, Shot(Path(), grey, vp), Shot(Path(), after, vp)
+
+
+@pytest.mark.parametrize("kind", ["SEG", "RTSTRUCT", "SC"])
+def test_placement_check_accepts_the_overlay_in_place_and_rejects_it_shifted(kind: str) -> None:
+    labels, before, after = _drawn(kind, 0)
+    check_placement(kind, "drawn", labels, before, after)
+    labels, before, shifted = _drawn(kind, 60)  # 12 image pixels to the right
+    with pytest.raises(PlacementError):
+        check_placement(kind, "drawn", labels, before, shifted)
