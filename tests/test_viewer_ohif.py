@@ -7,16 +7,25 @@ uploaded to a real Orthanc (REST ``POST /instances``); OHIF's built viewer (npm 
 pinned in tests/ohif_server.py) opens the study in Debian's chromium, driven by Playwright for
 Python (``executable_path``: nothing downloads a browser). For each object:
 
-- the study opens on the source image; the page is screenshot (``before``);
-- the object's thumbnail in OHIF's study browser is double-clicked; screenshot (``after``);
+- the study opens on the source image (the MR on the slice where the label map is largest); the
+  page is screenshot (``before``);
+- the object's thumbnail in OHIF's study browser is double-clicked (and OHIF's "open this
+  segmentation / track?" prompt answered Yes); screenshot (``after``) once the view is still;
+  for several PMs, the first (saliency of the first label) is loaded;
 - no viewer error: no console error, no uncaught page error, no OHIF error notification;
 - the overlay lies where medxai's label map says: the pixels that changed between ``before`` and
   ``after`` inside the displayed image, against ``labels.nii.gz`` resampled onto the displayed
   DICOM image (from its ImagePositionPatient/ImageOrientationPatient/PixelSpacing, not from
-  medxai's reader) and mapped to the page with cornerstone's own ``worldToCanvas``.
+  medxai's reader) and mapped to the page with cornerstone's own ``worldToCanvas``. A SEG fills
+  the label's pixels (same box, centre, >= 80 % overlap); an RTSTRUCT or SR draws its outline
+  (every outline pixel has a drawn line within max(4 px, one image pixel)); a PM or SC adds
+  colour centred near the label and stronger inside it (:func:`check_placement`, which a test
+  here shows failing on overlays shifted by 12 pixels).
 
 Objects OHIF 3.13.2 is known not to display are ``xfail(strict=True)`` with OHIF's error as the
-reason: when the objects (or OHIF) are fixed, the test XPASSes and fails, so the mark is removed.
+reason, only for the kind of failure named (a viewer error whose text must contain OHIF's message in
+:data:`KNOWN`, or a misplaced overlay): when the objects (or OHIF) are fixed, the test XPASSes and
+fails, so the mark is removed.
 
 Screenshots are kept in $MEDXAI_TEST_ARTIFACTS/ohif (else the pytest tmp folder).
 """
@@ -67,7 +76,8 @@ PM_FLOAT_MULTIFRAME = ("OHIF 3.13.2: RangeError: start offset of Float32Array sh
                        "multiple of 4 (multi-frame float Parametric Map)")
 PM_PHOTO_BLACK = ("OHIF 3.13.2: the photo's Parametric Map leaves a black viewport: vtk.js's volume "
                   "shader does not compile ('NaN' : undeclared identifier, "
-                  "vtkMaximumNumberOfSamples is NaN: a picture's PM has no plane geometry)")
+                  "vtkMaximumNumberOfSamples is NaN; likely because a picture's PM has no plane "
+                  "geometry, not verified)")
 SEG_MR_BINARY = ("OHIF 3.13.2: BINARY SEG with 35x51 frames (1785 bits, not byte-aligned): "
                  "the second segment is mis-unpacked")
 
