@@ -63,15 +63,10 @@ KNOWN = {
     ("dx", "SEG"): "Cannot destructure property 'SpacingBetweenSlices' of 'PixelMeasures'",
     ("photo", "PM"): "'NaN' : undeclared identifier",
     ("mr", "PM"): "start offset of Float32Array should be a multiple of 4",
-    ("photo", "SR"): "no SCOORD or SCOORD3D",
-    ("dx", "SR"): "no SCOORD or SCOORD3D",
-    ("mr", "SR"): "no SCOORD or SCOORD3D",
 }
 
 SEG_2D = ("OHIF 3.13.2: TypeError: Cannot destructure property 'SpacingBetweenSlices' of "
           "'PixelMeasures' as it is undefined (a 2D SEG without plane geometry)")
-SR_NO_SCOORD = ("OHIF 3.13.2: ContentSequence array contains no SCOORD or SCOORD3D entry; "
-                "TypeError: Cannot read properties of undefined (reading 'ReferencedSOPSequence')")
 PM_FLOAT_MULTIFRAME = ("OHIF 3.13.2: RangeError: start offset of Float32Array should be a "
                        "multiple of 4 (multi-frame float Parametric Map)")
 PM_PHOTO_BLACK = ("OHIF 3.13.2: the photo's Parametric Map leaves a black viewport: vtk.js's volume "
@@ -615,16 +610,16 @@ def _xfail(reason: str, raises: type[AssertionError] = ViewerError) -> Any:
 CASES = [
     pytest.param("photo", "SEG", marks=_xfail(SEG_2D)),
     pytest.param("photo", "PM", marks=_xfail(PM_PHOTO_BLACK)),
-    pytest.param("photo", "SR", marks=_xfail(SR_NO_SCOORD)),
+    pytest.param("photo", "SR"),
     pytest.param("photo", "SC"),
     pytest.param("dx", "SEG", marks=_xfail(SEG_2D)),
     pytest.param("dx", "PM"),
-    pytest.param("dx", "SR", marks=_xfail(SR_NO_SCOORD)),
+    pytest.param("dx", "SR"),
     pytest.param("dx", "SC"),
     pytest.param("mr", "SEG", marks=_xfail(SEG_MR_BINARY, PlacementError)),
     pytest.param("mr", "SEG-labelmap", marks=_xfail(SEG_MR_LABELMAP, PlacementError)),
     pytest.param("mr", "PM", marks=_xfail(PM_FLOAT_MULTIFRAME)),
-    pytest.param("mr", "SR", marks=_xfail(SR_NO_SCOORD)),
+    pytest.param("mr", "SR"),
     pytest.param("mr", "RTSTRUCT"),
     pytest.param("mr", "SC"),
 ]
