@@ -351,6 +351,24 @@ def _add_content(sr: hd.sr.Comprehensive3DSR, library: Dataset, groups: Sequence
     sr.ContentSequence = [*content[:index], library, *content[index:]]
 
 
+def _root_only(root: Dataset) -> Dataset:
+    """The report's root container without its content items.
+
+    highdicom's SR constructor deep-copies and re-parses the content it is given, and searches
+    it for the instances it references; the built tree is known to be valid (each template
+    checked its own items) and references only the evidence (the source images and the SEG).
+    So the constructor gets the root alone (it records every evidence instance all the same)
+    and the content items are added to the built object (:func:`write_dicom_sr`), the same
+    elements highdicom would have copied.
+    """
+    stub = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            stub[elem.tag] = elem
+    stub.ContentSequence = []  # highdicom wants one; the report's replaces it
+    return stub
+
+
 def _observer() -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=new_uid(),
@@ -456,7 +474,7 @@ def write_dicom_sr(
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[proxies[0], *proxies[1:], seg_ds],
-            content=report,
+            content=_root_only(report[0]),
             series_instance_uid=new_uid(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_SR_SERIES_OFFSET),
             sop_instance_uid=new_uid(),
@@ -470,6 +488,8 @@ def write_dicom_sr(
             f"highdicom cannot build the measurement report ({exc})",
             path=source.paths[0] if source.paths else None,
         ) from exc
+    content = report[0]["ContentSequence"]
+    sr[content.tag] = content
     _add_content(sr, _image_library(source), outline_groups)
     sr.SoftwareVersions = SOFTWARE_VERSION
     buffer = io.BytesIO()
