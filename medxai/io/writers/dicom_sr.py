@@ -304,9 +304,26 @@ def _planar_group(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"{name}{where}"[:64]),
         referenced_region=region,
         finding_type=finding_type,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)],
     )
+    area = hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)
+    _insert_measurements(group, [area], references=1)
     return group, str(uid)
+
+
+def _insert_measurements(
+    group: hd.sr.ContentSequence, measurements: Sequence[hd.sr.Measurement], references: int
+) -> None:
+    """Put ``measurements`` where highdicom's TID 1410/1411 template would (after its other
+    items, before the ``references`` items of the region or segment reference).
+
+    Given to the template, each measurement's content would be searched for image coordinates
+    (not allowed there); medxai's measurements have none, and the search took a good part of
+    the report's time.
+    """
+    items = group[0].ContentSequence
+    at = len(items) - references
+    for n, item in enumerate(item for measurement in measurements for item in measurement):
+        items.insert(at + n, item)
 
 
 _SOURCE = Code("260753009", "SCT", "Source")
@@ -452,18 +469,19 @@ def write_dicom_sr(
         name = f"segment {number} {spec.name}"
         planar = [_planar_group(o, name, arr.ndim, source, spacing, prop_type) for o in outlines]
         largest = max(range(len(outlines)), key=lambda n: outlines[n].count)
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=planar[largest][1], identifier=name[:64]
-                ),
-                referenced_segment=_referenced_segment(seg_ds, number, source),
-                finding_type=prop_type,
-                finding_category=category,
-                algorithm_id=algorithm,
-                measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm),
-            )
+        segment = _referenced_segment(seg_ds, number, source)
+        volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=planar[largest][1], identifier=name[:64]
+            ),
+            referenced_segment=segment,
+            finding_type=prop_type,
+            finding_category=category,
+            algorithm_id=algorithm,
         )
+        measurements = _measurements(stats, arr.ndim, method, quality_score, algorithm)
+        _insert_measurements(volumetric, measurements, references=len(segment))
+        groups.append(volumetric)
         outline_groups += [group for group, _ in planar]
     proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     try:
