@@ -171,11 +171,13 @@ def segment_outlines(labels: Any, value: int) -> list[SegmentOutline]:
         if not mask.any():
             continue
         components, n = ndimage.label(mask)
-        for c in range(1, n + 1):
-            component = components == c
+        # each component traced in its bounding box (not the whole slice): the same iso-line
+        for c, box in enumerate(ndimage.find_objects(components), start=1):
+            component = components[box] == c
             padded = np.pad(component, 1).astype(np.float32)
             # (i, j) = (column, row) index of the unpadded mask; DICOM's pixel centres are +0.5
-            contours = [ij - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
+            offset = np.array([box[0].start, box[1].start], dtype=np.float64)
+            contours = [ij + offset - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
             outer = max(contours, key=_shoelace)
             if not np.array_equal(outer[0], outer[-1]):
                 outer = np.vstack([outer, outer[:1]])
