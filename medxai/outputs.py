@@ -198,53 +198,58 @@ def write_outputs(
         times["write_png"] = time.perf_counter() - t
     if any(f.startswith("dicom-") for f in formats):
         t = time.perf_counter()
-        try:
-            probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
-            with w.derived_uids(uid_seed):
-                written, source = _write_dicom(
-                    tmp,
-                    loaded,
-                    bundle,
-                    labels,
-                    first_sal,
-                    formats,
-                    info,
-                    colors,
-                    seg_type,
-                    probabilities,
-                    clock,
-                )
-            files += written
-        except MedxaiError as exc:
-            # the other outputs stand; the report says why there is no DICOM
-            skipped.append(
-                {"formats": [f for f in formats if f.startswith("dicom")], "reason": str(exc)}
-            )
-        else:
+        # the source header is prepared once for the SEG, the maps and the SR
+        with w.shared_source_headers():
             try:
-                with w.derived_uids(uid_seed and uid_seed + " maps"):
-                    files += _write_dicom_maps(
+                probabilities = pred.probabilities.numpy() if seg_type == "fractional" else None
+                with w.derived_uids(uid_seed):
+                    written, source, seg = _write_dicom(
                         tmp,
                         loaded,
                         bundle,
                         labels,
-                        saliency,
+                        first_sal,
                         formats,
                         info,
-                        method,
-                        uncertainty,
+                        colors,
+                        seg_type,
+                        probabilities,
                         clock,
-                        source,
                     )
+                files += written
             except MedxaiError as exc:
+                # the other outputs stand; the report says why there is no DICOM
                 skipped.append(
-                    {
-                        "formats": [
-                            f for f in formats if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")
-                        ],
-                        "reason": str(exc),
-                    }
+                    {"formats": [f for f in formats if f.startswith("dicom")], "reason": str(exc)}
                 )
+            else:
+                try:
+                    with w.derived_uids(uid_seed and uid_seed + " maps"):
+                        files += _write_dicom_maps(
+                            tmp,
+                            loaded,
+                            bundle,
+                            labels,
+                            saliency,
+                            formats,
+                            info,
+                            method,
+                            uncertainty,
+                            clock,
+                            source,
+                            seg,
+                        )
+                except MedxaiError as exc:
+                    skipped.append(
+                        {
+                            "formats": [
+                                f
+                                for f in formats
+                                if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")
+                            ],
+                            "reason": str(exc),
+                        }
+                    )
         times["write_dicom"] = time.perf_counter() - t
     return files, times, skipped
 
@@ -261,9 +266,10 @@ def _write_dicom(
     seg_type: str = "binary",
     probabilities: np.ndarray | None = None,
     clock: _ObjectClock | None = None,
-) -> tuple[list[str], Any]:
-    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures), and the
-    DICOM source they reference (the input's, or the placeholder study's header)."""
+) -> tuple[list[str], Any, Any]:
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures), the
+    DICOM source they reference (the input's, or the placeholder study's header) and the SEG
+    dataset written (None without one), which the SR references."""
     clock = clock or _ObjectClock(None)
     from medxai.io import writers as w
 
@@ -286,25 +292,26 @@ def _write_dicom(
                 picture, tmp / "source_photo.dcm", source_name=Path(loaded.path).name
             )
         files.append("source_photo.dcm")
+    seg = None
     if "dicom-seg" in formats or "dicom-sr" in formats:
         with clock("seg"):
-            path = w.write_dicom_seg(
+            seg = w.dicom_seg_dataset(
                 labels,
                 source,
                 info,
                 bundle.name,
                 bundle.version,
-                tmp / "seg.dcm",
                 seg_type=seg_type,
                 probabilities=probabilities,
             )
+            path = w.save_dicom(seg, tmp / "seg.dcm")
         files.append(path.name)
     if "dicom-sc" in formats:
         with clock("sc"):
             rgb = w.overlay_rgb(image.numpy(), labels, first_sal, colors)
             paths = w.write_dicom_sc(rgb, source, tmp / "overlay_sc", bundle.name, bundle.version)
         files += [f"overlay_sc/{p.name}" for p in paths]
-    return files, source
+    return files, source, seg
 
 
 def _write_dicom_maps(
@@ -319,9 +326,11 @@ def _write_dicom_maps(
     uncertainty: Uncertainty | None = None,
     clock: _ObjectClock | None = None,
     source: Any = None,
+    seg: Any = None,
 ) -> list[str]:
     """Parametric Maps of the saliency maps (and of the uncertainty map) and the TID 1500 SR
-    (after :func:`_write_dicom`, whose DICOM source they reference: ``source``)."""
+    (after :func:`_write_dicom`, whose DICOM source and SEG dataset they reference: ``source``,
+    ``seg``; without ``seg`` the SR reads ``seg.dcm``)."""
     from medxai.io import writers as w
 
     clock = clock or _ObjectClock(None)
@@ -381,7 +390,7 @@ def _write_dicom_maps(
             path = w.write_dicom_sr(
                 labels,
                 source,
-                tmp / "seg.dcm",
+                seg if seg is not None else tmp / "seg.dcm",
                 info,
                 tmp / "sr.dcm",
                 model_name=bundle.name,

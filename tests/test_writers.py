@@ -756,3 +756,25 @@ def test_label_statistics_in_mm_and_pixels():
     assert stats[2]["name"] == "label_9"
     with pytest.raises(MedxaiError):
         label_statistics(volume, (1.0, 2.0), LABELS, True)
+
+
+def test_shared_source_headers_prepare_once_and_hand_out_copies(tmp_path, monkeypatch):
+    from medxai.io.writers import _common
+    from medxai.io.writers._common import shared_source_headers, source_proxy
+
+    picture = np.zeros((3, 8, 6), np.uint8)
+    source = create_photo_study(picture, tmp_path / "photo.dcm")
+    ds = source.first
+    del ds.PatientSex  # a type 2 attribute the proxy fills in
+    prepared = []
+    real = _common._full_proxy
+    monkeypatch.setattr(_common, "_full_proxy", lambda d, w: prepared.append(d) or real(d, w))
+    with shared_source_headers():
+        first, second = source_proxy(ds), source_proxy(ds)
+        first.PatientName = "Changed^By^A^Writer"
+        third = source_proxy(ds)
+    outside = source_proxy(ds)
+    assert prepared == [ds, ds]  # once inside the block, once outside it
+    assert first is not second and second == third == outside
+    assert str(third.PatientName) != "Changed^By^A^Writer" and third.PatientSex == ""
+    assert "PatientSex" not in ds  # the source itself untouched

@@ -297,3 +297,79 @@ def test_derived_sr_uids_do_not_move_with_the_number_of_outlines(tmp_path):
         uids.append((ds.SOPInstanceUID, ds.SeriesInstanceUID, len(outlines)))
     assert uids[0][2] < uids[1][2]  # the second report has more groups
     assert uids[0][:2] == uids[1][:2]
+
+
+# ---------------------------------------------------------------------------------------------
+# the same report, less work (issue 27)
+# ---------------------------------------------------------------------------------------------
+
+def _normalised(path: Path) -> pydicom.Dataset:
+    """The dataset without the dates and times of writing."""
+    ds = pydicom.dcmread(path)
+
+    def strip(d):
+        for elem in list(d):
+            if elem.VR in ("DA", "TM", "DT"):
+                del d[elem.tag]
+            elif elem.VR == "SQ":
+                for child in elem.value:
+                    strip(child)
+    strip(ds)
+    return ds
+
+
+def test_sr_from_the_seg_in_memory_equals_the_sr_from_its_file(tmp_path):
+    from medxai.io.writers import derived_uids, dicom_seg_dataset, save_dicom, shared_source_headers
+
+    picture = (np.random.default_rng(2).random((3, 24, 20)) * 255).astype(np.uint8)
+    source = create_photo_study(picture, tmp_path / "photo.dcm")
+    labels = np.zeros((24, 20), np.uint8)
+    labels[3:9, 4:10] = 1
+    labels[15:20, 12:18] = 1  # a second outline
+    labels[2:5, 14:18] = 2
+    saliency = {1: np.random.default_rng(3).random((24, 20))}
+    seg = dicom_seg_dataset(labels, source, LABELS, "test-unet", "1.2.3")
+    save_dicom(seg, tmp_path / "seg.dcm")
+    kw = dict(saliency=saliency, method="gradcam", quality_score=0.5, **MODEL)
+    with derived_uids("one seed"), shared_source_headers():
+        in_memory = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "a.dcm", **kw)
+    with derived_uids("one seed"):
+        from_file = write_dicom_sr(labels, source, tmp_path / "seg.dcm", LABELS,
+                                   tmp_path / "b.dcm", **kw)
+    assert_dciodvfy_clean(in_memory)
+    a, b = _normalised(in_memory), _normalised(from_file)
+    assert a.SOPInstanceUID == b.SOPInstanceUID  # the same derived UIDs: nothing else differs
+    assert a == b
+    assert len(_outlines(pydicom.dcmread(in_memory), [pydicom.dcmread(source.paths[0])])) == 3
+
+
+def test_measurements_sit_where_highdicoms_templates_put_them():
+    from medxai.io.writers.dicom_sr import _insert_measurements
+
+    measurements = [
+        hd.sr.Measurement(name=codes.SCT.Area, value=v, unit=codes.UCUM.SquareMillimeter)
+        for v in (1.0, 2.0)
+    ]
+    tracking = hd.sr.TrackingIdentifier(uid=hd.UID("1.2.3.4"), identifier="lesion")
+    segment = hd.sr.ReferencedSegment(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4", sop_instance_uid="1.2.3.5",
+        segment_number=1,
+        source_images=[hd.sr.SourceImageForSegmentation("1.2.840.10008.5.1.4.1.1.7", "1.2.3.6")],
+    )
+    expected = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_segment=segment, measurements=measurements)
+    ours = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_segment=segment)
+    _insert_measurements(ours, measurements, references=len(segment))
+    assert ours[0] == expected[0]
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([[1, 1], [4, 1], [4, 4], [1, 1]], np.float32),
+        source_image=hd.sr.SourceImageForRegion("1.2.840.10008.5.1.4.1.1.7", "1.2.3.6"),
+    )
+    expected = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=region, measurements=measurements[:1])
+    ours = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, referenced_region=region)
+    _insert_measurements(ours, measurements[:1], references=1)
+    assert ours[0] == expected[0]

@@ -13,7 +13,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medxai.io.writers._common import derived_uids, series_number_for
+    from medxai.io.writers._common import (
+        derived_uids,
+        save_dicom,
+        series_number_for,
+        shared_source_headers,
+    )
     from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
     from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
     from medxai.io.writers.dicom_sc import (
@@ -22,7 +27,7 @@ if TYPE_CHECKING:
         create_photo_study,
         write_dicom_sc,
     )
-    from medxai.io.writers.dicom_seg import segment_codes, write_dicom_seg
+    from medxai.io.writers.dicom_seg import dicom_seg_dataset, segment_codes, write_dicom_seg
     from medxai.io.writers.dicom_sr import segment_measurements, write_dicom_sr
     from medxai.io.writers.nifti import (
         sidecar_path,
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "series_number_for": "medxai.io.writers._common",
     "derived_uids": "medxai.io.writers._common",
+    "shared_source_headers": "medxai.io.writers._common",
+    "save_dicom": "medxai.io.writers._common",
     "DEFAULT_PM_SERIES_OFFSET": "medxai.io.writers.dicom_pm",
     "quantity_code": "medxai.io.writers.dicom_pm",
     "write_dicom_pm": "medxai.io.writers.dicom_pm",
@@ -50,6 +57,7 @@ _HOMES = {
     "write_dicom_sc": "medxai.io.writers.dicom_sc",
     "segment_codes": "medxai.io.writers.dicom_seg",
     "write_dicom_seg": "medxai.io.writers.dicom_seg",
+    "dicom_seg_dataset": "medxai.io.writers.dicom_seg",
     "segment_measurements": "medxai.io.writers.dicom_sr",
     "write_dicom_sr": "medxai.io.writers.dicom_sr",
     "sidecar_path": "medxai.io.writers.nifti",
@@ -86,12 +94,15 @@ __all__ = [
     "write_nifti_mask",
     "sidecar_path",
     "write_dicom_seg",
+    "dicom_seg_dataset",
     "segment_codes",
     "write_dicom_pm",
     "quantity_code",
     "DEFAULT_PM_SERIES_OFFSET",
     "series_number_for",
     "derived_uids",
+    "shared_source_headers",
+    "save_dicom",
     "write_dicom_sr",
     "write_dicom_rtstruct",
     "segment_measurements",

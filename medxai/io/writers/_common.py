@@ -44,6 +44,7 @@ __all__ = [
     "save_dicom",
     "new_uid",
     "derived_uids",
+    "shared_source_headers",
 ]
 
 SOFTWARE_NAME = "medxai"
@@ -124,6 +125,30 @@ def derived_uids(seed: str | None) -> Iterator[None]:
         yield
     finally:
         _UID_SCOPE.reset(token)
+
+
+class _HeaderCache:
+    """The prepared full source headers of one :func:`shared_source_headers` block, by the
+    identity of the source dataset (the dataset is kept alive with its entry)."""
+
+    def __init__(self) -> None:
+        self.proxies: dict[int, tuple[Dataset, Dataset]] = {}
+
+
+_HEADER_SCOPE: ContextVar[_HeaderCache | None] = ContextVar("medxai_header_scope", default=None)
+
+
+@contextmanager
+def shared_source_headers() -> Iterator[None]:
+    """Inside this block (in this thread), :func:`source_proxy` prepares each source header
+    once (copy, type 2 defaults, character set and date repairs) and hands every writer its own
+    deep copy of the prepared header: the SEG, the Parametric Maps and the SR of one result read
+    the source's header once. The source datasets must not change inside the block."""
+    token = _HEADER_SCOPE.set(_HeaderCache())
+    try:
+        yield
+    finally:
+        _HEADER_SCOPE.reset(token)
 
 
 def series_number_for(series_number: int | None, first: Dataset, offset: int) -> int:
@@ -297,19 +322,50 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
     attribute access (``AccessionNumber``, ``PatientSex``, ..., absent from many real files),
     a SpecificCharacterSet highdicom accepts and repaired old-style dates and times. The light
     copy (for the other images of a series) holds only what references and geometry need, so that
-    a series of hundreds of slices is not deep-copied.
+    a series of hundreds of slices is not deep-copied. Inside :func:`shared_source_headers` a
+    full copy is prepared once per source dataset and each call gets a deep copy of it.
 
     Raises:
         InputError: an attribute without which no derived object can reference the source.
     """
-    if light:
-        proxy = Dataset()
-        for kw in _LIGHT_KEYWORDS:
-            if kw in ds:
-                proxy[kw] = ds[kw]
-        proxy.file_meta = getattr(ds, "file_meta", FileMetaDataset())
-    else:
-        proxy = copy.deepcopy(ds)
+    if not light:
+        cache = _HEADER_SCOPE.get()
+        if cache is not None:
+            hit = cache.proxies.get(id(ds))
+            if hit is None or hit[0] is not ds:
+                hit = (ds, _full_proxy(ds, what))
+                cache.proxies[id(ds)] = hit
+            return copy.deepcopy(hit[1])
+        return _full_proxy(ds, what)
+    proxy = Dataset()
+    for kw in _LIGHT_KEYWORDS:
+        if kw in ds:
+            proxy[kw] = ds[kw]
+    proxy.file_meta = getattr(ds, "file_meta", FileMetaDataset())
+    _referable(proxy, ds, what)
+    return proxy
+
+
+def _full_proxy(ds: Dataset, what: str) -> Dataset:
+    """:func:`source_proxy`'s full copy."""
+    proxy = copy.deepcopy(ds)
+    _referable(proxy, ds, what)
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw in proxy:
+            delattr(proxy, kw)
+    for kw, value in _TYPE2_DEFAULTS.items():
+        if kw not in proxy:
+            setattr(proxy, kw, value)
+    if "Modality" not in proxy or not proxy.Modality:
+        proxy.Modality = "OT"
+    _fix_character_set(proxy)
+    _fix_dates_and_times(proxy)
+    return proxy
+
+
+def _referable(proxy: Dataset, ds: Dataset, what: str) -> None:
+    """Fill SOPClassUID / SOPInstanceUID from the file meta where empty; raise when what a
+    reference needs is missing."""
     # Some exports (e.g. anonymisers) empty SOPClassUID / SOPInstanceUID but keep them in the
     # file meta information; reference what the file says it is.
     meta = getattr(ds, "file_meta", None)
@@ -328,19 +384,6 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
             hint="anonymisers sometimes blank the UIDs: export the series again with its UIDs, "
             "or use the NIfTI output",
         )
-    if light:
-        return proxy
-    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if kw in proxy:
-            delattr(proxy, kw)
-    for kw, value in _TYPE2_DEFAULTS.items():
-        if kw not in proxy:
-            setattr(proxy, kw, value)
-    if "Modality" not in proxy or not proxy.Modality:
-        proxy.Modality = "OT"
-    _fix_character_set(proxy)
-    _fix_dates_and_times(proxy)
-    return proxy
 
 
 _DA = re.compile(r"^\d{8}$")

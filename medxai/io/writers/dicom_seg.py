@@ -90,6 +90,7 @@ def _uid_name(uid: str) -> str:
 
 
 __all__ = [
+    "dicom_seg_dataset",
     "write_dicom_seg",
     "segment_codes",
     "segmentation_type",
@@ -549,6 +550,40 @@ def _without_geometry(seg: hd.seg.Segmentation, source: DicomSource) -> None:
         del shared.PixelMeasuresSequence
 
 
+def dicom_seg_dataset(
+    labels: Any,
+    source: DicomSource,
+    label_info: Sequence[Mapping[str, Any]],
+    model_name: str,
+    model_version: str,
+    *,
+    series_number: int | None = None,
+    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
+    instance_number: int = 1,
+    content_label: str = "MEDXAI",
+    omit_empty_frames: bool = True,
+    seg_type: str = "binary",
+    probabilities: Any | None = None,
+) -> Dataset:
+    """The DICOM SEG dataset :func:`write_dicom_seg` writes (arguments and errors as there, but
+    no ``path``): for writers that need the SEG in memory too (the SR references it)."""
+    kind = segmentation_type(seg_type)
+    who = SegIdentity(
+        model_name, model_version, series_number, series_description, instance_number, content_label
+    )
+    _check_source(source)
+    arr = _checked_labels(labels, source)
+    specs = _checked_specs(label_info, arr)
+    pixels = _seg_pixels(arr, specs, seg_type, probabilities)
+    proxies, pixels, placeholder = _prepare_sources(source, pixels)
+    seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
+    if placeholder:
+        _remove_placeholder_geometry(seg)
+    if not has_frame_of_reference(seg):
+        _without_geometry(seg, source)
+    return seg
+
+
 def write_dicom_seg(
     labels: Any,
     source: DicomSource,
@@ -593,18 +628,18 @@ def write_dicom_seg(
             of Reference), ``labelmap`` with a highdicom that cannot write it.
         ProcessingError: highdicom refuses the input, or the file cannot be written.
     """
-    kind = segmentation_type(seg_type)
-    who = SegIdentity(
-        model_name, model_version, series_number, series_description, instance_number, content_label
+    seg = dicom_seg_dataset(
+        labels,
+        source,
+        label_info,
+        model_name,
+        model_version,
+        series_number=series_number,
+        series_description=series_description,
+        instance_number=instance_number,
+        content_label=content_label,
+        omit_empty_frames=omit_empty_frames,
+        seg_type=seg_type,
+        probabilities=probabilities,
     )
-    _check_source(source)
-    arr = _checked_labels(labels, source)
-    specs = _checked_specs(label_info, arr)
-    pixels = _seg_pixels(arr, specs, seg_type, probabilities)
-    proxies, pixels, placeholder = _prepare_sources(source, pixels)
-    seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
-    if placeholder:
-        _remove_placeholder_geometry(seg)
-    if not has_frame_of_reference(seg):
-        _without_geometry(seg, source)
     return save_dicom(seg, Path(path))

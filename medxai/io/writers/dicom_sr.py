@@ -171,11 +171,13 @@ def segment_outlines(labels: Any, value: int) -> list[SegmentOutline]:
         if not mask.any():
             continue
         components, n = ndimage.label(mask)
-        for c in range(1, n + 1):
-            component = components == c
+        # each component traced in its bounding box (not the whole slice): the same iso-line
+        for c, box in enumerate(ndimage.find_objects(components), start=1):
+            component = components[box] == c
             padded = np.pad(component, 1).astype(np.float32)
             # (i, j) = (column, row) index of the unpadded mask; DICOM's pixel centres are +0.5
-            contours = [ij - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
+            offset = np.array([box[0].start, box[1].start], dtype=np.float64)
+            contours = [ij + offset - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
             outer = max(contours, key=_shoelace)
             if not np.array_equal(outer[0], outer[-1]):
                 outer = np.vstack([outer, outer[:1]])
@@ -304,9 +306,26 @@ def _planar_group(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=f"{name}{where}"[:64]),
         referenced_region=region,
         finding_type=finding_type,
-        measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)],
     )
+    area = hd.sr.Measurement(name=codes.SCT.Area, value=float(value), unit=unit)
+    _insert_measurements(group, [area], references=1)
     return group, str(uid)
+
+
+def _insert_measurements(
+    group: hd.sr.ContentSequence, measurements: Sequence[hd.sr.Measurement], references: int
+) -> None:
+    """Put ``measurements`` where highdicom's TID 1410/1411 template would (after its other
+    items, before the ``references`` items of the region or segment reference).
+
+    Given to the template, each measurement's content would be searched for image coordinates
+    (not allowed there); medxai's measurements have none, and the search took a good part of
+    the report's time.
+    """
+    items = group[0].ContentSequence
+    at = len(items) - references
+    for n, item in enumerate(item for measurement in measurements for item in measurement):
+        items.insert(at + n, item)
 
 
 _SOURCE = Code("260753009", "SCT", "Source")
@@ -349,6 +368,24 @@ def _add_content(sr: hd.sr.Comprehensive3DSR, library: Dataset, groups: Sequence
     ]
     content[index].ContentSequence.extend(item for group in groups for item in group)
     sr.ContentSequence = [*content[:index], library, *content[index:]]
+
+
+def _root_only(root: Dataset) -> Dataset:
+    """The report's root container without its content items.
+
+    highdicom's SR constructor deep-copies and re-parses the content it is given, and searches
+    it for the instances it references; the built tree is known to be valid (each template
+    checked its own items) and references only the evidence (the source images and the SEG).
+    So the constructor gets the root alone (it records every evidence instance all the same)
+    and the content items are added to the built object (:func:`write_dicom_sr`), the same
+    elements highdicom would have copied.
+    """
+    stub = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            stub[elem.tag] = elem
+    stub.ContentSequence = []  # highdicom wants one; the report's replaces it
+    return stub
 
 
 def _observer() -> hd.sr.ObservationContext:
@@ -434,18 +471,19 @@ def write_dicom_sr(
         name = f"segment {number} {spec.name}"
         planar = [_planar_group(o, name, arr.ndim, source, spacing, prop_type) for o in outlines]
         largest = max(range(len(outlines)), key=lambda n: outlines[n].count)
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=planar[largest][1], identifier=name[:64]
-                ),
-                referenced_segment=_referenced_segment(seg_ds, number, source),
-                finding_type=prop_type,
-                finding_category=category,
-                algorithm_id=algorithm,
-                measurements=_measurements(stats, arr.ndim, method, quality_score, algorithm),
-            )
+        segment = _referenced_segment(seg_ds, number, source)
+        volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=planar[largest][1], identifier=name[:64]
+            ),
+            referenced_segment=segment,
+            finding_type=prop_type,
+            finding_category=category,
+            algorithm_id=algorithm,
         )
+        measurements = _measurements(stats, arr.ndim, method, quality_score, algorithm)
+        _insert_measurements(volumetric, measurements, references=len(segment))
+        groups.append(volumetric)
         outline_groups += [group for group, _ in planar]
     proxies = [source_proxy(ds, light=k > 0) for k, ds in enumerate(source.datasets)]
     try:
@@ -456,7 +494,7 @@ def write_dicom_sr(
         )
         sr = hd.sr.Comprehensive3DSR(
             evidence=[proxies[0], *proxies[1:], seg_ds],
-            content=report,
+            content=_root_only(report[0]),
             series_instance_uid=new_uid(),
             series_number=series_number_for(series_number, proxies[0], DEFAULT_SR_SERIES_OFFSET),
             sop_instance_uid=new_uid(),
@@ -470,6 +508,8 @@ def write_dicom_sr(
             f"highdicom cannot build the measurement report ({exc})",
             path=source.paths[0] if source.paths else None,
         ) from exc
+    content = report[0]["ContentSequence"]
+    sr[content.tag] = content
     _add_content(sr, _image_library(source), outline_groups)
     sr.SoftwareVersions = SOFTWARE_VERSION
     buffer = io.BytesIO()
