@@ -159,3 +159,25 @@ def test_deletion_scores_the_chosen_target() -> None:
                             insertion=False)
     assert di["deletion_scores"][0, 0] == pytest.approx(1.0)
     assert "insertion_auc" not in di and "random_deletion_auc" in di
+
+
+def test_redundancy_equals_scipy_pearsonr_row_by_row() -> None:
+    """medxai's row-wise Pearson (numpy, for speed) against scipy.stats.pearsonr: random maps,
+    a constant row (NaN in both), a float32 map against a boolean mask, 3D maps."""
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    sal = torch.from_numpy(rng.random((4, 1, 37, 29), dtype=np.float32))
+    ref = torch.from_numpy(rng.random((4, 1, 37, 29)) > 0.6)
+    sal[1] = 0.1  # constant: undefined
+    sal[2] = ref[2].float() * 0.7 + 0.3 * sal[2]
+    got = redundancy(sal, ref)
+    a = sal.double().numpy().reshape(4, -1)
+    b = ref.double().numpy().reshape(4, -1)
+    for i in range(4):
+        if i == 1:
+            assert np.isnan(got[i])
+        else:
+            assert got[i] == pytest.approx(stats.pearsonr(a[i], b[i]).statistic, abs=1e-12)
+    vol = torch.from_numpy(rng.random((2, 1, 9, 8, 7)))
+    assert redundancy(vol, vol * 2 + 1) == pytest.approx([1.0, 1.0], abs=1e-12)
