@@ -435,27 +435,21 @@ def test_batched_path_gives_each_image_its_own_prediction(monkeypatch: pytest.Mo
                                                          reference, export: PacsExport,
                                                          bundle_dir: Path, tmp_path: Path
                                                          ) -> None:
-    """2D images go through the network in batches and each prediction reaches
-    ``segment_loaded`` with its own image (without saliency, written by the writer thread)."""
-    import inspect
-
+    """2D images go through the network in batches and each prediction reaches the write stage
+    with its own image (without saliency, written by a writer thread)."""
     import medxai.batch.runner as runner
-    from medxai import pipeline
 
-    real = pipeline.segment_loaded
-    takes = "prediction" in inspect.signature(real).parameters
+    real = runner.write_stage
     seen = []
 
-    def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, progress=None,
-                       prediction=None, views=None):
-        assert prediction is not None
-        assert prediction.labels.shape[1:] == loaded.image.shape[1:]
-        seen.append(name)
-        extra = {"prediction": prediction, "views": views} if takes else {}
-        return real(loaded, bundle, out_root, options, name=name, progress=progress, **extra)
+    def write_stage(task, progress=None):
+        pred = task.predicted.prediction
+        assert pred.labels.shape[1:] == task.loaded.image.shape[1:]
+        assert task.explained.maps == {} and task.model.network is not None
+        seen.append(task.name)
+        return real(task, progress)
 
-    monkeypatch.setattr(runner, "segment_loaded", segment_loaded)
-    monkeypatch.setattr(runner, "_PIPELINE_TAKES_PREDICTION", True)
+    monkeypatch.setattr(runner, "write_stage", write_stage)
     out = tmp_path / "out"
     summary = run_batch(export.root, out, model=bundle_dir, batch_size=4,
                         options=SegmentOptions(formats=FORMATS, explain=None, device="cpu"))
@@ -480,24 +474,59 @@ def _done_count(manifest: Path) -> int:
         return 0
 
 
+def _writer_pids(pid: int) -> list[int]:
+    """The writer processes (``spawn`` children) of process ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmd:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("writers", ["0", "2"])
 def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: PacsExport,
-                                                           bundle_dir: Path, tmp_path: Path
-                                                           ) -> None:
+                                                           bundle_dir: Path, tmp_path: Path,
+                                                           writers: str) -> None:
+    """kill -9 of the run (the network's process) mid-way, with writer threads or writer
+    processes (which exit with it): the resumed run does only what was not done."""
+    if writers != "0" and not Path("/proc/self/stat").exists():
+        pytest.skip("finds the writer processes in /proc")
     ref, ref_summary, _ = reference
     out = tmp_path / "out"
     args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
-            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu"]
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
+            "--writers", writers]
     proc = _run_cli(args)
     deadline = time.monotonic() + 300
+    children: list[int] = []
     try:
         while _done_count(out / "manifest.sqlite") < 1:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no series finished in 300 s"
             time.sleep(0.02)
+        children = _writer_pids(proc.pid)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert len(children) == int(writers)
+    end = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "writer processes outlived the run"
     done_at_kill = _done_count(out / "manifest.sqlite")
     assert 1 <= done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
 
@@ -508,6 +537,59 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: Pa
     assert summary["this_run"]["done"] == ref_summary.series["done"] - done_at_kill
     assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
     _assert_same_results(out, ref)
+
+
+def test_writer_processes_give_the_same_result(reference, export: PacsExport,
+                                              bundle_dir: Path, tmp_path: Path) -> None:
+    """Two writer processes (they load no model): the same folders, labels and manifest as the
+    run that writes with threads, results recorded in the order of the series."""
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    order = []
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(), writers=2,
+                        progress=lambda p: order.append(p.done) if p.phase == "process" else None)
+    assert summary.backend == "in process, 2 writer processes"
+    _assert_same_results(out, ref)
+    with Manifest(out / "manifest.sqlite") as man:
+        done = man.series("done")
+        writers = {s["worker"] for s in done}
+    assert len(writers) == 2 and all(w.split(":")[1] != str(os.getpid()) for w in writers)
+    assert order == list(range(len(order)))
+
+
+def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export: PacsExport,
+                                                              bundle_dir: Path, tmp_path: Path
+                                                              ) -> None:
+    """kill -9 of one writer process mid-run: the run goes on (new writers), writes every series
+    the dead writer held again, and ends with exactly the uninterrupted result."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finds the writer processes in /proc")
+    ref, ref_summary, _ = reference
+    out = tmp_path / "out"
+    args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
+            "--writers", "2", "--json"]
+    proc = _run_cli(args)
+    deadline = time.monotonic() + 300
+    while _done_count(out / "manifest.sqlite") < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no series finished in 300 s"
+        time.sleep(0.02)
+    before = _writer_pids(proc.pid)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    done_at_kill = _done_count(out / "manifest.sqlite")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr  # the export's one failing series
+    assert done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
+    summary = json.loads(stdout)
+    assert summary["this_run"]["done"] == ref_summary.series["done"]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    _assert_same_results(out, ref)
+    with Manifest(out / "manifest.sqlite") as man:
+        pids = {int(s["worker"].split(":")[1]) for s in man.series("done")}
+        assert all(s["attempts"] == 1 for s in man.series("done"))
+    assert pids - set(before), "no new writer process wrote after the kill"
 
 
 def test_cli_exit_code_0_and_json(tmp_path: Path, bundle_dir: Path) -> None:

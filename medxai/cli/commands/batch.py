@@ -133,6 +133,13 @@ def _table(summary: Any) -> str:
     "--scheduler local, the number of dask workers.",
 )
 @click.option(
+    "--writers",
+    type=click.IntRange(0),
+    help="Writer processes the network's process feeds (they load no model; 0: write with "
+    "threads of this process). Default: one per CPU core. With --workers > 1 or --scheduler "
+    "each worker writes with threads.",
+)
+@click.option(
     "--batch-size",
     default=8,
     show_default=True,
@@ -171,6 +178,7 @@ def batch_cmd(
     uncertainty: str | None,
     mc_samples: int,
     workers: int,
+    writers: int | None,
     batch_size: int,
     scan_workers: int | None,
     device: str,
@@ -203,6 +211,7 @@ def batch_cmd(
     import warnings
 
     from medxai.batch import run_batch
+    from medxai.batch.runner import default_writers
     from medxai.pipeline import SegmentOptions
 
     opts = SegmentOptions(
@@ -232,6 +241,7 @@ def batch_cmd(
             batch_size=batch_size,
             scan_workers=scan_workers,
             progress=bar,
+            writers=default_writers() if writers is None else writers,
         )
     bar.close()
     if as_json:
