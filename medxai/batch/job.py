@@ -402,6 +402,7 @@ class _Run:
     scheduler: str | None
     batch_size: int
     writers: int = 0
+    pool: Writers | None = None
     t_start: float = field(default_factory=time.perf_counter)
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
@@ -435,6 +436,7 @@ def _run_locked(
         {
             **settings,
             "workers": run.workers,
+            "writers": run.writers,
             "scheduler": run.scheduler,
             "device": run.opts.device,
             "retry_failed": retry_failed,
@@ -442,8 +444,13 @@ def _run_locked(
     )
     status = "interrupted"
     try:
-        found = _scan_step(run, man, retry_failed, scan_workers)
-        _process_step(run, man, found.pending)
+        with contextlib.ExitStack() as stack:
+            if run.writers and not run.scheduler and run.workers <= 1:
+                # started now, so that they import medxai while the export is scanned
+                run.pool = stack.enter_context(Writers(run.writers))
+                run.pool.warm()
+            found = _scan_step(run, man, retry_failed, scan_workers)
+            _process_step(run, man, found.pending)
         status = "finished"
     finally:
         man.release([r["id"] for r in man.series("running")])
@@ -508,11 +515,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
         run.say(BatchProgress("process", done, total, dict(run.counts), time.perf_counter() - t1))
 
     run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
-    with contextlib.ExitStack() as stack:
-        writers = None
-        if run.writers and not run.scheduler and run.workers <= 1 and pending:
-            writers = stack.enter_context(Writers(run.writers))
-        _process_groups(run, man, pending, on_result, writers)
+    _process_groups(run, man, pending, on_result, run.pool)
     run.process_s = time.perf_counter() - t1
 
 

@@ -328,6 +328,13 @@ class Writers:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def warm(self) -> None:
+        """Start the writer processes now (they import medxai in the background), not at the
+        first series."""
+        if self.processes:
+            for _ in range(self.processes):
+                self._pool.submit(os.getpid)
+
     def submit(self, task: WriteTask, job: Job, timings: dict[str, float | None]) -> _Write:
         w = _Write(task, job, timings)
         w.future = self._pool.submit(write_one, task, job, timings)
@@ -431,6 +438,8 @@ class ChunkPipeline:
         batch_size: 2D images per forward pass.
         emit: called with each :class:`Result`, in this thread, in the order of ``jobs``.
         writers: where the write stage runs (default: writer threads of this process).
+        network_done: called once the network's part of every series is done, before the
+            last writes are waited for (a dask task gives its worker slot back there).
     """
 
     def __init__(
@@ -441,7 +450,9 @@ class ChunkPipeline:
         batch_size: int,
         emit: ResultFn,
         writers: Writers | None = None,
+        network_done: Callable[[], None] | None = None,
     ) -> None:
+        self.network_done = network_done
         self.bundle = bundle
         self.options = dataclasses.replace(options, overwrite=True)
         self.emit = emit
@@ -467,6 +478,8 @@ class ChunkPipeline:
                 for item in self._predict(self._next_group()):
                     self._network(item)
                 self._drain(block=False)
+            if self.network_done is not None:
+                self.network_done()
             self._drain(block=True)
 
     # -- stage 1: reading ahead ---------------------------------------------------------------
@@ -599,10 +612,12 @@ def process_chunk(
     batch_size: int = 8,
     on_result: ResultFn | None = None,
     writers: Writers | None = None,
+    network_done: Callable[[], None] | None = None,
 ) -> list[Result]:
     """Segment the series of ``jobs``, one :class:`Result` per series, in the order of
     ``jobs``; ``on_result`` sees each as it is ready. ``writers``: where the write stage runs
-    (default: writer threads of this process). Never raises for a bad series: its result says
+    (default: writer threads of this process); ``network_done``: see :class:`ChunkPipeline`.
+    Never raises for a bad series: its result says
     ``failed`` or ``skipped`` and why."""
     results: list[Result] = []
 
@@ -612,7 +627,7 @@ def process_chunk(
             on_result(r)
 
     try:
-        pipeline = ChunkPipeline(jobs, bundle, options, batch_size, emit, writers)
+        pipeline = ChunkPipeline(jobs, bundle, options, batch_size, emit, writers, network_done)
     except MedxaiError as exc:  # the device cannot be used: every series fails alike
         for job in jobs:
             emit(error_result(job, exc))
@@ -621,19 +636,65 @@ def process_chunk(
     return results
 
 
+_PROCESS_WRITERS: list[Writers] = []
+
+
+def _shared_writers() -> Writers:
+    """The writer threads of this worker process, shared by its chunks (a chunk that finished
+    with the network writes while the next one predicts)."""
+    with _BUNDLES_LOCK:
+        if not _PROCESS_WRITERS:
+            _PROCESS_WRITERS.append(Writers(0))
+        return _PROCESS_WRITERS[0]
+
+
+def _leave_dask_slot() -> None:
+    """Inside a dask task: give the worker's thread slot back (``secede``), so that the next
+    task's network work overlaps this one's writing; nothing elsewhere."""
+    try:
+        from distributed import get_worker, secede
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    secede()
+
+
 def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
     """Worker entry point (process pool and dask): the model from this process's cache, then
-    :func:`process_chunk`. A model that cannot be loaded fails every series of the chunk."""
+    :func:`process_chunk` with this process's writer threads. The network is held (its lock)
+    until the chunk's network work is done; then it is free for the next chunk (in a dask
+    worker, the task leaves its slot) while this one's last results are written. A model that
+    cannot be loaded fails every series of the chunk."""
     import warnings
 
     try:
         bundle, lock = worker_bundle(config.model, config.weights_sha256)
     except MedxaiError as exc:
         return [error_result(job, exc) for job in jobs]
-    with lock, warnings.catch_warnings():
-        # problems are in the results; pydicom's warnings would flood the workers' logs
-        warnings.simplefilter("ignore")
-        return process_chunk(jobs, bundle, config.options, batch_size=config.batch_size)
+    held = [lock.acquire()]
+
+    def network_done() -> None:
+        if held[0]:
+            lock.release()
+            held[0] = False
+        _leave_dask_slot()
+
+    try:
+        with warnings.catch_warnings():
+            # problems are in the results; pydicom's warnings would flood the workers' logs
+            warnings.simplefilter("ignore")
+            return process_chunk(
+                jobs,
+                bundle,
+                config.options,
+                batch_size=config.batch_size,
+                writers=_shared_writers(),
+                network_done=network_done,
+            )
+    finally:
+        if held[0]:
+            lock.release()
 
 
 def init_worker_process(torch_threads: int, parent_pid: int) -> None:
