@@ -423,6 +423,7 @@ def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int
         before = model_bound_rate(photos, batch_size)
         print(f"model-bound: {before[1]}")
         rates: dict[int, list[tuple[float, float]]] = {c: [] for c in counts}
+        stages: dict[int, dict[str, float]] = {}
         for r in range(rounds):
             for c in counts:
                 out = work / f"out_{c}_{r}"
@@ -432,6 +433,7 @@ def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int
                 summary = json.loads((out / "summary.json").read_text())
                 done = summary["series"].get("done", 0)
                 rates[c].append((float(summary["process"]["images_per_s"]), done / wall))
+                stages[c] = _manifest_stages(out / "manifest.sqlite")
                 print(f"  round {r + 1}, --writers {c}: {rates[c][-1][0]:.2f} images/s "
                       f"(processing), {rates[c][-1][1]:.2f} (wall, start-up included)")
                 shutil.rmtree(out)
@@ -452,6 +454,23 @@ def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int
           f"{after[0]:.2f} after",
           ["writers", "images/s", "images/s wall", f"vs --writers {counts[0]}", "model-bound "
            "ratio"], rows)
+    keys = ["read", "predict", "explain", "write", "total"]
+    table("7. ms per image by stage (manifest, last round; read/predict/explain in the network's "
+          "process, write in the writers; wall time of each stage, so a busy CPU inflates them)",
+          ["writers", *keys], [[c, *(f"{stages[c].get(k, 0.0):.0f}" for k in keys)]
+                               for c in counts])
+
+
+def _manifest_stages(manifest: Path) -> dict[str, float]:
+    """Mean ms per done series of each stage in a batch manifest."""
+    import sqlite3
+
+    con = sqlite3.connect(manifest)
+    row = con.execute("SELECT AVG(read_s), AVG(predict_s), AVG(explain_s), AVG(write_s), "
+                      "AVG(total_s) FROM series WHERE state='done'").fetchone()
+    con.close()
+    return {k: 1000 * float(v or 0.0) for k, v in zip(("read", "predict", "explain", "write",
+                                                          "total"), row)}
 
 
 def main() -> None:

@@ -252,9 +252,13 @@ def write_one(task: WriteTask, job: Job, timings: dict[str, float | None]) -> Re
 
 
 def default_writers() -> int:
-    """Writer processes by default: one per core (the network process mostly waits for them
-    on a CPU; on a GPU machine it needs little CPU of its own)."""
-    return max(1, os.cpu_count() or 1)
+    """Writer processes by default: one per core but the network's on machines with more than
+    two cores; 0 (writer threads) on two cores or fewer, where the writers' zlib, numpy and
+    Pillow work already fills the cores from threads (they release the GIL) and writer
+    processes only add their start-up and the copy of each result (measured: docs/benchmarks.md,
+    "Writer processes")."""
+    cores = os.cpu_count() or 1
+    return cores - 1 if cores > 2 else 0
 
 
 def init_writer_process(parent_pid: int) -> None:

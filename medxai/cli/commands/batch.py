@@ -136,8 +136,8 @@ def _table(summary: Any) -> str:
     "--writers",
     type=click.IntRange(0),
     help="Writer processes the network's process feeds (they load no model; 0: write with "
-    "threads of this process). Default: one per CPU core. With --workers > 1 or --scheduler "
-    "each worker writes with threads.",
+    "threads of this process). Default: CPU cores - 1, or 0 on 2 cores or fewer. With "
+    "--workers > 1 or --scheduler each worker writes with threads.",
 )
 @click.option(
     "--batch-size",
