@@ -36,7 +36,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_batch import RATIO_MODEL, _cli, _photos, build_photo_export, table  # noqa: E402
+from bench_batch import (  # noqa: E402
+    RATIO_MODEL,
+    _cli,
+    _manifest_stages,
+    _photos,
+    build_photo_export,
+    table,
+)
+
+STAGES: dict[str, dict[str, float]] = {}
 
 
 def _free_port() -> int:
@@ -53,11 +62,12 @@ def _wait_workers(address: str, n: int, timeout: float = 180.0) -> None:
 
 
 def _batch(export: Path, out: Path, extra: list[str], env: dict[str, str], work: Path,
-           batch_size: int) -> tuple[float, float, int]:
+           batch_size: int, kind: str) -> tuple[float, float, int]:
     wall = _cli(["batch", str(export), "-o", str(out), "-m", RATIO_MODEL, "--device", "cpu",
                  "--explain", "gradcam", "--batch-size", str(batch_size), "-q", *extra], env, work)
     summary = json.loads((out / "summary.json").read_text())
     done = int(summary["series"].get("done", 0))
+    STAGES[kind] = _manifest_stages(out / "manifest.sqlite")
     shutil.rmtree(out)
     return float(summary["process"]["images_per_s"]), done / wall, done
 
@@ -100,7 +110,7 @@ def main() -> None:
                 for kind in order if r % 2 == 0 else order[::-1]:
                     extra = local_extra if kind == "local" else ["--scheduler", address]
                     res = _batch(work / "export", work / f"out_{kind}_{r}", extra, env, work,
-                                 args.batch_size)
+                                 args.batch_size, kind)
                     print(f"  round {r + 1} {kind}{' (cold workers)' if kind == 'cluster' and cold is None else ''}: "
                           f"{res[0]:.2f} images/s processing, {res[1]:.2f} wall, {res[2]} done")
                     if kind == "cluster" and cold is None:
@@ -134,6 +144,10 @@ def main() -> None:
           f"default outputs, Grad-CAM, {os.cpu_count()} CPU(s), load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (medians)",
           ["run", "runs", "images/s", "images/s wall", "ratio", "ratio wall"], rows)
+    keys = ["read", "predict", "explain", "write", "total"]
+    table("ms per image by stage (manifest of the last run of each; wall time of each stage)",
+          ["run", *keys], [[k, *(f"{v.get(s, 0.0):.0f}" for s in keys)]
+                           for k, v in STAGES.items()])
     ratio = med["cluster"][0] / med["local"][0]
     print(f"\ncluster / local: {ratio:.2f}x (processing), "
           f"{med['cluster'][1] / med['local'][1]:.2f}x (wall); target >= 0.8x")
