@@ -592,6 +592,59 @@ def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export:
     assert pids - set(before), "no new writer process wrote after the kill"
 
 
+class _KillsItsWriter:
+    """Unpickled in a writer process, it kills that process (as kill -9 or a segfault would)."""
+
+    def __reduce__(self):
+        return (os._exit, (9,))
+
+
+def test_a_series_that_kills_its_writer_process_is_isolated(tmp_path: Path) -> None:
+    """A writer process that dies breaks the pool: every series it held is written again, one
+    at a time; the one that kills its writer each time fails after 3 deaths, the others (here
+    tasks without an image: each fails in the write stage, normally) come back in order."""
+    import torch
+
+    from medxai.batch.runner import MAX_WRITE_ATTEMPTS, Writers
+    from medxai.batch.types import Job
+    from medxai.models.bundle import ModelBundle
+    from medxai.pipeline import Explained, Predicted, WriteTask
+
+    model = ModelBundle(config={}, metadata={"name": "m"}, network=torch.nn.Identity())
+
+    def task(name, loaded=None):
+        return WriteTask(loaded=loaded, model=model, out_root=tmp_path, name=name, formats=[],
+                         options=SegmentOptions(), predicted=Predicted(prediction=None),
+                         explained=Explained({}, None, {}), device="cpu")
+
+    names = ["a", "bad", "c"]
+    with Writers(2) as writers:
+        pending = [writers.submit(task(n, _KillsItsWriter() if n == "bad" else None),
+                                  Job(n, (), str(tmp_path), n, f"s/{n}"), {"ahead": 0.0})
+                   for n in names]
+        results = [writers.result(w, pending) for w in pending]
+        assert writers.restarts >= 3
+    assert [r.id for r in results] == names
+    bad = results[1]
+    assert bad.state == "failed"
+    assert bad.reason == f"its writer process died {MAX_WRITE_ATTEMPTS} times while writing it"
+    for r in (results[0], results[2]):
+        assert r.state == "failed" and r.reason.startswith("internal error: AttributeError")
+    assert not list(tmp_path.glob(".*.partial-*"))
+
+
+def test_dask_chunks_are_balanced_over_the_workers() -> None:
+    from medxai.batch.dask_runner import balanced_chunks
+
+    rows = [{"id": str(i)} for i in range(20)]
+    chunks = [rows[i:i + 8] for i in range(0, 20, 8)]
+    assert [len(c) for c in balanced_chunks(chunks, 2)] == [5, 5, 5, 5]
+    assert [r for c in balanced_chunks(chunks, 2) for r in c] == rows
+    assert [len(c) for c in balanced_chunks(chunks, 1)] == [8, 8, 4]
+    volumes = [[r] for r in rows[:3]]
+    assert balanced_chunks(volumes, 4) == volumes
+
+
 def test_cli_exit_code_0_and_json(tmp_path: Path, bundle_dir: Path) -> None:
     from click.testing import CliRunner
 

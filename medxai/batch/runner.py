@@ -361,6 +361,7 @@ class Writers:
 
     def _recover(self, lost: Sequence[_Write]) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        pool: cf.Executor | None = None
         for w in lost:
             fut = w.future
             if fut is not None and fut.done() and not fut.cancelled():
@@ -381,16 +382,18 @@ class Writers:
                         model=w.task.model.name,
                     )
                     break
-                self.restarts += 1
-                self._pool = self._make()
+                if pool is None:
+                    self.restarts += 1
+                    pool = self._make()
                 try:
-                    w.result = self._pool.submit(write_one, w.task, w.job, w.timings).result()
+                    w.result = pool.submit(write_one, w.task, w.job, w.timings).result()
                 except BrokenProcessPool:
                     w.crashes += 1
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = None
                 except Exception as exc:  # noqa: BLE001 - e.g. a task that cannot be pickled
                     w.result = error_result(w.job, exc, model=w.task.model.name)
-                self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._make()
+        self._pool = pool if pool is not None else self._make()
 
 
 def _remove_partials(task: WriteTask) -> None:
