@@ -645,6 +645,45 @@ def test_dask_chunks_are_balanced_over_the_workers() -> None:
     assert balanced_chunks(volumes, 4) == volumes
 
 
+def test_listen_writes_each_study_with_its_writer_processes(tmp_path: Path) -> None:
+    """The DICOM node keeps its writer processes for its life (NodeConfig.writers): a received
+    study is processed through them (the manifest names a writer, not the node's process), and
+    its DICOM SEG is in the results."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    from medxai.models.registry import load_model
+    from medxai.node import DicomNode, NodeConfig
+    from tests.orthanc_server import free_port
+
+    node = DicomNode(NodeConfig(workdir=tmp_path / "work", port=free_port(), host="127.0.0.1",
+                                allow=["STORESCU"], idle_s=0.5, model=load_model(None),
+                                explain=None, device="cpu", min_free_bytes=0, writers=1))
+    node.start()
+    try:
+        assert node._writers is not None and node._writers.processes == 1
+        ae = AE(ae_title="STORESCU")
+        ae.requested_contexts = StoragePresentationContexts[:120]
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDXAI")
+        assert assoc.is_established
+        status = assoc.send_c_store(ROOT / "sample_data" / "dermoscopy.dcm")
+        assert status.Status == 0
+        assoc.release()
+        deadline = time.monotonic() + 300
+        while not [e for e in node.store.events(500) if e["event"] in ("processed",
+                                                                          "study_failed")]:
+            assert time.monotonic() < deadline, "the study was not processed in 300 s"
+            time.sleep(0.2)
+        events = [e for e in node.store.events(500) if e["event"] == "processed"]
+        assert len(events) == 1, node.store.events(500)
+    finally:
+        assert node.stop(timeout_s=60)
+    (manifest,) = (tmp_path / "work").rglob("manifest.sqlite")
+    with Manifest(manifest) as man:
+        (done,) = man.series("done")
+    assert int(done["worker"].split(":")[1]) != os.getpid()
+    assert [p.name for p in manifest.parent.rglob("seg.dcm")] == ["seg.dcm"]
+
+
 def test_cli_exit_code_0_and_json(tmp_path: Path, bundle_dir: Path) -> None:
     from click.testing import CliRunner
 

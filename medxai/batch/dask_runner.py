@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - connect() says that dask.distributed i
 __all__ = ["ModelPlugin", "balanced_chunks", "connect", "relax_malloc_trim", "run_on_dask"]
 
 
-class ModelPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
+class ModelPlugin(WorkerPlugin):
     """Loads the job's model once in every worker (and in workers that join later), before
     their first task: the same per-process cache the tasks read
     (:func:`medxai.batch.runner.worker_bundle`, keyed by bundle path and weights SHA-256).

@@ -299,7 +299,7 @@ def run_batch(
     batch_size: int = 8,
     scan_workers: int | None = None,
     progress: ProgressFn | None = None,
-    writers: int = 0,
+    writers: int | Writers = 0,
 ) -> BatchSummary:
     """Segment every series of a PACS export that fits the model; resumable.
 
@@ -322,6 +322,10 @@ def run_batch(
         writers: with ``workers=1`` and no scheduler, the writer processes this (the network's)
             process feeds (:class:`medxai.batch.runner.Writers`; they load no model); 0 writes
             with threads of this process. Worker processes and dask workers write with threads.
+            A :class:`~medxai.batch.runner.Writers` is used as it is and left open (a caller
+            that runs many jobs, like the DICOM node, starts its writer processes once).
+            Writer processes are started with ``spawn``: a script that calls this with
+            ``writers > 0`` needs the ``if __name__ == "__main__":`` guard.
 
     Returns:
         a :class:`BatchSummary` (also written to ``summary.json``).
@@ -341,7 +345,8 @@ def run_batch(
         workers=workers,
         scheduler=scheduler,
         batch_size=batch_size,
-        writers=max(0, writers),
+        writers=writers.processes if isinstance(writers, Writers) else max(0, writers),
+        pool=writers if isinstance(writers, Writers) else None,
     )
     with _locked(out):
         man = Manifest(out / MANIFEST_NAME)
@@ -445,7 +450,7 @@ def _run_locked(
     status = "interrupted"
     try:
         with contextlib.ExitStack() as stack:
-            if run.writers and not run.scheduler and run.workers <= 1:
+            if run.pool is None and run.writers and not run.scheduler and run.workers <= 1:
                 # started now, so that they import medxai while the export is scanned
                 run.pool = stack.enter_context(Writers(run.writers))
                 run.pool.warm()
