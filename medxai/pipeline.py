@@ -1,5 +1,13 @@
-"""What ``medxai segment`` does, as one function the CLI, the batch runner and the Python API
-all call: read -> predict -> explain -> write, one output folder per input.
+"""What ``medxai segment`` does, as stages the CLI, the batch runner, the DICOM node and the
+Python API all compose: read -> predict -> explain -> write, one output folder per input.
+
+The stages pass plain, picklable data (as nnU-Net v2's predictor does, predicting on the device
+and exporting in a process pool): :func:`predict_stage` (the network: prediction, TTA views or MC
+dropout passes) -> :class:`Predicted`; :func:`explain_stage` (the network: saliency) ->
+:class:`Explained`; :func:`write_task` bundles them with the image and the model without its
+network into a :class:`WriteTask`, which :func:`write_stage` turns into the result folder in
+any thread or process (the uncertainty map and scores are computed there, from the samples).
+:func:`segment_loaded` runs the three in one thread.
 
 Each input's outputs are written by :func:`medxai.outputs.write_result_folder`: into a hidden
 temporary folder beside the final one, moved into place with one rename when everything is
