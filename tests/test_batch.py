@@ -523,7 +523,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: Pa
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert len(children) == int(writers)
-    end = time.monotonic() + 10
+    # within a second of their parent's death, or of their start-up (importing torch) on a
+    # loaded machine
+    end = time.monotonic() + 60
     while any(_alive(c) for c in children) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(c) for c in children), "writer processes outlived the run"
@@ -553,7 +555,9 @@ def test_writer_processes_give_the_same_result(reference, export: PacsExport,
     with Manifest(out / "manifest.sqlite") as man:
         done = man.series("done")
         writers = {s["worker"] for s in done}
-    assert len(writers) == 2 and all(w.split(":")[1] != str(os.getpid()) for w in writers)
+    # both writers, unless one was still starting (importing torch) while the other wrote all
+    assert 1 <= len(writers) <= 2
+    assert all(w.split(":")[1] != str(os.getpid()) for w in writers)
     assert order == list(range(len(order)))
 
 
@@ -623,7 +627,7 @@ def test_a_series_that_kills_its_writer_process_is_isolated(tmp_path: Path) -> N
                                   Job(n, (), str(tmp_path), n, f"s/{n}"), {"ahead": 0.0})
                    for n in names]
         results = [writers.result(w, pending) for w in pending]
-        assert writers.restarts >= 3
+        assert writers.restarts >= 2  # the bad one alone, twice (the others too if they were held)
     assert [r.id for r in results] == names
     bad = results[1]
     assert bad.state == "failed"
@@ -631,6 +635,19 @@ def test_a_series_that_kills_its_writer_process_is_isolated(tmp_path: Path) -> N
     for r in (results[0], results[2]):
         assert r.state == "failed" and r.reason.startswith("internal error: AttributeError")
     assert not list(tmp_path.glob(".*.partial-*"))
+    # a writer killed while none is busy: the next series is written by a new one
+    if Path("/proc/self/stat").exists():
+        with Writers(1) as writers:
+            writers.warm()
+            deadline = time.monotonic() + 120
+            while not (pids := _writer_pids(os.getpid())):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            os.kill(pids[0], signal.SIGKILL)
+            time.sleep(1.0)
+            w = writers.submit(task("d"), Job("d", (), str(tmp_path), "d", "s/d"), {})
+            r = writers.result(w, [w])
+        assert r.id == "d" and r.reason.startswith("internal error: AttributeError")
 
 
 def test_dask_chunks_are_balanced_over_the_workers() -> None:

@@ -341,7 +341,11 @@ class Writers:
 
     def submit(self, task: WriteTask, job: Job, timings: dict[str, float | None]) -> _Write:
         w = _Write(task, job, timings)
-        w.future = self._pool.submit(write_one, task, job, timings)
+        try:
+            w.future = self._pool.submit(write_one, task, job, timings)
+        except BrokenProcessPool as exc:  # a writer died while none was busy: see result()
+            w.future = cf.Future()
+            w.future.set_exception(exc)
         return w
 
     def result(self, w: _Write, pending: Sequence[_Write] = ()) -> Result:
