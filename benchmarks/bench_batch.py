@@ -3,6 +3,7 @@
     python benchmarks/bench_batch.py                 # defaults: 1200 files, 32 images
     python benchmarks/bench_batch.py --files 5000 --images 96 --workers 1,2,4
     python benchmarks/bench_batch.py --ratio --ratio-images 40   # sections 4-5 only
+    python benchmarks/bench_batch.py --writers 0,1,2 --ratio-images 40 --rounds 3  # section 6
 
 Builds a synthetic export in a temporary folder (CT series of 64x64 int16 slices, 256x192 RGB
 dermoscopy-like photos as DICOM, some non-DICOM files), and an untrained 2D RGB U-Net bundle of the
@@ -197,10 +198,8 @@ def bench_end_to_end(export: Path, bundle_dir: Path, work: Path, workers: list[i
                          f"{s.scan['files_per_s']:.0f}", f"{s.process['seconds']:.2f}",
                          f"{s.process['images_per_s']:.2f}", f"{dt:.1f}"])
             shutil.rmtree(out)
-    batched = "yes" if runner._PIPELINE_TAKES_PREDICTION else \
-        "no (segment_loaded takes no prediction)"
     table(f"3. end to end: run_batch, NIfTI + JSON outputs, batch size {batch_size}, batched "
-          f"2D prediction: {batched}",
+          f"2D prediction, {runner.WRITER_THREADS} writer threads",
           ["explain", "workers", "backend", "images", "scan files/s", "process s", "images/s",
            "wall s"], rows)
 
@@ -410,6 +409,70 @@ def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | N
           ["command", "stage", "ms/image"], rows)
 
 
+def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int],
+                  rounds: int) -> None:
+    """``medxai batch`` over the ISIC photos as a DICOM export (the bundled model, default
+    outputs, ``--explain``), one fresh CLI process per ``--writers`` count and round, the counts
+    interleaved round by round so that a noisy machine affects them alike; the model-bound rate
+    before and after."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="medxai-bench-writers-") as tmp:
+        work = Path(tmp)
+        photos = _photos(n_images, work / "jpegs")
+        build_photo_export(photos, work / "export")
+        before = model_bound_rate(photos, batch_size)
+        print(f"model-bound: {before[1]}")
+        rates: dict[int, list[tuple[float, float]]] = {c: [] for c in counts}
+        stages: dict[int, dict[str, float]] = {}
+        for r in range(rounds):
+            for c in counts:
+                out = work / f"out_{c}_{r}"
+                wall = _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL,
+                             "--device", "cpu", "--explain", explain, "--batch-size",
+                             str(batch_size), "--writers", str(c), "-q"], env, work)
+                summary = json.loads((out / "summary.json").read_text())
+                done = summary["series"].get("done", 0)
+                rates[c].append((float(summary["process"]["images_per_s"]), done / wall))
+                stages[c] = _manifest_stages(out / "manifest.sqlite")
+                print(f"  round {r + 1}, --writers {c}: {rates[c][-1][0]:.2f} images/s "
+                      f"(processing), {rates[c][-1][1]:.2f} (wall, start-up included)")
+                shutil.rmtree(out)
+        after = model_bound_rate(photos, batch_size)
+    mb = (before[0] + after[0]) / 2
+    load = os.getloadavg()
+    base = float(np.median([p for p, _ in rates[counts[0]]]))
+    rows = []
+    for c in counts:
+        proc = float(np.median([p for p, _ in rates[c]]))
+        wall = float(np.median([w for _, w in rates[c]]))
+        what = f"{c} writer processes" if c else "writer threads (--writers 0)"
+        rows.append([what, f"{proc:.2f}", f"{wall:.2f}", f"{proc / base:.2f}",
+                     f"{proc / mb:.2f}"])
+    table(f"6. medxai batch by --writers: {n_images} photos 512x512 as DICOM, default outputs, "
+          f"--explain {explain}, median of {rounds}; {os.cpu_count()} CPU(s), load average "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; model-bound {before[0]:.2f} before, "
+          f"{after[0]:.2f} after",
+          ["writers", "images/s", "images/s wall", f"vs --writers {counts[0]}", "model-bound "
+           "ratio"], rows)
+    keys = ["read", "predict", "explain", "write", "total"]
+    table("7. ms per image by stage (manifest, last round; read/predict/explain in the network's "
+          "process, write in the writers; wall time of each stage, so a busy CPU inflates them)",
+          ["writers", *keys], [[c, *(f"{stages[c].get(k, 0.0):.0f}" for k in keys)]
+                               for c in counts])
+
+
+def _manifest_stages(manifest: Path) -> dict[str, float]:
+    """Mean ms per done series of each stage in a batch manifest."""
+    import sqlite3
+
+    con = sqlite3.connect(manifest)
+    row = con.execute("SELECT AVG(read_s), AVG(predict_s), AVG(explain_s), AVG(write_s), "
+                      "AVG(total_s) FROM series WHERE state='done'").fetchone()
+    con.close()
+    return {k: 1000 * float(v or 0.0) for k, v in zip(("read", "predict", "explain", "write",
+                                                          "total"), row)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1200, help="files in the export")
@@ -423,6 +486,10 @@ def main() -> None:
                          "segment against the model-bound rate")
     ap.add_argument("--ratio-images", type=int, default=40, help="photos for --ratio")
     ap.add_argument("--explain", default="gradcam", help="saliency method for --ratio")
+    ap.add_argument("--writers", dest="writer_counts",
+                    help="only section 6: medxai batch with these --writers counts, e.g. 0,1,2 "
+                         "(0: writer threads), over --ratio-images photos")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of section 6")
     ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
                                         "(e.g. an unpacked `git archive` of an older commit)")
     args = ap.parse_args()
@@ -435,6 +502,10 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     print(f"medxai batch benchmark: {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"{args.files} files ({args.images} photos 256x192 RGB)")
+    if args.writer_counts:
+        counts = [int(c) for c in args.writer_counts.split(",")]
+        bench_writers(args.ratio_images, args.batch_size, args.explain, counts, args.rounds)
+        return
     if args.ratio:
         bench_ratio(args.ratio_images, args.batch_size, args.explain, args.base_root)
         return

@@ -9,7 +9,7 @@ untrained 2D U-Net bundle (64x64 input, flip TTA) segments with the default outp
 format, PNG, NIfTI, JSON) and Grad-CAM, and the rest are 64x64 CT slices in series of 50 (3D
 stacks: scanned, recorded as not fitting the 2D model, never decoded). Each run is a fresh
 ``medxai batch`` process, which reports at exit its own peak RSS (``ru_maxrss``) and that of its
-largest child (a header-scan worker process). Comparing
+largest child (a header-scan worker process, or a writer process with ``--writers N``). Comparing
 runs shows what grows with the number of files (scan, manifest) and what grows with the number of
 images processed (nothing, if the pipeline's queues are bounded).
 """
@@ -106,13 +106,15 @@ def make_bundle(path: Path) -> Path:
                                                             "version": "0"}, network=net), path)
 
 
-def run_batch_cli(export: Path, out: Path, model: Path) -> tuple[float, float, float, dict]:
-    """(wall s, peak RSS MiB of the batch process, of its largest scan worker, summary.json) of
-    one fresh ``medxai batch``."""
+def run_batch_cli(export: Path, out: Path, model: Path, writers: int | None = None
+                  ) -> tuple[float, float, float, dict]:
+    """(wall s, peak RSS MiB of the batch process, of its largest child: a scan worker or a
+    writer process, summary.json) of one fresh ``medxai batch``."""
     t = time.perf_counter()
+    extra = ["--writers", str(writers)] if writers is not None else []
     proc = subprocess.run([sys.executable, "-c", _CLI, "batch", str(export), "-o", str(out),
                            "-m", str(model), "--device", "cpu", "--explain", "gradcam", "-q",
-                           "--json"], capture_output=True, text=True, check=False)
+                           "--json", *extra], capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if proc.returncode not in (0, 1):
         print(proc.stderr[-3000:])
@@ -126,6 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="10000:100",
                     help="comma-separated FILES:IMAGES per run")
+    ap.add_argument("--writers", type=int, help="medxai batch --writers (default: its own)")
     args = ap.parse_args()
     runs = [tuple(int(v) for v in r.split(":")) for r in args.runs.split(",")]
     print(f"medxai batch peak memory: {os.cpu_count()} CPU(s), load average "
@@ -140,7 +143,7 @@ def main() -> int:
             build_export(export, n_files, n_images)
             built = time.perf_counter() - t
             wall, peak, scan_peak, summary = run_batch_cli(
-                export, work / f"out_{n_files}_{n_images}", model)
+                export, work / f"out_{n_files}_{n_images}", model, args.writers)
             rows.append([n_files, n_images, summary["series"].get("done", 0),
                          summary["series"].get("skipped", 0), summary["series"].get("failed", 0),
                          f"{summary['scan']['seconds']:.1f}",
@@ -150,7 +153,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
     head = ["files", "images", "series done", "skipped", "failed", "scan s", "images/s",
-            "wall s", "peak RSS MiB", "scan worker peak MiB", "export built s"]
+            "wall s", "peak RSS MiB", "largest child peak MiB", "export built s"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:

@@ -1,5 +1,13 @@
-"""What ``medxai segment`` does, as one function the CLI, the batch runner and the Python API
-all call: read -> predict -> explain -> write, one output folder per input.
+"""What ``medxai segment`` does, as stages the CLI, the batch runner, the DICOM node and the
+Python API all compose: read -> predict -> explain -> write, one output folder per input.
+
+The stages pass plain, picklable data (as nnU-Net v2's predictor does, predicting on the device
+and exporting in a process pool): :func:`predict_stage` (the network: prediction, TTA views or MC
+dropout passes) -> :class:`Predicted`; :func:`explain_stage` (the network: saliency) ->
+:class:`Explained`; :func:`write_task` bundles them with the image and the model without its
+network into a :class:`WriteTask`, which :func:`write_stage` turns into the result folder in
+any thread or process (the uncertainty map and scores are computed there, from the samples).
+:func:`segment_loaded` runs the three in one thread.
 
 Each input's outputs are written by :func:`medxai.outputs.write_result_folder`: into a hidden
 temporary folder beside the final one, moved into place with one rename when everything is
@@ -14,7 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +47,27 @@ from medxai.outputs import ResultFolder, label_info, output_name, write_result_f
 from medxai.uncertainty import (
     QUALITY_DEFINITION,
     SampleAccumulator,
+    Samples,
     Uncertainty,
+    summarise,
     tta_accumulator,
     uncertainty_method,
 )
-from medxai.uncertainty import estimate as estimate_uncertainty
 
 __all__ = [
     "FORMATS",
     "SegmentOptions",
     "SegmentResult",
     "segment_loaded",
+    "Predicted",
+    "Explained",
+    "WriteTask",
+    "predict_stage",
+    "explain_stage",
+    "write_task",
+    "write_stage",
+    "writer_model",
+    "uncertainty_samples",
     "segment_path",
     "segment",
     "default_formats",
@@ -666,7 +684,7 @@ def _report(
     loaded: LoadedImage,
     bundle: ModelBundle,
     pred: Prediction,
-    device: torch.device,
+    device: torch.device | str,
     saliency_info: dict[str, Any],
     timings: dict[str, float],
     files: list[str],
@@ -722,6 +740,292 @@ def _report(
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# the stages: predict (network), explain (network), write (no network; any process)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predicted:
+    """What the predict stage made of one input (plain, picklable data).
+
+    Attributes:
+        prediction: the segmentation on the input's grid.
+        samples: the uncertainty samples (TTA views or MC dropout passes) the write stage turns
+            into the uncertainty map and quality scores; None without uncertainty.
+        uncertainty: the uncertainty method (None: none) and why it was chosen.
+        timings: ``predict`` (and ``uncertainty``: the extra passes) in seconds.
+    """
+
+    prediction: Prediction
+    samples: Samples | None = None
+    uncertainty: str | None = None
+    uncertainty_reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Explained:
+    """What the explain stage made: one saliency map per foreground label on the input's grid,
+    the method, and report.json's ``saliency`` section (picklable)."""
+
+    maps: dict[int, torch.Tensor]
+    method: str | None
+    info: dict[str, Any]
+    seconds: float | None = None
+
+
+@dataclass
+class WriteTask:
+    """Everything the write stage needs, with no network: it can be pickled to a writer
+    process, which loads no model (``model`` is :func:`writer_model` of the bundle)."""
+
+    loaded: LoadedImage
+    model: ModelBundle
+    out_root: Path
+    name: str
+    formats: list[str]
+    options: SegmentOptions
+    predicted: Predicted
+    explained: Explained
+    device: str
+    choice: dict[str, Any] | None = None
+    #: the seed of the DICOM objects' derived UIDs (:func:`result_uid_seed`); None: random
+    uid_seed: str | None = None
+
+
+def writer_model(bundle: ModelBundle) -> ModelBundle:
+    """What the writers read of a model (name, version, weights, labels, config) without its
+    network: small and picklable."""
+    return ModelBundle(
+        config=bundle.config,
+        metadata=bundle.metadata,
+        network=torch.nn.Identity(),
+        path=bundle.path,
+    )
+
+
+def uncertainty_samples(
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    pred: Prediction,
+    method: str | None,
+    device: torch.device,
+    opts: SegmentOptions,
+    views: SampleAccumulator | None = None,
+) -> Samples | None:
+    """The network's part of the uncertainty: the TTA views ``views`` collected while
+    predicting (run again when there are none), or the MC dropout passes; None for none."""
+    if method is None:
+        return None
+    if method == "tta":
+        if views is None or len(views) == 0:
+            views = tta_accumulator(bundle)
+            collect = views
+            predict(
+                bundle,
+                loaded.image,
+                device=device,
+                tta=opts.tta,
+                roi_size=opts.roi_size,
+                overlap=opts.overlap,
+                sw_batch_size=opts.sw_batch_size,
+                each_view=lambda _i, p: collect.add(p),
+            )
+        return views.finish("tta")
+    if method == "mc-dropout":
+        from medxai.uncertainty import mc_dropout_samples  # looked up at call time
+
+        return mc_dropout_samples(
+            bundle,
+            loaded.image,
+            device,
+            samples=opts.mc_samples,
+            seed=opts.mc_seed,
+            roi_size=opts.roi_size,
+            overlap=opts.overlap,
+            sw_batch_size=opts.sw_batch_size,
+        )
+    raise InputError(
+        f"unknown uncertainty method {method!r}", hint="use one of tta, mc-dropout, none"
+    )
+
+
+def predict_stage(
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    opts: SegmentOptions,
+    device: torch.device,
+    *,
+    prediction: Prediction | None = None,
+    views: SampleAccumulator | None = None,
+    progress: ProgressFn | None = None,
+    name: str = "",
+    kept: Any = None,
+) -> Predicted:
+    """Stage 1 (needs the network): the prediction (``prediction`` when made elsewhere, e.g. in
+    a batch) and the uncertainty samples (the TTA ``views`` it collected, or the MC dropout
+    passes). ``kept``: a :func:`saliency_forward` that the prediction's identity view runs
+    (then the explain stage costs only its backward pass)."""
+    timings: dict[str, float] = {}
+    method, reason = uncertainty_method(bundle, opts.uncertainty, opts.tta)
+    if views is None and method == "tta" and prediction is None:
+        views = tta_accumulator(bundle)
+    if prediction is None:
+        if progress:
+            progress(f"{name}: predicting on {device}")
+        t = time.perf_counter()
+        collect = views
+        prediction = predict(
+            bundle,
+            loaded.image,
+            device=device,
+            roi_size=opts.roi_size,
+            overlap=opts.overlap,
+            sw_batch_size=opts.sw_batch_size,
+            tta=opts.tta,
+            source=str(loaded.path),
+            each_view=(lambda _i, p: collect.add(p)) if collect is not None else None,
+            identity_forward=kept,
+        )
+        timings["predict"] = time.perf_counter() - t
+    else:
+        timings["predict"] = prediction.seconds
+    t = time.perf_counter()
+    samples = uncertainty_samples(bundle, loaded, prediction, method, device, opts, views)
+    if method is not None:
+        timings["uncertainty"] = time.perf_counter() - t
+    return Predicted(prediction, samples, method, reason, timings)
+
+
+def explain_stage(
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    opts: SegmentOptions,
+    device: torch.device,
+    prediction: Prediction,
+    *,
+    maps: dict[int, torch.Tensor] | None = None,
+    progress: ProgressFn | None = None,
+    name: str = "",
+    kept: Any = None,
+) -> Explained:
+    """Stage 2 (needs the network): the saliency maps (``maps`` when made elsewhere; from the
+    ``kept`` forward pass of the predict stage when there is one) and the report's
+    ``saliency`` section."""
+    settings = resolve_explain(bundle, opts)
+    seconds = None
+    if settings is None:
+        maps = {}
+    elif maps is None:
+        if progress:
+            progress(f"{name}: explaining with {settings.describe()}")
+        t = time.perf_counter()
+        maps = saliency_maps(bundle, loaded, opts, device, prediction, kept)
+        if kept is not None:
+            kept.release()
+        seconds = time.perf_counter() - t
+    info = _saliency_report(bundle, loaded, prediction, settings, maps)
+    return Explained(maps, settings.method if settings else None, info, seconds)
+
+
+def write_task(
+    loaded: LoadedImage,
+    bundle: ModelBundle,
+    out_root: str | Path,
+    name: str,
+    opts: SegmentOptions,
+    predicted: Predicted,
+    explained: Explained,
+    device: torch.device,
+    choice: ModelChoice | None = None,
+) -> WriteTask:
+    """The input of :func:`write_stage` (picklable; the model without its network)."""
+    formats = list(opts.formats or default_formats(loaded))
+    return WriteTask(
+        loaded=loaded,
+        model=writer_model(bundle),
+        out_root=Path(out_root),
+        name=name,
+        formats=formats,
+        options=opts,
+        predicted=predicted,
+        explained=explained,
+        device=str(device),
+        choice=choice.to_dict() if choice is not None else None,
+        uid_seed=result_uid_seed(loaded, bundle, opts, formats) if opts.derived_uids else None,
+    )
+
+
+def write_stage(task: WriteTask, progress: ProgressFn | None = None) -> SegmentResult:
+    """Stage 3 (no network; any thread or process): the uncertainty map and scores from the
+    samples, then the result folder (written atomically) with its report."""
+    loaded, bundle, opts = task.loaded, task.model, task.options
+    pred = task.predicted.prediction
+    timings: dict[str, float] = dict(task.predicted.timings)
+    uncertainty = None
+    samples = task.predicted.samples
+    if samples is not None:
+        t = time.perf_counter()
+        seed = opts.mc_seed if samples.method == "mc-dropout" else None
+        uncertainty = summarise(samples, pred, seed=seed)
+        timings["uncertainty"] = timings.get("uncertainty", 0.0) + time.perf_counter() - t
+    if task.explained.seconds is not None:
+        timings["explain"] = task.explained.seconds
+    formats = task.formats
+    report: dict[str, Any] = {}
+
+    def finish(tmp: Path, written: ResultFolder) -> None:
+        timings.update(written.timings)
+        report.update(
+            _report(
+                loaded,
+                bundle,
+                pred,
+                task.device,
+                task.explained.info,
+                timings,
+                written.files,
+                _digest(loaded),
+            )
+        )
+        report["skipped_outputs"] = written.skipped
+        report.update(_uncertainty_report(uncertainty, task.predicted.uncertainty_reason))
+        report["model"]["choice"] = task.choice or {
+            "chosen": bundle.name,
+            "reason": "given with --model",
+        }
+        if "json" in formats:
+            from medxai.io.writers import write_report_json
+
+            write_report_json(report, tmp / "report.json")
+            written.files.append("report.json")
+            report["files"] = written.files
+
+    written = write_result_folder(
+        task.out_root,
+        task.name,
+        loaded,
+        bundle,
+        pred,
+        task.explained.maps,
+        formats,
+        uid_seed=task.uid_seed,
+        overwrite=opts.overwrite,
+        finish=finish,
+        seg_type=opts.seg_type,
+        split_labels=opts.split_labels,
+        method=task.explained.method,
+        uncertainty=uncertainty,
+    )
+    final = task.out_root / task.name
+    if progress:
+        progress(f"{task.name}: wrote {len(written.files)} file(s) to {final}")
+    return SegmentResult(
+        input=str(loaded.path), output_dir=final, files=written.files, report=report
+    )
+
+
 def segment_loaded(
     loaded: LoadedImage,
     bundle: ModelBundle,
@@ -736,10 +1040,10 @@ def segment_loaded(
     views: SampleAccumulator | None = None,
 ) -> SegmentResult:
     """Segment (and explain) an image already read, writing its output folder under
-    ``out_root``. See :func:`segment_path`. A ``prediction`` made elsewhere (the batch runner
-    predicts 2D images in batches) is used instead of predicting again, and so are ``saliency``
-    maps made elsewhere (:func:`saliency_maps`; the batch runner explains the next image while
-    this one is written) and the test-time augmentation ``views`` that prediction collected
+    ``out_root``: :func:`predict_stage`, :func:`explain_stage`, :func:`write_stage` in this
+    thread. See :func:`segment_path`. A ``prediction`` made elsewhere is used instead of
+    predicting again, and so are ``saliency`` maps made elsewhere (:func:`saliency_maps`) and
+    the test-time augmentation ``views`` that prediction collected
     (:func:`medxai.uncertainty.tta_accumulator`; without them a given prediction's TTA
     uncertainty runs the views again)."""
     opts = options or SegmentOptions()
@@ -753,99 +1057,35 @@ def segment_loaded(
             path=final,
             hint="pass --overwrite to replace it, or choose another -o",
         )
-    formats = list(opts.formats or default_formats(loaded))
     device = resolve_device(opts.device)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    unc_method, unc_reason = uncertainty_method(bundle, opts.uncertainty, opts.tta)
-    if views is None and unc_method == "tta" and prediction is None:
-        views = tta_accumulator(bundle)
     # the saliency's forward pass is the prediction's identity view (then only its backward runs)
     kept = (
         saliency_forward(bundle, opts, device) if prediction is None and saliency is None else None
     )
-    if prediction is None:
-        say(f"{name}: predicting on {device}")
-        pred = predict(
-            bundle,
-            loaded.image,
-            device=device,
-            roi_size=opts.roi_size,
-            overlap=opts.overlap,
-            sw_batch_size=opts.sw_batch_size,
-            tta=opts.tta,
-            source=str(loaded.path),
-            each_view=(lambda _i, p: views.add(p)) if views is not None else None,
-            identity_forward=kept,
-        )
-        timings["predict"] = time.perf_counter() - t
-    else:
-        pred = prediction
-        timings["predict"] = prediction.seconds
-    uncertainty = _uncertainty(bundle, loaded, pred, unc_method, device, views, opts, timings)
-    given_saliency = saliency
-    saliency = {}
-    settings = resolve_explain(bundle, opts)
-    if settings is not None:
-        t = time.perf_counter()
-        if given_saliency is None:
-            say(f"{name}: explaining with {settings.describe()}")
-            saliency = saliency_maps(bundle, loaded, opts, device, pred, kept)
-            if kept is not None:
-                kept.release()
-        else:
-            saliency = given_saliency
-        timings["explain"] = time.perf_counter() - t
-    saliency_info = _saliency_report(bundle, loaded, pred, settings, saliency)
-    report: dict[str, Any] = {}
-
-    def finish(tmp: Path, written: ResultFolder) -> None:
-        timings.update(written.timings)
-        report.update(
-            _report(
-                loaded,
-                bundle,
-                pred,
-                device,
-                saliency_info,
-                timings,
-                written.files,
-                _digest(loaded),
-            )
-        )
-        report["skipped_outputs"] = written.skipped
-        report.update(_uncertainty_report(uncertainty, unc_reason))
-        report["model"]["choice"] = (
-            choice.to_dict()
-            if choice is not None
-            else {"chosen": bundle.name, "reason": "given with --model"}
-        )
-        if "json" in formats:
-            from medxai.io.writers import write_report_json
-
-            write_report_json(report, tmp / "report.json")
-            written.files.append("report.json")
-            report["files"] = written.files
-
-    written = write_result_folder(
-        out_root,
-        name,
+    predicted = predict_stage(
         loaded,
         bundle,
-        pred,
-        saliency,
-        formats,
-        uid_seed=result_uid_seed(loaded, bundle, opts, formats) if opts.derived_uids else None,
-        overwrite=opts.overwrite,
-        finish=finish,
-        seg_type=opts.seg_type,
-        split_labels=opts.split_labels,
-        method=settings.method if settings is not None else None,
-        uncertainty=uncertainty,
+        opts,
+        device,
+        prediction=prediction,
+        views=views,
+        progress=say,
+        name=name,
+        kept=kept,
     )
-    files = written.files
-    say(f"{name}: wrote {len(files)} file(s) to {final}")
-    return SegmentResult(input=str(loaded.path), output_dir=final, files=files, report=report)
+    explained = explain_stage(
+        loaded,
+        bundle,
+        opts,
+        device,
+        predicted.prediction,
+        maps=saliency,
+        progress=say,
+        name=name,
+        kept=kept,
+    )
+    task = write_task(loaded, bundle, out_root, name, opts, predicted, explained, device, choice)
+    return write_stage(task, say)
 
 
 #: options that do not change what a result holds (left out of :func:`result_uid_seed`)
@@ -879,38 +1119,6 @@ def result_uid_seed(
         sort_keys=True,
         default=str,
     )
-
-
-def _uncertainty(
-    bundle: ModelBundle,
-    loaded: LoadedImage,
-    pred: Prediction,
-    method: str | None,
-    device: torch.device,
-    views: SampleAccumulator | None,
-    opts: SegmentOptions,
-    timings: dict[str, float],
-) -> Uncertainty | None:
-    """The uncertainty map and quality scores by ``method`` (None: none), timed."""
-    if method is None:
-        return None
-    t = time.perf_counter()
-    result = estimate_uncertainty(
-        bundle,
-        loaded.image,
-        pred,
-        method,
-        device,
-        views=views,
-        mc_samples=opts.mc_samples,
-        seed=opts.mc_seed,
-        tta=opts.tta,
-        roi_size=opts.roi_size,
-        overlap=opts.overlap,
-        sw_batch_size=opts.sw_batch_size,
-    )
-    timings["uncertainty"] = time.perf_counter() - t
-    return result
 
 
 def _uncertainty_report(uncertainty: Uncertainty | None, reason: str) -> dict[str, Any]:

@@ -490,22 +490,22 @@ def test_batched_path_gives_each_image_its_own_prediction(monkeypatch: pytest.Mo
                                                          bundle_dir: Path, tmp_path: Path
                                                          ) -> None:
     """2D images go through the network in batches of 4, their saliency maps are made in the
-    network's thread, and each prediction and saliency map reaches ``segment_loaded`` (the
-    writer thread) with its own image: every image's maps equal the reference run's."""
+    network's thread, and each prediction and saliency map reaches the write stage with its own
+    image: every image's maps equal the reference run's."""
     import medxai.batch.runner as runner
 
-    real = runner.segment_loaded
+    real = runner.write_stage
     seen = []
 
-    def segment_loaded(loaded, bundle, out_root, options=None, *, name=None, **kw):
-        prediction = kw.get("prediction")
-        assert prediction is not None and kw.get("saliency") is not None
-        assert prediction.labels.shape[1:] == loaded.image.shape[1:]
-        assert all(s.shape[1:] == loaded.image.shape[1:] for s in kw["saliency"].values())
-        seen.append(name)
-        return real(loaded, bundle, out_root, options, name=name, **kw)
+    def write_stage(task, progress=None):
+        pred = task.predicted.prediction
+        assert pred.labels.shape[1:] == task.loaded.image.shape[1:]
+        assert task.explained.maps, "the batch made no saliency map"
+        assert all(s.shape[1:] == task.loaded.image.shape[1:] for s in task.explained.maps.values())
+        seen.append(task.name)
+        return real(task, progress)
 
-    monkeypatch.setattr(runner, "segment_loaded", segment_loaded)
+    monkeypatch.setattr(runner, "write_stage", write_stage)
     out = tmp_path / "out"
     summary = run_batch(export.root, out, model=bundle_dir, batch_size=4, options=_options())
     assert len(seen) == summary.series["done"] == len(export.fit_done)
@@ -526,24 +526,61 @@ def _done_count(manifest: Path) -> int:
         return 0
 
 
+def _writer_pids(pid: int) -> list[int]:
+    """The writer processes (``spawn`` children) of process ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmd:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("writers", ["0", "2"])
 def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: PacsExport,
-                                                           bundle_dir: Path, tmp_path: Path
-                                                           ) -> None:
+                                                           bundle_dir: Path, tmp_path: Path,
+                                                           writers: str) -> None:
+    """kill -9 of the run (the network's process) mid-way, with writer threads or writer
+    processes (which exit with it): the resumed run does only what was not done."""
+    if writers != "0" and not Path("/proc/self/stat").exists():
+        pytest.skip("finds the writer processes in /proc")
     ref, ref_summary, _ = reference
     out = tmp_path / "out"
     args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
-            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu"]
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
+            "--writers", writers]
     proc = _run_cli(args)
     deadline = time.monotonic() + 300
+    children: list[int] = []
     try:
         while _done_count(out / "manifest.sqlite") < 1:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no series finished in 300 s"
             time.sleep(0.02)
+        children = _writer_pids(proc.pid)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert len(children) == int(writers)
+    # within a second of their parent's death, or of their start-up (importing torch) on a
+    # loaded machine
+    end = time.monotonic() + 60
+    while any(_alive(c) for c in children) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children), "writer processes outlived the run"
     done_at_kill = _done_count(out / "manifest.sqlite")
     assert 1 <= done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
 
@@ -554,6 +591,166 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: Pa
     assert summary["this_run"]["done"] == ref_summary.series["done"] - done_at_kill
     assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
     _assert_same_results(out, ref)
+
+
+def test_writer_processes_give_the_same_result(reference, export: PacsExport,
+                                              bundle_dir: Path, tmp_path: Path) -> None:
+    """Two writer processes (they load no model): the same folders, labels and manifest as the
+    run that writes with threads, results recorded in the order of the series."""
+    ref, _summary, _ = reference
+    out = tmp_path / "out"
+    order = []
+    summary = run_batch(export.root, out, model=bundle_dir, options=_options(), writers=2,
+                        progress=lambda p: order.append(p.done) if p.phase == "process" else None)
+    assert summary.backend == "in process, 2 writer processes"
+    _assert_same_results(out, ref)
+    with Manifest(out / "manifest.sqlite") as man:
+        done = man.series("done")
+        writers = {s["worker"] for s in done}
+    # both writers, unless one was still starting (importing torch) while the other wrote all
+    assert 1 <= len(writers) <= 2
+    assert all(w.split(":")[1] != str(os.getpid()) for w in writers)
+    assert order == list(range(len(order)))
+
+
+def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export: PacsExport,
+                                                              bundle_dir: Path, tmp_path: Path
+                                                              ) -> None:
+    """kill -9 of one writer process mid-run: the run goes on (new writers), writes every series
+    the dead writer held again, and ends with exactly the uninterrupted result."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finds the writer processes in /proc")
+    ref, ref_summary, _ = reference
+    out = tmp_path / "out"
+    args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
+            "--writers", "2", "--json"]
+    proc = _run_cli(args)
+    deadline = time.monotonic() + 300
+    while _done_count(out / "manifest.sqlite") < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no series finished in 300 s"
+        time.sleep(0.02)
+    before = _writer_pids(proc.pid)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    done_at_kill = _done_count(out / "manifest.sqlite")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr  # the export's one failing series
+    assert done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
+    summary = json.loads(stdout)
+    assert summary["this_run"]["done"] == ref_summary.series["done"]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    _assert_same_results(out, ref)
+    with Manifest(out / "manifest.sqlite") as man:
+        pids = {int(s["worker"].split(":")[1]) for s in man.series("done")}
+        assert all(s["attempts"] == 1 for s in man.series("done"))
+    assert pids - set(before), "no new writer process wrote after the kill"
+
+
+class _KillsItsWriter:
+    """Unpickled in a writer process, it kills that process (as kill -9 or a segfault would)."""
+
+    def __reduce__(self):
+        return (os._exit, (9,))
+
+
+def test_a_series_that_kills_its_writer_process_is_isolated(tmp_path: Path) -> None:
+    """A writer process that dies breaks the pool: every series it held is written again, one
+    at a time; the one that kills its writer each time fails after 3 deaths, the others (here
+    tasks without an image: each fails in the write stage, normally) come back in order."""
+    import torch
+
+    from medxai.batch.runner import MAX_WRITE_ATTEMPTS, Writers
+    from medxai.batch.types import Job
+    from medxai.models.bundle import ModelBundle
+    from medxai.pipeline import Explained, Predicted, WriteTask
+
+    model = ModelBundle(config={}, metadata={"name": "m"}, network=torch.nn.Identity())
+
+    def task(name, loaded=None):
+        return WriteTask(loaded=loaded, model=model, out_root=tmp_path, name=name, formats=[],
+                         options=SegmentOptions(), predicted=Predicted(prediction=None),
+                         explained=Explained({}, None, {}), device="cpu")
+
+    names = ["a", "bad", "c"]
+    with Writers(2) as writers:
+        pending = [writers.submit(task(n, _KillsItsWriter() if n == "bad" else None),
+                                  Job(n, (), str(tmp_path), n, f"s/{n}"), {"ahead": 0.0})
+                   for n in names]
+        results = [writers.result(w, pending) for w in pending]
+        assert writers.restarts >= 2  # the bad one alone, twice (the others too if they were held)
+    assert [r.id for r in results] == names
+    bad = results[1]
+    assert bad.state == "failed"
+    assert bad.reason == f"its writer process died {MAX_WRITE_ATTEMPTS} times while writing it"
+    for r in (results[0], results[2]):
+        assert r.state == "failed" and r.reason.startswith("internal error: AttributeError")
+    assert not list(tmp_path.glob(".*.partial-*"))
+    # a writer killed while none is busy: the next series is written by a new one
+    if Path("/proc/self/stat").exists():
+        with Writers(1) as writers:
+            writers.warm()
+            deadline = time.monotonic() + 120
+            while not (pids := _writer_pids(os.getpid())):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            os.kill(pids[0], signal.SIGKILL)
+            time.sleep(1.0)
+            w = writers.submit(task("d"), Job("d", (), str(tmp_path), "d", "s/d"), {})
+            r = writers.result(w, [w])
+        assert r.id == "d" and r.reason.startswith("internal error: AttributeError")
+
+
+def test_dask_chunks_are_balanced_over_the_workers() -> None:
+    from medxai.batch.dask_runner import balanced_chunks
+
+    rows = [{"id": str(i)} for i in range(20)]
+    chunks = [rows[i:i + 8] for i in range(0, 20, 8)]
+    assert [len(c) for c in balanced_chunks(chunks, 2)] == [5, 5, 5, 5]
+    assert [r for c in balanced_chunks(chunks, 2) for r in c] == rows
+    assert [len(c) for c in balanced_chunks(chunks, 1)] == [8, 8, 4]
+    volumes = [[r] for r in rows[:3]]
+    assert balanced_chunks(volumes, 4) == volumes
+
+
+def test_listen_writes_each_study_with_its_writer_processes(tmp_path: Path) -> None:
+    """The DICOM node keeps its writer processes for its life (NodeConfig.writers): a received
+    study is processed through them (the manifest names a writer, not the node's process), and
+    its DICOM SEG is in the results."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    from medxai.models.registry import load_model
+    from medxai.node import DicomNode, NodeConfig
+    from tests.orthanc_server import free_port
+
+    node = DicomNode(NodeConfig(workdir=tmp_path / "work", port=free_port(), host="127.0.0.1",
+                                allow=["STORESCU"], idle_s=0.5, model=load_model(None),
+                                explain=None, device="cpu", min_free_bytes=0, writers=1))
+    node.start()
+    try:
+        assert node._writers is not None and node._writers.processes == 1
+        ae = AE(ae_title="STORESCU")
+        ae.requested_contexts = StoragePresentationContexts[:120]
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDXAI")
+        assert assoc.is_established
+        status = assoc.send_c_store(ROOT / "sample_data" / "dermoscopy.dcm")
+        assert status.Status == 0
+        assoc.release()
+        deadline = time.monotonic() + 300
+        while not [e for e in node.store.events(500) if e["event"] in ("processed",
+                                                                          "study_failed")]:
+            assert time.monotonic() < deadline, "the study was not processed in 300 s"
+            time.sleep(0.2)
+        events = [e for e in node.store.events(500) if e["event"] == "processed"]
+        assert len(events) == 1, node.store.events(500)
+    finally:
+        assert node.stop(timeout_s=60)
+    (manifest,) = (tmp_path / "work").rglob("manifest.sqlite")
+    with Manifest(manifest) as man:
+        (done,) = man.series("done")
+    assert int(done["worker"].split(":")[1]) != os.getpid()
+    assert [p.name for p in manifest.parent.rglob("seg.dcm")] == ["seg.dcm"]
 
 
 def test_cli_exit_code_0_and_json(tmp_path: Path, bundle_dir: Path) -> None:

@@ -12,6 +12,7 @@ so a ``done`` row means a complete folder, and a folder without a ``done`` row i
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -26,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from medxai.batch.manifest import MANIFEST_NAME, Manifest
-from medxai.batch.runner import WorkerConfig, init_worker_process, process_chunk, run_chunk
+from medxai.batch.runner import (
+    WorkerConfig,
+    Writers,
+    init_worker_process,
+    process_chunk,
+    run_chunk,
+)
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
 from medxai.batch.types import Job, Result
@@ -317,6 +324,7 @@ def run_batch(
     batch_size: int = 8,
     scan_workers: int | None = None,
     progress: ProgressFn | None = None,
+    writers: int | Writers = 0,
 ) -> BatchSummary:
     """Segment every series of a PACS export that fits the model; resumable.
 
@@ -336,6 +344,13 @@ def run_batch(
         batch_size: 2D images per forward pass (and per worker call).
         scan_workers: parallel header readers (default: CPU count, at most 8).
         progress: called with :class:`BatchProgress` as files are scanned and series finish.
+        writers: with ``workers=1`` and no scheduler, the writer processes this (the network's)
+            process feeds (:class:`medxai.batch.runner.Writers`; they load no model); 0 writes
+            with threads of this process. Worker processes and dask workers write with threads.
+            A :class:`~medxai.batch.runner.Writers` is used as it is and left open (a caller
+            that runs many jobs, like the DICOM node, starts its writer processes once).
+            Writer processes are started with ``spawn``: a script that calls this with
+            ``writers > 0`` needs the ``if __name__ == "__main__":`` guard.
 
     Returns:
         a :class:`BatchSummary` (also written to ``summary.json``).
@@ -355,6 +370,8 @@ def run_batch(
         workers=workers,
         scheduler=scheduler,
         batch_size=batch_size,
+        writers=writers.processes if isinstance(writers, Writers) else max(0, writers),
+        pool=writers if isinstance(writers, Writers) else None,
     )
     with _locked(out):
         man = Manifest(out / MANIFEST_NAME)
@@ -414,6 +431,8 @@ class _Run:
     workers: int
     scheduler: str | None
     batch_size: int
+    writers: int = 0
+    pool: Writers | None = None
     t_start: float = field(default_factory=time.perf_counter)
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
@@ -447,6 +466,7 @@ def _run_locked(
         {
             **settings,
             "workers": run.workers,
+            "writers": run.writers,
             "scheduler": run.scheduler,
             "device": run.opts.device,
             "retry_failed": retry_failed,
@@ -454,8 +474,13 @@ def _run_locked(
     )
     status = "interrupted"
     try:
-        found = _scan_step(run, man, retry_failed, scan_workers)
-        _process_step(run, man, found.pending)
+        with contextlib.ExitStack() as stack:
+            if run.pool is None and run.writers and not run.scheduler and run.workers <= 1:
+                # started now, so that they import medxai while the export is scanned
+                run.pool = stack.enter_context(Writers(run.writers))
+                run.pool.warm()
+            found = _scan_step(run, man, retry_failed, scan_workers)
+            _process_step(run, man, found.pending)
         status = "finished"
     finally:
         man.release([r["id"] for r in man.series("running")])
@@ -520,6 +545,17 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
         run.say(BatchProgress("process", done, total, dict(run.counts), time.perf_counter() - t1))
 
     run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
+    _process_groups(run, man, pending, on_result, run.pool)
+    run.process_s = time.perf_counter() - t1
+
+
+def _process_groups(
+    run: _Run,
+    man: Manifest,
+    pending: list[dict[str, Any]],
+    on_result: OnResult,
+    writers: Writers | None,
+) -> None:
     for grp_bundle, rows in _model_groups(run, pending):
         jobs_for = _JobFactory(run.export, run.out, man, run.plan.choices if run.plan else None)
         config = WorkerConfig(
@@ -537,8 +573,10 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
             on_result,
             run.scheduler,
             run.workers,
+            writers,
         )
-    run.process_s = time.perf_counter() - t1
+        if writers is not None and writers.processes:
+            run.backend += f", {writers.processes} writer processes"
 
 
 def _model_groups(
@@ -580,6 +618,7 @@ def _run_backend(
     on_result: OnResult,
     scheduler: str | None,
     workers: int,
+    writers: Writers | None = None,
 ) -> str:
     """Run ``chunks`` on the configured backend; returns its name for the summary."""
     if scheduler:
@@ -590,7 +629,7 @@ def _run_backend(
     if workers > 1:
         _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
         return f"{workers} local worker processes"
-    _run_inline(man, chunks, jobs_for, bundle, config, on_result)
+    _run_inline(man, chunks, jobs_for, bundle, config, on_result, writers)
     return "in process"
 
 
@@ -666,19 +705,28 @@ def _run_inline(
     bundle: ModelBundle,
     config: WorkerConfig,
     on_result: OnResult,
+    writers: Writers | None = None,
 ) -> None:
-    """Workers = 1: this process, the bundle already loaded; each result is recorded as soon as
-    it is ready."""
+    """Workers = 1: this process, the bundle already loaded; one pipeline over every chunk
+    (no pause between chunks), each chunk claimed in the manifest when the pipeline reads its
+    first series, each result recorded as soon as it is ready."""
     from medxai.batch.runner import worker_name
 
     me = worker_name()
-    for chunk in chunks:
-        ids = set(man.claim([r["id"] for r in chunk], me))
-        jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
-        if jobs:
-            process_chunk(
-                jobs, bundle, config.options, batch_size=config.batch_size, on_result=on_result
-            )
+
+    def claimed() -> Iterator[Job]:
+        for chunk in chunks:
+            ids = set(man.claim([r["id"] for r in chunk], me))
+            yield from (jobs_for(r) for r in chunk if r["id"] in ids)
+
+    process_chunk(
+        claimed(),
+        bundle,
+        config.options,
+        batch_size=config.batch_size,
+        on_result=on_result,
+        writers=writers,
+    )
 
 
 def _run_process_pool(

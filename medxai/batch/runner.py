@@ -2,16 +2,20 @@
 ``medxai segment`` (:func:`medxai.pipeline.segment_loaded`), report the outcome as a
 :class:`~medxai.batch.types.Result`.
 
-One chunk of series runs as a three-stage pipeline inside one worker (:class:`ChunkPipeline`):
+Series run through the stages of :mod:`medxai.pipeline` (:class:`ChunkPipeline`):
 
 1. a decode thread reads the next stacks (DICOM decoding) and checks a chosen model's full fit
    rules on them, while the network works on the current ones;
-2. this thread runs the network: 2D images go through it in batches
-   (:func:`medxai.inference.predict_batch`) when the model takes whole images, then their
-   saliency maps are computed (saliency needs the network, so it stays here); volumes go one
-   at a time (sliding window) and are written in line;
-3. writer threads (:data:`WRITERS`) write the 2D result folders (NIfTI, PNG, DICOM objects,
-   report) while the network runs on the next batch; results are emitted in order.
+2. this thread (the network's) runs everything that needs the network: 2D images go through it
+   in batches (:func:`medxai.inference.predict_batch`) when the model takes whole images,
+   volumes one at a time; then the uncertainty samples (TTA views, MC dropout) and the
+   saliency maps (:func:`medxai.pipeline.predict_stage`, :func:`~medxai.pipeline.explain_stage`);
+3. the writers (:class:`Writers`: writer processes that load no model, or with ``writers=0``
+   :data:`WRITER_THREADS` threads) write the result folders from plain picklable
+   :class:`~medxai.pipeline.WriteTask` s (:func:`medxai.pipeline.write_stage`: uncertainty map,
+   NIfTI, PNG, DICOM objects, report) while the network runs on the next batch. Results are
+   emitted in the order of the series; a writer process that dies loses nothing (its series
+   are written again).
 
 Every queue between the stages is bounded (:data:`AHEAD` batches read ahead, at most
 :data:`AHEAD` batches waiting to be written), so memory does not grow with the number of series.
@@ -22,15 +26,16 @@ time. Nothing here touches the manifest: results go back to the process that own
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
-import inspect
 import os
 import socket
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +50,14 @@ from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
 from medxai.pipeline import (
     SegmentOptions,
+    WriteTask,
+    explain_stage,
     input_facts,
+    predict_stage,
     saliency_forward,
     saliency_maps,
-    segment_loaded,
+    write_stage,
+    write_task,
 )
 from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
 
@@ -62,9 +71,12 @@ REFUSED_AFTER_SCAN_HINT = (
 
 __all__ = [
     "AHEAD",
-    "WRITERS",
+    "MAX_WRITE_ATTEMPTS",
+    "WRITER_THREADS",
     "ChunkPipeline",
     "WorkerConfig",
+    "Writers",
+    "default_writers",
     "error_result",
     "load_stack",
     "predict_batch",
@@ -72,19 +84,19 @@ __all__ = [
     "run_chunk",
     "worker_bundle",
     "worker_name",
+    "write_one",
 ]
 
 ResultFn = Callable[[Result], None]
 
 #: Batches read ahead of the network, and batches of results waiting for the writer, at most.
 AHEAD = 2
-#: Writer threads: the DICOM, NIfTI and PNG writers spend much of their time in zlib, numpy and
-#: Pillow, which release the GIL, so two threads write about 1.2x as many result folders per
-#: second as one (48 ISIC photos, default outputs, Grad-CAM, 2 cores: 2.5-2.6 -> 2.9-3.1 images/s).
-WRITERS = 2
-
-# segment_loaded(prediction=...) lets a prediction made in a batch be used as it is
-_PIPELINE_TAKES_PREDICTION = "prediction" in inspect.signature(segment_loaded).parameters
+#: Writer threads when no writer process is asked for (``writers=0``): the DICOM, NIfTI and PNG
+#: writers spend much of their time in zlib, numpy and Pillow, which release the GIL, so two
+#: threads write about 1.2x as many result folders per second as one.
+WRITER_THREADS = 2
+#: How often a writer process may die while writing a series before the series fails.
+MAX_WRITE_ATTEMPTS = 3
 
 
 @dataclass
@@ -226,6 +238,189 @@ def error_result(
 
 
 # ---------------------------------------------------------------------------------------------
+# writers: threads of this process, or writer processes that load no model
+# ---------------------------------------------------------------------------------------------
+
+
+def write_one(task: WriteTask, job: Job, timings: dict[str, float | None]) -> Result:
+    """The write stage of one series (:func:`medxai.pipeline.write_stage`), as a
+    :class:`Result`; runs in a writer thread or a writer process. Never raises for a bad series:
+    the result says ``failed`` and why."""
+    t0 = time.perf_counter()
+    timings = dict(timings)
+    ahead = float(timings.pop("ahead", None) or 0.0)
+    try:
+        res = write_stage(task)
+    except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
+        timings["total"] = round(ahead + time.perf_counter() - t0, 4)
+        return error_result(job, exc, timings, model=task.model.name)
+    rt = res.report.get("timings_s") or {}
+    timings["write"] = round(sum(v for k, v in rt.items() if k.startswith("write")), 4)
+    timings["total"] = round(ahead + time.perf_counter() - t0, 4)
+    done = _result(job, "done", outputs=list(res.files), timings=timings, model=task.model.name)
+    done.quality_score = (res.report.get("quality") or {}).get("score")
+    return done
+
+
+def default_writers() -> int:
+    """Writer processes by default: one per core but the network's on machines with more than
+    two cores; 0 (writer threads) on two cores or fewer, where the writers' zlib, numpy and
+    Pillow work already fills the cores from threads (they release the GIL) and writer
+    processes only add their start-up and the copy of each result (measured: docs/benchmarks.md,
+    "Writer processes")."""
+    cores = os.cpu_count() or 1
+    return cores - 1 if cores > 2 else 0
+
+
+def init_writer_process(parent_pid: int) -> None:
+    """Initializer of writer processes: one torch thread each, library warnings silenced
+    (problems are in the results), and an exit when the network process dies (so that a
+    killed run leaves no writer behind to race with the next run)."""
+    init_worker_process(1, parent_pid)
+
+
+class _Write:
+    """One series handed to the writers: its task (kept until its result is taken, so that a
+    writer's death loses nothing), the future, and how many writers died while holding it; or
+    a result made before writing (a failed read, a skip)."""
+
+    def __init__(
+        self,
+        task: WriteTask | None,
+        job: Job,
+        timings: dict[str, float | None],
+        result: Result | None = None,
+    ) -> None:
+        self._task, self.job, self.timings = task, job, timings
+        self.future: cf.Future[Result] | None = None
+        self.result = result
+        self.crashes = 0
+
+    @property
+    def task(self) -> WriteTask:
+        assert self._task is not None
+        return self._task
+
+    def done(self) -> bool:
+        return self.result is not None or (self.future is not None and self.future.done())
+
+
+class Writers:
+    """Where the write stage runs: ``processes`` writer processes (``spawn``: they import
+    medxai and load no model; one torch thread each), or with ``processes=0``
+    :data:`WRITER_THREADS` threads of this process.
+
+    A writer process that dies (kill -9, out of memory) breaks the pool: a new pool is started
+    and every series it held is written again, one at a time, so that a series that kills its
+    writer is found; it fails after :data:`MAX_WRITE_ATTEMPTS` deaths, the others are written.
+    Result folders are committed by one rename, so writing a series again after its writer died
+    replaces nothing but a folder with the same content.
+    """
+
+    def __init__(self, processes: int = 0) -> None:
+        self.processes = max(0, int(processes))
+        self.restarts = 0
+        self._pool: cf.Executor = self._make()
+
+    def _make(self) -> cf.Executor:
+        if self.processes == 0:
+            return cf.ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="medxai-write")
+        import multiprocessing
+
+        return cf.ProcessPoolExecutor(
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_writer_process,
+            initargs=(os.getpid(),),
+        )
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def warm(self) -> None:
+        """Start the writer processes now (they import medxai in the background), not at the
+        first series."""
+        if self.processes:
+            for _ in range(self.processes):
+                self._pool.submit(os.getpid)
+
+    def submit(self, task: WriteTask, job: Job, timings: dict[str, float | None]) -> _Write:
+        w = _Write(task, job, timings)
+        try:
+            w.future = self._pool.submit(write_one, task, job, timings)
+        except BrokenProcessPool as exc:  # a writer died while none was busy: see result()
+            w.future = cf.Future()
+            w.future.set_exception(exc)
+        return w
+
+    def result(self, w: _Write, pending: Sequence[_Write] = ()) -> Result:
+        """The result of ``w``; after a writer's death, ``pending`` (the other series handed
+        on and not taken yet, ``w`` among them) are written again first."""
+        if w.result is not None:
+            return w.result
+        assert w.future is not None
+        try:
+            return w.future.result()
+        except BrokenProcessPool:
+            self._recover([p for p in pending if p.result is None] or [w])
+        except Exception as exc:  # noqa: BLE001 - e.g. a task that cannot be pickled
+            w.result = error_result(w.job, exc, model=w.task.model.name)
+        assert w.result is not None
+        return w.result
+
+    def _recover(self, lost: Sequence[_Write]) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        pool: cf.Executor | None = None
+        for w in lost:
+            fut = w.future
+            if fut is not None and fut.done() and not fut.cancelled():
+                exc = fut.exception()
+                if exc is None:
+                    w.result = fut.result()
+                    continue
+                if not isinstance(exc, BrokenProcessPool):
+                    w.result = error_result(w.job, exc, model=w.task.model.name)
+                    continue
+            w.crashes += 1
+            while w.result is None:
+                _remove_partials(w.task)
+                if w.crashes >= MAX_WRITE_ATTEMPTS:
+                    w.result = error_result(
+                        w.job,
+                        MedxaiError(f"its writer process died {w.crashes} times while writing it"),
+                        model=w.task.model.name,
+                    )
+                    break
+                if pool is None:
+                    self.restarts += 1
+                    pool = self._make()
+                try:
+                    w.result = pool.submit(write_one, w.task, w.job, w.timings).result()
+                except BrokenProcessPool:
+                    w.crashes += 1
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = None
+                except Exception as exc:  # noqa: BLE001 - e.g. a task that cannot be pickled
+                    w.result = error_result(w.job, exc, model=w.task.model.name)
+        self._pool = pool if pool is not None else self._make()
+
+
+def _remove_partials(task: WriteTask) -> None:
+    """The temporary folders a dead writer left for ``task`` (no writer is alive then)."""
+    import shutil
+
+    for p in task.out_root.glob(f".{task.name}.partial-*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # one chunk of series
 # ---------------------------------------------------------------------------------------------
 
@@ -238,6 +433,7 @@ class _Item:
     loaded: LoadedImage
     read_s: float
     prediction: Prediction | None = None
+    #: the saliency maps of the batched prediction's kept forward pass, and their seconds
     saliency: dict[int, torch.Tensor] | None = None
     explain_s: float | None = None
     #: the TTA views of the batched prediction, for the uncertainty map (not predicted again)
@@ -262,91 +458,71 @@ def _read(job: Job, bundle: ModelBundle) -> _Item:
     return _Item(job, loaded, time.perf_counter() - t0)
 
 
-def _write(item: _Item, bundle: ModelBundle, options: SegmentOptions) -> Result:
-    """Stage 3 (writer thread, or in line): the result folder of one series, through
-    :func:`medxai.pipeline.segment_loaded` (which predicts and explains only what was not done
-    before)."""
-    t0 = time.perf_counter()
-    timings: dict[str, float | None] = {"read": round(item.read_s, 4)}
-    job = item.job
-    kwargs: dict[str, Any] = {}
-    if item.prediction is not None:
-        kwargs["prediction"] = item.prediction
-    if item.saliency is not None:
-        kwargs["saliency"] = item.saliency
-    if item.views is not None:
-        kwargs["views"] = item.views
-    if job.model_choice:
-        kwargs["choice"] = ModelChoice.from_dict(job.model_choice)
-    try:
-        res = segment_loaded(item.loaded, bundle, job.out_root, options, name=job.name, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
-        timings["total"] = round(item.read_s + time.perf_counter() - t0, 4)
-        return error_result(job, exc, timings, model=bundle.name)
-    rt = res.report.get("timings_s") or {}
-    pred = item.prediction
-    timings["predict"] = rt.get("predict", pred.seconds if pred is not None else None)
-    timings["explain"] = item.explain_s if item.explain_s is not None else rt.get("explain")
-    timings["write"] = round(sum(v for k, v in rt.items() if k.startswith("write")), 4)
-    ahead = (item.explain_s or 0.0) + (pred.seconds if pred is not None else 0.0)
-    timings["total"] = round(item.read_s + ahead + time.perf_counter() - t0, 4)
-    done = _result(job, "done", outputs=list(res.files), timings=timings, model=bundle.name)
-    done.quality_score = (res.report.get("quality") or {}).get("score")
-    return done
-
-
 class ChunkPipeline:
-    """The three stages of :func:`process_chunk` (see the module docstring) for one chunk.
+    """The stages of :func:`process_chunk` (see the module docstring) for a stream of series.
 
     Args:
-        jobs: the series, in order.
+        jobs: the series, in order (any iterable: it is read as the pipeline needs them, so a
+            driver can claim series just in time).
         bundle: the loaded model (this thread alone uses its network).
         options: output options (``overwrite`` is forced on).
         batch_size: 2D images per forward pass.
-        emit: called with each :class:`Result`, in this thread, as it is ready.
+        emit: called with each :class:`Result`, in this thread, in the order of ``jobs``.
+        writers: where the write stage runs (default: writer threads of this process).
+        network_done: called once the network's part of every series is done, before the
+            last writes are waited for (a dask task gives its worker slot back there).
     """
 
     def __init__(
         self,
-        jobs: Sequence[Job],
+        jobs: Iterable[Job],
         bundle: ModelBundle,
         options: SegmentOptions,
         batch_size: int,
         emit: ResultFn,
+        writers: Writers | None = None,
+        network_done: Callable[[], None] | None = None,
     ) -> None:
+        self.network_done = network_done
         self.bundle = bundle
         self.options = dataclasses.replace(options, overwrite=True)
         self.emit = emit
-        self.batched = can_batch(bundle) and _PIPELINE_TAKES_PREDICTION
+        self.batched = can_batch(bundle)
         self.group_size = max(1, batch_size) if self.batched else 1
-        self.queue: deque[Job] = deque(jobs)
+        self.queue: Iterator[Job] = iter(jobs)
         self.reads: deque[tuple[Job, cf.Future[_Item]]] = deque()
-        self.writes: deque[cf.Future[Result]] = deque()
+        self.writes: deque[_Write] = deque()
         self.device = resolve_device(options.device)
         self.uncertainty, _ = uncertainty_method(bundle, options.uncertainty, options.tta)
+        self.writers = writers
 
     def run(self) -> None:
         """Process every job; returns when the last result is emitted."""
-        with (
-            cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode") as self.decoder,
-            cf.ThreadPoolExecutor(WRITERS, thread_name_prefix="medxai-write") as self.writer,
-        ):
+        with contextlib.ExitStack() as stack:
+            self.decoder = stack.enter_context(
+                cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode")
+            )
+            if self.writers is None:
+                self.writers = stack.enter_context(Writers(0))
             self._read_ahead()
             while self.reads:
-                group = self._next_group()
-                for item in self._predict(group):
-                    self._hand_on(item)
+                for item in self._predict(self._next_group()):
+                    self._network(item)
                 self._drain(block=False)
+            if self.network_done is not None:
+                self.network_done()
             self._drain(block=True)
 
     # -- stage 1: reading ahead ---------------------------------------------------------------
     def _read_ahead(self) -> None:
-        while self.queue and len(self.reads) < AHEAD * self.group_size:
-            job = self.queue.popleft()
+        while len(self.reads) < AHEAD * self.group_size:
+            job = next(self.queue, None)
+            if job is None:
+                return
             self.reads.append((job, self.decoder.submit(_read, job, self.bundle)))
 
     def _next_group(self) -> list[_Item]:
-        """Up to ``group_size`` read series (the failed reads are emitted)."""
+        """Up to ``group_size`` read series (a failed read becomes its series' result)."""
         group: list[_Item] = []
         while self.reads and len(group) < self.group_size:
             job, fut = self.reads.popleft()
@@ -354,15 +530,15 @@ class ChunkPipeline:
             try:
                 group.append(fut.result())
             except Exception as exc:  # noqa: BLE001 - recorded as the series' failure
-                self.emit(error_result(job, exc, model=self.bundle.name))
+                self._hand_on_result(job, error_result(job, exc, model=self.bundle.name))
         return group
 
     # -- stage 2: the network -----------------------------------------------------------------
     def _predict(self, group: list[_Item]) -> list[_Item]:
-        """Batched prediction and saliency of the fitting items of ``group`` (the others are
-        emitted as skipped). Without batching, items pass through untouched: the pipeline
-        predicts them in line. A batch that fails falls back to one image at a time, which
-        reports the error of the image that caused it."""
+        """Batched prediction of the fitting items of ``group`` (the others become skipped
+        results). Without batching, items pass through untouched: :meth:`_network` predicts
+        them one at a time. A batch that fails falls back to one image at a time, which reports
+        the error of the image that caused it."""
         if not self.batched or not group:
             return group
         fitting = []
@@ -371,7 +547,7 @@ class ChunkPipeline:
                 check_input_fits(self.bundle, item.loaded.image, str(item.loaded.path))
                 fitting.append(item)
             except ModelMismatchError as exc:
-                self.emit(error_result(item.job, exc, model=self.bundle.name))
+                self._hand_on_result(item.job, error_result(item.job, exc, model=self.bundle.name))
         views = (
             [tta_accumulator(self.bundle) for _ in fitting] if self.uncertainty == "tta" else None
         )
@@ -391,63 +567,125 @@ class ChunkPipeline:
                 identity_forward=kept,
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it
+            if kept is not None:
+                kept.release()
             return fitting
         for k, (item, pred) in enumerate(zip(fitting, preds)):
             item.prediction = pred
             item.views = views[k] if views is not None else None
-            if self.options.explain:
-                self._explain(item, kept, k)
+            if kept is not None:
+                self._explain_kept(item, kept, k)
         if kept is not None:
             kept.release()
         return fitting
 
-    def _explain(self, item: _Item, kept: Any = None, index: int = 0) -> None:
+    def _explain_kept(self, item: _Item, kept: Any, index: int) -> None:
+        """The saliency maps of image ``index`` of the batch from its kept forward pass; on an
+        error none (the explain stage then makes them on its own, and reports the error)."""
         t0 = time.perf_counter()
         try:
             item.saliency = saliency_maps(
                 self.bundle, item.loaded, self.options, self.device, item.prediction, kept, index
             )
-        except Exception:  # noqa: BLE001 - the writer's segment_loaded explains and reports
+        except Exception:  # noqa: BLE001 - the explain stage explains and reports it
             item.saliency = None
             return
         item.explain_s = time.perf_counter() - t0
 
-    # -- stage 3: writing ---------------------------------------------------------------------
-    def _hand_on(self, item: _Item) -> None:
-        """To the writer threads when the network's work on ``item`` is done (prediction,
-        saliency, uncertainty samples; bounded: at most :data:`AHEAD` batches wait), else in
-        line."""
-        # MC dropout (and TTA views not collected) run the network while writing: in line, so
-        # that no other thread uses the network (dropout switched on, the RNG seeded) meanwhile
-        method = self.uncertainty
-        uncertainty_done = method is None or (method == "tta" and item.views is not None)
-        network_done = (
-            item.prediction is not None
-            and (not self.options.explain or item.saliency is not None)
-            and uncertainty_done
-        )
-        if not network_done:
-            self.emit(_write(item, self.bundle, self.options))
+    def _network(self, item: _Item) -> None:
+        """Everything that needs the network, in this thread: the prediction (unless batched),
+        the uncertainty samples (TTA views, MC dropout: never in a writer, where they would
+        race with the next prediction) and the saliency maps; then the write task goes to the
+        writers."""
+        t0 = time.perf_counter()
+        opts, job = self.options, item.job
+        timings: dict[str, float | None] = {"read": round(item.read_s, 4)}
+        try:
+            kept = None
+            if item.prediction is None:
+                check_input_fits(self.bundle, item.loaded.image, str(item.loaded.path))
+                kept = saliency_forward(self.bundle, opts, self.device) if opts.explain else None
+            predicted = predict_stage(
+                item.loaded,
+                self.bundle,
+                opts,
+                self.device,
+                prediction=item.prediction,
+                views=item.views,
+                kept=kept,
+            )
+            explained = explain_stage(
+                item.loaded,
+                self.bundle,
+                opts,
+                self.device,
+                predicted.prediction,
+                maps=item.saliency,
+                kept=kept,
+            )
+            if item.saliency is not None:
+                explained.seconds = item.explain_s
+            choice = ModelChoice.from_dict(job.model_choice) if job.model_choice else None
+            task = write_task(
+                item.loaded,
+                self.bundle,
+                job.out_root,
+                job.name,
+                opts,
+                predicted,
+                explained,
+                self.device,
+                choice,
+            )
+        except Exception as exc:  # noqa: BLE001 - one series never stops the others; recorded
+            timings["total"] = round(item.read_s + time.perf_counter() - t0, 4)
+            self._hand_on_result(job, error_result(job, exc, timings, model=self.bundle.name))
             return
+        pred = predicted.prediction
+        timings["predict"] = round(predicted.timings.get("predict", pred.seconds), 4)
+        timings["explain"] = round(explained.seconds, 4) if explained.seconds is not None else None
+        batched = pred.seconds if item.prediction is not None else 0.0
+        timings["ahead"] = item.read_s + batched + time.perf_counter() - t0
+        self._wait_room()
+        assert self.writers is not None
+        self.writes.append(self.writers.submit(task, job, timings))
+
+    # -- stage 3: writing ---------------------------------------------------------------------
+    def _wait_room(self) -> None:
+        """Bounded: at most :data:`AHEAD` batches wait for the writers."""
         while len(self.writes) >= AHEAD * self.group_size:
-            self.emit(self.writes.popleft().result())
-        self.writes.append(self.writer.submit(_write, item, self.bundle, self.options))
+            self._emit_first()
+
+    def _hand_on_result(self, job: Job, result: Result) -> None:
+        """A result made here (a failed read, a skip, a network error), emitted in its turn."""
+        self.writes.append(_Write(None, job, {}, result))
+
+    def _emit_first(self) -> None:
+        assert self.writers is not None
+        w = self.writes[0]
+        result = self.writers.result(w, self.writes)
+        self.writes.popleft()
+        self.emit(result)
 
     def _drain(self, block: bool) -> None:
         while self.writes and (block or self.writes[0].done()):
-            self.emit(self.writes.popleft().result())
+            self._emit_first()
 
 
 def process_chunk(
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     bundle: ModelBundle,
     options: SegmentOptions,
     *,
     batch_size: int = 8,
     on_result: ResultFn | None = None,
+    writers: Writers | None = None,
+    network_done: Callable[[], None] | None = None,
 ) -> list[Result]:
-    """Segment the series of ``jobs``, one :class:`Result` per series, in completion order;
-    ``on_result`` sees each as it is ready. Never raises for a bad series: its result says
+    """Segment the series of ``jobs``, one :class:`Result` per series, in the order of
+    ``jobs``; ``on_result`` sees each as it is ready. ``writers``: where the write stage runs
+    (default: writer threads of this process); ``network_done``: see :class:`ChunkPipeline`.
+    Never raises for a bad series: its result says
     ``failed`` or ``skipped`` and why."""
     results: list[Result] = []
 
@@ -457,7 +695,7 @@ def process_chunk(
             on_result(r)
 
     try:
-        pipeline = ChunkPipeline(jobs, bundle, options, batch_size, emit)
+        pipeline = ChunkPipeline(jobs, bundle, options, batch_size, emit, writers, network_done)
     except MedxaiError as exc:  # the device cannot be used: every series fails alike
         for job in jobs:
             emit(error_result(job, exc))
@@ -466,19 +704,65 @@ def process_chunk(
     return results
 
 
+_PROCESS_WRITERS: list[Writers] = []
+
+
+def _shared_writers() -> Writers:
+    """The writer threads of this worker process, shared by its chunks (a chunk that finished
+    with the network writes while the next one predicts)."""
+    with _BUNDLES_LOCK:
+        if not _PROCESS_WRITERS:
+            _PROCESS_WRITERS.append(Writers(0))
+        return _PROCESS_WRITERS[0]
+
+
+def _leave_dask_slot() -> None:
+    """Inside a dask task: give the worker's thread slot back (``secede``), so that the next
+    task's network work overlaps this one's writing; nothing elsewhere."""
+    try:
+        from distributed import get_worker, secede
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    secede()
+
+
 def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
     """Worker entry point (process pool and dask): the model from this process's cache, then
-    :func:`process_chunk`. A model that cannot be loaded fails every series of the chunk."""
+    :func:`process_chunk` with this process's writer threads. The network is held (its lock)
+    until the chunk's network work is done; then it is free for the next chunk (in a dask
+    worker, the task leaves its slot) while this one's last results are written. A model that
+    cannot be loaded fails every series of the chunk."""
     import warnings
 
     try:
         bundle, lock = worker_bundle(config.model, config.weights_sha256)
     except MedxaiError as exc:
         return [error_result(job, exc) for job in jobs]
-    with lock, warnings.catch_warnings():
-        # problems are in the results; pydicom's warnings would flood the workers' logs
-        warnings.simplefilter("ignore")
-        return process_chunk(jobs, bundle, config.options, batch_size=config.batch_size)
+    held = [lock.acquire()]
+
+    def network_done() -> None:
+        if held[0]:
+            lock.release()
+            held[0] = False
+        _leave_dask_slot()
+
+    try:
+        with warnings.catch_warnings():
+            # problems are in the results; pydicom's warnings would flood the workers' logs
+            warnings.simplefilter("ignore")
+            return process_chunk(
+                jobs,
+                bundle,
+                config.options,
+                batch_size=config.batch_size,
+                writers=_shared_writers(),
+                network_done=network_done,
+            )
+    finally:
+        if held[0]:
+            lock.release()
 
 
 def init_worker_process(torch_threads: int, parent_pid: int) -> None:

@@ -128,6 +128,8 @@ class NodeConfig:
     #: the DICOM SEG's type and ``mask_<label>.nii.gz`` per label (:class:`SegmentOptions`).
     seg_type: str = "binary"
     split_labels: bool = False
+    #: writer processes kept for the node's life (``medxai batch --writers``); 0: threads.
+    writers: int = 0
     max_associations: int = 10
     max_instance_bytes: int = 2 * 1024**3
     min_free_bytes: int = 1024**3
@@ -195,6 +197,7 @@ class DicomNode:
         self._threads: list[threading.Thread] = []
         self._server: Any = None
         self._bundle: Any = None
+        self._writers: Any = None  # medxai.batch.runner.Writers, with config.writers > 0
         self._busy_study: str | None = None
         self._stopped = False
         self.options: Any = None
@@ -245,6 +248,11 @@ class DicomNode:
         )
         rec = self.store.recover()
         self._bundle = c.model if isinstance(c.model, ModelBundle) else load_model(c.model)
+        if c.writers > 0:
+            from medxai.batch.runner import Writers
+
+            self._writers = Writers(c.writers)
+            self._writers.warm()
         self._start_scp()
         self.emit(
             "started",
@@ -284,6 +292,8 @@ class DicomNode:
             t.join(max(0.0, end - time.monotonic()))
             clean = clean and not t.is_alive()
         self.emit("stopped", clean=clean, abandoned_study=None if clean else self._busy_study)
+        if self._writers is not None and clean:
+            self._writers.close()
         self.store.close()
         return clean
 
@@ -554,6 +564,7 @@ class DicomNode:
                     options=self.options,
                     workers=1,
                     scan_workers=1,
+                    writers=self._writers or 0,
                 )
         except MedxaiError as exc:
             state = self.store.finish_study(

@@ -135,6 +135,13 @@ def _table(summary: Any) -> str:
     "--scheduler local, the number of dask workers.",
 )
 @click.option(
+    "--writers",
+    type=click.IntRange(0),
+    help="Writer processes the network's process feeds (they load no model; 0: write with "
+    "threads of this process). Default: CPU cores - 1, or 0 on 2 cores or fewer. With "
+    "--workers > 1 or --scheduler each worker writes with threads.",
+)
+@click.option(
     "--batch-size",
     default=8,
     show_default=True,
@@ -173,6 +180,7 @@ def batch_cmd(
     uncertainty: str | None,
     mc_samples: int,
     workers: int,
+    writers: int | None,
     batch_size: int,
     scan_workers: int | None,
     device: str,
@@ -205,6 +213,7 @@ def batch_cmd(
     import warnings
 
     from medxai.batch import run_batch
+    from medxai.batch.runner import default_writers
     from medxai.pipeline import SegmentOptions
 
     opts = SegmentOptions(
@@ -234,6 +243,7 @@ def batch_cmd(
             batch_size=batch_size,
             scan_workers=scan_workers,
             progress=bar,
+            writers=default_writers() if writers is None else writers,
         )
     bar.close()
     if as_json:

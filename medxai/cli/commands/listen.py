@@ -150,6 +150,12 @@ def _status_text(st: dict[str, Any]) -> str:
     help="PEM CA: require client certificates signed by it; trust it when sending.",
 )
 @click.option(
+    "--writers",
+    type=click.IntRange(0),
+    help="Writer processes (started once, loading no model) that write each study's results; "
+    "0: threads. Default: CPU cores - 1, or 0 on 2 cores or fewer (as medxai batch).",
+)
+@click.option(
     "--stop-timeout",
     default=60.0,
     show_default=True,
@@ -189,6 +195,7 @@ def listen_cmd(
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
+    writers: int | None,
     stop_timeout: float,
     show_status: bool,
     as_json: bool,
@@ -238,6 +245,8 @@ def listen_cmd(
             )
         sys.stdout.flush()
 
+    from medxai.batch.runner import default_writers
+
     config = NodeConfig(
         workdir=workdir,
         ae_title=ae_title,
@@ -258,6 +267,7 @@ def listen_cmd(
         min_free_bytes=_parse_size(min_free_disk, "--min-free-disk") or 0,
         retry_max_s=retry_max_seconds,
         tls=tls,
+        writers=default_writers() if writers is None else writers,
     )
     node = DicomNode(config, on_event=on_event)
     stopping: dict[str, int | None] = {"signal": None}
