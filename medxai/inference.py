@@ -536,7 +536,7 @@ def _predict_monai(
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
     t0 = time.perf_counter()
     prob, labels = bundle.run(
-        x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size
+        x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size, source=source
     )
     if prob is None:
         n = max([lab.value for lab in bundle.contract.labels] + [int(labels.max())]) + 1
