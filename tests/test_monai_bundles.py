@@ -536,8 +536,14 @@ def test_models_describe(spleen: Path, tiny_pair) -> None:
     assert info["input"] == {"spatial_dims": 3, "channels": 1, "channel_names": ["image"],
                              "modalities": ["CT"]}
     assert info["inferer"]["class"] == "SlidingWindowInferer"
-    assert info["preprocessing"][2].startswith("Spacingd(pixdim=[1.5, 1.5, 2.0]")
-    assert any(r.startswith("LoadImaged") for r in info["replaced_by_medxai"])
+    # the bundle's own LoadImaged runs, with medxai's reader
+    assert info["preprocessing"][0] == "LoadImaged"
+    assert info["preprocessing"][3].startswith("Spacingd(pixdim=[1.5, 1.5, 2.0]")
+    assert any(r.startswith("LoadImaged reader -> medxai's reader")
+               for r in info["replaced_by_medxai"])
+    assert info["saliency_default"]["method"] == "gradcam"
+    assert info["saliency_default"]["layer"] == "model.1"
+    assert info["saliency_default"]["reason"].startswith("UNet")
     assert info["saliency_methods"] == ["gradcam", "gradcampp", "hirescam", "layercam",
                                         "smoothgrad", "occlusion", "ig"]
     code, out = run_cli("models", "describe", str(tiny_pair[1]))
