@@ -177,6 +177,7 @@ def write_outputs(
                 colors,
                 seg_type,
                 probabilities,
+                pred.segments.numpy() if pred.segments is not None else None,
             )
         except MedxaiError as exc:
             # the other outputs stand; the report says why there is no DICOM
@@ -212,8 +213,11 @@ def _write_dicom(
     colors: dict[int, Any],
     seg_type: str = "binary",
     probabilities: np.ndarray | None = None,
+    segments: np.ndarray | None = None,
 ) -> list[str]:
-    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures)."""
+    """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures);
+    ``segments``: overlapping masks, one per foreground label, written as overlapping
+    segments (binary SEG)."""
     from medxai.io import writers as w
 
     files: list[str] = []
@@ -245,6 +249,7 @@ def _write_dicom(
                 tmp / "seg.dcm",
                 seg_type=seg_type,
                 probabilities=probabilities,
+                segments=segments,
             ).name
         )
     if "dicom-sc" in formats:

@@ -511,14 +511,36 @@ class MonaiBundle(ModelBundle):
         sw_batch_size: int | None = None,
         source: str | Path | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(probabilities, labels)`` of :meth:`run_full`."""
+        out = self.run_full(
+            image,
+            device,
+            roi_size=roi_size,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            source=source,
+        )
+        return out.probabilities, out.labels
+
+    def run_full(
+        self,
+        image: torch.Tensor,
+        device: torch.device,
+        *,
+        roi_size: Sequence[int] | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+        source: str | Path | None = None,
+    ) -> BundleOutput:
         """Segment ``image`` as ``SupervisedEvaluator`` would: preprocessing, collate, inferer
         (in eval mode without gradients; float16 autocast if the bundle asks for amp and
         ``device`` is CUDA), decollate, postprocessing (with its ``Invertd``).
 
         Returns:
-            ``(probabilities, labels)`` on the input grid: probabilities ``(K, *spatial)`` as
-            they stood after the bundle's ``Invertd`` when it inverts activations (else None),
-            and the ``(1, *spatial)`` label map.
+            on the input grid: probabilities ``(K, *spatial)`` as they stood after the bundle's
+            ``Invertd`` when it inverts activations (else None), the ``(1, *spatial)`` label
+            map, and the overlapping segments when the postprocessing folds several
+            overlapping binary channels into the label map (:class:`BundleOutput`).
         """
         import contextlib
 
@@ -557,6 +579,7 @@ class MonaiBundle(ModelBundle):
         item = decollate_batch(batch, detach=True)[0]
         probabilities = None
         discrete = False
+        binary: torch.Tensor | None = None
         for t in self.post.transforms:
             item = self._guard(
                 lambda t=t, item=item: apply_transform(t, item),
@@ -568,6 +591,7 @@ class MonaiBundle(ModelBundle):
             if name.startswith("Invert") and not discrete:
                 p = item["pred"]
                 probabilities = (p.as_tensor() if hasattr(p, "as_tensor") else p).float().cpu()
+            binary = _binary_channels(item["pred"], binary)
         lab = item["pred"]
         lab = (lab.as_tensor() if hasattr(lab, "as_tensor") else torch.as_tensor(lab)).cpu()
         if lab.ndim == image.ndim - 1:
@@ -589,7 +613,14 @@ class MonaiBundle(ModelBundle):
         labels = lab.round().to(dtype)
         if probabilities is not None and tuple(probabilities.shape[1:]) != tuple(lab.shape[1:]):
             probabilities = None
-        return probabilities, labels
+        segments = None
+        if (
+            binary is not None
+            and tuple(binary.shape[1:]) == tuple(lab.shape[1:])
+            and bool((binary.sum(0) > 1).any())
+        ):
+            segments = binary
+        return BundleOutput(probabilities, labels, segments)
 
     def describe(self) -> dict[str, Any]:
         """What medxai understood of the bundle, as plain data (``medxai models describe``)."""
@@ -627,6 +658,38 @@ class MonaiBundle(ModelBundle):
             "saliency_methods": list(c.saliency_methods),
             "saliency_default": c.saliency.as_dict(),
         }
+
+
+@dataclass
+class BundleOutput:
+    """What :meth:`MonaiBundle.run_full` gives, on the input grid.
+
+    Attributes:
+        probabilities: ``(K, *spatial)`` after the bundle's ``Invertd`` (None when it inverts
+            the discrete labels instead).
+        labels: the ``(1, *spatial)`` label map (what plain MONAI's postprocessing gives).
+        segments: ``(N, *spatial)`` bool, the binary channels the postprocessing folded into
+            the label map when they overlap (e.g. BraTS: tumour core, whole tumour, enhancing
+            tumour, each inside the next), one per foreground label in order of value; else
+            None. A label map cannot hold the overlap; a DICOM SEG can.
+    """
+
+    probabilities: torch.Tensor | None
+    labels: torch.Tensor
+    segments: torch.Tensor | None = None
+
+
+def _binary_channels(pred: Any, kept: torch.Tensor | None) -> torch.Tensor | None:
+    """The latest several-channel 0/1 state of the postprocessing's ``pred`` (``kept`` when
+    ``pred`` is not one)."""
+    t = pred.as_tensor() if hasattr(pred, "as_tensor") else torch.as_tensor(pred)
+    if t.ndim < 3 or t.shape[0] < 2 or t.is_floating_point() and not bool(
+        ((t == 0) | (t == 1)).all()
+    ):
+        return kept
+    if not t.is_floating_point() and not bool(((t == 0) | (t == 1)).all()):
+        return kept
+    return t.detach().cpu().bool()
 
 
 def _read_metadata(root: Path) -> dict[str, Any]:
