@@ -11,7 +11,7 @@ chose.
 Weights: the zoo's are not here. Each bundle's ``network_def`` is built with ``ConfigParser`` and
 saved seeded (the last layer's bias balanced on the input so that the seeded network labels part
 of it). A DiNTS bundle's architecture file (``arch_ckpt_path``) is made by a seeded
-``TopologySearch`` decode whose path weights favour the two finest depths (a light network).
+``TopologySearch`` decode whose path weights favour the finest depth (a light network).
 
 Plain MONAI is the bundle's own ``LoadImaged`` (on a temporary NIfTI of the same volume, or one
 NIfTI per channel), preprocessing, ``inferer`` and postprocessing, run as ``SupervisedEvaluator``
@@ -121,7 +121,8 @@ def _forget_scripts(root: Path) -> None:
 
 def _light_dints_arch(path: Path, parser, seed: int = 0) -> None:
     """A seeded DiNTS architecture (``node_a``, ``arch_code_a``, ``arch_code_c``) from
-    ``TopologySearch.decode``, its path weights favouring the two finest depths."""
+    ``TopologySearch.decode``, its path weights favouring the finest depth (cells at full
+    resolution only: a light network for 2 CPU cores)."""
     from monai.networks.nets import TopologySearch
 
     space = parser.get("dints_space")
@@ -129,7 +130,7 @@ def _light_dints_arch(path: Path, parser, seed: int = 0) -> None:
     search = TopologySearch(channel_mul=0.0625, num_blocks=int(space["num_blocks"]),
                             num_depths=int(space["num_depths"]),
                             use_downsample=bool(space.get("use_downsample", True)))
-    fine = torch.tensor([float(i <= 1 and o <= 1) for i, o in
+    fine = torch.tensor([float(i == 0 and o == 0) for i, o in
                          zip(search.arch_code2in, search.arch_code2out)])
     with torch.no_grad():
         search.log_alpha_a.copy_(6 * fine - 3 + 0.1 * torch.randn_like(search.log_alpha_a))
@@ -233,13 +234,14 @@ def _modality(name: str) -> tuple[str, int]:
 
 
 def _crop_ct_series(dst: Path) -> Path:
-    """The real CT series cropped to 64x64 in-plane and 16 slices (sizes that 8-divisible
-    whole-image networks take), written uncompressed (positions moved with the crop)."""
+    """The real CT series cropped to 32x32 in-plane and 16 slices (sizes that 8-divisible
+    whole-image networks take; one 32^3 window at 1 mm), written uncompressed (positions moved
+    with the crop)."""
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian
 
     dst.mkdir(parents=True)
-    rows, cols = slice(300, 364), slice(180, 244)
+    rows, cols = slice(240, 272), slice(210, 242)
     for f in sorted(shared_path(*CT_DICOM).iterdir())[:16]:
         ds = pydicom.dcmread(str(f))
         arr = ds.pixel_array[rows, cols].copy()

@@ -157,8 +157,8 @@ def _deepest_stage(net: nn.Module) -> tuple[str, str] | None:
             layer = f"stem_up.{max(depths)}"
             return (
                 layer,
-                f"deepest resolution of DiNTS after its searched cells ({layer}, the first "
-                "decoder stem)",
+                f"coarsest resolution the searched DiNTS cells reach ({layer}, the first "
+                "decoder stem after them)",
             )
     return None
 

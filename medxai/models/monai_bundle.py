@@ -722,9 +722,12 @@ def load_checkpoint_on_cpu(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     """``torch.load`` for a checkpoint that a bundle's config loads itself (e.g. a DiNTS
     architecture file): on the CPU whatever ``map_location`` the config asks, with
     ``weights_only=True`` allowing numpy arrays (and nothing else) to be unpickled."""
-    import importlib
+    import numpy as np
 
-    allowed = []
+    # numpy's dtype classes (what an array's dtype unpickles to), then the named globals
+    allowed: list[Any] = [
+        getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")
+    ]
     for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
         module, _, attr = name.rpartition(".")
         if module.split(".")[0] != "numpy":
