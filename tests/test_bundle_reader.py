@@ -259,6 +259,14 @@ def test_tutorial_bundle_2d_network_over_slices(ct_small: Path, tmp_path: Path) 
     assert ours.shape == ref.shape == (32, 32, 16)
     assert 0 < ref.sum() < ref.size
     np.testing.assert_array_equal(ours, ref)
+    # saliency, slice by slice, on the input grid
+    from medxai.models.registry import load_model
+    from medxai.pipeline import compute_saliency
+
+    bundle = load_model(root)
+    sal = compute_saliency(bundle, load_image(ct_small), "gradcam", 1, torch.device("cpu"))
+    assert tuple(sal.shape) == (1, 32, 32, 16)
+    assert torch.isfinite(sal).all() and float(sal.max()) > 0
 
 
 def test_tutorial_bundle_rgb_picture(tmp_path: Path) -> None:

@@ -259,11 +259,15 @@ def _crop_ct_series(dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Per modality: the DICOM series medxai segments and a NIfTI of the same volume (medxai's
-    reading of it: same array and affine) for plain MONAI; multi-channel: NIfTI sequences."""
+    return make_inputs(tmp_path_factory.mktemp("zoo_inputs"))
+
+
+def make_inputs(work: Path) -> dict:
+    """Per modality (``CT``, ``MR``): ``(DICOM series or None, NIfTI)``, the DICOM series medxai
+    segments and a NIfTI of the same volume (medxai's reading of it: same array and affine)
+    for plain MONAI (the MR series is cut to 32x48x32 as NIfTI only)."""
     from medxai.io.readers import load_image
 
-    work = tmp_path_factory.mktemp("zoo_inputs")
     out: dict = {}
     ct = _crop_ct_series(work / "ct_series")
     mr = work / "mr_series"
