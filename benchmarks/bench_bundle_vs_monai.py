@@ -107,8 +107,8 @@ def run_medxai(bundle: Path, image: Path | list[str], out: Path) -> None:
 
 
 def child(kind: str, bundle: Path, image: Path | list[str], out: Path) -> None:
-    import torch  # noqa: F401  (imports are not timed)
     import monai  # noqa: F401
+    import torch  # noqa: F401  (imports are not timed)
 
     if kind == "medxai":
         import medxai.inference  # noqa: F401
@@ -159,10 +159,9 @@ def measure(kind: str, bundle: Path, image: Path | list[str], out: Path) -> dict
 def zoo(repeat: int, only: list[str] | None) -> None:
     """Every zoo bundle folder (see the module docstring): a Markdown table."""
     sys.path.insert(0, str(ROOT))
-    from tests.test_zoo_corpus import BUNDLES, _channel_files, _modality, make_inputs, seeded_bundle
-
     from medxai.errors import ModelError
     from medxai.models.registry import load_model
+    from tests.test_zoo_corpus import BUNDLES, _channel_files, _modality, make_inputs, seeded_bundle
 
     print("| bundle | network | input | MONAI s | medxai s | time x | MONAI MB | medxai MB "
           "| mem x |")

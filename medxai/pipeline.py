@@ -433,9 +433,14 @@ def compute_saliency(
                 sal = torch.stack(
                     [
                         run_explain(
-                            net, x.select(axis, k).to(device), method=method, target=question,
+                            net,
+                            x.select(axis, k).to(device),
+                            method=method,
+                            target=question,
                             **extra,
-                        ).detach().cpu()
+                        )
+                        .detach()
+                        .cpu()
                         for k in range(x.shape[axis])
                     ],
                     dim=axis,

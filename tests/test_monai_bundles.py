@@ -457,6 +457,20 @@ def test_unresolvable_target(spleen: Path, ct_crop: Path, tmp_path: Path) -> Non
     assert "'NoSuchUNet' does not resolve" in out and "'network_def'" in out
 
 
+def test_network_of_another_monai_version(spleen: Path, ct_crop: Path, tmp_path: Path) -> None:
+    """A config written for MONAI 0.x (UNet's `dimensions`, renamed `spatial_dims` since):
+    refused naming the network and the argument."""
+    import monai
+
+    def edit(c: dict) -> None:
+        c["network_def"]["dimensions"] = c["network_def"].pop("spatial_dims")
+
+    out = _refused(_bad_copy(spleen, tmp_path, edit), ct_crop, tmp_path)
+    assert (f"network_def UNet cannot be built with MONAI {monai.__version__}: it has no "
+            "argument 'dimensions' (the config was written for another MONAI version)") in out
+    assert len(out.strip().splitlines()) <= 2, out
+
+
 def test_wrong_weight_shapes(spleen: Path, ct_crop: Path, tmp_path: Path) -> None:
     def edit(c: dict) -> None:
         c["network_def"]["channels"] = [8, 16, 32, 64, 128]

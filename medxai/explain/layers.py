@@ -151,7 +151,9 @@ def _deepest_stage(net: nn.Module) -> tuple[str, str] | None:
     if name == "DiNTS":
         node_a = getattr(net, "node_a", None)
         depths = [
-            d for d in range(len(getattr(net, "stem_up", []))) if node_a is None or bool(node_a[-1][d])
+            d
+            for d in range(len(getattr(net, "stem_up", [])))
+            if node_a is None or bool(node_a[-1][d])
         ]
         if depths and f"stem_up.{max(depths)}" in modules:
             layer = f"stem_up.{max(depths)}"

@@ -683,8 +683,11 @@ def _binary_channels(pred: Any, kept: torch.Tensor | None) -> torch.Tensor | Non
     """The latest several-channel 0/1 state of the postprocessing's ``pred`` (``kept`` when
     ``pred`` is not one)."""
     t = pred.as_tensor() if hasattr(pred, "as_tensor") else torch.as_tensor(pred)
-    if t.ndim < 3 or t.shape[0] < 2 or t.is_floating_point() and not bool(
-        ((t == 0) | (t == 1)).all()
+    if (
+        t.ndim < 3
+        or t.shape[0] < 2
+        or t.is_floating_point()
+        and not bool(((t == 0) | (t == 1)).all())
     ):
         return kept
     if not t.is_floating_point() and not bool(((t == 0) | (t == 1)).all()):
@@ -725,9 +728,7 @@ def load_checkpoint_on_cpu(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     import numpy as np
 
     # numpy's dtype classes (what an array's dtype unpickles to), then the named globals
-    allowed: list[Any] = [
-        getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")
-    ]
+    allowed: list[Any] = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
         module, _, attr = name.rpartition(".")
         if module.split(".")[0] != "numpy":
@@ -899,8 +900,9 @@ def _on_cpu(parser: Any, raw: dict[str, Any]) -> list[str]:
             if isinstance(v, (dict, list)):
                 visit(v, cid)
             elif isinstance(v, str) and v.startswith("$") and cid.split("#")[0] != "imports":
-                new = _TORCH_LOAD.sub("medxai_load_checkpoint(", _CUDA_DEVICE.sub(
-                    "torch.device('cpu')", v))
+                new = _TORCH_LOAD.sub(
+                    "medxai_load_checkpoint(", _CUDA_DEVICE.sub("torch.device('cpu')", v)
+                )
                 if new != v:
                     parser[cid] = new
                     changed.append(cid)
