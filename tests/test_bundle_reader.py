@@ -285,3 +285,24 @@ def test_tutorial_bundle_rgb_picture(tmp_path: Path) -> None:
     assert ours.shape == ref.shape == (96, 80)
     assert 0 < ref.sum() < ref.size
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_reader_pickles_and_serves_per_thread(ct_small: Path) -> None:
+    """A bundle goes to worker processes pickled; the served image is the calling thread's."""
+    import pickle
+    import threading
+
+    reader = pickle.loads(pickle.dumps(MonaiLayoutReader()))
+    image = load_image(ct_small).image
+    seen = {}
+
+    def other() -> None:  # another thread reads the file itself, not the served image
+        seen["other"] = reader.read(str(ct_small))[0]
+
+    with reader.serving(image[:, :8]):
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        seen["served"] = reader.read("anything")[0]
+    assert tuple(seen["served"].shape) == (1, 8, 32, 16)
+    assert tuple(seen["other"].shape) == (1, 32, 32, 16)

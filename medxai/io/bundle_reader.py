@@ -87,6 +87,16 @@ class MonaiLayoutReader(ImageReader):
         super().__init__()
         self._served = threading.local()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # picklable (a bundle sent to a worker process): the served image is per thread
+        state = self.__dict__.copy()
+        state.pop("_served", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._served = threading.local()
+
     @contextlib.contextmanager
     def serving(self, image: torch.Tensor) -> Iterator[None]:
         """Within the block, ``read`` (in this thread) gives ``image`` (medxai's channel-first
