@@ -155,8 +155,10 @@ def _deepest_stage(net: nn.Module) -> tuple[str, str] | None:
             for d in range(len(getattr(net, "stem_up", [])))
             if node_a is None or bool(node_a[-1][d])
         ]
-        if depths and f"stem_up.{max(depths)}" in modules:
-            layer = f"stem_up.{max(depths)}"
+        # DiNTS calls its stems' forward() directly, which runs no hooks; their inner
+        # Sequential (``mod``) is called normally
+        if depths and f"stem_up.{max(depths)}.mod" in modules:
+            layer = f"stem_up.{max(depths)}.mod"
             return (
                 layer,
                 f"coarsest resolution the searched DiNTS cells reach ({layer}, the first "
