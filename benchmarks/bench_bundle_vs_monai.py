@@ -23,7 +23,7 @@ TotalSegmentator CT test volume (NIfTI, 122x101x30 at 3 mm). Prints a table.
 
 runs every bundle folder of ../shared/data/model_zoo the way tests/test_zoo_corpus.py does
 (seeded weights, a DiNTS architecture from a seeded decode, the roi override written into the
-copied config for both, the corpus's small real inputs: a 32x32x16 CT crop, a 32x48x32 MR crop,
+copied config for both, the corpus's small real inputs: a 32x32x16 CT crop, a 16x24x16 MR crop,
 one file per channel for BraTS), plain MONAI with the overrides a CPU user needs, medxai with
 its bundle runner; a bundle medxai refuses gets its one line instead of figures. Prints a
 Markdown table (docs/bundles.md).
