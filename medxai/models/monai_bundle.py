@@ -1062,7 +1062,7 @@ def _inference_spec(inferer: Any, amp: bool) -> InferenceSpec:
     )
 
 
-def _input_spec(raw: dict[str, Any], metadata: dict[str, Any], network: Any) -> InputSpec:
+def _input_spec(raw: dict[str, Any], metadata: dict[str, Any]) -> InputSpec:
     net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
     in_meta = _channel_def(metadata, "inputs", "image")
     given = net_def.get("in_channels")
@@ -1104,6 +1104,59 @@ def _saliency_default(raw: dict[str, Any], network: Any, scripted: bool) -> Any:
     return replace(spec, method="gradcam", layer=layer, reason=reason)
 
 
+def _contract(
+    root: Path,
+    raw: dict[str, Any],
+    parser: Any,
+    metadata: dict[str, Any],
+    net: tuple[torch.nn.Module, str, bool],
+    chain: tuple[Any, Any, Any],
+    replaced: list[str],
+) -> ModelContract:
+    """The typed contract of the loaded bundle (``net``: network, class name, scripted;
+    ``chain``: preprocessing, inferer, postprocessing)."""
+    network, net_name, scripted = net
+    pre, inferer, post = chain
+    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    out_channels = net_def.get("out_channels")
+    return ModelContract(
+        name=str(metadata.get("name", root.name)),
+        version=str(metadata.get("version", "0")),
+        form="monai",
+        weights="torchscript" if scripted else "state_dict",
+        network=net_name,
+        input=_input_spec(raw, metadata),
+        inference=_inference_spec(inferer, _amp(parser, raw)),
+        labels=_labels(
+            raw,
+            metadata,
+            out_channels if isinstance(out_channels, int) else None,
+            _config_file(root) or root,
+        ),
+        preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
+        postprocessing=tuple(_describe_transform(t) for t in post.transforms),
+        replaced=tuple(replaced),
+        layer_hooks=not scripted,
+        saliency=_saliency_default(raw, network, scripted),
+    )
+
+
+def _config_view(contract: ModelContract, raw: dict[str, Any]) -> dict[str, Any]:
+    """A medxai-style view of the config, for code that reads ``ModelBundle.config``."""
+    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    return {
+        "input": {
+            "spatial_dims": contract.input.spatial_dims,
+            "channels": contract.input.channels,
+            "modalities": list(contract.input.modalities),
+        },
+        "network_def": dict(net_def),
+        "inference": {"mode": "monai"},
+        "labels": [lab.as_dict() for lab in contract.labels],
+        "postprocessing": {},
+    }
+
+
 def load_monai_bundle(path: str | Path) -> MonaiBundle:
     """Load a MONAI-form bundle folder (see the module docstring).
 
@@ -1140,43 +1193,14 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
         f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
     ]
     replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
-    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
-    out_channels = net_def.get("out_channels")
-    labels = _labels(
-        raw, metadata, out_channels if isinstance(out_channels, int) else None, cfg_path
+    contract = _contract(
+        root, raw, parser, metadata, (network, net_name, scripted), (pre, inferer, post), replaced
     )
-    contract = ModelContract(
-        name=str(metadata.get("name", root.name)),
-        version=str(metadata.get("version", "0")),
-        form="monai",
-        weights="torchscript" if scripted else "state_dict",
-        network=net_name,
-        input=_input_spec(raw, metadata, network),
-        inference=_inference_spec(inferer, _amp(parser, raw)),
-        labels=labels,
-        preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
-        postprocessing=tuple(_describe_transform(t) for t in post.transforms),
-        replaced=tuple(replaced),
-        layer_hooks=not scripted,
-        saliency=_saliency_default(raw, network, scripted),
-    )
-    # a medxai-style view of the config, for code that reads ModelBundle.config
-    view = {
-        "input": {
-            "spatial_dims": contract.input.spatial_dims,
-            "channels": contract.input.channels,
-            "modalities": list(contract.input.modalities),
-        },
-        "network_def": dict(net_def),
-        "inference": {"mode": "monai"},
-        "labels": [lab.as_dict() for lab in labels],
-        "postprocessing": {},
-    }
     meta_out = dict(metadata)
     meta_out.setdefault("name", contract.name)
     meta_out["weights_sha256"] = sha256_file(weights)
     return MonaiBundle(
-        config=view,
+        config=_config_view(contract, raw),
         metadata=meta_out,
         network=network,
         path=root,
