@@ -6,8 +6,8 @@ memory.
 
 The bundle's configs are copied from ../shared/data/model_zoo into a temporary folder with seeded
 weights of the right shapes (the zoo's weights are not public here; compute does not depend on
-the values). Each run is a fresh Python process, so the peak resident memory (ru_maxrss) is that
-run's alone:
+the values). Each run is a fresh Python process, so the peak resident memory is that
+run's alone (VmHWM: see ``peak_rss_mb``):
 
 - ``plain``: the bundle's preprocessing (with MONAI's LoadImaged), a MONAI DataLoader, its
   inferer and its postprocessing (with SaveImaged), as ``SupervisedEvaluator`` runs them
@@ -115,8 +115,21 @@ def child(kind: str, bundle: Path, image: Path | list[str], out: Path) -> None:
     t = time.perf_counter()
     (run_plain if kind == "plain" else run_medxai)(bundle, image, out)
     seconds = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM of /proc/self/status (the high-water mark of
+    its own address space since exec). ``ru_maxrss`` is not used where VmHWM exists: Linux keeps
+    the parent's high-water mark across fork and exec, so a child of a large parent (the zoo
+    mode builds every network) would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 #: children run with bytecode caching on, as on a user's machine (an environment with
