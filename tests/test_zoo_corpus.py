@@ -424,3 +424,32 @@ def test_zoo_saliency(name: str, inputs: dict, work: Path) -> None:
                            None, None, layer=settings.layer, target="segment")
     assert tuple(sal.shape[1:]) == tuple(loaded.image.shape[1:])
     assert torch.isfinite(sal).all() and float(sal.max()) > 0
+
+
+@pytest.mark.parametrize("make,layer", [
+    (lambda: __import__("monai.networks.nets", fromlist=["SegResNet"]).SegResNet(
+        spatial_dims=2, in_channels=1, out_channels=2, init_filters=8), "down_layers.3"),
+    (lambda: __import__("monai.networks.nets", fromlist=["DynUNet"]).DynUNet(
+        2, 1, 2, [3, 3, 3], [1, 2, 2], [2, 2]), "bottleneck"),
+    (lambda: __import__("monai.networks.nets", fromlist=["FlexibleUNet"]).FlexibleUNet(
+        in_channels=1, out_channels=2, backbone="efficientnet-b0", pretrained=False,
+        spatial_dims=2), "decoder.blocks.0"),
+    (lambda: __import__("monai.networks.nets", fromlist=["AttentionUnet"]).AttentionUnet(
+        spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,)), None),
+])
+def test_cam_layer_choice_on_zoo_architectures(make, layer) -> None:
+    """The layer medxai picks for a network it does not know runs in the forward pass (a CAM
+    at it is not empty); a network it knows nothing of gets None and the gradient-free reason."""
+    from medxai.explain import explain
+    from medxai.explain.layers import cam_layer_choice
+
+    torch.manual_seed(0)
+    net = make().eval()
+    chosen, reason = cam_layer_choice(net)
+    assert chosen == layer, (chosen, reason)
+    if layer is None:
+        assert "gradient-free" in reason
+        return
+    assert type(net).__name__ in reason
+    sal = explain(net, torch.rand(1, 1, 64, 64), "gradcam", 1, layer=chosen)
+    assert tuple(sal.shape[-2:]) == (64, 64) and torch.isfinite(sal).all()
