@@ -194,7 +194,8 @@ def zoo(repeat: int, only: list[str] | None) -> None:
             try:
                 net = load_model(bundle).contract.network
             except ModelError as exc:
-                print(f"| {name} | refused | | | | | | | {str(exc).split(': ', 1)[-1]} |")
+                why = str(exc).splitlines()[0].split(": ", 1)[-1]
+                print(f"| {name} | refused | | | | | | | {why} |", flush=True)
                 continue
             res: dict[str, list[dict[str, float]]] = {"plain": [], "medxai": []}
             for r in range(repeat):
