@@ -135,8 +135,9 @@ def _deepest_stage(net: nn.Module) -> tuple[str, str] | None:
     encoder stage (the features the decoder starts from), where the network has one."""
     name = type(net).__name__
     modules = dict(net.named_modules())
-    if name == "SegResNet" and len(getattr(net, "down_layers", [])):
-        last = f"down_layers.{len(net.down_layers) - 1}"
+    downs = [n for n in modules if n.startswith("down_layers.") and n.count(".") == 1]
+    if name == "SegResNet" and downs:
+        last = f"down_layers.{len(downs) - 1}"
         return last, f"deepest encoder stage of SegResNet ({last})"
     if name == "DynUNet" and "bottleneck" in modules:
         return "bottleneck", "deepest encoder stage of DynUNet (bottleneck)"

@@ -1062,8 +1062,14 @@ def _inference_spec(inferer: Any, amp: bool) -> InferenceSpec:
     )
 
 
+def _network_def(raw: dict[str, Any]) -> dict[str, Any]:
+    """The raw ``network_def`` section ({} when absent or not a dict)."""
+    given = raw.get("network_def")
+    return given if isinstance(given, dict) else {}
+
+
 def _input_spec(raw: dict[str, Any], metadata: dict[str, Any]) -> InputSpec:
-    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    net_def = _network_def(raw)
     in_meta = _channel_def(metadata, "inputs", "image")
     given = net_def.get("in_channels")
     channels = int(given if isinstance(given, int) else in_meta.get("num_channels") or 1)
@@ -1117,7 +1123,7 @@ def _contract(
     ``chain``: preprocessing, inferer, postprocessing)."""
     network, net_name, scripted = net
     pre, inferer, post = chain
-    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    net_def = _network_def(raw)
     out_channels = net_def.get("out_channels")
     return ModelContract(
         name=str(metadata.get("name", root.name)),
@@ -1143,7 +1149,7 @@ def _contract(
 
 def _config_view(contract: ModelContract, raw: dict[str, Any]) -> dict[str, Any]:
     """A medxai-style view of the config, for code that reads ``ModelBundle.config``."""
-    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    net_def = _network_def(raw)
     return {
         "input": {
             "spatial_dims": contract.input.spatial_dims,
