@@ -99,6 +99,9 @@ class Prediction:
         affine: the input's 4x4 RAS affine (MONAI convention).
         seconds: wall time of the forward passes (and their inversion).
         tta: the test-time augmentation used (``none``, ``flips``, ``dihedral``).
+        segments: ``(N, *spatial)`` bool overlapping segments, one per foreground label in
+            order of value, when a MONAI bundle's postprocessing folds overlapping binary
+            channels into the label map (BraTS); written as overlapping DICOM SEG segments.
     """
 
     probabilities: torch.Tensor
@@ -106,6 +109,7 @@ class Prediction:
     affine: torch.Tensor
     seconds: float
     tta: str = "none"
+    segments: torch.Tensor | None = None
 
 
 def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
@@ -557,14 +561,16 @@ def _predict_monai(
     bundle.check_input(image, source)
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)
     t0 = time.perf_counter()
-    prob, labels = bundle.run(
-        x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size
+    out = bundle.run_full(
+        x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size, source=source
     )
+    prob, labels, segments = out.probabilities, out.labels, out.segments
     if prob is None:
         n = max([lab.value for lab in bundle.contract.labels] + [int(labels.max())]) + 1
         prob = _one_hot(labels, n)
     if squeezed:
         prob, labels = prob[..., None], labels[..., None]
+        segments = segments[..., None] if segments is not None else None
     affine = getattr(image, "affine", torch.eye(4))
     return Prediction(
         probabilities=prob,
@@ -572,4 +578,5 @@ def _predict_monai(
         affine=torch.as_tensor(affine),
         seconds=time.perf_counter() - t0,
         tta="none",
+        segments=segments,
     )

@@ -215,6 +215,7 @@ def write_outputs(
                         seg_type,
                         probabilities,
                         clock,
+                        pred.segments.numpy() if pred.segments is not None else None,
                     )
                 files += written
             except MedxaiError as exc:
@@ -266,10 +267,12 @@ def _write_dicom(
     seg_type: str = "binary",
     probabilities: np.ndarray | None = None,
     clock: _ObjectClock | None = None,
+    segments: np.ndarray | None = None,
 ) -> tuple[list[str], Any, Any]:
     """DICOM SEG and/or Secondary Capture outputs (a placeholder study for pictures), the
     DICOM source they reference (the input's, or the placeholder study's header) and the SEG
-    dataset written (None without one), which the SR references."""
+    dataset written (None without one), which the SR references. ``segments``: overlapping
+    masks, one per foreground label, written as overlapping segments (binary SEG)."""
     clock = clock or _ObjectClock(None)
     from medxai.io import writers as w
 
@@ -303,6 +306,7 @@ def _write_dicom(
                 bundle.version,
                 seg_type=seg_type,
                 probabilities=probabilities,
+                segments=segments,
             )
             path = w.save_dicom(seg, tmp / "seg.dcm")
         files.append(path.name)

@@ -245,7 +245,8 @@ def resolve_explain(bundle: Any, opts: SegmentOptions) -> ExplainSettings | None
         spec = contract.saliency
         method, layer, target = spec.method, spec.layer, spec.target
         options = dict(spec.options)
-        chosen = "model default"
+        # a MONAI bundle without its own choice: the architecture's layer, or occlusion, and why
+        chosen = f"model default: {spec.reason}" if spec.reason else "model default"
     else:
         method, layer, target, options, chosen = opts.explain, None, "segment", {}, "given"
     if opts.explain_layer:
@@ -452,6 +453,24 @@ def compute_saliency(
                     mode=contract.inference.blend_mode,  # blended as the inference blends
                     target=question,
                     **extra,
+                )
+            elif contract.inference.inferer == "SliceInferer":
+                # a 2D network over the slices of a volume: explained slice by slice
+                axis = 2 + int(getattr(bundle.inferer, "spatial_dim", 0))
+                sal = torch.stack(
+                    [
+                        run_explain(
+                            net,
+                            x.select(axis, k).to(device),
+                            method=method,
+                            target=question,
+                            **extra,
+                        )
+                        .detach()
+                        .cpu()
+                        for k in range(x.shape[axis])
+                    ],
+                    dim=axis,
                 )
             else:
                 sal = run_explain(net, x.to(device), method=method, target=question, **extra)

@@ -262,6 +262,59 @@ def test_brats_four_channels_equals_plain_monai(tmp_path: Path) -> None:
     np.testing.assert_allclose(affine, ref.affine, atol=1e-5)
 
 
+def test_brats_overlapping_segments_in_the_seg(tmp_path: Path) -> None:
+    """BraTS's three sigmoid channels overlap (tumour core and enhancing tumour inside the whole
+    tumour); its postprocessing folds them into one label map (1, 2, 4), as plain MONAI writes
+    it. The DICOM SEG keeps the overlap: one segment per channel, each the channel's mask."""
+    import pydicom
+
+    from medxai.io.readers import load_image
+
+    series = tmp_path / "mr"
+    shutil.copytree(shared_path("hippocampus", "dicom_study1", "13_HCropVolume"), series)
+    files = [str(series)] * 4  # one MR series stands in for the four sequences
+    nifti = tmp_path / "mr.nii.gz"
+    img = load_image(series).image
+    nib.save(nib.Nifti1Image(img[0].numpy().astype(np.float32), img.affine.numpy()), str(nifti))
+
+    def edit(cfg: dict) -> None:
+        cfg["medxai"] = {"labels": BRATS_LABELS}
+
+    bundle_dir = zoo_bundle(tmp_path, "brats_mri_segmentation", edit=edit)
+    net_bias = torch.load(bundle_dir / "models" / "model.pt", weights_only=True)
+    # sigmoid channels: positive on part of the volume, WT most, ET least (so they overlap)
+    last = [k for k in net_bias if k.endswith("bias")][-1]
+    net_bias[last] = torch.tensor([0.0, 0.3, -0.3])
+    torch.save(net_bias, bundle_dir / "models" / "model.pt")
+    code, out = run_cli("segment", "--channels", *files, "--model", str(bundle_dir), "-o",
+                        str(tmp_path / "out"), "--device", "cpu", "--explain", "none")
+    assert code == 0, out
+    (res,) = [p.parent for p in (tmp_path / "out").rglob("seg.dcm")]
+    labels = np.asarray(nib.load(str(res / "labels.nii.gz")).dataobj)
+    ref = plain_monai(bundle_dir, [str(nifti)] * 4, tmp_path / "plain")
+    np.testing.assert_array_equal(labels, np.asarray(ref.dataobj).squeeze())
+    assert set(np.unique(labels)) - {0} and set(np.unique(labels)) <= {0, 1, 2, 4}
+    assert_dciodvfy_clean(res / "seg.dcm")
+    seg = pydicom.dcmread(str(res / "seg.dcm"))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [lab["name"][:64] for lab in
+                                                             BRATS_LABELS]
+    # per segment, the voxels it marks (frame by frame, on the source slices)
+    import highdicom as hd
+
+    vol = hd.seg.Segmentation.from_dataset(seg)
+    source_uids = [(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+                   for ds in load_image(series).dicom.datasets]
+    masks = vol.get_pixels_by_source_instance(source_sop_instance_uids=[u[2] for u in
+                                                                        source_uids],
+                                              combine_segments=False)  # (K, rows, cols, 3)
+    masks = np.transpose(masks, (3, 2, 1, 0)).astype(bool)  # (3, I, J, K)
+    overlap = masks.sum(0) > 1
+    assert overlap.any()  # voxels in two segments at once: the SEG kept the overlap
+    # the label map is the bundle's fold of the same masks: ET wins, then TC, then WT
+    fold = np.where(masks[2], 4, np.where(masks[0], 1, np.where(masks[1], 2, 0)))
+    np.testing.assert_array_equal(fold, labels)
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end through `medxai segment`
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +455,20 @@ def test_unresolvable_target(spleen: Path, ct_crop: Path, tmp_path: Path) -> Non
 
     out = _refused(_bad_copy(spleen, tmp_path, edit), ct_crop, tmp_path)
     assert "'NoSuchUNet' does not resolve" in out and "'network_def'" in out
+
+
+def test_network_of_another_monai_version(spleen: Path, ct_crop: Path, tmp_path: Path) -> None:
+    """A config written for MONAI 0.x (UNet's `dimensions`, renamed `spatial_dims` since):
+    refused naming the network and the argument."""
+    import monai
+
+    def edit(c: dict) -> None:
+        c["network_def"]["dimensions"] = c["network_def"].pop("spatial_dims")
+
+    out = _refused(_bad_copy(spleen, tmp_path, edit), ct_crop, tmp_path)
+    assert (f"network_def UNet cannot be built with MONAI {monai.__version__}: it has no "
+            "argument 'dimensions' (the config was written for another MONAI version)") in out
+    assert len(out.strip().splitlines()) <= 2, out
 
 
 def test_wrong_weight_shapes(spleen: Path, ct_crop: Path, tmp_path: Path) -> None:
@@ -551,8 +618,14 @@ def test_models_describe(spleen: Path, tiny_pair) -> None:
     assert info["input"] == {"spatial_dims": 3, "channels": 1, "channel_names": ["image"],
                              "modalities": ["CT"]}
     assert info["inferer"]["class"] == "SlidingWindowInferer"
-    assert info["preprocessing"][2].startswith("Spacingd(pixdim=[1.5, 1.5, 2.0]")
-    assert any(r.startswith("LoadImaged") for r in info["replaced_by_medxai"])
+    # the bundle's own LoadImaged runs, with medxai's reader
+    assert info["preprocessing"][0] == "LoadImaged"
+    assert info["preprocessing"][3].startswith("Spacingd(pixdim=[1.5, 1.5, 2.0]")
+    assert any(r.startswith("LoadImaged reader -> medxai's reader")
+               for r in info["replaced_by_medxai"])
+    assert info["saliency_default"]["method"] == "gradcam"
+    assert info["saliency_default"]["layer"] == "model.1"
+    assert info["saliency_default"]["reason"].startswith("UNet")
     assert info["saliency_methods"] == ["gradcam", "gradcampp", "hirescam", "layercam",
                                         "smoothgrad", "occlusion", "ig"]
     code, out = run_cli("models", "describe", str(tiny_pair[1]))

@@ -27,8 +27,11 @@ images, masks 3-13 % of the image) and deletion AUC (blur baseline, lower is bet
 0.935): ``model.1`` 0.87 / 0.84; ``model.1.submodule`` (last decoder block alone) 0.29 / 0.81;
 the 1/4-resolution decoder block and the bottleneck 0.00-0.01 / 0.97-0.99 (worse than random).
 
-For other networks the default is the last convolution before the final (output) convolution, or
-the only convolution if there is just one.
+SegResNet, DynUNet, UNesT, FlexibleUNet and DiNTS (MONAI model-zoo networks) get their deepest
+encoder stage, the coarsest features the decoder starts from (:func:`cam_layer_choice` says which
+and why). For other networks the default is the last convolution before the final (output)
+convolution, or the only convolution if there is just one; a MONAI bundle with such a network
+explains with occlusion by default.
 
 Names by role (MONAI ``UNet``)
 ------------------------------
@@ -57,6 +60,7 @@ __all__ = [
     "resolve_layer",
     "resolve_layers",
     "unet_layer_aliases",
+    "cam_layer_choice",
 ]
 
 _CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
@@ -126,15 +130,75 @@ def unet_layer_aliases(net: nn.Module) -> dict[str, str]:
     return aliases
 
 
+def _deepest_stage(net: nn.Module) -> tuple[str, str] | None:
+    """``(layer, why)`` for the architectures below the module docstring's UNet: the deepest
+    encoder stage (the features the decoder starts from), where the network has one."""
+    name = type(net).__name__
+    modules = dict(net.named_modules())
+    downs = [n for n in modules if n.startswith("down_layers.") and n.count(".") == 1]
+    if name == "SegResNet" and downs:
+        last = f"down_layers.{len(downs) - 1}"
+        return last, f"deepest encoder stage of SegResNet ({last})"
+    if name == "DynUNet" and "bottleneck" in modules:
+        return "bottleneck", "deepest encoder stage of DynUNet (bottleneck)"
+    if name == "UNesT" and "encoder10" in modules:
+        return "encoder10", "deepest encoder stage of UNesT (encoder10, on the last ViT level)"
+    if name == "FlexibleUNet" and "decoder.blocks.0" in modules:
+        return (
+            "decoder.blocks.0",
+            "first decoder block of FlexibleUNet (it reads the deepest encoder stage, whose "
+            "backbone returns a list that a layer hook cannot weight)",
+        )
+    if name == "DiNTS":
+        node_a = getattr(net, "node_a", None)
+        depths = [
+            d
+            for d in range(len(getattr(net, "stem_up", [])))
+            if node_a is None or bool(node_a[-1][d])
+        ]
+        # DiNTS calls its stems' forward() directly, which runs no hooks; their inner
+        # Sequential (``mod``) is called normally
+        if depths and f"stem_up.{max(depths)}.mod" in modules:
+            layer = f"stem_up.{max(depths)}.mod"
+            return (
+                layer,
+                f"coarsest resolution the searched DiNTS cells reach ({layer}, the first "
+                "decoder stem after them)",
+            )
+    return None
+
+
+def cam_layer_choice(net: nn.Module) -> tuple[str | None, str]:
+    """``(layer, reason)``: the Grad-CAM-family layer medxai uses for ``net`` by default and why,
+    or ``(None, reason)`` when it knows none (then a gradient-free method is the default).
+
+    MONAI ``UNet``: ``model.1`` (see the module docstring). ``SegResNet``, ``DynUNet``,
+    ``UNesT``, ``FlexibleUNet``, ``DiNTS``: the deepest encoder stage (the coarsest features the
+    decoder starts from; Seg-Grad-CAM's choice, Vinogradova et al. 2020). Other networks: None.
+    """
+    prefix = _unet_prefix(net)
+    if prefix is not None:
+        layer = f"{prefix}.model.1" if prefix else "model.1"
+        return layer, f"UNet: the input of its final block ({layer}), measured best"
+    deepest = _deepest_stage(net)
+    if deepest is not None:
+        return deepest
+    return None, (
+        f"medxai knows no Grad-CAM layer of {type(net).__name__}; a gradient-free method "
+        "(occlusion) needs none"
+    )
+
+
 def default_target_layer(net: nn.Module) -> str:
-    """The layer name CAM methods use when none is given (see the module docstring for why).
+    """The layer name CAM methods use when none is given (see the module docstring for why, and
+    :func:`cam_layer_choice` for the networks that are not UNets).
 
     Raises:
         ExplainError: ``net`` has no convolution at all.
     """
-    prefix = _unet_prefix(net)
-    if prefix is not None:
-        return f"{prefix}.model.1" if prefix else "model.1"
+    chosen, _ = cam_layer_choice(net)
+    if chosen is not None:
+        return chosen
     convs = [name for name, m in net.named_modules() if name and _is_conv(m)]
     if not convs:
         raise ExplainError(

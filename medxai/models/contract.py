@@ -129,6 +129,8 @@ class SaliencySpec:
         target: a region of :data:`medxai.choices.SALIENCY_TARGETS`.
         options: further method options (e.g. ``{"samples": 4}`` for ``smoothgrad``).
         measured: where the choice was measured (free text for reports), ``""`` when it was not.
+        reason: why medxai chose this default when the bundle does not name one (MONAI bundles:
+            the architecture's Grad-CAM layer, or a gradient-free method), ``""`` otherwise.
     """
 
     method: str = "gradcam"
@@ -136,6 +138,7 @@ class SaliencySpec:
     target: str = "segment"
     options: Mapping[str, Any] = field(default_factory=dict)
     measured: str = ""
+    reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +147,7 @@ class SaliencySpec:
             "target": self.target,
             "options": dict(self.options),
             "measured": self.measured,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 

@@ -9,13 +9,17 @@ Layout (as ``monai.bundle download`` writes it)::
       models/model.ts                  a TorchScript network
 
 From the config medxai takes ``network_def``, ``preprocessing``, ``inferer`` and
-``postprocessing`` (and ``amp``, from ``evaluator#amp`` or ``amp``). The preprocessing's
-``LoadImaged`` is replaced by medxai's reader output (a channel-first ``MetaTensor`` with its RAS
-affine: what ``LoadImaged`` + ``EnsureChannelFirstd`` give for the same NIfTI), and the
-postprocessing's ``SaveImaged`` by medxai's writers. Everything between runs as the bundle says,
-in the way ``SupervisedEvaluator`` runs it (collate, inferer, decollate, postprocessing), so the
-label map equals plain MONAI's; the bundle's ``Invertd`` brings it onto the input grid.
-Handlers, evaluators, datasets and dataloaders are never instantiated.
+``postprocessing`` (and ``amp``, from ``evaluator#amp`` or ``amp``). The preprocessing runs as
+written from its own ``LoadImaged`` on: medxai only puts its reader
+(:class:`medxai.io.bundle_reader.MonaiLayoutReader`, which gives what MONAI's readers give) in
+place of the ``reader`` the config names. The postprocessing's ``SaveImaged`` is replaced by
+medxai's writers. Everything runs as the bundle says, in the way ``SupervisedEvaluator`` runs it
+(collate, inferer, decollate, postprocessing), so the label map equals plain MONAI's; the
+bundle's ``Invertd`` brings it onto the input grid. Handlers, evaluators, datasets and
+dataloaders are never instantiated. Loading follows ``monai.bundle run``: ``bundle_root`` is the
+folder, and the folder is on ``sys.path`` for ``scripts.*`` targets; the network is built on the
+CPU (``torch.device('cuda')`` and ``torch.load`` in the config's expressions are made to load on
+the CPU).
 
 Labels come from ``metadata.json`` ``network_data_format.outputs.pred.channel_def`` when channel
 0 is the background (softmax/argmax bundles). A bundle whose label values are not its channel
@@ -27,10 +31,13 @@ indices (e.g. BraTS: sigmoid channels TC/WT/ET become label values 1, 2, 4) name
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import json
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,11 +359,13 @@ class MonaiBundle(ModelBundle):
     Attributes (besides :class:`ModelBundle`'s):
         contract: the typed :class:`ModelContract`.
         monai_config: the raw inference config (``ConfigParser``'s view before parsing).
-        pre: the bundle's ``preprocessing`` ``Compose`` without its ``LoadImaged``.
+        pre: the bundle's ``preprocessing`` ``Compose``, its ``LoadImaged`` reading with
+            ``reader``.
         inferer: the bundle's inferer.
         post: the bundle's ``postprocessing`` ``Compose`` without its ``SaveImaged``.
         image_key: the data key the bundle's transforms read the image from.
         scripted: the network is TorchScript (``models/model.ts``).
+        reader: medxai's reader in the bundle's ``LoadImaged`` (serves the image already read).
     """
 
     # always given by load_monai_bundle; None only as the dataclass default (fields after
@@ -368,11 +377,19 @@ class MonaiBundle(ModelBundle):
     post: Any = None
     image_key: str = "image"
     scripted: bool = False
+    reader: Any = None
+
+    @property
+    def over_slices(self) -> bool:
+        """A 2D network that the bundle's inferer runs over the slices of a volume."""
+        assert self.contract is not None
+        return self.contract.inference.inferer == "SliceInferer"
 
     @property
     def spatial_dims(self) -> int:
+        """The dimensions of the input the bundle takes (3 for a 2D network over slices)."""
         assert self.contract is not None
-        return self.contract.input.spatial_dims
+        return 3 if self.over_slices else self.contract.input.spatial_dims
 
     @property
     def in_channels(self) -> int:
@@ -399,7 +416,7 @@ class MonaiBundle(ModelBundle):
                 path=source,
                 hint="give a volume (a DICOM series folder or a NIfTI), or a 2D bundle",
             )
-        if spec.spatial_dims == 2 and dims > 2:
+        if spec.spatial_dims == 2 and dims > 2 and not self.over_slices:
             raise ModelMismatchError(
                 f"bundle {self.name!r} segments 2D images ({spec.describe()}), but this input is "
                 f"a volume {'x'.join(map(str, spatial))}",
@@ -422,28 +439,16 @@ class MonaiBundle(ModelBundle):
                 hint=f"give {spec.channels} channel(s){how}",
             )
 
-    def _as_input(self, image: torch.Tensor) -> Any:
-        """medxai's reader output as ``LoadImaged`` (float32, channel-first) would give it."""
-        from monai.data import MetaTensor
-
-        meta = dict(getattr(image, "meta", {}) or {})
-        affine = getattr(image, "affine", None)
-        if affine is None:
-            affine = torch.eye(4, dtype=torch.float64)
-        meta["original_channel_dim"] = 0
-        meta.pop("affine", None)
-        arr = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        return MetaTensor(
-            arr.to(torch.float32).clone(), affine=torch.as_tensor(affine).clone(), meta=meta
-        )
-
-    def preprocess(self, image: torch.Tensor) -> dict[str, Any]:
-        """The bundle's preprocessing (without ``LoadImaged``) of ``image``: the data dict, whose
+    def preprocess(self, image: torch.Tensor, source: str | Path | None = None) -> dict[str, Any]:
+        """The bundle's preprocessing of ``image`` (medxai's channel-first ``MetaTensor``), from
+        its own ``LoadImaged`` on: the loader is given ``{image_key: source}`` and its reader
+        serves ``image`` in MONAI's layout (not read again). Returns the data dict, whose
         ``image_key`` entry is the model-grid ``MetaTensor`` ``(C, *model_spatial)``."""
         from monai.transforms import apply_transform
 
-        data = {self.image_key: self._as_input(image)}
-        return self._guard(lambda: apply_transform(self.pre, data), "preprocessing")
+        data = {self.image_key: str(source) if source is not None else self.image_key}
+        with self.reader.serving(image):
+            return self._guard(lambda: apply_transform(self.pre, data), "preprocessing")
 
     def _guard(self, fn: Any, what: str) -> Any:
         try:
@@ -465,10 +470,12 @@ class MonaiBundle(ModelBundle):
                 path=self.path,
             ) from exc
 
-    def model_input(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def model_input(
+        self, image: torch.Tensor, source: str | Path | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(1, C, *model_spatial)`` float tensor for ``image`` and the data dict needed by
         :meth:`to_input_grid`."""
-        data = self.preprocess(image)
+        data = self.preprocess(image, source)
         x = data[self.image_key]
         return x.as_tensor()[None].float(), data
 
@@ -502,15 +509,38 @@ class MonaiBundle(ModelBundle):
         roi_size: Sequence[int] | None = None,
         overlap: float | None = None,
         sw_batch_size: int | None = None,
+        source: str | Path | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(probabilities, labels)`` of :meth:`run_full`."""
+        out = self.run_full(
+            image,
+            device,
+            roi_size=roi_size,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            source=source,
+        )
+        return out.probabilities, out.labels
+
+    def run_full(
+        self,
+        image: torch.Tensor,
+        device: torch.device,
+        *,
+        roi_size: Sequence[int] | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+        source: str | Path | None = None,
+    ) -> BundleOutput:
         """Segment ``image`` as ``SupervisedEvaluator`` would: preprocessing, collate, inferer
         (in eval mode without gradients; float16 autocast if the bundle asks for amp and
         ``device`` is CUDA), decollate, postprocessing (with its ``Invertd``).
 
         Returns:
-            ``(probabilities, labels)`` on the input grid: probabilities ``(K, *spatial)`` as
-            they stood after the bundle's ``Invertd`` when it inverts activations (else None),
-            and the ``(1, *spatial)`` label map.
+            on the input grid: probabilities ``(K, *spatial)`` as they stood after the bundle's
+            ``Invertd`` when it inverts activations (else None), the ``(1, *spatial)`` label
+            map, and the overlapping segments when the postprocessing folds several
+            overlapping binary channels into the label map (:class:`BundleOutput`).
         """
         import contextlib
 
@@ -518,7 +548,7 @@ class MonaiBundle(ModelBundle):
         from monai.transforms import apply_transform
 
         assert self.contract is not None
-        data = self.preprocess(image)
+        data = self.preprocess(image, source)
         batch = list_data_collate([data])
         x = batch[self.image_key].to(device)
         inferer = copy.copy(self.inferer)
@@ -549,6 +579,7 @@ class MonaiBundle(ModelBundle):
         item = decollate_batch(batch, detach=True)[0]
         probabilities = None
         discrete = False
+        binary: torch.Tensor | None = None
         for t in self.post.transforms:
             item = self._guard(
                 lambda t=t, item=item: apply_transform(t, item),
@@ -560,6 +591,7 @@ class MonaiBundle(ModelBundle):
             if name.startswith("Invert") and not discrete:
                 p = item["pred"]
                 probabilities = (p.as_tensor() if hasattr(p, "as_tensor") else p).float().cpu()
+            binary = _binary_channels(item["pred"], binary)
         lab = item["pred"]
         lab = (lab.as_tensor() if hasattr(lab, "as_tensor") else torch.as_tensor(lab)).cpu()
         if lab.ndim == image.ndim - 1:
@@ -581,7 +613,14 @@ class MonaiBundle(ModelBundle):
         labels = lab.round().to(dtype)
         if probabilities is not None and tuple(probabilities.shape[1:]) != tuple(lab.shape[1:]):
             probabilities = None
-        return probabilities, labels
+        segments = None
+        if (
+            binary is not None
+            and tuple(binary.shape[1:]) == tuple(lab.shape[1:])
+            and bool((binary.sum(0) > 1).any())
+        ):
+            segments = binary
+        return BundleOutput(probabilities, labels, segments)
 
     def describe(self) -> dict[str, Any]:
         """What medxai understood of the bundle, as plain data (``medxai models describe``)."""
@@ -617,7 +656,43 @@ class MonaiBundle(ModelBundle):
             "labels": [lab.as_dict() for lab in c.labels],
             "replaced_by_medxai": list(c.replaced),
             "saliency_methods": list(c.saliency_methods),
+            "saliency_default": c.saliency.as_dict(),
         }
+
+
+@dataclass
+class BundleOutput:
+    """What :meth:`MonaiBundle.run_full` gives, on the input grid.
+
+    Attributes:
+        probabilities: ``(K, *spatial)`` after the bundle's ``Invertd`` (None when it inverts
+            the discrete labels instead).
+        labels: the ``(1, *spatial)`` label map (what plain MONAI's postprocessing gives).
+        segments: ``(N, *spatial)`` bool, the binary channels the postprocessing folded into
+            the label map when they overlap (e.g. BraTS: tumour core, whole tumour, enhancing
+            tumour, each inside the next), one per foreground label in order of value; else
+            None. A label map cannot hold the overlap; a DICOM SEG can.
+    """
+
+    probabilities: torch.Tensor | None
+    labels: torch.Tensor
+    segments: torch.Tensor | None = None
+
+
+def _binary_channels(pred: Any, kept: torch.Tensor | None) -> torch.Tensor | None:
+    """The latest several-channel 0/1 state of the postprocessing's ``pred`` (``kept`` when
+    ``pred`` is not one)."""
+    t = pred.as_tensor() if hasattr(pred, "as_tensor") else torch.as_tensor(pred)
+    if (
+        t.ndim < 3
+        or t.shape[0] < 2
+        or t.is_floating_point()
+        and not bool(((t == 0) | (t == 1)).all())
+    ):
+        return kept
+    if not t.is_floating_point() and not bool(((t == 0) | (t == 1)).all()):
+        return kept
+    return t.detach().cpu().bool()
 
 
 def _read_metadata(root: Path) -> dict[str, Any]:
@@ -631,20 +706,9 @@ def _read_metadata(root: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def load_monai_bundle(path: str | Path) -> MonaiBundle:
-    """Load a MONAI-form bundle folder (see the module docstring).
-
-    ``models/model.pt`` (a state dict for ``network_def``) is used when present, else
-    ``models/model.ts`` (TorchScript; ``network_def`` may then be absent).
-
-    Raises:
-        ModelError: one clear line for: no inference config, no ``network_def`` (and no
-            TorchScript), a ``_target_`` that does not resolve, a package the config needs that
-            is not installed (named), weights that do not fit ``network_def``, a ``model.pt``
-            that is not a plain state dict (refused by ``weights_only``).
-    """
-    from monai.bundle import ConfigParser
-
+# -- loading, in steps ------------------------------------------------------------------------
+def _locate(path: str | Path) -> tuple[Path, Path]:
+    """The bundle folder and its inference config."""
     root = Path(path).resolve()
     cfg_path = _config_file(root)
     if cfg_path is None:
@@ -654,8 +718,35 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
             hint="a MONAI bundle folder holds configs/metadata.json, "
             "configs/inference.json and models/model.pt or models/model.ts",
         )
-    metadata = _read_metadata(root)
-    parser = ConfigParser()
+    return root, cfg_path
+
+
+def load_checkpoint_on_cpu(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+    """``torch.load`` for a checkpoint that a bundle's config loads itself (e.g. a DiNTS
+    architecture file): on the CPU whatever ``map_location`` the config asks, with
+    ``weights_only=True`` allowing numpy arrays (and nothing else) to be unpickled."""
+    import numpy as np
+
+    # numpy's dtype classes (what an array's dtype unpickles to), then the named globals
+    allowed: list[Any] = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
+        module, _, attr = name.rpartition(".")
+        if module.split(".")[0] != "numpy":
+            continue  # left to weights_only, which refuses it
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def _parse_config(root: Path, cfg_path: Path, metadata: dict[str, Any]) -> Any:
+    """``ConfigParser`` of the config with ``bundle_root`` = the folder, as ``monai.bundle run``
+    sets it; ``medxai_load_checkpoint`` is known to its expressions (see :func:`_on_cpu`)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(globals={"medxai_load_checkpoint": load_checkpoint_on_cpu})
     try:
         parser.read_config(str(cfg_path))
     except Exception as exc:  # json/yaml errors
@@ -663,37 +754,29 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     parser["bundle_root"] = str(root)
     if metadata:
         parser.read_meta(metadata)
-    raw = copy.deepcopy(parser.get())
+    return parser
+
+
+def _weights_file(root: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[Path, bool]:
+    """``(weights, scripted)``: ``models/model.pt`` for ``network_def``, else ``model.ts``."""
     pt, ts = root / "models" / "model.pt", root / "models" / "model.ts"
-    scripted = not pt.is_file() and ts.is_file()
     if not pt.is_file() and not ts.is_file():
         raise ModelError(
             "bundle has no weights: neither models/model.pt nor models/model.ts",
             path=root,
             hint="fetch them with `python -m monai.bundle download`",
         )
+    scripted = not pt.is_file()
     if not scripted and "network_def" not in raw:
         raise ModelError(
             "has no 'network_def' (the network to load models/model.pt into)",
             path=cfg_path,
             hint="add network_def, or give models/model.ts",
         )
-    # optional packages named by the transforms the bundle uses (checked before any work)
-    used = [
-        t.rsplit(".", 1)[-1]
-        for key in ("preprocessing", "postprocessing", "inferer")
-        for t in _targets(raw.get(key))
-    ]
-    for name in used:
-        if name in OPTIONAL_PACKAGES:
-            module, package = OPTIONAL_PACKAGES[name]
-            if not _module_available(module):
-                raise ModelError(
-                    f"{name} in the bundle's config needs the package {package!r}, "
-                    "which is not installed",
-                    path=cfg_path,
-                    hint=f"install it: pip install {package}",
-                )
+    return (ts if scripted else pt), scripted
+
+
+def _check_sections(raw: dict[str, Any], cfg_path: Path) -> None:
     for key in ("preprocessing", "inferer", "postprocessing"):
         if key not in raw:
             raise ModelError(
@@ -702,25 +785,225 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
                 hint="medxai runs the bundle's preprocessing, inferer and "
                 "postprocessing; a MONAI inference config defines all three",
             )
+
+
+def _check_optional_packages(raw: dict[str, Any], cfg_path: Path) -> None:
+    """The optional packages named by the transforms the bundle uses, before any work (readers
+    are not checked: medxai's reader replaces them)."""
+    used = [
+        t.rsplit(".", 1)[-1]
+        for key in ("preprocessing", "postprocessing", "inferer")
+        for t in _targets(raw.get(key))
+    ]
+    for name in used:
+        if name in OPTIONAL_PACKAGES and not name.endswith("Reader"):
+            module, package = OPTIONAL_PACKAGES[name]
+            if not _module_available(module):
+                raise ModelError(
+                    f"{name} in the bundle's config needs the package {package!r}, "
+                    "which is not installed",
+                    path=cfg_path,
+                    hint=f"install it: pip install {package}",
+                )
+
+
+#: Words in a transform's name that mark interactive guidance (clicks, points, scribbles).
+_INTERACTIVE = ("Guidance", "Click", "Scribble")
+
+
+def _refuse_interactive(raw: dict[str, Any], cfg_path: Path) -> None:
+    """An interactive bundle (DeepEdit, DeepGrow) takes the user's clicks as extra input
+    channels; ``medxai segment`` has none to give."""
+    for target in _targets(raw):
+        name = target.rsplit(".", 1)[-1]
+        if any(word in name for word in _INTERACTIVE):
+            raise ModelError(
+                f"is an interactive bundle: its transform {name} adds guidance channels from "
+                "the user's clicks, which medxai does not take (it segments without user input)",
+                path=cfg_path,
+                hint="run it in MONAI Label, or use an automatic segmentation bundle",
+            )
+
+
+def _walk(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(config id, node)`` of every dict and list inside ``node`` (ids joined by ``#``)."""
+    out: list[tuple[str, Any]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in items:
+        key = f"{prefix}#{k}" if prefix else str(k)
+        if isinstance(v, (dict, list)):
+            out.append((key, v))
+            out += _walk(v, key)
+    return out
+
+
+#: Reader options that change the layout MONAI's readers give; medxai's reader gives the default.
+_LAYOUT_OPTIONS = {
+    "as_closest_canonical": True,
+    "reverse_indexing": False,
+    "swap_ij": False,
+    "affine_lps_to_ras": False,
+}
+
+
+def _plug_reader(parser: Any, raw: dict[str, Any], reader: Any, cfg_path: Path) -> list[str]:
+    """Put ``reader`` (medxai's, in MONAI's layout) in place of the ``reader`` of every
+    ``LoadImage``/``LoadImaged`` of the config, whatever it names; what was replaced."""
+    replaced = []
+    for cid, node in _walk(raw):
+        if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+            continue
+        name = node["_target_"].rsplit(".", 1)[-1]
+        if name not in _LOADERS:
+            continue
+        for option, value in _LAYOUT_OPTIONS.items():
+            if option in node and node[option] == value:
+                raise ModelError(
+                    f"its {name} asks the reader for {option}={value}, a layout medxai's reader "
+                    "does not give",
+                    path=cfg_path,
+                    hint=f"remove {option} from {cid}",
+                )
+        if node.get("channel_dim") is not None:
+            raise ModelError(
+                f"its {name} sets the reader's channel_dim={node['channel_dim']!r}, which "
+                "medxai's reader does not take (it gives MONAI's default layout)",
+                path=cfg_path,
+                hint=f"remove channel_dim from {cid}; EnsureChannelFirstd(channel_dim=...) "
+                "says where the channels are",
+            )
+        named = node.get("reader")
+        parser[f"{cid}#reader"] = reader
+        was = f"{name}(reader={named})" if named else name
+        replaced.append(
+            f"{was} reader -> medxai's reader in MONAI's layout (DICOM/NIfTI/NRRD/picture)"
+        )
+    return replaced
+
+
+_CUDA_DEVICE = re.compile(r"torch\.device\(\s*(['\"])cuda(:\d+)?\1\s*\)")
+_TORCH_LOAD = re.compile(r"\btorch\.load\(")
+
+
+def _on_cpu(parser: Any, raw: dict[str, Any]) -> list[str]:
+    """medxai builds the network on the CPU (and moves it to the device when it runs): in the
+    config's expressions, ``torch.device('cuda')`` becomes the CPU and ``torch.load`` loads on
+    the CPU with ``weights_only`` (numpy arrays allowed: :func:`load_checkpoint_on_cpu`). The
+    DiNTS zoo configs load their architecture file with ``map_location=torch.device('cuda')``;
+    plain MONAI users on a CPU override the same keys (``arch_ckpt``, ``dints_space#device``)."""
+    changed = []
+
+    def visit(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            cid = f"{prefix}#{k}" if prefix else str(k)
+            if isinstance(v, (dict, list)):
+                visit(v, cid)
+            elif isinstance(v, str) and v.startswith("$") and cid.split("#")[0] != "imports":
+                new = _TORCH_LOAD.sub(
+                    "medxai_load_checkpoint(", _CUDA_DEVICE.sub("torch.device('cpu')", v)
+                )
+                if new != v:
+                    parser[cid] = new
+                    changed.append(cid)
+
+    visit(raw, "")
+    return [f"{cid}: loaded/built on the CPU (cuda device, torch.load)" for cid in changed]
+
+
+@contextlib.contextmanager
+def _scripts_importable(root: Path) -> Iterator[None]:
+    """The bundle folder first on ``sys.path`` (as ``monai.bundle run`` puts it), so that
+    ``scripts.x.Y`` targets import the bundle's own ``scripts/``; a ``scripts`` package imported
+    from elsewhere (another bundle) is forgotten first."""
+    if (root / "scripts").is_dir():
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            module = sys.modules[name]
+            where = [str(p) for p in (getattr(module, "__path__", None) or [])]
+            where.append(str(getattr(module, "__file__", None) or ""))
+            if not any(w.startswith(str(root)) for w in where if w):
+                del sys.modules[name]
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(root))
+
+
+def _network_error(exc: BaseException, raw: dict[str, Any], cfg_path: Path) -> ModelError | None:
+    """One line for a ``network_def`` that does not build: an argument this MONAI's network
+    does not take (a config for another MONAI version), or a file it loads that is absent."""
+    import monai
+
+    target = (raw.get("network_def") or {}).get("_target_", "network_def")
+    e: BaseException | None = exc
+    while e is not None:
+        text = str(e)
+        m = re.search(r"unexpected keyword argument '(\w+)'", text)
+        if isinstance(e, TypeError) and m:
+            return ModelError(
+                f"network_def {target} cannot be built with MONAI {monai.__version__}: it has no "
+                f"argument {m.group(1)!r} (the config was written for another MONAI version)",
+                path=cfg_path,
+                hint=f"use the bundle version made for MONAI {monai.__version__}, or rename or "
+                f"remove {m.group(1)!r} in network_def",
+            )
+        m = re.search(r"missing \d+ required positional argument[s]?: (.+)$", text)
+        if isinstance(e, TypeError) and m:
+            return ModelError(
+                f"network_def {target} cannot be built with MONAI {monai.__version__}: it needs "
+                f"the argument(s) {m.group(1)} (the config was written for another MONAI "
+                "version)",
+                path=cfg_path,
+                hint="use the bundle version made for this MONAI version, or add the argument",
+            )
+        if isinstance(e, FileNotFoundError):
+            missing = e.filename or text
+            return ModelError(
+                f"network_def {target} needs the file {missing}, which is not there",
+                path=cfg_path,
+                hint="it comes with the bundle's weights (`python -m monai.bundle download`)",
+            )
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _build_network(
+    parser: Any, raw: dict[str, Any], weights: Path, scripted: bool, cfg_path: Path
+) -> tuple[torch.nn.Module, str]:
+    """The network in eval mode (TorchScript, or ``network_def`` with the state dict) and its
+    class name."""
     if scripted:
         try:
-            network = torch.jit.load(str(ts), map_location="cpu")
+            network = torch.jit.load(str(weights), map_location="cpu")
         except Exception as exc:  # torch raises RuntimeError and others for bad archives
             raise ModelError(
-                f"is not a TorchScript archive ({type(exc).__name__})", path=ts
+                f"is not a TorchScript archive ({type(exc).__name__})", path=weights
             ) from exc
-        net_name = getattr(network, "original_name", type(network).__name__)
-        weights_file = ts
+        name = str(getattr(network, "original_name", type(network).__name__))
     else:
-        network = _instantiate(parser, "network_def", cfg_path)
+        try:
+            network = _instantiate(parser, "network_def", cfg_path)
+        except ModelError as exc:
+            better = _network_error(exc, raw, cfg_path)
+            if better is None:
+                raise
+            raise better from exc
         if not isinstance(network, torch.nn.Module):
             raise ModelError(
                 f"network_def builds a {type(network).__name__}, not a torch network", path=cfg_path
             )
-        _load_weights(network, pt)
-        net_name = type(network).__name__
-        weights_file = pt
+        _load_weights(network, weights)
+        name = type(network).__name__
     network.eval()
+    return network, name
+
+
+def _build_chain(parser: Any, cfg_path: Path) -> tuple[Any, Any, Any]:
+    """The bundle's ``preprocessing`` (with its own ``LoadImaged``), ``inferer`` and
+    ``postprocessing`` (without ``SaveImaged``)."""
     pre = _instantiate(parser, "preprocessing", cfg_path)
     inferer = _instantiate(parser, "inferer", cfg_path)
     post = _instantiate(parser, "postprocessing", cfg_path)
@@ -729,19 +1012,67 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
             raise ModelError(
                 f"{key!r} is a {type(obj).__name__}, expected a Compose", path=cfg_path
             )
-    loaders, _ = _strip(pre, _LOADERS)
-    savers, _ = _strip(post, _SAVERS)
-    image_key = "image"
-    if loaders and getattr(loaders[0], "keys", None):
-        image_key = str(loaders[0].keys[0])
-    replaced = [f"{type(t).__name__} -> medxai reader (DICOM/NIfTI/NRRD/picture)" for t in loaders]
-    replaced += [
-        f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
-    ]
-    replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
-    net_def = raw.get("network_def") if isinstance(raw.get("network_def"), dict) else {}
+    return pre, inferer, post
+
+
+def _image_key(pre: Any, cfg_path: Path) -> str:
+    """The key the bundle's ``LoadImaged`` reads the image from. A ``LoadImaged`` that reads
+    several files per case under several keys (e.g. one per contrast phase, and the label) is
+    refused: medxai gives one image per case."""
+    loaders = [t for t in pre.transforms if type(t).__name__ in _LOADERS]
+    if not loaders:
+        raise ModelError(
+            "its preprocessing has no LoadImaged (or LoadImage), where medxai gives the image",
+            path=cfg_path,
+            hint="start the preprocessing with LoadImaged(keys='image')",
+        )
+    keys = [str(k) for k in getattr(loaders[0], "keys", ("image",))]
+    if len(keys) > 1 and not getattr(loaders[0], "allow_missing_keys", False):
+        raise ModelError(
+            f"its LoadImaged reads {len(keys)} files per case under the keys "
+            f"{', '.join(keys)}; medxai gives one image per case under one key",
+            path=cfg_path,
+            hint="stack the images as channels of one file and read them under one key "
+            "(as BraTS does), or run the bundle with `monai.bundle run`",
+        )
+    return keys[0] if keys else "image"
+
+
+def _amp(parser: Any, raw: dict[str, Any]) -> bool:
+    try:
+        if isinstance(raw.get("evaluator"), dict) and "amp" in raw["evaluator"]:
+            return bool(parser.get_parsed_content("evaluator#amp", instantiate=False))
+        return bool(parser.get_parsed_content("amp")) if "amp" in raw else False
+    except Exception:  # a reference we cannot resolve without building the evaluator
+        return bool(raw.get("amp", False))
+
+
+def _inference_spec(inferer: Any, amp: bool) -> InferenceSpec:
+    roi = getattr(inferer, "roi_size", None)
+    overlap = getattr(inferer, "overlap", DEFAULT_OVERLAP)
+    mode = getattr(inferer, "mode", "constant")
+    return InferenceSpec(
+        mode="monai",
+        roi_size=tuple(int(v) for v in roi) if roi is not None else None,
+        overlap=float(overlap[0] if isinstance(overlap, (list, tuple)) else overlap),
+        sw_batch_size=int(getattr(inferer, "sw_batch_size", 1)),
+        blend_mode=str(getattr(mode, "value", mode)),
+        inferer=type(inferer).__name__,
+        amp=amp,
+    )
+
+
+def _network_def(raw: dict[str, Any]) -> dict[str, Any]:
+    """The raw ``network_def`` section ({} when absent or not a dict)."""
+    given = raw.get("network_def")
+    return given if isinstance(given, dict) else {}
+
+
+def _input_spec(raw: dict[str, Any], metadata: dict[str, Any]) -> InputSpec:
+    net_def = _network_def(raw)
     in_meta = _channel_def(metadata, "inputs", "image")
-    channels = int(net_def.get("in_channels") or in_meta.get("num_channels") or 1)
+    given = net_def.get("in_channels")
+    channels = int(given if isinstance(given, int) else in_meta.get("num_channels") or 1)
     dims = net_def.get("spatial_dims")
     if not isinstance(dims, int):
         shape = in_meta.get("spatial_shape") or [0, 0, 0]
@@ -755,78 +1086,127 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
         channel_names = ()
     modality = in_meta.get("modality")
     modalities = tuple(m.strip() for m in str(modality).split(",")) if modality else ()
-    out_channels = (
-        net_def.get("out_channels") if isinstance(net_def.get("out_channels"), int) else None
+    return InputSpec(
+        spatial_dims=int(dims),
+        channels=channels,
+        modalities=modalities,
+        channel_names=channel_names,
     )
-    labels = _labels(raw, metadata, out_channels, cfg_path)
-    try:
-        amp = (
-            bool(parser.get_parsed_content("evaluator#amp", instantiate=False))
-            if "evaluator" in raw
-            and isinstance(raw["evaluator"], dict)
-            and "amp" in raw["evaluator"]
-            else bool(parser.get_parsed_content("amp"))
-            if "amp" in raw
-            else False
-        )
-    except Exception:  # a reference we cannot resolve without building the evaluator
-        amp = bool(raw.get("amp", False))
-    roi = getattr(inferer, "roi_size", None)
-    inference = InferenceSpec(
-        mode="monai",
-        roi_size=tuple(int(v) for v in roi) if roi is not None else None,
-        overlap=float(
-            getattr(inferer, "overlap", DEFAULT_OVERLAP)
-            if not isinstance(getattr(inferer, "overlap", None), (list, tuple))
-            else inferer.overlap[0]
-        ),
-        sw_batch_size=int(getattr(inferer, "sw_batch_size", 1)),
-        blend_mode=str(
-            getattr(
-                getattr(inferer, "mode", "constant"), "value", getattr(inferer, "mode", "constant")
-            )
-        ),
-        inferer=type(inferer).__name__,
-        amp=amp,
-    )
-    contract = ModelContract(
+
+
+def _saliency_default(raw: dict[str, Any], network: Any, scripted: bool) -> Any:
+    """The bundle's ``saliency`` section when it has one (medxai's key), else the architecture's
+    Grad-CAM layer, or occlusion where medxai knows none; the reason goes into the report."""
+    from dataclasses import replace
+
+    from medxai.explain.layers import cam_layer_choice
+
+    spec = saliency_spec_from_config(raw.get("saliency"))
+    if raw.get("saliency") is not None or scripted:
+        return spec
+    layer, reason = cam_layer_choice(network)
+    if layer is None:
+        return replace(spec, method="occlusion", layer=None, reason=reason)
+    return replace(spec, method="gradcam", layer=layer, reason=reason)
+
+
+def _contract(
+    root: Path,
+    raw: dict[str, Any],
+    parser: Any,
+    metadata: dict[str, Any],
+    net: tuple[torch.nn.Module, str, bool],
+    chain: tuple[Any, Any, Any],
+    replaced: list[str],
+) -> ModelContract:
+    """The typed contract of the loaded bundle (``net``: network, class name, scripted;
+    ``chain``: preprocessing, inferer, postprocessing)."""
+    network, net_name, scripted = net
+    pre, inferer, post = chain
+    net_def = _network_def(raw)
+    out_channels = net_def.get("out_channels")
+    return ModelContract(
         name=str(metadata.get("name", root.name)),
         version=str(metadata.get("version", "0")),
         form="monai",
         weights="torchscript" if scripted else "state_dict",
-        network=str(net_name),
-        input=InputSpec(
-            spatial_dims=int(dims),
-            channels=channels,
-            modalities=modalities,
-            channel_names=channel_names,
+        network=net_name,
+        input=_input_spec(raw, metadata),
+        inference=_inference_spec(inferer, _amp(parser, raw)),
+        labels=_labels(
+            raw,
+            metadata,
+            out_channels if isinstance(out_channels, int) else None,
+            _config_file(root) or root,
         ),
-        inference=inference,
-        labels=labels,
         preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
         postprocessing=tuple(_describe_transform(t) for t in post.transforms),
         replaced=tuple(replaced),
         layer_hooks=not scripted,
-        # medxai's own key (plain MONAI ignores it): the default explanation of this model
-        saliency=saliency_spec_from_config(raw.get("saliency")),
+        saliency=_saliency_default(raw, network, scripted),
     )
-    # a medxai-style view of the config, for code that reads ModelBundle.config
-    view = {
+
+
+def _config_view(contract: ModelContract, raw: dict[str, Any]) -> dict[str, Any]:
+    """A medxai-style view of the config, for code that reads ``ModelBundle.config``."""
+    net_def = _network_def(raw)
+    return {
         "input": {
             "spatial_dims": contract.input.spatial_dims,
-            "channels": channels,
-            "modalities": list(modalities),
+            "channels": contract.input.channels,
+            "modalities": list(contract.input.modalities),
         },
         "network_def": dict(net_def),
         "inference": {"mode": "monai"},
-        "labels": [lab.as_dict() for lab in labels],
+        "labels": [lab.as_dict() for lab in contract.labels],
         "postprocessing": {},
     }
+
+
+def load_monai_bundle(path: str | Path) -> MonaiBundle:
+    """Load a MONAI-form bundle folder (see the module docstring).
+
+    ``models/model.pt`` (a state dict for ``network_def``) is used when present, else
+    ``models/model.ts`` (TorchScript; ``network_def`` may then be absent).
+
+    Raises:
+        ModelError: one clear line for: no inference config, no ``network_def`` (and no
+            TorchScript), a ``_target_`` that does not resolve, a package the config needs that
+            is not installed (named), weights that do not fit ``network_def``, a ``model.pt``
+            that is not a plain state dict (refused by ``weights_only``), a network this
+            MONAI cannot build (the argument named), an interactive bundle (clicks), a
+            ``LoadImaged`` of several files per case.
+    """
+    from medxai.io.bundle_reader import MonaiLayoutReader
+
+    root, cfg_path = _locate(path)
+    metadata = _read_metadata(root)
+    parser = _parse_config(root, cfg_path, metadata)
+    raw = copy.deepcopy(parser.get())
+    weights, scripted = _weights_file(root, raw, cfg_path)
+    _check_sections(raw, cfg_path)
+    _refuse_interactive(raw, cfg_path)
+    _check_optional_packages(raw, cfg_path)
+    reader = MonaiLayoutReader()
+    replaced = _plug_reader(parser, raw, reader, cfg_path)
+    replaced += _on_cpu(parser, raw)
+    with _scripts_importable(root):
+        pre, inferer, post = _build_chain(parser, cfg_path)
+        image_key = _image_key(pre, cfg_path)
+        network, net_name = _build_network(parser, raw, weights, scripted, cfg_path)
+    savers, _ = _strip(post, _SAVERS)
+    replaced += [
+        f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
+    ]
+    replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
+    contract = _contract(
+        root, raw, parser, metadata, (network, net_name, scripted), (pre, inferer, post), replaced
+    )
     meta_out = dict(metadata)
     meta_out.setdefault("name", contract.name)
-    meta_out["weights_sha256"] = sha256_file(weights_file)
+    meta_out["weights_sha256"] = sha256_file(weights)
     return MonaiBundle(
-        config=view,
+        config=_config_view(contract, raw),
         metadata=meta_out,
         network=network,
         path=root,
@@ -837,4 +1217,5 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
         post=post,
         image_key=image_key,
         scripted=scripted,
+        reader=reader,
     )

@@ -91,6 +91,10 @@ def describe_cmd(path: str, as_json: bool) -> None:
     if info["replaced_by_medxai"]:
         lines.append("  medxai replaces: " + "; ".join(info["replaced_by_medxai"]))
     lines.append("  saliency methods: " + ", ".join(info["saliency_methods"]))
+    default = info.get("saliency_default") or {}
+    if default.get("reason"):
+        at = f" at {default['layer']}" if default.get("layer") else ""
+        lines.append(f"  saliency default: {default['method']}{at} ({default['reason']})")
     click.echo("\n".join(lines))
 
 

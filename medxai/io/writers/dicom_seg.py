@@ -430,6 +430,20 @@ def _fractional_frames(
     return np.ascontiguousarray(np.transpose(np.clip(stacked, 0.0, 1.0), (3, 2, 1, 0)))
 
 
+def _overlapping_frames(segments: Any, arr: np.ndarray, specs: Sequence[LabelSpec]) -> np.ndarray:
+    """Masks ``(N, I, J[, K])``, one per described label -> (K, rows, columns, N) bool frames:
+    highdicom's form for segments that may overlap."""
+    masks = as_numpy(segments).astype(bool, copy=False)
+    if masks.ndim == arr.ndim:  # 2D masks (N, I, J) for a single image
+        masks = masks[..., None]
+    if masks.ndim != 4 or masks.shape[1:] != arr.shape or masks.shape[0] != len(specs):
+        raise InputError(
+            f"the overlapping segments have shape {masks.shape}; the SEG needs "
+            f"({len(specs)}, {', '.join(map(str, arr.shape))}): one mask per described label"
+        )
+    return np.ascontiguousarray(np.transpose(masks, (3, 2, 1, 0)))
+
+
 def _seg_pixels(
     arr: np.ndarray, specs: Sequence[LabelSpec], seg_type: str, probabilities: Any
 ) -> np.ndarray:
@@ -564,6 +578,7 @@ def dicom_seg_dataset(
     omit_empty_frames: bool = True,
     seg_type: str = "binary",
     probabilities: Any | None = None,
+    segments: Any | None = None,
 ) -> Dataset:
     """The DICOM SEG dataset :func:`write_dicom_seg` writes (arguments and errors as there, but
     no ``path``): for writers that need the SEG in memory too (the SR references it)."""
@@ -574,7 +589,11 @@ def dicom_seg_dataset(
     _check_source(source)
     arr = _checked_labels(labels, source)
     specs = _checked_specs(label_info, arr)
-    pixels = _seg_pixels(arr, specs, seg_type, probabilities)
+    pixels = (
+        _overlapping_frames(segments, arr, specs)
+        if segments is not None and seg_type == "binary"
+        else _seg_pixels(arr, specs, seg_type, probabilities)
+    )
     proxies, pixels, placeholder = _prepare_sources(source, pixels)
     seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
     if placeholder:
@@ -599,6 +618,7 @@ def write_dicom_seg(
     omit_empty_frames: bool = True,
     seg_type: str = "binary",
     probabilities: Any | None = None,
+    segments: Any | None = None,
 ) -> Path:
     """Write a DICOM SEG of ``labels`` on the grid of ``source``; returns the path written.
 
@@ -619,6 +639,9 @@ def write_dicom_seg(
         probabilities: for ``fractional``: ``(C, I, J[, K])`` floats in 0..1, channel ``c`` that
             of label value ``c`` (``Prediction.probabilities``); segment ``n`` holds the channel
             of the ``n``-th described label.
+        segments: for ``binary``: ``(N, I, J[, K])`` masks that may overlap, mask ``n`` that of
+            the ``n``-th described label (e.g. BraTS's tumour core inside the whole tumour); the
+            segments then overlap as the masks do, which a label map cannot hold.
 
     Raises:
         InputError: a shape that does not match the source, undescribed label values, missing
@@ -641,5 +664,6 @@ def write_dicom_seg(
         omit_empty_frames=omit_empty_frames,
         seg_type=seg_type,
         probabilities=probabilities,
+        segments=segments,
     )
     return save_dicom(seg, Path(path))
