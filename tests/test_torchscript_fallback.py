@@ -87,7 +87,8 @@ def test_batch_named_gradcam_on_torchscript_falls_back(tiny_ts, mr_export, tmp_p
     (report,) = _reports(tmp_path / "out")
     sal = report["saliency"]
     assert sal["method"] == method
-    maps = list((tmp_path / "out").rglob("saliency_*.nii.gz"))
+    # the batch's default outputs hold the saliency as a Parametric Map (no NIfTI copy)
+    maps = list((tmp_path / "out").rglob("pm_saliency_*.dcm"))
     if method is None:
         assert not maps
     else:
