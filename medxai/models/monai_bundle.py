@@ -1099,7 +1099,7 @@ def _saliency_default(raw: dict[str, Any], network: Any, scripted: bool) -> Any:
     Grad-CAM layer, or occlusion where medxai knows none; the reason goes into the report."""
     from dataclasses import replace
 
-    from medxai.explain.layers import cam_layer_choice
+    from medxai.models.architectures import cam_layer_choice
 
     spec = saliency_spec_from_config(raw.get("saliency"))
     if raw.get("saliency") is not None or scripted:

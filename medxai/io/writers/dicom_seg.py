@@ -580,47 +580,8 @@ def dicom_seg_dataset(
     probabilities: Any | None = None,
     segments: Any | None = None,
 ) -> Dataset:
-    """The DICOM SEG dataset :func:`write_dicom_seg` writes (arguments and errors as there, but
-    no ``path``): for writers that need the SEG in memory too (the SR references it)."""
-    kind = segmentation_type(seg_type)
-    who = SegIdentity(
-        model_name, model_version, series_number, series_description, instance_number, content_label
-    )
-    _check_source(source)
-    arr = _checked_labels(labels, source)
-    specs = _checked_specs(label_info, arr)
-    pixels = (
-        _overlapping_frames(segments, arr, specs)
-        if segments is not None and seg_type == "binary"
-        else _seg_pixels(arr, specs, seg_type, probabilities)
-    )
-    proxies, pixels, placeholder = _prepare_sources(source, pixels)
-    seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
-    if placeholder:
-        _remove_placeholder_geometry(seg)
-    if not has_frame_of_reference(seg):
-        _without_geometry(seg, source)
-    return seg
-
-
-def write_dicom_seg(
-    labels: Any,
-    source: DicomSource,
-    label_info: Sequence[Mapping[str, Any]],
-    model_name: str,
-    model_version: str,
-    path: str | Path,
-    *,
-    series_number: int | None = None,
-    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
-    instance_number: int = 1,
-    content_label: str = "MEDXAI",
-    omit_empty_frames: bool = True,
-    seg_type: str = "binary",
-    probabilities: Any | None = None,
-    segments: Any | None = None,
-) -> Path:
-    """Write a DICOM SEG of ``labels`` on the grid of ``source``; returns the path written.
+    """The DICOM SEG dataset of ``labels`` on the grid of ``source``, in memory
+    (:func:`write_dicom_seg` writes it; the SR writer references it).
 
     Args:
         labels: label map ``(I, J[, K])`` uint8 (0 background), MONAI order: ``I`` = source
@@ -629,7 +590,6 @@ def write_dicom_seg(
         label_info: ``[{"value", "name", "color", ["category", "type"]}, ...]``; every non-zero
             value is one segment, present or not; values in ``labels`` must all be described.
         model_name, model_version: recorded as the segments' algorithm name and version.
-        path: the file to write (any name; ``.dcm`` is usual).
         series_number, series_description, instance_number, content_label: of the new series
             and instance (:class:`SegIdentity`; series number default: the source's + 1000).
         omit_empty_frames: leave out frames without any voxel of a segment (smaller files).
@@ -649,8 +609,62 @@ def write_dicom_seg(
         UnsupportedInputError: what a SEG cannot reference (several pictures without geometry,
             frames in a single-frame SOP class, a mosaic, frames without positions in a Frame
             of Reference), ``labelmap`` with a highdicom that cannot write it.
-        ProcessingError: highdicom refuses the input, or the file cannot be written.
+        ProcessingError: highdicom refuses the input.
     """
+    kind = segmentation_type(seg_type)
+    who = SegIdentity(
+        model_name, model_version, series_number, series_description, instance_number, content_label
+    )
+    _check_source(source)
+    arr = _checked_labels(labels, source)
+    specs = _checked_specs(label_info, arr)
+    pixels = _segment_pixels(arr, specs, seg_type, probabilities, segments)
+    proxies, pixels, placeholder = _prepare_sources(source, pixels)
+    seg = _build_seg(proxies, pixels, specs, kind, who, omit_empty_frames, first_path(source))
+    _own_geometry(seg, source, placeholder)
+    return seg
+
+
+def _segment_pixels(
+    arr: np.ndarray,
+    specs: Sequence[LabelSpec],
+    seg_type: str,
+    probabilities: Any | None,
+    segments: Any | None,
+) -> np.ndarray:
+    """The SEG's pixels: overlapping ``segments`` (binary), else from the label map."""
+    if segments is not None and seg_type == "binary":
+        return _overlapping_frames(segments, arr, specs)
+    return _seg_pixels(arr, specs, seg_type, probabilities)
+
+
+def _own_geometry(seg: Any, source: DicomSource, placeholder: bool) -> None:
+    """No placeholder geometry in the SEG; a SEG without a Frame of Reference as for pictures."""
+    if placeholder:
+        _remove_placeholder_geometry(seg)
+    if not has_frame_of_reference(seg):
+        _without_geometry(seg, source)
+
+
+def write_dicom_seg(
+    labels: Any,
+    source: DicomSource,
+    label_info: Sequence[Mapping[str, Any]],
+    model_name: str,
+    model_version: str,
+    path: str | Path,
+    *,
+    series_number: int | None = None,
+    series_description: str = f"medxai segmentation - {NOT_FOR_DIAGNOSIS}",
+    instance_number: int = 1,
+    content_label: str = "MEDXAI",
+    omit_empty_frames: bool = True,
+    seg_type: str = "binary",
+    probabilities: Any | None = None,
+    segments: Any | None = None,
+) -> Path:
+    """Write the DICOM SEG of :func:`dicom_seg_dataset` (the same arguments and errors, and
+    ``ProcessingError`` when the file cannot be written) to ``path``; returns the path."""
     seg = dicom_seg_dataset(
         labels,
         source,
