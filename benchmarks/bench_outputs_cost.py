@@ -24,7 +24,7 @@ Secondary Capture XC: ``bench_batch.build_photo_export``), and read back with
 - ``report.json``: the report (saliency scores, label statistics, input digest, the
   uncertainty section) and its file, via ``segment_loaded`` with the prediction, the saliency
   maps and the uncertainty above given, as ``medxai batch`` has them (the uncertainty is
-  computed once per image: its row above; ``medxai.pipeline._uncertainty`` is replaced by the
+  computed once per image: its row above; ``medxai.pipeline.summarise`` is replaced by the
   computed one for this row, where that function exists).
 
 Then a synthetic CT series (64x56x24, oblique) gets the series objects (RTSTRUCT among them)
@@ -171,10 +171,12 @@ def _uncertainty_given(unc: Any) -> Iterator[None]:
     views (computed once per image, as in ``medxai batch``; timed in its own row)."""
     import medxai.pipeline as pipeline
 
-    if not hasattr(pipeline, "_uncertainty"):
+    # the write stage makes the uncertainty from the samples (medxai.pipeline.summarise)
+    name = "summarise" if hasattr(pipeline, "summarise") else "_uncertainty"
+    if not hasattr(pipeline, name):
         yield
         return
-    with mock.patch.object(pipeline, "_uncertainty", lambda *_a, **_k: unc):
+    with mock.patch.object(pipeline, name, lambda *_a, **_k: unc):
         yield
 
 
