@@ -224,32 +224,21 @@ def write_outputs(
                     {"formats": [f for f in formats if f.startswith("dicom")], "reason": str(exc)}
                 )
             else:
-                try:
-                    with w.derived_uids(uid_seed and uid_seed + " maps"):
-                        files += _write_dicom_maps(
-                            tmp,
-                            loaded,
-                            bundle,
-                            labels,
-                            saliency,
-                            formats,
-                            info,
-                            method,
-                            uncertainty,
-                            clock,
-                            source,
-                            seg,
-                        )
-                except MedxaiError as exc:
-                    skipped.append(
-                        {
-                            "formats": [
-                                f
-                                for f in formats
-                                if f in ("dicom-pm", "dicom-sr", "dicom-rtstruct")
-                            ],
-                            "reason": str(exc),
-                        }
+                with w.derived_uids(uid_seed and uid_seed + " maps"):
+                    files += _write_dicom_maps(
+                        tmp,
+                        loaded,
+                        bundle,
+                        labels,
+                        saliency,
+                        formats,
+                        info,
+                        method,
+                        uncertainty,
+                        clock,
+                        source,
+                        seg,
+                        skipped,
                     )
         times["write_dicom"] = time.perf_counter() - t
     return files, times, skipped
@@ -331,82 +320,136 @@ def _write_dicom_maps(
     clock: _ObjectClock | None = None,
     source: Any = None,
     seg: Any = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Parametric Maps of the saliency maps (and of the uncertainty map) and the TID 1500 SR
-    (after :func:`_write_dicom`, whose DICOM source and SEG dataset they reference: ``source``,
-    ``seg``; without ``seg`` the SR reads ``seg.dcm``)."""
-    from medxai.io import writers as w
+    """Parametric Maps of the saliency maps (and of the uncertainty map), the RTSTRUCT and the
+    TID 1500 SR (after :func:`_write_dicom`, whose DICOM source and SEG dataset they reference:
+    ``source``, ``seg``; without ``seg`` the SR reads ``seg.dcm``).
 
-    clock = clock or _ObjectClock(None)
+    Each kind is written on its own: one that cannot be made goes into ``skipped`` with the
+    reason (None: the error is raised) and the others are still written."""
+    job = _MapsJob(
+        tmp,
+        loaded,
+        bundle,
+        labels,
+        info,
+        method,
+        uncertainty,
+        clock or _ObjectClock(None),
+        source if source is not None else loaded.dicom,
+        seg,
+        {value: sal[0].numpy() for value, sal in saliency.items()},
+    )
     files: list[str] = []
-    source = source if source is not None else loaded.dicom
-    names = {int(lab["value"]): str(lab.get("name") or f"label{lab['value']}") for lab in info}
-    maps = {value: sal[0].numpy() for value, sal in saliency.items()}
-    if "dicom-pm" in formats:
-        for index, (value, sal) in enumerate(maps.items()):
+    for fmt, write in (
+        ("dicom-pm", job.parametric_maps),
+        ("dicom-rtstruct", job.rtstruct),
+        ("dicom-sr", job.sr),
+    ):
+        if fmt not in formats:
+            continue
+        try:
+            files += write()
+        except MedxaiError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"formats": [fmt], "reason": str(exc)})
+    return files
+
+
+@dataclass
+class _MapsJob:
+    """What the PM, RTSTRUCT and SR writers of one result share."""
+
+    tmp: Path
+    loaded: LoadedImage
+    bundle: ModelBundle
+    labels: np.ndarray
+    info: list[dict[str, Any]]
+    method: str | None
+    uncertainty: Uncertainty | None
+    clock: _ObjectClock
+    source: Any
+    seg: Any
+    maps: dict[int, np.ndarray]
+
+    def parametric_maps(self) -> list[str]:
+        from medxai.io import writers as w
+
+        bundle, source, files = self.bundle, self.source, []
+        names = {
+            int(lab["value"]): str(lab.get("name") or f"label{lab['value']}") for lab in self.info
+        }
+        first_number = w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
+        for index, (value, sal) in enumerate(self.maps.items()):
             pm_name = output_name(names.get(value, str(value)))
-            with clock(f"pm_saliency_{pm_name}"):
+            with self.clock(f"pm_saliency_{pm_name}"):
                 path = w.write_dicom_pm(
                     sal,
                     source,
-                    tmp / f"pm_saliency_{pm_name}.dcm",
+                    self.tmp / f"pm_saliency_{pm_name}.dcm",
                     model_name=bundle.name,
                     model_version=bundle.version,
                     weights_sha256=bundle.weights_sha256,
-                    method=method,
+                    method=self.method,
                     label_name=names.get(value),
-                    series_number=None
-                    if index == 0
-                    else w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
-                    + index,
+                    series_number=None if index == 0 else first_number + index,
                 )
             files.append(path.name)
-    if "dicom-pm" in formats and uncertainty is not None:
-        with clock("pm_uncertainty"):
-            path = w.write_dicom_pm(
-                uncertainty.entropy[0].numpy(),
-                source,
-                tmp / "pm_uncertainty.dcm",
-                model_name=bundle.name,
-                model_version=bundle.version,
-                weights_sha256=bundle.weights_sha256,
-                method=f"{uncertainty.method}-entropy",
-                quantity="uncertainty",
-                series_number=w.series_number_for(None, source.first, w.DEFAULT_PM_SERIES_OFFSET)
-                + len(maps),
-            )
-        files.append(path.name)
-    if "dicom-rtstruct" in formats:
-        with clock("rtstruct"):
+        if self.uncertainty is not None:
+            with self.clock("pm_uncertainty"):
+                path = w.write_dicom_pm(
+                    self.uncertainty.entropy[0].numpy(),
+                    source,
+                    self.tmp / "pm_uncertainty.dcm",
+                    model_name=bundle.name,
+                    model_version=bundle.version,
+                    weights_sha256=bundle.weights_sha256,
+                    method=f"{self.uncertainty.method}-entropy",
+                    quantity="uncertainty",
+                    series_number=first_number + len(self.maps),
+                )
+            files.append(path.name)
+        return files
+
+    def rtstruct(self) -> list[str]:
+        from medxai.io import writers as w
+
+        with self.clock("rtstruct"):
             path = w.write_dicom_rtstruct(
-                labels,
-                source,
-                info,
-                tmp / "rtstruct.dcm",
-                model_name=bundle.name,
-                model_version=bundle.version,
+                self.labels,
+                self.source,
+                self.info,
+                self.tmp / "rtstruct.dcm",
+                model_name=self.bundle.name,
+                model_version=self.bundle.version,
             )
-        files.append(path.name)
-    if "dicom-sr" in formats:
-        meta = loaded.image.meta
+        return [path.name]
+
+    def sr(self) -> list[str]:
+        from medxai.io import writers as w
+
+        meta = self.loaded.image.meta
         spacing = list(meta.get("spacing", [])) if meta.get("has_patient_geometry") else None
-        with clock("sr"):
+        with self.clock("sr"):
             path = w.write_dicom_sr(
-                labels,
-                source,
-                seg if seg is not None else tmp / "seg.dcm",
-                info,
-                tmp / "sr.dcm",
-                model_name=bundle.name,
-                model_version=bundle.version,
-                weights_sha256=bundle.weights_sha256,
+                self.labels,
+                self.source,
+                self.seg if self.seg is not None else self.tmp / "seg.dcm",
+                self.info,
+                self.tmp / "sr.dcm",
+                model_name=self.bundle.name,
+                model_version=self.bundle.version,
+                weights_sha256=self.bundle.weights_sha256,
                 spacing=spacing,
-                saliency=maps,
-                method=method,
-                quality_score=uncertainty.quality_score if uncertainty is not None else None,
+                saliency=self.maps,
+                method=self.method,
+                quality_score=(
+                    self.uncertainty.quality_score if self.uncertainty is not None else None
+                ),
             )
-        files.append(path.name)
-    return files
+        return [path.name]
 
 
 def _write_uncertainty_nifti(tmp: Path, uncertainty: Uncertainty, affine: np.ndarray) -> list[str]:

@@ -256,3 +256,19 @@ def test_header_values_never_make_paths(rgb_bundle, tmp_path: Path) -> None:
     assert written and all(out.resolve() in p.resolve().parents for p in written)
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "evil").exists()
     shutil.rmtree(out)
+
+
+def test_a_dicom_object_that_cannot_be_made_leaves_the_others(rgb_bundle, tmp_path: Path) -> None:
+    """An RTSTRUCT of a photo cannot be made (no Frame of Reference): it alone is skipped with
+    the reason; the Parametric Map and the SR are still written, and every file in the folder
+    is one the result lists."""
+    src = Path(__file__).resolve().parents[1] / "sample_data" / "dermoscopy.dcm"
+    fmts = ["dicom-seg", "dicom-pm", "dicom-rtstruct", "dicom-sr", "json"]
+    res = segment_path(src, rgb_bundle, tmp_path, SegmentOptions(device="cpu", formats=fmts))
+    report = res.report
+    assert [s["formats"] for s in report["skipped_outputs"]] == [["dicom-rtstruct"]]
+    assert {"seg.dcm", "sr.dcm", "pm_uncertainty.dcm"} <= set(res.files)
+    assert any(f.startswith("pm_saliency_") for f in res.files)
+    on_disk = {p.relative_to(res.output_dir).as_posix() for p in res.output_dir.rglob("*")
+               if p.is_file()}
+    assert on_disk == set(res.files)
