@@ -1115,9 +1115,9 @@ def result_uid_seed(
     loaded: LoadedImage, bundle: ModelBundle, opts: SegmentOptions, formats: Sequence[str]
 ) -> str | None:
     """What a result's derived UIDs are made from: the SOP Instance UIDs of its DICOM source,
-    the model (name, version, weights hash), medxai's version, the output formats and every
-    option that changes the result (not the device, the window batch size or ``overwrite``: a
-    result rebuilt on another device keeps its UIDs). None for an input that is not DICOM (its
+    the model (name, version, weights hash, config digest), medxai's version, the output
+    formats and every option that changes the result (not the device, the window batch size or
+    ``overwrite``: a result rebuilt on another device keeps its UIDs). None for an input that is not DICOM (its
     placeholder study gets new UIDs each run, so nothing stable names it)."""
     if loaded.dicom is None:
         return None
@@ -1131,6 +1131,11 @@ def result_uid_seed(
             "sources": sorted(str(ds.get("SOPInstanceUID", "")) for ds in loaded.dicom.datasets),
             "frames": list(loaded.dicom.frame_numbers or []),
             "model": [bundle.name, str(bundle.version), bundle.weights_sha256],
+            # a config edited without a new version (threshold, clean-up, saliency) is another
+            # result: the config's digest is part of the seed
+            "config": hashlib.sha256(
+                json.dumps(bundle.config, sort_keys=True, default=str).encode()
+            ).hexdigest(),
             "medxai": __version__,
             "formats": sorted(formats),
             "options": options,

@@ -341,6 +341,11 @@ def test_result_uid_seed_names_sources_model_and_settings(lesion_model, tmp_path
         other_model = dataclasses.replace(lesion_model,
                                           metadata={**lesion_model.metadata, key: value})
         others.append(result_uid_seed(loaded, other_model, base, fmts))
+    # the same name, version and weights with another threshold in the config
+    inference = {**lesion_model.config.get("inference", {}), "threshold": 0.7}
+    edited = dataclasses.replace(lesion_model,
+                                 config={**lesion_model.config, "inference": inference})
+    others.append(result_uid_seed(loaded, edited, base, fmts))
     restamped = tmp_path / "other.dcm"
     ds = pydicom.dcmread(DERMOSCOPY)
     ds.SOPInstanceUID = generate_uid()
