@@ -43,10 +43,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data.image_reader import ImageReader
 
-from medxai.errors import MedxaiError
-from medxai.io.readers import detect_form, load_image
+from medxai.io.monai_reader import MedxaiReader
+from medxai.io.readers import load_image
 
 __all__ = ["MonaiLayoutReader", "monai_layout"]
 
@@ -78,7 +77,7 @@ def monai_layout(image: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
     return np.ascontiguousarray(data), meta
 
 
-class MonaiLayoutReader(ImageReader):
+class MonaiLayoutReader(MedxaiReader):
     """MONAI ``ImageReader`` over :func:`medxai.io.readers.load_image`, in MONAI's readers'
     layout (see the module docstring). medxai puts it in place of the ``reader`` of a bundle's
     own ``LoadImaged``, whatever reader the config names."""
@@ -111,11 +110,7 @@ class MonaiLayoutReader(ImageReader):
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         if getattr(self._served, "image", None) is not None:
             return True
-        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        try:
-            return all(detect_form(Path(n)) is not None for n in names)
-        except MedxaiError:
-            return False
+        return super().verify_suffix(filename)
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         served = getattr(self._served, "image", None)
