@@ -164,3 +164,26 @@ def frame_position(ds: pydicom.Dataset, frame: int) -> list[float]:
     """ImagePositionPatient of a 1-based frame of an enhanced multi-frame object."""
     item = ds.PerFrameFunctionalGroupsSequence[frame - 1]
     return [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+
+
+def crop_dicom_series(src: Path, dst: Path, rows: slice, cols: slice,
+                      first: int | None = None) -> Path:
+    """A real series (its ``first`` files, all by default, in name order) cropped in-plane,
+    written uncompressed (positions moved with the crop)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    dst.mkdir(parents=True)
+    for f in sorted(src.iterdir())[:first]:
+        ds = pydicom.dcmread(str(f))
+        arr = ds.pixel_array[rows, cols].copy()
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ps = [float(v) for v in ds.PixelSpacing]
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        ipp = ipp + cols.start * ps[1] * iop[:3] + rows.start * ps[0] * iop[3:]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        ds.Rows, ds.Columns = arr.shape
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = arr.tobytes()
+        ds.save_as(str(dst / f.name), enforce_file_format=True)
+    return dst

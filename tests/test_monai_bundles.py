@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from tests.conftest import shared_path
-from tests.helpers_dicom import assert_dciodvfy_clean, find_tool
+from tests.helpers_dicom import assert_dciodvfy_clean, crop_dicom_series, find_tool
 
 CT_SM = ("dicom", "totalsegmentator_tests", "tests", "reference_files", "example_ct_sm.nii.gz")
 CT_DICOM = ("dicom", "totalsegmentator_tests", "tests", "reference_files", "example_ct_dicom")
@@ -133,25 +133,6 @@ def crop_nifti(src: Path, dst: Path, box: tuple[slice, ...]) -> Path:
     return dst
 
 
-def crop_dicom_series(src: Path, dst: Path, rows: slice, cols: slice) -> Path:
-    """Real CT series cropped in-plane, written uncompressed (positions moved with the crop)."""
-    import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    dst.mkdir()
-    for f in sorted(src.iterdir()):
-        ds = pydicom.dcmread(str(f))
-        arr = ds.pixel_array[rows, cols].copy()
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ps = [float(v) for v in ds.PixelSpacing]
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        ipp = ipp + cols.start * ps[1] * iop[:3] + rows.start * ps[0] * iop[3:]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
-        ds.Rows, ds.Columns = arr.shape
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = arr.tobytes()
-        ds.save_as(str(dst / f.name), enforce_file_format=True)
-    return dst
 
 
 def run_cli(*args: str) -> tuple[int, str]:

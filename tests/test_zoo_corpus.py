@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED, shared_path
-from tests.helpers_dicom import assert_dciodvfy_clean, find_tool
+from tests.helpers_dicom import assert_dciodvfy_clean, crop_dicom_series, find_tool
 
 ZOO = SHARED / "model_zoo"
 CT_DICOM = ("dicom", "totalsegmentator_tests", "tests", "reference_files", "example_ct_dicom")
@@ -238,24 +238,8 @@ def _crop_ct_series(dst: Path) -> Path:
     """The real CT series cropped to 32x32 in-plane and 16 slices (sizes that 8-divisible
     whole-image networks take; one 32^3 window at 1 mm), written uncompressed (positions moved
     with the crop)."""
-    import pydicom
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    dst.mkdir(parents=True)
-    rows, cols = slice(240, 272), slice(210, 242)
-    for f in sorted(shared_path(*CT_DICOM).iterdir())[:16]:
-        ds = pydicom.dcmread(str(f))
-        arr = ds.pixel_array[rows, cols].copy()
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ps = [float(v) for v in ds.PixelSpacing]
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        ipp = ipp + cols.start * ps[1] * iop[:3] + rows.start * ps[0] * iop[3:]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
-        ds.Rows, ds.Columns = arr.shape
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = arr.tobytes()
-        ds.save_as(str(dst / f.name), enforce_file_format=True)
-    return dst
+    return crop_dicom_series(shared_path(*CT_DICOM), dst, slice(240, 272), slice(210, 242),
+                             first=16)
 
 
 @pytest.fixture(scope="module")
