@@ -536,14 +536,15 @@ def saliency_forward(bundle: ModelBundle, opts: SegmentOptions, device: torch.de
 
 def _kept_saliency(
     bundle: ModelBundle,
-    loaded: LoadedImage,
     kept: Any,
     index: int,
     settings: ExplainSettings,
     label: int,
+    state: Any,
 ) -> torch.Tensor:
     """:func:`compute_saliency` of image ``index`` of the kept forward pass ``kept``: the same
-    map, from a backward pass (one per label for the whole batch, kept for its other images)."""
+    map, from a backward pass (one per label for the whole batch, kept for its other images),
+    brought back onto the image by ``state`` (:func:`prepare_input`'s, made once per image)."""
     if label not in kept.maps:
         from medxai.explain import SegmentationTarget
 
@@ -551,7 +552,6 @@ def _kept_saliency(
         question = SegmentationTarget(label, settings.target, threshold=threshold)
         normalize = bool((settings.options or {}).get("normalize", True))
         kept.maps[label] = kept.saliency(settings.method, question, normalize)
-    _, state = prepare_input(bundle, loaded.image)
     return restore_output(kept.maps[label][index].detach().float().cpu(), state).clamp(0, 1)
 
 
@@ -587,6 +587,7 @@ def saliency_maps(
         raise ExplainError("the missed target needs the prediction (what it left out)")
     maps: dict[int, torch.Tensor] = {}
     nothing: list[str] = []
+    state: Any = None
     for lab in bundle.foreground_labels:
         value = int(lab["value"])
         region, sign = user, None
@@ -598,7 +599,9 @@ def saliency_maps(
                 nothing.append(f"{lab.get('name', value)} ({value})")
                 continue
         if kept is not None and kept.ran:
-            maps[value] = _kept_saliency(bundle, loaded, kept, index, settings, value)
+            if state is None:  # the grid's inversion, the same for every label of this image
+                _, state = prepare_input(bundle, loaded.image)
+            maps[value] = _kept_saliency(bundle, kept, index, settings, value, state)
             continue
         maps[value] = compute_saliency(
             bundle,
