@@ -32,6 +32,12 @@ __all__ = [
     "predict_batch",
     "sliding_window_logits",
     "check_input_fits",
+    "ModelRunner",
+    "MedxaiRunner",
+    "MonaiRunner",
+    "runner_for",
+    "prepare_input",
+    "restore_output",
 ]
 
 
@@ -375,31 +381,14 @@ def predict(
     Returns:
         a :class:`Prediction` on the input's grid (same spatial shape and affine).
     """
-    if _is_monai_bundle(bundle):
-        return _predict_monai(
-            bundle,
-            image,
-            resolve_device(device),
-            roi_size=roi_size,
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            source=source,
-        )
-    if bundle.contract.inference.mode == "whole_image":
-        return predict_batch(
-            bundle,
-            [image],
-            device=device,
-            tta=tta,
-            sources=[source],
-            each_view=each_view,
-            identity_forward=identity_forward,
-        )[0]
-    check_input_fits(bundle, image, source)
-    dev = resolve_device(device)
-    mode = tta_mode(bundle.inference, tta)
-    return _predict_sliding_window(
-        bundle, image, dev, (roi_size, overlap, sw_batch_size), mode, each_view
+    return runner_for(bundle).predict(
+        image,
+        resolve_device(device),
+        window=(roi_size, overlap, sw_batch_size),
+        tta=tta,
+        source=source,
+        each_view=each_view,
+        identity_forward=identity_forward,
     )
 
 
@@ -506,7 +495,7 @@ def predict_batch(
             image at a time: :func:`predict`).
         ModelMismatchError: an image does not fit the model (checked before any work).
     """
-    if _is_monai_bundle(bundle) or bundle.contract.inference.mode != "whole_image":
+    if not runner_for(bundle).batches:
         raise ModelError(
             f"model {bundle.name!r} is not a whole-image model; predict one image at a time"
         )
@@ -533,16 +522,24 @@ def predict_batch(
     return out
 
 
-def _is_monai_bundle(bundle: Any) -> bool:
-    from medxai.models.monai_bundle import MonaiBundle
-
-    return isinstance(bundle, MonaiBundle)
-
-
 def _one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
     """``(n, *spatial)`` float32 one-hot of a ``(1, *spatial)`` label map."""
     out = torch.zeros((n, *labels.shape[1:]), dtype=torch.float32)
     return out.scatter_(0, labels.long().clamp(0, n - 1), 1.0)
+
+
+def _layered_labels(bundle: Any, prob: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """The label map of a MONAI bundle with medxai's extras on top, when its config asks for
+    them (``medxai.inference.threshold``, ``medxai.postprocessing``): the threshold cuts the
+    bundle's inverted probabilities (not its argmax), the clean-up runs on the label map."""
+    from medxai.postprocess import postprocess_labels
+
+    contract = bundle.contract
+    if contract.inference.threshold is not None and prob is not None and prob.shape[0] == 2:
+        return labels_from_probabilities(bundle, prob)
+    if any(contract.clean_up.values()):
+        return postprocess_labels(labels, dict(contract.clean_up))
+    return labels
 
 
 def _predict_monai(
@@ -565,6 +562,7 @@ def _predict_monai(
         x, dev, roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size, source=source
     )
     prob, labels, segments = out.probabilities, out.labels, out.segments
+    labels = _layered_labels(bundle, prob, labels)
     if prob is None:
         n = max([lab.value for lab in bundle.contract.labels] + [int(labels.max())]) + 1
         prob = _one_hot(labels, n)
@@ -580,3 +578,159 @@ def _predict_monai(
         tta="none",
         segments=segments,
     )
+
+
+#: why a MONAI bundle's prediction takes no test-time augmentation views or dropout passes
+MONAI_VIEWS_REFUSAL = (
+    "a MONAI model-zoo bundle runs its own inferer: medxai takes no test-time "
+    "augmentation views or dropout passes of it"
+)
+
+
+class ModelRunner:
+    """How a bundle's network meets an image: onto the model grid, through the network, back onto
+    the input's grid. Every caller (prediction, saliency, uncertainty, batch) goes through the
+    runner of :func:`runner_for`, so that one path serves every model.
+
+    Two runners exist, and both run a bundle's MONAI keys (``preprocessing``, ``inferer``,
+    ``postprocessing``) with the same result: :class:`MonaiRunner` runs them as written (any
+    bundle, by MONAI's transforms and inferer), :class:`MedxaiRunner` runs medxai's own bundles,
+    whose MONAI keys are generated from their ``medxai`` block, by medxai's fused equivalent of
+    those keys (equal to the bit, ``tests/test_runners.py``; 2-3x faster per picture, and it
+    batches pictures and layers test-time augmentation, the threshold and the clean-up on the
+    network's output: docs/bundles.md "One path").
+
+    Attributes:
+        name: ``medxai`` or ``monai`` (report.json, ``describe``).
+        batches: several whole images go through the network in one pass (:func:`predict_batch`).
+        views_refusal: why the prediction takes no test-time augmentation views or dropout
+            passes (:mod:`medxai.uncertainty`), None when it can.
+        keeps_forward: the prediction's identity view can be the saliency's forward pass
+            (:func:`medxai.pipeline.saliency_forward`).
+        regions: the saliency can target a user region brought onto the model grid.
+    """
+
+    name = ""
+    batches = False
+    views_refusal: str | None = None
+    keeps_forward = False
+    regions = False
+
+    def __init__(self, bundle: Any) -> None:
+        self.bundle = bundle
+
+    def model_input(self, image: torch.Tensor, source: str | None = None) -> tuple[Any, Any]:
+        """``(1, C, *model_spatial)`` float input for ``image`` and the state that
+        :meth:`to_input_grid` needs."""
+        raise NotImplementedError
+
+    def to_input_grid(self, t: torch.Tensor, state: Any) -> torch.Tensor:
+        """``(K, *model_spatial)`` maps (scores, saliency) back onto the input's grid."""
+        raise NotImplementedError
+
+    def predict(
+        self,
+        image: torch.Tensor,
+        dev: torch.device,
+        *,
+        window: tuple[Sequence[int] | None, float | None, int | None],
+        tta: str | None,
+        source: str | None,
+        each_view: EachView | None,
+        identity_forward: IdentityForward | None,
+    ) -> Prediction:
+        """:func:`predict` of one image (``window``: roi size, overlap, windows per pass)."""
+        raise NotImplementedError
+
+
+class MedxaiRunner(ModelRunner):
+    """medxai's own bundles: its model-grid chain (:func:`prepare_input`, :func:`restore_output`),
+    whole-image batches or MONAI's sliding window, with TTA, threshold and clean-up."""
+
+    name = "medxai"
+    regions = True
+
+    def __init__(self, bundle: Any) -> None:
+        super().__init__(bundle)
+        whole = bundle.contract.inference.mode == "whole_image"
+        self.batches = whole
+        self.keeps_forward = whole
+
+    def model_input(self, image: torch.Tensor, source: str | None = None) -> tuple[Any, Any]:
+        return prepare_input(self.bundle, image)
+
+    def to_input_grid(self, t: torch.Tensor, state: Any) -> torch.Tensor:
+        return restore_output(t, state)
+
+    def predict(
+        self,
+        image: torch.Tensor,
+        dev: torch.device,
+        *,
+        window: tuple[Sequence[int] | None, float | None, int | None],
+        tta: str | None,
+        source: str | None,
+        each_view: EachView | None,
+        identity_forward: IdentityForward | None,
+    ) -> Prediction:
+        bundle = self.bundle
+        if self.batches:
+            return predict_batch(
+                bundle,
+                [image],
+                device=dev,
+                tta=tta,
+                sources=[source],
+                each_view=each_view,
+                identity_forward=identity_forward,
+            )[0]
+        check_input_fits(bundle, image, source)
+        mode = tta_mode(bundle.inference, tta)
+        return _predict_sliding_window(bundle, image, dev, window, mode, each_view)
+
+
+class MonaiRunner(ModelRunner):
+    """Any MONAI bundle (:class:`medxai.models.monai_bundle.MonaiBundle`): its own
+    preprocessing from its ``LoadImaged`` on, its inferer, its postprocessing with ``Invertd``."""
+
+    name = "monai"
+    views_refusal = MONAI_VIEWS_REFUSAL
+
+    def model_input(self, image: torch.Tensor, source: str | None = None) -> tuple[Any, Any]:
+        return self.bundle.model_input(image, source)
+
+    def to_input_grid(self, t: torch.Tensor, state: Any) -> torch.Tensor:
+        return self.bundle.to_input_grid(t, state)
+
+    def predict(
+        self,
+        image: torch.Tensor,
+        dev: torch.device,
+        *,
+        window: tuple[Sequence[int] | None, float | None, int | None],
+        tta: str | None,
+        source: str | None,
+        each_view: EachView | None,
+        identity_forward: IdentityForward | None,
+    ) -> Prediction:
+        roi_size, overlap, sw_batch_size = window
+        return _predict_monai(
+            self.bundle,
+            image,
+            dev,
+            roi_size=roi_size,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            source=source,
+        )
+
+
+def runner_for(bundle: Any) -> ModelRunner:
+    """The runner of ``bundle``: :class:`MonaiRunner` for a bundle loaded from its MONAI keys
+    (:func:`medxai.models.monai_bundle.load_monai_bundle`, contract form ``monai``; it loads
+    medxai's own bundles too), :class:`MedxaiRunner` for medxai's own form
+    (:func:`medxai.models.bundle.load_bundle`). The one place where the two differ."""
+    contract = getattr(bundle, "contract", None)
+    if contract is not None and contract.form == "monai":
+        return MonaiRunner(bundle)
+    return MedxaiRunner(bundle)

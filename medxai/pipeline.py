@@ -35,9 +35,8 @@ from medxai.inference import (
     Prediction,
     network_on,
     predict,
-    prepare_input,
     resolve_device,
-    restore_output,
+    runner_for,
 )
 from medxai.io.readers import load_image
 from medxai.io.types import LoadedImage
@@ -419,86 +418,76 @@ def compute_saliency(
         sign: +1 evidence for the label, -1 against (None: -1 for ``missed``, else +1).
         options: further method options.
     """
-    from medxai.explain import SegmentationTarget, sliding_window_saliency
-    from medxai.explain import explain as run_explain
+    from medxai.explain import SegmentationTarget
 
     extra = dict(options or {})
     if layer:
         extra["layer"] = layer
-    threshold = bundle.contract.inference.threshold
-    contract = getattr(bundle, "contract", None)
-    if contract is not None and contract.form == "monai":
-        # a MONAI bundle: its own preprocessing onto the model grid, MONAI's inverse back
-        from medxai.models.monai_bundle import MonaiBundle
-
-        assert isinstance(bundle, MonaiBundle)  # the loader of the "monai" form
-        contract.check_saliency_method(method)
-        if region is not None:
-            raise ExplainError(
-                f"a user or left-out region is not supported for MONAI bundles yet "
-                f"(model {bundle.name!r})",
-                hint="use --target segment, border or image with this model",
-            )
-        x, data = bundle.model_input(loaded.image)
-        question = SegmentationTarget(label, target, sign=sign)
-        roi = list(roi_size or contract.inference.roi_size or x.shape[2:])
-        with network_on(bundle.network, device) as net:
-            if contract.inference.inferer == "SlidingWindowInferer":
-                sal = sliding_window_saliency(
-                    net,
-                    x.to(device),
-                    method,
-                    roi_size=roi,
-                    overlap=float(overlap if overlap is not None else contract.inference.overlap),
-                    mode=contract.inference.blend_mode,  # blended as the inference blends
-                    target=question,
-                    **extra,
-                )
-            elif contract.inference.inferer == "SliceInferer":
-                # a 2D network over the slices of a volume: explained slice by slice
-                axis = 2 + int(getattr(bundle.inferer, "spatial_dim", 0))
-                sal = torch.stack(
-                    [
-                        run_explain(
-                            net,
-                            x.select(axis, k).to(device),
-                            method=method,
-                            target=question,
-                            **extra,
-                        )
-                        .detach()
-                        .cpu()
-                        for k in range(x.shape[axis])
-                    ],
-                    dim=axis,
-                )
-            else:
-                sal = run_explain(net, x.to(device), method=method, target=question, **extra)
-        return bundle.to_input_grid(sal[0].detach().float().cpu(), data).clamp(0, 1)
-    x, state = prepare_input(bundle, loaded.image)
+    runner = runner_for(bundle)
+    contract = bundle.contract
+    contract.check_saliency_method(method)
+    if region is not None and not runner.regions:
+        raise ExplainError(
+            f"a user or left-out region is not supported for MONAI bundles yet "
+            f"(model {bundle.name!r})",
+            hint="use --target segment, border or image with this model",
+        )
+    x, state = runner.model_input(loaded.image)
     if region is not None:
         model_region = _region_on_model_grid(bundle, loaded.image, region, x.shape[2:])
-        question = SegmentationTarget(label, model_region.to(device), sign=sign)
+        question = SegmentationTarget(label, model_region, sign=sign)
     else:
-        question = SegmentationTarget(label, target, threshold=threshold, sign=sign)
-    spec = bundle.contract.inference
+        question = SegmentationTarget(
+            label, target, threshold=contract.inference.threshold, sign=sign
+        )
+    window = (roi_size, overlap)
     with network_on(bundle.network, device) as net:
-        if spec.mode == "whole_image":
-            sal = run_explain(net, x.to(device), method=method, target=question, **extra)
-        else:
-            if region is not None:
-                question = SegmentationTarget(label, model_region, sign=sign)
-            sal = sliding_window_saliency(
-                net,
-                x.to(device),
-                method,
-                roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
-                overlap=float(overlap if overlap is not None else spec.overlap),
-                mode=spec.blend_mode,  # blended as the inference blends
-                target=question,
-                **extra,
-            )
-    return restore_output(sal[0].detach().float().cpu(), state).clamp(0, 1)
+        sal = _saliency_on_model_grid(bundle, net, x.to(device), method, question, window, extra)
+    return runner.to_input_grid(sal[0].detach().float().cpu(), state).clamp(0, 1)
+
+
+def _saliency_on_model_grid(
+    bundle: ModelBundle,
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    method: str,
+    question: Any,
+    window: tuple[Sequence[int] | None, float | None],
+    extra: dict[str, Any],
+) -> torch.Tensor:
+    """Saliency ``(1, 1, *model_spatial)`` of ``question`` on the model-grid input ``x``, the
+    network applied as the model applies it (:attr:`InferenceSpec.tiling`): in one pass,
+    window by window blended as the inference blends, or slice by slice."""
+    from medxai.explain import explain as run_explain
+    from medxai.explain import sliding_window_saliency
+
+    spec = bundle.contract.inference
+    if spec.tiling == "sliding":
+        roi_size, overlap = window
+        return sliding_window_saliency(
+            net,
+            x,
+            method,
+            roi_size=list(roi_size or spec.roi_size or x.shape[2:]),
+            overlap=float(overlap if overlap is not None else spec.overlap),
+            mode=spec.blend_mode,  # blended as the inference blends
+            target=question,
+            **extra,
+        )
+    if spec.tiling == "slices":
+        axis = 2 + int(getattr(getattr(bundle, "inferer", None), "spatial_dim", 0))
+        return torch.stack(
+            [
+                run_explain(net, x.select(axis, k), method=method, target=question, **extra)
+                .detach()
+                .cpu()
+                for k in range(x.shape[axis])
+            ],
+            dim=axis,
+        )
+    if isinstance(question.region, torch.Tensor):  # a user region goes where the network runs
+        question = dataclasses.replace(question, region=question.region.to(x.device))
+    return run_explain(net, x, method=method, target=question, **extra)
 
 
 def _user_region(loaded: LoadedImage, roi: Sequence[int] | str | Path) -> torch.Tensor:
@@ -526,8 +515,7 @@ def saliency_forward(bundle: ModelBundle, opts: SegmentOptions, device: torch.de
         or settings.roi is not None
         or set(settings.options or {}) - {"normalize"}
         or contract is None
-        or contract.form == "monai"
-        or contract.inference.mode != "whole_image"
+        or not runner_for(bundle).keeps_forward
         or device.type == "cuda"
     ):
         return None
@@ -544,7 +532,7 @@ def _kept_saliency(
 ) -> torch.Tensor:
     """:func:`compute_saliency` of image ``index`` of the kept forward pass ``kept``: the same
     map, from a backward pass (one per label for the whole batch, kept for its other images),
-    brought back onto the image by ``state`` (:func:`prepare_input`'s, made once per image)."""
+    brought back onto the image by ``state`` (the runner's :meth:`~medxai.inference.ModelRunner.model_input`, made once per image)."""
     if label not in kept.maps:
         from medxai.explain import SegmentationTarget
 
@@ -552,7 +540,8 @@ def _kept_saliency(
         question = SegmentationTarget(label, settings.target, threshold=threshold)
         normalize = bool((settings.options or {}).get("normalize", True))
         kept.maps[label] = kept.saliency(settings.method, question, normalize)
-    return restore_output(kept.maps[label][index].detach().float().cpu(), state).clamp(0, 1)
+    sal = kept.maps[label][index].detach().float().cpu()
+    return runner_for(bundle).to_input_grid(sal, state).clamp(0, 1)
 
 
 def saliency_maps(
@@ -600,7 +589,7 @@ def saliency_maps(
                 continue
         if kept is not None and kept.ran:
             if state is None:  # the grid's inversion, the same for every label of this image
-                _, state = prepare_input(bundle, loaded.image)
+                _, state = runner_for(bundle).model_input(loaded.image)
             maps[value] = _kept_saliency(bundle, kept, index, settings, value, state)
             continue
         maps[value] = compute_saliency(

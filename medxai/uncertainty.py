@@ -48,6 +48,7 @@ from medxai.inference import (
     prepare_input,
     resolve_device,
     restore_output,
+    runner_for,
     sliding_window_logits,
     tta_mode,
 )
@@ -110,11 +111,6 @@ def dropout_layers(net: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
-def _is_monai_zoo(bundle: Any) -> bool:
-    contract = getattr(bundle, "contract", None)
-    return contract is not None and contract.form == "monai"
-
-
 def uncertainty_method(
     bundle: Any, requested: str | None = None, tta: str | None = None
 ) -> tuple[str | None, str]:
@@ -135,11 +131,9 @@ def uncertainty_method(
         )
     if requested == "none":
         return None, "not asked for (--uncertainty none)"
-    if _is_monai_zoo(bundle):
-        return None, (
-            "a MONAI model-zoo bundle runs its own inferer: medxai takes no test-time "
-            "augmentation views or dropout passes of it"
-        )
+    refusal = runner_for(bundle).views_refusal
+    if refusal is not None:
+        return None, refusal
     # whole-image and sliding-window predictions both hand their TTA views to each_view
     mode = tta_mode(bundle.inference, tta)
     dropout = bool(dropout_layers(bundle.network))

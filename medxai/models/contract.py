@@ -111,6 +111,16 @@ class InferenceSpec:
     inferer: str = ""
     amp: bool = False
 
+    @property
+    def tiling(self) -> str:
+        """How the network meets the model-grid input: ``whole`` (one pass), ``sliding``
+        (MONAI's sliding window) or ``slices`` (a 2D network over a volume's slices)."""
+        if self.inferer == "SliceInferer":
+            return "slices"
+        if self.inferer == "SlidingWindowInferer" or self.mode == "sliding_window":
+            return "sliding"
+        return "whole"
+
 
 @dataclass(frozen=True)
 class SaliencySpec:

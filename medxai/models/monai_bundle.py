@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import json
 import re
@@ -319,8 +320,7 @@ def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
 def _labels(
     config: dict[str, Any], metadata: dict[str, Any], out_channels: int | None, path: Path
 ) -> tuple[LabelSpec, ...]:
-    given = config.get("medxai")
-    extra: dict[str, Any] = given if isinstance(given, dict) else {}
+    extra = _medxai_block(config)
     if extra.get("labels"):
         try:
             return tuple(
@@ -538,7 +538,8 @@ class MonaiBundle(ModelBundle):
 
         Returns:
             on the input grid: probabilities ``(K, *spatial)`` as they stood after the bundle's
-            ``Invertd`` when it inverts activations (else None), the ``(1, *spatial)`` label
+            ``Invertd`` and any later step before its ``AsDiscreted``, when it inverts
+            activations (else None), the ``(1, *spatial)`` label
             map, and the overlapping segments when the postprocessing folds several
             overlapping binary channels into the label map (:class:`BundleOutput`).
         """
@@ -578,7 +579,7 @@ class MonaiBundle(ModelBundle):
         batch["pred"] = pred
         item = decollate_batch(batch, detach=True)[0]
         probabilities = None
-        discrete = False
+        discrete = inverted = False
         binary: torch.Tensor | None = None
         for t in self.post.transforms:
             item = self._guard(
@@ -588,7 +589,8 @@ class MonaiBundle(ModelBundle):
             name = type(t).__name__
             if name.startswith("AsDiscrete"):
                 discrete = True
-            if name.startswith("Invert") and not discrete:
+            inverted = inverted or name.startswith("Invert")
+            if inverted and not discrete:  # the last activations before the label map
                 p = item["pred"]
                 probabilities = (p.as_tensor() if hasattr(p, "as_tensor") else p).float().cpu()
             binary = _binary_channels(item["pred"], binary)
@@ -1132,7 +1134,7 @@ def _contract(
         weights="torchscript" if scripted else "state_dict",
         network=net_name,
         input=_input_spec(raw, metadata),
-        inference=_inference_spec(inferer, _amp(parser, raw)),
+        inference=_with_threshold(_inference_spec(inferer, _amp(parser, raw)), raw),
         labels=_labels(
             raw,
             metadata,
@@ -1144,7 +1146,31 @@ def _contract(
         replaced=tuple(replaced),
         layer_hooks=not scripted,
         saliency=_saliency_default(raw, network, scripted),
+        extras=_layered_extras(raw),
     )
+
+
+def _medxai_block(raw: dict[str, Any]) -> dict[str, Any]:
+    given = raw.get("medxai")
+    return given if isinstance(given, dict) else {}
+
+
+def _with_threshold(spec: InferenceSpec, raw: dict[str, Any]) -> InferenceSpec:
+    """``spec`` with the foreground threshold of the config's ``medxai.inference.threshold``
+    (medxai's own bundles carry it; a binary bundle's label map is then cut there instead of
+    by the argmax of its postprocessing)."""
+    inference = _medxai_block(raw).get("inference")
+    threshold = inference.get("threshold") if isinstance(inference, dict) else None
+    if threshold is None:
+        return spec
+    return dataclasses.replace(spec, threshold=float(threshold))
+
+
+def _layered_extras(raw: dict[str, Any]) -> dict[str, Any]:
+    """The label clean-up of the config's ``medxai.postprocessing`` (``keep_largest_component``,
+    ``fill_holes``...), run on the bundle's label map (:attr:`ModelContract.clean_up`)."""
+    clean_up = _medxai_block(raw).get("postprocessing")
+    return {"postprocessing": dict(clean_up)} if isinstance(clean_up, dict) and clean_up else {}
 
 
 def _config_view(contract: ModelContract, raw: dict[str, Any]) -> dict[str, Any]:
