@@ -358,6 +358,50 @@ def test_segment_cli_ct_dicom_seg(spleen: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(full > 0, labels > 0)
 
 
+def test_zoo_bundle_through_batch_explain_and_transforms(spleen: Path, tmp_path: Path) -> None:
+    """One bundle written by others, one label map, whichever way in: `medxai segment`,
+    `medxai batch` over a DICOM export, `medxai explain` and the MONAI transform `Predictd`
+    (in a user's MONAI pipeline) give the label map that predict() gives, on a DICOM series."""
+    from medxai.inference import predict
+    from medxai.io.readers import load_image
+    from medxai.models.registry import load_model
+    from medxai.transforms import Predictd
+
+    export = tmp_path / "export"
+    series = crop_dicom_series(shared_path(*CT_DICOM), export / "ct", slice(232, 280),
+                               slice(200, 248))
+    loaded = load_image(series)
+    bundle = load_model(spleen)
+    reference = predict(bundle, loaded.image, device="cpu").labels[0].numpy()
+    assert 0 < int((reference > 0).sum()) < reference.size, "the seeded network must label part"
+
+    code, out = run_cli("segment", str(series), "--model", str(spleen), "-o",
+                        str(tmp_path / "seg"), "--device", "cpu", "--explain", "none")
+    assert code == 0, out
+    segmented = np.asarray(nib.load(str(tmp_path / "seg" / "ct" / "labels.nii.gz")).dataobj)
+    np.testing.assert_array_equal(segmented, reference)
+
+    # this real export is de-identified down to empty Study/Series UIDs: batch groups its
+    # files by folder, as segment reads the folder (it used to make one "series" per file)
+    import pydicom
+
+    assert pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID == ""
+    code, out = run_cli("batch", str(export), "--model", str(spleen), "-o", str(tmp_path / "b"),
+                        "--device", "cpu", "--explain", "none", "--format", "nifti,json")
+    assert code == 0, out
+    (labels_file,) = (tmp_path / "b").rglob("labels.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(labels_file)).dataobj), reference)
+
+    d = Predictd(keys="image", model=bundle, device="cpu")({"image": loaded.image})
+    np.testing.assert_array_equal(d["pred"][0].numpy(), reference)
+
+    code, out = run_cli("explain", str(series), "--model", str(spleen), "-o",
+                        str(tmp_path / "x"), "--device", "cpu", "--method", "gradcam")
+    assert code == 0, out
+    report = json.loads(next((tmp_path / "x").rglob("report.json")).read_text())
+    assert report["saliency"], report.keys()
+
+
 def test_segment_cli_mr_prostate(tmp_path: Path) -> None:
     crop = crop_nifti(shared_path(*MR_ANAT), tmp_path / "mr.nii.gz",
                       (slice(12, 20), slice(15, 23), slice(8, 16)))

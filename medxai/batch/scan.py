@@ -8,7 +8,9 @@ data is complete, so truncated files are found without decoding them.
 A *stack* is what one run of the pipeline segments: the slices of a series that share image size,
 orientation and colour (and, when several volumes share slice positions, echo/acquisition/temporal
 index); a multi-frame object; or one 2D image (a file without patient geometry, such as a photo,
-a secondary capture or a single projection radiograph).
+a secondary capture or a single projection radiograph). Files without a SeriesInstanceUID
+(exports de-identified down to empty UIDs) are grouped by folder, as ``medxai segment FOLDER``
+reads them.
 """
 
 from __future__ import annotations
@@ -527,7 +529,9 @@ def group_stacks(files: Sequence[FileInfo]) -> list[Stack]:
     by_series: dict[tuple[str, str], list[FileInfo]] = defaultdict(list)
     for fi in files:
         if fi.kind == "image" and fi.header is not None:
-            series = fi.header["series_instance_uid"] or f"no-series-uid:{fi.path}"
+            # an export de-identified down to empty UIDs: the files of one folder stand for the
+            # series (then split by geometry and positions below, as the reader splits a folder)
+            series = fi.header["series_instance_uid"] or f"no-series-uid:{Path(fi.path).parent}"
             by_series[(fi.header["study_instance_uid"], series)].append(fi)
     stacks: list[Stack] = []
     for (study, series), items in by_series.items():
