@@ -107,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     table = markdown_table(
         ["model", "inputs", "medxai runner CPU ms", "MONAI runner CPU ms", "MONAI / medxai"],
         [
-            [r["model"], r["inputs"], f"{r['medxai_ms']:.1f}", f"{r['monai_ms']:.1f}",
-             f"{r['monai_ms'] / r['medxai_ms']:.2f}"]
+            [
+                r["model"],
+                r["inputs"],
+                f"{r['medxai_ms']:.1f}",
+                f"{r['monai_ms']:.1f}",
+                f"{r['monai_ms'] / r['medxai_ms']:.2f}",
+            ]
             for r in rows
         ],
     )
