@@ -301,9 +301,13 @@ def assert_one_line_refusal(code: int, out: str, exc: BaseException | None, word
     assert exc is None, (out, exc)
     assert code == 2, (code, out)
     assert "Traceback" not in out, out
-    text = out.strip()
-    assert len(text.splitlines()) <= 2, text  # the message, and its hint
-    assert words.lower() in text.lower(), (words, text)
+    lines = out.strip().splitlines()
+    # no warnings (MONAI's own included) around it; progress lines before a run-time refusal
+    assert not any(".py:" in line or "Warning" in line for line in lines), out
+    first = next(i for i, line in enumerate(lines) if line.startswith("Error"))
+    text = "\n".join(lines[first:])
+    assert len(lines) - first <= 2, text  # the message, and its hint
+    assert words.lower() in lines[first].lower(), (words, text)
 
 
 def check_case(case: Case, inputs: dict, tmp_path: Path) -> None:
@@ -316,7 +320,9 @@ def check_case(case: Case, inputs: dict, tmp_path: Path) -> None:
         assert_one_line_refusal(code, out, exc, case.refused)
     else:
         assert code == 0 and exc is None, (out, exc)
-        assert "saliency default:" in out, out
+        assert case.name in out, out
+        if case.weights != "ts":  # TorchScript: chosen at segment time (docs/bundles.md)
+            assert "saliency default:" in out, out
     code, seg_out, exc = run_cli("segment", str(medxai_input), "--model", str(root), "-o",
                                  str(dest), "--explain", "none", "--device", "cpu")
     assert _files(root) == before, "medxai wrote into the bundle's folder"
@@ -463,7 +469,7 @@ def _segresnet_refs() -> dict:
         "patch_size": [16, 16, 16],
         "network_def": {"_target_": "SegResNet", "spatial_dims": "@spatial_dims",
                         "in_channels": "@in_channels", "out_channels": "@num_classes",
-                        "init_filters": 4, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]},
+                        "init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]},
         "preprocessing": compose(
             tr("LoadImaged", reader="ITKReader", image_only=False),
             tr("EnsureChannelFirstd"),
@@ -522,18 +528,21 @@ def _swinunetr(**extra: Any) -> dict:
                         "feature_size": 12, "depths": [1, 1, 1, 1], "use_checkpoint": False,
                         **extra},
         "preprocessing": compose(tr("LoadImaged"), tr("EnsureChannelFirstd"), CT_INTENSITY),
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32],
+        # 64^3: its bottleneck (1/32) then has more than one voxel for the instance norm
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [64, 64, 64],
                     "sw_batch_size": 1, "overlap": 0.25},
         "postprocessing": SOFTMAX_POST,
     }
 
 
 def _flexible_unet(pretrained: bool) -> dict:
+    # the pretrained one leaves spatial_dims at FlexibleUNet's default (2): medxai reads the
+    # dimensions from the network's first convolution
+    dims = {} if pretrained else {"spatial_dims": 2}
     return {
         "network_def": {"_target_": "FlexibleUNet", "in_channels": 3, "out_channels": 2,
                         "backbone": "efficientnet-b0", "pretrained": pretrained,
-                        "spatial_dims": 2, "decoder_channels": [16, 16, 8, 8, 4],
-                        "is_pad": False},
+                        "decoder_channels": [16, 16, 8, 8, 4], "is_pad": False, **dims},
         "preprocessing": compose(
             tr("LoadImaged", reader="PILReader", image_only=True),
             tr("EnsureChannelFirstd", channel_dim=-1),
@@ -717,7 +726,9 @@ CASES = [
          meta=metadata("spleen_style", SPLEEN_LABELS), labels=[0, 1]),
     Case("tutorial_yaml_basicunet", _yaml_basicunet(), fmt="yaml", weights="ckpt_state_dict"),
     Case("attention_unet_one_sigmoid_channel", _attention_sigmoid(), labels=[0, 1]),
+    # ITKReader (itk is not installed here): plain MONAI reads the same NIfTI with nibabel
     Case("segresnet_references", _segresnet_refs(), input="series",
+         plain_overrides={"preprocessing#transforms#0#reader": "NibabelReader"},
          meta=metadata("segresnet", {"0": "background", "1": "liver", "2": "spleen"}),
          labels=[0, 1, 2]),
     Case("dynunet_checkpoint_key", _dynunet_ckpt_key(), weights="ckpt_net"),

@@ -37,6 +37,7 @@ import importlib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ def _missing_module(exc: BaseException) -> str | None:
             return e.name
         name = type(e).__name__
         if name == "OptionalImportError":
-            m = re.search(r"import (?:of )?['\"]?([A-Za-z_][\w.]*)", str(e))
+            # "from einops import rearrange (No module named 'einops')": the module, not the name
+            m = re.search(r"No module named ['\"]([A-Za-z_][\w.]*)", str(e)) or re.search(
+                r"import (?:of )?['\"]?([A-Za-z_][\w.]*)", str(e)
+            )
             if m:
                 return m.group(1)
         e = e.__cause__ or e.__context__
@@ -264,7 +268,44 @@ def _short(v: Any) -> str:
     return s if len(s) < 40 else s[:37] + "..."
 
 
-def _load_weights(network: torch.nn.Module, weights: Path) -> None:
+def _checkpoint_keys(raw: dict[str, Any]) -> list[str]:
+    """The keys a ``CheckpointLoader`` of the config loads the network from
+    (``load_dict: {"model": "@network"}``: the key its ``CheckpointSaver`` saved it under)."""
+    keys: list[str] = []
+    for _, node in _walk(raw):
+        if not isinstance(node, dict) or not str(node.get("_target_", "")).endswith(
+            "CheckpointLoader"
+        ):
+            continue
+        load = node.get("load_dict")
+        if isinstance(load, dict):
+            named = [str(k) for k, v in load.items() if "network" in str(v)]
+            keys += named or [str(k) for k in load]
+    return keys
+
+
+def _tensor_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def _state_dict_in(state: Any, keys: Sequence[str]) -> Any:
+    """The network's state dict inside a checkpoint: the file itself, or the entry under the
+    config's ``CheckpointLoader`` key, ``state_dict``, ``model`` or ``network``, or the one
+    entry that is a dict of tensors (an optimizer's state is not)."""
+    if not isinstance(state, dict) or _tensor_dict(state):
+        return state
+    for key in (*keys, "state_dict", "model", "network"):
+        if isinstance(state.get(key), dict):
+            return state[key]
+    candidates = [v for v in state.values() if _tensor_dict(v)]
+    return candidates[0] if len(candidates) == 1 else state
+
+
+def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] = ()) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types
@@ -282,11 +323,7 @@ def _load_weights(network: torch.nn.Module, weights: Path) -> None:
             f"{text.splitlines()[0] if text else ''})",
             path=weights,
         ) from exc
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
+    state = _state_dict_in(state, keys)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(
             "does not hold a state dict of tensors",
@@ -349,7 +386,8 @@ def _labels(
     if names:
         # channels without a background channel (sigmoid outputs): value i + 1 per channel
         return labels_from_names({0: "background", **{k + 1: v for k, v in names.items()}})
-    return labels_from_names({0: "background", **{k: f"label {k}" for k in range(1, n)}})
+    # one sigmoid channel thresholded: the values 0 and 1
+    return labels_from_names({0: "background", **{k: f"label {k}" for k in range(1, max(n, 2))}})
 
 
 @dataclass
@@ -452,7 +490,8 @@ class MonaiBundle(ModelBundle):
 
     def _guard(self, fn: Any, what: str) -> Any:
         try:
-            return fn()
+            with _quiet_monai():
+                return fn()
         except Exception as exc:  # transforms raise many types, wrapped by apply_transform
             missing = _missing_module(exc)
             if missing:
@@ -767,7 +806,7 @@ def _weights_file(root: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[Path
             hint="fetch them with `python -m monai.bundle download`",
         )
     scripted = not pt.is_file()
-    if not scripted and "network_def" not in raw:
+    if not scripted and _network_key(raw) not in raw:
         raise ModelError(
             "has no 'network_def' (the network to load models/model.pt into)",
             path=cfg_path,
@@ -872,6 +911,14 @@ def _plug_reader(parser: Any, raw: dict[str, Any], reader: Any, cfg_path: Path) 
                 hint=f"remove channel_dim from {cid}; EnsureChannelFirstd(channel_dim=...) "
                 "says where the channels are",
             )
+        if node.get("converter") is not None:
+            raise ModelError(
+                f"its {name} gives the reader a converter ({_short(node['converter'])}), which "
+                "medxai's reader does not take (it reads the picture itself)",
+                path=cfg_path,
+                hint=f"remove converter from {cid} and do the conversion in a transform after "
+                f"{name} (e.g. a Lambdad)",
+            )
         named = node.get("reader")
         parser[f"{cid}#reader"] = reader
         was = f"{name}(reader={named})" if named else name
@@ -911,6 +958,39 @@ def _on_cpu(parser: Any, raw: dict[str, Any]) -> list[str]:
     return [f"{cid}: loaded/built on the CPU (cuda device, torch.load)" for cid in changed]
 
 
+_OFF = (False, None, 0, "false", "False", "")
+
+
+def _no_downloads(parser: Any, raw: dict[str, Any], scripted: bool) -> list[str]:
+    """``pretrained`` switched off in the network section (``FlexibleUNet(pretrained=True)``,
+    ``DenseNet121``, a backbone of the bundle's own): building the network would download
+    weights that ``models/model.pt`` then replaces entirely (it is loaded strictly). medxai
+    never downloads anything."""
+    if scripted:
+        return []
+    key = _network_key(raw)
+    net_def = _network_def(raw)
+    nodes = [(key, net_def), *((f"{key}#{cid}", node) for cid, node in _walk(net_def))]
+    changed = []
+    for cid, node in nodes:
+        if isinstance(node, dict) and "pretrained" in node and node["pretrained"] not in _OFF:
+            parser[f"{cid}#pretrained"] = False
+            changed.append(
+                f"{cid}#pretrained -> False (the weights are models/model.pt; never downloaded)"
+            )
+    return changed
+
+
+@contextlib.contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """MONAI's own warnings (deprecated defaults, an ``Invertd`` with nothing to invert) are
+    not shown while the bundle is built and run: medxai's output stays its own lines (and a
+    refusal one line)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"monai(\.|$)")
+        yield
+
+
 @contextlib.contextmanager
 def _scripts_importable(root: Path) -> Iterator[None]:
     """The bundle folder first on ``sys.path`` (as ``monai.bundle run`` puts it), so that
@@ -937,14 +1017,15 @@ def _network_error(exc: BaseException, raw: dict[str, Any], cfg_path: Path) -> M
     does not take (a config for another MONAI version), or a file it loads that is absent."""
     import monai
 
-    target = (raw.get("network_def") or {}).get("_target_", "network_def")
+    target = _network_def(raw).get("_target_", _network_key(raw))
     e: BaseException | None = exc
     while e is not None:
         text = str(e)
         m = re.search(r"unexpected keyword argument '(\w+)'", text)
         if isinstance(e, TypeError) and m:
             return ModelError(
-                f"network_def {target} cannot be built with MONAI {monai.__version__}: it has no "
+                f"{_network_key(raw)} {target} cannot be built with MONAI {monai.__version__}: "
+                "it has no "
                 f"argument {m.group(1)!r} (the config was written for another MONAI version)",
                 path=cfg_path,
                 hint=f"use the bundle version made for MONAI {monai.__version__}, or rename or "
@@ -953,7 +1034,8 @@ def _network_error(exc: BaseException, raw: dict[str, Any], cfg_path: Path) -> M
         m = re.search(r"missing \d+ required positional argument[s]?: (.+)$", text)
         if isinstance(e, TypeError) and m:
             return ModelError(
-                f"network_def {target} cannot be built with MONAI {monai.__version__}: it needs "
+                f"{_network_key(raw)} {target} cannot be built with MONAI {monai.__version__}: "
+                "it needs "
                 f"the argument(s) {m.group(1)} (the config was written for another MONAI "
                 "version)",
                 path=cfg_path,
@@ -985,7 +1067,7 @@ def _build_network(
         name = str(getattr(network, "original_name", type(network).__name__))
     else:
         try:
-            network = _instantiate(parser, "network_def", cfg_path)
+            network = _instantiate(parser, _network_key(raw), cfg_path)
         except ModelError as exc:
             better = _network_error(exc, raw, cfg_path)
             if better is None:
@@ -993,9 +1075,10 @@ def _build_network(
             raise better from exc
         if not isinstance(network, torch.nn.Module):
             raise ModelError(
-                f"network_def builds a {type(network).__name__}, not a torch network", path=cfg_path
+                f"{_network_key(raw)} builds a {type(network).__name__}, not a torch network",
+                path=cfg_path,
             )
-        _load_weights(network, weights)
+        _load_weights(network, weights, _checkpoint_keys(raw))
         name = type(network).__name__
     network.eval()
     return network, name
@@ -1062,21 +1145,76 @@ def _inference_spec(inferer: Any, amp: bool) -> InferenceSpec:
     )
 
 
+def _network_key(raw: dict[str, Any]) -> str:
+    """The config key of the network: ``network_def`` (the zoo's and the tutorials' name), else
+    a ``network`` that defines it itself (``{"_target_": ...}``: configs that have no
+    ``network_def``, whose ``network`` is then not ``$@network_def.to(@device)``)."""
+    given = raw.get("network")
+    if "network_def" not in raw and isinstance(given, dict) and "_target_" in given:
+        return "network"
+    return "network_def"
+
+
 def _network_def(raw: dict[str, Any]) -> dict[str, Any]:
-    """The raw ``network_def`` section ({} when absent or not a dict)."""
-    given = raw.get("network_def")
+    """The raw network section (:func:`_network_key`; {} when absent or not a dict)."""
+    given = raw.get(_network_key(raw))
     return given if isinstance(given, dict) else {}
 
 
-def _input_spec(raw: dict[str, Any], metadata: dict[str, Any]) -> InputSpec:
-    net_def = _network_def(raw)
+def _network_int(parser: Any, raw: dict[str, Any], name: str) -> int | None:
+    """An integer argument of the network section, also when the config writes it as a
+    reference or an expression (``"out_channels": "@num_classes"``); None when absent."""
+    given = _network_def(raw).get(name)
+    if isinstance(given, str) and given[:1] in ("@", "$"):
+        try:
+            given = parser.get_parsed_content(f"{_network_key(raw)}#{name}", instantiate=False)
+        except Exception:  # an expression we cannot evaluate without building more
+            return None
+    if isinstance(given, bool) or not isinstance(given, int):
+        return None
+    return int(given)
+
+
+_CONVS = ("Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d")
+
+
+def _first_conv(network: Any) -> tuple[int, int] | None:
+    """``(spatial dims, in_channels)`` of the network's first convolution (TorchScript too),
+    for a network section that does not say them (a network of the bundle's own ``scripts/``,
+    ``FlexibleUNet``'s default 2D, a ``model.ts``)."""
+    try:
+        modules = list(network.modules())
+    except Exception:  # not a module tree
+        return None
+    for m in modules:
+        name = str(getattr(m, "original_name", type(m).__name__))
+        if name in _CONVS:
+            try:
+                return int(name[-2]), int(m.in_channels)
+            except (AttributeError, TypeError, ValueError):
+                return int(name[-2]), 0
+    return None
+
+
+def _input_spec(
+    raw: dict[str, Any], metadata: dict[str, Any], parser: Any, network: Any
+) -> InputSpec:
+    """Dimensions and channels: the network section's (references resolved), else the
+    network's first convolution, else ``metadata.json``."""
     in_meta = _channel_def(metadata, "inputs", "image")
-    given = net_def.get("in_channels")
-    channels = int(given if isinstance(given, int) else in_meta.get("num_channels") or 1)
-    dims = net_def.get("spatial_dims")
-    if not isinstance(dims, int):
-        shape = in_meta.get("spatial_shape") or [0, 0, 0]
-        dims = len(shape) if isinstance(shape, list) and len(shape) in (2, 3) else 3
+    conv = _first_conv(network)
+    channels = _network_int(parser, raw, "in_channels")
+    if channels is None:
+        channels = int(in_meta.get("num_channels") or (conv[1] if conv else 0) or 1)
+    dims = _network_int(parser, raw, "spatial_dims")
+    if dims not in (2, 3):
+        shape = in_meta.get("spatial_shape")
+        if conv is not None:
+            dims = conv[0]
+        elif isinstance(shape, list) and len(shape) in (2, 3):
+            dims = len(shape)
+        else:
+            dims = 3
     cnames = in_meta.get("channel_def") or {}
     try:
         channel_names = tuple(str(v) for _, v in sorted((int(k), v) for k, v in cnames.items()))
@@ -1123,20 +1261,19 @@ def _contract(
     ``chain``: preprocessing, inferer, postprocessing)."""
     network, net_name, scripted = net
     pre, inferer, post = chain
-    net_def = _network_def(raw)
-    out_channels = net_def.get("out_channels")
+    out_channels = _network_int(parser, raw, "out_channels")
     return ModelContract(
         name=str(metadata.get("name", root.name)),
         version=str(metadata.get("version", "0")),
         form="monai",
         weights="torchscript" if scripted else "state_dict",
         network=net_name,
-        input=_input_spec(raw, metadata),
+        input=_input_spec(raw, metadata, parser, network),
         inference=_inference_spec(inferer, _amp(parser, raw)),
         labels=_labels(
             raw,
             metadata,
-            out_channels if isinstance(out_channels, int) else None,
+            out_channels,
             _config_file(root) or root,
         ),
         preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
@@ -1190,18 +1327,25 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     reader = MonaiLayoutReader()
     replaced = _plug_reader(parser, raw, reader, cfg_path)
     replaced += _on_cpu(parser, raw)
-    with _scripts_importable(root):
+    replaced += _no_downloads(parser, raw, scripted)
+    with _scripts_importable(root), _quiet_monai():
         pre, inferer, post = _build_chain(parser, cfg_path)
         image_key = _image_key(pre, cfg_path)
         network, net_name = _build_network(parser, raw, weights, scripted, cfg_path)
-    savers, _ = _strip(post, _SAVERS)
-    replaced += [
-        f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
-    ]
-    replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
-    contract = _contract(
-        root, raw, parser, metadata, (network, net_name, scripted), (pre, inferer, post), replaced
-    )
+        savers, _ = _strip(post, _SAVERS)
+        replaced += [
+            f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
+        ]
+        replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
+        contract = _contract(
+            root,
+            raw,
+            parser,
+            metadata,
+            (network, net_name, scripted),
+            (pre, inferer, post),
+            replaced,
+        )
     meta_out = dict(metadata)
     meta_out.setdefault("name", contract.name)
     meta_out["weights_sha256"] = sha256_file(weights)
