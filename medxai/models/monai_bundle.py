@@ -1314,6 +1314,11 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
             MONAI cannot build (the argument named), an interactive bundle (clicks), a
             ``LoadImaged`` of several files per case.
     """
+    with _quiet_monai():
+        return _load(path)
+
+
+def _load(path: str | Path) -> MonaiBundle:
     from medxai.io.bundle_reader import MonaiLayoutReader
 
     root, cfg_path = _locate(path)
@@ -1328,7 +1333,7 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     replaced = _plug_reader(parser, raw, reader, cfg_path)
     replaced += _on_cpu(parser, raw)
     replaced += _no_downloads(parser, raw, scripted)
-    with _scripts_importable(root), _quiet_monai():
+    with _scripts_importable(root):
         pre, inferer, post = _build_chain(parser, cfg_path)
         image_key = _image_key(pre, cfg_path)
         network, net_name = _build_network(parser, raw, weights, scripted, cfg_path)
