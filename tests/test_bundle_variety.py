@@ -135,6 +135,8 @@ class Case:
     labels: list[int] | None = None  # the label values describe must list
     plain_overrides: dict[str, Any] = field(default_factory=dict)
     plain_reads: str = "nifti"  # or "series": plain MONAI reads the DICOM folder itself
+    key: str = "image"  # the data key the bundle reads the image under
+    common: dict | None = None  # configs/common.yaml (the tutorials' split)
     slow: bool = False
 
 
@@ -170,8 +172,11 @@ class _ScriptsOnPath:
 def plain_parser(root: Path, case: Case):
     from monai.bundle import ConfigParser
 
+    # as `monai.bundle run --config_file "['configs/common.yaml','configs/inference.yaml']"`
+    files = sorted((root / "configs").glob("common.*")) + sorted(
+        (root / "configs").glob("inference.*"))
     p = ConfigParser()
-    p.read_config(str(next((root / "configs").glob("inference.*"))))
+    p.read_config([str(f) for f in files])
     p["bundle_root"] = str(root)
     for key, value in case.plain_overrides.items():
         p[key] = value
@@ -186,13 +191,13 @@ def _last_conv(net: torch.nn.Module, out_channels: int) -> torch.nn.Module | Non
     return convs[-1] if convs else None
 
 
-def _balance(net: torch.nn.Module, parser, image: Path) -> None:
+def _balance(net: torch.nn.Module, parser, image: Path, key: str) -> None:
     """Shift the last convolution's bias so that each foreground channel wins on about a third
     of the model grid (softmax: against channel 0; sigmoid: above 0)."""
     from monai.data import list_data_collate
 
     pre, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
-    x = list_data_collate([pre({"image": str(image)})])["image"].as_tensor().float()
+    x = list_data_collate([pre({key: str(image)})])[key].as_tensor().float()
     sigmoid = "sigmoid" in json.dumps(parser.get("postprocessing"))
     with torch.no_grad():
         logits = inferer(x, net)
@@ -212,6 +217,8 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     _write_config(root / "configs" / f"inference.{case.fmt}", case.cfg)
+    if case.common is not None:
+        _write_config(root / "configs" / "common.yaml", case.common)
     (root / "configs" / "metadata.json").write_text(
         json.dumps(case.meta or metadata(case.name), indent=2))
     if case.weights == "none":
@@ -230,7 +237,7 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
             return root
         net.eval()
         if calib is not None:
-            _balance(net, p, calib)
+            _balance(net, p, calib, case.key)
     sd = net.state_dict()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     forms: dict[str, Callable[[], None]] = {
@@ -271,9 +278,9 @@ def plain_monai(root: Path, case: Case, image: Path) -> tuple[np.ndarray, np.nda
         pre, inferer = p.get_parsed_content("preprocessing"), p.get_parsed_content("inferer")
         post = p.get_parsed_content("postprocessing")
         post = Compose([t for t in post.transforms if type(t).__name__ != "SaveImaged"])
-        batch = list_data_collate([pre({"image": str(image)})])
+        batch = list_data_collate([pre({case.key: str(image)})])
         with torch.no_grad():
-            batch["pred"] = inferer(batch["image"], net)
+            batch["pred"] = inferer(batch[case.key], net)
         out = post(decollate_batch(batch, detach=True)[0])["pred"]
     affine = getattr(out, "affine", None)
     return np.asarray(out)[0], (None if affine is None else np.asarray(affine))
@@ -720,6 +727,100 @@ def _pil_converter() -> dict:
     return cfg
 
 
+def _common_split() -> tuple[dict, dict]:
+    """(configs/common.yaml, configs/inference.yaml): the network and shared settings in the
+    first, the inference chain in the second (the MONAI tutorials' split)."""
+    common = {
+        "imports": ["$import torch", "$import os"],
+        "bundle_root": ".",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "patch_size": [16, 16, 16],
+        "network_def": unet(),
+        "network": "$@network_def.to(@device)",
+    }
+    inference = {
+        "dataset_dir": "/data/Task09_Spleen",
+        "preprocessing": compose(tr("LoadImaged"), tr("EnsureChannelFirstd"),
+                                 tr("Orientationd", axcodes="RAS"), CT_INTENSITY,
+                                 tr("EnsureTyped", device="@device")),
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch_size",
+                    "sw_batch_size": 2, "overlap": 0.5},
+        "postprocessing": SOFTMAX_POST,
+    }
+    return common, inference
+
+
+def _image_and_label_keys() -> dict:
+    """Training transforms reused for inference: keys image and label, the label allowed to be
+    missing."""
+    keys = ["image", "label"]
+    return {
+        "network_def": unet(),
+        "preprocessing": compose(
+            tr("LoadImaged", keys, allow_missing_keys=True, image_only=True),
+            tr("EnsureChannelFirstd", keys, allow_missing_keys=True),
+            tr("Orientationd", keys, axcodes="RAS", allow_missing_keys=True),
+            tr("Spacingd", keys, pixdim=[4.0, 4.0, 4.0], mode=["bilinear", "nearest"],
+               allow_missing_keys=True),
+            CT_INTENSITY,
+            tr("EnsureTyped", keys, allow_missing_keys=True),
+        ),
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16],
+                    "sw_batch_size": 4},
+        "postprocessing": SOFTMAX_POST,
+    }
+
+
+def _transforms_by_expression() -> dict:
+    """The chain assembled from lists by expressions (``$@a + @b``), as several zoo configs
+    write it."""
+    return {
+        "network_def": {"_target_": "SegResNetDS", "spatial_dims": 3, "init_filters": 8,
+                        "in_channels": 1, "out_channels": 2, "blocks_down": [1, 1, 1]},
+        "preprocessing_transforms": [tr("LoadImaged"), tr("EnsureChannelFirstd")],
+        "deterministic_transforms": [CT_INTENSITY, tr("EnsureTyped")],
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing_transforms + @deterministic_transforms"},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16],
+                    "sw_batch_size": 2, "mode": "gaussian"},
+        "postprocessing_transforms": [tr("Activationsd", "pred", softmax=True), INVERT,
+                                      tr("AsDiscreted", "pred", argmax=True)],
+        "postprocessing": {"_target_": "Compose", "transforms": "$@postprocessing_transforms"},
+    }
+
+
+def _other_key() -> dict:
+    """The image under the key ``img``, not ``image``."""
+    return {
+        "network_def": unet(),
+        "preprocessing": compose(tr("LoadImaged", "img"), tr("EnsureChannelFirstd", "img"),
+                                 tr("Spacingd", "img", pixdim=[4.0, 4.0, 4.0]),
+                                 tr("ScaleIntensityRanged", "img", a_min=-57, a_max=164,
+                                    b_min=0.0, b_max=1.0, clip=True)),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": compose(
+            tr("Activationsd", "pred", softmax=True),
+            tr("Invertd", "pred", transform="@preprocessing", orig_keys="img",
+               nearest_interp=False, to_tensor=True),
+            tr("AsDiscreted", "pred", argmax=True)),
+    }
+
+
+def _without_invertd() -> dict:
+    """Resampled for the network, never brought back: the label map is on the model grid."""
+    cfg = _other_key()
+    cfg["postprocessing"] = compose(tr("Activationsd", "pred", softmax=True),
+                                    tr("AsDiscreted", "pred", argmax=True))
+    return cfg
+
+
+def _unet_dimensions() -> dict:
+    cfg = _network_only()
+    net = unet()
+    net["dimensions"] = net.pop("spatial_dims")  # MONAI < 0.8's name
+    return {k: v for k, v in cfg.items() if k != "network"} | {"network_def": net}
+
+
 SPLEEN_LABELS = {"0": "background", "1": "spleen"}
 CASES = [
     Case("spleen_style_json", _spleen_style(), input="series", weights="ckpt_model",
@@ -753,6 +854,15 @@ CASES = [
     Case("lazy_compose_disabled_requires", _lazy(), fmt="yaml"),
     Case("loader_dtype_none", _loader_dtype_none()),
     Case("torchscript_only_yaml", _torchscript_yaml(), fmt="yaml", weights="ts"),
+    Case("common_yaml_split", _common_split()[1], fmt="yaml", common=_common_split()[0]),
+    Case("image_and_label_keys", _image_and_label_keys(), input="series"),
+    Case("transforms_by_expression_segresnetds", _transforms_by_expression()),
+    Case("image_under_another_key", _other_key(), key="img"),
+    Case("unet_monai_0_7_dimensions", _unet_dimensions(),
+         refused="network_def UNet cannot be built with MONAI 1.6.1: it has no argument "
+                 "'dimensions'"),
+    Case("no_invertd_after_spacing", _without_invertd(), refused="gives a label map of",
+         refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",
          refused="not a plain state dict"),
     Case("missing_weights", _spleen_style(), weights="none", refused="bundle has no weights"),

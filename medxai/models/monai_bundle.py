@@ -68,6 +68,9 @@ __all__ = [
 
 #: Inference config file names, in the order they are looked for.
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+#: Definitions shared by a bundle's configs (the MONAI tutorials' split), read before the
+#: inference config when present, as ``--config_file "['configs/common.yaml', ...]"`` reads it.
+COMMON_NAMES = ("common.json", "common.yaml", "common.yml")
 #: Transforms whose MONAI implementation needs an optional package: target class name ->
 #: (import name, pip package name).
 OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
@@ -786,8 +789,9 @@ def _parse_config(root: Path, cfg_path: Path, metadata: dict[str, Any]) -> Any:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(globals={"medxai_load_checkpoint": load_checkpoint_on_cpu})
+    common = [cfg_path.parent / n for n in COMMON_NAMES if (cfg_path.parent / n).is_file()]
     try:
-        parser.read_config(str(cfg_path))
+        parser.read_config([str(p) for p in (*common[:1], cfg_path)])
     except Exception as exc:  # json/yaml errors
         raise ModelError(f"cannot be read ({type(exc).__name__}: {exc})", path=cfg_path) from exc
     parser["bundle_root"] = str(root)
