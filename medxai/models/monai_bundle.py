@@ -351,6 +351,22 @@ def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] =
         ) from exc
 
 
+def _argmax(raw: dict[str, Any]) -> bool:
+    """Whether the postprocessing (top-level keys with ``post`` in their name, where chains
+    assembled by expressions keep their transforms) takes an argmax over the channels."""
+    for key, section in raw.items():
+        if "post" not in str(key).lower() or not isinstance(section, (dict, list)):
+            continue
+        for _, node in [("", section), *_walk(section)]:
+            if (
+                isinstance(node, dict)
+                and str(node.get("_target_", "")).rsplit(".", 1)[-1].startswith("AsDiscrete")
+                and node.get("argmax") not in _OFF
+            ):
+                return True
+    return False
+
+
 def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
     ndf = metadata.get("network_data_format", {}) or {}
     return (ndf.get(io, {}) or {}).get(key, {}) or {}
@@ -383,7 +399,8 @@ def _labels(
         names = {int(k): str(v) for k, v in cdef.items()}
     except (TypeError, ValueError):
         names = {}
-    if names and "background" in names.get(0, "").lower():
+    if names and ("background" in names.get(0, "").lower() or _argmax(config)):
+        # argmax: channel k is the label value k, whatever channel 0 is called
         return labels_from_names(names)
     n = out_channels or int(pred.get("num_channels", 2) or 2)
     if names:
@@ -617,6 +634,7 @@ class MonaiBundle(ModelBundle):
         finally:
             net.train(was_training)
             net.to("cpu")
+        self._check_segmentation_output(pred, x)
         batch["pred"] = pred
         item = decollate_batch(batch, detach=True)[0]
         probabilities = None
@@ -663,6 +681,21 @@ class MonaiBundle(ModelBundle):
         ):
             segments = binary
         return BundleOutput(probabilities, labels, segments)
+
+    def _check_segmentation_output(self, pred: Any, x: torch.Tensor) -> None:
+        """A network whose output is not one map per channel over the input's grid (a
+        classification's class scores, a detector's boxes) is refused: medxai segments."""
+        shape = tuple(pred.shape) if isinstance(pred, torch.Tensor) else None
+        if shape is not None and len(shape) == x.ndim:
+            return
+        what = f"an output of shape {shape}" if shape else f"a {type(pred).__name__}"
+        raise ModelError(
+            f"the bundle's network gives {what}, not a map over the image's "
+            f"{x.ndim - 2}D grid: it is not a segmentation bundle (a classification or "
+            "detection bundle?), and medxai segments",
+            path=self.path,
+            hint="run it with `python -m monai.bundle run`",
+        )
 
     def describe(self) -> dict[str, Any]:
         """What medxai understood of the bundle, as plain data (``medxai models describe``)."""
