@@ -454,6 +454,7 @@ def _yaml_basicunet() -> dict:
             tr("AsDiscreted", "pred", argmax=True),
             tr("KeepLargestConnectedComponentd", "pred", applied_labels=[1]),
             tr("FillHolesd", "pred", applied_labels=[1]),
+            tr("SaveImaged", "pred", output_postfix="seg"),  # into "./" (the working folder)
         ),
         "validate": {"evaluator": "@missing_evaluator", "handlers": "@missing_handlers"},
         "train": {"trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@epochs"}},
@@ -907,7 +908,11 @@ CASES = [
 def test_bundle_variety(case: Case, inputs: dict, tmp_path: Path,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     _never_download(monkeypatch)
+    cwd = tmp_path / "cwd"  # SaveImaged's default output_dir is "./"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     check_case(case, inputs, tmp_path)
+    assert not _files(cwd), _files(cwd)
 
 
 def _never_download(monkeypatch: pytest.MonkeyPatch) -> None:
