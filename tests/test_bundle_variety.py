@@ -251,6 +251,9 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
                                               root / "models" / "model.pt"),
         "ckpt_net": lambda: torch.save({"net": sd, "opt": opt.state_dict()},
                                        root / "models" / "model.pt"),
+        # torch.save(DataParallel(net).state_dict()): every key starts with "module."
+        "dataparallel": lambda: torch.save({f"module.{k}": v for k, v in sd.items()},
+                                           root / "models" / "model.pt"),
         "pickled": lambda: torch.save(net, root / "models" / "model.pt"),
         "ts": lambda: torch.jit.script(net).save(str(root / "models" / "model.ts")),
     }
@@ -265,7 +268,10 @@ def _plain_network(root: Path, case: Case, p) -> torch.nn.Module:
     ckpt = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     # what CheckpointLoader(load_dict={KEY: @network}) loads: ckpt[KEY], or the whole file
     key = {"ckpt_model": "model", "ckpt_state_dict": "state_dict", "ckpt_net": "net"}
-    net.load_state_dict(ckpt[key[case.weights]] if case.weights in key else ckpt, strict=True)
+    state = ckpt[key[case.weights]] if case.weights in key else ckpt
+    if case.weights == "dataparallel":  # as a user unwraps it by hand
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    net.load_state_dict(state, strict=True)
     return net.eval()
 
 
@@ -362,8 +368,13 @@ def check_case(case: Case, inputs: dict, tmp_path: Path) -> None:
         assert _described_labels(root) == case.labels
         names = (case.meta or {}).get("network_data_format", {}).get("outputs", {}).get(
             "pred", {}).get("channel_def")
-        if names and len(names) == len(case.labels):  # argmax: channel k is the value k
+        if names and case.labels == list(range(len(names))):  # argmax: channel k is value k
             assert _described_names(root) == [names[str(v)] for v in case.labels]
+        # every value in the label map is a named label of the report (and of the SEG)
+        report = json.loads(next(dest.rglob("report.json")).read_text())
+        reported = {int(lab["value"]) for lab in report["labels"]
+                    if lab.get("voxel_count") or lab.get("volume_mm3")}
+        assert reported == set(np.unique(ours).astype(int).tolist()) - {0}, report["labels"]
 
 
 def _described_labels(root: Path) -> list[int]:
@@ -832,6 +843,31 @@ def _unet_dimensions() -> dict:
     return {k: v for k, v in cfg.items() if k != "network"} | {"network_def": net}
 
 
+def _network_by_expression() -> dict:
+    """``network_def`` written as an expression, not a ``_target_`` (dimensions and channels
+    then come from the network itself)."""
+    return {
+        "imports": ["$import monai"],
+        "network_def": "$monai.networks.nets.BasicUNet(spatial_dims=2, in_channels=1, "
+                       "out_channels=2, features=(4, 4, 8, 8, 16, 4))",
+        "network": "$torch.nn.DataParallel(@network_def)",
+        "preprocessing": compose(tr("LoadImaged", reader="PILReader", image_only=True),
+                                 tr("EnsureChannelFirstd", channel_dim="no_channel"),
+                                 tr("ScaleIntensityd"), tr("Resized", spatial_size=[32, 32])),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": SOFTMAX_POST,
+    }
+
+
+def _mapped_label_values() -> dict:
+    """Channel indices mapped to the dataset's label values by ``MapLabelValued``."""
+    cfg = _network_only() | {"network": unet(out_channels=3)}
+    cfg["postprocessing"] = compose(
+        tr("Activationsd", "pred", softmax=True), INVERT, tr("AsDiscreted", "pred", argmax=True),
+        tr("MapLabelValued", "pred", orig_labels=[0, 1, 2], target_labels=[0, 5, 7]))
+    return cfg
+
+
 def _classification() -> dict:
     """A MedNIST-style classification bundle: class scores, no map."""
     return {
@@ -891,6 +927,11 @@ CASES = [
          meta=metadata("organs", {"0": "other", "1": "liver", "2": "spleen"}),
          labels=[0, 1, 2]),
     Case("no_metadata_json", _network_only(), no_metadata=True),
+    Case("network_by_expression_dataparallel_weights", _network_by_expression(), input="grey",
+         weights="dataparallel"),
+    Case("mapped_label_values", _mapped_label_values(),
+         meta=metadata("mapped", {"0": "background", "1": "liver", "2": "spleen"}),
+         labels=[0, 5, 7]),
     Case("classification_bundle", _classification(), input="grey",
          refused="not a segmentation bundle", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",

@@ -308,6 +308,17 @@ def _state_dict_in(state: Any, keys: Sequence[str]) -> Any:
     return candidates[0] if len(candidates) == 1 else state
 
 
+def _without_wrapper_prefix(state: dict[str, Any], network: torch.nn.Module) -> dict[str, Any]:
+    """A state dict saved from a ``DataParallel``/``DistributedDataParallel`` wrapper (every
+    key starts with ``module.``, the network's keys do not) as the network's own keys."""
+    prefix = "module."
+    if not state or not all(k.startswith(prefix) for k in state):
+        return state
+    if any(k.startswith(prefix) for k in network.state_dict()):
+        return state
+    return {k[len(prefix) :]: v for k, v in state.items()}
+
+
 def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] = ()) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -333,6 +344,7 @@ def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] =
             path=weights,
             hint="save the weights with torch.save(network.state_dict(), 'model.pt')",
         )
+    state = _without_wrapper_prefix(state, network)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -365,6 +377,43 @@ def _argmax(raw: dict[str, Any]) -> bool:
             ):
                 return True
     return False
+
+
+def _value_maps(raw: dict[str, Any], parser: Any) -> list[dict[int, int]]:
+    """``{channel index: label value}`` of each ``MapLabelValue(d)`` in the postprocessing
+    (top-level keys with ``post`` in their name), in order."""
+    maps = []
+    for key, section in raw.items():
+        if "post" not in str(key).lower() or not isinstance(section, (dict, list)):
+            continue
+        for cid, node in [(str(key), section), *_walk(section, str(key))]:
+            name = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+            if not name.rsplit(".", 1)[-1].startswith("MapLabelValue"):
+                continue
+            try:
+                orig, target = (
+                    parser.get_parsed_content(f"{cid}#{arg}", instantiate=False)
+                    for arg in ("orig_labels", "target_labels")
+                )
+                maps.append({int(o): int(t) for o, t in zip(orig, target, strict=True)})
+            except Exception:  # not plain numbers: left as they are
+                continue
+    return maps
+
+
+def _mapped_values(
+    labels: tuple[LabelSpec, ...], raw: dict[str, Any], parser: Any
+) -> tuple[LabelSpec, ...]:
+    """Label values as the postprocessing's ``MapLabelValued`` gives them (channel indices ->
+    the dataset's values); labels named under ``medxai`` are final already."""
+    given = raw.get("medxai")
+    if isinstance(given, dict) and given.get("labels"):
+        return labels
+    from dataclasses import replace
+
+    for mapping in _value_maps(raw, parser):
+        labels = tuple(replace(lab, value=mapping.get(lab.value, lab.value)) for lab in labels)
+    return labels
 
 
 def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
@@ -1307,11 +1356,8 @@ def _contract(
         network=net_name,
         input=_input_spec(raw, metadata, parser, network),
         inference=_inference_spec(inferer, _amp(parser, raw)),
-        labels=_labels(
-            raw,
-            metadata,
-            out_channels,
-            _config_file(root) or root,
+        labels=_mapped_values(
+            _labels(raw, metadata, out_channels, _config_file(root) or root), raw, parser
         ),
         preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
         postprocessing=tuple(_describe_transform(t) for t in post.transforms),
