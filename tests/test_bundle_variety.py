@@ -868,6 +868,31 @@ def _mapped_label_values() -> dict:
     return cfg
 
 
+def _grey_into_rgb_network() -> dict:
+    """A grey X-ray into a 3-channel network: the preprocessing repeats the channel."""
+    return {
+        "network_def": unet(dims=2, in_channels=3),
+        "preprocessing": compose(tr("LoadImaged", reader="PILReader", image_only=True),
+                                 tr("EnsureChannelFirstd", channel_dim="no_channel"),
+                                 tr("RepeatChanneld", repeats=3), tr("ScaleIntensityd"),
+                                 tr("Resized", spatial_size=[32, 32])),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": SOFTMAX_POST,
+    }
+
+
+def _rgb_into_grey_network() -> dict:
+    """An RGB photo into a 1-channel network: the preprocessing averages the colours."""
+    cfg = _grey_into_rgb_network()
+    cfg["network_def"] = unet(dims=2, in_channels=1)
+    cfg["preprocessing"] = compose(
+        tr("LoadImaged", reader="PILReader", image_only=True),
+        tr("EnsureChannelFirstd", channel_dim=-1),
+        tr("Lambdad", func="$lambda x: x.mean(0, keepdim=True)"), tr("ScaleIntensityd"),
+        tr("Resized", spatial_size=[32, 32]))
+    return cfg
+
+
 def _classification() -> dict:
     """A MedNIST-style classification bundle: class scores, no map."""
     return {
@@ -932,6 +957,12 @@ CASES = [
     Case("mapped_label_values", _mapped_label_values(),
          meta=metadata("mapped", {"0": "background", "1": "liver", "2": "spleen"}),
          labels=[0, 5, 7]),
+    Case("grey_picture_repeated_into_3_channels", _grey_into_rgb_network(), input="grey"),
+    Case("rgb_photo_averaged_into_1_channel", _rgb_into_grey_network(), input="jpeg"),
+    Case("grey_picture_into_3_channels_refused", _grey_into_rgb_network() | {
+        "preprocessing": compose(tr("LoadImaged"), tr("EnsureChannelFirstd"),
+                                 tr("Resized", spatial_size=[32, 32]))},
+         input="grey", refused="expects 3 input channel(s), this input has 1", refused_at="run"),
     Case("classification_bundle", _classification(), input="grey",
          refused="not a segmentation bundle", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",

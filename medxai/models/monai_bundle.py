@@ -530,7 +530,7 @@ class MonaiBundle(ModelBundle):
                 path=source,
                 hint="give a 2D image, or a 3D bundle",
             )
-        if int(image.shape[0]) != spec.channels:
+        if int(image.shape[0]) != spec.channels and not self._channels_made(image, source):
             how = (
                 " as one file per channel with `medxai segment --channels FILE...`, or as one 4D "
                 "NIfTI with the channels in its 4th axis, in this order (`medxai channels "
@@ -545,6 +545,21 @@ class MonaiBundle(ModelBundle):
                 path=source,
                 hint=f"give {spec.channels} channel(s){how}",
             )
+
+    def _channels_made(self, image: torch.Tensor, source: str | Path | None) -> bool:
+        """Whether the bundle's preprocessing makes the network's channel count from this
+        input's (``RepeatChanneld`` for a grey image into a 3-channel network, a ``Lambdad``
+        that averages colour into grey, a transform of its own): then the input fits."""
+        assert self.contract is not None
+        x = image
+        if self.spatial_dims == 2 and x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]  # a single slice, as the run squeezes it
+        try:
+            data = self.preprocess(x, source)
+        except ModelError:
+            return False
+        out = data.get(self.image_key)
+        return isinstance(out, torch.Tensor) and int(out.shape[0]) == self.contract.input.channels
 
     def preprocess(self, image: torch.Tensor, source: str | Path | None = None) -> dict[str, Any]:
         """The bundle's preprocessing of ``image`` (medxai's channel-first ``MetaTensor``), from
