@@ -24,7 +24,6 @@ input (an all-background label map would make the comparison empty); the test as
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,17 +274,24 @@ def _plain_network(root: Path, case: Case, p) -> torch.nn.Module:
     return net.eval()
 
 
+def _without_saving(compose):
+    """The postprocessing without its SaveImaged steps (inside grouped Composes too)."""
+    from monai.transforms import Compose
+
+    return Compose([_without_saving(t) if isinstance(t, Compose) else t
+                    for t in compose.transforms if type(t).__name__ != "SaveImaged"])
+
+
 def plain_monai(root: Path, case: Case, image: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(label map, affine or None) of the bundle run by plain MONAI on ``image``."""
     from monai.data import decollate_batch, list_data_collate
-    from monai.transforms import Compose
 
     with _ScriptsOnPath(root):
         p = plain_parser(root, case)
         net = _plain_network(root, case, p)
         pre, inferer = p.get_parsed_content("preprocessing"), p.get_parsed_content("inferer")
         post = p.get_parsed_content("postprocessing")
-        post = Compose([t for t in post.transforms if type(t).__name__ != "SaveImaged"])
+        post = _without_saving(post)
         batch = list_data_collate([pre({case.key: str(image)})])
         with torch.no_grad():
             batch["pred"] = inferer(batch[case.key], net)
@@ -341,6 +347,7 @@ def check_case(case: Case, inputs: dict, tmp_path: Path) -> None:
     code, seg_out, exc = run_cli("segment", str(medxai_input), "--model", str(root), "-o",
                                  str(dest), "--explain", "none", "--device", "cpu")
     assert _files(root) == before, "medxai wrote into the bundle's folder"
+    assert not (tmp_path / "user_out").exists(), "medxai ran the bundle's SaveImaged"
     if case.refused:
         assert_one_line_refusal(code, seg_out, exc, case.refused)
         assert not dest.exists() or not _files(dest), _files(dest)
@@ -893,6 +900,17 @@ def _rgb_into_grey_network() -> dict:
     return cfg
 
 
+def _nested_save() -> dict:
+    """Saving steps grouped in a Compose inside the postprocessing, to a folder of the user's."""
+    cfg = _network_only()
+    cfg["output_dir"] = "$@bundle_root + '/../user_out'"
+    cfg["postprocessing"] = compose(
+        tr("Activationsd", "pred", softmax=True), INVERT, tr("AsDiscreted", "pred", argmax=True),
+        compose(tr("SaveImaged", "pred", output_dir="@output_dir", output_postfix="seg"),
+                tr("SaveImaged", "pred", output_dir="@output_dir", output_postfix="copy")))
+    return cfg
+
+
 def _classification() -> dict:
     """A MedNIST-style classification bundle: class scores, no map."""
     return {
@@ -963,6 +981,7 @@ CASES = [
         "preprocessing": compose(tr("LoadImaged"), tr("EnsureChannelFirstd"),
                                  tr("Resized", spatial_size=[32, 32]))},
          input="grey", refused="expects 3 input channel(s), this input has 1", refused_at="run"),
+    Case("save_steps_in_a_nested_compose", _nested_save()),
     Case("classification_bundle", _classification(), input="grey",
          refused="not a segmentation bundle", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",

@@ -217,6 +217,11 @@ def _strip(compose: Any, names: Sequence[str]) -> tuple[list[Any], list[Any]]:
     removed = [t for t in transforms if type(t).__name__ in names]
     kept = [t for t in transforms if type(t).__name__ not in names]
     compose.transforms = kept
+    for t in kept:  # a Compose inside the Compose (e.g. the saving steps grouped)
+        if type(t).__name__ == "Compose" and isinstance(
+            getattr(t, "transforms", None), (list, tuple)
+        ):
+            removed += _strip(t, names)[0]
     return removed, kept
 
 
