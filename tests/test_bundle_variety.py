@@ -69,7 +69,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
     Image.open(shared_path(*ISIC)).resize((72, 56)).save(jpeg, quality=90)
     grey = work / "cxr.png"
     Image.open(shared_path(*CXR)).resize((48, 64)).save(grey)
-    return {"ct": (ct, ct), "series": (series, series_nifti), "rgb": (rgb, rgb),
+    ct_slice = next(p for p in sorted(series.iterdir()) if p.is_file())  # one CT DICOM file
+    return {"ct": (ct, ct), "series": (series, series_nifti), "slice": (ct_slice, ct_slice), "rgb": (rgb, rgb),
             "jpeg": (jpeg, jpeg), "grey": (grey, grey)}
 
 
@@ -253,6 +254,9 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
         # torch.save(DataParallel(net).state_dict()): every key starts with "module."
         "dataparallel": lambda: torch.save({f"module.{k}": v for k, v in sd.items()},
                                            root / "models" / "model.pt"),
+        # torch.save(torch.compile(DataParallel(net)).state_dict())
+        "compiled": lambda: torch.save({f"_orig_mod.module.{k}": v for k, v in sd.items()},
+                                       root / "models" / "model.pt"),
         "pickled": lambda: torch.save(net, root / "models" / "model.pt"),
         "ts": lambda: torch.jit.script(net).save(str(root / "models" / "model.ts")),
     }
@@ -268,8 +272,9 @@ def _plain_network(root: Path, case: Case, p) -> torch.nn.Module:
     # what CheckpointLoader(load_dict={KEY: @network}) loads: ckpt[KEY], or the whole file
     key = {"ckpt_model": "model", "ckpt_state_dict": "state_dict", "ckpt_net": "net"}
     state = ckpt[key[case.weights]] if case.weights in key else ckpt
-    if case.weights == "dataparallel":  # as a user unwraps it by hand
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    if case.weights in ("dataparallel", "compiled"):  # as a user unwraps it by hand
+        state = {k.removeprefix("_orig_mod.").removeprefix("module."): v
+                 for k, v in state.items()}
     net.load_state_dict(state, strict=True)
     return net.eval()
 
@@ -911,6 +916,18 @@ def _nested_save() -> dict:
     return cfg
 
 
+def _one_dicom_slice() -> dict:
+    """A 2D network on one CT DICOM file, read by MONAI's PydicomReader in plain MONAI."""
+    return {
+        "network_def": unet(dims=2),
+        "preprocessing": compose(tr("LoadImaged", reader="PydicomReader", image_only=True),
+                                 tr("EnsureChannelFirstd", channel_dim="no_channel"),
+                                 CT_INTENSITY),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": SOFTMAX_POST,
+    }
+
+
 def _classification() -> dict:
     """A MedNIST-style classification bundle: class scores, no map."""
     return {
@@ -982,6 +999,7 @@ CASES = [
                                  tr("Resized", spatial_size=[32, 32]))},
          input="grey", refused="expects 3 input channel(s), this input has 1", refused_at="run"),
     Case("save_steps_in_a_nested_compose", _nested_save()),
+    Case("one_ct_dicom_file_2d", _one_dicom_slice(), input="slice", weights="compiled"),
     Case("classification_bundle", _classification(), input="grey",
          refused="not a segmentation bundle", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",

@@ -315,13 +315,19 @@ def _state_dict_in(state: Any, keys: Sequence[str]) -> Any:
 
 def _without_wrapper_prefix(state: dict[str, Any], network: torch.nn.Module) -> dict[str, Any]:
     """A state dict saved from a ``DataParallel``/``DistributedDataParallel`` wrapper (every
-    key starts with ``module.``, the network's keys do not) as the network's own keys."""
-    prefix = "module."
-    if not state or not all(k.startswith(prefix) for k in state):
-        return state
-    if any(k.startswith(prefix) for k in network.state_dict()):
-        return state
-    return {k[len(prefix) :]: v for k, v in state.items()}
+    key starts with ``module.``) or a ``torch.compile`` one (``_orig_mod.``), the network's
+    keys not, as the network's own keys."""
+    own = list(network.state_dict())
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state) and not any(
+                k.startswith(prefix) for k in own
+            ):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
+    return state
 
 
 def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] = ()) -> None:
