@@ -611,6 +611,14 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+class NamedOutputs(TinyNet):
+    """Several named maps (as HoVerNet gives them)."""
+
+    def forward(self, x):
+        out = self.head(self.body(x))
+        return {"nucleus_prediction": out, "horizontal_vertical": out}
 '''
 
 MY_TRANSFORMS = '''
@@ -1000,8 +1008,13 @@ CASES = [
          input="grey", refused="expects 3 input channel(s), this input has 1", refused_at="run"),
     Case("save_steps_in_a_nested_compose", _nested_save()),
     Case("one_ct_dicom_file_2d", _one_dicom_slice(), input="slice", weights="compiled"),
+    Case("network_with_named_outputs", _scripts_grey() | {
+        "network_def": {"_target_": "scripts.net.NamedOutputs", "in_channels": 1}},
+         input="grey", scripts={"scripts/__init__.py": "", "scripts/net.py": TINY_NET,
+                                "scripts/my_transforms.py": MY_TRANSFORMS},
+         refused="gives a dict, not one tensor of maps", refused_at="run"),
     Case("classification_bundle", _classification(), input="grey",
-         refused="not a segmentation bundle", refused_at="run"),
+         refused="not a segmentation bundle medxai can run", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",
          refused="not a plain state dict"),
     Case("missing_weights", _spleen_style(), weights="none", refused="bundle has no weights"),

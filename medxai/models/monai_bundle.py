@@ -758,16 +758,17 @@ class MonaiBundle(ModelBundle):
         return BundleOutput(probabilities, labels, segments)
 
     def _check_segmentation_output(self, pred: Any, x: torch.Tensor) -> None:
-        """A network whose output is not one map per channel over the input's grid (a
-        classification's class scores, a detector's boxes) is refused: medxai segments."""
+        """A network whose output is not one tensor of maps over the input's grid (a
+        classification's class scores, a detector's boxes, several named outputs) is refused:
+        medxai takes one segmentation map."""
         shape = tuple(pred.shape) if isinstance(pred, torch.Tensor) else None
         if shape is not None and len(shape) == x.ndim:
             return
         what = f"an output of shape {shape}" if shape else f"a {type(pred).__name__}"
         raise ModelError(
-            f"the bundle's network gives {what}, not a map over the image's "
-            f"{x.ndim - 2}D grid: it is not a segmentation bundle (a classification or "
-            "detection bundle?), and medxai segments",
+            f"the bundle's network gives {what}, not one tensor of maps over the image's "
+            f"{x.ndim - 2}D grid: it is not a segmentation bundle medxai can run (a "
+            "classification or detection bundle, or several outputs?)",
             path=self.path,
             hint="run it with `python -m monai.bundle run`",
         )
