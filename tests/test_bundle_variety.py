@@ -23,6 +23,7 @@ input (an all-background label map would make the comparison empty); the test as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -138,6 +139,7 @@ class Case:
     key: str = "image"  # the data key the bundle reads the image under
     common: dict | None = None  # configs/common.yaml (the tutorials' split)
     no_metadata: bool = False  # no configs/metadata.json at all
+    files: dict[str, dict] = field(default_factory=dict)  # more config files, by path
     slow: bool = False
 
 
@@ -218,6 +220,8 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     _write_config(root / "configs" / f"inference.{case.fmt}", case.cfg)
+    for rel, content in case.files.items():
+        _write_config(root / rel, content)
     if case.common is not None:
         _write_config(root / "configs" / "common.yaml", case.common)
     if not case.no_metadata:
@@ -227,7 +231,7 @@ def build_bundle(tmp: Path, case: Case, calib: Path | None) -> Path:
         return root
     from monai.bundle import ConfigParser
 
-    with _ScriptsOnPath(root):
+    with _ScriptsOnPath(root), contextlib.chdir(root):
         p = plain_parser(root, case)
         torch.manual_seed(0)
         try:
@@ -291,7 +295,8 @@ def plain_monai(root: Path, case: Case, image: Path) -> tuple[np.ndarray, np.nda
     """(label map, affine or None) of the bundle run by plain MONAI on ``image``."""
     from monai.data import decollate_batch, list_data_collate
 
-    with _ScriptsOnPath(root):
+    # from the bundle folder, as the tutorials run `python -m monai.bundle run`
+    with _ScriptsOnPath(root), contextlib.chdir(root):
         p = plain_parser(root, case)
         net = _plain_network(root, case, p)
         pre, inferer = p.get_parsed_content("preprocessing"), p.get_parsed_content("inferer")
@@ -937,6 +942,24 @@ def _one_dicom_slice() -> dict:
     }
 
 
+def _macros() -> tuple[dict, dict]:
+    """(inference.json, configs/parts.json): the network and the reading steps copied from
+    another file by macros (``%configs/parts.json#...``), a relative id (``@##``) too."""
+    parts = {"network_def": unet(), "load": [tr("LoadImaged", reader="NibabelReader"),
+                                             tr("EnsureChannelFirstd")]}
+    cfg = {
+        "network_def": "%configs/parts.json#network_def",
+        "intensity": {"a_min": -57, "b": {"a_max": 164, "a_min": "@##a_min"}},
+        "load_transforms": "%configs/parts.json#load",
+        "preprocessing": {"_target_": "Compose", "transforms": "$@load_transforms + "
+                          "[monai.transforms.ScaleIntensityRanged('image', @intensity#b#a_min, "
+                          "@intensity#b#a_max, 0.0, 1.0, clip=True)]"},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": SOFTMAX_POST,
+    }
+    return cfg, parts
+
+
 def _classification() -> dict:
     """A MedNIST-style classification bundle: class scores, no map."""
     return {
@@ -1014,6 +1037,9 @@ CASES = [
          input="grey", scripts={"scripts/__init__.py": "", "scripts/net.py": TINY_NET,
                                 "scripts/my_transforms.py": MY_TRANSFORMS},
          refused="gives a dict, not one tensor of maps", refused_at="run"),
+    # a DICOM series: medxai's reader must replace the NibabelReader the macro brings in
+    Case("macros_from_another_file", _macros()[0], files={"configs/parts.json": _macros()[1]},
+         input="series"),
     Case("classification_bundle", _classification(), input="grey",
          refused="not a segmentation bundle medxai can run", refused_at="run"),
     Case("pickled_whole_model", _network_only() | {"network_def": unet()}, weights="pickled",

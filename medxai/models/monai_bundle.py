@@ -906,7 +906,41 @@ def _parse_config(root: Path, cfg_path: Path, metadata: dict[str, Any]) -> Any:
     parser["bundle_root"] = str(root)
     if metadata:
         parser.read_meta(metadata)
+    _macros_from_root(parser, root, cfg_path)
     return parser
+
+
+def _macros_from_root(parser: Any, root: Path, cfg_path: Path) -> None:
+    """Macros that copy from another config file (``"%configs/network.json#network_def"``) name
+    it relative to the bundle folder, where ``monai.bundle run`` is run from: medxai (run from
+    anywhere) gives them the folder's path, then expands every macro, so that the steps after
+    see the whole config (the ``LoadImaged`` a macro brings in included)."""
+    from monai.bundle import ConfigParser
+
+    def visit(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            cid = f"{prefix}#{k}" if prefix else str(k)
+            if isinstance(v, (dict, list)):
+                visit(v, cid)
+            elif isinstance(v, str) and v.startswith("%"):
+                path, ids = ConfigParser.split_path_id(v[1:])
+                if not path or Path(path).is_absolute():
+                    continue
+                for base in (root, cfg_path.parent):
+                    if (base / path).is_file():
+                        parser[cid] = f"%{base / path}" + (f"#{ids}" if ids else "")
+                        break
+
+    visit(parser.get(), "")
+    try:
+        parser.resolve_macro_and_relative_ids()
+    except Exception as exc:  # a file or an id the macro names that is not there
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"a macro (%...) of the config cannot be expanded ({type(exc).__name__}: {text})",
+            path=cfg_path,
+        ) from exc
 
 
 def _weights_file(root: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[Path, bool]:
