@@ -38,6 +38,7 @@ import importlib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ __all__ = [
 
 #: Inference config file names, in the order they are looked for.
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+#: Definitions shared by a bundle's configs (the MONAI tutorials' split), read before the
+#: inference config when present, as ``--config_file "['configs/common.yaml', ...]"`` reads it.
+COMMON_NAMES = ("common.json", "common.yaml", "common.yml")
 #: Transforms whose MONAI implementation needs an optional package: target class name ->
 #: (import name, pip package name).
 OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
@@ -148,7 +152,10 @@ def _missing_module(exc: BaseException) -> str | None:
             return e.name
         name = type(e).__name__
         if name == "OptionalImportError":
-            m = re.search(r"import (?:of )?['\"]?([A-Za-z_][\w.]*)", str(e))
+            # "from einops import rearrange (No module named 'einops')": the module, not the name
+            m = re.search(r"No module named ['\"]([A-Za-z_][\w.]*)", str(e)) or re.search(
+                r"import (?:of )?['\"]?([A-Za-z_][\w.]*)", str(e)
+            )
             if m:
                 return m.group(1)
         e = e.__cause__ or e.__context__
@@ -211,6 +218,11 @@ def _strip(compose: Any, names: Sequence[str]) -> tuple[list[Any], list[Any]]:
     removed = [t for t in transforms if type(t).__name__ in names]
     kept = [t for t in transforms if type(t).__name__ not in names]
     compose.transforms = kept
+    for t in kept:  # a Compose inside the Compose (e.g. the saving steps grouped)
+        if type(t).__name__ == "Compose" and isinstance(
+            getattr(t, "transforms", None), (list, tuple)
+        ):
+            removed += _strip(t, names)[0]
     return removed, kept
 
 
@@ -265,7 +277,61 @@ def _short(v: Any) -> str:
     return s if len(s) < 40 else s[:37] + "..."
 
 
-def _load_weights(network: torch.nn.Module, weights: Path) -> None:
+def _checkpoint_keys(raw: dict[str, Any]) -> list[str]:
+    """The keys a ``CheckpointLoader`` of the config loads the network from
+    (``load_dict: {"model": "@network"}``: the key its ``CheckpointSaver`` saved it under)."""
+    keys: list[str] = []
+    for _, node in _walk(raw):
+        if not isinstance(node, dict) or not str(node.get("_target_", "")).endswith(
+            "CheckpointLoader"
+        ):
+            continue
+        load = node.get("load_dict")
+        if isinstance(load, dict):
+            named = [str(k) for k, v in load.items() if "network" in str(v)]
+            keys += named or [str(k) for k in load]
+    return keys
+
+
+def _tensor_dict(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def _state_dict_in(state: Any, keys: Sequence[str]) -> Any:
+    """The network's state dict inside a checkpoint: the file itself, or the entry under the
+    config's ``CheckpointLoader`` key, ``state_dict``, ``model`` or ``network``, or the one
+    entry that is a dict of tensors (an optimizer's state is not)."""
+    if not isinstance(state, dict) or _tensor_dict(state):
+        return state
+    for key in (*keys, "state_dict", "model", "network"):
+        if isinstance(state.get(key), dict):
+            return state[key]
+    candidates = [v for v in state.values() if _tensor_dict(v)]
+    return candidates[0] if len(candidates) == 1 else state
+
+
+def _without_wrapper_prefix(state: dict[str, Any], network: torch.nn.Module) -> dict[str, Any]:
+    """A state dict saved from a ``DataParallel``/``DistributedDataParallel`` wrapper (every
+    key starts with ``module.``) or a ``torch.compile`` one (``_orig_mod.``), the network's
+    keys not, as the network's own keys."""
+    own = list(network.state_dict())
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state) and not any(
+                k.startswith(prefix) for k in own
+            ):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def _load_weights(network: torch.nn.Module, weights: Path, keys: Sequence[str] = ()) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types
@@ -283,17 +349,14 @@ def _load_weights(network: torch.nn.Module, weights: Path) -> None:
             f"{text.splitlines()[0] if text else ''})",
             path=weights,
         ) from exc
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
+    state = _state_dict_in(state, keys)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(
             "does not hold a state dict of tensors",
             path=weights,
             hint="save the weights with torch.save(network.state_dict(), 'model.pt')",
         )
+    state = _without_wrapper_prefix(state, network)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -310,6 +373,59 @@ def _load_weights(network: torch.nn.Module, weights: Path) -> None:
             hint="the weights were trained for another network_def; use the bundle's own "
             "model.pt, or fix network_def",
         ) from exc
+
+
+def _argmax(raw: dict[str, Any]) -> bool:
+    """Whether the postprocessing (top-level keys with ``post`` in their name, where chains
+    assembled by expressions keep their transforms) takes an argmax over the channels."""
+    for key, section in raw.items():
+        if "post" not in str(key).lower() or not isinstance(section, (dict, list)):
+            continue
+        for _, node in [("", section), *_walk(section)]:
+            if (
+                isinstance(node, dict)
+                and str(node.get("_target_", "")).rsplit(".", 1)[-1].startswith("AsDiscrete")
+                and node.get("argmax") not in _OFF
+            ):
+                return True
+    return False
+
+
+def _value_maps(raw: dict[str, Any], parser: Any) -> list[dict[int, int]]:
+    """``{channel index: label value}`` of each ``MapLabelValue(d)`` in the postprocessing
+    (top-level keys with ``post`` in their name), in order."""
+    maps = []
+    for key, section in raw.items():
+        if "post" not in str(key).lower() or not isinstance(section, (dict, list)):
+            continue
+        for cid, node in [(str(key), section), *_walk(section, str(key))]:
+            name = str(node.get("_target_", "")) if isinstance(node, dict) else ""
+            if not name.rsplit(".", 1)[-1].startswith("MapLabelValue"):
+                continue
+            try:
+                orig, target = (
+                    parser.get_parsed_content(f"{cid}#{arg}", instantiate=False)
+                    for arg in ("orig_labels", "target_labels")
+                )
+                maps.append({int(o): int(t) for o, t in zip(orig, target, strict=True)})
+            except Exception:  # not plain numbers: left as they are
+                continue
+    return maps
+
+
+def _mapped_values(
+    labels: tuple[LabelSpec, ...], raw: dict[str, Any], parser: Any
+) -> tuple[LabelSpec, ...]:
+    """Label values as the postprocessing's ``MapLabelValued`` gives them (channel indices ->
+    the dataset's values); labels named under ``medxai`` are final already."""
+    given = raw.get("medxai")
+    if isinstance(given, dict) and given.get("labels"):
+        return labels
+    from dataclasses import replace
+
+    for mapping in _value_maps(raw, parser):
+        labels = tuple(replace(lab, value=mapping.get(lab.value, lab.value)) for lab in labels)
+    return labels
 
 
 def _channel_def(metadata: dict[str, Any], io: str, key: str) -> dict[str, Any]:
@@ -343,13 +459,15 @@ def _labels(
         names = {int(k): str(v) for k, v in cdef.items()}
     except (TypeError, ValueError):
         names = {}
-    if names and "background" in names.get(0, "").lower():
+    if names and ("background" in names.get(0, "").lower() or _argmax(config)):
+        # argmax: channel k is the label value k, whatever channel 0 is called
         return labels_from_names(names)
     n = out_channels or int(pred.get("num_channels", 2) or 2)
     if names:
         # channels without a background channel (sigmoid outputs): value i + 1 per channel
         return labels_from_names({0: "background", **{k + 1: v for k, v in names.items()}})
-    return labels_from_names({0: "background", **{k: f"label {k}" for k in range(1, n)}})
+    # one sigmoid channel thresholded: the values 0 and 1
+    return labels_from_names({0: "background", **{k: f"label {k}" for k in range(1, max(n, 2))}})
 
 
 @dataclass
@@ -423,7 +541,7 @@ class MonaiBundle(ModelBundle):
                 path=source,
                 hint="give a 2D image, or a 3D bundle",
             )
-        if int(image.shape[0]) != spec.channels:
+        if int(image.shape[0]) != spec.channels and not self._channels_made(image, source):
             how = (
                 " as one file per channel with `medxai segment --channels FILE...`, or as one 4D "
                 "NIfTI with the channels in its 4th axis, in this order (`medxai channels "
@@ -439,6 +557,21 @@ class MonaiBundle(ModelBundle):
                 hint=f"give {spec.channels} channel(s){how}",
             )
 
+    def _channels_made(self, image: torch.Tensor, source: str | Path | None) -> bool:
+        """Whether the bundle's preprocessing makes the network's channel count from this
+        input's (``RepeatChanneld`` for a grey image into a 3-channel network, a ``Lambdad``
+        that averages colour into grey, a transform of its own): then the input fits."""
+        assert self.contract is not None
+        x = image
+        if self.spatial_dims == 2 and x.ndim == 4 and x.shape[-1] == 1:
+            x = x[..., 0]  # a single slice, as the run squeezes it
+        try:
+            data = self.preprocess(x, source)
+        except ModelError:
+            return False
+        out = data.get(self.image_key)
+        return isinstance(out, torch.Tensor) and int(out.shape[0]) == self.contract.input.channels
+
     def preprocess(self, image: torch.Tensor, source: str | Path | None = None) -> dict[str, Any]:
         """The bundle's preprocessing of ``image`` (medxai's channel-first ``MetaTensor``), from
         its own ``LoadImaged`` on: the loader is given ``{image_key: source}`` and its reader
@@ -452,7 +585,8 @@ class MonaiBundle(ModelBundle):
 
     def _guard(self, fn: Any, what: str) -> Any:
         try:
-            return fn()
+            with _quiet_monai():
+                return fn()
         except Exception as exc:  # transforms raise many types, wrapped by apply_transform
             missing = _missing_module(exc)
             if missing:
@@ -576,6 +710,7 @@ class MonaiBundle(ModelBundle):
         finally:
             net.train(was_training)
             net.to("cpu")
+        self._check_segmentation_output(pred, x)
         batch["pred"] = pred
         item = decollate_batch(batch, detach=True)[0]
         probabilities = None
@@ -623,6 +758,22 @@ class MonaiBundle(ModelBundle):
         ):
             segments = binary
         return BundleOutput(probabilities, labels, segments)
+
+    def _check_segmentation_output(self, pred: Any, x: torch.Tensor) -> None:
+        """A network whose output is not one tensor of maps over the input's grid (a
+        classification's class scores, a detector's boxes, several named outputs) is refused:
+        medxai takes one segmentation map."""
+        shape = tuple(pred.shape) if isinstance(pred, torch.Tensor) else None
+        if shape is not None and len(shape) == x.ndim:
+            return
+        what = f"an output of shape {shape}" if shape else f"a {type(pred).__name__}"
+        raise ModelError(
+            f"the bundle's network gives {what}, not one tensor of maps over the image's "
+            f"{x.ndim - 2}D grid: it is not a segmentation bundle medxai can run (a "
+            "classification or detection bundle, or several outputs?)",
+            path=self.path,
+            hint="run it with `python -m monai.bundle run`",
+        )
 
     def describe(self) -> dict[str, Any]:
         """What medxai understood of the bundle, as plain data (``medxai models describe``)."""
@@ -749,14 +900,49 @@ def _parse_config(root: Path, cfg_path: Path, metadata: dict[str, Any]) -> Any:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(globals={"medxai_load_checkpoint": load_checkpoint_on_cpu})
+    common = [cfg_path.parent / n for n in COMMON_NAMES if (cfg_path.parent / n).is_file()]
     try:
-        parser.read_config(str(cfg_path))
+        parser.read_config([str(p) for p in (*common[:1], cfg_path)])
     except Exception as exc:  # json/yaml errors
         raise ModelError(f"cannot be read ({type(exc).__name__}: {exc})", path=cfg_path) from exc
     parser["bundle_root"] = str(root)
     if metadata:
         parser.read_meta(metadata)
+    _macros_from_root(parser, root, cfg_path)
     return parser
+
+
+def _macros_from_root(parser: Any, root: Path, cfg_path: Path) -> None:
+    """Macros that copy from another config file (``"%configs/network.json#network_def"``) name
+    it relative to the bundle folder, where ``monai.bundle run`` is run from: medxai (run from
+    anywhere) gives them the folder's path, then expands every macro, so that the steps after
+    see the whole config (the ``LoadImaged`` a macro brings in included)."""
+    from monai.bundle import ConfigParser
+
+    def visit(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            cid = f"{prefix}#{k}" if prefix else str(k)
+            if isinstance(v, (dict, list)):
+                visit(v, cid)
+            elif isinstance(v, str) and v.startswith("%"):
+                path, ids = ConfigParser.split_path_id(v[1:])
+                if not path or Path(path).is_absolute():
+                    continue
+                for base in (root, cfg_path.parent):
+                    if (base / path).is_file():
+                        parser[cid] = f"%{base / path}" + (f"#{ids}" if ids else "")
+                        break
+
+    visit(parser.get(), "")
+    try:
+        parser.resolve_macro_and_relative_ids()
+    except Exception as exc:  # a file or an id the macro names that is not there
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(
+            f"a macro (%...) of the config cannot be expanded ({type(exc).__name__}: {text})",
+            path=cfg_path,
+        ) from exc
 
 
 def _weights_file(root: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[Path, bool]:
@@ -769,7 +955,7 @@ def _weights_file(root: Path, raw: dict[str, Any], cfg_path: Path) -> tuple[Path
             hint="fetch them with `python -m monai.bundle download`",
         )
     scripted = not pt.is_file()
-    if not scripted and "network_def" not in raw:
+    if not scripted and _network_key(raw) not in raw:
         raise ModelError(
             "has no 'network_def' (the network to load models/model.pt into)",
             path=cfg_path,
@@ -874,6 +1060,14 @@ def _plug_reader(parser: Any, raw: dict[str, Any], reader: Any, cfg_path: Path) 
                 hint=f"remove channel_dim from {cid}; EnsureChannelFirstd(channel_dim=...) "
                 "says where the channels are",
             )
+        if node.get("converter") is not None:
+            raise ModelError(
+                f"its {name} gives the reader a converter ({_short(node['converter'])}), which "
+                "medxai's reader does not take (it reads the picture itself)",
+                path=cfg_path,
+                hint=f"remove converter from {cid} and do the conversion in a transform after "
+                f"{name} (e.g. a Lambdad)",
+            )
         named = node.get("reader")
         parser[f"{cid}#reader"] = reader
         was = f"{name}(reader={named})" if named else name
@@ -913,6 +1107,39 @@ def _on_cpu(parser: Any, raw: dict[str, Any]) -> list[str]:
     return [f"{cid}: loaded/built on the CPU (cuda device, torch.load)" for cid in changed]
 
 
+_OFF = (False, None, 0, "false", "False", "")
+
+
+def _no_downloads(parser: Any, raw: dict[str, Any], scripted: bool) -> list[str]:
+    """``pretrained`` switched off in the network section (``FlexibleUNet(pretrained=True)``,
+    ``DenseNet121``, a backbone of the bundle's own): building the network would download
+    weights that ``models/model.pt`` then replaces entirely (it is loaded strictly). medxai
+    never downloads anything."""
+    if scripted:
+        return []
+    key = _network_key(raw)
+    net_def = _network_def(raw)
+    nodes = [(key, net_def), *((f"{key}#{cid}", node) for cid, node in _walk(net_def))]
+    changed = []
+    for cid, node in nodes:
+        if isinstance(node, dict) and "pretrained" in node and node["pretrained"] not in _OFF:
+            parser[f"{cid}#pretrained"] = False
+            changed.append(
+                f"{cid}#pretrained -> False (the weights are models/model.pt; never downloaded)"
+            )
+    return changed
+
+
+@contextlib.contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """MONAI's own warnings (deprecated defaults, an ``Invertd`` with nothing to invert) are
+    not shown while the bundle is built and run: medxai's output stays its own lines (and a
+    refusal one line)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"monai(\.|$)")
+        yield
+
+
 @contextlib.contextmanager
 def _scripts_importable(root: Path) -> Iterator[None]:
     """The bundle folder first on ``sys.path`` (as ``monai.bundle run`` puts it), so that
@@ -939,14 +1166,15 @@ def _network_error(exc: BaseException, raw: dict[str, Any], cfg_path: Path) -> M
     does not take (a config for another MONAI version), or a file it loads that is absent."""
     import monai
 
-    target = (raw.get("network_def") or {}).get("_target_", "network_def")
+    target = _network_def(raw).get("_target_", _network_key(raw))
     e: BaseException | None = exc
     while e is not None:
         text = str(e)
         m = re.search(r"unexpected keyword argument '(\w+)'", text)
         if isinstance(e, TypeError) and m:
             return ModelError(
-                f"network_def {target} cannot be built with MONAI {monai.__version__}: it has no "
+                f"{_network_key(raw)} {target} cannot be built with MONAI {monai.__version__}: "
+                "it has no "
                 f"argument {m.group(1)!r} (the config was written for another MONAI version)",
                 path=cfg_path,
                 hint=f"use the bundle version made for MONAI {monai.__version__}, or rename or "
@@ -955,7 +1183,8 @@ def _network_error(exc: BaseException, raw: dict[str, Any], cfg_path: Path) -> M
         m = re.search(r"missing \d+ required positional argument[s]?: (.+)$", text)
         if isinstance(e, TypeError) and m:
             return ModelError(
-                f"network_def {target} cannot be built with MONAI {monai.__version__}: it needs "
+                f"{_network_key(raw)} {target} cannot be built with MONAI {monai.__version__}: "
+                "it needs "
                 f"the argument(s) {m.group(1)} (the config was written for another MONAI "
                 "version)",
                 path=cfg_path,
@@ -987,7 +1216,7 @@ def _build_network(
         name = str(getattr(network, "original_name", type(network).__name__))
     else:
         try:
-            network = _instantiate(parser, "network_def", cfg_path)
+            network = _instantiate(parser, _network_key(raw), cfg_path)
         except ModelError as exc:
             better = _network_error(exc, raw, cfg_path)
             if better is None:
@@ -995,9 +1224,10 @@ def _build_network(
             raise better from exc
         if not isinstance(network, torch.nn.Module):
             raise ModelError(
-                f"network_def builds a {type(network).__name__}, not a torch network", path=cfg_path
+                f"{_network_key(raw)} builds a {type(network).__name__}, not a torch network",
+                path=cfg_path,
             )
-        _load_weights(network, weights)
+        _load_weights(network, weights, _checkpoint_keys(raw))
         name = type(network).__name__
     network.eval()
     return network, name
@@ -1064,21 +1294,76 @@ def _inference_spec(inferer: Any, amp: bool) -> InferenceSpec:
     )
 
 
+def _network_key(raw: dict[str, Any]) -> str:
+    """The config key of the network: ``network_def`` (the zoo's and the tutorials' name), else
+    a ``network`` that defines it itself (``{"_target_": ...}``: configs that have no
+    ``network_def``, whose ``network`` is then not ``$@network_def.to(@device)``)."""
+    given = raw.get("network")
+    if "network_def" not in raw and isinstance(given, dict) and "_target_" in given:
+        return "network"
+    return "network_def"
+
+
 def _network_def(raw: dict[str, Any]) -> dict[str, Any]:
-    """The raw ``network_def`` section ({} when absent or not a dict)."""
-    given = raw.get("network_def")
+    """The raw network section (:func:`_network_key`; {} when absent or not a dict)."""
+    given = raw.get(_network_key(raw))
     return given if isinstance(given, dict) else {}
 
 
-def _input_spec(raw: dict[str, Any], metadata: dict[str, Any]) -> InputSpec:
-    net_def = _network_def(raw)
+def _network_int(parser: Any, raw: dict[str, Any], name: str) -> int | None:
+    """An integer argument of the network section, also when the config writes it as a
+    reference or an expression (``"out_channels": "@num_classes"``); None when absent."""
+    given = _network_def(raw).get(name)
+    if isinstance(given, str) and given[:1] in ("@", "$"):
+        try:
+            given = parser.get_parsed_content(f"{_network_key(raw)}#{name}", instantiate=False)
+        except Exception:  # an expression we cannot evaluate without building more
+            return None
+    if isinstance(given, bool) or not isinstance(given, int):
+        return None
+    return int(given)
+
+
+_CONVS = ("Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d")
+
+
+def _first_conv(network: Any) -> tuple[int, int] | None:
+    """``(spatial dims, in_channels)`` of the network's first convolution (TorchScript too),
+    for a network section that does not say them (a network of the bundle's own ``scripts/``,
+    ``FlexibleUNet``'s default 2D, a ``model.ts``)."""
+    try:
+        modules = list(network.modules())
+    except Exception:  # not a module tree
+        return None
+    for m in modules:
+        name = str(getattr(m, "original_name", type(m).__name__))
+        if name in _CONVS:
+            try:
+                return int(name[-2]), int(m.in_channels)
+            except (AttributeError, TypeError, ValueError):
+                return int(name[-2]), 0
+    return None
+
+
+def _input_spec(
+    raw: dict[str, Any], metadata: dict[str, Any], parser: Any, network: Any
+) -> InputSpec:
+    """Dimensions and channels: the network section's (references resolved), else the
+    network's first convolution, else ``metadata.json``."""
     in_meta = _channel_def(metadata, "inputs", "image")
-    given = net_def.get("in_channels")
-    channels = int(given if isinstance(given, int) else in_meta.get("num_channels") or 1)
-    dims = net_def.get("spatial_dims")
-    if not isinstance(dims, int):
-        shape = in_meta.get("spatial_shape") or [0, 0, 0]
-        dims = len(shape) if isinstance(shape, list) and len(shape) in (2, 3) else 3
+    conv = _first_conv(network)
+    channels = _network_int(parser, raw, "in_channels")
+    if channels is None:
+        channels = int(in_meta.get("num_channels") or (conv[1] if conv else 0) or 1)
+    dims = _network_int(parser, raw, "spatial_dims")
+    if dims not in (2, 3):
+        shape = in_meta.get("spatial_shape")
+        if conv is not None:
+            dims = conv[0]
+        elif isinstance(shape, list) and len(shape) in (2, 3):
+            dims = len(shape)
+        else:
+            dims = 3
     cnames = in_meta.get("channel_def") or {}
     try:
         channel_names = tuple(str(v) for _, v in sorted((int(k), v) for k, v in cnames.items()))
@@ -1125,21 +1410,17 @@ def _contract(
     ``chain``: preprocessing, inferer, postprocessing)."""
     network, net_name, scripted = net
     pre, inferer, post = chain
-    net_def = _network_def(raw)
-    out_channels = net_def.get("out_channels")
+    out_channels = _network_int(parser, raw, "out_channels")
     return ModelContract(
         name=str(metadata.get("name", root.name)),
         version=str(metadata.get("version", "0")),
         form="monai",
         weights="torchscript" if scripted else "state_dict",
         network=net_name,
-        input=_input_spec(raw, metadata),
+        input=_input_spec(raw, metadata, parser, network),
         inference=_with_threshold(_inference_spec(inferer, _amp(parser, raw)), raw),
-        labels=_labels(
-            raw,
-            metadata,
-            out_channels if isinstance(out_channels, int) else None,
-            _config_file(root) or root,
+        labels=_mapped_values(
+            _labels(raw, metadata, out_channels, _config_file(root) or root), raw, parser
         ),
         preprocessing=tuple(_describe_transform(t) for t in pre.transforms),
         postprocessing=tuple(_describe_transform(t) for t in post.transforms),
@@ -1203,6 +1484,11 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
             MONAI cannot build (the argument named), an interactive bundle (clicks), a
             ``LoadImaged`` of several files per case.
     """
+    with _quiet_monai():
+        return _load(path)
+
+
+def _load(path: str | Path) -> MonaiBundle:
     from medxai.io.bundle_reader import MonaiLayoutReader
 
     root, cfg_path = _locate(path)
@@ -1216,18 +1502,25 @@ def load_monai_bundle(path: str | Path) -> MonaiBundle:
     reader = MonaiLayoutReader()
     replaced = _plug_reader(parser, raw, reader, cfg_path)
     replaced += _on_cpu(parser, raw)
+    replaced += _no_downloads(parser, raw, scripted)
     with _scripts_importable(root):
         pre, inferer, post = _build_chain(parser, cfg_path)
         image_key = _image_key(pre, cfg_path)
         network, net_name = _build_network(parser, raw, weights, scripted, cfg_path)
-    savers, _ = _strip(post, _SAVERS)
-    replaced += [
-        f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
-    ]
-    replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
-    contract = _contract(
-        root, raw, parser, metadata, (network, net_name, scripted), (pre, inferer, post), replaced
-    )
+        savers, _ = _strip(post, _SAVERS)
+        replaced += [
+            f"{type(t).__name__} -> medxai writers (NIfTI, DICOM SEG, PNG, report)" for t in savers
+        ]
+        replaced.append("handlers/evaluator/dataset/dataloader -> not instantiated")
+        contract = _contract(
+            root,
+            raw,
+            parser,
+            metadata,
+            (network, net_name, scripted),
+            (pre, inferer, post),
+            replaced,
+        )
     meta_out = dict(metadata)
     meta_out.setdefault("name", contract.name)
     meta_out["weights_sha256"] = sha256_file(weights)
