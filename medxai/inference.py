@@ -165,7 +165,14 @@ def _unview(x: torch.Tensor, k: int, flips: tuple[int, ...], transpose: bool) ->
 
 
 def check_input_fits(bundle: Any, image: torch.Tensor, source: str | None = None) -> None:
-    """Raise :class:`ModelMismatchError` when ``image`` (C, *spatial) cannot go to ``bundle``."""
+    """Raise :class:`ModelMismatchError` when ``image`` (C, *spatial) cannot go to ``bundle``
+    (its runner's :meth:`~ModelRunner.check_input`: a MONAI bundle whose own preprocessing
+    makes the network's channels from the input's fits, e.g. ``RepeatChanneld``)."""
+    runner_for(bundle).check_input(image, source)
+
+
+def _check_medxai_input(bundle: Any, image: torch.Tensor, source: str | None = None) -> None:
+    """:func:`check_input_fits` of medxai's own form: dimensions, channels."""
     meta = getattr(image, "meta", {}) or {}
     spatial = tuple(image.shape[1:])
     want_dims = bundle.spatial_dims
@@ -642,6 +649,10 @@ class ModelRunner:
         """:func:`predict` of one image (``window``: roi size, overlap, windows per pass)."""
         raise NotImplementedError
 
+    def check_input(self, image: torch.Tensor, source: str | None = None) -> None:
+        """Raise :class:`ModelMismatchError` when ``image`` cannot go to the model."""
+        raise NotImplementedError
+
 
 class MedxaiRunner(ModelRunner):
     """medxai's own bundles: its model-grid chain (:func:`prepare_input`, :func:`restore_output`),
@@ -658,6 +669,9 @@ class MedxaiRunner(ModelRunner):
 
     def model_input(self, image: torch.Tensor, source: str | None = None) -> tuple[Any, Any]:
         return prepare_input(self.bundle, image)
+
+    def check_input(self, image: torch.Tensor, source: str | None = None) -> None:
+        _check_medxai_input(self.bundle, image, source)
 
     def to_input_grid(self, t: torch.Tensor, state: Any) -> torch.Tensor:
         return restore_output(t, state)
@@ -698,6 +712,9 @@ class MonaiRunner(ModelRunner):
 
     def model_input(self, image: torch.Tensor, source: str | None = None) -> tuple[Any, Any]:
         return self.bundle.model_input(image, source)
+
+    def check_input(self, image: torch.Tensor, source: str | None = None) -> None:
+        self.bundle.check_input(image, source)
 
     def to_input_grid(self, t: torch.Tensor, state: Any) -> torch.Tensor:
         return self.bundle.to_input_grid(t, state)

@@ -1075,3 +1075,21 @@ def _never_download(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.utils.model_zoo, "load_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def test_batch_input_check_lets_the_bundle_make_its_channels(inputs: dict, tmp_path: Path) -> None:
+    """`medxai batch` asks `check_input_fits` before it predicts: for a MONAI bundle that is the
+    bundle's own check, so a grey image for a network whose preprocessing repeats the channel
+    fits (as in `medxai segment`), and a 2-channel image still does not."""
+    from medxai.errors import ModelMismatchError
+    from medxai.inference import check_input_fits
+    from medxai.io.readers import load_image
+    from medxai.models.registry import load_model
+
+    case = next(c for c in CASES if c.name == "grey_picture_repeated_into_3_channels")
+    bundle = load_model(build_bundle(tmp_path, case, None))
+    grey = load_image(inputs["grey"][0]).image
+    assert grey.shape[0] == 1 and bundle.in_channels == 3
+    check_input_fits(bundle, grey, "grey.png")
+    with pytest.raises(ModelMismatchError, match="channel"):
+        check_input_fits(bundle, torch.cat([grey, grey]), "two.png")
