@@ -52,7 +52,6 @@ from medxai.inference import (
     tta_mode,
 )
 from medxai.labelmaps import present_values
-from medxai.overlap import dice
 
 __all__ = [
     "UNCERTAINTY_CHOICES",
@@ -329,28 +328,60 @@ def border_band(labels: np.ndarray, width: float = 1.0) -> np.ndarray:
     mask, the saliency target): this band follows every boundary between labels, by Euclidean
     distance, and the border scores of docs/uncertainty.md were measured with it.
     """
-    fp = ndimage.generate_binary_structure(labels.ndim, 1)
-    ring = ndimage.grey_dilation(labels, footprint=fp) != ndimage.grey_erosion(labels, footprint=fp)
+    ring = _face_boundary(labels)
     if width <= 1 or not ring.any():
         return ring
     return ndimage.distance_transform_edt(~ring) < width
 
 
-def _mean_dice(sample: np.ndarray, final: np.ndarray, values: Sequence[int]) -> float:
-    """Mean Dice (:func:`medxai.overlap.dice`) over the foreground labels of ``values`` present
-    in either map; 1 when neither has any."""
-    present = set(present_values(sample, background=False))
-    present |= set(present_values(final, background=False))
-    wanted = [v for v in values if v in present]
-    if not wanted:
+def _face_boundary(labels: np.ndarray) -> np.ndarray:
+    """The pixels/voxels with a face neighbour of another label: ``grey_dilation !=
+    grey_erosion`` over the face-connected footprint (scipy's ``reflect`` edges: the array's
+    border is no boundary), by comparing each axis's neighbours in place, without the two
+    filters' passes."""
+    lab = np.asarray(labels)
+    ring = np.zeros(lab.shape, dtype=bool)
+    for axis in range(lab.ndim):
+        lo = [slice(None)] * lab.ndim
+        hi = [slice(None)] * lab.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        differ = lab[tuple(lo)] != lab[tuple(hi)]
+        ring[tuple(lo)] |= differ
+        ring[tuple(hi)] |= differ
+    return ring
+
+
+def _value_masks(final: np.ndarray, values: Sequence[int]) -> dict[int, tuple[np.ndarray, int]]:
+    """``{value: (final == value, its pixel count)}``: the delivered map's side of the view
+    agreement, computed once for all views."""
+    out = {}
+    for v in values:
+        mask = final == v
+        out[v] = (mask, int(np.count_nonzero(mask)))
+    return out
+
+
+def _mean_dice_of(
+    sample: np.ndarray, final: dict[int, tuple[np.ndarray, int]], values: Sequence[int]
+) -> float:
+    """Mean Dice (:func:`medxai.overlap.dice`) of ``sample`` against the delivered map over the
+    labels of ``values`` present in either (1 when neither has any), from pixel counts: the
+    same float32 ratio as MONAI's
+    ``compute_dice`` (``float32(2 |s∩f|) / float32(|s| + |f|)``, 1 when neither has the label;
+    :func:`medxai.overlap.dice`), averaged as it averaged them, without its one-hot tensors
+    (12 ms a photo for the 8 views)."""
+    scores = []
+    for v in values:
+        mask, n_final = final[v]
+        s = sample == v
+        n_sample = int(np.count_nonzero(s))
+        if n_final == 0 and n_sample == 0:
+            continue  # absent from both: not averaged
+        both = int(np.count_nonzero(s & mask)) if n_final and n_sample else 0
+        scores.append(np.float32(2 * both) / np.float32(n_final + n_sample))
+    if not scores:
         return 1.0
-    scores = dice(
-        torch.from_numpy(sample)[None, None],
-        torch.from_numpy(final)[None, None],
-        num_classes=max(wanted) + 1,
-        include_background=False,
-    )[0]
-    return float(scores[[v - 1 for v in wanted]].double().mean())
+    return float(torch.tensor(np.asarray(scores, dtype=np.float32)).double().mean())
 
 
 def quality_scores(
@@ -397,7 +428,8 @@ def quality_scores(
     agreement = None
     if sample_labels is not None and len(sample_labels):
         values = sorted(set(present) | set(present_values(sample_labels, background=False)))
-        agreement = float(np.mean([_mean_dice(s.numpy(), lab, values) for s in sample_labels]))
+        final = _value_masks(lab, values)
+        agreement = float(np.mean([_mean_dice_of(s.numpy(), final, values) for s in sample_labels]))
     quality = expected_dice if expected_dice is not None else 1.0 - mean_u
     return {
         "quality_score": round(quality, 6),
