@@ -8,6 +8,7 @@ with the input's affine.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,14 +31,23 @@ __all__ = [
     "Prediction",
     "predict",
     "predict_batch",
+    "labels_from_foreground",
+    "foreground_labeller",
     "sliding_window_logits",
     "check_input_fits",
 ]
 
 
 #: ``each_view(i, prob)``: sees the ``(K, *spatial)`` probabilities of one test-time
-#: augmentation view of image ``i`` on its own grid.
+#: augmentation view of image ``i`` on its own grid. A hook with ``takes_foreground`` true
+#: also has ``foreground(i, fg)``: whole-image predictions of a two-class model then hand it
+#: the ``(1, *spatial)`` foreground probability alone (half the work of bringing every view
+#: back; :class:`medxai.uncertainty.ViewCollector`).
 EachView = Callable[[int, torch.Tensor], None]
+#: At most this many bytes of test-time augmentation views are brought back onto an image's
+#: grid in one inversion (an image's views go together: one MONAI inversion instead of one per
+#: view; 8 foreground views of a 512x512 photo are 8 MiB).
+VIEW_BLOCK_BYTES = 64 << 20
 #: ``identity_forward(x)``: the logits of the network for the identity view ``x``
 #: ``(N, C, *spatial)`` of the model's own input size, run in place of the network (e.g.
 #: :class:`medxai.explain.KeptForward`, which keeps the pass for the saliency's backward pass).
@@ -311,17 +321,23 @@ def whole_image_probabilities(
             prepared = [prepare_input(bundle, img, size) for img in images]
             x = torch.cat([p[0] for p in prepared])
             states = [p[1] for p in prepared]
+            # each image's views on the model grid, brought back together after the passes
+            kept: list[list[torch.Tensor]] = [[] for _ in images]
             hook = None
             if each_view is not None:
 
-                def hook(prob: torch.Tensor, states: list[ModelGrid] = states) -> None:
-                    for i, state in enumerate(states):
-                        each_view(i, restore_output(prob[i].float().cpu(), state))
+                def hook(prob: torch.Tensor, kept: list[list[torch.Tensor]] = kept) -> None:
+                    for i, views in enumerate(kept):
+                        views.append(prob[i])
 
             axes = bundle.contract.inference.tta_axes
             identity = identity_forward if size is None else None
             probs = _forward_tta(net, x.to(device), tta, hook, axes, identity).float().cpu()
             passes.append((probs, states))
+            if each_view is not None:
+                for i, views in enumerate(kept):
+                    _hand_views(each_view, i, views, states[i], images[i])
+                    views.clear()
     out = []
     for i in range(len(images)):
         prob = restore_output(passes[0][0][i], passes[0][1][i])
@@ -329,6 +345,31 @@ def whole_image_probabilities(
             prob = prob + restore_output(p[i], states[i])
         out.append(prob / len(passes) if len(passes) > 1 else prob)
     return out
+
+
+def _hand_views(
+    each_view: EachView, i: int, views: list[torch.Tensor], state: ModelGrid, image: torch.Tensor
+) -> None:
+    """``views`` (each ``(K, *model_spatial)``) of image ``i`` back onto its grid, in blocks of
+    at most :data:`VIEW_BLOCK_BYTES` (one inversion per block: the same values as one per
+    view, as the resize treats each channel alone), handed to ``each_view`` in order; only the
+    foreground channel of a two-class model when the hook takes it."""
+    if not views:
+        return
+    foreground = bool(getattr(each_view, "takes_foreground", False)) and views[0].shape[0] == 2
+    channels = [v[1:2] if foreground else v for v in views]
+    c = int(channels[0].shape[0])
+    view_bytes = max(1, c * math.prod(int(n) for n in image.shape[1:]) * 4)
+    per_block = max(1, VIEW_BLOCK_BYTES // view_bytes)
+    for start in range(0, len(channels), per_block):
+        block = torch.cat([v.float().cpu() for v in channels[start : start + per_block]])
+        restored = restore_output(block, state)
+        for j in range(block.shape[0] // c):
+            piece = restored[j * c : (j + 1) * c]
+            if foreground:
+                each_view.foreground(i, piece)  # type: ignore[attr-defined]
+            else:
+                each_view(i, piece)
 
 
 def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
@@ -340,10 +381,40 @@ def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
 
     threshold = bundle.contract.inference.threshold
     if threshold is not None and prob.shape[0] == 2:
-        labels = (prob[1] > threshold).to(torch.uint8)[None]
-    else:
-        labels = _argmax_channels(prob)
-    return postprocess_labels(labels, dict(bundle.contract.clean_up))
+        return labels_from_foreground(bundle, prob[1:2])
+    return postprocess_labels(_argmax_channels(prob), dict(bundle.contract.clean_up))
+
+
+def labels_from_foreground(bundle: Any, foreground: torch.Tensor) -> torch.Tensor:
+    """The label map of a binary bundle with ``inference.threshold`` t from its ``(1,
+    *spatial)`` foreground probability alone: the foreground where it exceeds t, then the
+    bundle's post-processing (:func:`labels_from_probabilities` of both channels).
+
+    Raises:
+        ModelError: the bundle has no threshold (its label map is the argmax of every class).
+    """
+    return foreground_labeller(bundle)(foreground)
+
+
+def foreground_labeller(bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`labels_from_foreground` for ``bundle`` as a function of the foreground alone, with
+    the bundle's threshold and post-processing read once (for the test-time augmentation
+    views: ``bundle.contract`` is parsed on each access)."""
+    from medxai.postprocess import postprocess_labels
+
+    spec = bundle.contract
+    threshold = spec.inference.threshold
+    if threshold is None:
+        raise ModelError(
+            f"model {bundle.name!r} has no foreground threshold; its label map needs every "
+            "class's probability"
+        )
+    clean_up = dict(spec.clean_up)
+
+    def labels(foreground: torch.Tensor) -> torch.Tensor:
+        return postprocess_labels((foreground[0] > threshold).to(torch.uint8)[None], clean_up)
+
+    return labels
 
 
 def predict(

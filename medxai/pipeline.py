@@ -49,6 +49,7 @@ from medxai.uncertainty import (
     SampleAccumulator,
     Samples,
     Uncertainty,
+    ViewCollector,
     summarise,
     tta_accumulator,
     uncertainty_method,
@@ -852,7 +853,7 @@ def uncertainty_samples(
                 roi_size=opts.roi_size,
                 overlap=opts.overlap,
                 sw_batch_size=opts.sw_batch_size,
-                each_view=lambda _i, p: collect.add(p),
+                each_view=ViewCollector([collect]),
             )
         return views.finish("tta")
     if method == "mc-dropout":
@@ -907,7 +908,7 @@ def predict_stage(
             sw_batch_size=opts.sw_batch_size,
             tta=opts.tta,
             source=str(loaded.path),
-            each_view=(lambda _i, p: collect.add(p)) if collect is not None else None,
+            each_view=ViewCollector([collect]) if collect is not None else None,
             identity_forward=kept,
         )
         timings["predict"] = time.perf_counter() - t

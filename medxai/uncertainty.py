@@ -42,6 +42,7 @@ from medxai.errors import InputError
 from medxai.inference import (
     Prediction,
     autocast_context,
+    foreground_labeller,
     labels_from_probabilities,
     network_on,
     predict,
@@ -58,6 +59,7 @@ __all__ = [
     "QUALITY_DEFINITION",
     "DEFAULT_MC_SAMPLES",
     "SampleAccumulator",
+    "ViewCollector",
     "Uncertainty",
     "uncertainty_method",
     "dropout_layers",
@@ -171,13 +173,17 @@ def uncertainty_method(
 @dataclass
 class Samples:
     """What the passes left: the mean and variance of the class probabilities over ``n``
-    samples, and each sample's label map (after the bundle's post-processing)."""
+    samples, and each sample's label map (after the bundle's post-processing).
+    ``foreground_only``: the mean and variance are of a binary model's foreground class alone,
+    ``(1, *spatial)`` (test-time augmentation views of a thresholded model: the label maps and
+    the variance map need nothing else)."""
 
     method: str
     n: int
-    mean: torch.Tensor  # (K, *spatial) float32
-    variance: torch.Tensor  # (K, *spatial) float32
+    mean: torch.Tensor  # (K, *spatial) float32; (1, *spatial) when foreground_only
+    variance: torch.Tensor  # (K, *spatial) float32; (1, *spatial) when foreground_only
     labels: torch.Tensor  # (n, *spatial) uint8
+    foreground_only: bool = False
 
 
 class SampleAccumulator:
@@ -186,22 +192,54 @@ class SampleAccumulator:
 
     ``to_labels`` turns one sample into its ``(1, *spatial)`` label map (the bundle's argmax or
     threshold, and post-processing: :func:`medxai.inference.labels_from_probabilities`).
+    ``foreground_labels``, when given, does the same from a binary model's ``(1, *spatial)``
+    foreground probability alone (:func:`medxai.inference.foreground_labeller`): then
+    :meth:`add_foreground` takes such samples instead (one kind per accumulator).
     """
 
-    def __init__(self, to_labels: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        to_labels: Callable[[torch.Tensor], torch.Tensor],
+        foreground_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self._to_labels = to_labels
+        self._foreground_labels = foreground_labels
+        self._foreground: bool | None = None  # which kind of sample came first
         self._sum: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
         self._labels: list[torch.Tensor] = []
 
+    @property
+    def takes_foreground(self) -> bool:
+        """Whether :meth:`add_foreground` can be used."""
+        return self._foreground_labels is not None
+
     def add(self, prob: torch.Tensor) -> None:
+        """One sample: ``(K, *spatial)`` class probabilities."""
+        self._add(prob, self._to_labels, False)
+
+    def add_foreground(self, foreground: torch.Tensor) -> None:
+        """One sample of a binary model: its ``(1, *spatial)`` foreground probability."""
+        if self._foreground_labels is None:
+            raise InputError("this accumulator needs every class's probability (add)")
+        self._add(foreground, self._foreground_labels, True)
+
+    def _add(
+        self, prob: torch.Tensor, to_labels: Callable[[torch.Tensor], torch.Tensor], fg: bool
+    ) -> None:
+        if self._foreground is not None and self._foreground != fg:
+            raise InputError(
+                "samples of every class and of the foreground alone cannot be mixed in one "
+                "accumulator"
+            )
+        self._foreground = fg
         p = prob.detach().float().cpu()
         if self._sum is None or self._sq is None:
             self._sum, self._sq = p.clone(), p * p
         else:
             self._sum += p
             self._sq.addcmul_(p, p)
-        self._labels.append(self._to_labels(p)[0].to(torch.uint8))
+        self._labels.append(to_labels(p)[0].to(torch.uint8))
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -218,7 +256,25 @@ class SampleAccumulator:
             mean=mean.float(),
             variance=variance.float(),
             labels=torch.stack(self._labels),
+            foreground_only=bool(self._foreground),
         )
+
+
+class ViewCollector:
+    """The ``each_view`` hook of :func:`medxai.inference.predict` / ``predict_batch`` for one
+    :class:`SampleAccumulator` per image (``i``: the image's place in the batch). It takes a
+    binary model's foreground probability alone when every accumulator does
+    (``takes_foreground``, :data:`medxai.inference.EachView`)."""
+
+    def __init__(self, accumulators: Sequence[SampleAccumulator]) -> None:
+        self._accumulators = list(accumulators)
+        self.takes_foreground = all(a.takes_foreground for a in self._accumulators)
+
+    def __call__(self, i: int, prob: torch.Tensor) -> None:
+        self._accumulators[i].add(prob)
+
+    def foreground(self, i: int, fg: torch.Tensor) -> None:
+        self._accumulators[i].add_foreground(fg)
 
 
 @contextlib.contextmanager
@@ -292,8 +348,15 @@ def mc_dropout_samples(
 
 def tta_accumulator(bundle: Any) -> SampleAccumulator:
     """An accumulator for the test-time augmentation views of one image of ``bundle``; pass
-    ``lambda i, p: acc.add(p)`` as :func:`medxai.inference.predict`'s ``each_view``."""
-    return SampleAccumulator(lambda p: labels_from_probabilities(bundle, p))
+    ``ViewCollector([acc])`` (or ``lambda i, p: acc.add(p)``) as
+    :func:`medxai.inference.predict`'s ``each_view``. For a binary bundle with a foreground
+    threshold it also takes the foreground probability alone (:meth:`SampleAccumulator.
+    add_foreground`), which is all its label maps and variance map need."""
+    thresholded = bundle.contract.inference.threshold is not None
+    return SampleAccumulator(
+        lambda p: labels_from_probabilities(bundle, p),
+        foreground_labeller(bundle) if thresholded else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,8 +376,11 @@ def normalised_entropy(prob: torch.Tensor) -> torch.Tensor:
     return (h / math.log(k)).clamp(0, 1).float()[None]
 
 
-def _foreground_variance(variance: torch.Tensor) -> torch.Tensor:
-    """``(1, *spatial)``: the foreground probability's variance (mean over foreground classes)."""
+def _foreground_variance(variance: torch.Tensor, foreground_only: bool = False) -> torch.Tensor:
+    """``(1, *spatial)``: the foreground probability's variance (mean over foreground classes;
+    ``foreground_only``: ``variance`` is already the foreground class's)."""
+    if foreground_only:
+        return variance[:1].clone()
     if variance.shape[0] < 2:
         return variance[:1].clone()
     return variance[1:].mean(0, keepdim=True)
@@ -482,6 +548,11 @@ def summarise(samples: Samples, prediction: Prediction, *, seed: int | None = No
     """The :class:`Uncertainty` of ``prediction`` from ``samples``: for ``tta`` the entropy of
     the prediction's own (mean) probabilities, for ``mc-dropout`` of the dropout passes' mean;
     the scores against the delivered label map."""
+    if samples.foreground_only and samples.method != "tta":
+        raise InputError(
+            f"{samples.method} samples of the foreground class alone: the entropy needs the "
+            "mean of every class"
+        )
     mean = prediction.probabilities if samples.method == "tta" else samples.mean
     if tuple(mean.shape[1:]) != tuple(prediction.labels.shape[1:]):
         raise InputError(
@@ -494,7 +565,7 @@ def summarise(samples: Samples, prediction: Prediction, *, seed: int | None = No
         method=samples.method,
         samples=samples.n,
         entropy=entropy,
-        variance=_foreground_variance(samples.variance),
+        variance=_foreground_variance(samples.variance, samples.foreground_only),
         scores=scores,
         seed=seed,
     )
@@ -528,7 +599,7 @@ def estimate(
         if views is None or len(views) == 0:
             views = tta_accumulator(bundle)
             collector = views
-            predict(bundle, image, device=device, tta=tta, each_view=lambda _i, p: collector.add(p))
+            predict(bundle, image, device=device, tta=tta, each_view=ViewCollector([collector]))
         return summarise(views.finish("tta"), prediction)
     if method == "mc-dropout":
         samples = mc_dropout_samples(

@@ -18,11 +18,14 @@ import pytest
 import torch
 from scipy import ndimage
 
+from medxai.errors import InputError
 from medxai.inference import predict
 from medxai.io.readers import load_image
 from medxai.models.bundle import ModelBundle, network_from_config
+from medxai.overlap import dice
 from medxai.pipeline import SegmentOptions, segment_path
 from medxai.uncertainty import (
+    ViewCollector,
     border_band,
     mc_dropout_samples,
     normalised_entropy,
@@ -176,6 +179,61 @@ def test_tta_views_do_not_change_the_prediction(isic_bundle):
     samples = acc.finish("tta")
     assert samples.n == 8  # the dihedral group
     torch.testing.assert_close(samples.mean, plain.probabilities, atol=1e-5, rtol=0)
+
+
+def test_foreground_views_give_the_same_samples_as_every_class(isic_bundle):
+    """A binary thresholded model's views handed as the foreground alone (ViewCollector, what
+    segment and batch pass) give the same label maps and variance map as every class's views,
+    bit for bit, and the same uncertainty; the prediction is unchanged."""
+    image = load_image(shared_path(*ISIC_IMAGE)).image
+    full, fg = tta_accumulator(isic_bundle), tta_accumulator(isic_bundle)
+    assert fg.takes_foreground
+    a = predict(isic_bundle, image, device="cpu", each_view=lambda _i, p: full.add(p))
+    hook = ViewCollector([fg])
+    assert hook.takes_foreground
+    b = predict(isic_bundle, image, device="cpu", each_view=hook)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.probabilities, b.probabilities)
+    sa, sb = full.finish("tta"), fg.finish("tta")
+    assert not sa.foreground_only and sb.foreground_only and sb.n == sa.n == 8
+    assert sb.mean.shape == (1, *a.labels.shape[1:])
+    assert torch.equal(sa.labels, sb.labels)
+    assert torch.equal(sa.variance[1:2], sb.variance)
+    ua, ub = summarise(sa, a), summarise(sb, b)
+    assert torch.equal(ua.entropy, ub.entropy) and torch.equal(ua.variance, ub.variance)
+    assert ua.scores == ub.scores
+    with pytest.raises(InputError, match="cannot be mixed"):
+        fg.add(a.probabilities)
+
+
+def test_view_agreement_counts_equal_monai_dice_and_the_band_equals_the_filters():
+    """The view agreement's Dice from pixel counts equals medxai.overlap.dice (MONAI's
+    compute_dice) exactly, absent labels included; the border band equals
+    grey_dilation != grey_erosion (scipy's reflect edges) in 2D and 3D."""
+    rng = np.random.default_rng(7)
+    for shape, k in (((37, 53), 2), ((40, 31), 4), ((9, 12, 7), 3)):
+        final = ndimage.median_filter(rng.integers(0, k, shape), 3).astype(np.uint8)
+        fp = ndimage.generate_binary_structure(final.ndim, 1)
+        filters = ndimage.grey_dilation(final, footprint=fp) != ndimage.grey_erosion(
+            final, footprint=fp)
+        np.testing.assert_array_equal(border_band(final), filters)
+        samples = [final, np.roll(final, 3, 0), np.zeros_like(final),
+                   ndimage.median_filter(rng.integers(0, k, shape), 3).astype(np.uint8)]
+        values = sorted({int(v) for v in np.unique(np.stack([*samples, final]))} - {0})
+        want = []
+        for sample in samples:
+            present = {int(v) for v in np.unique(np.stack([sample, final]))}
+            wanted = [v for v in values if v in present]
+            scores = dice(torch.from_numpy(sample)[None, None],
+                          torch.from_numpy(final)[None, None], num_classes=max(wanted) + 1,
+                          include_background=False)[0]
+            want.append(float(scores[[v - 1 for v in wanted]].double().mean()))
+        got = quality_scores(torch.zeros(1, *shape), torch.from_numpy(final)[None],
+                             torch.zeros(k, *shape), torch.from_numpy(np.stack(samples)))
+        assert got["view_agreement"] == float(np.mean(want))
+    empty = np.zeros((6, 5), dtype=np.uint8)  # nothing anywhere: agreement 1
+    got = quality_scores(torch.zeros(1, 6, 5), torch.from_numpy(empty)[None],
+                         torch.zeros(2, 6, 5), torch.from_numpy(np.stack([empty, empty])))
+    assert got["view_agreement"] == 1.0
 
 
 def test_quality_scores_on_a_known_case():
