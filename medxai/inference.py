@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -112,6 +112,10 @@ class Prediction:
         segments: ``(N, *spatial)`` bool overlapping segments, one per foreground label in
             order of value, when a MONAI bundle's postprocessing folds overlapping binary
             channels into the label map (BraTS); written as overlapping DICOM SEG segments.
+        grid: a whole-image prediction's :class:`~medxai.preprocessing.model_grid.ModelGrid` of
+            the model's own input size (what :func:`restore_output` needs to bring other maps
+            of that grid, e.g. a saliency map, back onto the input without preparing the image
+            again); None for other predictions.
     """
 
     probabilities: torch.Tensor
@@ -120,6 +124,7 @@ class Prediction:
     seconds: float
     tta: str = "none"
     segments: torch.Tensor | None = None
+    grid: ModelGrid | None = field(default=None, repr=False, compare=False)
 
 
 def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
@@ -311,6 +316,7 @@ def whole_image_probabilities(
     tta: str,
     each_view: EachView | None = None,
     identity_forward: IdentityForward | None = None,
+    grids: list[ModelGrid] | None = None,
 ) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
@@ -320,7 +326,8 @@ def whole_image_probabilities(
     mode on ``device`` (:func:`network_on`). ``each_view(i, prob)``, when given, sees every
     view (every size and augmentation) of image ``i`` on its grid (the uncertainty samples).
     ``identity_forward``, when given, runs the identity view of the model's own size (the
-    batch of all images) in place of the network.
+    batch of all images) in place of the network. ``grids``, when given, gets each image's
+    :class:`ModelGrid` of the model's own input size.
     """
     net = bundle.network
     passes = []  # per input size: (probabilities (N, K, ...), undo states)
@@ -342,6 +349,8 @@ def whole_image_probabilities(
             identity = identity_forward if size is None else None
             probs = _forward_tta(net, x.to(device), tta, hook, axes, identity).float().cpu()
             passes.append((probs, states))
+            if grids is not None and size is None:
+                grids.extend(states)
             if each_view is not None:
                 for i, views in enumerate(kept):
                     _hand_views(each_view, i, views, states[i], images[i])
@@ -597,14 +606,19 @@ def predict_batch(
     dev = resolve_device(device)
     mode = tta_mode(bundle.inference, tta)
     t0 = time.perf_counter()
+    grids: list[ModelGrid] = []
     with network_on(bundle.network, dev):
-        probs = whole_image_probabilities(bundle, images, dev, mode, each_view, identity_forward)
+        probs = whole_image_probabilities(
+            bundle, images, dev, mode, each_view, identity_forward, grids
+        )
     out = []
-    for img, prob in zip(images, probs):
+    for img, prob, grid in zip(images, probs, grids):
         labels = labels_from_probabilities(bundle, prob)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
         out.append(
-            Prediction(probabilities=prob, labels=labels, affine=affine, seconds=0.0, tta=mode)
+            Prediction(
+                probabilities=prob, labels=labels, affine=affine, seconds=0.0, tta=mode, grid=grid
+            )
         )
     each = (time.perf_counter() - t0) / len(images)
     for p in out:

@@ -545,7 +545,8 @@ def _kept_saliency(
 ) -> torch.Tensor:
     """:func:`compute_saliency` of image ``index`` of the kept forward pass ``kept``: the same
     map, from a backward pass (one per label for the whole batch, kept for its other images),
-    brought back onto the image by ``state`` (:func:`prepare_input`'s, made once per image)."""
+    brought back onto the image by ``state`` (the prediction's ``grid``, else
+    :func:`prepare_input`'s, made once per image)."""
     if label not in kept.maps:
         from medxai.explain import SegmentationTarget
 
@@ -601,6 +602,8 @@ def saliency_maps(
                 continue
         if kept is not None and kept.ran:
             if state is None:  # the grid's inversion, the same for every label of this image
+                state = prediction.grid if prediction is not None else None
+            if state is None:
                 _, state = prepare_input(bundle, loaded.image)
             maps[value] = _kept_saliency(bundle, kept, index, settings, value, state)
             continue
