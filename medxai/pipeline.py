@@ -635,17 +635,13 @@ def _informativeness(
     sal: torch.Tensor, pred: Prediction, value: int, region: torch.Tensor | None
 ) -> dict[str, Any]:
     """How much the written map says beyond the mask, on the input grid (report.json)."""
-    from medxai.explain import context_share, energy_in_mask, redundancy, sparseness
+    from medxai.explain import energy_in_mask, informativeness
 
     s = sal[None].float()
     mask = (pred.labels == value)[None]
-    out: dict[str, Any] = {
-        "energy_in_mask": float(energy_in_mask(s, mask)[0]),
-        "corr_mask": float(redundancy(s, mask.float())[0]),
-        "corr_probability": float(redundancy(s, pred.probabilities[value][None, None])[0]),
-        "context_share": float(context_share(s, mask)[0]),
-        "sparseness": float(sparseness(s)[0]),
-    }
+    scores = informativeness(s, pred.probabilities[value][None, None], mask, with_complexity=False)
+    keys = ("energy_in_mask", "corr_mask", "corr_probability", "context_share", "sparseness")
+    out: dict[str, Any] = {k: float(scores[k][0]) for k in keys}
     if region is not None:
         out["energy_in_region"] = float(energy_in_mask(s, region[None])[0])
         out["region_share"] = float(region.float().mean())

@@ -437,6 +437,8 @@ class _Run:
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
     process_s: float = 0.0
+    #: CPU seconds of this process (every thread) while processing; writer processes not included
+    process_cpu_s: float = 0.0
     backend: str = "in process"
 
     @property
@@ -536,6 +538,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     """Run the pending series, model by model, on the configured backend; each result is
     recorded in the manifest as it comes back."""
     t1 = time.perf_counter()
+    c1 = time.process_time()
     total = len(pending)
 
     def on_result(r: Result) -> None:
@@ -547,6 +550,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
     _process_groups(run, man, pending, on_result, run.pool)
     run.process_s = time.perf_counter() - t1
+    run.process_cpu_s = time.process_time() - c1
 
 
 def _process_groups(
@@ -685,6 +689,10 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             "images_done": images,
             "seconds": round(run.process_s, 3),
             "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
+            # this process's CPU time (all its threads; not the --writers processes'): the
+            # cost per image that a busy machine's wall time hides
+            "cpu_s": round(run.process_cpu_s, 3),
+            "cpu_ms_per_image": round(1000 * run.process_cpu_s / images, 1) if images else None,
         },
         failed=failed,
         skipped_reasons=group_reasons(man.reasons("skipped")),
