@@ -445,6 +445,11 @@ def _batch_cpu(root: str | None, work: Path, tag: str, batch_size: int,
     env = dict(os.environ)
     if root:
         env["PYTHONPATH"] = str(Path(root).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
+    import torch
+
+    # the CLI's torch threads as this process's (--torch-threads 1: no idle threads spinning,
+    # whose CPU time a loaded machine inflates)
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     out = work / f"out_{tag}"
     cpu_file = work / f"cpu_{tag}.json"
     env["MEDXAI_BENCH_CPU"] = str(cpu_file)
@@ -481,9 +486,12 @@ def bench_ratio_cpu(n_images: int, batch_size: int, explain: str, base_root: str
                       f"(model-bound {mb_rate:.2f}), CPU {got['cpu_ms']:.0f} ms/image "
                       f"(model-bound {mb_cpu:.0f})", flush=True)
     load = os.getloadavg()
+    import torch
+
     print(f"\nmodel-bound: {what}; {n_images} photos 512x512, --explain {explain}, default "
-          f"outputs; medians of {rounds} round(s); base: {base_root}; load average at the end "
-          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+          f"outputs; torch threads {torch.get_num_threads()}; medians of {rounds} round(s); "
+          f"base: {base_root}; load average at the end {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f}")
     med = lambda xs: statistics.median(xs)  # noqa: E731
     table_rows = []
     for name, runs in rows.items():

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from medxai.batch.types import Job, Result
 from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
 from medxai.io.atomic import write_text_atomic
+from medxai.io.writers import warm_dicom_writers
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
@@ -381,6 +383,11 @@ def run_batch(
             man.close()
 
 
+def _writes_dicom(options: SegmentOptions) -> bool:
+    """Whether a batch with ``options`` writes DICOM objects."""
+    return any(f.startswith("dicom") for f in batch_options(options).formats or [])
+
+
 def _check_folders(export_dir: str | Path, output: str | Path) -> tuple[Path, Path]:
     """The export (an existing folder) and the output folder (created; not the export)."""
     export = Path(export_dir).expanduser().resolve()
@@ -481,6 +488,9 @@ def _run_locked(
                 # started now, so that they import medxai while the export is scanned
                 run.pool = stack.enter_context(Writers(run.writers))
                 run.pool.warm()
+            elif not run.scheduler and run.workers <= 1 and _writes_dicom(run.opts):
+                # this process writes: the DICOM writers' one-time set-up during the scan
+                threading.Thread(target=warm_dicom_writers, daemon=True).start()
             found = _scan_step(run, man, retry_failed, scan_workers)
             _process_step(run, man, found.pending)
         status = "finished"
