@@ -702,7 +702,7 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             # this process's CPU time (all its threads; not the --writers processes'): the
             # cost per image that a busy machine's wall time hides
             "cpu_s": round(run.process_cpu_s, 3),
-            "cpu_ms_per_image": round(1000 * run.process_cpu_s / images, 1) if images else None,
+            "cpu_ms_per_image": round(1000 * run.process_cpu_s / images, 1) if images else 0.0,
         },
         failed=failed,
         skipped_reasons=group_reasons(man.reasons("skipped")),
