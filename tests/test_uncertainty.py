@@ -205,6 +205,39 @@ def test_foreground_views_give_the_same_samples_as_every_class(isic_bundle):
         fg.add(a.probabilities)
 
 
+def test_view_blocks_restore_each_view_as_its_own_inversion():
+    """The foreground views go back onto a full-resolution photo in blocks (one resize of
+    several channels): each equals the foreground channel of its own two-class resize, bit for
+    bit, for every block size view_blocks gives; three channels take another path in torch's
+    kernel, so no block has three."""
+    from medxai.inference import view_blocks
+    from medxai.preprocessing.spatial import resize_probabilities
+
+    assert view_blocks(8, 3) == [2, 2, 2, 2] and view_blocks(8, 5) == [5, 2, 1]
+    assert view_blocks(8, 64) == [8] and view_blocks(3, 0) == [1, 1, 1]
+    for n in range(1, 10):
+        for most in range(0, 10):
+            sizes = view_blocks(n, most)
+            assert sum(sizes) == n and 3 not in sizes and max(sizes) <= max(1, most)
+    views = torch.softmax(torch.randn(8, 2, 192, 192, generator=torch.Generator().manual_seed(5)),
+                          1)
+    size = (648, 486)  # a 2592x1944 photo's shape at a quarter of its side
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):  # one thread: where torch 2.13's three-channel path differs
+            torch.set_num_threads(t)
+            own = [resize_probabilities(v, size)[1] for v in views]
+            for most in (1, 2, 4, 5, 8):
+                start = 0
+                for n in view_blocks(8, most):
+                    block = resize_probabilities(views[start:start + n, 1], size)
+                    for j in range(n):
+                        assert torch.equal(block[j], own[start + j])
+                    start += n
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_view_agreement_counts_equal_monai_dice_and_the_band_equals_the_filters():
     """The view agreement's Dice from pixel counts equals medxai.overlap.dice (MONAI's
     compute_dice) exactly, absent labels included; the border band equals
