@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,6 +211,25 @@ def bench_end_to_end(export: Path, bundle_dir: Path, work: Path, workers: list[i
 
 _CLI = ("import sys, warnings; warnings.simplefilter('ignore'); "
         "from medxai.cli.main import main; sys.exit(main())")
+#: ``_CLI`` that also writes the CPU seconds (every thread of the process) of the batch's
+#: processing step (``medxai.batch.job._process_step``: after the scan and the imports) to the
+#: file named by MEDXAI_BENCH_CPU, for any checkout that has that step
+_CLI_CPU = """
+import json, os, sys, time, warnings
+warnings.simplefilter('ignore')
+import medxai.batch.job as job
+step = job._process_step
+def timed(*a, **k):
+    c, t = time.process_time(), time.perf_counter()
+    try:
+        return step(*a, **k)
+    finally:
+        with open(os.environ['MEDXAI_BENCH_CPU'], 'w') as f:
+            json.dump({'cpu_s': time.process_time() - c, 'wall_s': time.perf_counter() - t}, f)
+job._process_step = timed
+from medxai.cli.main import main
+sys.exit(main())
+"""
 RATIO_MODEL = "isic2018-lesion-unet"
 
 
@@ -271,9 +291,16 @@ def _views(mode: str) -> list[tuple[int, bool]]:
 
 
 def model_bound_rate(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[float, str]:
+    """Images/s of the model-bound loop (:func:`model_bound`)."""
+    rate, what, _ = model_bound(photos, batch_size, reps)
+    return rate, what
+
+
+def model_bound(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[float, str, float]:
     """Images/s of the bundled model's network with its test-time augmentation in plain torch:
     the photos already resized to the model's input and scaled (not timed), ``batch_size``
-    images per forward pass, softmax of every view turned back and averaged. Nothing else."""
+    images per forward pass, softmax of every view turned back and averaged. Nothing else.
+    Returns (best images/s, what ran, least CPU ms per image: all torch threads)."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -312,20 +339,22 @@ def model_bound_rate(photos: list[Path], batch_size: int, reps: int = 2) -> tupl
                     total = y if total is None else total + y
 
     run()  # warm-up
-    best = []
+    best, cpu = [], []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         run()
         best.append(len(xs) / (time.perf_counter() - t))
-    return max(best), f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}"
+        cpu.append(1000 * (time.process_time() - c) / len(xs))
+    return (max(best), f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}",
+            min(cpu))
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> float:
+def _cli(args: list[str], env: dict[str, str], cwd: Path, code: str = _CLI) -> float:
     """Wall seconds of one CLI process, run in ``cwd`` (not the checkout: ``python -c`` puts the
     current folder first on ``sys.path``, before ``PYTHONPATH``, so --base-root would be
     ignored in the checkout)."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CLI, *args], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-3000:])
@@ -407,6 +436,74 @@ def bench_ratio(n_images: int, batch_size: int, explain: str, base_root: str | N
     table("5. where the time goes: ms per image, summed over stages (stages overlap in the "
           "pipelined batch, so they add up to more than 1000 / images/s)",
           ["command", "stage", "ms/image"], rows)
+
+
+def _batch_cpu(root: str | None, work: Path, tag: str, batch_size: int,
+               explain: str) -> dict[str, float]:
+    """One ``medxai batch`` of ``work/export`` with the package of ``root`` (None: this
+    checkout): images/s (summary.json), CPU ms per image of the processing step."""
+    env = dict(os.environ)
+    if root:
+        env["PYTHONPATH"] = str(Path(root).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
+    import torch
+
+    # the CLI's torch threads as this process's (--torch-threads 1: no idle threads spinning,
+    # whose CPU time a loaded machine inflates)
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    out = work / f"out_{tag}"
+    cpu_file = work / f"cpu_{tag}.json"
+    env["MEDXAI_BENCH_CPU"] = str(cpu_file)
+    _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL, "--device", "cpu",
+          "--explain", explain, "--batch-size", str(batch_size), "-q"], env, work, _CLI_CPU)
+    summary = json.loads((out / "summary.json").read_text())
+    done = int(summary["process"]["images_done"])
+    cpu = json.loads(cpu_file.read_text())
+    shutil.rmtree(out)
+    return {"images_per_s": float(summary["process"]["images_per_s"]),
+            "cpu_ms": 1000 * cpu["cpu_s"] / max(done, 1), "images": done}
+
+
+def bench_ratio_cpu(n_images: int, batch_size: int, explain: str, base_root: str,
+                    rounds: int) -> None:
+    """``medxai batch`` of this checkout and of ``base_root``, interleaved (A B B A ...), each
+    next to the model-bound loop measured just before it: images/s and the ratio, and CPU ms
+    per image (the processing step's process CPU time, every thread) against the model-bound
+    loop's, which a shared machine's load distorts much less than wall time."""
+    with tempfile.TemporaryDirectory(prefix="medxai-bench-ratio-cpu-") as tmp:
+        work = Path(tmp)
+        photos = _photos(n_images, work / "jpegs")
+        build_photo_export(photos, work / "export")
+        rows: dict[str, list[dict[str, float]]] = {"this checkout": [], "base": []}
+        order = ["this checkout", "base"]
+        for r in range(rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                mb_rate, what, mb_cpu = model_bound(photos, batch_size)
+                got = _batch_cpu(None if name == "this checkout" else base_root, work,
+                                 f"{name[:4]}{r}", batch_size, explain)
+                got.update(mb_rate=mb_rate, mb_cpu=mb_cpu)
+                rows[name].append(got)
+                print(f"  round {r + 1} {name}: {got['images_per_s']:.2f} images/s "
+                      f"(model-bound {mb_rate:.2f}), CPU {got['cpu_ms']:.0f} ms/image "
+                      f"(model-bound {mb_cpu:.0f})", flush=True)
+    load = os.getloadavg()
+    import torch
+
+    print(f"\nmodel-bound: {what}; {n_images} photos 512x512, --explain {explain}, default "
+          f"outputs; torch threads {torch.get_num_threads()}; medians of {rounds} round(s); "
+          f"base: {base_root}; load average at the end {load[0]:.1f} {load[1]:.1f} "
+          f"{load[2]:.1f}")
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    table_rows = []
+    for name, runs in rows.items():
+        rate, mb = med([g["images_per_s"] for g in runs]), med([g["mb_rate"] for g in runs])
+        cpu, mb_cpu = med([g["cpu_ms"] for g in runs]), med([g["mb_cpu"] for g in runs])
+        table_rows.append([f"medxai batch, {name}", f"{rate:.2f}", f"{mb:.2f}",
+                           f"{med([g['images_per_s'] / g['mb_rate'] for g in runs]):.2f}",
+                           f"{cpu:.0f}", f"{mb_cpu:.0f}",
+                           f"{med([g['mb_cpu'] / g['cpu_ms'] for g in runs]):.2f}"])
+    table("4b. batch vs the model-bound loop, this checkout and the base interleaved",
+          ["run", "images/s", "model-bound images/s", "wall ratio", "CPU ms/image",
+           "model-bound CPU ms/image", "CPU ratio"], table_rows)
 
 
 def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int],
@@ -492,6 +589,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of section 6")
     ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
                                         "(e.g. an unpacked `git archive` of an older commit)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="with --ratio and --base-root: batch of this checkout and of the base, "
+                         "interleaved over --rounds, CPU ms per image next to the model-bound "
+                         "loop's (table 4b)")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -505,6 +606,12 @@ def main() -> None:
     if args.writer_counts:
         counts = [int(c) for c in args.writer_counts.split(",")]
         bench_writers(args.ratio_images, args.batch_size, args.explain, counts, args.rounds)
+        return
+    if args.ratio and args.cpu:
+        if not args.base_root:
+            raise SystemExit("--cpu compares with another checkout: give --base-root")
+        bench_ratio_cpu(args.ratio_images, args.batch_size, args.explain, args.base_root,
+                        args.rounds)
         return
     if args.ratio:
         bench_ratio(args.ratio_images, args.batch_size, args.explain, args.base_root)

@@ -103,6 +103,10 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
         from medxai.pipeline import saliency_forward
     except ImportError:  # before the saliency reused the identity view
         saliency_forward = None
+    try:
+        from medxai.uncertainty import ViewCollector
+    except ImportError:  # before the foreground views
+        ViewCollector = None  # noqa: N806
 
     photos = _photos(n, work / "jpegs")
     build_photo_export(photos, work / "export")
@@ -126,13 +130,14 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
             x, _ = prepare_input(bundle, loaded.image)
             add("network (TTA views, plain torch)", _proc(lambda x=x: _network_views(bundle, x))[0])
             views = tta_accumulator(bundle)
+            # the hook medxai passes (where it has one: the foreground views of a binary model)
+            hook = ViewCollector([views]) if ViewCollector else (lambda _i, p, v=views: v.add(p))
             # the saliency's forward pass is the identity view's, where medxai has that
             kept = saliency_forward(bundle, opts, device) if saliency_forward else None
             extra = {"identity_forward": kept} if kept is not None else {}
             s, pred = _proc(
-                lambda loaded=loaded, views=views, extra=extra: predict(
-                    bundle, loaded.image, device=device, each_view=lambda _i, p: views.add(p),
-                    **extra)
+                lambda loaded=loaded, hook=hook, extra=extra: predict(
+                    bundle, loaded.image, device=device, each_view=hook, **extra)
             )
             add("predict() (prep + network + back)", s)
             extra = {"kept": kept} if kept is not None else {}

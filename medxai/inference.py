@@ -8,9 +8,10 @@ with the input's affine.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +31,9 @@ __all__ = [
     "Prediction",
     "predict",
     "predict_batch",
+    "labels_from_foreground",
+    "foreground_labeller",
+    "view_blocks",
     "sliding_window_logits",
     "check_input_fits",
     "ModelRunner",
@@ -42,8 +46,15 @@ __all__ = [
 
 
 #: ``each_view(i, prob)``: sees the ``(K, *spatial)`` probabilities of one test-time
-#: augmentation view of image ``i`` on its own grid.
+#: augmentation view of image ``i`` on its own grid. A hook with ``takes_foreground`` true
+#: also has ``foreground(i, fg)``: whole-image predictions of a two-class model then hand it
+#: the ``(1, *spatial)`` foreground probability alone (half the work of bringing every view
+#: back; :class:`medxai.uncertainty.ViewCollector`).
 EachView = Callable[[int, torch.Tensor], None]
+#: At most this many bytes of test-time augmentation views are brought back onto an image's
+#: grid in one inversion (an image's views go together: one MONAI inversion instead of one per
+#: view; 8 foreground views of a 512x512 photo are 8 MiB).
+VIEW_BLOCK_BYTES = 64 << 20
 #: ``identity_forward(x)``: the logits of the network for the identity view ``x``
 #: ``(N, C, *spatial)`` of the model's own input size, run in place of the network (e.g.
 #: :class:`medxai.explain.KeptForward`, which keeps the pass for the saliency's backward pass).
@@ -108,6 +119,10 @@ class Prediction:
         segments: ``(N, *spatial)`` bool overlapping segments, one per foreground label in
             order of value, when a MONAI bundle's postprocessing folds overlapping binary
             channels into the label map (BraTS); written as overlapping DICOM SEG segments.
+        grid: a whole-image prediction's :class:`~medxai.preprocessing.model_grid.ModelGrid` of
+            the model's own input size (what :func:`restore_output` needs to bring other maps
+            of that grid, e.g. a saliency map, back onto the input without preparing the image
+            again); None for other predictions.
     """
 
     probabilities: torch.Tensor
@@ -116,6 +131,7 @@ class Prediction:
     seconds: float
     tta: str = "none"
     segments: torch.Tensor | None = None
+    grid: ModelGrid | None = field(default=None, repr=False, compare=False)
 
 
 def tta_mode(inference: dict[str, Any], override: str | None = None) -> str:
@@ -292,11 +308,19 @@ def network_on(net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.
     original_device = first.device if first is not None else torch.device("cpu")
     try:
         net.eval()
-        net.to(device)
+        _move(net, device)
         yield net
     finally:
         net.train(was_training)
-        net.to(original_device)
+        _move(net, original_device)
+
+
+def _move(net: torch.nn.Module, device: torch.device) -> None:
+    """``net.to(device)``, skipped when every parameter and buffer is there already (``to``
+    walks every module: a few ms per call of a UNet, once per image in ``segment``)."""
+    tensors = [*net.parameters(), *net.buffers()]
+    if not tensors or any(t.device != device for t in tensors):
+        net.to(device)
 
 
 def whole_image_probabilities(
@@ -306,6 +330,7 @@ def whole_image_probabilities(
     tta: str,
     each_view: EachView | None = None,
     identity_forward: IdentityForward | None = None,
+    grids: list[ModelGrid] | None = None,
 ) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
@@ -315,7 +340,8 @@ def whole_image_probabilities(
     mode on ``device`` (:func:`network_on`). ``each_view(i, prob)``, when given, sees every
     view (every size and augmentation) of image ``i`` on its grid (the uncertainty samples).
     ``identity_forward``, when given, runs the identity view of the model's own size (the
-    batch of all images) in place of the network.
+    batch of all images) in place of the network. ``grids``, when given, gets each image's
+    :class:`ModelGrid` of the model's own input size.
     """
     net = bundle.network
     passes = []  # per input size: (probabilities (N, K, ...), undo states)
@@ -324,17 +350,25 @@ def whole_image_probabilities(
             prepared = [prepare_input(bundle, img, size) for img in images]
             x = torch.cat([p[0] for p in prepared])
             states = [p[1] for p in prepared]
+            # each image's views on the model grid, brought back together after the passes
+            kept: list[list[torch.Tensor]] = [[] for _ in images]
             hook = None
             if each_view is not None:
 
-                def hook(prob: torch.Tensor, states: list[ModelGrid] = states) -> None:
-                    for i, state in enumerate(states):
-                        each_view(i, restore_output(prob[i].float().cpu(), state))
+                def hook(prob: torch.Tensor, kept: list[list[torch.Tensor]] = kept) -> None:
+                    for i, views in enumerate(kept):
+                        views.append(prob[i])
 
             axes = bundle.contract.inference.tta_axes
             identity = identity_forward if size is None else None
             probs = _forward_tta(net, x.to(device), tta, hook, axes, identity).float().cpu()
             passes.append((probs, states))
+            if grids is not None and size is None:
+                grids.extend(states)
+            if each_view is not None:
+                for i, views in enumerate(kept):
+                    _hand_views(each_view, i, views, states[i], images[i])
+                    views.clear()
     out = []
     for i in range(len(images)):
         prob = restore_output(passes[0][0][i], passes[0][1][i])
@@ -342,6 +376,47 @@ def whole_image_probabilities(
             prob = prob + restore_output(p[i], states[i])
         out.append(prob / len(passes) if len(passes) > 1 else prob)
     return out
+
+
+def _hand_views(
+    each_view: EachView, i: int, views: list[torch.Tensor], state: ModelGrid, image: torch.Tensor
+) -> None:
+    """``views`` (each ``(K, *model_spatial)``) of image ``i`` back onto its grid, handed to
+    ``each_view`` in order. Every class: one inversion per view, as the prediction's own. Only
+    the foreground channel of a two-class model, when the hook takes it: the views go back
+    together, in blocks of at most :data:`VIEW_BLOCK_BYTES` (one MONAI inversion per block),
+    which gives each view the values of its own inversion: the resize treats each channel
+    alone, except that torch's 2D CPU kernel takes another path for exactly three channels, so
+    no block has three (:func:`view_blocks`)."""
+    if not views:
+        return
+    foreground = bool(getattr(each_view, "takes_foreground", False)) and views[0].shape[0] == 2
+    if not foreground:
+        for v in views:
+            each_view(i, restore_output(v.float().cpu(), state))
+        return
+    view_bytes = max(1, math.prod(int(n) for n in image.shape[1:]) * 4)
+    start = 0
+    for size in view_blocks(len(views), VIEW_BLOCK_BYTES // view_bytes):
+        block = torch.cat([v[1:2].float().cpu() for v in views[start : start + size]])
+        restored = restore_output(block, state)
+        for j in range(size):
+            each_view.foreground(i, restored[j : j + 1])  # type: ignore[attr-defined]
+        start += size
+
+
+def view_blocks(n: int, most: int) -> list[int]:
+    """Sizes of blocks of at most ``most`` (at least 1) of ``n`` one-channel views, none of
+    exactly three (torch's bilinear resize takes another path for three channels, whose values
+    differ in the last bit: measured on torch 2.13 for 1..8 channels and five photo sizes)."""
+    most = max(1, most)
+    sizes = []
+    while n > 0:
+        size = min(most, n)
+        size = 2 if size == 3 else size
+        sizes.append(size)
+        n -= size
+    return sizes
 
 
 def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
@@ -353,10 +428,40 @@ def labels_from_probabilities(bundle: Any, prob: torch.Tensor) -> torch.Tensor:
 
     threshold = bundle.contract.inference.threshold
     if threshold is not None and prob.shape[0] == 2:
-        labels = (prob[1] > threshold).to(torch.uint8)[None]
-    else:
-        labels = _argmax_channels(prob)
-    return postprocess_labels(labels, dict(bundle.contract.clean_up))
+        return labels_from_foreground(bundle, prob[1:2])
+    return postprocess_labels(_argmax_channels(prob), dict(bundle.contract.clean_up))
+
+
+def labels_from_foreground(bundle: Any, foreground: torch.Tensor) -> torch.Tensor:
+    """The label map of a binary bundle with ``inference.threshold`` t from its ``(1,
+    *spatial)`` foreground probability alone: the foreground where it exceeds t, then the
+    bundle's post-processing (:func:`labels_from_probabilities` of both channels).
+
+    Raises:
+        ModelError: the bundle has no threshold (its label map is the argmax of every class).
+    """
+    return foreground_labeller(bundle)(foreground)
+
+
+def foreground_labeller(bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`labels_from_foreground` for ``bundle`` as a function of the foreground alone, with
+    the bundle's threshold and post-processing read once (for the test-time augmentation
+    views: ``bundle.contract`` is parsed on each access)."""
+    from medxai.postprocess import postprocess_labels
+
+    spec = bundle.contract
+    threshold = spec.inference.threshold
+    if threshold is None:
+        raise ModelError(
+            f"model {bundle.name!r} has no foreground threshold; its label map needs every "
+            "class's probability"
+        )
+    clean_up = dict(spec.clean_up)
+
+    def labels(foreground: torch.Tensor) -> torch.Tensor:
+        return postprocess_labels((foreground[0] > threshold).to(torch.uint8)[None], clean_up)
+
+    return labels
 
 
 def predict(
@@ -514,14 +619,19 @@ def predict_batch(
     dev = resolve_device(device)
     mode = tta_mode(bundle.inference, tta)
     t0 = time.perf_counter()
+    grids: list[ModelGrid] = []
     with network_on(bundle.network, dev):
-        probs = whole_image_probabilities(bundle, images, dev, mode, each_view, identity_forward)
+        probs = whole_image_probabilities(
+            bundle, images, dev, mode, each_view, identity_forward, grids
+        )
     out = []
-    for img, prob in zip(images, probs):
+    for img, prob, grid in zip(images, probs, grids):
         labels = labels_from_probabilities(bundle, prob)
         affine = torch.as_tensor(getattr(img, "affine", torch.eye(4)))
         out.append(
-            Prediction(probabilities=prob, labels=labels, affine=affine, seconds=0.0, tta=mode)
+            Prediction(
+                probabilities=prob, labels=labels, affine=affine, seconds=0.0, tta=mode, grid=grid
+            )
         )
     each = (time.perf_counter() - t0) / len(images)
     for p in out:

@@ -1,6 +1,7 @@
 """Dice, once for the package: MONAI's :func:`monai.metrics.compute_dice` with medxai's rule
-for empty masks. Training validation, the evaluation metrics, the uncertainty view agreement
-and the explain faithfulness curves all call :func:`dice`.
+for empty masks. Training validation, the evaluation metrics and the explain faithfulness curves
+call :func:`dice`; the uncertainty view agreement (8 views a photo) computes the same float32
+ratio from pixel counts (``medxai.uncertainty``; equal to :func:`dice`, tested).
 
 **The rule for empty masks** (MONAI's ``ignore_empty=False``): a class absent from both the
 prediction and the truth scores **1** (nothing to find, nothing found); a class absent from the

@@ -48,6 +48,7 @@ from medxai.uncertainty import (
     SampleAccumulator,
     Samples,
     Uncertainty,
+    ViewCollector,
     summarise,
     tta_accumulator,
     uncertainty_method,
@@ -532,7 +533,8 @@ def _kept_saliency(
 ) -> torch.Tensor:
     """:func:`compute_saliency` of image ``index`` of the kept forward pass ``kept``: the same
     map, from a backward pass (one per label for the whole batch, kept for its other images),
-    brought back onto the image by ``state`` (the runner's :meth:`~medxai.inference.ModelRunner.model_input`, made once per image)."""
+    brought back onto the image by ``state`` (the prediction's ``grid``, else the runner's
+    :meth:`~medxai.inference.ModelRunner.model_input`'s, made once per image)."""
     if label not in kept.maps:
         from medxai.explain import SegmentationTarget
 
@@ -589,6 +591,8 @@ def saliency_maps(
                 continue
         if kept is not None and kept.ran:
             if state is None:  # the grid's inversion, the same for every label of this image
+                state = prediction.grid if prediction is not None else None
+            if state is None:
                 _, state = runner_for(bundle).model_input(loaded.image)
             maps[value] = _kept_saliency(bundle, kept, index, settings, value, state)
             continue
@@ -620,17 +624,13 @@ def _informativeness(
     sal: torch.Tensor, pred: Prediction, value: int, region: torch.Tensor | None
 ) -> dict[str, Any]:
     """How much the written map says beyond the mask, on the input grid (report.json)."""
-    from medxai.explain import context_share, energy_in_mask, redundancy, sparseness
+    from medxai.explain import energy_in_mask, informativeness
 
     s = sal[None].float()
     mask = (pred.labels == value)[None]
-    out: dict[str, Any] = {
-        "energy_in_mask": float(energy_in_mask(s, mask)[0]),
-        "corr_mask": float(redundancy(s, mask.float())[0]),
-        "corr_probability": float(redundancy(s, pred.probabilities[value][None, None])[0]),
-        "context_share": float(context_share(s, mask)[0]),
-        "sparseness": float(sparseness(s)[0]),
-    }
+    scores = informativeness(s, pred.probabilities[value][None, None], mask, with_complexity=False)
+    keys = ("energy_in_mask", "corr_mask", "corr_probability", "context_share", "sparseness")
+    out: dict[str, Any] = {k: float(scores[k][0]) for k in keys}
     if region is not None:
         out["energy_in_region"] = float(energy_in_mask(s, region[None])[0])
         out["region_share"] = float(region.float().mean())
@@ -841,7 +841,7 @@ def uncertainty_samples(
                 roi_size=opts.roi_size,
                 overlap=opts.overlap,
                 sw_batch_size=opts.sw_batch_size,
-                each_view=lambda _i, p: collect.add(p),
+                each_view=ViewCollector([collect]),
             )
         return views.finish("tta")
     if method == "mc-dropout":
@@ -896,7 +896,7 @@ def predict_stage(
             sw_batch_size=opts.sw_batch_size,
             tta=opts.tta,
             source=str(loaded.path),
-            each_view=(lambda _i, p: collect.add(p)) if collect is not None else None,
+            each_view=ViewCollector([collect]) if collect is not None else None,
             identity_forward=kept,
         )
         timings["predict"] = time.perf_counter() - t

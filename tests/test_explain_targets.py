@@ -14,13 +14,17 @@ from medxai.errors import ExplainError
 from medxai.explain import (
     SegmentationTarget,
     box_region,
+    complexity,
     context_share,
     deletion_insertion,
+    energy_in_mask,
     explain,
+    informativeness,
     lesion_energy_ratio,
     redundancy,
     resolve_layers,
     sliding_window_saliency,
+    sparseness,
     unet_layer_aliases,
 )
 
@@ -148,6 +152,34 @@ def test_informativeness_metrics_on_known_maps() -> None:
     assert float(context_share(uniform, mask)[0]) == pytest.approx(0.91)
     assert lesion_energy_ratio(uniform, mask)[0] == pytest.approx(1.0)
     assert lesion_energy_ratio(copy, mask)[0] == pytest.approx(100 / 9)
+
+
+def test_informativeness_equals_the_measures_one_by_one() -> None:
+    """informativeness shares the map's conversion and centring between its measures: each
+    value equals the function's own, bit for bit (random maps, a constant map, an all-zero
+    map, a 3D map), with and without complexity."""
+    rng = np.random.default_rng(11)
+    sal = torch.from_numpy(rng.random((4, 1, 33, 27), dtype=np.float32))
+    prob = torch.from_numpy(rng.random((4, 1, 33, 27), dtype=np.float32))
+    mask = prob > 0.5
+    sal[1] = 0.25
+    sal[2] = 0.0
+    for s, p, m in ((sal, prob, mask), (sal[:1, :, :, :, None].repeat(1, 1, 1, 1, 5),
+                                        prob[:1, :, :, :, None].repeat(1, 1, 1, 1, 5),
+                                        mask[:1, :, :, :, None].repeat(1, 1, 1, 1, 5))):
+        got = informativeness(s, p, m)
+        want = {
+            "corr_probability": redundancy(s, p),
+            "corr_mask": redundancy(s, m.float()),
+            "energy_in_mask": energy_in_mask(s, m).numpy().astype(np.float64),
+            "context_share": context_share(s, m).numpy().astype(np.float64),
+            "sparseness": sparseness(s),
+            "complexity": complexity(s),
+        }
+        assert set(got) == set(want)
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+        assert "complexity" not in informativeness(s, p, m, with_complexity=False)
 
 
 def test_deletion_scores_the_chosen_target() -> None:

@@ -18,11 +18,14 @@ import pytest
 import torch
 from scipy import ndimage
 
+from medxai.errors import InputError
 from medxai.inference import predict
 from medxai.io.readers import load_image
 from medxai.models.bundle import ModelBundle, network_from_config
+from medxai.overlap import dice
 from medxai.pipeline import SegmentOptions, segment_path
 from medxai.uncertainty import (
+    ViewCollector,
     border_band,
     mc_dropout_samples,
     normalised_entropy,
@@ -176,6 +179,94 @@ def test_tta_views_do_not_change_the_prediction(isic_bundle):
     samples = acc.finish("tta")
     assert samples.n == 8  # the dihedral group
     torch.testing.assert_close(samples.mean, plain.probabilities, atol=1e-5, rtol=0)
+
+
+def test_foreground_views_give_the_same_samples_as_every_class(isic_bundle):
+    """A binary thresholded model's views handed as the foreground alone (ViewCollector, what
+    segment and batch pass) give the same label maps and variance map as every class's views,
+    bit for bit, and the same uncertainty; the prediction is unchanged."""
+    image = load_image(shared_path(*ISIC_IMAGE)).image
+    full, fg = tta_accumulator(isic_bundle), tta_accumulator(isic_bundle)
+    assert fg.takes_foreground
+    a = predict(isic_bundle, image, device="cpu", each_view=lambda _i, p: full.add(p))
+    hook = ViewCollector([fg])
+    assert hook.takes_foreground
+    b = predict(isic_bundle, image, device="cpu", each_view=hook)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.probabilities, b.probabilities)
+    sa, sb = full.finish("tta"), fg.finish("tta")
+    assert not sa.foreground_only and sb.foreground_only and sb.n == sa.n == 8
+    assert sb.mean.shape == (1, *a.labels.shape[1:])
+    assert torch.equal(sa.labels, sb.labels)
+    assert torch.equal(sa.variance[1:2], sb.variance)
+    ua, ub = summarise(sa, a), summarise(sb, b)
+    assert torch.equal(ua.entropy, ub.entropy) and torch.equal(ua.variance, ub.variance)
+    assert ua.scores == ub.scores
+    with pytest.raises(InputError, match="cannot be mixed"):
+        fg.add(a.probabilities)
+
+
+def test_view_blocks_restore_each_view_as_its_own_inversion():
+    """The foreground views go back onto a full-resolution photo in blocks (one resize of
+    several channels): each equals the foreground channel of its own two-class resize, bit for
+    bit, for every block size view_blocks gives; three channels take another path in torch's
+    kernel, so no block has three."""
+    from medxai.inference import view_blocks
+    from medxai.preprocessing.spatial import resize_probabilities
+
+    assert view_blocks(8, 3) == [2, 2, 2, 2] and view_blocks(8, 5) == [5, 2, 1]
+    assert view_blocks(8, 64) == [8] and view_blocks(3, 0) == [1, 1, 1]
+    for n in range(1, 10):
+        for most in range(0, 10):
+            sizes = view_blocks(n, most)
+            assert sum(sizes) == n and 3 not in sizes and max(sizes) <= max(1, most)
+    views = torch.softmax(torch.randn(8, 2, 192, 192, generator=torch.Generator().manual_seed(5)),
+                          1)
+    size = (648, 486)  # a 2592x1944 photo's shape at a quarter of its side
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):  # one thread: where torch 2.13's three-channel path differs
+            torch.set_num_threads(t)
+            own = [resize_probabilities(v, size)[1] for v in views]
+            for most in (1, 2, 4, 5, 8):
+                start = 0
+                for n in view_blocks(8, most):
+                    block = resize_probabilities(views[start:start + n, 1], size)
+                    for j in range(n):
+                        assert torch.equal(block[j], own[start + j])
+                    start += n
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_view_agreement_counts_equal_monai_dice_and_the_band_equals_the_filters():
+    """The view agreement's Dice from pixel counts equals medxai.overlap.dice (MONAI's
+    compute_dice) exactly, absent labels included; the border band equals
+    grey_dilation != grey_erosion (scipy's reflect edges) in 2D and 3D."""
+    rng = np.random.default_rng(7)
+    for shape, k in (((37, 53), 2), ((40, 31), 4), ((9, 12, 7), 3)):
+        final = ndimage.median_filter(rng.integers(0, k, shape), 3).astype(np.uint8)
+        fp = ndimage.generate_binary_structure(final.ndim, 1)
+        filters = ndimage.grey_dilation(final, footprint=fp) != ndimage.grey_erosion(
+            final, footprint=fp)
+        np.testing.assert_array_equal(border_band(final), filters)
+        samples = [final, np.roll(final, 3, 0), np.zeros_like(final),
+                   ndimage.median_filter(rng.integers(0, k, shape), 3).astype(np.uint8)]
+        values = sorted({int(v) for v in np.unique(np.stack([*samples, final]))} - {0})
+        want = []
+        for sample in samples:
+            present = {int(v) for v in np.unique(np.stack([sample, final]))}
+            wanted = [v for v in values if v in present]
+            scores = dice(torch.from_numpy(sample)[None, None],
+                          torch.from_numpy(final)[None, None], num_classes=max(wanted) + 1,
+                          include_background=False)[0]
+            want.append(float(scores[[v - 1 for v in wanted]].double().mean()))
+        got = quality_scores(torch.zeros(1, *shape), torch.from_numpy(final)[None],
+                             torch.zeros(k, *shape), torch.from_numpy(np.stack(samples)))
+        assert got["view_agreement"] == float(np.mean(want))
+    empty = np.zeros((6, 5), dtype=np.uint8)  # nothing anywhere: agreement 1
+    got = quality_scores(torch.zeros(1, 6, 5), torch.from_numpy(empty)[None],
+                         torch.zeros(2, 6, 5), torch.from_numpy(np.stack([empty, empty])))
+    assert got["view_agreement"] == 1.0
 
 
 def test_quality_scores_on_a_known_case():

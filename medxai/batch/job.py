@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from medxai.batch.types import Job, Result
 from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
 from medxai.io.atomic import write_text_atomic
+from medxai.io.writers import warm_dicom_writers
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
@@ -381,6 +383,11 @@ def run_batch(
             man.close()
 
 
+def _writes_dicom(options: SegmentOptions) -> bool:
+    """Whether a batch with ``options`` writes DICOM objects."""
+    return any(f.startswith("dicom") for f in batch_options(options).formats or [])
+
+
 def _check_folders(export_dir: str | Path, output: str | Path) -> tuple[Path, Path]:
     """The export (an existing folder) and the output folder (created; not the export)."""
     export = Path(export_dir).expanduser().resolve()
@@ -437,6 +444,8 @@ class _Run:
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
     process_s: float = 0.0
+    #: CPU seconds of this process (every thread) while processing; writer processes not included
+    process_cpu_s: float = 0.0
     backend: str = "in process"
 
     @property
@@ -479,6 +488,9 @@ def _run_locked(
                 # started now, so that they import medxai while the export is scanned
                 run.pool = stack.enter_context(Writers(run.writers))
                 run.pool.warm()
+            elif not run.scheduler and run.workers <= 1 and _writes_dicom(run.opts):
+                # this process writes: the DICOM writers' one-time set-up during the scan
+                threading.Thread(target=warm_dicom_writers, daemon=True).start()
             found = _scan_step(run, man, retry_failed, scan_workers)
             _process_step(run, man, found.pending)
         status = "finished"
@@ -536,6 +548,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     """Run the pending series, model by model, on the configured backend; each result is
     recorded in the manifest as it comes back."""
     t1 = time.perf_counter()
+    c1 = time.process_time()
     total = len(pending)
 
     def on_result(r: Result) -> None:
@@ -547,6 +560,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
     _process_groups(run, man, pending, on_result, run.pool)
     run.process_s = time.perf_counter() - t1
+    run.process_cpu_s = time.process_time() - c1
 
 
 def _process_groups(
@@ -685,6 +699,10 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             "images_done": images,
             "seconds": round(run.process_s, 3),
             "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
+            # this process's CPU time (all its threads; not the --writers processes'): the
+            # cost per image that a busy machine's wall time hides
+            "cpu_s": round(run.process_cpu_s, 3),
+            "cpu_ms_per_image": round(1000 * run.process_cpu_s / images, 1) if images else 0.0,
         },
         failed=failed,
         skipped_reasons=group_reasons(man.reasons("skipped")),

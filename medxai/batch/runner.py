@@ -59,7 +59,12 @@ from medxai.pipeline import (
     write_stage,
     write_task,
 )
-from medxai.uncertainty import SampleAccumulator, tta_accumulator, uncertainty_method
+from medxai.uncertainty import (
+    SampleAccumulator,
+    ViewCollector,
+    tta_accumulator,
+    uncertainty_method,
+)
 
 #: The hint of a series that the header scan gave to a model (no --model) and that the model's
 #: fit rules refuse once the image is read (spacing, field of view, body part).
@@ -563,7 +568,7 @@ class ChunkPipeline:
                 [it.loaded.image for it in fitting],
                 device=self.device,
                 tta=self.options.tta,
-                each_view=(lambda i, p: views[i].add(p)) if views is not None else None,
+                each_view=ViewCollector(views) if views is not None else None,
                 identity_forward=kept,
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it

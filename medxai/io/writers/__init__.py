@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         series_number_for,
         shared_source_headers,
     )
+    from medxai.io.writers._warm import warm_up as warm_dicom_writers
     from medxai.io.writers.dicom_pm import DEFAULT_PM_SERIES_OFFSET, quantity_code, write_dicom_pm
     from medxai.io.writers.dicom_rtstruct import write_dicom_rtstruct
     from medxai.io.writers.dicom_sc import (
@@ -72,7 +73,12 @@ _HOMES = {
     "label_statistics": "medxai.io.writers.report",
     "to_plain": "medxai.io.writers.report",
     "write_report_json": "medxai.io.writers.report",
+    "warm_dicom_writers": "medxai.io.writers._warm",
 }
+
+
+#: names exported under another name than their module's
+_ALIASES = {"warm_dicom_writers": "warm_up"}
 
 
 def __dir__() -> list[str]:
@@ -83,7 +89,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    value = getattr(importlib.import_module(home), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 
@@ -118,4 +124,5 @@ __all__ = [
     "write_report_json",
     "label_statistics",
     "to_plain",
+    "warm_dicom_writers",
 ]

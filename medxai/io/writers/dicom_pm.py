@@ -76,6 +76,9 @@ from medxai.io.writers._common import (
     source_proxy,
     usable_spacing,
 )
+from medxai.io.writers._highdicom import memoise_iod_lookups
+
+memoise_iod_lookups()  # highdicom asks the same IOD questions for every object
 
 __all__ = [
     "write_dicom_pm",

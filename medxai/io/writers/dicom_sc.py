@@ -56,6 +56,9 @@ from medxai.io.writers._common import (
     source_grid,
     source_proxy,
 )
+from medxai.io.writers._highdicom import memoise_iod_lookups
+
+memoise_iod_lookups()  # highdicom asks the same IOD questions for every object
 
 __all__ = [
     "write_dicom_sc",

@@ -75,7 +75,10 @@ from medxai.io.writers._common import (
     source_grid,
     source_proxy,
 )
+from medxai.io.writers._highdicom import memoise_iod_lookups
 from medxai.labelmaps import present_values
+
+memoise_iod_lookups()  # highdicom asks the same IOD questions for every object
 
 _is_multiframe_iod: Callable[[Any], Any] | None
 try:  # private helper of highdicom: whether the SOP class's IOD allows several frames

@@ -71,8 +71,11 @@ from medxai.io.writers._common import (
     series_number_for,
     source_proxy,
 )
+from medxai.io.writers._highdicom import memoise_iod_lookups
 from medxai.io.writers.dicom_pm import MEDXAI_SCHEME, quantity_code
 from medxai.io.writers.dicom_seg import segment_codes
+
+memoise_iod_lookups()  # highdicom asks the same IOD questions for every object
 
 __all__ = [
     "write_dicom_sr",
