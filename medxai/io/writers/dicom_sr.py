@@ -171,15 +171,22 @@ def segment_outlines(labels: Any, value: int) -> list[SegmentOutline]:
     out = []
     for k in range(volume.shape[2]):
         mask = volume[:, :, k] == value
-        if not mask.any():
+        along_i, along_j = mask.any(1), mask.any(0)
+        if not along_i.any():
             continue
-        components, n = ndimage.label(mask)
+        # labelled in the label's bounding box on the slice (labelling and finding the
+        # components' boxes took most of the time on a whole 512x512 slice): the same
+        # components, numbered in the same (raster) order, their boxes shifted by its corner
+        i0, j0 = int(along_i.argmax()), int(along_j.argmax())
+        i1 = len(along_i) - int(along_i[::-1].argmax())
+        j1 = len(along_j) - int(along_j[::-1].argmax())
+        components, n = ndimage.label(mask[i0:i1, j0:j1])
         # each component traced in its bounding box (not the whole slice): the same iso-line
         for c, box in enumerate(ndimage.find_objects(components), start=1):
             component = components[box] == c
             padded = np.pad(component, 1).astype(np.float32)
             # (i, j) = (column, row) index of the unpadded mask; DICOM's pixel centres are +0.5
-            offset = np.array([box[0].start, box[1].start], dtype=np.float64)
+            offset = np.array([box[0].start + i0, box[1].start + j0], dtype=np.float64)
             contours = [ij + offset - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
             outer = max(contours, key=_shoelace)
             if not np.array_equal(outer[0], outer[-1]):
