@@ -373,3 +373,50 @@ def test_measurements_sit_where_highdicoms_templates_put_them():
         tracking_identifier=tracking, referenced_region=region)
     _insert_measurements(ours, measurements[:1], references=1)
     assert ours[0] == expected[0]
+
+
+def test_the_sr_file_is_the_bytes_pydicom_writes(tmp_path, monkeypatch):
+    """The report is encoded with its items marked as encoded and its outlines' Graphic Data
+    as raw float32 (medxai.io.writers.dicom_sr._encoded): the file is byte for byte what
+    pydicom's own save_as writes of the same report, every outline's points in it (a photo
+    with a hole, a ring and one-pixel components, two labels), and the marks are taken off."""
+    from medxai.io.writers import dicom_sr
+
+    picture = (np.random.default_rng(4).random((3, 40, 36)) * 255).astype(np.uint8)
+    source = create_photo_study(picture, tmp_path / "photo.dcm")
+    labels = np.zeros((40, 36), np.uint8)
+    labels[3:20, 4:30] = 1
+    labels[8:12, 10:14] = 0  # a hole
+    labels[25:35, 5:15] = 2
+    labels[28:32, 8:12] = 0  # a ring
+    labels[38, 30] = labels[36, 33] = 1
+    seg = write_dicom_seg(labels, source, LABELS, "test-unet", "1.2.3", tmp_path / "seg.dcm")
+    reports = []
+    encoded = dicom_sr._encoded
+
+    def keep(sr):
+        reports.append(sr)
+        return encoded(sr)
+
+    monkeypatch.setattr(dicom_sr, "_encoded", keep)
+    path = write_dicom_sr(labels, source, seg, LABELS, tmp_path / "sr.dcm", **MODEL)
+    (sr,) = reports
+    assert all(item.original_encoding == (None, None) for item in _all_items(sr))
+    plain = tmp_path / "plain.dcm"
+    sr.save_as(plain, enforce_file_format=True)  # converts the raw Graphic Data back
+    assert path.read_bytes() == plain.read_bytes()
+    assert_dciodvfy_clean(path)
+    outlines = _outlines(pydicom.dcmread(path), [pydicom.dcmread(source.paths[0])])
+    want = [o.points for v in (1, 2) for o in dicom_sr.segment_outlines(labels, v)]
+    assert len(outlines) == len(want) == 4
+    for o, points in zip(outlines, want, strict=True):
+        np.testing.assert_array_equal(o["points"], points.astype(np.float32))
+        _assert_on_boundary(o["points"], labels == int(o["name"].split()[1]))
+
+
+def _all_items(ds):
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield item
+                yield from _all_items(item)

@@ -24,6 +24,7 @@ Informativeness (does the map say more than the mask?):
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from typing import Any
 
@@ -308,6 +309,22 @@ def _flat(values: torch.Tensor | np.ndarray, n: int | None = None) -> np.ndarray
     return arr.reshape(arr.shape[0] if n is None else n, -1)
 
 
+def _flat_copy(values: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
+    """:func:`_flat` of ``values`` in memory of its own (converting to float64 made it, else a
+    copy)."""
+    if isinstance(values, torch.Tensor) and values.dtype != torch.float64:
+        return _flat(values, n)
+    return _flat(values, n).copy()
+
+
+def _flat_native(values: torch.Tensor, as_float64: np.ndarray) -> np.ndarray:
+    """``values`` as ``(N, -1)`` in their own floating type where that is what
+    ``as_float64`` (:func:`_flat` of them) was converted from, else ``as_float64``."""
+    if values.dtype in (torch.float32, torch.float16):
+        return values.detach().cpu().numpy().reshape(as_float64.shape)
+    return as_float64
+
+
 def redundancy(saliency: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
     """Pearson correlation per sample between a map and the model's output (``(N,)``).
 
@@ -361,16 +378,34 @@ def sparseness(saliency: torch.Tensor | np.ndarray) -> np.ndarray:
     Computed as Quantus' ``Sparseness`` (values divided by their maximum, 1e-7 added): 0 for a
     uniform map, towards 1 when the mass sits on few pixels.
     """
-    return _sparseness(np.abs(_flat(saliency)))
+    return _sparseness(_flat(saliency))
 
 
-def _sparseness(a: np.ndarray) -> np.ndarray:
-    peak = a.max(1, keepdims=True)
-    a = np.where(peak > 0, a / np.where(peak > 0, peak, 1), a) + 1e-7
-    a = np.sort(a, axis=1)
+def _sparseness(values: np.ndarray) -> np.ndarray:
+    """:func:`sparseness` of the rows of ``values`` (any float type; float32 sorts faster).
+
+    The absolute values are sorted first, in their own type, and only then made float64,
+    divided by the row's maximum and shifted by 1e-7: each of those steps keeps the order
+    (it is non-decreasing), so the sorted result is exactly the sort of the transformed values
+    (the earlier order of the steps; the same figures, tested), at about half the time of
+    sorting 262144 float64 values of a 512x512 map.
+    """
+    a = np.sort(np.abs(values), axis=1).astype(np.float64)
+    for row, peak in zip(a, a[:, -1].copy(), strict=True):
+        if peak > 0:
+            row /= peak
+    a += 1e-7
     p = a.shape[1]
+    return (_gini_weights(p) * a).sum(1) / (p * a.sum(1))
+
+
+@functools.lru_cache(maxsize=8)
+def _gini_weights(p: int) -> np.ndarray:
+    """``2 * rank - p - 1`` for the ranks ``1..p`` (float64, as numpy would cast them)."""
     ranks = np.arange(1, p + 1)[None]
-    return ((2 * ranks - p - 1) * a).sum(1) / (p * a.sum(1))
+    weights = (2 * ranks - p - 1).astype(np.float64)
+    weights.flags.writeable = False
+    return weights
 
 
 def complexity(saliency: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -427,8 +462,9 @@ def informativeness(
     flat = _flat(saliency)
     n = flat.shape[0]
     sal = _centred(flat.astype(np.float64))
-    prob = _flat(probability, n).astype(np.float64)
-    reference = _flat(mask.float(), n).astype(np.float64)
+    # _centred works in place: on a copy of its own (a float64 tensor's array is its memory)
+    prob = _flat_copy(probability, n)
+    reference = _flat_copy(mask, n)  # a boolean mask: 0.0 / 1.0, as mask.float() gave
     if prob.shape != flat.shape or reference.shape != flat.shape:
         raise ExplainError(f"map and reference differ in size: {flat.shape} vs {prob.shape}")
     out = {
@@ -439,7 +475,7 @@ def informativeness(
         .cpu()
         .numpy()
         .astype(np.float64),
-        "sparseness": _sparseness(np.abs(flat)),
+        "sparseness": _sparseness(_flat_native(saliency, flat)),
     }
     if with_complexity:
         out["complexity"] = complexity(saliency)

@@ -51,9 +51,12 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 from skimage.measure import find_contours
 
@@ -171,15 +174,22 @@ def segment_outlines(labels: Any, value: int) -> list[SegmentOutline]:
     out = []
     for k in range(volume.shape[2]):
         mask = volume[:, :, k] == value
-        if not mask.any():
+        along_i, along_j = mask.any(1), mask.any(0)
+        if not along_i.any():
             continue
-        components, n = ndimage.label(mask)
+        # labelled in the label's bounding box on the slice (labelling and finding the
+        # components' boxes took most of the time on a whole 512x512 slice): the same
+        # components, numbered in the same (raster) order, their boxes shifted by its corner
+        i0, j0 = int(along_i.argmax()), int(along_j.argmax())
+        i1 = len(along_i) - int(along_i[::-1].argmax())
+        j1 = len(along_j) - int(along_j[::-1].argmax())
+        components, n = ndimage.label(mask[i0:i1, j0:j1])
         # each component traced in its bounding box (not the whole slice): the same iso-line
         for c, box in enumerate(ndimage.find_objects(components), start=1):
             component = components[box] == c
             padded = np.pad(component, 1).astype(np.float32)
             # (i, j) = (column, row) index of the unpadded mask; DICOM's pixel centres are +0.5
-            offset = np.array([box[0].start, box[1].start], dtype=np.float64)
+            offset = np.array([box[0].start + i0, box[1].start + j0], dtype=np.float64)
             contours = [ij + offset - 1.0 + 0.5 for ij in find_contours(padded, 0.5)]
             outer = max(contours, key=_shoelace)
             if not np.array_equal(outer[0], outer[-1]):
@@ -282,6 +292,72 @@ def _region_source(source: DicomSource, k: int) -> hd.sr.SourceImageForRegion:
     )
 
 
+_GRAPHIC_DATA = Tag(0x0070, 0x0022)
+
+
+def _polyline_region(points: np.ndarray, image: hd.sr.SourceImageForRegion) -> hd.sr.ImageRegion:
+    """highdicom's POLYLINE Image Region of ``points`` (``(n, 2)``), its Graphic Data given as
+    the encoded element (float32, little endian: what pydicom writes from highdicom's list).
+
+    highdicom stores the points as a list of Python floats, which pydicom converts one by one
+    into its value (about 1.4 ms for an outline of 800 points, more than the rest of the
+    group); the region is made with the first two points (highdicom checks only the shape)
+    and then holds all of them as the raw element, written as it is (:func:`_encoded`).
+    """
+    coords = np.asarray(points, dtype=np.float32)
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=coords[:2] if len(coords) > 2 else coords,
+        source_image=image,
+    )
+    data = coords.astype("<f4").tobytes()
+    region[_GRAPHIC_DATA] = RawDataElement(_GRAPHIC_DATA, "FL", len(data), data, 0, False, True)
+    return region
+
+
+def _nested_items(ds: Dataset, into: list[Dataset]) -> bool:
+    """Append every sequence item under ``ds`` to ``into``; False where an element is encoded
+    (raw) other than the Graphic Data of :func:`_polyline_region`."""
+    for elem in ds.elements():
+        if isinstance(elem, RawDataElement):
+            if elem.tag != _GRAPHIC_DATA or elem.is_implicit_VR or not elem.is_little_endian:
+                return False
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                into.append(item)
+                if not _nested_items(item, into):
+                    return False
+    return True
+
+
+def _encoded(sr: Dataset) -> bytes:
+    """The file of ``sr`` (Explicit VR Little Endian), as ``sr.save_as`` writes it.
+
+    pydicom writes a dataset made in memory (not read from a file) by first correcting the
+    ambiguous VRs of its whole tree, and does that again for each sequence item it writes, at
+    every level of the content tree; and it converts the raw Graphic Data back into floats.
+    The items are marked as encoded in the file's transfer syntax and character set (pydicom's
+    ``set_original_encoding``, its way to write such datasets as they are) for the one call:
+    the tree is corrected once, from the top, and the raw elements are written as they are.
+    The same bytes (tested against ``save_as`` without the marks); the marks are taken off
+    again.
+    """
+    items: list[Dataset] = []
+    explicit_little = sr.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    if not explicit_little or not _nested_items(sr, items):
+        items = []  # written as pydicom writes any dataset
+    before = [(it.original_encoding, it.original_character_set) for it in items]
+    try:
+        for item in items:
+            item.set_original_encoding(False, True, item._character_set)
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+    finally:
+        for item, ((implicit, little), charset) in zip(items, before, strict=True):
+            item.set_original_encoding(implicit, little, charset)
+
+
 def _planar_group(
     outline: SegmentOutline,
     name: str,
@@ -298,11 +374,7 @@ def _planar_group(
         unit = codes.UCUM.SquareMillimeter
     else:
         value, unit = float(outline.count), _PIXELS
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=outline.points.astype(np.float32),
-        source_image=_region_source(source, outline.slice_index),
-    )
+    region = _polyline_region(outline.points, _region_source(source, outline.slice_index))
     where = f" slice {outline.slice_index + 1}" if ndim == 3 else ""
     uid = new_uid("sr outline tracking")
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -515,6 +587,4 @@ def write_dicom_sr(
     sr[content.tag] = content
     _add_content(sr, _image_library(source), outline_groups)
     sr.SoftwareVersions = SOFTWARE_VERSION
-    buffer = io.BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, _encoded(sr))
