@@ -919,22 +919,16 @@ def _macros_from_root(parser: Any, root: Path, cfg_path: Path) -> None:
     see the whole config (the ``LoadImaged`` a macro brings in included)."""
     from monai.bundle import ConfigParser
 
-    def visit(node: Any, prefix: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            cid = f"{prefix}#{k}" if prefix else str(k)
-            if isinstance(v, (dict, list)):
-                visit(v, cid)
-            elif isinstance(v, str) and v.startswith("%"):
-                path, ids = ConfigParser.split_path_id(v[1:])
-                if not path or Path(path).is_absolute():
-                    continue
-                for base in (root, cfg_path.parent):
-                    if (base / path).is_file():
-                        parser[cid] = f"%{base / path}" + (f"#{ids}" if ids else "")
-                        break
-
-    visit(parser.get(), "")
+    for cid, v in _string_leaves(parser.get()):
+        if not v.startswith("%"):
+            continue
+        path, ids = ConfigParser.split_path_id(v[1:])
+        if not path or Path(path).is_absolute():
+            continue
+        for base in (root, cfg_path.parent):
+            if (base / path).is_file():
+                parser[cid] = f"%{base / path}" + (f"#{ids}" if ids else "")
+                break
     try:
         parser.resolve_macro_and_relative_ids()
     except Exception as exc:  # a file or an id the macro names that is not there
@@ -1013,6 +1007,20 @@ def _refuse_interactive(raw: dict[str, Any], cfg_path: Path) -> None:
             )
 
 
+def _string_leaves(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``(config id, text)`` of every string inside ``node``'s dicts and lists (ids joined by
+    ``#``), collected before the caller changes any."""
+    out: list[tuple[str, str]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in items:
+        key = f"{prefix}#{k}" if prefix else str(k)
+        if isinstance(v, (dict, list)):
+            out += _string_leaves(v, key)
+        elif isinstance(v, str):
+            out.append((key, v))
+    return out
+
+
 def _walk(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """``(config id, node)`` of every dict and list inside ``node`` (ids joined by ``#``)."""
     out: list[tuple[str, Any]] = []
@@ -1089,21 +1097,14 @@ def _on_cpu(parser: Any, raw: dict[str, Any]) -> list[str]:
     plain MONAI users on a CPU override the same keys (``arch_ckpt``, ``dints_space#device``)."""
     changed = []
 
-    def visit(node: Any, prefix: str) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for k, v in items:
-            cid = f"{prefix}#{k}" if prefix else str(k)
-            if isinstance(v, (dict, list)):
-                visit(v, cid)
-            elif isinstance(v, str) and v.startswith("$") and cid.split("#")[0] != "imports":
-                new = _TORCH_LOAD.sub(
-                    "medxai_load_checkpoint(", _CUDA_DEVICE.sub("torch.device('cpu')", v)
-                )
-                if new != v:
-                    parser[cid] = new
-                    changed.append(cid)
-
-    visit(raw, "")
+    for cid, v in _string_leaves(raw):
+        if v.startswith("$") and cid.split("#")[0] != "imports":
+            new = _TORCH_LOAD.sub(
+                "medxai_load_checkpoint(", _CUDA_DEVICE.sub("torch.device('cpu')", v)
+            )
+            if new != v:
+                parser[cid] = new
+                changed.append(cid)
     return [f"{cid}: loaded/built on the CPU (cuda device, torch.load)" for cid in changed]
 
 
