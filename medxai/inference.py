@@ -670,7 +670,7 @@ def _predict_monai(
     source: str | None,
 ) -> Prediction:
     """A MONAI model-zoo bundle's own preprocessing, inferer and postprocessing
-    (:meth:`medxai.models.monai_bundle.MonaiBundle.run`). The probabilities are the bundle's
+    (:meth:`medxai.models.monai_bundle.MonaiBundle.run_full`). The probabilities are the bundle's
     activations after its ``Invertd`` when it inverts them, else the label map one-hot."""
     bundle.check_input(image, source)
     x, squeezed = _squeeze_to_model_dims(image, bundle.spatial_dims)

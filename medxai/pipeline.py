@@ -832,7 +832,6 @@ def uncertainty_samples(
     if method == "tta":
         if views is None or len(views) == 0:
             views = tta_accumulator(bundle)
-            collect = views
             predict(
                 bundle,
                 loaded.image,
@@ -841,7 +840,7 @@ def uncertainty_samples(
                 roi_size=opts.roi_size,
                 overlap=opts.overlap,
                 sw_batch_size=opts.sw_batch_size,
-                each_view=ViewCollector([collect]),
+                each_view=ViewCollector([views]),
             )
         return views.finish("tta")
     if method == "mc-dropout":
@@ -886,7 +885,6 @@ def predict_stage(
         if progress:
             progress(f"{name}: predicting on {device}")
         t = time.perf_counter()
-        collect = views
         prediction = predict(
             bundle,
             loaded.image,
@@ -896,7 +894,7 @@ def predict_stage(
             sw_batch_size=opts.sw_batch_size,
             tta=opts.tta,
             source=str(loaded.path),
-            each_view=ViewCollector([collect]) if collect is not None else None,
+            each_view=ViewCollector([views]) if views is not None else None,
             identity_forward=kept,
         )
         timings["predict"] = time.perf_counter() - t

@@ -635,27 +635,6 @@ class MonaiBundle(ModelBundle):
         out = self._guard(lambda: inv({self.image_key: ref, "pred": mt}), "inversion")["pred"]
         return out.as_tensor() if hasattr(out, "as_tensor") else out
 
-    def run(
-        self,
-        image: torch.Tensor,
-        device: torch.device,
-        *,
-        roi_size: Sequence[int] | None = None,
-        overlap: float | None = None,
-        sw_batch_size: int | None = None,
-        source: str | Path | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``(probabilities, labels)`` of :meth:`run_full`."""
-        out = self.run_full(
-            image,
-            device,
-            roi_size=roi_size,
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            source=source,
-        )
-        return out.probabilities, out.labels
-
     def run_full(
         self,
         image: torch.Tensor,
