@@ -447,7 +447,7 @@ def foreground_labeller(bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """:func:`labels_from_foreground` for ``bundle`` as a function of the foreground alone, with
     the bundle's threshold and post-processing read once (for the test-time augmentation
     views: ``bundle.contract`` is parsed on each access)."""
-    from medxai.postprocess import postprocess_labels
+    from medxai.postprocess import mask_clean_up
 
     spec = bundle.contract
     threshold = spec.inference.threshold
@@ -456,10 +456,12 @@ def foreground_labeller(bundle: Any) -> Callable[[torch.Tensor], torch.Tensor]:
             f"model {bundle.name!r} has no foreground threshold; its label map needs every "
             "class's probability"
         )
-    clean_up = dict(spec.clean_up)
+    # the clean-up of the one foreground value, on the thresholded mask itself (the label map
+    # postprocess_labels gives, without its passes over a uint8 copy: nine maps per photo)
+    clean_up = mask_clean_up(dict(spec.clean_up), 1)
 
     def labels(foreground: torch.Tensor) -> torch.Tensor:
-        return postprocess_labels((foreground[0] > threshold).to(torch.uint8)[None], clean_up)
+        return torch.from_numpy(clean_up((foreground[0] > threshold).cpu().numpy()))[None]
 
     return labels
 

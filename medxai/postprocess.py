@@ -17,6 +17,7 @@ medxai). ``fill_holes`` gives a label the background regions that it encloses. B
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,13 @@ from medxai.choices import POSTPROCESSING_KEYS
 from medxai.errors import ModelError
 from medxai.labelmaps import present_values
 
-__all__ = ["POSTPROCESSING_KEYS", "postprocess_labels", "check_postprocessing"]
+__all__ = [
+    "POSTPROCESSING_KEYS",
+    "postprocess_labels",
+    "check_postprocessing",
+    "MaskCleanUp",
+    "mask_clean_up",
+]
 
 
 def check_postprocessing(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -77,8 +84,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     for axis in range(mask.ndim):
         outside[np.take(comp, 0, axis=axis)] = True
         outside[np.take(comp, -1, axis=axis)] = True
-    outside[0] = True  # the mask itself
-    return mask | ~outside[comp]
+    # label 0 is the mask itself: kept (not outside), as is every hole
+    outside[0] = False
+    return ~outside[comp]
 
 
 def _keep_components(value: Any, present: Iterable[int]) -> dict[int, int]:
@@ -130,7 +138,9 @@ def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     the box's faces is outside the foreground's extent, so connected to the outside (on a
     lesion photo the box is a few percent of the picture; the clean-up runs once per test-time
     augmentation view)."""
-    mask = np.asarray(labels) != 0
+    mask = np.asarray(labels)
+    if mask.dtype != np.bool_:
+        mask = mask != 0
     box = []
     for axis, n in enumerate(mask.shape):
         # the extent along one axis: which of its planes hold any foreground (the same box as
@@ -141,3 +151,51 @@ def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
             return None
         box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, n)))
     return tuple(box)
+
+
+@dataclass(frozen=True)
+class MaskCleanUp:
+    """The post-processing of a label map whose only foreground value is ``value``, read from
+    the spec once and run on its boolean mask (:func:`mask_clean_up`; the test-time
+    augmentation views of a thresholded binary model: nine label maps per photo).
+
+    Attributes:
+        value: the foreground value.
+        keeps: the component counts kept, in turn (``keep_largest_component``: 1, then
+            ``keep_components``' N).
+        fill: whether the mask's holes are filled.
+    """
+
+    value: int
+    keeps: tuple[int, ...]
+    fill: bool
+
+    def __call__(self, mask: np.ndarray) -> np.ndarray:
+        """The uint8 label map (0 and ``value``) of the boolean ``mask`` after the clean-up, as
+        :func:`postprocess_labels` gives it for ``mask * value`` (a new array). The steps run
+        in the mask's bounding box (:func:`foreground_box`), on the mask itself: with one
+        foreground value, removing other components and filling holes only ever concern it."""
+        mask = np.asarray(mask, dtype=bool)
+        out = np.zeros(mask.shape, dtype=np.uint8)
+        box = foreground_box(mask)
+        if box is None:
+            return out
+        sub = mask[box]
+        for keep in self.keeps:
+            sub = _largest(sub, keep)
+        if self.fill:
+            sub = fill_holes(sub)
+        out[box][sub] = self.value
+        return out
+
+
+def mask_clean_up(spec: dict[str, Any] | None, value: int = 1) -> MaskCleanUp:
+    """The :class:`MaskCleanUp` of the post-processing ``spec`` for the foreground value
+    ``value`` (the steps of :func:`postprocess_labels` that apply to it, in its order)."""
+    spec = check_postprocessing(spec)
+    value = int(value)
+    keeps = [1] if value in _applied(spec.get("keep_largest_component"), [value]) else []
+    counts = _keep_components(spec.get("keep_components"), [value])
+    if value in counts:
+        keeps.append(counts[value])
+    return MaskCleanUp(value, tuple(keeps), value in _applied(spec.get("fill_holes"), [value]))

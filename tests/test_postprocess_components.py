@@ -66,7 +66,9 @@ def _reference(arr, spec):
             if n > 1:
                 sizes = np.bincount(comp.ravel())
                 sizes[0] = 0
-                out[(comp > 0) & (comp != int(np.argmax(sizes)))] = 0
+                # equal largest components: the last in scan order is kept (medxai's rule)
+                largest = len(sizes) - 1 - int(np.argmax(sizes[::-1]))
+                out[(comp > 0) & (comp != largest)] = 0
     if spec.get("fill_holes"):
         for v in values:
             filled = ndimage.binary_fill_holes(out == v)
@@ -98,3 +100,90 @@ def test_bounding_box_clean_up_equals_the_whole_array(shape) -> None:
     edge = np.zeros(shape, np.uint8)
     edge[(0,) * len(shape)] = 1
     assert foreground_box(edge) == tuple(slice(0, 2) for _ in shape)
+
+
+def _blobs(rng, shape, trial):
+    """A random binary mask: smooth blobs of varying density, with specks, holes (some touching
+    the array's border), ties in component size, empty and full masks."""
+    import numpy as np
+    from scipy import ndimage
+
+    if trial == 0:
+        return np.zeros(shape, bool)
+    if trial == 1:
+        return np.ones(shape, bool)
+    if trial == 2:  # two components of the same size (a tie), one with a hole
+        m = np.zeros(shape, bool)
+        m[(slice(1, 6),) * len(shape)] = True
+        m[(slice(8, 13),) * len(shape)] = True
+        m[tuple(min(3, n - 1) for n in shape)] = False
+        return m
+    if trial == 3:  # a hole that only the array's border closes, and a ring open at the border
+        m = np.zeros(shape, bool)
+        m[(slice(0, 7),) * len(shape)] = True
+        m[(slice(0, 3),) * len(shape)] = False
+        m[(slice(2, 5),) * len(shape)] = False
+        m[tuple(min(3, n - 1) for n in shape)] = True
+        return m
+    noise = ndimage.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3.0))
+    m = noise > np.quantile(noise, rng.uniform(0.3, 0.95))
+    m ^= rng.random(shape) < rng.uniform(0.0, 0.05)  # specks and pinholes
+    return m
+
+
+@pytest.mark.parametrize("shape", [(40, 33), (14, 17, 11), (1, 25), (9, 1, 12)])
+def test_mask_clean_up_equals_postprocess_labels(shape) -> None:
+    """The clean-up of a one-value mask (the thresholded test-time augmentation views) gives the
+    label map of postprocess_labels and of scipy on the whole array, for every spec, on random
+    masks with holes touching the border, several components, ties in size, empty and full."""
+    import numpy as np
+
+    from medxai.postprocess import mask_clean_up
+
+    rng = np.random.default_rng(1)
+    specs = [
+        {"keep_largest_component": True, "fill_holes": True},
+        {"keep_largest_component": True},
+        {"fill_holes": [2]},
+        {"fill_holes": True},
+        {"keep_components": 2, "fill_holes": True},
+        {"keep_components": {"2": 3}, "keep_largest_component": [2]},
+        {},
+    ]
+    for trial in range(40):
+        mask = _blobs(rng, shape, trial)
+        for spec in specs:
+            for value in (1, 2):
+                labels = torch.from_numpy(mask.astype(np.uint8) * value)[None]
+                want = postprocess_labels(labels, spec)[0].numpy()
+                got = mask_clean_up(spec, value)(mask)
+                assert got.dtype == np.uint8
+                np.testing.assert_array_equal(got, want, err_msg=f"{trial} {spec} {value}")
+                if spec.get("keep_largest_component") is True or spec == {"fill_holes": True}:
+                    np.testing.assert_array_equal(got, _reference(mask.astype(np.uint8) * value,
+                                                                  spec))
+
+
+def test_foreground_labeller_equals_threshold_and_postprocess_labels() -> None:
+    """The bundled photo model's view labeller (threshold, then the clean-up of its one value)
+    gives postprocess_labels of the thresholded map, on probability maps of every kind."""
+    import numpy as np
+    from scipy import ndimage
+
+    from medxai.inference import foreground_labeller
+    from medxai.models.registry import load_model
+
+    bundle = load_model("isic2018-lesion-unet")
+    labeller = foreground_labeller(bundle)
+    threshold = bundle.contract.inference.threshold
+    spec = dict(bundle.contract.clean_up)
+    assert spec == {"keep_largest_component": True, "fill_holes": True}
+    rng = np.random.default_rng(2)
+    for trial in range(30):
+        fg = ndimage.gaussian_filter(rng.random((70, 90)), rng.uniform(0.5, 4.0))
+        fg = (fg - fg.min()) / max(float(np.ptp(fg)), 1e-9) if trial % 5 else fg * 0
+        fg = torch.from_numpy(fg.astype(np.float32))[None]
+        want = postprocess_labels((fg[0] > threshold).to(torch.uint8)[None], spec)
+        got = labeller(fg)
+        assert got.dtype == torch.uint8 and got.shape == (1, 70, 90)
+        assert torch.equal(got, want)
