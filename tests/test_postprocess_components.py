@@ -187,3 +187,44 @@ def test_foreground_labeller_equals_threshold_and_postprocess_labels() -> None:
         got = labeller(fg)
         assert got.dtype == torch.uint8 and got.shape == (1, 70, 90)
         assert torch.equal(got, want)
+
+
+def test_threshold_by_numpy_equals_torch() -> None:
+    """The views' threshold by numpy gives torch's ``t > threshold`` (the threshold cast to the
+    tensor's type, as torch casts a Python scalar), at and next to the threshold, for float32
+    and float64, NaN and signed zeros included."""
+    import numpy as np
+
+    from medxai.inference import _above
+
+    for threshold in (0.45, 0.1, 0.3, 0.7, 0.5, 0.0, 1.0):
+        for dtype in (np.float32, np.float64):
+            t = dtype(threshold)
+            near = [np.nextafter(t, dtype(-1)), t, np.nextafter(t, dtype(2)), threshold]
+            values = np.array(near + [0.0, -0.0, 1.0, np.nan, np.inf, -np.inf], dtype=dtype)
+            x = torch.from_numpy(np.tile(values, (3, 1)))
+            np.testing.assert_array_equal(_above(x, threshold), (x > threshold).numpy())
+            np.testing.assert_array_equal(_above(x.T, threshold), (x.T > threshold).numpy())
+
+
+def test_shortcuts_only_claim_what_labelling_finds() -> None:
+    """The label-free shortcuts of the clean-up are sound: a mask said to be one region is one
+    region for scipy, a mask said to hold no hole has none (scipy's binary_fill_holes), on
+    many small random masks in 2D and 3D; and each shortcut applies to some masks."""
+    import numpy as np
+    from scipy import ndimage
+
+    from medxai.postprocess import _may_enclose, _one_component
+
+    rng = np.random.default_rng(3)
+    one = no_hole = 0
+    for trial in range(3000):
+        shape = (5, 6) if trial % 3 else (4, 5, 3)
+        mask = rng.random(shape) < rng.uniform(0.3, 0.95)
+        if _one_component(mask):
+            one += 1
+            assert ndimage.label(mask)[1] == 1, mask
+        if not _may_enclose(mask):
+            no_hole += 1
+            np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask)
+    assert one > 50 and no_hole > 100, (one, no_hole)
