@@ -178,3 +178,25 @@ def test_resize_affine_matches_monai_resize_and_caller_trace_untouched() -> None
     second = grid({"image": image})["image"]
     assert len(image.applied_operations) == 0
     assert len(first.applied_operations) == len(second.applied_operations) == 2
+
+
+def test_scale_intensity_in_place_on_its_own_copy_only() -> None:
+    """An integer image is scaled in place on its float copy: the values of the out-of-place
+    formula, to the bit; a float image given is left as it was."""
+    from medxai.preprocessing.intensity import ScaleIntensityFromBundle
+
+    g = torch.Generator().manual_seed(0)
+    for spec in ({"kind": "scale", "a_min": 0.0, "a_max": 255.0},
+                 {"kind": "scale", "a_min": -3.0, "a_max": 200.0, "clip": False}):
+        scale = ScaleIntensityFromBundle(spec)
+        for dtype in (torch.uint8, torch.int16):
+            img = torch.randint(0, 256, (3, 37, 29), generator=g).to(dtype)
+            want = (img.float() - scale.a_min) / (scale.a_max - scale.a_min)
+            want = want.clamp(0.0, 1.0) if scale.clip else want
+            got = scale(img)
+            assert got.dtype == torch.float32
+            assert got.numpy().tobytes() == want.numpy().tobytes()
+        f = torch.rand(3, 8, 8, generator=g) * 300
+        before = f.clone()
+        scale(f)
+        assert torch.equal(f, before)

@@ -58,6 +58,10 @@ class ScaleIntensityFromBundle(Transform):
     def __call__(self, img: Any) -> torch.Tensor:
         x = _as_float_tensor(img)
         if self.kind == "scale":
+            if isinstance(img, torch.Tensor) and not torch.is_floating_point(img):
+                # x is a float copy of its own: the same operations in place (no new tensors)
+                x.sub_(self.a_min).div_(self.a_max - self.a_min)
+                return x.clamp_(0.0, 1.0) if self.clip else x
             x = (x - self.a_min) / (self.a_max - self.a_min)
             if self.clip:
                 x = x.clamp(0.0, 1.0)

@@ -238,7 +238,9 @@ def to_model_grid(
     input's voxels."""
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     if intensity is not None:
-        plain = intensity(plain.float())
+        # an integer image is made float by the intensity transform itself (the same float32
+        # values as .float(); the transform can then work in place on that copy)
+        plain = intensity(plain.float() if torch.is_floating_point(plain) else plain)
     affine = getattr(image, "affine", None)
     x = MetaTensor(plain, affine=torch.eye(4, dtype=torch.float64) if affine is None else affine)
     out = chain(x)
