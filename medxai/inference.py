@@ -319,8 +319,17 @@ def network_on(net: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.
 def _move(net: torch.nn.Module, device: torch.device) -> None:
     """``net.to(device)``, skipped when every parameter and buffer is there already (``to``
     walks every module: a few ms per call of a UNet, once per image in ``segment``)."""
-    tensors = [*net.parameters(), *net.buffers()]
-    if not tensors or any(t.device != device for t in tensors):
+    # one walk over the modules' own tensors (parameters() and buffers() walk them twice)
+    found = False
+    for module in net.modules():
+        for t in (*module._parameters.values(), *module._buffers.values()):
+            if t is None:
+                continue
+            if t.device != device:
+                net.to(device)
+                return
+            found = True
+    if not found:
         net.to(device)
 
 

@@ -510,3 +510,35 @@ def test_batch_runs_mc_dropout_in_line_not_in_a_writer_thread(rgb_bundle, tmp_pa
     np.testing.assert_allclose(maps["1.2.826.0.1.3680043.12.2.1"], reference, atol=1e-6, rtol=0)
     for other in ("1.2.826.0.1.3680043.12.2.0", "1.2.826.0.1.3680043.12.2.2"):
         assert np.abs(maps[other] - reference).max() > 1e-4, other
+
+
+def test_normalised_entropy_by_blocks_gives_the_whole_map_values() -> None:
+    """The entropy computed by blocks of pixels is, to the bit, the formula on the whole map
+    at once (float64 throughout), for 2 to 6 classes, maps larger than one block, zeros,
+    ones, negative zeros and unnormalised columns."""
+    import math
+
+    from medxai.uncertainty import _ENTROPY_BLOCK
+
+    def whole(prob: torch.Tensor) -> torch.Tensor:
+        p = prob.to(torch.float64, copy=True).clamp_(0, 1)
+        p /= p.sum(0, keepdim=True).clamp_min_(1e-12)
+        terms = p.clamp_min(1e-300).log_().mul_(p)
+        terms.masked_fill_(~(p > 0), 0.0)
+        h = -(terms.sum(0))
+        return (h / math.log(prob.shape[0])).clamp_(0, 1).float()[None]
+
+    g = torch.Generator().manual_seed(0)
+    for k, shape in [(2, (300, 301)), (3, (257, 263)), (5, (40, 41, 45)), (6, (7, 9))]:
+        prob = torch.rand((k, *shape), generator=g) ** 3
+        flat = prob.view(k, -1)
+        flat[:, :50] = 0.0
+        flat[0, 50:100] = 1.0
+        flat[1, 100:150] = -0.0
+        flat[:, 150:200] *= 7.0  # columns that do not sum to 1
+        if k == 2:
+            flat[1, 200:] = 1.0 - flat[0, 200:]
+        assert flat.shape[1] > _ENTROPY_BLOCK or shape == (7, 9)
+        got, want = normalised_entropy(prob), whole(prob)
+        assert got.shape == want.shape == (1, *shape)
+        assert got.numpy().tobytes() == want.numpy().tobytes()

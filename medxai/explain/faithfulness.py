@@ -200,15 +200,24 @@ def energy_in_mask(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     An all-zero map has no mass anywhere; its share is 0.
     """
+    return _energy_and_total(saliency, mask)[0]
+
+
+def _energy_and_total(
+    saliency: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`energy_in_mask` and each sample's total mass (non-negative part), from one
+    float32 copy of the maps."""
     if not isinstance(saliency, torch.Tensor) or saliency.ndim < 3 or saliency.shape[1] != 1:
         raise ExplainError("saliency must be a tensor (N, 1, *spatial)")
     sal = saliency.detach().float().clamp_min(0)
     m = _broadcast_roi(mask, sal.shape[0], tuple(sal.shape[2:])).to(sal.device)
     inside = (sal * m).flatten(1).sum(1)
     total = sal.flatten(1).sum(1)
-    return torch.where(
+    share = torch.where(
         total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total)
     )
+    return share, total
 
 
 def spearman(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -457,8 +466,8 @@ def informativeness(
         equal), with the maps' share of the work (conversion to float64, centring, their mass)
         done once (report.json computes them for every label of every image).
     """
-    inside = energy_in_mask(saliency, mask)
-    total = saliency.detach().float().clamp_min(0).flatten(1).sum(1).to(inside.device)
+    inside, total = _energy_and_total(saliency, mask)
+    total = total.to(inside.device)
     flat = _flat(saliency)
     n = flat.shape[0]
     sal = _centred(flat.astype(np.float64))
