@@ -46,7 +46,8 @@ def frozen_model(net: nn.Module) -> Iterator[nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:  # (Module.__setattr__ is slow: 144 calls a UNet otherwise)
+                m.training = mode
 
 
 @dataclass
