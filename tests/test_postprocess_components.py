@@ -98,3 +98,26 @@ def test_bounding_box_clean_up_equals_the_whole_array(shape) -> None:
     edge = np.zeros(shape, np.uint8)
     edge[(0,) * len(shape)] = 1
     assert foreground_box(edge) == tuple(slice(0, 2) for _ in shape)
+
+
+def test_shortcuts_only_claim_what_labelling_finds() -> None:
+    """The label-free shortcuts of the clean-up are sound: a mask said to be one region is one
+    region for scipy, a mask said to hold no hole has none (scipy's binary_fill_holes), on
+    many small random masks in 2D and 3D; and each shortcut applies to some masks."""
+    import numpy as np
+    from scipy import ndimage
+
+    from medxai.postprocess import _may_enclose, _one_component
+
+    rng = np.random.default_rng(3)
+    one = no_hole = 0
+    for trial in range(3000):
+        shape = (5, 6) if trial % 3 else (4, 5, 3)
+        mask = rng.random(shape) < rng.uniform(0.3, 0.95)
+        if _one_component(mask):
+            one += 1
+            assert ndimage.label(mask)[1] == 1, mask
+        if not _may_enclose(mask):
+            no_hole += 1
+            np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask)
+    assert one > 100 and no_hole > 100
