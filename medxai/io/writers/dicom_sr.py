@@ -42,7 +42,6 @@ one). Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +73,7 @@ from medxai.io.writers._common import (
     series_number_for,
     source_proxy,
 )
+from medxai.io.writers._encode import dicom_file_bytes
 from medxai.io.writers._highdicom import memoise_iod_lookups
 from medxai.io.writers.dicom_pm import MEDXAI_SCHEME, quantity_code
 from medxai.io.writers.dicom_seg import segment_codes
@@ -350,9 +350,7 @@ def _encoded(sr: Dataset) -> bytes:
     try:
         for item in items:
             item.set_original_encoding(False, True, item._character_set)
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+        return dicom_file_bytes(sr)
     finally:
         for item, ((implicit, little), charset) in zip(items, before, strict=True):
             item.set_original_encoding(implicit, little, charset)
