@@ -19,6 +19,7 @@ read, ...) makes the *whole* file pydicom's own: :func:`lean_file_bytes` returns
 
 from __future__ import annotations
 
+import copy
 import io
 import struct
 from collections.abc import Callable
@@ -26,17 +27,16 @@ from io import BufferedIOBase
 from typing import Any
 
 import numpy as np
-from pydicom import __version_info__ as _PYDICOM_VERSION
 from pydicom.charset import convert_encodings, default_encoding, encode_string
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
-__all__ = ["dicom_file_bytes", "lean_file_bytes"]
+__all__ = ["dicom_file_bytes", "lean_file_bytes", "lean_attempt"]
 
 
 class _Fallback(Exception):
@@ -93,18 +93,28 @@ def lean_file_bytes(ds: Dataset) -> bytes | None:
 
     Changes to ``ds`` are the ones ``save_as`` makes too (ambiguous VRs set, raw elements
     converted, the Pixel Data's length marked as defined)."""
+    data, _ = lean_attempt(ds)
+    return data
+
+
+def lean_attempt(ds: Dataset) -> tuple[bytes | None, str]:
+    """(the lean file or None, why pydicom must write it: empty where the lean path did)."""
     try:
-        if not _plain(ds) or not _converting(ds):
-            return None  # e.g. a dataset read from a file: pydicom's partial corrections
+        if not _plain(ds):
+            return None, "a dataset class of its own"
+        if not _converting(ds):
+            return None, "read from a file in this encoding"  # pydicom's partial corrections
         head = _preamble(ds) + _file_meta(ds)
         if _PIXEL_DATA in ds._dict:
             ds[_PIXEL_DATA].is_undefined_length = False  # as save_as: not compressed
         writer = _Writer()
         writer.out += head
-        writer.dataset(ds, [default_encoding])
-        return bytes(writer.out)
-    except Exception:  # noqa: BLE001 - any surprise: pydicom writes the file (or says why not)
-        return None
+        writer.dataset(ds, convert_encodings(default_encoding))
+        return bytes(writer.out), ""
+    except _Fallback as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - any surprise: pydicom writes it (or says why not)
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _plain(ds: Any) -> bool:
@@ -138,68 +148,62 @@ def _preamble(ds: Dataset) -> bytes:
 
 
 def _file_meta(ds: Dataset) -> bytes:
-    """The file meta group as ``save_as`` completes and writes it (Explicit VR Little Endian,
-    group length first); the dataset's own ``file_meta`` is left as it is."""
-    meta = getattr(ds, "file_meta", None)
+    """The file meta group as ``save_as`` completes and writes it: on a copy of
+    ``ds.file_meta``, the Media Storage UIDs from the dataset, pydicom's own
+    ``validate_file_meta`` and the group length, written first."""
+    meta = _meta_copy(getattr(ds, "file_meta", None))
+    syntax = meta.get("TransferSyntaxUID", None)
+    if not isinstance(syntax, UID) or syntax != ExplicitVRLittleEndian:
+        raise _Fallback("transfer syntax")
+    # dcmwrite's own statements, on the copy
+    meta_class = meta.get("MediaStorageSOPClassUID", None)
+    ds_class = ds.get("SOPClassUID", None)
+    if meta_class is None or (ds_class and ds_class != meta_class):
+        meta.MediaStorageSOPClassUID = ds_class
+    meta_instance = meta.get("MediaStorageSOPInstanceUID", None)
+    ds_instance = ds.get("SOPInstanceUID", None)
+    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
+        meta.MediaStorageSOPInstanceUID = ds_instance
+    validate_file_meta(meta, enforce_standard=True)
+    if "FileMetaInformationGroupLength" not in meta:
+        meta.FileMetaInformationGroupLength = 0
+    writer = _Writer(meta=True)
+    writer.dataset(meta, convert_encodings(default_encoding))
+    out = writer.out
+    if out[:8] != b"\x02\x00\x00\x00UL\x04\x00":
+        raise _Fallback("file meta group length")
+    _UL.pack_into(out, 8, len(out) - 12)
+    return bytes(out)
+
+
+#: The file meta elements ``save_as`` may set (on its deep copy of the file meta).
+_META_SET = (0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020012, 0x00020013)
+
+
+def _meta_copy(meta: Any) -> Dataset:
+    """A copy of the file meta that the preparation can change and convert: its own element
+    dictionary, and its own copy of each element that may be set (pydicom deep-copies it)."""
     if meta is None or not _plain(meta):
         raise _Fallback("file meta")
-    elements = dict(meta._dict)
-    if any(type(e) is not DataElement or e.tag >> 16 != 2 for e in elements.values()):
-        raise _Fallback("file meta element")
-    syntax = elements.get(0x00020010)
-    if syntax is None or not isinstance(syntax.value, UID):
-        raise _Fallback("transfer syntax")
-    if syntax.value != ExplicitVRLittleEndian:
-        raise _Fallback("transfer syntax")
-    _media_uid(elements, 0x00020002, ds.get("SOPClassUID", None))
-    _media_uid(elements, 0x00020003, ds.get("SOPInstanceUID", None))
-    _meta_defaults(elements)
-    length = elements.pop(0x00020000, None)
-    if length is not None and length.VR != "UL":
-        raise _Fallback("group length")
-    writer = _Writer()
-    for tag in sorted(elements):
-        writer.element(None, elements[tag], [default_encoding])
-    body = bytes(writer.out)
-    return b"\x02\x00\x00\x00UL\x04\x00" + _UL.pack(len(body)) + body
-
-
-def _media_uid(elements: dict[int, Any], tag: int, value: Any) -> None:
-    """Media Storage SOP Class/Instance UID from the dataset, as ``save_as`` updates it."""
-    old = elements.get(tag)
-    old_value = None if old is None else old.value
-    if old_value is None or (value and value != old_value):
-        if value is None:
-            raise _Fallback("no SOP UID")
-        elements[tag] = DataElement(tag, "UI" if old is None else old.VR, value)
-
-
-def _meta_defaults(elements: dict[int, Any]) -> None:
-    """What pydicom's ``validate_file_meta`` adds; the type 1 elements it requires."""
-    for tag, vr, value in (
-        (0x00020001, "OB", b"\x00\x01"),
-        (0x00020012, "UI", UID(PYDICOM_IMPLEMENTATION_UID)),
-    ):
-        old = elements.get(tag)
-        if old is None or old.is_empty:
-            elements[tag] = DataElement(tag, vr if old is None else old.VR, value)
-    if 0x00020013 not in elements:
-        version = f"PYDICOM {'.'.join(_PYDICOM_VERSION)}"
-        elements[0x00020013] = DataElement(0x00020013, "SH", version)
-    for tag in (0x00020002, 0x00020003, 0x00020010):
-        if tag not in elements or elements[tag].is_empty:
-            raise _Fallback("required file meta element")
+    copied = copy.copy(meta)
+    copied._dict = dict(meta._dict)
+    for tag in _META_SET:
+        elem = copied._dict.get(tag)
+        if type(elem) is DataElement:
+            copied._dict[tag] = copy.copy(elem)
+    return copied
 
 
 class _Writer:
     """One encoding: the bytes so far and the datasets being written (nearest first, as
     pydicom's ambiguous VR correction takes them)."""
 
-    __slots__ = ("out", "ancestors")
+    __slots__ = ("out", "ancestors", "meta")
 
-    def __init__(self) -> None:
+    def __init__(self, *, meta: bool = False) -> None:
         self.out = bytearray()
         self.ancestors: list[Dataset] = []
+        self.meta = meta  # the file meta group (group 2 only, its group length written)
 
     def dataset(self, ds: Dataset, parent_encodings: list[str]) -> None:
         """pydicom's ``write_dataset``: the elements in tag order, group lengths left out."""
@@ -208,10 +212,10 @@ class _Writer:
         encodings = _encodings(ds, parent_encodings)
         elements = ds._dict
         self.ancestors.insert(0, ds)
-        for tag in sorted(elements):
-            if tag < 0x00080000:
-                raise _Fallback("command or file meta group in the dataset")
-            if tag & 0xFFFF:
+        for tag in sorted(elements, key=int):  # plain ints: BaseTag compares in Python
+            if (tag >> 16 != 2) if self.meta else (tag >> 16 < 8):
+                raise _Fallback("an element of groups 0 to 7 in the dataset, or not 2 in the meta")
+            if tag & 0xFFFF or self.meta:
                 elem = elements[tag]
                 if type(elem) is not DataElement:
                     elem = self.raw(ds, tag, elem)
@@ -252,7 +256,9 @@ class _Writer:
         if elem.is_undefined_length:
             raise _Fallback("undefined length")
         value = elem.value
-        if _is_empty(value):
+        if isinstance(value, str) and vr in _STRING_PADDING:  # the usual case, first
+            data = _one_string(value, vr, encodings) if value else b""
+        elif _is_empty(value):
             data = b""
         elif vr == "PN":
             data = _person_names(elem, encodings)
@@ -307,14 +313,27 @@ class _Writer:
 
 
 def _encodings(ds: Dataset, parent: list[str]) -> list[str]:
-    """The Python encodings of the text of ``ds``: its Specific Character Set, else its
-    parent's (pydicom's ``convert_encodings``)."""
+    """The Python encodings of the text of ``ds``: pydicom's ``convert_encodings`` of its
+    Specific Character Set; else its parent's, already converted (converting them again, as
+    pydicom does for every element, gives them back unchanged: tested)."""
     elem = ds._dict.get(_CHARACTER_SET)
     if elem is None:
-        return convert_encodings(parent)
+        return parent
     if type(elem) is not DataElement:
         raise _Fallback("raw Specific Character Set")
     return convert_encodings(elem.value or [default_encoding])
+
+
+def _one_string(value: str, vr: str, encodings: list[str]) -> bytes:
+    """One non-empty text value: pydicom's ``write_string`` (padded, then ISO 8859) or, for
+    the VRs of the character set, ``write_text`` (encoded, then padded)."""
+    padding = _STRING_PADDING[vr]
+    if padding:
+        if len(value) % 2:
+            value += padding
+        return value.encode(default_encoding)
+    data = _encode_text(value, encodings)
+    return data + b" " if len(data) % 2 else data
 
 
 def _is_empty(value: Any) -> bool:
@@ -506,5 +525,12 @@ _VALUES: dict[str, Callable[[Any, int, list[str]], bytes]] = {
     **{vr: _numbers(code) for vr, code in (("FD", "d"), ("FL", "f"), ("SL", "l"))},
     **{vr: _numbers(code) for vr, code in (("SS", "h"), ("SV", "q"), ("UL", "L"))},
     **{vr: _numbers(code) for vr, code in (("US", "H"), ("UV", "Q"))},
+}
+#: The VRs whose text value is one str: pydicom's padding before ISO 8859 (write_string,
+#: DA/DT/TM given as text), or "" for the VRs of the character set (write_text).
+_STRING_PADDING = {
+    **dict.fromkeys(("AE", "AS", "CS", "UR", "DA", "DT", "TM"), " "),
+    "UI": "\0",
+    **dict.fromkeys(("SH", "LO", "ST", "LT", "UC", "UT"), ""),
 }
 _VR_BYTES = {vr: vr.encode("ascii") for vr in [*_VALUES, "PN", "SQ"]}
