@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
 from medxai.io.writers import (
+    _encode,
     create_photo_study,
     write_dicom_pm,
     write_dicom_rtstruct,
@@ -31,7 +32,6 @@ from medxai.io.writers import (
     write_dicom_seg,
     write_dicom_sr,
 )
-from medxai.io.writers import _encode
 from medxai.samples import make_ct_volume, write_ct_series
 from tests.helpers_dicom import load_series, shared_file
 
