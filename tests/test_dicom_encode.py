@@ -340,10 +340,18 @@ def _items() -> Sequence:
 
 def test_every_kind_of_value_is_written_as_pydicom_writes_it():
     ds = _every_kind()
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"  # not the dataset's: updated in the file
     before = copy.deepcopy(ds)
+    meta = dict(ds.file_meta._dict)
     data, why = _encode.lean_attempt(ds)
     assert data is not None, why
     assert data == _pydicom_bytes(before)
+    # the file meta completed on a copy, as save_as does: the dataset's own is as it was
+    assert ds.file_meta._dict == meta and sorted(meta) == [0x00020003, 0x00020010]
+    assert ds.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4"
+    written = pydicom.dcmread(io.BytesIO(data)).file_meta
+    assert written.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert written.ImplementationClassUID
     # the changes save_as makes are made: ambiguous VRs set, raw elements converted
     assert ds["PixelData"].VR == "OW" and ds["SmallestImagePixelValue"].VR == "SS"
     assert not isinstance(ds._dict[0x00280006], RawDataElement)

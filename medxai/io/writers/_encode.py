@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from pydicom.charset import convert_encodings, default_encoding, encode_string
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
@@ -59,7 +59,7 @@ _LUT_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002, 0x0028300
 #: succeeds with the first encoding (no escape sequences, no custom encoder).
 _PLAIN_ENCODINGS = frozenset({"iso8859", "latin_1", "UTF8"})
 _PIXEL_DATA = 0x7FE00010
-_CHARACTER_SET = 0x00080005
+_CHARACTER_SET = BaseTag(0x00080005)
 #: Dataset methods pydicom's writer goes through; a class that overrides one is written by
 #: pydicom.
 _READ_METHODS = (
@@ -177,13 +177,15 @@ def _file_meta(ds: Dataset) -> bytes:
 
 
 #: The file meta elements ``save_as`` may set (on its deep copy of the file meta).
-_META_SET = (0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020012, 0x00020013)
+_META_SET = tuple(
+    BaseTag(t) for t in (0x00020000, 0x00020001, 0x00020002, 0x00020003, 0x00020012, 0x00020013)
+)
 
 
-def _meta_copy(meta: Any) -> Dataset:
+def _meta_copy(meta: Any) -> FileMetaDataset:
     """A copy of the file meta that the preparation can change and convert: its own element
     dictionary, and its own copy of each element that may be set (pydicom deep-copies it)."""
-    if meta is None or not _plain(meta):
+    if not isinstance(meta, FileMetaDataset) or not _plain(meta):
         raise _Fallback("file meta")
     copied = copy.copy(meta)
     copied._dict = dict(meta._dict)
@@ -216,9 +218,8 @@ class _Writer:
             if (tag >> 16 != 2) if self.meta else (tag >> 16 < 8):
                 raise _Fallback("an element of groups 0 to 7 in the dataset, or not 2 in the meta")
             if tag & 0xFFFF or self.meta:
-                elem = elements[tag]
-                if type(elem) is not DataElement:
-                    elem = self.raw(ds, tag, elem)
+                stored = elements[tag]
+                elem = stored if type(stored) is DataElement else self.raw(ds, tag, stored)
                 if elem is not None:
                     self.element(ds, elem, encodings)
         del self.ancestors[0]
@@ -270,10 +271,10 @@ class _Writer:
         """An ambiguous VR corrected by pydicom's own rule, with the same ancestors."""
         if ds is None or elem.tag in _LUT_TAGS:
             raise _Fallback("ambiguous VR")
-        elem = correct_ambiguous_vr_element(elem, ds, True, self.ancestors)
-        if type(elem) is not DataElement or elem.VR in _AMBIGUOUS:
+        corrected = correct_ambiguous_vr_element(elem, ds, True, self.ancestors)
+        if type(corrected) is not DataElement or corrected.VR in _AMBIGUOUS:
             raise _Fallback("unresolved ambiguous VR")
-        return elem
+        return corrected
 
     def put(self, tag: int, vr: str, data: bytes) -> None:
         """An element's header (explicit VR, little endian) and value."""
