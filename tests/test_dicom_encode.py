@@ -154,9 +154,10 @@ _CHARSET_FILES = [Path(f).name for f in get_charset_files("chr*.dcm")]
 @pytest.mark.parametrize("name", ["chrFren.dcm", "chrX1.dcm", "chrX2.dcm", "chrRuss.dcm",
                                   "chrH31.dcm", "chrGreek.dcm", "chrKoreanMulti.dcm"])
 def test_objects_of_a_source_with_another_character_set(tmp_path, recorded, name):
-    """The patient of a real file in another character set (Latin-1, UTF-8, Cyrillic,
-    Japanese and Korean ISO 2022, Greek) on a photo: its SEG, PM and SR are pydicom's bytes, by the lean
-    path (the text is encoded by pydicom's own ``encode_string`` and ``PersonName.encode``)."""
+    """The patient of a real file in another character set (Latin-1, UTF-8, GB18030, Cyrillic,
+    Greek; the Japanese and Korean ISO 2022 ones become UTF-8 in medxai's copy of the header) on
+    a photo: its SEG, PM and SR are pydicom's bytes, by the lean path (the text is encoded by
+    pydicom's own ``encode_string`` and ``PersonName.encode``), with the non-ASCII name."""
     (charset_file,) = [f for f in get_charset_files(name)]
     patient = pydicom.dcmread(charset_file)
     picture = (np.random.default_rng(4).random((3, 16, 12)) * 255).astype(np.uint8)
@@ -172,6 +173,7 @@ def test_objects_of_a_source_with_another_character_set(tmp_path, recorded, name
     _assert_lean_and_pydicoms(recorded, files)
     written = pydicom.dcmread(files[0])
     assert str(written.PatientName) == str(patient.PatientName)
+    assert not str(written.PatientName).isascii()
 
 
 def _in_memory(path: Path, *, convert: bool) -> Dataset:
