@@ -7,14 +7,19 @@ again, the character set converted again, the value's type found out at each ste
 15 µs an element, and the SEG, the two Parametric Maps and the SR of one photo hold about a
 thousand. :func:`dicom_file_bytes` writes the same bytes in one buffer, each value by the rule
 of pydicom's writer for its VR (``pydicom.filewriter``: padding, multi-value joins, DS/IS
-strings, the text encodings, the ambiguous VRs corrected first, sequences and items with
-their lengths or delimiters as pydicom writes them, the file meta group and its length).
+strings, dates and times, text in the dataset's character set by pydicom's own
+``encode_string`` and ``PersonName.encode``, sequences and items with their lengths or
+delimiters), the ambiguous VRs set by pydicom's own correction with the same ancestors, raw
+elements converted where pydicom converts them (by pydicom) and written as they are where it
+does not, and the file meta group completed by pydicom's own statements on a copy.
 
-Whatever this module does not write the way pydicom does (another transfer syntax, a raw
-element pydicom would convert, an undefined length other than a sequence's, a buffered value,
-a value type or VR outside the rules below, a dataset class that changes how elements are
-read, ...) makes the *whole* file pydicom's own: :func:`lean_file_bytes` returns None and
-:func:`dicom_file_bytes` calls ``save_as``. Never half of each.
+Whatever this module does not write the way pydicom does (another transfer syntax, a dataset
+read from a file and not changed, a raw element of another encoding, a raw sequence or
+ambiguous raw element, a LUT descriptor, an undefined length other than a sequence's, a
+buffered value, a value type or VR outside the rules below, a value too long for its VR, a
+dataset class that changes how elements are read, ...) makes the *whole* file pydicom's own:
+:func:`lean_file_bytes` returns None and :func:`dicom_file_bytes` calls ``save_as``. Never
+half of each.
 """
 
 from __future__ import annotations
