@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import io
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from medxai._version import __version__
 from medxai.errors import InputError
 from medxai.io.types import DicomSource
 from medxai.io.writers._atomic import write_bytes_atomic
+from medxai.io.writers._encode import dicom_file_bytes
 from medxai.palette import LABEL_PALETTE
 
 __all__ = [
@@ -468,10 +468,9 @@ def source_grid(source: DicomSource) -> tuple[int, int, int]:
 
 
 def save_dicom(ds: Dataset, path: Any) -> Any:
-    """Write a dataset as a DICOM file (with file meta information), atomically."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+    """Write a dataset as a DICOM file (with file meta information), atomically: the bytes
+    ``ds.save_as(..., enforce_file_format=True)`` writes (:func:`dicom_file_bytes`)."""
+    return write_bytes_atomic(path, dicom_file_bytes(ds))
 
 
 def has_frame_of_reference(ds: Dataset) -> bool:
