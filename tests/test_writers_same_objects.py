@@ -169,10 +169,14 @@ def photo_export(folder: Path, n: int = PHOTOS) -> list[Path]:
 
 
 def photo_labels(loaded: Any) -> np.ndarray:
-    """A lesion mask of a dermoscopy photo: the dark pixels, opened (several components)."""
+    """A lesion mask of a dermoscopy photo, like a model's: the three largest components of the
+    dark pixels, opened."""
     gray = ndimage.median_filter(_gray(loaded.image), 5)
-    mask = gray < np.percentile(gray, 25)
-    return ndimage.binary_opening(mask, iterations=2).astype(np.uint8)
+    mask = ndimage.binary_opening(gray < np.percentile(gray, 25), iterations=2)
+    components, n = ndimage.label(mask)
+    sizes = ndimage.sum_labels(mask, components, range(1, n + 1))
+    keep = 1 + np.argsort(-sizes, kind="stable")[:3]
+    return np.isin(components, keep).astype(np.uint8)
 
 
 def ct_case(folder: Path) -> tuple[Any, np.ndarray]:
