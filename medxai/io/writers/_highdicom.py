@@ -18,6 +18,16 @@ read-only mappings), so a caller that tried to change it would get a TypeError r
 change what the next caller reads. highdicom 0.28's callers (``DimensionIndexSequence``,
 ``check_required_attributes``, the legacy converters) only read it: ``in``, ``[]``,
 ``.items()``, which the frozen tree answers like the dict.
+
+And it makes ``CodedConcept.__hash__`` cheaper: every content item put into an SR content
+sequence is filed under the hash of its concept name (highdicom's ``ContentSequence._lut``),
+about 330 hashes per photo's SR. highdicom 0.28 computes ``hash(scheme_designator + value)``,
+where ``value`` reads ``CodeValue`` with ``LongCodeValue`` and ``URNCodeValue`` as fallbacks
+evaluated eagerly (three attribute look-ups, two of them failing, 6 us). The replacement reads
+``CodeValue`` first and takes the original ``value`` only where it is absent: the same string,
+so the same hash, at half the cost. It is installed only where highdicom's ``CodedConcept`` has
+the ``value`` and ``scheme_designator`` properties it reads and a first check on concepts with
+each of the three value attributes gives the original's hashes; subclasses keep the original.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ def memoise_iod_lookups() -> None:
     import highdicom.sr.content  # noqa: F401 - imports it by name
 
     _memoise_module_trees(standard)
+    _cheaper_concept_hash()
     original = getattr(standard, "is_attribute_in_iod", None)
     if original is None:
         return
@@ -93,3 +104,36 @@ def _memoise_module_trees(standard: Any) -> None:
             getattr(module, "construct_module_tree", None) is original
         ):
             module.construct_module_tree = construct_module_tree  # type: ignore[attr-defined]
+
+
+def _cheaper_concept_hash() -> None:
+    """Replace ``CodedConcept.__hash__`` by an equal, cheaper one (module docstring)."""
+    try:
+        from highdicom.sr.coding import CodedConcept
+    except ImportError:
+        return
+    original = CodedConcept.__dict__.get("__hash__")
+    value = CodedConcept.__dict__.get("value")
+    if (
+        original is None
+        or not isinstance(value, property)
+        or not isinstance(CodedConcept.__dict__.get("scheme_designator"), property)
+    ):
+        return
+
+    def __hash__(self: Any) -> int:  # noqa: N807 - the method it replaces
+        if type(self) is not CodedConcept:
+            return int(original(self))
+        try:
+            code = self.CodeValue
+        except AttributeError:
+            code = value.fget(self)
+        return hash(self.CodingSchemeDesignator + code)
+
+    samples = [
+        CodedConcept("121401", "DCM", "Derivation"),
+        CodedConcept("a" * 20, "99X", "long"),  # more than 16 characters: LongCodeValue
+        CodedConcept("urn:oid:1.2.840.10008.1", "99X", "urn"),  # URNCodeValue
+    ]
+    if all(__hash__(c) == original(c) for c in samples):
+        CodedConcept.__hash__ = __hash__  # type: ignore[assignment,method-assign]
