@@ -110,6 +110,7 @@ def _memoise_module_trees(standard: Any) -> None:
         return _frozen(original(module))
 
     construct_module_tree.__doc__ = original.__doc__
+    construct_module_tree.__wrapped__ = original  # type: ignore[attr-defined]
     for name, module in list(sys.modules.items()):
         if name.split(".")[0] == "highdicom" and (
             getattr(module, "construct_module_tree", None) is original
@@ -146,6 +147,7 @@ def _cheaper_concept_hash() -> None:
         CodedConcept("a" * 20, "99X", "long"),  # more than 16 characters: LongCodeValue
         CodedConcept("urn:oid:1.2.840.10008.1", "99X", "urn"),  # URNCodeValue
     ]
+    __hash__.__wrapped__ = original  # type: ignore[attr-defined]
     if all(__hash__(c) == original(c) for c in samples):
         CodedConcept.__hash__ = __hash__  # type: ignore[assignment,method-assign]
 
@@ -190,4 +192,5 @@ def _memoise_module_copies() -> None:
                 self._copy_attribute(dataset, keyword)
 
     _copy_root_attributes_of_module.__doc__ = original.__doc__
+    _copy_root_attributes_of_module.__wrapped__ = original  # type: ignore[attr-defined]
     SOPClass._copy_root_attributes_of_module = _copy_root_attributes_of_module  # type: ignore[method-assign]
