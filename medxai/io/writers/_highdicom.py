@@ -110,7 +110,7 @@ def _memoise_module_trees(standard: Any) -> None:
         return _frozen(original(module))
 
     construct_module_tree.__doc__ = original.__doc__
-    construct_module_tree.__wrapped__ = original  # type: ignore[attr-defined]
+    construct_module_tree.__wrapped__ = original
     for name, module in list(sys.modules.items()):
         if name.split(".")[0] == "highdicom" and (
             getattr(module, "construct_module_tree", None) is original
@@ -132,6 +132,9 @@ def _cheaper_concept_hash() -> None:
         or not isinstance(CodedConcept.__dict__.get("scheme_designator"), property)
     ):
         return
+    value_of = value.fget
+    if value_of is None:
+        return
 
     def __hash__(self: Any) -> int:  # noqa: N807 - the method it replaces
         if type(self) is not CodedConcept:
@@ -139,7 +142,7 @@ def _cheaper_concept_hash() -> None:
         try:
             code = self.CodeValue
         except AttributeError:
-            code = value.fget(self)
+            code = value_of(self)
         return hash(self.CodingSchemeDesignator + code)
 
     samples = [
@@ -149,7 +152,7 @@ def _cheaper_concept_hash() -> None:
     ]
     __hash__.__wrapped__ = original  # type: ignore[attr-defined]
     if all(__hash__(c) == original(c) for c in samples):
-        CodedConcept.__hash__ = __hash__  # type: ignore[assignment,method-assign]
+        CodedConcept.__hash__ = __hash__  # type: ignore[method-assign]
 
 
 class _KeywordRecorder:
