@@ -362,8 +362,9 @@ def _own_copy(ds: Dataset) -> Dataset:
     reaches ``ds``. A value that cannot change in place (a string, a number, bytes, None) is
     shared by the two elements; every other value (multi-values, sequences, person names) and
     every element still encoded as read is deep-copied, as are the dataset's other attributes
-    (file meta information, encodings). A deep copy of a photo's full header took 0.4 ms, four
-    times per photo; this about a quarter of that.
+    (file meta information, encodings). A deep copy of a photo's full header took 0.38 ms, four
+    times per photo; this copy 0.15 ms. An element of another type than pydicom's DataElement
+    (or a DataElement without the ``_value`` and ``__dict__`` this reads) is deep-copied.
     """
     cls = ds.__class__
     out = cls.__new__(cls)
@@ -379,11 +380,15 @@ def _own_copy(ds: Dataset) -> Dataset:
 
 def _own_element(elem: Any, memo: dict[int, Any]) -> Any:
     """A new element object equal to ``elem`` (:func:`_own_copy`)."""
-    if isinstance(elem, DataElement) and not elem.is_buffered:
-        value = elem._value
-        if elem.VR != "SQ" and isinstance(value, _IMMUTABLE_VALUES):
+    state = getattr(elem, "__dict__", None)
+    if type(elem) is DataElement and state is not None and "_value" in state:
+        if (
+            elem.VR != "SQ"
+            and not elem.is_buffered
+            and isinstance(state["_value"], _IMMUTABLE_VALUES)
+        ):
             new = DataElement.__new__(DataElement)
-            new.__dict__.update(elem.__dict__)
+            new.__dict__.update(state)
             return new
     return copy.deepcopy(elem, memo)
 
