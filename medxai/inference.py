@@ -41,6 +41,7 @@ __all__ = [
     "MedxaiRunner",
     "MonaiRunner",
     "runner_for",
+    "Prepared",
     "prepare_input",
     "restore_output",
 ]
@@ -262,9 +263,11 @@ def tta_sizes(bundle: Any, tta: str) -> list[Sequence[int] | None]:
     return [None] + [[int(v) for v in size] for size in extra]
 
 
-def prepare_input(
-    bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None
-) -> tuple[torch.Tensor, ModelGrid]:
+#: :func:`prepare_input`'s result: the model-ready tensor and its :class:`ModelGrid`
+Prepared = tuple[torch.Tensor, ModelGrid]
+
+
+def prepare_input(bundle: Any, image: torch.Tensor, size: Sequence[int] | None = None) -> Prepared:
     """Model-ready ``(1, C, *spatial)`` float tensor for ``image`` and the
     :class:`~medxai.preprocessing.model_grid.ModelGrid` that :func:`restore_output` inverts.
 
@@ -341,6 +344,7 @@ def whole_image_probabilities(
     each_view: EachView | None = None,
     identity_forward: IdentityForward | None = None,
     grids: list[ModelGrid] | None = None,
+    prepared: Sequence[Prepared | None] | None = None,
 ) -> list[torch.Tensor]:
     """``(K, *spatial)`` probabilities of a whole-image model for each image, on its own grid.
 
@@ -351,15 +355,21 @@ def whole_image_probabilities(
     view (every size and augmentation) of image ``i`` on its grid (the uncertainty samples).
     ``identity_forward``, when given, runs the identity view of the model's own size (the
     batch of all images) in place of the network. ``grids``, when given, gets each image's
-    :class:`ModelGrid` of the model's own input size.
+    :class:`ModelGrid` of the model's own input size. ``prepared``, when given, holds an image's
+    :func:`prepare_input` for the model's own size where it was made already (e.g. by a batch's
+    decode thread), None where not.
     """
     net = bundle.network
     passes = []  # per input size: (probabilities (N, K, ...), undo states)
     with torch.inference_mode(), autocast_context(device):
         for size in tta_sizes(bundle, tta):
-            prepared = [prepare_input(bundle, img, size) for img in images]
-            x = torch.cat([p[0] for p in prepared])
-            states = [p[1] for p in prepared]
+            ready = prepared if size is None and prepared is not None else [None] * len(images)
+            inputs = [
+                pre if pre is not None else prepare_input(bundle, img, size)
+                for img, pre in zip(images, ready, strict=True)
+            ]
+            x = torch.cat([p[0] for p in inputs])
+            states = [p[1] for p in inputs]
             # each image's views on the model grid, brought back together after the passes
             kept: list[list[torch.Tensor]] = [[] for _ in images]
             hook = None
@@ -612,6 +622,7 @@ def predict_batch(
     sources: Sequence[str | None] | None = None,
     each_view: EachView | None = None,
     identity_forward: IdentityForward | None = None,
+    prepared: Sequence[Prepared | None] | None = None,
 ) -> list[Prediction]:
     """:func:`predict` for several images of a whole-image model, in one forward pass per
     test-time augmentation view (and per ``tta_sizes`` size); :func:`predict` itself goes
@@ -623,6 +634,7 @@ def predict_batch(
     sees every test-time augmentation view of image ``i`` on its grid. ``identity_forward``
     (e.g. :class:`medxai.explain.KeptForward`) runs the identity view of the model's own input
     size, the batch of all images, in place of the network (``tta`` none: the only view).
+    ``prepared``: each image's :func:`prepare_input` where it was made already (None where not).
 
     Raises:
         ModelError: the bundle is not a whole-image model (sliding-window models take one
@@ -644,7 +656,7 @@ def predict_batch(
     grids: list[ModelGrid] = []
     with network_on(bundle.network, dev):
         probs = whole_image_probabilities(
-            bundle, images, dev, mode, each_view, identity_forward, grids
+            bundle, images, dev, mode, each_view, identity_forward, grids, prepared
         )
     out = []
     for img, prob, grid in zip(images, probs, grids):

@@ -637,17 +637,9 @@ def _informativeness(
     return {k: (round(v, 4) if v == v else None) for k, v in out.items()}
 
 
-def _saliency_report(
-    bundle: ModelBundle,
-    loaded: LoadedImage,
-    pred: Prediction,
-    settings: ExplainSettings | None,
-    maps: dict[int, torch.Tensor],
-) -> dict[str, Any]:
-    """report.json's ``saliency``: what was explained (method, layer, target, region, who chose
-    it) and, per label, how much the written map says beyond the mask (:func:`_informativeness`:
-    correlation with the mask and the probability, context share outside the mask, sparseness,
-    energy in the mask and in the region)."""
+def _saliency_header(bundle: ModelBundle, settings: ExplainSettings | None) -> dict[str, Any]:
+    """report.json's ``saliency`` without its measures: what was explained (method, layer,
+    target, region, who chose it). Needs the network (the default CAM layer's name)."""
     if settings is None:
         return {"method": None}
     from medxai.explain import default_target_layer
@@ -670,6 +662,24 @@ def _saliency_report(
         info["region"] = (
             {"mask_file": str(roi)} if isinstance(roi, (str, Path)) else {"box": list(roi)}
         )
+    return info
+
+
+def _saliency_measures(
+    header: dict[str, Any],
+    bundle: ModelBundle,
+    loaded: LoadedImage,
+    pred: Prediction,
+    settings: ExplainSettings | None,
+    maps: dict[int, torch.Tensor],
+) -> dict[str, Any]:
+    """report.json's ``saliency``: ``header`` (:func:`_saliency_header`) with, per label, how
+    much the written map says beyond the mask (:func:`_informativeness`: correlation with the
+    mask and the probability, context share outside the mask, sparseness, energy in the mask
+    and in the region). Needs no network: the write stage runs it, off the network's thread."""
+    if settings is None:
+        return dict(header)
+    info = {**header, "labels": {}}
     user = _user_region(loaded, settings.roi) if settings.roi is not None else None
     for lab in bundle.foreground_labels:
         value = int(lab["value"])
@@ -778,12 +788,15 @@ class Predicted:
 @dataclass
 class Explained:
     """What the explain stage made: one saliency map per foreground label on the input's grid,
-    the method, and report.json's ``saliency`` section (picklable)."""
+    the method, and the head of report.json's ``saliency`` section (what was explained; the
+    write stage adds the maps' measures, :func:`_saliency_measures`, off the network's
+    thread); picklable."""
 
     maps: dict[int, torch.Tensor]
     method: str | None
     info: dict[str, Any]
     seconds: float | None = None
+    settings: ExplainSettings | None = None
 
 
 @dataclass
@@ -934,8 +947,8 @@ def explain_stage(
         if kept is not None:
             kept.release()
         seconds = time.perf_counter() - t
-    info = _saliency_report(bundle, loaded, prediction, settings, maps)
-    return Explained(maps, settings.method if settings else None, info, seconds)
+    header = _saliency_header(bundle, settings)
+    return Explained(maps, settings.method if settings else None, header, seconds, settings)
 
 
 def write_task(
@@ -968,7 +981,8 @@ def write_task(
 
 def write_stage(task: WriteTask, progress: ProgressFn | None = None) -> SegmentResult:
     """Stage 3 (no network; any thread or process): the uncertainty map and scores from the
-    samples, then the result folder (written atomically) with its report."""
+    samples, the saliency maps' measures, then the result folder (written atomically) with its
+    report."""
     loaded, bundle, opts = task.loaded, task.model, task.options
     pred = task.predicted.prediction
     timings: dict[str, float] = dict(task.predicted.timings)
@@ -983,6 +997,8 @@ def write_stage(task: WriteTask, progress: ProgressFn | None = None) -> SegmentR
         timings["explain"] = task.explained.seconds
     formats = task.formats
     report: dict[str, Any] = {}
+    ex = task.explained
+    saliency_info = _saliency_measures(ex.info, bundle, loaded, pred, ex.settings, ex.maps)
 
     def finish(tmp: Path, written: ResultFolder) -> None:
         timings.update(written.timings)
@@ -992,7 +1008,7 @@ def write_stage(task: WriteTask, progress: ProgressFn | None = None) -> SegmentR
                 bundle,
                 pred,
                 task.device,
-                task.explained.info,
+                saliency_info,
                 timings,
                 written.files,
                 _digest(loaded),

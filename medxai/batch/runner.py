@@ -44,7 +44,14 @@ import torch
 
 from medxai.batch.types import Job, Result
 from medxai.errors import MedxaiError, ModelError, ModelMismatchError
-from medxai.inference import Prediction, check_input_fits, predict_batch, resolve_device
+from medxai.inference import (
+    Prediction,
+    Prepared,
+    check_input_fits,
+    predict_batch,
+    prepare_input,
+    resolve_device,
+)
 from medxai.io.types import LoadedImage
 from medxai.models.bundle import ModelBundle
 from medxai.models.fit import FitRules, ModelChoice
@@ -443,11 +450,16 @@ class _Item:
     explain_s: float | None = None
     #: the TTA views of the batched prediction, for the uncertainty map (not predicted again)
     views: SampleAccumulator | None = None
+    #: the model's input made from it by the decode thread (None: made by the network's)
+    prepared: Prepared | None = None
 
 
-def _read(job: Job, bundle: ModelBundle) -> _Item:
+def _read(job: Job, bundle: ModelBundle, prepare: bool = False) -> _Item:
     """Stage 1 (decode thread): read the stack; a model chosen from headers has its full fit
-    rules (spacing, extent, body part) checked on the read image, before any prediction."""
+    rules (spacing, extent, body part) checked on the read image, before any prediction. With
+    ``prepare`` (a batched whole-image model) the model's input is made here too, off the
+    network's thread (an image it cannot be made of is left to the network's thread, which
+    reports why)."""
     t0 = time.perf_counter()
     loaded = load_stack(job)
     if job.model_choice:
@@ -460,7 +472,14 @@ def _read(job: Job, bundle: ModelBundle) -> _Item:
                 f"fit it: {'; '.join(problems)}",
                 hint=REFUSED_AFTER_SCAN_HINT,
             )
-    return _Item(job, loaded, time.perf_counter() - t0)
+    prepared = None
+    if prepare:
+        try:
+            check_input_fits(bundle, loaded.image, str(loaded.path))
+            prepared = prepare_input(bundle, loaded.image)
+        except Exception:  # noqa: BLE001 - the network's thread meets it again and reports it
+            prepared = None
+    return _Item(job, loaded, time.perf_counter() - t0, prepared=prepared)
 
 
 class ChunkPipeline:
@@ -524,7 +543,7 @@ class ChunkPipeline:
             job = next(self.queue, None)
             if job is None:
                 return
-            self.reads.append((job, self.decoder.submit(_read, job, self.bundle)))
+            self.reads.append((job, self.decoder.submit(_read, job, self.bundle, self.batched)))
 
     def _next_group(self) -> list[_Item]:
         """Up to ``group_size`` read series (a failed read becomes its series' result)."""
@@ -570,6 +589,7 @@ class ChunkPipeline:
                 tta=self.options.tta,
                 each_view=ViewCollector(views) if views is not None else None,
                 identity_forward=kept,
+                prepared=[it.prepared for it in fitting],
             )
         except Exception:  # noqa: BLE001 - the single-image path reports it
             if kept is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import io
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
@@ -20,6 +20,7 @@ from medxai._version import __version__
 from medxai.errors import InputError
 from medxai.io.types import DicomSource
 from medxai.io.writers._atomic import write_bytes_atomic
+from medxai.io.writers._encode import dicom_file_bytes
 from medxai.palette import LABEL_PALETTE
 
 __all__ = [
@@ -142,8 +143,9 @@ _HEADER_SCOPE: ContextVar[_HeaderCache | None] = ContextVar("medxai_header_scope
 def shared_source_headers() -> Iterator[None]:
     """Inside this block (in this thread), :func:`source_proxy` prepares each source header
     once (copy, type 2 defaults, character set and date repairs) and hands every writer its own
-    deep copy of the prepared header: the SEG, the Parametric Maps and the SR of one result read
-    the source's header once. The source datasets must not change inside the block."""
+    copy of the prepared header (:func:`_own_copy`): the SEG, the Parametric Maps and the SR of
+    one result read the source's header once. The source datasets must not change inside the
+    block."""
     token = _HEADER_SCOPE.set(_HeaderCache())
     try:
         yield
@@ -323,7 +325,8 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
     a SpecificCharacterSet highdicom accepts and repaired old-style dates and times. The light
     copy (for the other images of a series) holds only what references and geometry need, so that
     a series of hundreds of slices is not deep-copied. Inside :func:`shared_source_headers` a
-    full copy is prepared once per source dataset and each call gets a deep copy of it.
+    full copy is prepared once per source dataset and each call gets its own copy of it
+    (:func:`_own_copy`).
 
     Raises:
         InputError: an attribute without which no derived object can reference the source.
@@ -335,7 +338,7 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
             if hit is None or hit[0] is not ds:
                 hit = (ds, _full_proxy(ds, what))
                 cache.proxies[id(ds)] = hit
-            return copy.deepcopy(hit[1])
+            return _own_copy(hit[1])
         return _full_proxy(ds, what)
     proxy = Dataset()
     for kw in _LIGHT_KEYWORDS:
@@ -344,6 +347,50 @@ def source_proxy(ds: Dataset, *, what: str = "source", light: bool = False) -> D
     proxy.file_meta = getattr(ds, "file_meta", FileMetaDataset())
     _referable(proxy, ds, what)
     return proxy
+
+
+#: Element values that cannot change in place (str covers UID, int IS, float DSfloat).
+_IMMUTABLE_VALUES = (str, int, float, bytes, type(None))
+
+
+def _own_copy(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` that is as independent of it as a deep copy, made faster.
+
+    Every data element of the copy is a new element object, so that setting a value on the copy
+    (pydicom's ``copy.X = v`` changes the existing element in place; highdicom's copies of
+    patient and study attributes share the element objects with the source it is given) never
+    reaches ``ds``. A value that cannot change in place (a string, a number, bytes, None) is
+    shared by the two elements; every other value (multi-values, sequences, person names) and
+    every element still encoded as read is deep-copied, as are the dataset's other attributes
+    (file meta information, encodings). A deep copy of a photo's full header took 0.38 ms, four
+    times per photo; this copy 0.15 ms. An element of another type than pydicom's DataElement
+    (or a DataElement without the ``_value`` and ``__dict__`` this reads) is deep-copied.
+    """
+    cls = ds.__class__
+    out = cls.__new__(cls)
+    memo: dict[int, Any] = {id(ds): out}
+    for key, value in ds.__dict__.items():
+        if key == "_dict":
+            value = {tag: _own_element(elem, memo) for tag, elem in value.items()}
+        else:
+            value = copy.deepcopy(value, memo)
+        object.__setattr__(out, key, value)
+    return out
+
+
+def _own_element(elem: Any, memo: dict[int, Any]) -> Any:
+    """A new element object equal to ``elem`` (:func:`_own_copy`)."""
+    state = getattr(elem, "__dict__", None)
+    if type(elem) is DataElement and state is not None and "_value" in state:
+        if (
+            elem.VR != "SQ"
+            and not elem.is_buffered
+            and isinstance(state["_value"], _IMMUTABLE_VALUES)
+        ):
+            new = DataElement.__new__(DataElement)
+            new.__dict__.update(state)
+            return new
+    return copy.deepcopy(elem, memo)
 
 
 def _full_proxy(ds: Dataset, what: str) -> Dataset:
@@ -468,10 +515,9 @@ def source_grid(source: DicomSource) -> tuple[int, int, int]:
 
 
 def save_dicom(ds: Dataset, path: Any) -> Any:
-    """Write a dataset as a DICOM file (with file meta information), atomically."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+    """Write a dataset as a DICOM file (with file meta information), atomically: the bytes
+    ``ds.save_as(..., enforce_file_format=True)`` writes (:func:`dicom_file_bytes`)."""
+    return write_bytes_atomic(path, dicom_file_bytes(ds))
 
 
 def has_frame_of_reference(ds: Dataset) -> bool:

@@ -50,7 +50,6 @@ version, SHA-256 of the weights, saliency method) and the mapping's LUTExplanati
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,6 @@ from pydicom.sr.coding import Code
 
 from medxai.errors import InputError, ProcessingError
 from medxai.io.types import DicomSource
-from medxai.io.writers._atomic import write_bytes_atomic
 from medxai.io.writers._common import (
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_NAME,
@@ -72,6 +70,7 @@ from medxai.io.writers._common import (
     has_frame_of_reference,
     new_uid,
     now,
+    save_dicom,
     series_number_for,
     source_proxy,
     usable_spacing,
@@ -387,6 +386,4 @@ def write_dicom_pm(
         f"{what} computed by {identity} with {SOFTWARE_NAME} "
         f"{SOFTWARE_VERSION}; {NOT_FOR_DIAGNOSIS}"[:1024]
     )
-    buffer = io.BytesIO()
-    pm.save_as(buffer, enforce_file_format=True)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return save_dicom(pm, path)

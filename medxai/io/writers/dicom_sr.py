@@ -42,7 +42,6 @@ one). Evidence (CurrentRequestedProcedureEvidenceSequence) lists the SEG and the
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +73,7 @@ from medxai.io.writers._common import (
     series_number_for,
     source_proxy,
 )
+from medxai.io.writers._encode import dicom_file_bytes
 from medxai.io.writers._highdicom import memoise_iod_lookups
 from medxai.io.writers.dicom_pm import MEDXAI_SCHEME, quantity_code
 from medxai.io.writers.dicom_seg import segment_codes
@@ -315,44 +315,45 @@ def _polyline_region(points: np.ndarray, image: hd.sr.SourceImageForRegion) -> h
     return region
 
 
-def _nested_items(ds: Dataset, into: list[Dataset]) -> bool:
-    """Append every sequence item under ``ds`` to ``into``; False where an element is encoded
-    (raw) other than the Graphic Data of :func:`_polyline_region`."""
-    for elem in ds.elements():
-        if isinstance(elem, RawDataElement):
-            if elem.tag != _GRAPHIC_DATA or elem.is_implicit_VR or not elem.is_little_endian:
+def _raw_holders(ds: Dataset, into: list[Dataset]) -> bool:
+    """Append every sequence item under ``ds`` that holds a raw (encoded) element to ``into``;
+    False where one is other than the Graphic Data of :func:`_polyline_region`."""
+    for elem in ds._dict.values():
+        if isinstance(elem, RawDataElement) or elem.VR != "SQ":
+            continue
+        for item in elem.value:
+            raw = [e for e in item._dict.values() if isinstance(e, RawDataElement)]
+            if any(
+                e.tag != _GRAPHIC_DATA or e.is_implicit_VR or not e.is_little_endian for e in raw
+            ):
                 return False
-        elif elem.VR == "SQ":
-            for item in elem.value:
+            if raw:
                 into.append(item)
-                if not _nested_items(item, into):
-                    return False
+            if not _raw_holders(item, into):
+                return False
     return True
 
 
 def _encoded(sr: Dataset) -> bytes:
-    """The file of ``sr`` (Explicit VR Little Endian), as ``sr.save_as`` writes it.
+    """The file of ``sr`` (Explicit VR Little Endian), as ``sr.save_as`` writes it
+    (:func:`~medxai.io.writers._encode.dicom_file_bytes`).
 
-    pydicom writes a dataset made in memory (not read from a file) by first correcting the
-    ambiguous VRs of its whole tree, and does that again for each sequence item it writes, at
-    every level of the content tree; and it converts the raw Graphic Data back into floats.
-    The items are marked as encoded in the file's transfer syntax and character set (pydicom's
-    ``set_original_encoding``, its way to write such datasets as they are) for the one call:
-    the tree is corrected once, from the top, and the raw elements are written as they are.
-    The same bytes (tested against ``save_as`` without the marks); the marks are taken off
-    again.
+    pydicom converts raw elements of a dataset made in memory back into values before writing
+    them; the outlines' Graphic Data is held raw (float32). The items that hold it are marked
+    as encoded in the file's transfer syntax and character set (pydicom's
+    ``set_original_encoding``, its way to write such datasets as they are) for the one call,
+    so that the raw elements are written as they are: the same bytes (tested against
+    ``save_as`` without the marks). The marks are taken off again.
     """
     items: list[Dataset] = []
     explicit_little = sr.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-    if not explicit_little or not _nested_items(sr, items):
+    if not explicit_little or not _raw_holders(sr, items):
         items = []  # written as pydicom writes any dataset
     before = [(it.original_encoding, it.original_character_set) for it in items]
     try:
         for item in items:
             item.set_original_encoding(False, True, item._character_set)
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+        return dicom_file_bytes(sr)
     finally:
         for item, ((implicit, little), charset) in zip(items, before, strict=True):
             item.set_original_encoding(implicit, little, charset)
