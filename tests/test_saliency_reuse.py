@@ -115,3 +115,50 @@ def test_segment_loaded_reuses_the_identity_view(bundle, tmp_path: Path) -> None
 )
 def test_saliency_forward_only_where_the_map_is_the_same(bundle, options, device) -> None:
     assert saliency_forward(bundle, SegmentOptions(**options), torch.device(device)) is None
+
+
+class _InPlaceNet(torch.nn.Module):
+    """Two convolutions, the first followed by an in-place ReLU, then a 2-class head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.b = torch.nn.Conv2d(6, 6, 3, padding=1)
+        self.head = torch.nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.act(self.a(x))))
+
+
+def _recorded_convolutions(out: torch.Tensor) -> int:
+    seen, todo, n = set(), [out.grad_fn], 0
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        n += type(node).__name__ == "ConvolutionBackward0"
+        todo.extend(f for f, _ in node.next_functions)
+    return n
+
+
+@pytest.mark.parametrize("layer", ["a", "b", "a,b"])
+def test_kept_forward_records_from_the_layers_on_and_gives_the_methods_maps(layer: str) -> None:
+    """The kept pass starts its graph at the hooked layers (nothing before them is recorded:
+    the first convolution's input needs no gradient) and still gives seg_grad_cam's maps, with
+    an in-place operation right after a hooked layer and one hooked layer after another."""
+    from medxai.explain import KeptForward, seg_grad_cam
+
+    net = _InPlaceNet().eval()
+    x = torch.rand(2, 3, 16, 16)
+    kept = KeptForward(net, layer)
+    logits = kept(x)
+    assert torch.equal(logits, net(x).detach())
+    # the graph holds no node of what runs before the first hooked layer: the convolutions
+    # recorded are those after it (3 when the whole pass is recorded)
+    assert _recorded_convolutions(kept._logits) == {"a": 2, "b": 1, "a,b": 2}[layer]
+    got = kept.saliency("gradcam", 1)
+    want = seg_grad_cam(net, x, 1, layer=layer)
+    assert torch.equal(got, want)

@@ -173,6 +173,15 @@ def _cam_maps(
     return normalise(cam) if normalize else cam
 
 
+def _graph_starts_here(mod: nn.Module, inputs: tuple[object, ...], output: object) -> object:
+    """A forward hook that makes a layer's output the start of the autograd graph when nothing
+    before it is recorded: a copy of it that requires gradients (a copy, so that an in-place
+    operation after the layer stays allowed). Other outputs are left as they are."""
+    if isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_(True).clone()
+    return None
+
+
 class KeptForward:
     """One forward pass of a network with the CAM layers' activations kept, so that the CAM maps
     of any label and target come from backward passes alone.
@@ -198,7 +207,17 @@ class KeptForward:
         with torch.inference_mode(False):
             x = prepare_input(x.clone())  # a tensor made in inference mode cannot enter a graph
             with capture_layers(self.net, self.layer) as captures, torch.enable_grad():
-                self._logits = forward(self.net, x.clone().requires_grad_(True))
+                # the graph starts at the hooked layers: what runs before them is not recorded
+                # (the maps need the gradients from the score back to the layers only)
+                starts = [
+                    c.module.register_forward_hook(_graph_starts_here, prepend=True)
+                    for c in captures
+                ]
+                try:
+                    self._logits = forward(self.net, x)
+                finally:
+                    for h in starts:
+                        h.remove()
                 self._names = [c.name for c in captures]
                 self._activations = [c.activations for c in captures]  # type: ignore[misc]
         self.shape = tuple(x.shape)
