@@ -27,6 +27,7 @@ Layer: above :mod:`medxai.inference` (it uses its public preparation and restora
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -202,6 +203,7 @@ class SampleAccumulator:
         self._sum: torch.Tensor | None = None
         self._sq: torch.Tensor | None = None
         self._labels: list[torch.Tensor] = []
+        self._pending: list[cf.Future[None]] = []  # samples being added in another thread
 
     @property
     def takes_foreground(self) -> bool:
@@ -235,10 +237,22 @@ class SampleAccumulator:
             self._sq.addcmul_(p, p)
         self._labels.append(to_labels(p)[0].to(torch.uint8))
 
+    def defer(self, adding: cf.Future[None]) -> None:
+        """A sample being added in another thread (:class:`ViewCollector`'s ``pool``): waited
+        for, and its error raised, before the samples are counted or finished."""
+        self._pending.append(adding)
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, []
+        for adding in pending:
+            adding.result()
+
     def __len__(self) -> int:
+        self._settle()
         return len(self._labels)
 
     def finish(self, method: str) -> Samples:
+        self._settle()
         if self._sum is None or self._sq is None:
             raise InputError("no samples were collected for the uncertainty map")
         n = len(self._labels)
@@ -258,17 +272,33 @@ class ViewCollector:
     """The ``each_view`` hook of :func:`medxai.inference.predict` / ``predict_batch`` for one
     :class:`SampleAccumulator` per image (``i``: the image's place in the batch). It takes a
     binary model's foreground probability alone when every accumulator does
-    (``takes_foreground``, :data:`medxai.inference.EachView`)."""
+    (``takes_foreground``, :data:`medxai.inference.EachView`).
 
-    def __init__(self, accumulators: Sequence[SampleAccumulator]) -> None:
+    With ``pool`` (an executor of one thread, so that an image's views arrive in order), the
+    accumulators take their views in that thread: each view's label map and sums are made off
+    the caller's thread (a batch's network thread), and :meth:`SampleAccumulator.finish` waits
+    for them."""
+
+    def __init__(
+        self, accumulators: Sequence[SampleAccumulator], pool: cf.Executor | None = None
+    ) -> None:
         self._accumulators = list(accumulators)
+        self._pool = pool
         self.takes_foreground = all(a.takes_foreground for a in self._accumulators)
 
     def __call__(self, i: int, prob: torch.Tensor) -> None:
-        self._accumulators[i].add(prob)
+        self._give(self._accumulators[i], self._accumulators[i].add, prob)
 
     def foreground(self, i: int, fg: torch.Tensor) -> None:
-        self._accumulators[i].add_foreground(fg)
+        self._give(self._accumulators[i], self._accumulators[i].add_foreground, fg)
+
+    def _give(
+        self, acc: SampleAccumulator, add: Callable[[torch.Tensor], None], sample: torch.Tensor
+    ) -> None:
+        if self._pool is None:
+            add(sample)
+        else:
+            acc.defer(self._pool.submit(add, sample))
 
 
 @contextlib.contextmanager

@@ -205,6 +205,35 @@ def test_foreground_views_give_the_same_samples_as_every_class(isic_bundle):
         fg.add(a.probabilities)
 
 
+def test_views_taken_in_another_thread_give_the_same_samples(isic_bundle):
+    """ViewCollector with a pool (what batch passes: each view's label map and sums off the
+    network's thread) gives the samples of the same views taken in the caller's thread, bit for
+    bit, for each image of a batch; an error in the other thread is raised at finish."""
+    import concurrent.futures as cf
+
+    from medxai.inference import predict_batch
+
+    image = load_image(shared_path(*ISIC_IMAGE)).image
+    images = [image, torch.flip(image, dims=(1,))]
+    here = [tta_accumulator(isic_bundle) for _ in images]
+    aside = [tta_accumulator(isic_bundle) for _ in images]
+    a = predict_batch(isic_bundle, images, device="cpu", each_view=ViewCollector(here))
+    with cf.ThreadPoolExecutor(1) as pool:
+        b = predict_batch(isic_bundle, images, device="cpu", each_view=ViewCollector(aside, pool))
+        assert len(aside[0]) == 8  # counting waits for the views
+        for pa, pb, ha, hb in zip(a, b, here, aside, strict=True):
+            assert torch.equal(pa.labels, pb.labels)
+            sa, sb = ha.finish("tta"), hb.finish("tta")
+            assert sb.n == sa.n == 8
+            assert torch.equal(sa.labels, sb.labels)
+            assert torch.equal(sa.mean, sb.mean) and torch.equal(sa.variance, sb.variance)
+        broken = tta_accumulator(isic_bundle)
+        ViewCollector([broken], pool)(0, torch.zeros(3, 4, 4))  # a sample of the wrong kind
+        ViewCollector([broken], pool).foreground(0, torch.zeros(1, 4, 4))
+        with pytest.raises(InputError, match="cannot be mixed"):
+            broken.finish("tta")
+
+
 def test_view_blocks_restore_each_view_as_its_own_inversion():
     """The foreground views go back onto a full-resolution photo in blocks (one resize of
     several channels): each equals the foreground channel of its own two-class resize, bit for

@@ -526,6 +526,10 @@ class ChunkPipeline:
             self.decoder = stack.enter_context(
                 cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-decode")
             )
+            # the TTA views' label maps and sums for the uncertainty, off the network's thread
+            self.viewer = stack.enter_context(
+                cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-views")
+            )
             if self.writers is None:
                 self.writers = stack.enter_context(Writers(0))
             self._read_ahead()
@@ -587,7 +591,7 @@ class ChunkPipeline:
                 [it.loaded.image for it in fitting],
                 device=self.device,
                 tta=self.options.tta,
-                each_view=ViewCollector(views) if views is not None else None,
+                each_view=ViewCollector(views, self.viewer) if views is not None else None,
                 identity_forward=kept,
                 prepared=[it.prepared for it in fitting],
             )
