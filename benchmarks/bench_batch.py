@@ -4,6 +4,7 @@
     python benchmarks/bench_batch.py --files 5000 --images 96 --workers 1,2,4
     python benchmarks/bench_batch.py --ratio --ratio-images 40   # sections 4-5 only
     python benchmarks/bench_batch.py --writers 0,1,2 --ratio-images 40 --rounds 3  # section 6
+    python benchmarks/bench_batch.py --batch-workers 1,auto --ratio-images 400    # section 8
 
 Builds a synthetic export in a temporary folder (CT series of 64x64 int16 slices, 256x192 RGB
 dermoscopy-like photos as DICOM, some non-DICOM files), and an untrained 2D RGB U-Net bundle of the
@@ -25,6 +26,12 @@ test-time augmentation in plain torch on the pre-resized photos), measured befor
 in the same run; and the per-stage milliseconds per image from the manifest and the reports.
 The batch rate is ``summary.json``'s (processing only, after the scan); the segment rate is
 between the first and the last result folder written (start-up left out).
+
+With ``--batch-workers 1,auto`` (section 8 only): ``medxai batch`` of the same export with each
+``--workers`` setting (``auto``: the option left out, so that the batch decides), interleaved
+over ``--rounds``, each after the model-bound loop: images/s (processing, worker start-up
+included), the steady rate (the results after the first quarter) and the wall rate of the whole
+CLI call, against the model-bound rate.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -558,6 +566,64 @@ def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int
                                for c in counts])
 
 
+def bench_batch_workers(n_images: int, batch_size: int, explain: str, settings: list[str],
+                        rounds: int) -> None:
+    """``medxai batch`` over the ISIC photos as a DICOM export (the bundled model, default
+    outputs, ``--explain``), one fresh CLI process per ``--workers`` setting (``auto``: the
+    option left out) and round, interleaved round by round, each after the model-bound loop
+    (torch on every core) measured just before it."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="medxai-bench-workers-") as tmp:
+        work = Path(tmp)
+        photos = _photos(n_images, work / "jpegs")
+        build_photo_export(photos, work / "export")
+        got: dict[str, list[dict[str, Any]]] = {w: [] for w in settings}
+        for r in range(rounds):
+            for w in settings:
+                mb = model_bound_rate(photos, batch_size)[0]
+                out = work / f"out_{w}_{r}"
+                extra = [] if w == "auto" else ["--workers", w]
+                wall = _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL,
+                             "--device", "cpu", "--explain", explain, "--batch-size",
+                             str(batch_size), *extra, "-q"], env, work)
+                summary = json.loads((out / "summary.json").read_text())
+                done = int(summary["process"]["images_done"])
+                row = {"mb": mb, "proc": float(summary["process"]["images_per_s"]),
+                       "wall": done / wall, "steady": manifest_steady_rate(out),
+                       "cpu": float(summary["process"]["cpu_ms_per_image"]),
+                       "backend": summary["backend"]}
+                got[w].append(row)
+                print(f"  round {r + 1}, --workers {w} ({row['backend']}): {row['proc']:.2f} "
+                      f"images/s processing, {row['steady']:.2f} steady, {row['wall']:.2f} wall; "
+                      f"model-bound {mb:.2f}")
+                shutil.rmtree(out)
+    med = lambda w, k: float(np.median([g[k] for g in got[w]]))  # noqa: E731
+    rows = [[w, got[w][-1]["backend"], f"{med(w, 'proc'):.2f}", f"{med(w, 'steady'):.2f}",
+             f"{med(w, 'wall'):.2f}", f"{med(w, 'cpu'):.0f}", f"{med(w, 'mb'):.2f}",
+             f"{med(w, 'proc') / med(w, 'mb'):.2f}", f"{med(w, 'steady') / med(w, 'mb'):.2f}"]
+            for w in settings]
+    table(f"8. medxai batch by --workers: {n_images} photos 512x512 as DICOM, default outputs, "
+          f"--explain {explain}, medians of {rounds} interleaved rounds; {os.cpu_count()} CPU(s)",
+          ["--workers", "backend", "images/s", "steady images/s", "images/s wall", "CPU ms/image",
+           "model-bound", "ratio", "steady ratio"], rows)
+    print("images/s: summary.json's (processing: worker start-up included); steady: the results "
+          "after the first quarter, by the manifest's finish times; wall: the whole CLI call; "
+          "CPU ms/image: summary.json's (worker processes included)")
+
+
+def manifest_steady_rate(out: Path) -> float:
+    """Images/s of a batch run once it is under way: done series after the first quarter of
+    them, over the time between their finish times (the manifest's ``finished_at``)."""
+    import sqlite3
+
+    con = sqlite3.connect(out / "manifest.sqlite")
+    t = sorted(r[0] for r in con.execute(
+        "SELECT finished_at FROM series WHERE state='done' AND finished_at IS NOT NULL"))
+    con.close()
+    a, b = len(t) // 4, len(t) - 1
+    return (b - a) / (t[b] - t[a]) if b > a and t[b] > t[a] else 0.0
+
+
 def _manifest_stages(manifest: Path) -> dict[str, float]:
     """Mean ms per done series of each stage in a batch manifest."""
     import sqlite3
@@ -586,7 +652,10 @@ def main() -> None:
     ap.add_argument("--writers", dest="writer_counts",
                     help="only section 6: medxai batch with these --writers counts, e.g. 0,1,2 "
                          "(0: writer threads), over --ratio-images photos")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of section 6")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 6 and 8")
+    ap.add_argument("--batch-workers",
+                    help="only section 8: medxai batch with these --workers settings, e.g. "
+                         "1,2,auto (auto: the option left out), over --ratio-images photos")
     ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
                                         "(e.g. an unpacked `git archive` of an older commit)")
     ap.add_argument("--cpu", action="store_true",
@@ -606,6 +675,10 @@ def main() -> None:
     if args.writer_counts:
         counts = [int(c) for c in args.writer_counts.split(",")]
         bench_writers(args.ratio_images, args.batch_size, args.explain, counts, args.rounds)
+        return
+    if args.batch_workers:
+        bench_batch_workers(args.ratio_images, args.batch_size, args.explain,
+                            args.batch_workers.split(","), args.rounds)
         return
     if args.ratio and args.cpu:
         if not args.base_root:

@@ -417,6 +417,62 @@ def test_a_series_that_kills_its_worker_is_isolated(tmp_path: Path) -> None:
     assert len(crashes) == 3
 
 
+def test_a_chunk_run_in_this_process_lives_on_when_the_pool_dies(tmp_path: Path) -> None:
+    """With this process among the workers (``workers=None``), a chunk it runs is still in
+    flight when a worker process dies: it is neither requeued nor run twice; the pool's other
+    chunks are requeued and done."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medxai.batch.job import drive
+    from medxai.batch.types import Job, Result
+
+    files = [_fi(f"p{i}", orientation=None, position=None, channels=3) for i in range(4)]
+    stacks = group_stacks(files)
+    with Manifest(tmp_path / "m.sqlite") as man:
+        man.sync_scan(files, stacks, {s.id: None for s in stacks})
+        rows = man.pending()
+        here_id, bad, slow = rows[0]["id"], rows[1]["id"], rows[2]["id"]
+        here: list[Future] = []
+        runs: dict[str, int] = {}
+
+        def submit(jobs):
+            fut = Future()
+            for j in jobs:
+                runs[j.id] = runs.get(j.id, 0) + 1
+            if jobs[0].id == here_id:
+                here.append(fut)  # still running when the pool breaks
+            elif jobs[0].id == slow and runs[slow] == 1:
+                pass  # a pool chunk in flight when the pool breaks: it died with it
+            elif any(j.id == bad for j in jobs):
+                fut.set_exception(BrokenProcessPool("a worker died"))
+            else:
+                fut.set_result([Result(j.id, "done", outputs=[]) for j in jobs])
+            return fut
+
+        def wait_any(fs):
+            done = [f for f in fs if f.done()]
+            if not done and here:  # only this process's chunk is left: it finishes
+                here[0].set_result([Result(here_id, "done", outputs=[])])
+                done = [here[0]]
+            return done
+
+        def job_for(r):
+            return Job(r["id"], tuple(r["files"]), str(tmp_path), r["id"], r["output_name"])
+
+        crashes = []
+        drive(man, [[r] for r in rows], job_for, submit, wait_any=wait_any, in_flight=4,
+              worker="test", on_result=man.record, on_crash=lambda: crashes.append(1),
+              is_crash=lambda e: isinstance(e, BrokenProcessPool),
+              survives_crash=lambda f: f in here)
+        series = {r["id"]: r for r in man.series()}
+    assert runs[here_id] == 1 and series[here_id]["state"] == "done"
+    assert series[bad]["state"] == "failed" and len(crashes) == 3
+    assert all(series[r["id"]]["state"] == "done" for r in rows[2:])
+    assert runs[slow] == 2  # requeued by the first crash
+    assert runs[rows[3]["id"]] == 1
+
+
 def test_a_series_that_keeps_killing_the_run_fails(tmp_path: Path) -> None:
     """Runs that die while a series is claimed (kill -9, segfault) requeue it; the third time it
     fails instead of being retried forever."""
@@ -807,6 +863,51 @@ def test_local_worker_processes_give_the_same_result(reference, export: PacsExpo
     summary = run_batch(export.root, out, model=bundle_dir, options=_options(), workers=2,
                         batch_size=2)
     assert summary.backend == "2 local worker processes"
+    _assert_same_results(out, ref, exact=False)
+    # the workers' CPU time is counted (each imported torch and ran the model): this process
+    # alone only drives them (a few hundredths of a second)
+    assert summary.process["cpu_s"] > 1.0
+
+
+def test_auto_workers_one_per_core_for_long_cpu_runs_of_2d_images(bundle_dir: Path) -> None:
+    from medxai.batch.job import AUTO_WORKERS_MAX, AUTO_WORKERS_MIN_IMAGES, auto_workers
+    from medxai.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    assert bundle.spatial_dims == 2
+    many = AUTO_WORKERS_MIN_IMAGES
+    assert auto_workers(bundle, many, "cpu", 0, cores=2) == 2
+    assert auto_workers(bundle, many, "cpu", 0, cores=64) == AUTO_WORKERS_MAX
+    assert auto_workers(bundle, many - 1, "cpu", 0, cores=2) == 1  # start-up not repaid
+    assert auto_workers(bundle, many, "cpu", 3, cores=4) == 1  # writer processes take the writes
+    assert auto_workers(bundle, many, "cpu", 0, cores=1) == 1
+    unsaved = load_bundle(bundle_dir)
+    unsaved.path = None  # worker processes load the model from its folder
+    assert auto_workers(unsaved, many, "cpu", 0, cores=2) == 1
+    windowed = load_bundle(bundle_dir)
+    windowed.config.setdefault("inference", {})["mode"] = "sliding_window"  # not measured
+    assert auto_workers(windowed, many, "cpu", 0, cores=2) == 1
+
+
+@pytest.mark.slow
+def test_default_workers_follow_the_number_of_images(reference, export: PacsExport,
+                                                     bundle_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers=None``: this process for a short run; worker processes once the run is long
+    enough to repay their start-up (the threshold lowered to the test export's size)."""
+    from medxai.batch import job
+
+    ref, ref_summary, _ = reference
+    short = run_batch(export.root, tmp_path / "short", model=bundle_dir, options=_options(),
+                      workers=None, writers=0)
+    assert short.backend == "in process"
+    images = ref_summary.this_run["done"]
+    monkeypatch.setattr(job, "AUTO_WORKERS_MIN_IMAGES", images)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    out = tmp_path / "long"
+    long = run_batch(export.root, out, model=bundle_dir, options=_options(), workers=None,
+                     writers=0, batch_size=2)
+    assert long.backend == "this process and 1 local worker process"
     _assert_same_results(out, ref, exact=False)
 
 

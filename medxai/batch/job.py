@@ -31,15 +31,19 @@ from medxai.batch.manifest import MANIFEST_NAME, Manifest
 from medxai.batch.runner import (
     WorkerConfig,
     Writers,
+    can_batch,
     init_worker_process,
     process_chunk,
     run_chunk,
+    run_chunk_here,
+    warm_worker,
 )
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
 from medxai.batch.types import Job, Result
 from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
+from medxai.inference import resolve_device
 from medxai.io.atomic import write_text_atomic
 from medxai.io.writers import warm_dicom_writers
 from medxai.models.bundle import ModelBundle
@@ -320,7 +324,7 @@ def run_batch(
     *,
     model: str | Path | ModelBundle | None = None,
     options: SegmentOptions | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
     scheduler: str | None = None,
     retry_failed: bool = False,
     batch_size: int = 8,
@@ -339,7 +343,8 @@ def run_batch(
             manifest decides what runs again).
         workers: 1 runs in this process; N > 1 starts N local worker processes (or, with
             ``scheduler="local"``, a dask LocalCluster of N workers). The model is loaded once per
-            worker.
+            worker. None: :func:`auto_workers` decides for each model's series once the export
+            is scanned (worker processes for a long CPU-only run of 2D images, else 1).
         scheduler: a dask.distributed scheduler address, or ``"local"``; the workers must see
             the export, output and model paths.
         retry_failed: run failed series (and re-read damaged files) again.
@@ -407,7 +412,7 @@ def _check_folders(export_dir: str | Path, output: str | Path) -> tuple[Path, Pa
 
 
 def _open_model(
-    model: str | Path | ModelBundle | None, workers: int, scheduler: str | None
+    model: str | Path | ModelBundle | None, workers: int | None, scheduler: str | None
 ) -> ModelBundle | None:
     """The loaded model; None: each series goes to the bundled model whose fit rules accept
     it."""
@@ -417,7 +422,7 @@ def _open_model(
         from medxai.models.registry import load_model
 
         return load_model(model)
-    if model.path is None and (workers > 1 or scheduler):
+    if model.path is None and ((workers or 1) > 1 or scheduler):
         raise InputError(
             "a model bundle that is not saved to a folder can only run with "
             "workers=1 and no scheduler",
@@ -435,7 +440,8 @@ class _Run:
     bundle: ModelBundle | None
     opts: SegmentOptions
     say: ProgressFn
-    workers: int
+    #: None: :func:`auto_workers` for each model's series
+    workers: int | None
     scheduler: str | None
     batch_size: int
     writers: int = 0
@@ -444,9 +450,19 @@ class _Run:
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
     process_s: float = 0.0
-    #: CPU seconds of this process (every thread) while processing; writer processes not included
+    #: CPU seconds while processing: this process (every thread) and its local worker
+    #: processes; not the --writers processes (they outlive the step) nor dask workers
     process_cpu_s: float = 0.0
     backend: str = "in process"
+
+    def workers_for(self, bundle: ModelBundle, images: int) -> int:
+        """The worker count for ``images`` series of ``bundle``: the one asked for, or
+        :func:`auto_workers` (``workers=None``)."""
+        if self.workers is not None:
+            return self.workers
+        if self.scheduler:
+            return 1
+        return auto_workers(bundle, images, self.opts.device, self.writers)
 
     @property
     def model_path(self) -> str:
@@ -474,7 +490,7 @@ def _run_locked(
     run_id = man.start_run(
         {
             **settings,
-            "workers": run.workers,
+            "workers": run.workers if run.workers is not None else "auto",
             "writers": run.writers,
             "scheduler": run.scheduler,
             "device": run.opts.device,
@@ -484,11 +500,11 @@ def _run_locked(
     status = "interrupted"
     try:
         with contextlib.ExitStack() as stack:
-            if run.pool is None and run.writers and not run.scheduler and run.workers <= 1:
+            if run.pool is None and run.writers and not run.scheduler and (run.workers or 1) <= 1:
                 # started now, so that they import medxai while the export is scanned
                 run.pool = stack.enter_context(Writers(run.writers))
                 run.pool.warm()
-            elif not run.scheduler and run.workers <= 1 and _writes_dicom(run.opts):
+            elif not run.scheduler and (run.workers or 1) <= 1 and _writes_dicom(run.opts):
                 # this process writes: the DICOM writers' one-time set-up during the scan
                 threading.Thread(target=warm_dicom_writers, daemon=True).start()
             found = _scan_step(run, man, retry_failed, scan_workers)
@@ -548,7 +564,7 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     """Run the pending series, model by model, on the configured backend; each result is
     recorded in the manifest as it comes back."""
     t1 = time.perf_counter()
-    c1 = time.process_time()
+    c1 = _cpu_seconds()
     total = len(pending)
 
     def on_result(r: Result) -> None:
@@ -560,7 +576,18 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
     run.say(BatchProgress("process", 0, total, dict(run.counts), 0.0))
     _process_groups(run, man, pending, on_result, run.pool)
     run.process_s = time.perf_counter() - t1
-    run.process_cpu_s = time.process_time() - c1
+    run.process_cpu_s = _cpu_seconds() - c1
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its children that have ended: the
+    local worker processes, which end with each model's series."""
+    try:
+        import resource
+    except ImportError:  # not on Windows: this process alone
+        return time.process_time()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
 
 
 def _process_groups(
@@ -586,11 +613,46 @@ def _process_groups(
             grp_bundle,
             on_result,
             run.scheduler,
-            run.workers,
+            run.workers_for(grp_bundle, len(rows)),
             writers,
+            # workers chosen by the run: this process works too while the others start
+            inline=run.workers is None,
         )
         if writers is not None and writers.processes:
             run.backend += f", {writers.processes} writer processes"
+
+
+#: a CPU-only batch of at least this many 2D images runs on local workers by default
+#: (``workers=None``): this process and one worker process per other core, each with its
+#: share of the torch threads. On the 2-core reference machine that made 8.0 images/s over
+#: 400 photos against 6.7 for this process alone (whose two torch threads keep waiting for the
+#: writer threads they share the cores with); a worker process's start (about 5 CPU-seconds:
+#: imports, model, highdicom's tables) is repaid at about 120 photos and costs 40 photos a
+#: third more time (docs/benchmarks.md, "Local workers on a CPU").
+AUTO_WORKERS_MIN_IMAGES = 200
+#: at most this many worker processes by default (each holds the model and its own pipeline)
+AUTO_WORKERS_MAX = 8
+
+
+def auto_workers(
+    bundle: ModelBundle, images: int, device: str, writer_processes: int, cores: int | None = None
+) -> int:
+    """Worker processes for ``workers=None``: one per core (at most :data:`AUTO_WORKERS_MAX`)
+    for a batchable 2D model saved to a folder, on the CPU, writing with threads
+    (``writer_processes`` 0), with at least :data:`AUTO_WORKERS_MIN_IMAGES` images to run;
+    else 1 (this process). On a GPU one process feeds the device, and writer processes (on
+    more than two cores by default) take the writing off its CPU."""
+    cores = cores or os.cpu_count() or 1
+    if (
+        cores < 2
+        or writer_processes > 0
+        or images < AUTO_WORKERS_MIN_IMAGES
+        or bundle.path is None
+        or not can_batch(bundle)
+        or resolve_device(device).type != "cpu"
+    ):
+        return 1
+    return min(cores, AUTO_WORKERS_MAX)
 
 
 def _model_groups(
@@ -633,15 +695,20 @@ def _run_backend(
     scheduler: str | None,
     workers: int,
     writers: Writers | None = None,
+    inline: bool = False,
 ) -> str:
-    """Run ``chunks`` on the configured backend; returns its name for the summary."""
+    """Run ``chunks`` on the configured backend; returns its name for the summary. ``inline``:
+    with ``workers`` > 1, this process is one of the local workers."""
     if scheduler:
         from medxai.batch.dask_runner import run_on_dask
 
         run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler, workers=workers)
         return f"dask ({scheduler})"
     if workers > 1:
-        _run_process_pool(man, chunks, jobs_for, config, on_result, workers)
+        _run_process_pool(man, chunks, jobs_for, config, on_result, workers, inline)
+        if inline:
+            others = workers - 1
+            return f"this process and {others} local worker process{'es' if others > 1 else ''}"
         return f"{workers} local worker processes"
     _run_inline(man, chunks, jobs_for, bundle, config, on_result, writers)
     return "in process"
@@ -699,8 +766,9 @@ def _summary(man: Manifest, run: _Run, found: _Found, csv_paths: dict[str, Path]
             "images_done": images,
             "seconds": round(run.process_s, 3),
             "images_per_s": round(images / run.process_s, 3) if run.process_s > 0 else 0.0,
-            # this process's CPU time (all its threads; not the --writers processes'): the
-            # cost per image that a busy machine's wall time hides
+            # this process's CPU time (all its threads) and its local worker processes' (not
+            # the --writers processes' nor dask workers'): the cost per image that a busy
+            # machine's wall time hides
             "cpu_s": round(run.process_cpu_s, 3),
             "cpu_ms_per_image": round(1000 * run.process_cpu_s / images, 1) if images else 0.0,
         },
@@ -754,9 +822,16 @@ def _run_process_pool(
     config: WorkerConfig,
     on_result: OnResult,
     workers: int,
+    inline: bool = False,
 ) -> None:
     """N local worker processes (``spawn``), each loading the model once; ~2 chunks per worker in
-    flight so that workers never wait for the driver."""
+    flight so that workers never wait for the driver.
+
+    With ``inline`` this process is one of the N: a thread of it runs chunks from the start
+    with the model it has loaded, while the N - 1 processes import and load theirs, so their
+    start-up costs the run no time. A chunk run here shares this process's fate, as with
+    ``workers=1`` (a series that kills its process ends the run, and the next run finds it);
+    the worker processes' chunks are isolated."""
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -764,30 +839,98 @@ def _run_process_pool(
 
     def make_pool() -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
-            workers,
+            workers - 1 if inline else workers,
             mp_context=ctx,
             initializer=init_worker_process,
             initargs=(threads, os.getpid()),
         )
 
     pool = [make_pool()]
+    here = _InlineWorker(threads, workers - 1, config) if inline else None
+    if here is not None:
+        here.warm(pool[0])
+
+    def submit(jobs: list[Job]) -> cf.Future[list[Result]]:
+        if here is not None and here.has_room():
+            return here.submit(jobs, config)
+        return pool[0].submit(run_chunk, jobs, config)
 
     def restart() -> None:
         pool[0].shutdown(wait=False, cancel_futures=True)
         pool[0] = make_pool()
+        if here is not None:
+            here.warm(pool[0])
 
     try:
         drive(
             man,
             chunks,
             jobs_for,
-            lambda jobs: pool[0].submit(run_chunk, jobs, config),
-            lambda fs: list(cf.wait(fs, return_when=cf.FIRST_COMPLETED).done),
-            in_flight=2 * workers,
+            submit,
+            here.wait_any if here is not None else _wait_any,
+            in_flight=here.in_flight if here is not None else 2 * workers,
             worker=f"pool:{os.getpid()}",
             on_result=on_result,
             on_crash=restart,
             is_crash=lambda e: isinstance(e, BrokenProcessPool),
+            survives_crash=here.owns if here is not None else None,
         )
     finally:
+        if here is not None:
+            here.close()
         pool[0].shutdown(wait=True, cancel_futures=True)
+
+
+def _wait_any(futures: list[Any]) -> list[Any]:
+    return list(cf.wait(futures, return_when=cf.FIRST_COMPLETED).done)
+
+
+class _InlineWorker:
+    """This process as one of the local workers: one thread that runs chunks with
+    ``threads`` torch threads, two chunks at most (one running, one waiting), like each worker
+    process. The worker processes get chunks only once they are ready (their model loaded), so
+    that no chunk waits in a process that is still starting while this one could run it."""
+
+    def __init__(self, threads: int, processes: int, config: WorkerConfig) -> None:
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-inline")
+        self._futures: set[cf.Future[list[Result]]] = set()
+        self._processes, self._config = processes, config
+        self._cores = (processes + 1) * threads
+        self._warm: list[cf.Future[None]] = []
+
+    def warm(self, pool: cf.Executor) -> None:
+        """Start (again, after a crash) the worker processes of ``pool``: one warm-up each."""
+        dicom = _writes_dicom(self._config.options)
+        self._warm = [pool.submit(warm_worker, self._config, dicom) for _ in range(self._processes)]
+
+    def _ready(self) -> int:
+        return sum(f.done() and f.exception() is None for f in self._warm)
+
+    def in_flight(self) -> int:
+        """Chunks to keep in flight: two here and two per worker process that is ready."""
+        return 2 * (1 + self._ready())
+
+    def wait_any(self, futures: list[Any]) -> list[Any]:
+        """Those of ``futures`` that are done, waiting for one of them or for a worker
+        process to become ready (then possibly none: the driver fills the new room)."""
+        starting = [f for f in self._warm if not f.done()]
+        done = cf.wait([*futures, *starting], return_when=cf.FIRST_COMPLETED).done
+        return [f for f in futures if f in done]
+
+    def has_room(self) -> bool:
+        self._futures = {f for f in self._futures if not f.done()}
+        return len(self._futures) < 2
+
+    def submit(self, jobs: list[Job], config: WorkerConfig) -> cf.Future[list[Result]]:
+        # the cores shared with the worker processes that are ready (all of them before)
+        threads = max(1, self._cores // (1 + self._ready()))
+        fut = self._pool.submit(run_chunk_here, jobs, config, threads)
+        self._futures.add(fut)
+        return fut
+
+    def owns(self, fut: object) -> bool:
+        """Whether ``fut`` runs here (it lives on when the worker processes die)."""
+        return fut in self._futures
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

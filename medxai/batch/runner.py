@@ -794,6 +794,24 @@ def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
             lock.release()
 
 
+def warm_worker(config: WorkerConfig, dicom: bool) -> None:
+    """A worker process's start before its first chunk: the model loaded (into this process's
+    cache) and, when the run writes DICOM, the writers' one-time set-up (highdicom's tables)."""
+    worker_bundle(config.model, config.weights_sha256)
+    if dicom:
+        from medxai.io.writers import warm_dicom_writers
+
+        warm_dicom_writers()
+
+
+def run_chunk_here(jobs: Sequence[Job], config: WorkerConfig, torch_threads: int) -> list[Result]:
+    """:func:`run_chunk` in a thread of the driving process (local workers with
+    ``workers=None``) with this many torch threads: its share of the cores, which changes as
+    the worker processes become ready (the driving thread runs no network)."""
+    torch.set_num_threads(max(1, torch_threads))
+    return run_chunk(jobs, config)
+
+
 def init_worker_process(torch_threads: int, parent_pid: int) -> None:
     """Initializer of local worker processes (ours alone): torch threads shared fairly between
     workers, library warnings silenced (problems are recorded in the manifest), and an exit when

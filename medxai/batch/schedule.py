@@ -44,12 +44,13 @@ def _fill(
     flight: _Flight,
     jobs_for: JobsFor,
     submit: Submit,
-    in_flight: int,
+    in_flight: int | Callable[[], int],
     worker: str,
 ) -> None:
     """Submit queued chunks until ``in_flight`` run; each chunk's series are claimed first (a
     series another driver claimed meanwhile is left out)."""
-    while flight.queue and len(flight.running) < in_flight:
+    limit = in_flight() if callable(in_flight) else in_flight
+    while flight.queue and len(flight.running) < limit:
         chunk = flight.queue.popleft()
         ids = set(man.claim([r["id"] for r in chunk], worker))
         jobs = [jobs_for(r) for r in chunk if r["id"] in ids]
@@ -109,9 +110,14 @@ def _collect(
     return crashed
 
 
-def _requeue_in_flight(man: Manifest, flight: _Flight) -> None:
-    """Every other chunk in flight died with the pool: requeue their series one by one."""
+def _requeue_in_flight(
+    man: Manifest, flight: _Flight, survives: Callable[[Any], bool] | None = None
+) -> None:
+    """Every other chunk in flight died with the pool (but those that ``survives`` names):
+    requeue their series one by one."""
     for fut, chunk in list(flight.running.items()):
+        if survives is not None and survives(fut):
+            continue
         flight.running.pop(fut)
         man.requeue([r["id"] for r in chunk])
         flight.queue.extend([r] for r in chunk)
@@ -123,11 +129,12 @@ def drive(
     jobs_for: JobsFor,
     submit: Submit,
     wait_any: Callable[[list[Any]], Sequence[Any]],
-    in_flight: int,
+    in_flight: int | Callable[[], int],
     worker: str,
     on_result: OnResult,
     on_crash: Callable[[], None] | None = None,
     is_crash: Callable[[BaseException], bool] = lambda _e: False,
+    survives_crash: Callable[[Any], bool] | None = None,
 ) -> None:
     """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
     as chunks complete. A chunk whose worker died is split into single series and retried, each
@@ -138,12 +145,15 @@ def drive(
         chunks: manifest rows (:meth:`Manifest.pending`), grouped as the workers take them.
         jobs_for: a manifest row -> the :class:`Job` a worker takes.
         submit: jobs -> a future whose result is the list of :class:`Result`.
-        wait_any: futures -> those of them that are done (at least one).
-        in_flight: how many chunks to keep submitted.
+        wait_any: futures -> those of them that are done (none only when ``in_flight`` may
+            have grown meanwhile).
+        in_flight: how many chunks to keep submitted (a callable: asked before each fill).
         worker: the name claims are recorded under.
         on_result: called with each :class:`Result` (it records it in the manifest).
         on_crash: called after a worker died (e.g. to restart a broken pool).
         is_crash: whether a future's exception means its worker died.
+        survives_crash: whether a future in flight lives on when a worker died (it runs
+            elsewhere than the pool that broke); the others are requeued.
     """
     flight = _Flight(chunks)
     while flight.busy():
@@ -154,5 +164,5 @@ def drive(
             man, flight, wait_any(list(flight.running)), jobs_for, on_result, is_crash
         )
         if crashed and on_crash is not None:
-            _requeue_in_flight(man, flight)
+            _requeue_in_flight(man, flight, survives_crash)
             on_crash()
