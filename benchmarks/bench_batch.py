@@ -219,6 +219,12 @@ def bench_end_to_end(export: Path, bundle_dir: Path, work: Path, workers: list[i
 
 _CLI = ("import sys, warnings; warnings.simplefilter('ignore'); "
         "from medxai.cli.main import main; sys.exit(main())")
+#: ``_CLI`` with the run's own choice of local workers made for any number of images
+#: (``--batch-workers auto-any``: what ``workers=None`` does below the threshold if it did not
+#: stay in one process)
+_CLI_AUTO_ANY = ("import sys, warnings; warnings.simplefilter('ignore'); "
+                 "import medxai.batch.job as job; job.AUTO_WORKERS_MIN_IMAGES = 1; "
+                 "from medxai.cli.main import main; sys.exit(main())")
 #: ``_CLI`` that also writes the CPU seconds (every thread of the process) of the batch's
 #: processing step (``medxai.batch.job._process_step``: after the scan and the imports) to the
 #: file named by MEDXAI_BENCH_CPU, for any checkout that has that step
@@ -582,10 +588,11 @@ def bench_batch_workers(n_images: int, batch_size: int, explain: str, settings: 
             for w in settings:
                 mb = model_bound_rate(photos, batch_size)[0]
                 out = work / f"out_{w}_{r}"
-                extra = [] if w == "auto" else ["--workers", w]
+                extra = [] if w.startswith("auto") else ["--workers", w]
                 wall = _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL,
                              "--device", "cpu", "--explain", explain, "--batch-size",
-                             str(batch_size), *extra, "-q"], env, work)
+                             str(batch_size), *extra, "-q"], env, work,
+                            _CLI_AUTO_ANY if w == "auto-any" else _CLI)
                 summary = json.loads((out / "summary.json").read_text())
                 done = int(summary["process"]["images_done"])
                 row = {"mb": mb, "proc": float(summary["process"]["images_per_s"]),
@@ -655,7 +662,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of sections 6 and 8")
     ap.add_argument("--batch-workers",
                     help="only section 8: medxai batch with these --workers settings, e.g. "
-                         "1,2,auto (auto: the option left out), over --ratio-images photos")
+                         "1,2,auto (auto: the option left out; auto-any: as if there were "
+                         "enough images for local workers), over --ratio-images photos")
     ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
                                         "(e.g. an unpacked `git archive` of an older commit)")
     ap.add_argument("--cpu", action="store_true",
