@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -894,6 +895,8 @@ class _InlineWorker:
     def __init__(self, threads: int, processes: int, config: WorkerConfig) -> None:
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-inline")
         self._futures: set[cf.Future[list[Result]]] = set()
+        #: every chunk run here that the driver may still hold (done ones included)
+        self._mine: weakref.WeakSet[cf.Future[list[Result]]] = weakref.WeakSet()
         self._processes, self._config = processes, config
         self._cores = (processes + 1) * threads
         self._warm: list[cf.Future[None]] = []
@@ -926,11 +929,12 @@ class _InlineWorker:
         threads = max(1, self._cores // (1 + self._ready()))
         fut = self._pool.submit(run_chunk_here, jobs, config, threads)
         self._futures.add(fut)
+        self._mine.add(fut)
         return fut
 
     def owns(self, fut: object) -> bool:
-        """Whether ``fut`` runs here (it lives on when the worker processes die)."""
-        return fut in self._futures
+        """Whether ``fut`` runs (or ran) here: it lives on when the worker processes die."""
+        return fut in self._mine
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
