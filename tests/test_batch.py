@@ -881,6 +881,8 @@ def test_auto_workers_one_per_core_for_long_cpu_runs_of_2d_images(bundle_dir: Pa
     assert auto_workers(bundle, many - 1, "cpu", 0, cores=2) == 1  # start-up not repaid
     assert auto_workers(bundle, many, "cpu", 3, cores=4) == 1  # writer processes take the writes
     assert auto_workers(bundle, many, "cpu", 0, cores=1) == 1
+    # a device this machine lacks: no choice made here (each series then fails saying why)
+    assert auto_workers(bundle, many, "cuda:99", 0, cores=2) == 1
     unsaved = load_bundle(bundle_dir)
     unsaved.path = None  # worker processes load the model from its folder
     assert auto_workers(unsaved, many, "cpu", 0, cores=2) == 1

@@ -34,6 +34,7 @@ from medxai.batch.runner import (
     Writers,
     can_batch,
     init_worker_process,
+    keep_bundle,
     process_chunk,
     run_chunk,
     run_chunk_here,
@@ -650,10 +651,19 @@ def auto_workers(
         or images < AUTO_WORKERS_MIN_IMAGES
         or bundle.path is None
         or not can_batch(bundle)
-        or resolve_device(device).type != "cpu"
+        or not _is_cpu(device)
     ):
         return 1
     return min(cores, AUTO_WORKERS_MAX)
+
+
+def _is_cpu(device: str) -> bool:
+    """Whether ``device`` resolves to the CPU; a device this machine lacks is not (the run
+    then reports it for every series, as it does for a short run)."""
+    try:
+        return resolve_device(device).type == "cpu"
+    except InputError:
+        return False
 
 
 def _model_groups(
@@ -706,6 +716,8 @@ def _run_backend(
         run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler, workers=workers)
         return f"dask ({scheduler})"
     if workers > 1:
+        if inline:
+            keep_bundle(bundle, config)  # this process's chunks use the model it has loaded
         _run_process_pool(man, chunks, jobs_for, config, on_result, workers, inline)
         if inline:
             others = workers - 1
@@ -847,7 +859,7 @@ def _run_process_pool(
         )
 
     pool = [make_pool()]
-    here = _InlineWorker(threads, workers - 1, config) if inline else None
+    here = _InlineWorker(workers * threads, workers - 1, config) if inline else None
     if here is not None:
         here.warm(pool[0])
 
@@ -887,18 +899,17 @@ def _wait_any(futures: list[Any]) -> list[Any]:
 
 
 class _InlineWorker:
-    """This process as one of the local workers: one thread that runs chunks with
-    ``threads`` torch threads, two chunks at most (one running, one waiting), like each worker
+    """This process as one of the local workers: one thread that runs chunks with its share of
+    the ``cores``' torch threads, two chunks at most (one running, one waiting), like each worker
     process. The worker processes get chunks only once they are ready (their model loaded), so
     that no chunk waits in a process that is still starting while this one could run it."""
 
-    def __init__(self, threads: int, processes: int, config: WorkerConfig) -> None:
+    def __init__(self, cores: int, processes: int, config: WorkerConfig) -> None:
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-inline")
         self._futures: set[cf.Future[list[Result]]] = set()
         #: every chunk run here that the driver may still hold (done ones included)
         self._mine: weakref.WeakSet[cf.Future[list[Result]]] = weakref.WeakSet()
-        self._processes, self._config = processes, config
-        self._cores = (processes + 1) * threads
+        self._processes, self._config, self._cores = processes, config, cores
         self._warm: list[cf.Future[None]] = []
 
     def warm(self, pool: cf.Executor) -> None:

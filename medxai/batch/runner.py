@@ -794,6 +794,14 @@ def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
             lock.release()
 
 
+def keep_bundle(bundle: ModelBundle, config: WorkerConfig) -> None:
+    """Put ``bundle``, loaded by this process already, in this process's worker cache under
+    ``config``'s model, so that chunks run here (:func:`run_chunk`) use it instead of loading
+    the model a second time."""
+    with _BUNDLES_LOCK:
+        _BUNDLES.setdefault((config.model, config.weights_sha256), (bundle, threading.Lock()))
+
+
 def warm_worker(config: WorkerConfig, dicom: bool) -> None:
     """A worker process's start before its first chunk: the model loaded (into this process's
     cache) and, when the run writes DICOM, the writers' one-time set-up (highdicom's tables)."""
