@@ -224,7 +224,13 @@ _CLI = ("import sys, warnings; warnings.simplefilter('ignore'); "
 #: stay in one process)
 _CLI_AUTO_ANY = ("import sys, warnings; warnings.simplefilter('ignore'); "
                  "import medxai.batch.job as job; job.AUTO_WORKERS_MIN_IMAGES = 1; "
+                 "job.AUTO_WORKERS_MIN_IMAGES_FORKED = 1; "
                  "from medxai.cli.main import main; sys.exit(main())")
+#: ``_CLI_AUTO_ANY`` with the worker processes spawned, never forked (``--batch-workers
+#: auto-spawn``: what local workers cost where they cannot be forked)
+_CLI_AUTO_SPAWN = _CLI_AUTO_ANY.replace(
+    "from medxai.cli", "job.worker_start_method = lambda threads: 'spawn'; from medxai.cli")
+_CLI_FOR = {"auto-any": _CLI_AUTO_ANY, "auto-spawn": _CLI_AUTO_SPAWN}
 #: ``_CLI`` that also writes the CPU seconds (every thread of the process) of the batch's
 #: processing step (``medxai.batch.job._process_step``: after the scan and the imports) to the
 #: file named by MEDXAI_BENCH_CPU, for any checkout that has that step
@@ -592,7 +598,7 @@ def bench_batch_workers(n_images: int, batch_size: int, explain: str, settings: 
                 wall = _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL,
                              "--device", "cpu", "--explain", explain, "--batch-size",
                              str(batch_size), *extra, "-q"], env, work,
-                            _CLI_AUTO_ANY if w == "auto-any" else _CLI)
+                            _CLI_FOR.get(w, _CLI))
                 summary = json.loads((out / "summary.json").read_text())
                 done = int(summary["process"]["images_done"])
                 row = {"mb": mb, "proc": float(summary["process"]["images_per_s"]),

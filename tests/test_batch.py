@@ -8,6 +8,7 @@ other runs (killed and resumed, dask LocalCluster, local worker processes) are c
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -856,29 +857,52 @@ def test_dask_local_cluster_gives_the_same_result(reference, export: PacsExport,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("start", ["spawn", "fork"])
 def test_local_worker_processes_give_the_same_result(reference, export: PacsExport,
-                                                     bundle_dir: Path, tmp_path: Path) -> None:
+                                                     bundle_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     start: str) -> None:
+    """Worker processes spawned, and forked from this process (which has run torch with its
+    OpenMP threads in earlier tests: a forked worker with one torch thread must not hang)."""
+    from medxai.batch import job
+
+    if start not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start} start method here")
+    monkeypatch.setattr(job, "worker_start_method", lambda threads: start)
     ref, _summary, _ = reference
     out = tmp_path / "out"
+    own = time.process_time()
     summary = run_batch(export.root, out, model=bundle_dir, options=_options(), workers=2,
                         batch_size=2)
+    own = time.process_time() - own
     assert summary.backend == "2 local worker processes"
     _assert_same_results(out, ref, exact=False)
-    # the workers' CPU time is counted (each imported torch and ran the model): this process
-    # alone only drives them (a few hundredths of a second)
-    assert summary.process["cpu_s"] > 1.0
+    # the workers' CPU time is counted (each ran the model, and a spawned one imported torch):
+    # this process only drives them
+    assert summary.process["cpu_s"] > own + (1.0 if start == "spawn" else 0.2)
 
 
 def test_auto_workers_one_per_core_for_long_cpu_runs_of_2d_images(bundle_dir: Path) -> None:
-    from medxai.batch.job import AUTO_WORKERS_MAX, AUTO_WORKERS_MIN_IMAGES, auto_workers
+    from medxai.batch.job import (
+        AUTO_WORKERS_MAX,
+        AUTO_WORKERS_MIN_IMAGES,
+        AUTO_WORKERS_MIN_IMAGES_FORKED,
+        auto_workers,
+    )
     from medxai.models.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     assert bundle.spatial_dims == 2
     many = AUTO_WORKERS_MIN_IMAGES
-    assert auto_workers(bundle, many, "cpu", 0, cores=2) == 2
+    assert auto_workers(bundle, many, "cpu", 0, cores=2, start_method="spawn") == 2
     assert auto_workers(bundle, many, "cpu", 0, cores=64) == AUTO_WORKERS_MAX
-    assert auto_workers(bundle, many - 1, "cpu", 0, cores=2) == 1  # start-up not repaid
+    # a spawned worker's start is not repaid below the threshold; a forked one's is
+    assert auto_workers(bundle, many - 1, "cpu", 0, cores=2, start_method="spawn") == 1
+    few = AUTO_WORKERS_MIN_IMAGES_FORKED
+    assert auto_workers(bundle, few, "cpu", 0, cores=2, start_method="fork") == 2
+    assert auto_workers(bundle, few - 1, "cpu", 0, cores=2, start_method="fork") == 1
+    # 64 cores: 8 workers of 8 torch threads each, which cannot be forked
+    assert auto_workers(bundle, many - 1, "cpu", 0, cores=64) == 1
     assert auto_workers(bundle, many, "cpu", 3, cores=4) == 1  # writer processes take the writes
     assert auto_workers(bundle, many, "cpu", 0, cores=1) == 1
     # a device this machine lacks: no choice made here (each series then fails saying why)
@@ -905,12 +929,62 @@ def test_default_workers_follow_the_number_of_images(reference, export: PacsExpo
     assert short.backend == "in process"
     images = ref_summary.this_run["done"]
     monkeypatch.setattr(job, "AUTO_WORKERS_MIN_IMAGES", images)
+    monkeypatch.setattr(job, "AUTO_WORKERS_MIN_IMAGES_FORKED", images)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     out = tmp_path / "long"
     long = run_batch(export.root, out, model=bundle_dir, options=_options(), workers=None,
                      writers=0, batch_size=2)
     assert long.backend == "this process and 1 local worker process"
     _assert_same_results(out, ref, exact=False)
+
+
+def test_workers_are_forked_only_where_that_cannot_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fork needs one torch thread per worker (libgomp's pool does not survive a fork) and no
+    other thread in this process (it could hold a lock the child would wait on)."""
+    import threading
+
+    from medxai.batch.runner import worker_start_method
+
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    linux = sys.platform.startswith("linux")
+    assert worker_start_method(1) == ("fork" if linux else "spawn")
+    assert worker_start_method(2) == "spawn"
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert worker_start_method(1) == "spawn"
+
+
+def test_guided_chunks_shrink_towards_the_end() -> None:
+    from medxai.batch.schedule import guided_chunks
+
+    rows = [{"id": str(i)} for i in range(40)]
+    by8 = [rows[i : i + 8] for i in range(0, 40, 8)]
+    cut = guided_chunks(by8, 2)
+    assert [len(c) for c in cut] == [8, 8, 6, 5, 4, 3, 2, 2, 2]
+    assert [r for c in cut for r in c] == rows  # same series, same order
+    assert guided_chunks(by8, 1) == by8  # one pipeline: nothing to balance
+    volumes = [[r] for r in rows[:3]]
+    assert guided_chunks(volumes, 4) == volumes
+
+
+def test_a_worker_ready_before_the_wait_ends_it_at_once() -> None:
+    """A forked worker process is ready within milliseconds, often between the driver's fill
+    and its wait: the wait must end at once (so the driver gives it chunks), not when this
+    process's first chunk is done."""
+    from concurrent.futures import Future
+
+    from medxai.batch.job import WorkerConfig, _InlineWorker
+
+    here = _InlineWorker(2, 1, WorkerConfig(model="", weights_sha256=None, options=_options()))
+    warm: Future = Future()
+    here._warm = [warm]
+    assert here.in_flight() == 2  # the worker process is still starting
+    warm.set_result(None)  # ready now, before the driver waits
+    busy: Future = Future()  # this process's chunk, not done
+    t0 = time.perf_counter()
+    assert here.wait_any([busy]) == []
+    assert time.perf_counter() - t0 < 1.0
+    assert here.in_flight() == 4
+    here.close()
 
 
 def test_manifest_methods_behind_the_scheduler(tmp_path: Path) -> None:

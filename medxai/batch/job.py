@@ -39,9 +39,10 @@ from medxai.batch.runner import (
     run_chunk,
     run_chunk_here,
     warm_worker,
+    worker_start_method,
 )
 from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
-from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive
+from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive, guided_chunks
 from medxai.batch.types import Job, Result
 from medxai.choices import BATCH_DEFAULT_FORMATS
 from medxai.errors import InputError, ModelMismatchError
@@ -370,17 +371,20 @@ def run_batch(
             series never raise: they are recorded in the manifest.
     """
     export, out = _check_folders(export_dir, output)
+    opts = options or SegmentOptions()
+    warming = _warm_writers_here(opts, workers, scheduler, writers)
     run = _Run(
         export=export,
         out=out,
         bundle=_open_model(model, workers, scheduler),
-        opts=options or SegmentOptions(),
+        opts=opts,
         say=progress or (lambda _p: None),
         workers=workers,
         scheduler=scheduler,
         batch_size=batch_size,
         writers=writers.processes if isinstance(writers, Writers) else max(0, writers),
         pool=writers if isinstance(writers, Writers) else None,
+        warming=warming,
     )
     with _locked(out):
         man = Manifest(out / MANIFEST_NAME)
@@ -388,6 +392,20 @@ def run_batch(
             return _run_locked(run, man, retry_failed, scan_workers)
         finally:
             man.close()
+
+
+def _warm_writers_here(
+    opts: SegmentOptions, workers: int | None, scheduler: str | None, writers: int | Writers
+) -> threading.Thread | None:
+    """Where this process will write DICOM objects itself, their one-time set-up
+    (:func:`~medxai.io.writers.warm_dicom_writers`) started in a thread now, while the model
+    loads and the export is scanned."""
+    processes = writers.processes if isinstance(writers, Writers) else writers
+    if scheduler or (workers or 1) > 1 or processes or not _writes_dicom(opts):
+        return None
+    thread = threading.Thread(target=warm_dicom_writers, name="medxai-warm-writers", daemon=True)
+    thread.start()
+    return thread
 
 
 def _writes_dicom(options: SegmentOptions) -> bool:
@@ -456,15 +474,25 @@ class _Run:
     #: processes; not the --writers processes (they outlive the step) nor dask workers
     process_cpu_s: float = 0.0
     backend: str = "in process"
+    #: the DICOM writers' set-up, in a thread of this process during the scan
+    warming: threading.Thread | None = None
 
     def workers_for(self, bundle: ModelBundle, images: int) -> int:
         """The worker count for ``images`` series of ``bundle``: the one asked for, or
-        :func:`auto_workers` (``workers=None``)."""
+        :func:`auto_workers` (``workers=None``). Where worker processes may start, the
+        writers' set-up is waited for first: the workers are then forked with it done."""
+        if self.scheduler:
+            return self.workers if self.workers is not None else 1
+        if self.workers is None or self.workers > 1:
+            self.settle()
         if self.workers is not None:
             return self.workers
-        if self.scheduler:
-            return 1
         return auto_workers(bundle, images, self.opts.device, self.writers)
+
+    def settle(self) -> None:
+        """Wait for this process's background set-up, so that it runs no thread but this."""
+        if self.warming is not None:
+            self.warming.join()
 
     @property
     def model_path(self) -> str:
@@ -506,9 +534,6 @@ def _run_locked(
                 # started now, so that they import medxai while the export is scanned
                 run.pool = stack.enter_context(Writers(run.writers))
                 run.pool.warm()
-            elif not run.scheduler and (run.workers or 1) <= 1 and _writes_dicom(run.opts):
-                # this process writes: the DICOM writers' one-time set-up during the scan
-                threading.Thread(target=warm_dicom_writers, daemon=True).start()
             found = _scan_step(run, man, retry_failed, scan_workers)
             _process_step(run, man, found.pending)
         status = "finished"
@@ -625,36 +650,51 @@ def _process_groups(
 
 
 #: a CPU-only batch of at least this many 2D images runs on local workers by default
-#: (``workers=None``): this process and one worker process per other core, each with its
-#: share of the torch threads. On the 2-core reference machine that made 8.0 images/s over
-#: 400 photos against 6.7 for this process alone (whose two torch threads keep waiting for the
-#: writer threads they share the cores with); a worker process's start (about 5 CPU-seconds:
-#: imports, model, highdicom's tables) is repaid at about 120 photos and costs 40 photos a
-#: third more time (docs/benchmarks.md, "Local workers on a CPU").
+#: (``workers=None``) when they start by fork (:func:`worker_start_method`: one torch thread
+#: each, on Linux): this process and one worker process per other core, each with its share of
+#: the torch threads. A forked worker is ready in a few hundredths of a second, so two chunks
+#: of images already pay (docs/benchmarks.md, "Local workers on a CPU").
+AUTO_WORKERS_MIN_IMAGES_FORKED = 16
+#: the same when the workers must be spawned (more than one torch thread each, or not Linux):
+#: a spawned worker's start costs about 5 CPU-seconds (imports, model, highdicom's tables),
+#: repaid at about 120 photos on the 2-core reference machine
 AUTO_WORKERS_MIN_IMAGES = 200
 #: at most this many worker processes by default (each holds the model and its own pipeline)
 AUTO_WORKERS_MAX = 8
 
 
 def auto_workers(
-    bundle: ModelBundle, images: int, device: str, writer_processes: int, cores: int | None = None
+    bundle: ModelBundle,
+    images: int,
+    device: str,
+    writer_processes: int,
+    cores: int | None = None,
+    start_method: str | None = None,
 ) -> int:
     """Worker processes for ``workers=None``: one per core (at most :data:`AUTO_WORKERS_MAX`)
     for a batchable 2D model saved to a folder, on the CPU, writing with threads
-    (``writer_processes`` 0), with at least :data:`AUTO_WORKERS_MIN_IMAGES` images to run;
-    else 1 (this process). On a GPU one process feeds the device, and writer processes (on
-    more than two cores by default) take the writing off its CPU."""
+    (``writer_processes`` 0), with at least :data:`AUTO_WORKERS_MIN_IMAGES_FORKED` images to
+    run where the workers are forked (``start_method``, default :func:`worker_start_method`),
+    :data:`AUTO_WORKERS_MIN_IMAGES` where they are spawned; else 1 (this process).
+
+    Why: one process's torch threads keep waiting for the writer threads they share the cores
+    with (on 2 cores its forward pass takes twice its time alone); independent pipelines with
+    one torch thread each do not wait. On a GPU one process feeds the device, and writer
+    processes (on more than two cores by default) take the writing off its CPU."""
     cores = cores or os.cpu_count() or 1
+    n = min(cores, AUTO_WORKERS_MAX)
+    method = start_method or worker_start_method(max(1, cores // n))
+    least = AUTO_WORKERS_MIN_IMAGES_FORKED if method == "fork" else AUTO_WORKERS_MIN_IMAGES
     if (
         cores < 2
         or writer_processes > 0
-        or images < AUTO_WORKERS_MIN_IMAGES
+        or images < least
         or bundle.path is None
         or not can_batch(bundle)
         or not _is_cpu(device)
     ):
         return 1
-    return min(cores, AUTO_WORKERS_MAX)
+    return n
 
 
 def _is_cpu(device: str) -> bool:
@@ -837,7 +877,8 @@ def _run_process_pool(
     workers: int,
     inline: bool = False,
 ) -> None:
-    """N local worker processes (``spawn``), each loading the model once; ~2 chunks per worker in
+    """N local worker processes (forked where :func:`worker_start_method` allows, else
+    spawned), each loading the model once; ~2 chunks per worker in
     flight so that workers never wait for the driver.
 
     With ``inline`` this process is one of the N: a thread of it runs chunks from the start
@@ -848,16 +889,18 @@ def _run_process_pool(
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")
 
     def make_pool() -> cf.ProcessPoolExecutor:
+        # fork when safe (the first pool, before this process starts threads); a pool started
+        # again after a crash, while this process's own chunks run, is spawned
         return cf.ProcessPoolExecutor(
             workers - 1 if inline else workers,
-            mp_context=ctx,
+            mp_context=multiprocessing.get_context(worker_start_method(threads)),
             initializer=init_worker_process,
             initargs=(threads, os.getpid()),
         )
 
+    chunks = guided_chunks(chunks, workers)
     pool = [make_pool()]
     here = _InlineWorker(workers * threads, workers - 1, config) if inline else None
     if here is not None:
@@ -911,6 +954,8 @@ class _InlineWorker:
         self._mine: weakref.WeakSet[cf.Future[list[Result]]] = weakref.WeakSet()
         self._processes, self._config, self._cores = processes, config, cores
         self._warm: list[cf.Future[None]] = []
+        #: worker processes ready when :meth:`in_flight` was last asked
+        self._seen_ready = 0
 
     def warm(self, pool: cf.Executor) -> None:
         """Start (again, after a crash) the worker processes of ``pool``: one warm-up each."""
@@ -922,11 +967,16 @@ class _InlineWorker:
 
     def in_flight(self) -> int:
         """Chunks to keep in flight: two here and two per worker process that is ready."""
-        return 2 * (1 + self._ready())
+        self._seen_ready = self._ready()
+        return 2 * (1 + self._seen_ready)
 
     def wait_any(self, futures: list[Any]) -> list[Any]:
         """Those of ``futures`` that are done, waiting for one of them or for a worker
-        process to become ready (then possibly none: the driver fills the new room)."""
+        process to become ready (then possibly none: the driver fills the new room). A worker
+        process that became ready since :meth:`in_flight` was asked ends the wait at once (a
+        forked one is ready within a few hundredths of a second)."""
+        if self._ready() != self._seen_ready:
+            return [f for f in futures if f.done()]
         starting = [f for f in self._warm if not f.done()]
         done = cf.wait([*futures, *starting], return_when=cf.FIRST_COMPLETED).done
         return [f for f in futures if f in done]

@@ -8,6 +8,7 @@ Backends (the local process pool in :mod:`medxai.batch.job`, dask in
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from medxai.batch.runner import error_result
 from medxai.batch.types import Job, Result
 from medxai.errors import MedxaiError
 
-__all__ = ["MAX_ATTEMPTS", "drive"]
+__all__ = ["MAX_ATTEMPTS", "drive", "guided_chunks"]
 
 #: How often a series may be claimed (its worker dying each time) before it fails.
 MAX_ATTEMPTS = 3
@@ -26,6 +27,29 @@ Row = dict[str, Any]
 JobsFor = Callable[[Row], Job]
 OnResult = Callable[[Result], None]
 Submit = Callable[[list[Job]], Any]
+
+
+def guided_chunks(
+    chunks: Sequence[Sequence[Row]], pipelines: int, smallest: int = 2
+) -> list[list[Row]]:
+    """Chunks of 2D images cut again so that they shrink towards the end (guided
+    self-scheduling): each takes at most a ``2 * pipelines``-th of the images still to run, at
+    least ``smallest`` and at most the largest chunk given. The pipelines then finish
+    together, instead of one running the last full chunk alone while the others wait (40
+    photos on 2 pipelines: 8, 8, 6, 5, 4, 3, 2, 2, 2 rather than 8 x 5). Single volumes and
+    one pipeline stay as they are."""
+    if pipelines <= 1 or not chunks or max(len(c) for c in chunks) <= 1:
+        return [list(c) for c in chunks]
+    rows = [r for c in chunks for r in c]
+    largest = max(len(c) for c in chunks)
+    out: list[list[Row]] = []
+    i = 0
+    while i < len(rows):
+        left = len(rows) - i
+        size = min(largest, max(smallest, math.ceil(left / (2 * pipelines))))
+        out.append(rows[i : i + size])
+        i += size
+    return out
 
 
 class _Flight:
