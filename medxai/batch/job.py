@@ -756,8 +756,8 @@ def _run_backend(
         run_on_dask(man, chunks, jobs_for, config, on_result, scheduler=scheduler, workers=workers)
         return f"dask ({scheduler})"
     if workers > 1:
-        if inline:
-            keep_bundle(bundle, config)  # this process's chunks use the model it has loaded
+        # this process's chunks use the model it has loaded, and forked workers inherit it
+        keep_bundle(bundle, config)
         _run_process_pool(man, chunks, jobs_for, config, on_result, workers, inline)
         if inline:
             others = workers - 1
@@ -901,6 +901,8 @@ def _run_process_pool(
         )
 
     chunks = guided_chunks(chunks, workers)
+    if worker_start_method(threads) == "fork" and _writes_dicom(config.options):
+        warm_dicom_writers()  # done once here (or already), inherited by every forked worker
     pool = [make_pool()]
     here = _InlineWorker(workers * threads, workers - 1, config) if inline else None
     if here is not None:
