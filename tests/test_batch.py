@@ -705,6 +705,56 @@ def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export:
     assert pids - set(before), "no new writer process wrote after the kill"
 
 
+def _worker_pids(pid: int) -> list[int]:
+    """The local worker processes of process ``pid`` (forked or spawned; not multiprocessing's
+    resource tracker), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in cmd:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def test_kill_9_of_a_local_worker_process_loses_and_repeats_nothing(
+    reference, export: PacsExport, bundle_dir: Path, tmp_path: Path
+) -> None:
+    """kill -9 of one local worker process mid-run (``--workers 2``): the pool is started
+    again, the series the dead worker held run again, and the run ends with the uninterrupted
+    result, no partial folder left."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finds the worker processes in /proc")
+    ref, ref_summary, _ = reference
+    out = tmp_path / "out"
+    args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
+            "--workers", "2", "--json"]
+    proc = _run_cli(args)
+    deadline = time.monotonic() + 300
+    while _done_count(out / "manifest.sqlite") < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no series finished in 300 s"
+        time.sleep(0.02)
+    before = _worker_pids(proc.pid)
+    assert len(before) == 2, before
+    os.kill(before[0], signal.SIGKILL)
+    done_at_kill = _done_count(out / "manifest.sqlite")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr  # the export's one failing series
+    assert done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
+    summary = json.loads(stdout)
+    assert summary["this_run"]["done"] == ref_summary.series["done"]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    _assert_same_results(out, ref, exact=False)
+    with Manifest(out / "manifest.sqlite") as man:
+        done = man.series("done")
+    assert all(s["attempts"] <= 2 for s in done)
+
+
 class _KillsItsWriter:
     """Unpickled in a writer process, it kills that process (as kill -9 or a segfault would)."""
 

@@ -647,6 +647,9 @@ def _process_groups(
         )
         if writers is not None and writers.processes:
             run.backend += f", {writers.processes} writer processes"
+        # what a worker process killed while writing left (its series ran again elsewhere);
+        # nothing is being written now
+        _clean_partials(run.out)
 
 
 #: a CPU-only batch of at least this many 2D images runs on local workers by default
