@@ -5,6 +5,7 @@
     python benchmarks/bench_batch.py --ratio --ratio-images 40   # sections 4-5 only
     python benchmarks/bench_batch.py --writers 0,1,2 --ratio-images 40 --rounds 3  # section 6
     python benchmarks/bench_batch.py --batch-workers 1,auto --ratio-images 400    # section 8
+    python benchmarks/bench_batch.py --batch-workers 1,auto,auto-spawn --ratio-images 40
 
 Builds a synthetic export in a temporary folder (CT series of 64x64 int16 slices, 256x192 RGB
 dermoscopy-like photos as DICOM, some non-DICOM files), and an untrained 2D RGB U-Net bundle of the
@@ -669,7 +670,8 @@ def main() -> None:
     ap.add_argument("--batch-workers",
                     help="only section 8: medxai batch with these --workers settings, e.g. "
                          "1,2,auto (auto: the option left out; auto-any: as if there were "
-                         "enough images for local workers), over --ratio-images photos")
+                         "enough images for local workers; auto-spawn: auto-any with the "
+                         "workers spawned, not forked), over --ratio-images photos")
     ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
                                         "(e.g. an unpacked `git archive` of an older commit)")
     ap.add_argument("--cpu", action="store_true",

@@ -131,8 +131,9 @@ def _table(summary: Any) -> str:
     type=click.IntRange(1),
     help="Worker processes (1: this process), each loading the model once; with "
     "--scheduler local, the number of dask workers. Default: 1, but one per core (at most 8) "
-    "for a CPU-only run of at least 200 2D images that writes with threads (--writers 0, the "
-    "default on 2 cores or fewer).",
+    "for a CPU-only run of 2D images that writes with threads (--writers 0, the default on 2 "
+    "cores or fewer): from 16 images where the workers can be forked (Linux, one torch thread "
+    "each), from 200 where they must be spawned.",
 )
 @click.option(
     "--writers",
