@@ -583,8 +583,8 @@ def _done_count(manifest: Path) -> int:
         return 0
 
 
-def _writer_pids(pid: int) -> list[int]:
-    """The writer processes (``spawn`` children) of process ``pid``, from /proc."""
+def _child_pids(pid: int, match) -> list[int]:
+    """The child processes of process ``pid`` whose command line ``match`` accepts, from /proc."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -592,9 +592,14 @@ def _writer_pids(pid: int) -> list[int]:
             cmd = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and b"spawn_main" in cmd:
+        if int(fields[1]) == pid and match(cmd):
             found.append(int(stat.parent.name))
     return sorted(found)
+
+
+def _writer_pids(pid: int) -> list[int]:
+    """The writer processes (``spawn`` children) of process ``pid``, from /proc."""
+    return _child_pids(pid, lambda cmd: b"spawn_main" in cmd)
 
 
 def _alive(pid: int) -> bool:
@@ -670,26 +675,24 @@ def test_writer_processes_give_the_same_result(reference, export: PacsExport,
     assert order == list(range(len(order)))
 
 
-def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export: PacsExport,
-                                                              bundle_dir: Path, tmp_path: Path
-                                                              ) -> None:
-    """kill -9 of one writer process mid-run: the run goes on (new writers), writes every series
-    the dead writer held again, and ends with exactly the uninterrupted result."""
+def _kill_a_child_mid_run(ref_summary, export: PacsExport, bundle_dir: Path, out: Path,
+                          option: list[str], children) -> list[int]:
+    """Run the CLI with ``option`` (e.g. ``--writers 2``), kill -9 the first of
+    ``children(pid)`` once a series is done, and check the run ends as the uninterrupted one:
+    every series done, none lost, no partial folder left. The children found before the kill."""
     if not Path("/proc/self/stat").exists():
-        pytest.skip("finds the writer processes in /proc")
-    ref, ref_summary, _ = reference
-    out = tmp_path / "out"
+        pytest.skip("finds the child processes in /proc")
     args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
             ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
-            "--writers", "2", "--json"]
+            *option, "--json"]
     proc = _run_cli(args)
     deadline = time.monotonic() + 300
     while _done_count(out / "manifest.sqlite") < 1:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no series finished in 300 s"
         time.sleep(0.02)
-    before = _writer_pids(proc.pid)
-    assert len(before) == 2
+    before = children(proc.pid)
+    assert len(before) == 2, before
     os.kill(before[0], signal.SIGKILL)
     done_at_kill = _done_count(out / "manifest.sqlite")
     stdout, stderr = proc.communicate(timeout=600)
@@ -698,6 +701,18 @@ def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export:
     summary = json.loads(stdout)
     assert summary["this_run"]["done"] == ref_summary.series["done"]
     assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    return before
+
+
+def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export: PacsExport,
+                                                              bundle_dir: Path, tmp_path: Path
+                                                              ) -> None:
+    """kill -9 of one writer process mid-run: the run goes on (new writers), writes every series
+    the dead writer held again, and ends with exactly the uninterrupted result."""
+    ref, ref_summary, _ = reference
+    out = tmp_path / "out"
+    before = _kill_a_child_mid_run(ref_summary, export, bundle_dir, out, ["--writers", "2"],
+                                   _writer_pids)
     _assert_same_results(out, ref)
     with Manifest(out / "manifest.sqlite") as man:
         pids = {int(s["worker"].split(":")[1]) for s in man.series("done")}
@@ -708,51 +723,21 @@ def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export:
 def _worker_pids(pid: int) -> list[int]:
     """The local worker processes of process ``pid`` (forked or spawned; not multiprocessing's
     resource tracker), from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmd = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and b"resource_tracker" not in cmd:
-            found.append(int(stat.parent.name))
-    return sorted(found)
+    return _child_pids(pid, lambda cmd: b"resource_tracker" not in cmd)
 
 
 def test_kill_9_of_a_local_worker_process_loses_and_repeats_nothing(
     reference, export: PacsExport, bundle_dir: Path, tmp_path: Path
 ) -> None:
     """kill -9 of one local worker process mid-run (``--workers 2``): the pool is started
-    again, the series the dead worker held run again, and the run ends with the uninterrupted
-    result, no partial folder left."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("finds the worker processes in /proc")
+    again, the series the dead worker held run again (it fails without the partial folders'
+    removal at the end of the step: the dead worker's stays behind)."""
     ref, ref_summary, _ = reference
     out = tmp_path / "out"
-    args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
-            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
-            "--workers", "2", "--json"]
-    proc = _run_cli(args)
-    deadline = time.monotonic() + 300
-    while _done_count(out / "manifest.sqlite") < 1:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no series finished in 300 s"
-        time.sleep(0.02)
-    before = _worker_pids(proc.pid)
-    assert len(before) == 2, before
-    os.kill(before[0], signal.SIGKILL)
-    done_at_kill = _done_count(out / "manifest.sqlite")
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 1, stderr  # the export's one failing series
-    assert done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
-    summary = json.loads(stdout)
-    assert summary["this_run"]["done"] == ref_summary.series["done"]
-    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".old-" in p.name]
+    _kill_a_child_mid_run(ref_summary, export, bundle_dir, out, ["--workers", "2"], _worker_pids)
     _assert_same_results(out, ref, exact=False)
     with Manifest(out / "manifest.sqlite") as man:
-        done = man.series("done")
-    assert all(s["attempts"] <= 2 for s in done)
+        assert all(s["attempts"] <= 2 for s in man.series("done"))
 
 
 class _KillsItsWriter:
