@@ -881,8 +881,8 @@ def _run_process_pool(
     inline: bool = False,
 ) -> None:
     """N local worker processes (forked where :func:`worker_start_method` allows, else
-    spawned), each loading the model once; ~2 chunks per worker in
-    flight so that workers never wait for the driver.
+    spawned), each with the model loaded once; ~2 chunks per worker in flight so that workers
+    never wait for the driver; the chunks shrink towards the end (:func:`guided_chunks`).
 
     With ``inline`` this process is one of the N: a thread of it runs chunks from the start
     with the model it has loaded, while the N - 1 processes import and load theirs, so their
