@@ -885,28 +885,27 @@ def _run_process_pool(
     never wait for the driver; the chunks shrink towards the end (:func:`guided_chunks`).
 
     With ``inline`` this process is one of the N: a thread of it runs chunks from the start
-    with the model it has loaded, while the N - 1 processes import and load theirs, so their
-    start-up costs the run no time. A chunk run here shares this process's fate, as with
+    with the model it has loaded, while the N - 1 processes start (a spawned one imports and
+    loads its own; a forked one has this process's), so their start-up costs the run no time. A chunk run here shares this process's fate, as with
     ``workers=1`` (a series that kills its process ends the run, and the next run finds it);
     the worker processes' chunks are isolated."""
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
 
-    def make_pool() -> cf.ProcessPoolExecutor:
-        # fork when safe (the first pool, before this process starts threads); a pool started
-        # again after a crash, while this process's own chunks run, is spawned
+    def make_pool(method: str) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
             workers - 1 if inline else workers,
-            mp_context=multiprocessing.get_context(worker_start_method(threads)),
+            mp_context=multiprocessing.get_context(method),
             initializer=init_worker_process,
             initargs=(threads, os.getpid()),
         )
 
     chunks = guided_chunks(chunks, workers)
-    if worker_start_method(threads) == "fork" and _writes_dicom(config.options):
+    first = worker_start_method(threads)
+    if first == "fork" and _writes_dicom(config.options):
         warm_dicom_writers()  # done once here (or already), inherited by every forked worker
-    pool = [make_pool()]
+    pool = [make_pool(first)]
     here = _InlineWorker(workers * threads, workers - 1, config) if inline else None
     if here is not None:
         here.warm(pool[0])
@@ -918,7 +917,8 @@ def _run_process_pool(
 
     def restart() -> None:
         pool[0].shutdown(wait=False, cancel_futures=True)
-        pool[0] = make_pool()
+        # asked again: this process's own threads run by now, so the new pool is spawned
+        pool[0] = make_pool(worker_start_method(threads))
         if here is not None:
             here.warm(pool[0])
 
