@@ -317,10 +317,13 @@ def model_bound_rate(photos: list[Path], batch_size: int, reps: int = 2) -> tupl
     return rate, what
 
 
-def model_bound(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[float, str, float]:
+def model_bound(photos: list[Path], batch_size: int, reps: int = 2,
+                channels_last: bool = False) -> tuple[float, str, float]:
     """Images/s of the bundled model's network with its test-time augmentation in plain torch:
     the photos already resized to the model's input and scaled (not timed), ``batch_size``
     images per forward pass, softmax of every view turned back and averaged. Nothing else.
+    ``channels_last``: the network's weights in the channels-last memory format (as medxai runs
+    a 2D network on the CPU) instead of PyTorch's default.
     Returns (best images/s, what ran, least CPU ms per image: all torch threads)."""
     import torch
     import torch.nn.functional as F
@@ -331,6 +334,8 @@ def model_bound(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[flo
 
     bundle = load_model(RATIO_MODEL)
     net = bundle.network.eval()
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     size = list(bundle.preprocessing["spatial_size"])
     mode = tta_mode(bundle.inference)
     xs = []
@@ -366,7 +371,9 @@ def model_bound(photos: list[Path], batch_size: int, reps: int = 2) -> tuple[flo
         run()
         best.append(len(xs) / (time.perf_counter() - t))
         cpu.append(1000 * (time.process_time() - c) / len(xs))
-    return (max(best), f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}",
+    layout = ", channels last" if channels_last else ""
+    return (max(best),
+            f"{mode} ({len(views)} views), {size[0]}x{size[1]}, batch {batch_size}{layout}",
             min(cpu))
 
 
@@ -580,21 +587,31 @@ def bench_writers(n_images: int, batch_size: int, explain: str, counts: list[int
 
 
 def bench_batch_workers(n_images: int, batch_size: int, explain: str, settings: list[str],
-                        rounds: int) -> None:
+                        rounds: int, base_root: str | None = None) -> None:
     """``medxai batch`` over the ISIC photos as a DICOM export (the bundled model, default
     outputs, ``--explain``), one fresh CLI process per ``--workers`` setting (``auto``: the
     option left out) and round, interleaved round by round, each after the model-bound loop
-    (torch on every core) measured just before it."""
-    env = dict(os.environ)
+    (torch on every core) measured just before it, in PyTorch's default memory format and in
+    channels-last (what medxai runs). With ``base_root``, each setting runs with that
+    checkout's package too, next to this one's."""
+    runs = [(w, None) for w in settings]
+    if base_root:
+        runs = [run for w in settings for run in ((w, None), (w, base_root))]
+    label = lambda w, root: f"{w} (base)" if root else w  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="medxai-bench-workers-") as tmp:
         work = Path(tmp)
         photos = _photos(n_images, work / "jpegs")
         build_photo_export(photos, work / "export")
-        got: dict[str, list[dict[str, Any]]] = {w: [] for w in settings}
+        got: dict[str, list[dict[str, Any]]] = {label(*run): [] for run in runs}
         for r in range(rounds):
-            for w in settings:
+            for w, root in runs if r % 2 == 0 else runs[::-1]:
+                env = dict(os.environ)
+                if root:
+                    env["PYTHONPATH"] = (str(Path(root).resolve()) + os.pathsep
+                                         + env.get("PYTHONPATH", ""))
                 mb = model_bound_rate(photos, batch_size)[0]
-                out = work / f"out_{w}_{r}"
+                mb_cl = model_bound(photos, batch_size, channels_last=True)[0]
+                out = work / f"out_{w}_{r}_{bool(root)}"
                 extra = [] if w.startswith("auto") else ["--workers", w]
                 wall = _cli(["batch", str(work / "export"), "-o", str(out), "-m", RATIO_MODEL,
                              "--device", "cpu", "--explain", explain, "--batch-size",
@@ -602,27 +619,32 @@ def bench_batch_workers(n_images: int, batch_size: int, explain: str, settings: 
                             _CLI_FOR.get(w, _CLI))
                 summary = json.loads((out / "summary.json").read_text())
                 done = int(summary["process"]["images_done"])
-                row = {"mb": mb, "proc": float(summary["process"]["images_per_s"]),
+                row = {"mb": mb, "mb_cl": mb_cl, "proc": float(summary["process"]["images_per_s"]),
                        "wall": done / wall, "steady": manifest_steady_rate(out),
                        "cpu": float(summary["process"]["cpu_ms_per_image"]),
                        "backend": summary["backend"]}
-                got[w].append(row)
-                print(f"  round {r + 1}, --workers {w} ({row['backend']}): {row['proc']:.2f} "
-                      f"images/s processing, {row['steady']:.2f} steady, {row['wall']:.2f} wall; "
-                      f"model-bound {mb:.2f}")
+                got[label(w, root)].append(row)
+                print(f"  round {r + 1}, --workers {label(w, root)} ({row['backend']}): "
+                      f"{row['proc']:.2f} images/s processing, {row['steady']:.2f} steady, "
+                      f"{row['wall']:.2f} wall; model-bound {mb:.2f}, channels last {mb_cl:.2f}",
+                      flush=True)
                 shutil.rmtree(out)
     med = lambda w, k: float(np.median([g[k] for g in got[w]]))  # noqa: E731
     rows = [[w, got[w][-1]["backend"], f"{med(w, 'proc'):.2f}", f"{med(w, 'steady'):.2f}",
              f"{med(w, 'wall'):.2f}", f"{med(w, 'cpu'):.0f}", f"{med(w, 'mb'):.2f}",
-             f"{med(w, 'proc') / med(w, 'mb'):.2f}", f"{med(w, 'steady') / med(w, 'mb'):.2f}"]
-            for w in settings]
+             f"{med(w, 'proc') / med(w, 'mb'):.2f}", f"{med(w, 'steady') / med(w, 'mb'):.2f}",
+             f"{med(w, 'mb_cl'):.2f}", f"{med(w, 'proc') / med(w, 'mb_cl'):.2f}"]
+            for w in got]
     table(f"8. medxai batch by --workers: {n_images} photos 512x512 as DICOM, default outputs, "
           f"--explain {explain}, medians of {rounds} interleaved rounds; {os.cpu_count()} CPU(s)",
           ["--workers", "backend", "images/s", "steady images/s", "images/s wall", "CPU ms/image",
-           "model-bound", "ratio", "steady ratio"], rows)
+           "model-bound", "ratio", "steady ratio", "model-bound channels last",
+           "ratio to it"], rows)
     print("images/s: summary.json's (processing: worker start-up included); steady: the results "
           "after the first quarter, by the manifest's finish times; wall: the whole CLI call; "
-          "CPU ms/image: summary.json's (worker processes included)")
+          "CPU ms/image: summary.json's (worker processes included); model-bound: the plain "
+          "torch loop in PyTorch's default memory format (the issue's baseline) and with the "
+          "network in channels-last")
 
 
 def manifest_steady_rate(out: Path) -> float:
@@ -672,8 +694,9 @@ def main() -> None:
                          "1,2,auto (auto: the option left out; auto-any: as if there were "
                          "enough images for local workers; auto-spawn: auto-any with the "
                          "workers spawned, not forked), over --ratio-images photos")
-    ap.add_argument("--base-root", help="--ratio with the medxai package of another checkout "
-                                        "(e.g. an unpacked `git archive` of an older commit)")
+    ap.add_argument("--base-root", help="--ratio or --batch-workers with the medxai package of "
+                                        "another checkout too (e.g. an unpacked `git archive` "
+                                        "of an older commit)")
     ap.add_argument("--cpu", action="store_true",
                     help="with --ratio and --base-root: batch of this checkout and of the base, "
                          "interleaved over --rounds, CPU ms per image next to the model-bound "
@@ -694,7 +717,7 @@ def main() -> None:
         return
     if args.batch_workers:
         bench_batch_workers(args.ratio_images, args.batch_size, args.explain,
-                            args.batch_workers.split(","), args.rounds)
+                            args.batch_workers.split(","), args.rounds, args.base_root)
         return
     if args.ratio and args.cpu:
         if not args.base_root:
