@@ -474,6 +474,95 @@ def test_a_chunk_run_in_this_process_lives_on_when_the_pool_dies(tmp_path: Path)
     assert runs[rows[3]["id"]] == 1
 
 
+def test_streamed_results_are_recorded_once_and_not_run_again_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Local workers send each result as it is made (``streamed``): the driver records it at
+    once, not again when its chunk comes back, and a chunk whose worker died after sending some
+    of its results runs again only the others (and the chunks that died with it only theirs)."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medxai.batch.job import drive
+    from medxai.batch.types import Job, Result
+
+    files = [_fi(f"p{i}", orientation=None, position=None, channels=3) for i in range(6)]
+    stacks = group_stacks(files)
+    with Manifest(tmp_path / "m.sqlite") as man:
+        man.sync_scan(files, stacks, {s.id: None for s in stacks})
+        rows = man.pending()
+        ids = [r["id"] for r in rows]
+        runs: dict[str, int] = {}
+        pipe: list[Result] = []
+        recorded: list[str] = []
+        first = [True]
+
+        def submit(jobs):
+            fut = Future()
+            for j in jobs:
+                runs[j.id] = runs.get(j.id, 0) + 1
+            if jobs[0].id == ids[0] and first[0]:
+                # the worker streams its first two results, then dies
+                first[0] = False
+                pipe.extend(Result(j.id, "done", outputs=[]) for j in jobs[:2])
+                fut.set_exception(BrokenProcessPool("a worker died"))
+            elif jobs[0].id == ids[3] and runs[ids[3]] == 1:
+                # another chunk streams one result and dies with the pool (never completes)
+                pipe.append(Result(ids[3], "done", outputs=[]))
+            else:
+                pipe.extend(Result(j.id, "done", outputs=[]) for j in jobs)
+                fut.set_result([Result(j.id, "done", outputs=[]) for j in jobs])
+            return fut
+
+        def streamed():
+            out = list(pipe)
+            pipe.clear()
+            return out
+
+        def record(r):
+            recorded.append(r.id)
+            man.record(r)
+
+        def job_for(r):
+            return Job(r["id"], tuple(r["files"]), str(tmp_path), r["id"], r["output_name"])
+
+        drive(man, [rows[:3], rows[3:]], job_for, submit,
+              wait_any=lambda fs: [f for f in fs if f.done()], in_flight=2, worker="test",
+              on_result=record, on_crash=lambda: None,
+              is_crash=lambda e: isinstance(e, BrokenProcessPool), streamed=streamed)
+        series = {r["id"]: r for r in man.series()}
+    assert sorted(recorded) == sorted(ids), "a series was recorded twice or not at all"
+    assert all(series[i]["state"] == "done" for i in ids)
+    assert runs[ids[0]] == runs[ids[1]] == 1, "a streamed result ran again after the crash"
+    assert runs[ids[2]] == 2
+    assert runs[ids[3]] == 1 and runs[ids[4]] == runs[ids[5]] == 2
+
+
+def test_local_worker_processes_stream_each_result(export: PacsExport, bundle_dir: Path,
+                                                    tmp_path: Path, monkeypatch) -> None:
+    """In real worker processes (forked and spawned alike get the pipe): each result reaches the
+    driver through the stream, before its chunk comes back, and is recorded once."""
+    from medxai.batch import job as job_module
+
+    seen: list[str] = []
+    real = job_module._ResultStream.take
+
+    def take(self):
+        got = real(self)
+        seen.extend(r.id for r in got)
+        return got
+
+    monkeypatch.setattr(job_module._ResultStream, "take", take)
+    out = tmp_path / "out"
+    summary = run_batch(export.root, out, model=bundle_dir, workers=2, batch_size=4,
+                        options=_options())
+    with Manifest(out / "manifest.sqlite") as man:
+        done = [s["id"] for s in man.series("done")]
+    assert len(done) == summary.series["done"] >= 2
+    assert len(seen) == len(set(seen)), "a result came twice"
+    assert set(done) <= set(seen), "a done series did not come through the stream"
+
+
 def test_a_series_that_keeps_killing_the_run_fails(tmp_path: Path) -> None:
     """Runs that die while a series is claimed (kill -9, segfault) requeue it; the third time it
     fails instead of being retried forever."""

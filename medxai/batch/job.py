@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -892,13 +893,16 @@ def _run_process_pool(
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
+    # each result comes through this pipe as it is made, not with its chunk: recorded at once,
+    # a kill -9 of this process then loses no finished series with the chunks in flight
+    stream = _ResultStream()
 
     def make_pool(method: str) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(
             workers - 1 if inline else workers,
             mp_context=multiprocessing.get_context(method),
             initializer=init_worker_process,
-            initargs=(threads, os.getpid()),
+            initargs=(threads, os.getpid(), stream.sink),
         )
 
     chunks = guided_chunks(chunks, workers)
@@ -906,7 +910,7 @@ def _run_process_pool(
     if first == "fork" and _writes_dicom(config.options):
         warm_dicom_writers()  # done once here (or already), inherited by every forked worker
     pool = [make_pool(first)]
-    here = _InlineWorker(workers * threads, workers - 1, config) if inline else None
+    here = _InlineWorker(workers * threads, workers - 1, config, stream.put) if inline else None
     if here is not None:
         here.warm(pool[0])
 
@@ -914,6 +918,11 @@ def _run_process_pool(
         if here is not None and here.has_room():
             return here.submit(jobs, config)
         return pool[0].submit(run_chunk, jobs, config)
+
+    def wait_any(futures: list[Any]) -> list[Any]:
+        if here is not None:
+            return here.wait_any(futures, STREAM_POLL_S)
+        return _wait_any(futures, STREAM_POLL_S)
 
     def restart() -> None:
         pool[0].shutdown(wait=False, cancel_futures=True)
@@ -928,22 +937,68 @@ def _run_process_pool(
             chunks,
             jobs_for,
             submit,
-            here.wait_any if here is not None else _wait_any,
+            wait_any,
             in_flight=here.in_flight if here is not None else 2 * workers,
             worker=f"pool:{os.getpid()}",
             on_result=on_result,
             on_crash=restart,
             is_crash=lambda e: isinstance(e, BrokenProcessPool),
             survives_crash=here.owns if here is not None else None,
+            streamed=stream.take,
         )
     finally:
         if here is not None:
             here.close()
         pool[0].shutdown(wait=True, cancel_futures=True)
+        stream.close()
 
 
-def _wait_any(futures: list[Any]) -> list[Any]:
-    return list(cf.wait(futures, return_when=cf.FIRST_COMPLETED).done)
+#: how long the driver of local workers waits for a chunk before it takes the results that
+#: came through the stream meanwhile
+STREAM_POLL_S = 0.1
+
+
+class _ResultStream:
+    """The results that local workers send ahead of their chunks: worker processes through a
+    pipe (:func:`medxai.batch.runner.stream_result`: one atomic write each, so a worker killed
+    mid-send leaves no half message), this process's own chunks through :meth:`put`. Not on
+    Windows, which has no non-blocking pipes: there results come with their chunks."""
+
+    def __init__(self) -> None:
+        self._here: deque[Result] = deque()
+        self._source: Any = None
+        #: the write end that worker processes get (None: they do not stream)
+        self.sink: Any = None
+        if os.name == "posix":
+            self._source, self.sink = multiprocessing.Pipe(duplex=False)
+            # a full pipe fails a send (the result then comes with its chunk) instead of
+            # blocking a worker that nobody reads any more; a write of at most PIPE_BUF bytes
+            # is still whole or not at all
+            os.set_blocking(self.sink.fileno(), False)
+
+    def put(self, result: Result) -> None:
+        """A result of a chunk run in this process (any thread)."""
+        self._here.append(result)
+
+    def take(self) -> list[Result]:
+        """Every result that came since the last call."""
+        import pickle
+
+        out = []
+        while self._here:
+            out.append(self._here.popleft())
+        while self._source is not None and self._source.poll():
+            out.append(pickle.loads(self._source.recv_bytes()))
+        return out
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self.sink.close()
+
+
+def _wait_any(futures: list[Any], timeout: float | None = None) -> list[Any]:
+    return list(cf.wait(futures, timeout, return_when=cf.FIRST_COMPLETED).done)
 
 
 class _InlineWorker:
@@ -952,7 +1007,14 @@ class _InlineWorker:
     process. The worker processes get chunks only once they are ready (their model loaded), so
     that no chunk waits in a process that is still starting while this one could run it."""
 
-    def __init__(self, cores: int, processes: int, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        cores: int,
+        processes: int,
+        config: WorkerConfig,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        self._on_result = on_result
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="medxai-inline")
         self._futures: set[cf.Future[list[Result]]] = set()
         #: every chunk run here that the driver may still hold (done ones included)
@@ -975,15 +1037,15 @@ class _InlineWorker:
         self._seen_ready = self._ready()
         return 2 * (1 + self._seen_ready)
 
-    def wait_any(self, futures: list[Any]) -> list[Any]:
-        """Those of ``futures`` that are done, waiting for one of them or for a worker
-        process to become ready (then possibly none: the driver fills the new room). A worker
-        process that became ready since :meth:`in_flight` was asked ends the wait at once (a
-        forked one is ready within a few hundredths of a second)."""
+    def wait_any(self, futures: list[Any], timeout: float | None = None) -> list[Any]:
+        """Those of ``futures`` that are done, waiting for one of them, for a worker process
+        to become ready, or ``timeout`` seconds (then possibly none: the driver fills the new
+        room). A worker process that became ready since :meth:`in_flight` was asked ends the
+        wait at once (a forked one is ready within a few hundredths of a second)."""
         if self._ready() != self._seen_ready:
             return [f for f in futures if f.done()]
         starting = [f for f in self._warm if not f.done()]
-        done = cf.wait([*futures, *starting], return_when=cf.FIRST_COMPLETED).done
+        done = cf.wait([*futures, *starting], timeout, return_when=cf.FIRST_COMPLETED).done
         return [f for f in futures if f in done]
 
     def has_room(self) -> bool:
@@ -993,7 +1055,7 @@ class _InlineWorker:
     def submit(self, jobs: list[Job], config: WorkerConfig) -> cf.Future[list[Result]]:
         # the cores shared with the worker processes that are ready (all of them before)
         threads = max(1, self._cores // (1 + self._ready()))
-        fut = self._pool.submit(run_chunk_here, jobs, config, threads)
+        fut = self._pool.submit(run_chunk_here, jobs, config, threads, self._on_result)
         self._futures.add(fut)
         self._mine.add(fut)
         return fut

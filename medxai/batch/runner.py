@@ -758,14 +758,44 @@ def _leave_dask_slot() -> None:
     secede()
 
 
-def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
+#: in a local worker process: the write end of the pipe that each result is sent through to
+#: the driving process as soon as it is made (:func:`stream_result`); empty elsewhere
+_STREAM: list[Any] = []
+
+#: the largest pickled result sent through the pipe: with the 4-byte length before it, one
+#: write of at most ``PIPE_BUF`` (4096 bytes on Linux) bytes, which the kernel never interleaves
+#: with another process's write and never leaves half done when its writer is killed
+STREAM_MAX_BYTES = 4092
+
+
+def stream_result(result: Result) -> None:
+    """Send ``result`` to the driving process now (a local worker process only). Best effort:
+    a result too large for one atomic write (a long traceback) is not sent, and comes back
+    with its chunk like every result does."""
+    if not _STREAM:
+        return
+    import pickle
+
+    data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > STREAM_MAX_BYTES:
+        return
+    with contextlib.suppress(OSError):  # the driver is gone: this process ends with it
+        _STREAM[0].send_bytes(data)
+
+
+def run_chunk(
+    jobs: Sequence[Job], config: WorkerConfig, on_result: ResultFn | None = None
+) -> list[Result]:
     """Worker entry point (process pool and dask): the model from this process's cache, then
     :func:`process_chunk` with this process's writer threads. The network is held (its lock)
     until the chunk's network work is done; then it is free for the next chunk (in a dask
     worker, the task leaves its slot) while this one's last results are written. A model that
-    cannot be loaded fails every series of the chunk."""
+    cannot be loaded fails every series of the chunk. ``on_result`` sees each result as it is
+    made (default: :func:`stream_result` in a local worker process)."""
     import warnings
 
+    if on_result is None and _STREAM:
+        on_result = stream_result
     try:
         bundle, lock = worker_bundle(config.model, config.weights_sha256)
     except MedxaiError as exc:
@@ -787,6 +817,7 @@ def run_chunk(jobs: Sequence[Job], config: WorkerConfig) -> list[Result]:
                 bundle,
                 config.options,
                 batch_size=config.batch_size,
+                on_result=on_result,
                 writers=_shared_writers(),
                 network_done=network_done,
             )
@@ -813,12 +844,17 @@ def warm_worker(config: WorkerConfig, dicom: bool) -> None:
         warm_dicom_writers()
 
 
-def run_chunk_here(jobs: Sequence[Job], config: WorkerConfig, torch_threads: int) -> list[Result]:
+def run_chunk_here(
+    jobs: Sequence[Job],
+    config: WorkerConfig,
+    torch_threads: int,
+    on_result: ResultFn | None = None,
+) -> list[Result]:
     """:func:`run_chunk` in a thread of the driving process (local workers with
     ``workers=None``) with this many torch threads: its share of the cores, which changes as
     the worker processes become ready (the driving thread runs no network)."""
     torch.set_num_threads(max(1, torch_threads))
-    return run_chunk(jobs, config)
+    return run_chunk(jobs, config, on_result)
 
 
 def worker_start_method(torch_threads: int) -> str:
@@ -858,20 +894,23 @@ def _after_fork_in_child() -> None:
     for key, (bundle, _lock) in list(_BUNDLES.items()):
         _BUNDLES[key] = (bundle, threading.Lock())
     _PROCESS_WRITERS.clear()
+    _STREAM.clear()  # the initializer gives a local worker its own
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def init_worker_process(torch_threads: int, parent_pid: int) -> None:
+def init_worker_process(torch_threads: int, parent_pid: int, stream: Any = None) -> None:
     """Initializer of local worker processes (ours alone): torch threads shared fairly between
-    workers, library warnings silenced (problems are recorded in the manifest), and an exit when
-    the parent process dies (so a killed run leaves no orphans)."""
+    workers, library warnings silenced (problems are recorded in the manifest), each result
+    sent to the parent as it is made when ``stream`` (a pipe's write end) is given, and an exit
+    when the parent process dies (so a killed run leaves no orphans)."""
     import warnings
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(max(1, torch_threads))
+    _STREAM[:] = [stream] if stream is not None else []
 
     def watch() -> None:
         while True:

@@ -58,6 +58,8 @@ class _Flight:
     def __init__(self, chunks: Sequence[Sequence[Row]]) -> None:
         self.queue: deque[list[Row]] = deque(list(c) for c in chunks)
         self.running: dict[Any, list[Row]] = {}
+        #: series of chunks in flight whose result came ahead of their chunk (streamed)
+        self.early: set[str] = set()
 
     def busy(self) -> bool:
         return bool(self.queue or self.running)
@@ -94,6 +96,9 @@ def _after_crash(
     :data:`MAX_ATTEMPTS` times already (then it fails, naming the crash)."""
     attempts = {r["id"]: r["attempts"] for r in man.series("running")}
     for row in chunk:
+        if row["id"] in flight.early:  # its result came before the worker died
+            flight.early.discard(row["id"])
+            continue
         if attempts.get(row["id"], MAX_ATTEMPTS) >= MAX_ATTEMPTS:
             on_result(
                 error_result(
@@ -130,8 +135,21 @@ def _collect(
                 continue
             results = [error_result(jobs_for(r), exc) for r in chunk]
         for r in results:
+            if r.id in flight.early:  # recorded when it was streamed
+                flight.early.discard(r.id)
+                continue
             on_result(r)
     return crashed
+
+
+def _record_streamed(flight: _Flight, results: Sequence[Result], on_result: OnResult) -> None:
+    """Record results that came ahead of their chunk, once each: a series whose chunk is no
+    longer in flight (requeued after a crash, done) is left to the chunk that runs it."""
+    running = {r["id"] for chunk in flight.running.values() for r in chunk}
+    for r in results:
+        if r.id in running and r.id not in flight.early:
+            flight.early.add(r.id)
+            on_result(r)
 
 
 def _requeue_in_flight(
@@ -143,8 +161,10 @@ def _requeue_in_flight(
         if survives is not None and survives(fut):
             continue
         flight.running.pop(fut)
-        man.requeue([r["id"] for r in chunk])
-        flight.queue.extend([r] for r in chunk)
+        left = [r for r in chunk if r["id"] not in flight.early]  # the others are recorded
+        flight.early.difference_update(r["id"] for r in chunk)
+        man.requeue([r["id"] for r in left])
+        flight.queue.extend([r] for r in left)
 
 
 def drive(
@@ -159,10 +179,13 @@ def drive(
     on_crash: Callable[[], None] | None = None,
     is_crash: Callable[[BaseException], bool] = lambda _e: False,
     survives_crash: Callable[[Any], bool] | None = None,
+    streamed: Callable[[], Sequence[Result]] | None = None,
 ) -> None:
     """Keep ``in_flight`` chunks submitted (claimed in the manifest just before), record results
-    as chunks complete. A chunk whose worker died is split into single series and retried, each
-    at most :data:`MAX_ATTEMPTS` times in all; other errors fail the chunk's series.
+    as chunks complete, or as they come when the workers stream them (``streamed``). A chunk
+    whose worker died is split into single series and retried, each at most
+    :data:`MAX_ATTEMPTS` times in all, but for those whose result came already; other errors
+    fail the chunk's series.
 
     Args:
         man: the manifest; series are claimed for ``worker`` and requeued through its methods.
@@ -178,15 +201,19 @@ def drive(
         is_crash: whether a future's exception means its worker died.
         survives_crash: whether a future in flight lives on when a worker died (it runs
             elsewhere than the pool that broke); the others are requeued.
+        streamed: the results that came since it was last called, ahead of their chunks
+            (recorded at once, so that a kill of this process loses no finished series);
+            ``wait_any`` then returns now and then with none done, so that they are taken.
     """
     flight = _Flight(chunks)
     while flight.busy():
         _fill(man, flight, jobs_for, submit, in_flight, worker)
         if not flight.running:
             continue
-        crashed = _collect(
-            man, flight, wait_any(list(flight.running)), jobs_for, on_result, is_crash
-        )
+        done = wait_any(list(flight.running))
+        if streamed is not None:  # before the chunks: a dead worker's last results count
+            _record_streamed(flight, streamed(), on_result)
+        crashed = _collect(man, flight, done, jobs_for, on_result, is_crash)
         if crashed and on_crash is not None:
             _requeue_in_flight(man, flight, survives_crash)
             on_crash()
