@@ -699,19 +699,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize("writers", ["0", "2"])
+@pytest.mark.parametrize("mode", ["writers 0", "writers 2", "workers 2"])
 def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: PacsExport,
                                                            bundle_dir: Path, tmp_path: Path,
-                                                           writers: str) -> None:
-    """kill -9 of the run (the network's process) mid-way, with writer threads or writer
-    processes (which exit with it): the resumed run does only what was not done."""
-    if writers != "0" and not Path("/proc/self/stat").exists():
-        pytest.skip("finds the writer processes in /proc")
+                                                           mode: str) -> None:
+    """kill -9 of the run (the driving process) mid-way, with writer threads, writer processes
+    or local worker processes (which exit with it): the resumed run does only what was not
+    done, and no child process outlives the run."""
+    kind, count = mode.split()
+    if count != "0" and not Path("/proc/self/stat").exists():
+        pytest.skip("finds the child processes in /proc")
     ref, ref_summary, _ = reference
     out = tmp_path / "out"
+    batch = "2" if kind == "workers" else "1"
     args = [str(export.root), "-o", str(out), "--model", str(bundle_dir), "--format",
-            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", "1", "--device", "cpu",
-            "--writers", writers]
+            ",".join(FORMATS), "--explain", EXPLAIN, "--batch-size", batch, "--device", "cpu",
+            f"--{kind}", count]
     proc = _run_cli(args)
     deadline = time.monotonic() + 300
     children: list[int] = []
@@ -720,18 +723,18 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: Pa
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no series finished in 300 s"
             time.sleep(0.02)
-        children = _writer_pids(proc.pid)
+        children = (_worker_pids if kind == "workers" else _writer_pids)(proc.pid)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert len(children) == int(writers)
+    assert len(children) == int(count)
     # within a second of their parent's death, or of their start-up (importing torch) on a
     # loaded machine
     end = time.monotonic() + 60
     while any(_alive(c) for c in children) and time.monotonic() < end:
         time.sleep(0.1)
-    assert not any(_alive(c) for c in children), "writer processes outlived the run"
+    assert not any(_alive(c) for c in children), "child processes outlived the run"
     done_at_kill = _done_count(out / "manifest.sqlite")
     assert 1 <= done_at_kill < ref_summary.series["done"], "the run was not interrupted mid-way"
 
