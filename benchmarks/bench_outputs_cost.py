@@ -82,19 +82,18 @@ def _proc(fn: Any) -> tuple[float, Any]:
 DEFAULT_LAYOUT_ROW = "network in PyTorch's default layout (reference)"
 
 
-def _plain_network(bundle: Any) -> Any:
-    """A copy of the bundle's network in the memory layout medxai runs it in on the CPU
-    (channels-last for a 2D network, where ``medxai.inference`` has that rule), so that
-    ``predict()`` minus this network's time is medxai's own work, not a layout's gain."""
+@contextlib.contextmanager
+def _plain_network(bundle: Any) -> Iterator[Any]:
+    """A copy of the bundle's network held for the block as medxai holds its own on the CPU
+    (``medxai.inference.network_on``: in the memory layout medxai runs it in, channels-last
+    for a 2D U-Net in a checkout that has that rule), so that ``predict()`` minus this
+    network's time is medxai's own work, not a layout's gain."""
     import torch
 
-    import medxai.inference as inference
+    from medxai.inference import network_on
 
-    net = copy.deepcopy(bundle.network).eval()
-    use = getattr(inference, "_use_channels_last", None)
-    if use is not None and use(net, torch.device("cpu")):
-        net.to(memory_format=torch.channels_last)
-    return net
+    with network_on(copy.deepcopy(bundle.network), torch.device("cpu")) as net:
+        yield net
 
 
 def _network_views(bundle: Any, x: Any, net: Any) -> None:
@@ -137,64 +136,65 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     files = sorted((work / "export").rglob("*.dcm"))
     bundle = load_model("isic2018-lesion-unet")
     bundle.network.eval()
-    plain = _plain_network(bundle)
     default_layout = copy.deepcopy(bundle.network).eval()
     device = torch.device("cpu")
     opts = SegmentOptions(device="cpu")
     settings = resolve_explain(bundle, opts)
     saliency_method = settings.method if settings else "none"
     runs: list[dict[str, float]] = []
-    for rep in range(repeats + 1):
-        sums: dict[str, float] = {}
+    with _plain_network(bundle) as plain:
+        for rep in range(repeats + 1):
+            sums: dict[str, float] = {}
 
-        def add(key: str, seconds: float, sums: dict[str, float] = sums) -> None:
-            sums[key] = sums.get(key, 0.0) + seconds
+            def add(key: str, seconds: float, sums: dict[str, float] = sums) -> None:
+                sums[key] = sums.get(key, 0.0) + seconds
 
-        for i, f in enumerate(files):
-            s, loaded = _cpu(lambda f=f: load_image(f))
-            add("read (load_image)", s)
-            x, _ = prepare_input(bundle, loaded.image)
-            add("network (TTA views, plain torch)",
-                _proc(lambda x=x: _network_views(bundle, x, plain))[0])
-            add(DEFAULT_LAYOUT_ROW,
-                _proc(lambda x=x: _network_views(bundle, x, default_layout))[0])
-            views = tta_accumulator(bundle)
-            # the hook medxai passes (where it has one: the foreground views of a binary model)
-            hook = ViewCollector([views]) if ViewCollector else (lambda _i, p, v=views: v.add(p))
-            # the saliency's forward pass is the identity view's, where medxai has that
-            kept = saliency_forward(bundle, opts, device) if saliency_forward else None
-            extra = {"identity_forward": kept} if kept is not None else {}
-            s, pred = _proc(
-                lambda loaded=loaded, hook=hook, extra=extra: predict(
-                    bundle, loaded.image, device=device, each_view=hook, **extra)
-            )
-            add("predict() (prep + network + back)", s)
-            extra = {"kept": kept} if kept is not None else {}
-            s, maps = _proc(lambda loaded=loaded, pred=pred, extra=extra: saliency_maps(
-                bundle, loaded, opts, device, pred, **extra))
-            add(f"saliency ({saliency_method})", s)
-            s, unc = _proc(lambda loaded=loaded, pred=pred, views=views: estimate(
-                bundle, loaded.image, pred, "tta", device, views=views))
-            add("uncertainty (maps and scores from the TTA views)", s)
-            out = work / f"out_{rep}_{i}"
-            out.mkdir()
-            cpu: dict[str, float] = {}
-            s, _ = _cpu(lambda out=out, loaded=loaded, pred=pred, maps=maps, cpu=cpu, unc=unc:
-                        write_outputs(out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x",
-                                      method=saliency_method, uncertainty=unc, object_cpu=cpu))
-            for k, v in cpu.items():
-                add(k, v)
-            add("all objects but report.json (write_outputs)", s)
-            json_opts = SegmentOptions(device="cpu", formats=["json"])
-            with _uncertainty_given(unc):
-                s, _ = _cpu(lambda loaded=loaded, pred=pred, maps=maps, views=views, i=i, rep=rep,
-                            json_opts=json_opts:
-                            segment_loaded(loaded, bundle, work / f"json_{rep}", json_opts,
-                                           name=f"p{i}", prediction=pred, saliency=maps,
-                                           views=views))
-            add("report.json (scores, label statistics, sha256; uncertainty given)", s)
-        if rep > 0:  # the first run warms up (fonts, imports, caches)
-            runs.append({k: 1000 * v / len(files) for k, v in sums.items()})
+            for i, f in enumerate(files):
+                s, loaded = _cpu(lambda f=f: load_image(f))
+                add("read (load_image)", s)
+                x, _ = prepare_input(bundle, loaded.image)
+                add("network (TTA views, plain torch)",
+                    _proc(lambda x=x: _network_views(bundle, x, plain))[0])
+                add(DEFAULT_LAYOUT_ROW,
+                    _proc(lambda x=x: _network_views(bundle, x, default_layout))[0])
+                views = tta_accumulator(bundle)
+                # the hook medxai passes (where it has one: the foreground views of a binary model)
+                hook = ViewCollector([views]) if ViewCollector else (lambda _i, p, v=views: v.add(p))
+                # the saliency's forward pass is the identity view's, where medxai has that
+                kept = saliency_forward(bundle, opts, device) if saliency_forward else None
+                extra = {"identity_forward": kept} if kept is not None else {}
+                s, pred = _proc(
+                    lambda loaded=loaded, hook=hook, extra=extra: predict(
+                        bundle, loaded.image, device=device, each_view=hook, **extra)
+                )
+                add("predict() (prep + network + back)", s)
+                extra = {"kept": kept} if kept is not None else {}
+                s, maps = _proc(lambda loaded=loaded, pred=pred, extra=extra: saliency_maps(
+                    bundle, loaded, opts, device, pred, **extra))
+                add(f"saliency ({saliency_method})", s)
+                s, unc = _proc(lambda loaded=loaded, pred=pred, views=views: estimate(
+                    bundle, loaded.image, pred, "tta", device, views=views))
+                add("uncertainty (maps and scores from the TTA views)", s)
+                out = work / f"out_{rep}_{i}"
+                out.mkdir()
+                cpu: dict[str, float] = {}
+                s, _ = _cpu(lambda out=out, loaded=loaded, pred=pred, maps=maps, cpu=cpu, unc=unc:
+                            write_outputs(out, loaded, bundle, pred, maps, ALL_PHOTO_FORMATS, "x",
+                                          method=saliency_method, uncertainty=unc, object_cpu=cpu))
+                for k, v in cpu.items():
+                    add(k, v)
+                add("all objects but report.json (write_outputs)", s)
+                json_opts = SegmentOptions(device="cpu", formats=["json"])
+                with _uncertainty_given(unc):
+                    s, _ = _cpu(lambda loaded=loaded, pred=pred, maps=maps, views=views, i=i, rep=rep,
+                                json_opts=json_opts:
+                                segment_loaded(loaded, bundle, work / f"json_{rep}", json_opts,
+                                               name=f"p{i}", prediction=pred, saliency=maps,
+                                               views=views))
+                add("report.json (scores, label statistics, sha256; uncertainty given)", s)
+            if rep > 0:  # the first run warms up (fonts, imports, caches)
+                runs.append({k: 1000 * v / len(files) for k, v in sums.items()})
+
     return {"images": len(files), "source": _source(photos), "runs": runs,
             "torch_threads": torch.get_num_threads()}
 

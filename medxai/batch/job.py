@@ -17,6 +17,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import threading
@@ -982,8 +983,6 @@ class _ResultStream:
 
     def take(self) -> list[Result]:
         """Every result that came since the last call."""
-        import pickle
-
         out = []
         while self._here:
             out.append(self._here.popleft())

@@ -29,6 +29,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import os
+import pickle
 import socket
 import threading
 import time
@@ -774,8 +775,6 @@ def stream_result(result: Result) -> None:
     with its chunk like every result does."""
     if not _STREAM:
         return
-    import pickle
-
     data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     if len(data) > STREAM_MAX_BYTES:
         return
