@@ -596,6 +596,45 @@ def test_output_folder_in_use_is_refused(reference, export: PacsExport, bundle_d
             run_batch(export.root, out, model=bundle_dir, options=_options())
 
 
+_HOLD_THEN_FORK = """
+import os, sys, time
+from pathlib import Path
+from medxai.batch.job import _locked
+with _locked(Path(sys.argv[1])):
+    if os.fork() == 0:  # a forked worker process: outlives its parent by up to a second
+        time.sleep(30)
+        os._exit(0)
+    print("forked", flush=True)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_does_not_keep_the_output_folder_locked(tmp_path: Path) -> None:
+    """kill -9 of a run whose forked worker lives on: the next run may start at once. (With
+    filelock 4 this holds without medxai's after-fork hook; with filelock 3.x, also supported,
+    it fails without it: checked with 3.16.1.)"""
+    from medxai.batch.job import _locked
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_THEN_FORK, str(out)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "forked"
+        with pytest.raises(InputError, match="another medxai batch run"):
+            with _locked(out):
+                pass
+        proc.kill()
+        proc.wait(10)
+        with _locked(out):  # the child still sleeps, with its copy of the descriptor closed
+            pass
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def test_missing_export_is_an_input_error(tmp_path: Path, bundle_dir: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         run_batch(tmp_path / "nope", tmp_path / "out", model=bundle_dir)

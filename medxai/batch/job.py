@@ -118,11 +118,39 @@ class BatchSummary:
 # ---------------------------------------------------------------------------------------------
 
 
+#: file descriptors of the output-folder locks this process holds (:func:`_locked`)
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    """After a fork, in the child: let go of its copies of the output-folder locks. A ``flock``
+    belongs to the open file, which a forked child shares; a local worker process that kept its
+    copy would hold the lock after the run's process died (a worker notices that within a
+    second), and a run started at once on the same folder would be refused (filelock 4 lets go
+    itself; 3.x, which medxai also supports, does not). The descriptor is pointed at /dev/null
+    rather than closed, so that a library that closes it later closes nothing of another's."""
+    if not _HELD_LOCK_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD_LOCK_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on the output folder for the run (``filelock``: ``flock`` on POSIX,
     ``LockFileEx`` on Windows; the OS releases it when the process dies, so a killed run never
-    blocks the next)."""
+    blocks the next; forked worker processes drop their copy, :func:`_close_held_locks_in_child`).
+    """
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(out / LOCK_NAME), timeout=0)
@@ -134,9 +162,14 @@ def _locked(out: Path) -> Iterator[None]:
             path=out,
             hint="wait for it to finish, or use another -o",
         ) from exc
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    held = fd if isinstance(fd, int) else -1
+    if held >= 0:
+        _HELD_LOCK_FDS.add(held)
     try:
         yield
     finally:
+        _HELD_LOCK_FDS.discard(held)
         lock.release()
 
 
