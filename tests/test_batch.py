@@ -726,7 +726,8 @@ def _child_pids(pid: int, match) -> list[int]:
 
 
 def _writer_pids(pid: int) -> list[int]:
-    """The writer processes (``spawn`` children) of process ``pid``, from /proc."""
+    """The spawned writer processes (``spawn_main`` children) of process ``pid``, from /proc
+    (a forked one's command line is its parent's)."""
     return _child_pids(pid, lambda cmd: b"spawn_main" in cmd)
 
 
@@ -762,7 +763,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(reference, export: Pa
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no series finished in 300 s"
             time.sleep(0.02)
-        children = (_worker_pids if kind == "workers" else _writer_pids)(proc.pid)
+        children = _worker_pids(proc.pid)  # the CLI's children: writers or workers
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
@@ -842,8 +843,19 @@ def test_kill_9_of_a_writer_process_loses_and_repeats_nothing(reference, export:
     the dead writer held again, and ends with exactly the uninterrupted result."""
     ref, ref_summary, _ = reference
     out = tmp_path / "out"
+    spawned = []
+
+    def writers(pid: int) -> list[int]:
+        """The CLI's children: its writer processes. Forked on a CPU run on Linux, so their
+        command line is the CLI's own (a spawned one's names spawn_main)."""
+        found = _worker_pids(pid)
+        spawned.extend(p for p in found if p in _writer_pids(pid))
+        return found
+
     before = _kill_a_child_mid_run(ref_summary, export, bundle_dir, out, ["--writers", "2"],
-                                   _writer_pids)
+                                   writers)
+    if sys.platform.startswith("linux"):
+        assert not spawned, "the writer processes of a CPU run were spawned, not forked"
     _assert_same_results(out, ref)
     with Manifest(out / "manifest.sqlite") as man:
         pids = {int(s["worker"].split(":")[1]) for s in man.series("done")}

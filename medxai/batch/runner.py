@@ -320,9 +320,14 @@ class _Write:
 
 
 class Writers:
-    """Where the write stage runs: ``processes`` writer processes (``spawn``: they import
-    medxai and load no model; one torch thread each), or with ``processes=0``
-    :data:`WRITER_THREADS` threads of this process.
+    """Where the write stage runs: ``processes`` writer processes (one torch thread each), or
+    with ``processes=0`` :data:`WRITER_THREADS` threads of this process.
+
+    Writer processes are forked when ``fork`` is true and forking is safe at the time
+    (:func:`worker_start_method`: Linux, no other thread in this process, CUDA not
+    initialised): a forked writer is ready at once with this process's imports. Otherwise they
+    are spawned: each imports medxai (about 3 CPU-seconds) and loads no model. Pass ``fork``
+    only where the writers will never need CUDA (a run on the CPU).
 
     A writer process that dies (kill -9, out of memory) breaks the pool: a new pool is started
     and every series it held is written again, one at a time, so that a series that kills its
@@ -331,19 +336,26 @@ class Writers:
     replaces nothing but a folder with the same content.
     """
 
-    def __init__(self, processes: int = 0) -> None:
+    def __init__(self, processes: int = 0, *, fork: bool = False) -> None:
         self.processes = max(0, int(processes))
         self.restarts = 0
+        self._fork = fork
+        #: how the writer processes of the current pool started (None: threads)
+        self.start_method: str | None = None
         self._pool: cf.Executor = self._make()
 
     def _make(self) -> cf.Executor:
         if self.processes == 0:
+            self.start_method = None
             return cf.ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="medxai-write")
         import multiprocessing
 
+        # decided per pool: one started again after a writer died finds this process's
+        # threads running, so it is spawned
+        self.start_method = "fork" if self._fork and worker_start_method(1) == "fork" else "spawn"
         return cf.ProcessPoolExecutor(
             self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=init_writer_process,
             initargs=(os.getpid(),),
         )
