@@ -394,8 +394,9 @@ def run_batch(
             with threads of this process. Worker processes and dask workers write with threads.
             A :class:`~medxai.batch.runner.Writers` is used as it is and left open (a caller
             that runs many jobs, like the DICOM node, starts its writer processes once).
-            Writer processes are started with ``spawn``: a script that calls this with
-            ``writers > 0`` needs the ``if __name__ == "__main__":`` guard.
+            Writer processes are forked on a CPU run where that is safe, else started with
+            ``spawn``: a script that calls this with ``writers > 0`` needs the
+            ``if __name__ == "__main__":`` guard.
 
     Returns:
         a :class:`BatchSummary` (also written to ``summary.json``).
