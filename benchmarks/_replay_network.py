@@ -37,25 +37,49 @@ def input_key(x: torch.Tensor) -> int:
     return zlib.crc32(a.tobytes())
 
 
+class _Recorder(torch.nn.Module):
+    """The real network, keeping each input's logits under :func:`input_key`."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        for i in range(x.shape[0]):
+            self.seen[input_key(x[i])] = y[i].float().clone()
+        return y
+
+
 def record(bundle: Any, dicoms: list[Path], path: Path) -> int:
-    """Store the real network's logits for every TTA view of each photo in ``dicoms``, as
-    ``medxai batch`` prepares it (``prepare_input`` of ``load_image``); returns the count."""
-    from medxai.inference import _tta_views, _view, network_on, prepare_input, tta_mode
+    """Store the real network's logits for every TTA view of each photo in ``dicoms``: each
+    photo goes through ``medxai.inference.predict`` (which prepares it as ``medxai batch``
+    does) with the network wrapped by a recorder; returns the count."""
+    import dataclasses
+
+    from medxai.inference import predict
     from medxai.io.readers import load_image
 
-    axes = bundle.contract.inference.tta_axes
-    views = _tta_views(2, tta_mode(bundle.inference, None), axes)
-    keys, logits = [], []
-    with network_on(bundle.network, torch.device("cpu")) as net, torch.inference_mode():
-        for f in dicoms:
-            x, _grid = prepare_input(bundle, load_image(f).image)
-            for view in views:
-                v = _view(x, *view)
-                keys.append(input_key(v[0]))
-                logits.append(net(v)[0].float().clone())
-    torch.save({"keys": torch.tensor(keys, dtype=torch.int64), "logits": torch.stack(logits)},
-               path)
+    recorder = _Recorder(bundle.network).eval()
+    recording = dataclasses.replace(bundle, network=recorder)
+    for f in dicoms:
+        predict(recording, load_image(f).image, device="cpu")
+    keys = list(recorder.seen)
+    torch.save({"keys": torch.tensor(keys, dtype=torch.int64),
+                "logits": torch.stack([recorder.seen[k] for k in keys])}, path)
     return len(keys)
+
+
+def standin_network(config: dict[str, Any], recorded: Path) -> ReplayUNet | None:
+    """The :class:`ReplayUNet` of ``recorded`` for a bundle's inference ``config`` (its
+    ``network_def`` with 2 channels a level), or None when its network is not a 2D UNet."""
+    net_def = dict(config["network_def"])
+    if not str(net_def.pop("_target_")).endswith("UNet") or net_def.get("spatial_dims") != 2:
+        return None
+    net_def["channels"] = [STANDIN_CHANNELS] * len(net_def["channels"])
+    torch.manual_seed(0)
+    return ReplayUNet(recorded, **net_def).eval()
 
 
 def standin_cost(bundle: Any, recorded: Path, dicoms: list[Path], reps: int = 3) -> tuple[float,
@@ -68,10 +92,8 @@ def standin_cost(bundle: Any, recorded: Path, dicoms: list[Path], reps: int = 3)
     from medxai.io.readers import load_image
 
     x = torch.cat([prepare_input(bundle, load_image(f).image)[0] for f in dicoms])
-    net_def = dict(bundle.config["network_def"])
-    net_def.pop("_target_")
-    net_def["channels"] = [STANDIN_CHANNELS] * len(net_def["channels"])
-    standin = ReplayUNet(recorded, **net_def).eval()
+    standin = standin_network(bundle.config, recorded)
+    assert standin is not None, "the bundle's network is not a 2D UNet"
     out = []
     for module in (bundle.network, standin):
         with network_on(module, torch.device("cpu")) as net, torch.inference_mode():
@@ -118,12 +140,9 @@ def install(recorded: Path) -> None:
 
     def load_bundle(path: str | Path, *, verify: bool = True) -> Any:
         bundle = real(path, verify=verify)
-        net_def = dict(bundle.config["network_def"])
-        if not str(net_def.pop("_target_")).endswith("UNet") or net_def.get("spatial_dims") != 2:
-            return bundle
-        net_def["channels"] = [STANDIN_CHANNELS] * len(net_def["channels"])
-        torch.manual_seed(0)
-        bundle.network = ReplayUNet(recorded, **net_def).eval()
+        standin = standin_network(bundle.config, recorded)
+        if standin is not None:
+            bundle.network = standin
         return bundle
 
     mb.load_bundle = load_bundle

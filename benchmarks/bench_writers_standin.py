@@ -121,10 +121,11 @@ def main() -> None:
         build_photo_export(photos, work / "export")
         recorded = work / "recorded.pt"
         t = time.perf_counter()
-        n = replay.record(load_model(MODEL), sorted((work / "export").rglob("*.dcm")), recorded)
-        print(f"recorded {n} views' logits in {time.perf_counter() - t:.1f} s")
+        bundle = load_model(MODEL)
         dicoms = sorted((work / "export").rglob("*.dcm"))
-        real_ms, standin_ms = replay.standin_cost(load_model(MODEL), recorded, dicoms[:8])
+        n = replay.record(bundle, dicoms, recorded)
+        print(f"recorded {n} views' logits in {time.perf_counter() - t:.1f} s")
+        real_ms, standin_ms = replay.standin_cost(bundle, recorded, dicoms[:8])
         print(f"one forward pass of 8 photos (identity view), CPU ms: real network "
               f"{real_ms:.1f}, stand-in {standin_ms:.1f} ({standin_ms / real_ms:.2f}x)")
         runs: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
