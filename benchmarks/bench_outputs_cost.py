@@ -12,7 +12,8 @@ Secondary Capture XC: ``bench_batch.build_photo_export``), and read back with
   already prepared model input (``process_time``: all torch threads), in the memory layout
   medxai runs it in (channels-last for this 2D network on the CPU);
 - ``predict()``: medxai's prediction (preparation, the same views, back onto the photo's grid,
-  label map);
+  label map), with the network held for the run as ``medxai batch`` holds it (its layout and
+  device set up once, not per photo);
 - ``saliency``: the model's default explanation (HiResCAM for this model) of every foreground
   label; where medxai reuses the prediction's identity view for it
   (``medxai.pipeline.saliency_forward``), its forward pass is in ``predict()`` and this row is
@@ -115,7 +116,7 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     import torch
     from bench_batch import _photos, build_photo_export
 
-    from medxai.inference import predict, prepare_input
+    from medxai.inference import network_on, predict, prepare_input
     from medxai.io.readers import load_image
     from medxai.models.registry import load_model
     from medxai.outputs import write_outputs
@@ -142,7 +143,9 @@ def photo_costs(n: int, repeats: int, work: Path) -> dict[str, Any]:
     settings = resolve_explain(bundle, opts)
     saliency_method = settings.method if settings else "none"
     runs: list[dict[str, float]] = []
-    with _plain_network(bundle) as plain:
+    # medxai's network held for the run, as ``medxai batch`` holds it for its stream of images
+    # (set up once, not once per photo: medxai.inference.network_on)
+    with _plain_network(bundle) as plain, network_on(bundle.network, device):
         for rep in range(repeats + 1):
             sums: dict[str, float] = {}
 

@@ -17,6 +17,7 @@ written, so an interrupted run never leaves a half-written result folder behind 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -1272,11 +1273,14 @@ def segment(
     bundle = model if isinstance(model, ModelBundle) or model is None else load_model(model)
     opts = SegmentOptions(**options)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    return [
-        segment_path(p, bundle, output, opts, name=output_name(p) + suffix, volume=index)
-        for p in paths
-        for index, suffix in input_volumes(p)
-    ]
+    with contextlib.ExitStack() as held:
+        if bundle is not None and len(paths) > 1:  # held ready for every input (network_on)
+            held.enter_context(network_on(bundle.network, resolve_device(opts.device)))
+        return [
+            segment_path(p, bundle, output, opts, name=output_name(p) + suffix, volume=index)
+            for p in paths
+            for index, suffix in input_volumes(p)
+        ]
 
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:

@@ -118,3 +118,81 @@ def test_grad_cam_gives_the_same_map_in_either_layout(photo):
     assert float(default.abs().max()) > 0, "an empty map would show nothing"
     diff = float((fast - default).abs().max() / default.abs().max())
     assert diff <= 1e-4, f"the maps differ by {diff} of their maximum"
+
+
+def _count_conversions(monkeypatch) -> list[torch.memory_format]:
+    """Every layout conversion :func:`network_on` makes from now on."""
+    calls: list[torch.memory_format] = []
+    original = inference._memory_format
+
+    def counted(net: torch.nn.Module, fmt: torch.memory_format) -> None:
+        calls.append(fmt)
+        original(net, fmt)
+
+    monkeypatch.setattr(inference, "_memory_format", counted)
+    return calls
+
+
+def test_blocks_inside_a_held_block_find_the_network_ready_and_leave_it(monkeypatch):
+    calls = _count_conversions(monkeypatch)
+    net = _unet(2).train()
+    with network_on(net, CPU) as held:
+        for _ in range(3):
+            with network_on(net, CPU) as inner:
+                assert inner is held and not inner.training
+                assert all(w.is_contiguous(memory_format=torch.channels_last)
+                           for w in _conv_weights(inner))
+        # still held, in its layout, after the inner blocks ended
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(net))
+        # a network put in training mode inside the block is set up again, and given back so
+        net.train()
+        with network_on(net, CPU) as inner:
+            assert not inner.training
+        assert net.training
+        net.eval()
+    assert calls == [torch.channels_last, torch.contiguous_format], calls
+    assert all(w.is_contiguous() for w in _conv_weights(net)), "the layout was not given back"
+    assert net.training, "the outer block did not give the mode back"
+    # the hold ended with its block: a new block sets the network up again
+    with network_on(net, CPU):
+        pass
+    assert len(calls) == 4
+
+
+def test_segment_of_several_photos_sets_the_network_up_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from medxai.pipeline import segment
+
+    paths = []
+    for seed in (1, 2, 3):
+        rgb, _ = make_dermoscopy_photo(160, 120, seed=seed)
+        paths.append(tmp_path / f"photo{seed}.png")
+        Image.fromarray(rgb).save(paths[-1])
+    bundle = load_model("isic2018-lesion-unet")
+    calls = _count_conversions(monkeypatch)
+    results = segment(paths, bundle, tmp_path / "out", device="cpu", formats=["json"])
+    assert len(results) == 3
+    assert calls == [torch.channels_last, torch.contiguous_format], calls
+
+
+def test_a_batch_sets_the_network_up_once_for_all_its_batches(tmp_path, monkeypatch):
+    import pydicom
+
+    from medxai.batch import run_batch
+    from medxai.pipeline import SegmentOptions
+    from medxai.samples import write_dermoscopy_dicom
+
+    for i in range(5):
+        rgb, _ = make_dermoscopy_photo(160, 120, seed=i)
+        path = write_dermoscopy_dicom(rgb, tmp_path / "export" / f"S{i}" / "IM1.dcm")
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = f"{ds.SeriesInstanceUID}.{i}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{i}"
+        ds.save_as(path, enforce_file_format=True)
+    calls = _count_conversions(monkeypatch)
+    summary = run_batch(tmp_path / "export", tmp_path / "out", model="isic2018-lesion-unet",
+                        options=SegmentOptions(device="cpu", formats=["json"]), batch_size=2)
+    assert summary.series.get("done") == 5, summary.to_dict()
+    # three batches of the network, one set-up
+    assert calls == [torch.channels_last, torch.contiguous_format], calls

@@ -49,6 +49,7 @@ from medxai.inference import (
     Prediction,
     Prepared,
     check_input_fits,
+    network_on,
     predict_batch,
     prepare_input,
     resolve_device,
@@ -546,6 +547,9 @@ class ChunkPipeline:
             )
             if self.writers is None:
                 self.writers = stack.enter_context(Writers(0))
+            # the network held on its device, in its layout, for the whole stream: each
+            # batch's prediction then finds it ready (medxai.inference.network_on)
+            stack.enter_context(network_on(self.bundle.network, self.device))
             self._read_ahead()
             while self.reads:
                 for item in self._predict(self._next_group()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -169,6 +170,7 @@ def segment_cmd(
     if channels:
         _check_channel_inputs(items, failures, volume, as_json)
 
+    from medxai.inference import network_on, resolve_device
     from medxai.models.registry import load_model
     from medxai.pipeline import SegmentOptions, input_volumes, segment_path, unique_names
 
@@ -212,29 +214,40 @@ def segment_cmd(
             click.echo(f"{', '.join(paths)} -> {res.output_dir}  ({labels})")
             _report_warnings(paths[0], res.report, stderr_line)
         return
-    for path, name in zip(paths, unique_names(paths)):
-        try:
-            with dicom_warnings_as_lines(path, None if as_json else stderr_line):
-                for index, suffix in input_volumes(path, volume):
-                    res = segment_path(
-                        path, bundle, output, opts, name=name + suffix, progress=say, volume=index
-                    )
-                    results.append(res.to_dict())
-                    if not as_json and not quiet:
-                        labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
-                        bar.message(
-                            f"{path}{suffix and ' ' + suffix[1:]} -> {res.output_dir}  ({labels})",
-                            err=False,
+    # one model for every input: its network held ready for all of them, instead of set up
+    # (layout, device) and put back for each (medxai.inference.network_on)
+    with contextlib.ExitStack() as held:
+        if bundle is not None and len(paths) > 1:
+            held.enter_context(network_on(bundle.network, resolve_device(device)))
+        for path, name in zip(paths, unique_names(paths)):
+            try:
+                with dicom_warnings_as_lines(path, None if as_json else stderr_line):
+                    for index, suffix in input_volumes(path, volume):
+                        res = segment_path(
+                            path,
+                            bundle,
+                            output,
+                            opts,
+                            name=name + suffix,
+                            progress=say,
+                            volume=index,
                         )
-                    if not quiet:
-                        _report_warnings(path, res.report, bar.message)
-            bar.update()
-        except MedxaiError as err:
-            failures.append(error_entry(path, err))
-            if single:
-                raise
-            bar.message(f"Error: {err}")
-            bar.update()
+                        results.append(res.to_dict())
+                        if not as_json and not quiet:
+                            labels = ", ".join(_label_size(lab) for lab in res.report["labels"])
+                            bar.message(
+                                f"{path}{suffix and ' ' + suffix[1:]} -> {res.output_dir}  ({labels})",
+                                err=False,
+                            )
+                        if not quiet:
+                            _report_warnings(path, res.report, bar.message)
+                bar.update()
+            except MedxaiError as err:
+                failures.append(error_entry(path, err))
+                if single:
+                    raise
+                bar.message(f"Error: {err}")
+                bar.update()
     bar.close()
     if bar.enabled:
         click.echo(summary_table(_outcomes(results, failures), seconds=bar.elapsed_s), err=True)
