@@ -1182,3 +1182,25 @@ def test_manifest_methods_behind_the_scheduler(tmp_path: Path) -> None:
         assert set(owners) == {"p0", "p1", "notes.txt"} and owners["notes.txt"] is None
         assert set(owners.values()) - {None} == set(ids)
         assert man.file_reasons() == {"not a DICOM file": 1}
+
+
+def test_the_cpu_time_counts_child_processes_that_are_still_running() -> None:
+    """summary.json's ``process.cpu_s`` counts the writer processes' CPU time, though they
+    end only after the processing step (ended children alone were counted before)."""
+    from medxai.batch.job import _cpu_seconds
+
+    code = ("import sys, time\n"
+            "t = time.process_time()\n"
+            "while time.process_time() - t < 0.4: pass\n"
+            "print('busy', flush=True)\n"
+            "sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        before = _cpu_seconds()  # the child is running: its first CPU time counts from here
+        assert child.stdout is not None and child.stdout.readline().strip() == "busy"
+        after = _cpu_seconds()
+        assert child.poll() is None, "the child ended: the test would show nothing"
+    finally:
+        child.communicate("")
+    assert after - before > 0.2, f"{after - before:.3f} s: the running child was not counted"

@@ -646,14 +646,35 @@ def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> No
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process (every thread) and of its children that have ended: the
-    local worker processes, which end with each model's series."""
+    """CPU seconds of this process (every thread) and of its child processes: those that have
+    ended (the local worker processes, which end with each model's series) and those still
+    running (the writer processes, which end after the processing step). The difference of two
+    readings counts a child's CPU between them, also one that ended in between."""
+    total = time.process_time()
     try:
         import resource
-    except ImportError:  # not on Windows: this process alone
-        return time.process_time()
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + kids.ru_utime + kids.ru_stime
+    except ImportError:  # not on Windows
+        pass
+    else:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total + _running_children_cpu()
+
+
+def _running_children_cpu() -> float:
+    """CPU seconds of this process's running child processes (and theirs); 0 where psutil
+    cannot tell."""
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def _process_groups(
