@@ -23,6 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 
 from medxai._version import __version__
 from medxai.choices import FORMAT_CHOICES, SEG_TYPES
-from medxai.errors import ExplainError, InputError, OutputExistsError
+from medxai.errors import ExplainError, InputError, MedxaiError, OutputExistsError
 from medxai.inference import (
     Prediction,
     network_on,
@@ -71,6 +72,7 @@ __all__ = [
     "uncertainty_samples",
     "segment_path",
     "segment",
+    "held_network",
     "default_formats",
     "output_name",
     "compute_saliency",
@@ -1273,14 +1275,28 @@ def segment(
     bundle = model if isinstance(model, ModelBundle) or model is None else load_model(model)
     opts = SegmentOptions(**options)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    with contextlib.ExitStack() as held:
-        if bundle is not None and len(paths) > 1:  # held ready for every input (network_on)
-            held.enter_context(network_on(bundle.network, resolve_device(opts.device)))
+    with held_network(bundle if len(paths) > 1 else None, opts.device):
         return [
             segment_path(p, bundle, output, opts, name=output_name(p) + suffix, volume=index)
             for p in paths
             for index, suffix in input_volumes(p)
         ]
+
+
+def held_network(
+    bundle: ModelBundle | None, device: str | torch.device
+) -> AbstractContextManager[Any]:
+    """A block in which ``bundle``'s network is held ready on ``device`` for every image that
+    runs inside it (:func:`medxai.inference.network_on`: eval mode, device and memory layout
+    set up once, not once per image); nothing for no bundle (a model chosen per input) or a
+    device that cannot be used (each image then reports that error as it would alone)."""
+    if bundle is None:
+        return contextlib.nullcontext()
+    try:
+        dev = resolve_device(device)
+    except MedxaiError:
+        return contextlib.nullcontext()
+    return network_on(bundle.network, dev)
 
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import click
@@ -170,9 +169,14 @@ def segment_cmd(
     if channels:
         _check_channel_inputs(items, failures, volume, as_json)
 
-    from medxai.inference import network_on, resolve_device
     from medxai.models.registry import load_model
-    from medxai.pipeline import SegmentOptions, input_volumes, segment_path, unique_names
+    from medxai.pipeline import (
+        SegmentOptions,
+        held_network,
+        input_volumes,
+        segment_path,
+        unique_names,
+    )
 
     opts = SegmentOptions(
         formats=formats_list,
@@ -216,9 +220,7 @@ def segment_cmd(
         return
     # one model for every input: its network held ready for all of them, instead of set up
     # (layout, device) and put back for each (medxai.inference.network_on)
-    with contextlib.ExitStack() as held:
-        if bundle is not None and len(paths) > 1:
-            held.enter_context(network_on(bundle.network, resolve_device(device)))
+    with held_network(bundle if len(paths) > 1 else None, device):
         for path, name in zip(paths, unique_names(paths)):
             try:
                 with dicom_warnings_as_lines(path, None if as_json else stderr_line):
