@@ -629,8 +629,8 @@ def _scan_step(run: _Run, man: Manifest, retry_failed: bool, scan_workers: int |
 def _process_step(run: _Run, man: Manifest, pending: list[dict[str, Any]]) -> None:
     """Run the pending series, model by model, on the configured backend; each result is
     recorded in the manifest as it comes back."""
+    c1 = _cpu_seconds()  # before the clock starts: its first call imports psutil
     t1 = time.perf_counter()
-    c1 = _cpu_seconds()
     total = len(pending)
 
     def on_result(r: Result) -> None:
