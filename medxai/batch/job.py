@@ -47,7 +47,7 @@ from medxai.batch.scan import ModelRequirements, Stack, fit_reason, scan_export
 from medxai.batch.schedule import MAX_ATTEMPTS, JobsFor, OnResult, drive, guided_chunks
 from medxai.batch.types import Job, Result
 from medxai.choices import BATCH_DEFAULT_FORMATS
-from medxai.errors import InputError, ModelMismatchError
+from medxai.errors import InputError, MedxaiError, ModelMismatchError
 from medxai.inference import resolve_device
 from medxai.io.atomic import write_text_atomic
 from medxai.io.writers import warm_dicom_writers
@@ -436,12 +436,24 @@ def _warm_writers_here(
     """Where this process will write DICOM objects itself, their one-time set-up
     (:func:`~medxai.io.writers.warm_dicom_writers`) started in a thread now, while the model
     loads and the export is scanned."""
-    processes = writers.processes if isinstance(writers, Writers) else writers
-    if scheduler or (workers or 1) > 1 or processes or not _writes_dicom(opts):
+    if scheduler or (workers or 1) > 1 or not _writes_dicom(opts):
+        return None
+    # writer threads of this process write; forked writer processes inherit the set-up
+    if isinstance(writers, Writers) or (writers and not _writers_fork(opts)):
         return None
     thread = threading.Thread(target=warm_dicom_writers, name="medxai-warm-writers", daemon=True)
     thread.start()
     return thread
+
+
+def _writers_fork(options: SegmentOptions) -> bool:
+    """Whether this run's writer processes may be forked: a run on the CPU (the writers then
+    never meet CUDA); :class:`~medxai.batch.runner.Writers` still checks that forking is safe
+    when it starts them."""
+    try:
+        return resolve_device(options.device).type == "cpu"
+    except MedxaiError:  # the run reports the device when it loads the model
+        return False
 
 
 def _writes_dicom(options: SegmentOptions) -> bool:
@@ -506,8 +518,8 @@ class _Run:
     plan: _AutoPlan | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "failed": 0, "skipped": 0})
     process_s: float = 0.0
-    #: CPU seconds while processing: this process (every thread) and its local worker
-    #: processes; not the --writers processes (they outlive the step) nor dask workers
+    #: CPU seconds while processing: this process (every thread) and its child processes
+    #: (local workers, writer processes); not dask workers
     process_cpu_s: float = 0.0
     backend: str = "in process"
     #: the DICOM writers' set-up, in a thread of this process during the scan
@@ -566,14 +578,21 @@ def _run_locked(
     status = "interrupted"
     try:
         with contextlib.ExitStack() as stack:
-            if run.pool is None and run.writers and not run.scheduler and (run.workers or 1) <= 1:
-                # started now, so that they import medxai while the export is scanned
-                # forked where safe on a CPU run (the writers then never meet CUDA), which
-                # spares each the ~3 CPU-seconds of a spawned process's imports
-                on_cpu = resolve_device(run.opts.device).type == "cpu"
-                run.pool = stack.enter_context(Writers(run.writers, fork=on_cpu))
-                run.pool.warm()
+            own_pool = run.pool is None and run.writers and not run.scheduler
+            own_pool = own_pool and (run.workers or 1) <= 1
+            on_cpu = own_pool and _writers_fork(run.opts)
+            if own_pool and not on_cpu:
+                # spawned (a GPU run: a forked writer must never meet CUDA): started now, so
+                # that each imports medxai and sets up the DICOM writers during the scan
+                run.pool = stack.enter_context(Writers(run.writers))
+                run.pool.warm(dicom=_writes_dicom(run.opts))
             found = _scan_step(run, man, retry_failed, scan_workers)
+            if own_pool and on_cpu:
+                # forked after the scan, once this process has set up the DICOM writers
+                # (highdicom's tables, 0.6-0.9 CPU-s): each writer inherits them, ready at
+                # once, instead of setting them up again at its first object
+                run.settle()
+                run.pool = stack.enter_context(Writers(run.writers, fork=True))
             _process_step(run, man, found.pending)
         status = "finished"
     finally:

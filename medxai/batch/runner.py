@@ -287,6 +287,15 @@ def default_writers() -> int:
     return cores - 1 if cores > 2 else 0
 
 
+def warm_writer_process(dicom: bool) -> int:
+    """A writer process's set-up ahead of its first series (:meth:`Writers.warm`); its pid."""
+    if dicom:
+        from medxai.io.writers import warm_dicom_writers
+
+        warm_dicom_writers()
+    return os.getpid()
+
+
 def init_writer_process(parent_pid: int) -> None:
     """Initializer of writer processes: one torch thread each, library warnings silenced
     (problems are in the results), and an exit when the network process dies (so that a
@@ -370,12 +379,13 @@ class Writers:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def warm(self) -> None:
+    def warm(self, dicom: bool = False) -> None:
         """Start the writer processes now (they import medxai in the background), not at the
-        first series."""
+        first series; with ``dicom``, each also sets up the DICOM writers (highdicom's tables,
+        0.6-0.9 CPU-s a process) before its first object."""
         if self.processes:
             for _ in range(self.processes):
-                self._pool.submit(os.getpid)
+                self._pool.submit(warm_writer_process, dicom)
 
     def submit(self, task: WriteTask, job: Job, timings: dict[str, float | None]) -> _Write:
         w = _Write(task, job, timings)

@@ -252,7 +252,8 @@ class DicomNode:
             from medxai.batch.runner import Writers
 
             self._writers = Writers(c.writers)
-            self._writers.warm()
+            # each writer sets up the DICOM writers before the first study comes
+            self._writers.warm(dicom=not c.formats or any(f.startswith("dicom") for f in c.formats))
         self._start_scp()
         self.emit(
             "started",
