@@ -23,7 +23,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1285,7 +1284,7 @@ def segment(
 
 def held_network(
     bundle: ModelBundle | None, device: str | torch.device
-) -> AbstractContextManager[Any]:
+) -> contextlib.AbstractContextManager[Any]:
     """A block in which ``bundle``'s network is held ready on ``device`` for every image that
     runs inside it (:func:`medxai.inference.network_on`: eval mode, device and memory layout
     set up once, not once per image); nothing for no bundle (a model chosen per input) or a

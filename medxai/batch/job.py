@@ -55,7 +55,14 @@ from medxai.models.bundle import ModelBundle
 from medxai.models.fit import InputFacts, ModelChoice
 from medxai.pipeline import SegmentOptions
 
-__all__ = ["BatchProgress", "BatchSummary", "run_batch", "LOCK_NAME", "SUMMARY_NAME"]
+__all__ = [
+    "BatchProgress",
+    "BatchSummary",
+    "run_batch",
+    "writes_dicom",
+    "LOCK_NAME",
+    "SUMMARY_NAME",
+]
 
 LOCK_NAME = ".medxai-batch.lock"
 SUMMARY_NAME = "summary.json"
@@ -436,7 +443,7 @@ def _warm_writers_here(
     """Where this process will write DICOM objects itself, their one-time set-up
     (:func:`~medxai.io.writers.warm_dicom_writers`) started in a thread now, while the model
     loads and the export is scanned."""
-    if scheduler or (workers or 1) > 1 or not _writes_dicom(opts):
+    if scheduler or (workers or 1) > 1 or not writes_dicom(opts):
         return None
     # writer threads of this process write; forked writer processes inherit the set-up
     if isinstance(writers, Writers) or (writers and not _writers_fork(opts)):
@@ -456,7 +463,7 @@ def _writers_fork(options: SegmentOptions) -> bool:
         return False
 
 
-def _writes_dicom(options: SegmentOptions) -> bool:
+def writes_dicom(options: SegmentOptions) -> bool:
     """Whether a batch with ``options`` writes DICOM objects."""
     return any(f.startswith("dicom") for f in batch_options(options).formats or [])
 
@@ -578,16 +585,17 @@ def _run_locked(
     status = "interrupted"
     try:
         with contextlib.ExitStack() as stack:
-            own_pool = run.pool is None and run.writers and not run.scheduler
-            own_pool = own_pool and (run.workers or 1) <= 1
-            on_cpu = own_pool and _writers_fork(run.opts)
-            if own_pool and not on_cpu:
+            own_pool = bool(
+                run.pool is None and run.writers and not run.scheduler and (run.workers or 1) <= 1
+            )
+            forked = own_pool and _writers_fork(run.opts)
+            if own_pool and not forked:
                 # spawned (a GPU run: a forked writer must never meet CUDA): started now, so
                 # that each imports medxai and sets up the DICOM writers during the scan
                 run.pool = stack.enter_context(Writers(run.writers))
-                run.pool.warm(dicom=_writes_dicom(run.opts))
+                run.pool.warm(dicom=writes_dicom(run.opts))
             found = _scan_step(run, man, retry_failed, scan_workers)
-            if own_pool and on_cpu:
+            if forked:
                 # forked after the scan, once this process has set up the DICOM writers
                 # (highdicom's tables, 0.6-0.9 CPU-s): each writer inherits them, ready at
                 # once, instead of setting them up again at its first object
@@ -985,7 +993,7 @@ def _run_process_pool(
 
     chunks = guided_chunks(chunks, workers)
     first = worker_start_method(threads)
-    if first == "fork" and _writes_dicom(config.options):
+    if first == "fork" and writes_dicom(config.options):
         warm_dicom_writers()  # done once here (or already), inherited by every forked worker
     pool = [make_pool(first)]
     here = _InlineWorker(workers * threads, workers - 1, config, stream.put) if inline else None
@@ -1102,7 +1110,7 @@ class _InlineWorker:
 
     def warm(self, pool: cf.Executor) -> None:
         """Start (again, after a crash) the worker processes of ``pool``: one warm-up each."""
-        dicom = _writes_dicom(self._config.options)
+        dicom = writes_dicom(self._config.options)
         self._warm = [pool.submit(warm_worker, self._config, dicom) for _ in range(self._processes)]
 
     def _ready(self) -> int:

@@ -249,11 +249,12 @@ class DicomNode:
         rec = self.store.recover()
         self._bundle = c.model if isinstance(c.model, ModelBundle) else load_model(c.model)
         if c.writers > 0:
+            from medxai.batch.job import writes_dicom
             from medxai.batch.runner import Writers
 
             self._writers = Writers(c.writers)
             # each writer sets up the DICOM writers before the first study comes
-            self._writers.warm(dicom=not c.formats or any(f.startswith("dicom") for f in c.formats))
+            self._writers.warm(dicom=writes_dicom(self.options))
         self._start_scp()
         self.emit(
             "started",
